@@ -1,0 +1,150 @@
+"""One error body for the whole API.
+
+Every error is `{"error": {"code", "message", "details", "request_id"}}`. Services raise
+`ApplicationError` (or Django's ValidationError / Http404 / PermissionDenied); views never catch.
+Unknown exceptions answer 500 with the same body and go to the log and Sentry with the traceback;
+the client never sees internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.serializers import as_serializer_error
+from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
+
+from .context import get_request_id
+
+logger = logging.getLogger(__name__)
+
+
+class ApplicationError(Exception):
+    """A failure the caller can act on: a stable code, a readable message, optional details."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    code = "application_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        details: Any = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code or self.code
+        self.details = details if details is not None else {}
+        self.status_code = status_code or self.status_code
+        self.headers = headers or {}
+
+
+class NotFoundError(ApplicationError):
+    status_code = status.HTTP_404_NOT_FOUND
+    code = "not_found"
+
+
+class ConflictError(ApplicationError):
+    status_code = status.HTTP_409_CONFLICT
+    code = "conflict"
+
+
+class ServiceUnavailableError(ApplicationError):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    code = "service_unavailable"
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details if details is not None else {},
+            "request_id": get_request_id(),
+        }
+    }
+
+
+def _message_of(detail: Any, default: str) -> str:
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, dict) and isinstance(detail.get("detail"), str):
+        return str(detail["detail"])
+    return default
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
+    if isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(as_serializer_error(exc))
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    if isinstance(exc, ApplicationError):
+        set_rollback()
+        body = error_body(exc.code, exc.message, exc.details)
+        return Response(body, status=exc.status_code, headers=exc.headers)
+
+    if isinstance(exc, exceptions.APIException):
+        # DRF's handler adds WWW-Authenticate / Retry-After headers and rolls back.
+        response = drf_exception_handler(exc, context)
+        assert response is not None
+        if isinstance(exc, exceptions.ValidationError):
+            body = error_body("validation_error", "The request is invalid.", exc.detail)
+        else:
+            detail = exc.detail
+            code = exc.default_code
+            if isinstance(detail, dict) and isinstance(detail.get("code"), str):
+                code = str(detail["code"])
+            elif hasattr(detail, "code") and isinstance(detail.code, str):
+                code = detail.code
+            details: Any = {}
+            if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+                details = {"retry_after_seconds": int(exc.wait + 0.999)}
+            body = error_body(code, _message_of(detail, str(exc.default_detail)), details)
+        response.data = body
+        return response
+
+    set_rollback()
+    view = context.get("view")
+    logger.exception(
+        "Unhandled exception in %s", type(view).__name__ if view else "view", exc_info=exc
+    )
+    return Response(
+        error_body("internal_error", "An unexpected error occurred. It has been logged."),
+        status=status.HTTP_500_INTERNAL_SERVER_ERROR,
+    )
+
+
+def _wants_html(request: HttpRequest) -> bool:
+    return not request.path.startswith("/api/") and "text/html" in request.headers.get("Accept", "")
+
+
+def json_error_view(status_code: int, code: str, message: str):
+    """Build a Django `handlerNNN` that answers API clients with the error body."""
+    from django.views import defaults
+
+    html_handlers = {
+        400: defaults.bad_request,
+        403: defaults.permission_denied,
+        404: defaults.page_not_found,
+        500: defaults.server_error,
+    }
+
+    def view(request: HttpRequest, exception: Exception | None = None) -> Any:
+        if _wants_html(request):
+            handler = html_handlers[status_code]
+            return handler(request) if status_code == 500 else handler(request, exception)
+        return JsonResponse(error_body(code, message), status=status_code)
+
+    return view

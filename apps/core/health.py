@@ -1,0 +1,107 @@
+"""Liveness and readiness.
+
+`/healthz` answers as long as the process can serve a request (no I/O). `/readyz` checks every
+dependency a request or job needs and answers 503 with per-check detail when one fails, so a load
+balancer stops sending traffic and an operator sees which part is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+logger = logging.getLogger(__name__)
+
+
+def check_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        cursor.fetchone()
+
+
+def check_cache() -> None:
+    key = f"readyz:{uuid.uuid4().hex}"
+    cache.set(key, "1", timeout=10)
+    if cache.get(key) != "1":
+        raise RuntimeError("cache did not return the value just written")
+    cache.delete(key)
+
+
+def check_broker() -> None:
+    from lexiscore.celery import app
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=settings.HEALTH_CHECK_TIMEOUT)
+
+
+def check_storage() -> None:
+    name = default_storage.save(f"healthcheck/{uuid.uuid4().hex}.txt", ContentFile(b"ok"))
+    try:
+        if not default_storage.exists(name):
+            raise RuntimeError("storage did not keep the file just written")
+    finally:
+        default_storage.delete(name)
+
+
+def check_model() -> None:
+    from workers.engines.models import locate_model
+
+    for profile in settings.WHISPER_REQUIRED_PROFILES:
+        locate_model(
+            profile,
+            cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
+            model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
+        )
+
+
+CHECKS: dict[str, Callable[[], None]] = {
+    "database": check_database,
+    "cache": check_cache,
+    "broker": check_broker,
+    "storage": check_storage,
+    "model": check_model,
+}
+
+
+def run_checks() -> tuple[bool, dict[str, Any]]:
+    results: dict[str, Any] = {}
+    healthy = True
+    for name, check in CHECKS.items():
+        started = time.monotonic()
+        try:
+            check()
+        except Exception as exc:  # every failure is a "not ready" answer, never a 500
+            healthy = False
+            logger.warning("Readiness check %s failed: %s", name, exc)
+            results[name] = {"status": "fail", "error": f"{type(exc).__name__}: {exc}"[:300]}
+        else:
+            results[name] = {"status": "ok"}
+        results[name]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+    return healthy, results
+
+
+@never_cache
+@require_GET
+def healthz(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+def readyz(request: HttpRequest) -> JsonResponse:
+    healthy, results = run_checks()
+    return JsonResponse(
+        {"status": "ok" if healthy else "fail", "checks": results}, status=200 if healthy else 503
+    )

@@ -1,0 +1,57 @@
+"""Sentry: on only when SENTRY_DSN is set; no personal data, tagged with request and job ids."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from .context import job_id_var, request_id_var
+
+_SCRUBBED_KEYS = ("authorization", "cookie", "password", "token", "secret", "key", "signature")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: "[Filtered]" if any(s in str(k).lower() for s in _SCRUBBED_KEYS) else _scrub(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+    tags = event.setdefault("tags", {})
+    if request_id := request_id_var.get():
+        tags["request_id"] = request_id
+    if job_id := job_id_var.get():
+        tags["job_id"] = job_id
+    request = event.get("request")
+    if isinstance(request, dict):
+        request.pop("data", None)  # request bodies may hold transcripts or credentials
+        request["headers"] = _scrub(request.get("headers", {}))
+        request.pop("cookies", None)
+    if "extra" in event:
+        event["extra"] = _scrub(event["extra"])
+    return event
+
+
+def init_sentry() -> bool:
+    if not settings.SENTRY_DSN:
+        return False
+    import sentry_sdk
+    from sentry_sdk.integrations.celery import CeleryIntegration
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    sentry_sdk.init(
+        dsn=settings.SENTRY_DSN,
+        environment=settings.SENTRY_ENVIRONMENT,
+        release=settings.SENTRY_RELEASE or None,
+        traces_sample_rate=settings.SENTRY_TRACES_SAMPLE_RATE,
+        send_default_pii=False,
+        integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
+        before_send=before_send,
+    )
+    return True

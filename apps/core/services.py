@@ -1,0 +1,71 @@
+"""Writes of the core app: the dead-letter store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from .models import DeadLetter
+
+
+def dead_letter_record(
+    *,
+    task_name: str,
+    task_id: str,
+    queue: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    exception_type: str,
+    error: str,
+    traceback: str = "",
+    attempts: int = 1,
+    request_id: str = "",
+) -> DeadLetter:
+    """Store a failed message once per task id (a redelivered failure updates the same row)."""
+    dead_letter, _created = DeadLetter.objects.update_or_create(
+        task_id=task_id,
+        status=DeadLetter.Status.PENDING,
+        defaults={
+            "task_name": task_name,
+            "queue": queue,
+            "args": args,
+            "kwargs": kwargs,
+            "exception_type": exception_type[:200],
+            "error": error[:10_000],
+            "traceback": traceback[:50_000],
+            "attempts": attempts,
+            "request_id": request_id[:128],
+        },
+    )
+    return dead_letter
+
+
+@transaction.atomic
+def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
+    """Send the message again, under a new task id, once this row's change is committed."""
+    from lexiscore.celery import app
+
+    locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
+    locked.status = DeadLetter.Status.REQUEUED
+    locked.requeued_at = timezone.now()
+    locked.requeue_count += 1
+    locked.save(update_fields=["status", "requeued_at", "requeue_count", "updated_at"])
+    transaction.on_commit(
+        lambda: app.send_task(
+            locked.task_name, args=locked.args, kwargs=locked.kwargs, queue=locked.queue
+        )
+    )
+    return locked
+
+
+def dead_letter_purge(*, older_than=None, status: str | None = None) -> int:
+    """Delete dead letters (all, or those older than a time / of a status); returns the count."""
+    queryset = DeadLetter.objects.all()
+    if older_than is not None:
+        queryset = queryset.filter(created_at__lt=older_than)
+    if status:
+        queryset = queryset.filter(status=status)
+    deleted, _ = queryset.delete()
+    return deleted

@@ -1,0 +1,56 @@
+"""Test settings: real PostgreSQL and Redis (started by .ci/run), nothing on disk outside tmp."""
+
+import os
+import tempfile
+
+from .base import *  # noqa: F403
+from .base import database_config, env
+
+DEBUG = False
+SECRET_KEY = "test-only-secret-key-not-used-anywhere-else-0123456789abcdefghij"  # noqa: S105
+JWT_SIGNING_KEY = "test-only-jwt-signing-key-distinct-from-secret-key-0123456789"
+SIMPLE_JWT["SIGNING_KEY"] = JWT_SIGNING_KEY  # noqa: F405
+ALLOWED_HOSTS = ["testserver", "localhost", "127.0.0.1"]
+
+DATABASES = {
+    "default": database_config(
+        env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/lexiscore")
+    )
+}
+# pytest-django creates test_lexiscore (and test_lexiscore_gwN under xdist).
+
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+_worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        # Each xdist worker has its own key space so parallel tests never share counters.
+        "KEY_PREFIX": f"lexiscore-test-{_worker}",
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    }
+}
+
+# Tests that need a real worker start their own broker; the rest never reach a broker.
+CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="memory://")
+CELERY_RESULT_BACKEND = None
+
+_tmp = tempfile.mkdtemp(prefix=f"lexiscore-test-{_worker}-")
+MEDIA_ROOT = _tmp
+STORAGES["default"] = {  # noqa: F405
+    "BACKEND": "django.core.files.storage.FileSystemStorage",
+    "OPTIONS": {"location": _tmp},
+}
+STORAGES["staticfiles"] = {  # noqa: F405
+    "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+}
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT = os.path.join(_tmp, "static")
+os.makedirs(STATIC_ROOT, exist_ok=True)
+
+# Argon2 stays the hasher (what production uses) with lighter cost parameters for speed.
+LOG_FORMAT = "text"
+LOGGING["handlers"]["console"]["formatter"] = "text"  # noqa: F405
+LOG_LEVEL = "WARNING"
+LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"

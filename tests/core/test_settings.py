@@ -1,0 +1,91 @@
+"""Production refuses to start without its secrets; the deployment checklist is clean."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PRODUCTION_ENV = {
+    "DJANGO_SETTINGS_MODULE": "lexiscore.settings.production",
+    "DJANGO_SECRET_KEY": "p" * 10 + "q8Zr5-v7T0bX3cN1mK9jH2gF6dS4aL0pOiUyTrEwQ_zXcVbNm",
+    "JWT_SIGNING_KEY": "another-random-value-Q4w8E2r6T0y3U7i1O5p9A_sDfGhJkLzX",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/lexiscore",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DJANGO_ALLOWED_HOSTS": "lexiscore.example.com",
+    "PATH": os.environ["PATH"],
+}
+
+
+def run_django(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "missing",
+    ["DJANGO_SECRET_KEY", "JWT_SIGNING_KEY", "DATABASE_URL", "REDIS_URL", "DJANGO_ALLOWED_HOSTS"],
+)
+def test_production_refuses_to_start_without_a_required_variable(missing):
+    env = {k: v for k, v in PRODUCTION_ENV.items() if k != missing}
+
+    result = run_django(env, "check")
+
+    assert result.returncode != 0
+    assert missing in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "complaint"),
+    [
+        ("DJANGO_SECRET_KEY", "short", "DJANGO_SECRET_KEY is too weak"),
+        ("DJANGO_SECRET_KEY", "django-insecure-" + "x1y2z3" * 10, "DJANGO_SECRET_KEY is too weak"),
+        ("JWT_SIGNING_KEY", PRODUCTION_ENV["DJANGO_SECRET_KEY"], "differ from DJANGO_SECRET_KEY"),
+    ],
+)
+def test_production_refuses_weak_or_shared_keys(variable, value, complaint):
+    env = {**PRODUCTION_ENV, variable: value}
+
+    result = run_django(env, "check")
+
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+def test_deployment_checklist_passes_with_production_settings():
+    result = run_django(PRODUCTION_ENV, "check", "--deploy", "--fail-level", "WARNING")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_production_settings_are_https_only():
+    code = (
+        "from django.conf import settings as s;"
+        "print(s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS, s.SECURE_HSTS_INCLUDE_SUBDOMAINS,"
+        " s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.DEBUG,"
+        " s.DATABASES['default']['OPTIONS']['pool']['timeout'] > 0,"
+        " 'statement_timeout' in s.DATABASES['default']['OPTIONS']['options'])"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup();" + code],
+        cwd=ROOT,
+        env=PRODUCTION_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "31536000", "True", "True", "True", "False", "True", "True"]
