@@ -22,8 +22,12 @@ def boom(request, version):
 @api_view(["GET"])
 @permission_classes([AllowAny])
 def refuse(request, version):
-    raise ApplicationError("Quota exceeded for this period.", code="quota_exceeded",
-                           details={"limit_minutes": 600}, status_code=402)
+    raise ApplicationError(
+        "Quota exceeded for this period.",
+        code="quota_exceeded",
+        details={"limit_minutes": 600},
+        status_code=402,
+    )
 
 
 @api_view(["GET"])
@@ -105,7 +109,9 @@ def test_throttled_gives_429_with_retry_after(client):
 
 @override_settings(ROOT_URLCONF=__name__)
 def test_validation_errors_list_each_field(client):
-    response = client.post("/api/v1/echo", {"name": "far too long"}, content_type="application/json")
+    response = client.post(
+        "/api/v1/echo", {"name": "far too long"}, content_type="application/json"
+    )
 
     error = assert_error_body(response, 400, "validation_error")
     assert error["details"]["name"] == ["Ensure this field has no more than 5 characters."]
@@ -170,7 +176,10 @@ def test_security_headers_on_every_kind_of_page(client, admin_user, url):
     assert "default-src 'self'" in csp
     assert "object-src 'none'" in csp
     assert "frame-ancestors 'none'" in csp
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    assert (
+        "script-src 'self'" in csp
+        and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    )
     assert "Access-Control-Allow-Origin" not in response
 
 
@@ -191,7 +200,9 @@ def test_plain_http_is_redirected_to_https(client):
 
 def test_cors_is_closed_by_default(client):
     response = client.options(
-        "/api/v1/schema/", HTTP_ORIGIN="https://evil.example", HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET"
+        "/api/v1/schema/",
+        HTTP_ORIGIN="https://evil.example",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="GET",
     )
 
     assert "Access-Control-Allow-Origin" not in response

@@ -88,4 +88,13 @@ def test_production_settings_are_https_only():
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "31536000", "True", "True", "True", "False", "True", "True"]
+    assert result.stdout.split() == [
+        "True",
+        "31536000",
+        "True",
+        "True",
+        "True",
+        "False",
+        "True",
+        "True",
+    ]

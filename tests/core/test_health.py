@@ -1,0 +1,104 @@
+"""Liveness never touches a dependency; readiness reports each one and answers 503 on failure."""
+
+import os
+import stat
+
+import pytest
+from django.test import override_settings
+
+from lexiscore.celery import app
+
+
+def test_healthz_answers_without_any_io(client):
+    # No django_db mark: any database access here would raise.
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+@pytest.fixture
+def redis_broker():
+    """Point the app at the real Redis for the broker check (tests default to memory://)."""
+    previous = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:6379/15"
+    yield
+    app.conf.broker_url = previous
+
+
+@pytest.mark.django_db
+def test_readyz_is_ok_when_every_dependency_answers(client, redis_broker):
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.json()
+    checks = response.json()["checks"]
+    assert set(checks) == {"database", "cache", "broker", "storage", "model"}
+    assert all(check["status"] == "ok" for check in checks.values())
+
+
+@pytest.mark.django_db
+def test_readyz_reports_an_unreachable_broker(client):
+    previous = app.conf.broker_url
+    app.conf.broker_url = "redis://127.0.0.1:1/0"
+    try:
+        response = client.get("/readyz")
+    finally:
+        app.conf.broker_url = previous
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["status"] == "fail"
+    assert body["checks"]["broker"]["status"] == "fail"
+    assert body["checks"]["database"]["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_readyz_reports_an_unreachable_cache(client, redis_broker):
+    unreachable = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5},
+        }
+    }
+    with override_settings(CACHES=unreachable):
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["cache"]["status"] == "fail"
+    assert "ConnectionError" in response.json()["checks"]["cache"]["error"]
+
+
+@pytest.mark.django_db
+def test_readyz_reports_storage_that_is_not_writable(client, redis_broker, tmp_path):
+    if os.geteuid() == 0:
+        # root ignores permission bits: use a path under a regular file, which no one can create.
+        location = tmp_path / "a-file"
+        location.write_text("x")
+        location = location / "media"
+    else:
+        location = tmp_path / "media"
+        location.mkdir()
+        location.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    storages = {
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    with override_settings(STORAGES=storages):
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["storage"]["status"] == "fail"
+
+
+@pytest.mark.django_db
+def test_readyz_reports_a_missing_model(client, redis_broker, tmp_path):
+    with override_settings(WHISPER_MODEL_DIRS={"tiny.en": str(tmp_path / "no-model-here")}):
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["model"]["status"] == "fail"
