@@ -49,7 +49,7 @@ def test_soft_time_limit_comes_before_the_hard_limit():
 
 def test_worker_children_are_recycled_to_contain_leaks():
     assert 0 < app.conf.worker_max_tasks_per_child <= 1000
-    assert 0 < app.conf.worker_max_memory_per_child
+    assert app.conf.worker_max_memory_per_child > 0
 
 
 def test_tasks_are_routed_by_their_module():

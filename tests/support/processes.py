@@ -51,7 +51,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port",
@@ -146,7 +146,7 @@ class CeleryWorker:
 
     def start(self, *, wait_ready: bool = True) -> CeleryWorker:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603
+        self.process = subprocess.Popen(
             self.command,
             cwd=ROOT,
             env=self.env,
@@ -163,7 +163,7 @@ class CeleryWorker:
 
     def child_pids(self) -> list[int]:
         assert self.process is not None
-        out = subprocess.run(  # noqa: S603
+        out = subprocess.run(
             ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
         ).stdout
         return [int(pid) for pid in out.split()]
