@@ -1,0 +1,47 @@
+"""Every environment variable the code reads is documented and listed in .env.example."""
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PATTERNS = [
+    re.compile(r"""env\.(?:str|int|bool|float|list|email_url|db_url)\(\s*f?["']([A-Z][A-Z0-9_]+)["']"""),
+    re.compile(r"""os\.environ\.get\(\s*["']([A-Z][A-Z0-9_]+)["']"""),
+    re.compile(r"""require\(\s*["']([A-Z][A-Z0-9_]+)["']"""),
+    re.compile(r"""env_list\(\s*["']([A-Z][A-Z0-9_]+)["']"""),
+]
+# Set by tooling rather than by an operator.
+NOT_OPERATOR_VARIABLES = {"PYTEST_XDIST_WORKER", "TEST_CELERY_BROKER_URL"}
+
+
+def variables_read_by_code() -> set[str]:
+    names: set[str] = set()
+    for folder in ("lexiscore", "apps", "workers"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text()
+            for pattern in PATTERNS:
+                names.update(pattern.findall(text))
+    return names - NOT_OPERATOR_VARIABLES
+
+
+def test_the_scan_finds_the_core_variables():
+    names = variables_read_by_code()
+
+    assert {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "JWT_SIGNING_KEY"} <= names
+
+
+def test_every_variable_is_in_the_configuration_reference():
+    documented = (ROOT / "docs" / "configuration.md").read_text()
+
+    missing = sorted(n for n in variables_read_by_code() if f"`{n}`" not in documented)
+
+    assert missing == []
+
+
+def test_every_variable_is_in_env_example():
+    example = (ROOT / ".env.example").read_text()
+    listed = set(re.findall(r"^([A-Z][A-Z0-9_]+)=", example, flags=re.MULTILINE))
+
+    missing = sorted(variables_read_by_code() - listed)
+
+    assert missing == []
