@@ -1,0 +1,170 @@
+"""Transcription jobs, their results and presigned uploads.
+
+Every row belongs to an organisation; selectors scope by it. A job's state changes only through
+services (web) and workers/transcription.py, each in its own transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.core.models import TimeStampedModel
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    PROCESSING = "processing", "Processing"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.PROCESSING)
+FINAL_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class JobTask(models.TextChoices):
+    TRANSCRIBE = "transcribe", "Transcribe"
+    TRANSLATE = "translate", "Translate to English"
+
+
+class JobPriority(models.IntegerChoices):
+    # Celery/Redis priorities: lower number = served first.
+    HIGH = 0, "High"
+    NORMAL = 5, "Normal"
+    LOW = 9, "Low"
+
+
+class TranscriptionJob(TimeStampedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.CASCADE, related_name="transcription_jobs"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="transcription_jobs",
+    )
+    status = models.CharField(max_length=16, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    progress = models.FloatField(default=0.0, help_text="Percent of the audio processed.")
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="Deliveries that started processing (caps poison messages)."
+    )
+    cancel_requested = models.BooleanField(default=False)
+
+    # What was asked for.
+    language = models.CharField(max_length=16, blank=True, help_text="Empty: detect.")
+    model_profile = models.CharField(max_length=32, blank=True, help_text="Empty: choose.")
+    task = models.CharField(max_length=16, choices=JobTask.choices, default=JobTask.TRANSCRIBE)
+    word_timestamps = models.BooleanField(default=True)
+    initial_prompt = models.TextField(blank=True)
+    priority = models.PositiveSmallIntegerField(
+        choices=JobPriority.choices, default=JobPriority.NORMAL
+    )
+    callback_url = models.URLField(max_length=2000, blank=True)
+    idempotency_key = models.CharField(max_length=200, blank=True)
+
+    # The audio.
+    audio_key = models.CharField(max_length=500, blank=True, help_text="Storage key.")
+    original_filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    container = models.CharField(max_length=64, blank=True)
+    codec = models.CharField(max_length=64, blank=True)
+    duration_seconds = models.FloatField(null=True, blank=True)
+    audio_validated = models.BooleanField(default=False)
+
+    # How it went.
+    queued_at = models.DateTimeField(null=True, blank=True)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    engine = models.CharField(max_length=32, blank=True)
+    model_used = models.CharField(max_length=32, blank=True)
+    model_sha256 = models.CharField(max_length=64, blank=True)
+    engine_settings = models.JSONField(default=dict, blank=True)
+    processing_seconds = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["organisation", "-created_at"], name="job_org_created"),
+            models.Index(fields=["organisation", "status", "-created_at"], name="job_org_status"),
+            models.Index(
+                fields=["status", "queued_at"],
+                name="job_active_queued",
+                condition=Q(status__in=["queued", "processing"]),
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="job_unique_idempotency_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(progress__gte=0) & Q(progress__lte=100), name="job_progress_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.id} ({self.status})"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class Transcript(models.Model):
+    """The result of a job: one row per job, written in the same transaction as `completed`."""
+
+    job = models.OneToOneField(
+        TranscriptionJob, on_delete=models.CASCADE, primary_key=True, related_name="transcript"
+    )
+    text = models.TextField()
+    language = models.CharField(max_length=16)
+    language_probability = models.FloatField()
+    duration = models.FloatField()
+    segments = models.JSONField(help_text="Segments with their words (start, end, probability).")
+    word_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Transcript of {self.job_id}"
+
+
+class Upload(TimeStampedModel):
+    """A presigned direct upload to S3-compatible storage, consumed by at most one job."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CONSUMED = "consumed", "Consumed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.CASCADE, related_name="uploads"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="uploads"
+    )
+    key = models.CharField(max_length=500, unique=True)
+    filename = models.CharField(max_length=255, blank=True)
+    max_size = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organisation", "-created_at"], name="upload_org_created")]
+
+    def __str__(self) -> str:
+        return f"Upload {self.id} ({self.status})"
