@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-REQS := requirements/base.txt requirements/local.txt requirements/whisper-torch.txt requirements/whisper-nodeps.txt
+REQS := $(sort $(wildcard requirements/*.txt))
 STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha256sum | cut -c1-16)
 PYTEST_WORKERS ?= 2
 
