@@ -1,0 +1,246 @@
+"""The operators' admin: users, organisations, memberships, invitations and API keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.db.models import Count, QuerySet
+from django.http import HttpRequest
+
+from apps.core.exceptions import ApplicationError
+
+from . import services
+from .models import ApiKey, Invitation, Membership, Organisation, User
+from .network import RequestMeta
+
+
+class UserCreationAdminForm(AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email", "full_name")
+
+
+class UserChangeAdminForm(UserChangeForm):
+    class Meta:
+        model = User
+        fields = (
+            "email",
+            "full_name",
+            "password",
+            "is_active",
+            "is_staff",
+            "is_superuser",
+            "groups",
+            "user_permissions",
+            "email_verified_at",
+        )
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ("user", "organisation")
+    fields = ("organisation", "user", "role", "created_at")
+    readonly_fields = ("created_at",)
+
+
+class EmailVerifiedFilter(admin.SimpleListFilter):
+    title = "email verified"
+    parameter_name = "verified"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(email_verified_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(email_verified_at__isnull=True)
+        return queryset
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    form = UserChangeAdminForm
+    add_form = UserCreationAdminForm
+    ordering = ("email",)
+    list_display = (
+        "email",
+        "full_name",
+        "is_active",
+        "email_verified_at",
+        "is_staff",
+        "date_joined",
+        "last_login",
+    )
+    list_filter = (
+        "is_active",
+        EmailVerifiedFilter,
+        "is_staff",
+        "is_superuser",
+        "memberships__role",
+        "date_joined",
+    )
+    search_fields = ("email", "full_name", "public_id", "memberships__organisation__name")
+    readonly_fields = ("public_id", "date_joined", "last_login", "token_version")
+    fieldsets = (
+        (None, {"fields": ("public_id", "email", "password")}),
+        ("Profile", {"fields": ("full_name", "email_verified_at")}),
+        (
+            "Access",
+            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+        ),
+        ("Sessions", {"fields": ("last_login", "date_joined", "token_version")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("email", "full_name", "usable_password", "password1", "password2"),
+            },
+        ),
+    )
+    inlines = [MembershipInline]
+    actions = ["deactivate_users"]
+
+    def get_inlines(self, request: HttpRequest, obj: Any = None) -> list:
+        return self.inlines if obj is not None else []
+
+    @admin.action(description="Deactivate the selected users and end their sessions")
+    def deactivate_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        count = 0
+        for user in queryset.filter(is_active=True):
+            services.user_deactivate(
+                user=user, actor=request.user, force=True, meta=RequestMeta.from_request(request)
+            )
+            count += 1
+        self.message_user(request, f"Deactivated {count} user(s).", messages.SUCCESS)
+
+
+@admin.register(Organisation)
+class OrganisationAdmin(admin.ModelAdmin):
+    list_display = ("name", "plan", "is_active", "member_count", "created_at")
+    list_filter = ("plan", "is_active", "created_at")
+    search_fields = ("name", "id", "memberships__user__email")
+    readonly_fields = ("id", "created_at", "updated_at")
+    inlines = [MembershipInline]
+    actions = ["deactivate_organisations"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Organisation]:
+        return super().get_queryset(request).annotate(_members=Count("memberships"))
+
+    @admin.display(description="members", ordering="_members")
+    def member_count(self, obj: Any) -> int:
+        return obj._members
+
+    @admin.action(description="Deactivate the selected organisations")
+    def deactivate_organisations(
+        self, request: HttpRequest, queryset: QuerySet[Organisation]
+    ) -> None:
+        count = 0
+        for organisation in queryset.filter(is_active=True):
+            organisation.is_active = False
+            organisation.save(update_fields=["is_active", "updated_at"])
+            count += 1
+        self.message_user(request, f"Deactivated {count} organisation(s).", messages.SUCCESS)
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ("user", "organisation", "role", "created_at")
+    list_filter = ("role", "organisation__plan", "created_at")
+    search_fields = ("user__email", "user__full_name", "organisation__name", "organisation__id")
+    list_select_related = ("user", "organisation")
+    autocomplete_fields = ("user", "organisation")
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    list_display = (
+        "email",
+        "organisation",
+        "role",
+        "status",
+        "expires_at",
+        "sent_count",
+        "created_at",
+    )
+    list_filter = ("status", "role", "created_at")
+    search_fields = ("email", "organisation__name")
+    list_select_related = ("organisation",)
+    readonly_fields = (
+        "status",
+        "invited_by",
+        "accepted_by",
+        "accepted_at",
+        "expires_at",
+        "sent_count",
+        "last_sent_at",
+        "created_at",
+    )
+    exclude = ("token_hash",)
+    actions = ["resend_invitations"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # invitations are created by organisation admins through the API
+
+    @admin.action(description="Resend the selected invitations (with a fresh link)")
+    def resend_invitations(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
+        sent = 0
+        for invitation in queryset.select_related("organisation"):
+            try:
+                services.invitation_resend_by_operator(invitation=invitation, operator=request.user)
+            except ApplicationError as exc:
+                self.message_user(request, f"{invitation.email}: {exc.message}", messages.WARNING)
+            else:
+                sent += 1
+        self.message_user(request, f"Resent {sent} invitation(s).", messages.SUCCESS)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "prefix",
+        "organisation",
+        "role",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "last_used_at",
+    )
+    list_filter = ("role", ("revoked_at", admin.EmptyFieldListFilter), "created_at")
+    search_fields = ("name", "prefix", "organisation__name")
+    list_select_related = ("organisation",)
+    exclude = ("key_hash",)
+    readonly_fields = (
+        "organisation",
+        "name",
+        "role",
+        "prefix",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "revoked_at",
+        "revoked_by",
+        "last_used_at",
+    )
+    actions = ["revoke_keys"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a key is shown once to the organisation admin who creates it
+
+    @admin.action(description="Revoke the selected API keys")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        count = 0
+        for api_key in queryset.filter(revoked_at__isnull=True).select_related("organisation"):
+            actor = Membership(user=request.user, organisation=api_key.organisation, role="owner")
+            services.api_key_revoke(
+                actor=actor, api_key=api_key, meta=RequestMeta.from_request(request)
+            )
+            count += 1
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

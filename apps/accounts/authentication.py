@@ -1,0 +1,98 @@
+"""DRF authentication: JWT access tokens (with revocation) and organisation API keys."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from rest_framework import authentication
+from rest_framework.request import Request
+from rest_framework_simplejwt.authentication import JWTAuthentication as SimpleJWTAuthentication
+from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken
+from rest_framework_simplejwt.tokens import Token
+
+from apps.audit.context import bind_request_actor
+
+from .models import ApiKey
+from .network import RequestMeta
+from .tokens import VERSION_CLAIM, api_key_split, sha256_hex
+
+
+class JWTAuthentication(SimpleJWTAuthentication):
+    """simplejwt's authentication plus the token version check.
+
+    A password change or reset, a deactivation or a removal from an organisation raises the
+    user's `token_version`; every token issued before then (access tokens too) stops working on
+    its next request instead of living until `exp`.
+    """
+
+    def get_user(self, validated_token: Token) -> Any:
+        user = super().get_user(validated_token)
+        if validated_token.get(VERSION_CLAIM) != getattr(user, "token_version", None):
+            raise AuthenticationFailed("Token has been revoked.", code="token_revoked")
+        return user
+
+    def authenticate(self, request: Request) -> tuple[Any, Any] | None:
+        result = super().authenticate(request)
+        if result is not None:
+            bind_request_actor(request, result[0])
+        return result
+
+
+class ApiKeyPrincipal:
+    """`request.user` for a call made with an API key: authenticated, but not a person."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+    id = None
+
+    def __init__(self, api_key: ApiKey) -> None:
+        self.api_key = api_key
+
+    def __str__(self) -> str:
+        return f"API key {self.api_key.prefix}"
+
+    def has_perm(self, *_args: Any, **_kwargs: Any) -> bool:
+        return False
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Api-Key <key>` or `X-API-Key: <key>`."""
+
+    keyword = "Api-Key"
+
+    def authenticate_header(self, request: Request) -> str:
+        return f'{self.keyword} realm="api"'
+
+    def _raw_key(self, request: Request) -> str | None:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        if header:
+            parts = header.split()
+            if parts and parts[0].lower() == self.keyword.lower():
+                if len(parts) != 2:
+                    raise InvalidToken("Malformed API key header.", code="invalid_api_key")
+                return parts[1]
+        return request.META.get("HTTP_X_API_KEY") or None
+
+    def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
+        from .services import api_key_mark_used
+
+        raw = self._raw_key(request)
+        if raw is None:
+            return None
+        failure = AuthenticationFailed("Invalid API key.", code="invalid_api_key")
+        prefix = api_key_split(raw)
+        if prefix is None:
+            raise failure
+        key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
+        if key is None or not hmac.compare_digest(key.key_hash, sha256_hex(raw.strip())):
+            raise failure
+        if not key.is_usable or not key.organisation.is_active:
+            raise failure
+        api_key_mark_used(api_key=key, meta=RequestMeta.from_request(request))
+        bind_request_actor(request, None)
+        return ApiKeyPrincipal(key), key

@@ -1,0 +1,178 @@
+"""Rate limits shared by every web process through the Django cache (Redis).
+
+Counting is django-ratelimit's fixed-window counter (`cache.add` + atomic `incr`), so replicas
+share one count per key and window. Two layers:
+
+* DRF throttles (`ApiRateThrottle`, `ScopedRateThrottle`) for every API call: per user, per API
+  key, or per client IP for anonymous calls, at the rate of the organisation's plan
+  (`PLAN_RATE_LIMITS`). A view opts into a stricter scope with `throttle_scope = "uploads"`.
+* Brute-force guards for credentials (`login`, `password_reset`): per account and per client IP,
+  checked before the password is, so a locked account answers 429 even to the right password.
+
+Over a limit the caller gets 429 with `Retry-After` and the error body.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest
+from django_ratelimit.core import get_usage
+from redis.exceptions import RedisError
+from rest_framework.exceptions import Throttled
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from .network import client_ip
+
+logger = logging.getLogger(__name__)
+
+
+def ip_key(ip: str | None) -> str:
+    """The counter key of an address: IPv6 clients count per /64 (one subscriber's prefix)."""
+    if not ip:
+        return "ip:unknown"
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"ip:{ip}"
+    if address.version == 6:
+        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"ip:{address}"
+
+
+def _key(value: str) -> Callable[[str, Any], str]:
+    return lambda _group, _request: value
+
+
+def _usage(
+    request: HttpRequest | None, *, group: str, key: str, rate: str, increment: bool
+) -> dict[str, Any] | None:
+    """django-ratelimit's usage, or None when the shared store cannot be reached."""
+    try:
+        return get_usage(request, group=group, key=_key(key), rate=rate, increment=increment)
+    except (RedisError, ConnectionError, TimeoutError, OSError):
+        logger.warning("Rate-limit store unreachable for %s", group, exc_info=True)
+        return None
+
+
+def _retry_after(usage: dict[str, Any]) -> int:
+    return max(int(usage.get("time_left") or 0), 1)
+
+
+# ---- API throttles ----------------------------------------------------------------------------
+def plan_rate(plan: str | None, scope: str) -> str | None:
+    plans = settings.PLAN_RATE_LIMITS
+    rates = plans.get(plan or "") or plans.get(settings.RATE_LIMIT_DEFAULT_PLAN) or {}
+    rate = rates.get(scope)
+    if rate is None:
+        rate = (plans.get(settings.RATE_LIMIT_DEFAULT_PLAN) or {}).get(scope)
+    return rate
+
+
+def caller_identity(request: Request) -> tuple[str, str | None]:
+    """(counter key, plan) of the caller: an API key, a user, or an anonymous IP."""
+    from .authentication import ApiKeyPrincipal
+    from .tenancy import cached_tenant
+
+    user = getattr(request, "user", None)
+    if isinstance(user, ApiKeyPrincipal):
+        return f"key:{user.api_key.pk}", user.api_key.organisation.plan
+    if user is not None and user.is_authenticated:
+        tenant = cached_tenant(request)
+        return f"user:{user.pk}", tenant.organisation.plan if tenant else None
+    return ip_key(client_ip(request)), None
+
+
+class ApiRateThrottle(BaseThrottle):
+    """The general API rate: every call counts once in its caller's `api` window."""
+
+    scope = "api"
+
+    def __init__(self) -> None:
+        self._wait = 1
+
+    def get_scope(self, view: Any) -> str | None:
+        return self.scope
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        if not settings.RATE_LIMIT_ENABLED:
+            return True
+        scope = self.get_scope(view)
+        if not scope:
+            return True
+        identity, plan = caller_identity(request)
+        if identity.startswith("ip:"):
+            rate = settings.RATE_LIMIT_ANON if scope == "api" else plan_rate(None, scope)
+        else:
+            rate = plan_rate(plan, scope)
+        if not rate:
+            return True
+        usage = _usage(request, group=f"throttle:{scope}", key=identity, rate=rate, increment=True)
+        if usage is None:  # availability over strictness for the general rate
+            return True
+        if usage["should_limit"]:
+            self._wait = _retry_after(usage)
+            return False
+        return True
+
+    def wait(self) -> float:
+        return self._wait
+
+
+class PlanScopedRateThrottle(ApiRateThrottle):
+    """An extra, stricter window for views that name one (`throttle_scope = "uploads"`)."""
+
+    def get_scope(self, view: Any) -> str | None:
+        scope = getattr(view, "throttle_scope", None)
+        return scope if scope and scope != "api" else None
+
+
+# ---- Brute-force guards -----------------------------------------------------------------------
+GUARDS: dict[str, tuple[str, str]] = {
+    # guard: (per-account rate setting, per-IP rate setting)
+    "login": ("LOGIN_RATE_PER_ACCOUNT", "LOGIN_RATE_PER_IP"),
+    "password_reset": ("PASSWORD_RESET_RATE_PER_ACCOUNT", "PASSWORD_RESET_RATE_PER_IP"),
+}
+
+
+def _guard_counters(guard: str, account: str, ip: str | None) -> list[tuple[str, str, str]]:
+    account_setting, ip_setting = GUARDS[guard]
+    return [
+        (f"guard:{guard}:account", f"account:{account}", getattr(settings, account_setting)),
+        (f"guard:{guard}:ip", ip_key(ip), getattr(settings, ip_setting)),
+    ]
+
+
+def guard_check(*, guard: str, account: str, ip: str | None) -> None:
+    """Raise 429 if the account or the client IP has used up its attempts for this window."""
+    # Imported here: DRF imports this module while apps.core.exceptions is still importing DRF.
+    from apps.core.exceptions import ServiceUnavailableError
+
+    for group, key, rate in _guard_counters(guard, account, ip):
+        usage = _usage(None, group=group, key=key, rate=rate, increment=False)
+        if usage is None:  # never let credentials be guessed while the counters are down
+            raise ServiceUnavailableError(
+                "This is temporarily unavailable. Try again shortly.",
+                code="rate_limit_unavailable",
+            )
+        if usage["count"] >= usage["limit"]:
+            raise Throttled(wait=_retry_after(usage))
+
+
+def guard_hit(*, guard: str, account: str, ip: str | None) -> list[str]:
+    """Count one attempt (a failed login, a reset request) against the account and the IP.
+
+    Returns the counters ("account", "ip") that this attempt used up, so that the moment of
+    lockout can be recorded once rather than on every refused attempt.
+    """
+    exhausted = []
+    for group, key, rate in _guard_counters(guard, account, ip):
+        usage = _usage(None, group=group, key=key, rate=rate, increment=True)
+        if usage is not None and usage["count"] == usage["limit"]:
+            exhausted.append(group.rsplit(":", 1)[1])
+    return exhausted

@@ -1,0 +1,67 @@
+"""Helpers shared by the accounts services: links, emails after commit, token revocation."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
+
+from ..models import Membership, Organisation, User
+
+
+def public_link(path: str, token: str) -> str:
+    return f"{settings.PUBLIC_BASE_URL}{path}?{urlencode({'token': token})}"
+
+
+def enqueue_email(
+    template: str, to: str, context: dict[str, Any], dedupe_key: str | None = None
+) -> None:
+    """Send a templated email through the email queue once the transaction commits."""
+    from workers.emails import send_email
+
+    def enqueue() -> None:
+        send_email.apply_async(
+            kwargs={"template": template, "to": [to], "context": context, "dedupe_key": dedupe_key}
+        )
+
+    transaction.on_commit(enqueue, robust=True)
+
+
+def check_password_strength(password: str, user: User) -> None:
+    try:
+        validate_password(password, user=user)
+    except DjangoValidationError as exc:
+        raise DjangoValidationError({"password": exc.messages}) from None
+
+
+def blacklist_refresh_tokens(user: User) -> int:
+    """Blacklist every unexpired refresh token of the user that is not blacklisted yet."""
+    pending = OutstandingToken.objects.filter(
+        user=user, expires_at__gt=timezone.now(), blacklistedtoken__isnull=True
+    )
+    created = BlacklistedToken.objects.bulk_create(
+        [BlacklistedToken(token=token) for token in pending], ignore_conflicts=True
+    )
+    return len(created)
+
+
+def user_tokens_revoke(*, user: User) -> User:
+    """End every session of the user: access tokens by version, refresh tokens by blacklist."""
+    User.objects.filter(pk=user.pk).update(token_version=F("token_version") + 1)
+    user.refresh_from_db(fields=["token_version"])
+    blacklist_refresh_tokens(user)
+    return user
+
+
+def default_organisation(user: User) -> Organisation | None:
+    memberships = list(
+        Membership.objects.filter(user=user).select_related("organisation").order_by()[:2]
+    )
+    return memberships[0].organisation if len(memberships) == 1 else None

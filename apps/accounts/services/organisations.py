@@ -1,0 +1,352 @@
+"""Organisations, memberships (roles, removal, leaving) and invitations."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record
+from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
+
+from ..exceptions import Forbidden, InvalidLink
+from ..models import (
+    Invitation,
+    Membership,
+    Organisation,
+    Role,
+    User,
+    normalise_email,
+    role_at_least,
+)
+from ..network import RequestMeta
+from ..tokens import (
+    TokenPair,
+    invitation_token_new,
+    invitation_token_read,
+    token_pair_issue,
+)
+from ._common import (
+    check_password_strength,
+    enqueue_email,
+    public_link,
+    user_tokens_revoke,
+)
+
+
+# ---- Organisations and memberships ------------------------------------------------------------
+@transaction.atomic
+def organisation_create(*, user: User, name: str, meta: RequestMeta) -> Organisation:
+    organisation = Organisation.objects.create(name=name, plan=settings.RATE_LIMIT_DEFAULT_PLAN)
+    Membership.objects.create(user=user, organisation=organisation, role=Role.OWNER)
+    audit_record(
+        action=AuditAction.ORGANISATION_CREATED,
+        actor=user,
+        organisation=organisation,
+        target=organisation,
+        meta=meta,
+    )
+    return organisation
+
+
+def organisation_update(
+    *, membership: Membership, name: str | None = None, meta: RequestMeta
+) -> Organisation:
+    if not role_at_least(membership.role, Role.ADMIN):
+        raise Forbidden("Only admins can change the organisation.")
+    organisation = membership.organisation
+    if name is not None and name != organisation.name:
+        old = organisation.name
+        organisation.name = name
+        organisation.save(update_fields=["name", "updated_at"])
+        audit_record(
+            action=AuditAction.ORGANISATION_UPDATED,
+            actor=membership.user,
+            organisation=organisation,
+            target=organisation,
+            meta=meta,
+            metadata={"name": [old, name]},
+        )
+    return organisation
+
+
+def _lock_owners(organisation_id: uuid.UUID) -> list[Membership]:
+    return list(
+        Membership.objects.select_for_update()
+        .filter(organisation_id=organisation_id, role=Role.OWNER)
+        .order_by("id")
+    )
+
+
+@transaction.atomic
+def membership_change_role(
+    *, actor: Membership, membership: Membership, role: str, meta: RequestMeta
+) -> Membership:
+    """Change a member's role. Admins manage non-owners; owner rights need an owner."""
+    if not role_at_least(actor.role, Role.ADMIN):
+        raise Forbidden("Only admins can change roles.")
+    if Role.OWNER in (membership.role, role) and actor.role != Role.OWNER:
+        raise Forbidden("Only owners can grant or take away the owner role.")
+    old = membership.role
+    if old == role:
+        return membership
+    if old == Role.OWNER:
+        owners = _lock_owners(membership.organisation_id)
+        if len(owners) <= 1:
+            raise ConflictError("An organisation needs at least one owner.", code="last_owner")
+    membership.role = role
+    membership.save(update_fields=["role", "updated_at"])
+    audit_record(
+        action=AuditAction.MEMBER_ROLE_CHANGED,
+        actor=actor.user,
+        organisation=membership.organisation,
+        target=membership.user,
+        meta=meta,
+        metadata={"from": old, "to": role, "membership": str(membership.id)},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, actor: Membership, membership: Membership, meta: RequestMeta) -> None:
+    """Remove someone from the organisation and end every session they have."""
+    if not role_at_least(actor.role, Role.ADMIN):
+        raise Forbidden("Only admins can remove members.")
+    if membership.role == Role.OWNER:
+        if actor.role != Role.OWNER:
+            raise Forbidden("Only owners can remove an owner.")
+        if len(_lock_owners(membership.organisation_id)) <= 1:
+            raise ConflictError("An organisation needs at least one owner.", code="last_owner")
+    user = membership.user
+    membership.delete()
+    user_tokens_revoke(user=user)
+    audit_record(
+        action=AuditAction.MEMBER_REMOVED,
+        actor=actor.user,
+        organisation=actor.organisation,
+        target=user,
+        meta=meta,
+        metadata={"role": membership.role},
+    )
+
+
+@transaction.atomic
+def membership_leave(*, membership: Membership, meta: RequestMeta) -> None:
+    if membership.role == Role.OWNER and len(_lock_owners(membership.organisation_id)) <= 1:
+        raise ConflictError(
+            "You are the only owner: make someone else an owner before leaving.",
+            code="last_owner",
+        )
+    membership.delete()
+    audit_record(
+        action=AuditAction.MEMBER_LEFT,
+        actor=membership.user,
+        organisation=membership.organisation,
+        target=membership.user,
+        meta=meta,
+    )
+
+
+# ---- Invitations ------------------------------------------------------------------------------
+def _send_invitation(invitation: Invitation, token: str, inviter: User | None) -> None:
+    enqueue_email(
+        "invitation",
+        invitation.email,
+        {
+            "organisation_name": invitation.organisation.name,
+            "inviter_name": (inviter.full_name or inviter.email) if inviter else "LexisCore",
+            "role": invitation.role,
+            "accept_url": public_link("/accept-invitation", token),
+            "expires_at": invitation.expires_at.strftime("%Y-%m-%d %H:%M UTC"),
+        },
+        dedupe_key=f"invitation:{invitation.id}:{invitation.sent_count}",
+    )
+
+
+def _issue_invitation_token(invitation: Invitation) -> str:
+    token, token_hash = invitation_token_new(invitation_id=str(invitation.id))
+    invitation.token_hash = token_hash
+    invitation.expires_at = timezone.now() + dt.timedelta(seconds=settings.INVITATION_MAX_AGE)
+    invitation.sent_count += 1
+    invitation.last_sent_at = timezone.now()
+    return token
+
+
+@transaction.atomic
+def invitation_create(*, actor: Membership, email: str, role: str, meta: RequestMeta) -> Invitation:
+    if not role_at_least(actor.role, Role.ADMIN):
+        raise Forbidden("Only admins can invite.")
+    if role == Role.OWNER and actor.role != Role.OWNER:
+        raise Forbidden("Only owners can invite owners.")
+    organisation = actor.organisation
+    address = normalise_email(email)
+    if Membership.objects.filter(organisation=organisation, user__email=address).exists():
+        raise ConflictError("This person is already a member.", code="already_member")
+    pending = (
+        Invitation.objects.select_for_update()
+        .filter(organisation=organisation, email=address, status=Invitation.Status.PENDING)
+        .first()
+    )
+    if pending is not None:
+        if not pending.is_expired:
+            raise ConflictError(
+                "This address already has a pending invitation: resend it instead.",
+                code="already_invited",
+                details={"invitation": str(pending.id)},
+            )
+        pending.status = Invitation.Status.REVOKED
+        pending.save(update_fields=["status", "updated_at"])
+    invitation = Invitation(
+        id=uuid.uuid4(), organisation=organisation, email=address, role=role, invited_by=actor.user
+    )
+    token = _issue_invitation_token(invitation)
+    invitation.save()
+    _send_invitation(invitation, token, actor.user)
+    audit_record(
+        action=AuditAction.INVITATION_SENT,
+        actor=actor.user,
+        organisation=organisation,
+        target=invitation,
+        target_repr=address,
+        meta=meta,
+        metadata={"role": role},
+    )
+    return invitation
+
+
+@transaction.atomic
+def invitation_resend(
+    *, actor: Membership, invitation: Invitation | None, meta: RequestMeta | None = None
+) -> Invitation:
+    """Send a pending invitation again with a new link (older links stop working)."""
+    if invitation is None:
+        raise NotFoundError("No such invitation.")
+    if not role_at_least(actor.role, Role.ADMIN):
+        raise Forbidden("Only admins can resend invitations.")
+    invitation = (
+        Invitation.objects.select_for_update().select_related("organisation").get(pk=invitation.pk)
+    )
+    if invitation.status != Invitation.Status.PENDING:
+        raise ConflictError("Only pending invitations can be resent.", code="not_pending")
+    token = _issue_invitation_token(invitation)
+    invitation.save()
+    _send_invitation(invitation, token, actor.user)
+    audit_record(
+        action=AuditAction.INVITATION_SENT,
+        actor=actor.user,
+        organisation=invitation.organisation,
+        target=invitation,
+        target_repr=invitation.email,
+        meta=meta,
+        metadata={"role": invitation.role, "resend": invitation.sent_count},
+    )
+    return invitation
+
+
+def invitation_resend_by_operator(*, invitation: Invitation, operator: User) -> Invitation:
+    """The admin site's "resend" action: the operator acts with owner rights."""
+    actor = Membership(user=operator, organisation=invitation.organisation, role=Role.OWNER)
+    return invitation_resend(actor=actor, invitation=invitation, meta=RequestMeta())
+
+
+@transaction.atomic
+def invitation_revoke(*, actor: Membership, invitation: Invitation, meta: RequestMeta) -> None:
+    if not role_at_least(actor.role, Role.ADMIN):
+        raise Forbidden("Only admins can revoke invitations.")
+    if invitation.status != Invitation.Status.PENDING:
+        raise ConflictError("Only pending invitations can be revoked.", code="not_pending")
+    invitation.status = Invitation.Status.REVOKED
+    invitation.save(update_fields=["status", "updated_at"])
+    audit_record(
+        action=AuditAction.INVITATION_REVOKED,
+        actor=actor.user,
+        organisation=invitation.organisation,
+        target=invitation,
+        target_repr=invitation.email,
+        meta=meta,
+    )
+
+
+@transaction.atomic
+def invitation_accept(
+    *,
+    token: str,
+    user: User | None,
+    password: str | None = None,
+    full_name: str = "",
+    meta: RequestMeta,
+) -> tuple[Membership, TokenPair | None]:
+    """Join the invitation's organisation.
+
+    A signed-in user joins if the invitation was sent to their address. Without a session, a
+    new account is created for the invited address (the link proves it, so it is verified) and
+    a token pair is returned; an address that already has an account must sign in first.
+    """
+    read = invitation_token_read(token)
+    if read is None:
+        raise InvalidLink()
+    invitation_id, nonce_hash = read
+    try:
+        invitation = (
+            Invitation.objects.select_for_update(of=("self",))
+            .select_related("organisation")
+            .filter(id=invitation_id, token_hash=nonce_hash)
+            .first()
+        )
+    except DjangoValidationError:
+        invitation = None
+    if (
+        invitation is None
+        or invitation.status != Invitation.Status.PENDING
+        or invitation.is_expired
+        or not invitation.organisation.is_active
+    ):
+        raise InvalidLink()
+
+    created = False
+    if user is not None:
+        if normalise_email(user.email) != invitation.email:
+            raise ApplicationError(
+                "This invitation was sent to another address.",
+                code="invitation_email_mismatch",
+                status_code=403,
+            )
+    else:
+        if User.objects.filter(email=invitation.email).exists():
+            raise ConflictError(
+                "An account exists for this address: sign in, then accept the invitation.",
+                code="account_exists",
+            )
+        if not password:
+            raise DjangoValidationError({"password": ["This field is required."]})
+        check_password_strength(password, User(email=invitation.email, full_name=full_name))
+        user = User.objects.create_user(
+            email=invitation.email,
+            password=password,
+            full_name=full_name,
+            email_verified_at=timezone.now(),
+        )
+        created = True
+    membership, _created = Membership.objects.get_or_create(
+        user=user, organisation=invitation.organisation, defaults={"role": invitation.role}
+    )
+    invitation.status = Invitation.Status.ACCEPTED
+    invitation.accepted_by = user
+    invitation.accepted_at = timezone.now()
+    invitation.save(update_fields=["status", "accepted_by", "accepted_at", "updated_at"])
+    pair = token_pair_issue(user=user, organisation=invitation.organisation) if created else None
+    audit_record(
+        action=AuditAction.INVITATION_ACCEPTED,
+        actor=user,
+        organisation=invitation.organisation,
+        target=invitation,
+        target_repr=invitation.email,
+        meta=meta,
+        metadata={"role": membership.role, "new_account": pair is not None},
+    )
+    return membership, pair

@@ -1,0 +1,307 @@
+"""Registration, email verification, passwords, profile and deactivation."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record
+from apps.core.exceptions import ConflictError
+
+from ..exceptions import InvalidLink
+from ..models import (
+    Membership,
+    Organisation,
+    Role,
+    User,
+    normalise_email,
+)
+from ..network import RequestMeta
+from ..ratelimit import guard_check, guard_hit
+from ..tokens import (
+    TokenPair,
+    email_verification_read,
+    email_verification_token,
+    password_reset_check,
+    password_reset_split,
+    password_reset_token,
+    token_pair_issue,
+)
+from ._common import (
+    blacklist_refresh_tokens,
+    check_password_strength,
+    default_organisation,
+    enqueue_email,
+    public_link,
+    user_tokens_revoke,
+)
+
+
+# ---- Registration and email verification ------------------------------------------------------
+def _send_verification(user: User) -> None:
+    enqueue_email(
+        "verify_email",
+        user.email,
+        {
+            "full_name": user.full_name,
+            "email": user.email,
+            "verify_url": public_link("/verify-email", email_verification_token(user=user)),
+            "valid_hours": settings.EMAIL_VERIFICATION_MAX_AGE // 3600,
+        },
+    )
+
+
+def user_register(
+    *, email: str, password: str, full_name: str, organisation_name: str, meta: RequestMeta
+) -> User | None:
+    """Create an unverified user owning a new organisation, and email a verification link.
+
+    An address that already has an account gets an email saying so and the same answer, so
+    the endpoint does not tell who has an account.
+    """
+    account = normalise_email(email)
+    guard_check(guard="password_reset", account=account, ip=meta.ip)
+    guard_hit(guard="password_reset", account=account, ip=meta.ip)
+    check_password_strength(password, User(email=account, full_name=full_name))
+    if User.objects.filter(email=account).exists():
+        make_password(password)  # the same work as creating an account: no timing oracle
+        enqueue_email(
+            "account_exists",
+            account,
+            {"email": account, "reset_url": f"{settings.PUBLIC_BASE_URL}/reset-password"},
+        )
+        return None
+    try:
+        with transaction.atomic():
+            user = User.objects.create_user(email=account, password=password, full_name=full_name)
+            organisation = Organisation.objects.create(
+                name=organisation_name, plan=settings.RATE_LIMIT_DEFAULT_PLAN
+            )
+            Membership.objects.create(user=user, organisation=organisation, role=Role.OWNER)
+            audit_record(
+                action=AuditAction.USER_REGISTERED,
+                actor=user,
+                organisation=organisation,
+                target=user,
+                meta=meta,
+            )
+            audit_record(
+                action=AuditAction.ORGANISATION_CREATED,
+                actor=user,
+                organisation=organisation,
+                target=organisation,
+                meta=meta,
+            )
+            _send_verification(user)
+    except IntegrityError:  # registered concurrently with the same address
+        return None
+    return user
+
+
+def email_verification_resend(*, email: str, meta: RequestMeta) -> None:
+    account = normalise_email(email)
+    guard_check(guard="password_reset", account=account, ip=meta.ip)
+    guard_hit(guard="password_reset", account=account, ip=meta.ip)
+    user = User.objects.filter(email=account, is_active=True, email_verified_at=None).first()
+    if user is not None:
+        _send_verification(user)
+
+
+def user_verify_email(*, token: str, meta: RequestMeta) -> User:
+    data = email_verification_read(token)
+    if data is None:
+        raise InvalidLink()
+    try:
+        user = User.objects.filter(public_id=data["u"], email=data["e"], is_active=True).first()
+    except DjangoValidationError:
+        user = None
+    if user is None:
+        raise InvalidLink()
+    if user.email_verified_at is None:
+        user.email_verified_at = timezone.now()
+        user.save(update_fields=["email_verified_at"])
+        audit_record(
+            action=AuditAction.EMAIL_VERIFIED,
+            actor=user,
+            organisation=default_organisation(user),
+            target=user,
+            meta=meta,
+        )
+    return user
+
+
+# ---- Passwords --------------------------------------------------------------------------------
+def _notify_password_changed(user: User) -> None:
+    enqueue_email(
+        "password_changed",
+        user.email,
+        {
+            "full_name": user.full_name,
+            "email": user.email,
+            "reset_url": f"{settings.PUBLIC_BASE_URL}/reset-password",
+        },
+    )
+
+
+def password_reset_request(*, email: str, meta: RequestMeta) -> None:
+    """Email a one-time reset link if the address has an active account; answer the same if not."""
+    account = normalise_email(email)
+    guard_check(guard="password_reset", account=account, ip=meta.ip)
+    guard_hit(guard="password_reset", account=account, ip=meta.ip)
+    user = User.objects.filter(email=account, is_active=True).first()
+    if user is None or not user.has_usable_password():
+        return
+    enqueue_email(
+        "password_reset",
+        user.email,
+        {
+            "full_name": user.full_name,
+            "email": user.email,
+            "reset_url": public_link("/reset-password", password_reset_token(user=user)),
+            "valid_minutes": settings.PASSWORD_RESET_TIMEOUT // 60,
+        },
+    )
+    audit_record(
+        action=AuditAction.PASSWORD_RESET_REQUESTED,
+        organisation=default_organisation(user),
+        target=user,
+        meta=meta,
+    )
+
+
+@transaction.atomic
+def password_reset_confirm(*, token: str, new_password: str, meta: RequestMeta) -> User:
+    """Set a new password from a reset link; every existing session of the user ends."""
+    parts = password_reset_split(token)
+    if parts is None:
+        raise InvalidLink()
+    public_hex, generator_token = parts
+    try:
+        public_id = uuid.UUID(hex=public_hex)
+    except ValueError:
+        raise InvalidLink() from None
+    user = User.objects.select_for_update().filter(public_id=public_id, is_active=True).first()
+    if user is None or not password_reset_check(user=user, generator_token=generator_token):
+        raise InvalidLink()
+    check_password_strength(new_password, user)
+    user.set_password(new_password)
+    if user.email_verified_at is None:  # the link proved the address
+        user.email_verified_at = timezone.now()
+    user.save()
+    blacklist_refresh_tokens(user)
+    audit_record(
+        action=AuditAction.PASSWORD_RESET,
+        actor=user,
+        organisation=default_organisation(user),
+        target=user,
+        meta=meta,
+    )
+    _notify_password_changed(user)
+    return user
+
+
+def password_change(
+    *,
+    user: User,
+    current_password: str,
+    new_password: str,
+    organisation_id: str | None = None,
+    meta: RequestMeta,
+) -> TokenPair:
+    """Change the password; every other session ends and the caller gets a fresh pair."""
+    guard_check(guard="login", account=user.email, ip=meta.ip)
+    if not user.check_password(current_password):
+        guard_hit(guard="login", account=user.email, ip=meta.ip)
+        raise DjangoValidationError({"current_password": ["The current password is wrong."]})
+    check_password_strength(new_password, user)
+    with transaction.atomic():
+        user.set_password(new_password)
+        user.save()
+        blacklist_refresh_tokens(user)
+        organisation = (
+            Organisation.objects.filter(id=organisation_id, memberships__user=user).first()
+            if organisation_id
+            else None
+        )
+        pair = token_pair_issue(user=user, organisation=organisation)
+        audit_record(
+            action=AuditAction.PASSWORD_CHANGED,
+            actor=user,
+            organisation=organisation or default_organisation(user),
+            target=user,
+            meta=meta,
+        )
+        _notify_password_changed(user)
+    return pair
+
+
+# ---- Profile and deactivation -----------------------------------------------------------------
+def user_update_profile(*, user: User, full_name: str | None = None, meta: RequestMeta) -> User:
+    changed = []
+    if full_name is not None and full_name != user.full_name:
+        user.full_name = full_name
+        changed.append("full_name")
+    if changed:
+        user.save(update_fields=changed)
+        audit_record(
+            action=AuditAction.PROFILE_UPDATED,
+            actor=user,
+            target=user,
+            meta=meta,
+            metadata={"fields": changed},
+        )
+    return user
+
+
+def _sole_owner_of_shared_organisations(user: User) -> list[Organisation]:
+    owned = Organisation.objects.filter(memberships__user=user, memberships__role=Role.OWNER)
+    blocked = []
+    for organisation in owned:
+        owners = Membership.objects.filter(organisation=organisation, role=Role.OWNER).count()
+        others = Membership.objects.filter(organisation=organisation).exclude(user=user).exists()
+        if owners == 1 and others:
+            blocked.append(organisation)
+    return blocked
+
+
+@transaction.atomic
+def user_deactivate(
+    *,
+    user: User,
+    actor: User | None,
+    password: str | None = None,
+    force: bool = False,
+    meta: RequestMeta,
+) -> User:
+    """Deactivate an account: it can no longer sign in and every token of it stops working.
+
+    A user deactivating themselves confirms with their password and must first hand over any
+    organisation they alone own that has other members; operators (`force`) may skip both.
+    """
+    if password is not None and not user.check_password(password):
+        raise DjangoValidationError({"password": ["The password is wrong."]})
+    if not force:
+        blocked = _sole_owner_of_shared_organisations(user)
+        if blocked:
+            raise ConflictError(
+                "Make someone else an owner of your organisations first.",
+                code="sole_owner",
+                details={"organisations": [str(o.id) for o in blocked]},
+            )
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    user_tokens_revoke(user=user)
+    audit_record(
+        action=AuditAction.USER_DEACTIVATED,
+        actor=actor if actor is not None else "system",
+        target=user,
+        meta=meta,
+        metadata={"by_operator": bool(force)},
+    )
+    return user

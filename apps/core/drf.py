@@ -1,0 +1,116 @@
+"""DRF building blocks every app's API uses: strict input, the documented error body, pages.
+
+Every app's api/ imports these, so they live in apps/core."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+
+class NamedSerializer(serializers.Serializer):
+    """A serializer nested in a view names its schema component after the view.
+
+    `TokenObtainApi.InputSerializer` becomes `TokenObtainInput`, so the nested Input/Output
+    classes of many views never collide in the OpenAPI document.
+    """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        owner, _, name = cls.__qualname__.rpartition(".")
+        if owner and "ref_name" not in vars(getattr(cls, "Meta", object)):
+            ref_name = owner.removesuffix("Api") + name.removesuffix("Serializer")
+            cls.Meta = type("Meta", (), {"ref_name": ref_name})
+
+
+class InputSerializer(NamedSerializer):
+    """Input that refuses fields it does not declare.
+
+    Mass assignment (`organisation`, `role`, `is_staff`, ... where they are not inputs) answers
+    400 naming each unknown field, rather than being silently dropped.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class DetailOutputSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+ErrorSerializer = inline_serializer(
+    name="Error",
+    fields={
+        "error": inline_serializer(
+            name="ErrorDetail",
+            fields={
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.JSONField(),
+                "request_id": serializers.CharField(),
+            },
+        )
+    },
+)
+
+_ERROR_TEXT = {
+    400: "Invalid input (`validation_error` lists each field) or a refused operation.",
+    401: "Missing, invalid, expired or revoked credentials.",
+    403: "Signed in, but the role (or credential kind) does not allow this.",
+    404: "Not found in the caller's organisation (another organisation's ids answer the same).",
+    409: "Conflicts with the current state (for example the last owner).",
+    429: "Rate limited: wait `Retry-After` seconds.",
+}
+
+
+def _example(status: int) -> OpenApiExample:
+    return OpenApiExample(
+        f"error {status}",
+        value={
+            "error": {
+                "code": "throttled" if status == 429 else "validation_error",
+                "message": "Request was throttled." if status == 429 else "The request is invalid.",
+                "details": {},
+                "request_id": "4f1c2b7e9a3d4e5f8a7b6c5d4e3f2a1b",
+            }
+        },
+        status_codes=[str(status)],
+        response_only=True,
+    )
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """The documented error responses of an operation (429 is added to every one)."""
+    return {
+        status: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[status])
+        for status in sorted({*statuses, 429})
+    }
+
+
+def page_of(name: str, item: type[serializers.Serializer]) -> Any:
+    """Schema of a page of `item` as StandardPagination renders it."""
+    return inline_serializer(
+        name=f"{name}Page",
+        fields={
+            "count": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
+
+
+def paginated_response(*, queryset: Any, serializer_class: Any, request: Any, view: Any) -> Any:
+    """A page of `queryset` in the project's standard pagination."""
+    from apps.core.pagination import StandardPagination
+
+    paginator = StandardPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)

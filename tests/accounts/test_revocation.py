@@ -1,0 +1,166 @@
+"""Every outstanding token of a user, access tokens included, dies on these events."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+
+from apps.accounts.models import Role
+from apps.accounts.network import RequestMeta
+from apps.accounts.services import user_deactivate
+from apps.accounts.tokens import password_reset_token
+from tests.factories import DEFAULT_PASSWORD, bearer, member, tokens_for
+
+NEW_PASSWORD = "An-entirely-new-passphrase-77"
+
+
+def me(client, access):
+    return client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {access}")
+
+
+def refresh(client, token):
+    return client.post("/api/v1/auth/token/refresh/", {"refresh": token}, format="json")
+
+
+def assert_revoked(client, pair):
+    response = me(client, pair.access)
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] in {"token_revoked", "user_inactive"}
+    assert refresh(client, pair.refresh).status_code == 401
+
+
+def assert_every_refresh_token_blacklisted(user):
+    outstanding = OutstandingToken.objects.filter(user=user)
+    assert outstanding.exists()
+    assert all(hasattr(token, "blacklistedtoken") for token in outstanding)
+
+
+@pytest.fixture
+def user(db):
+    return member(Role.OWNER).user
+
+
+def test_password_change_revokes_every_other_session(api_client, user):
+    device_1, device_2 = tokens_for(user), tokens_for(user)
+
+    response = api_client.post(
+        "/api/v1/me/password/",
+        {"current_password": DEFAULT_PASSWORD, "new_password": NEW_PASSWORD},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {device_1.access}",
+    )
+
+    assert response.status_code == 200
+    assert_revoked(api_client, device_1)
+    assert_revoked(api_client, device_2)
+    assert me(api_client, response.json()["access"]).status_code == 200
+    user.refresh_from_db()
+    assert user.check_password(NEW_PASSWORD)
+
+
+def test_a_wrong_current_password_changes_nothing(api_client, user):
+    pair = tokens_for(user)
+
+    response = api_client.post(
+        "/api/v1/me/password/",
+        {"current_password": "wrong", "new_password": NEW_PASSWORD},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {pair.access}",
+    )
+
+    assert response.status_code == 400
+    assert "current_password" in response.json()["error"]["details"]
+    assert me(api_client, pair.access).status_code == 200
+
+
+def test_a_weak_new_password_is_refused_by_the_validators(api_client, user):
+    pair = tokens_for(user)
+
+    response = api_client.post(
+        "/api/v1/me/password/",
+        {"current_password": DEFAULT_PASSWORD, "new_password": "12345678"},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {pair.access}",
+    )
+
+    assert response.status_code == 400
+    assert "password" in response.json()["error"]["details"]
+
+
+def test_password_reset_revokes_every_session(api_client, user):
+    device_1, device_2 = tokens_for(user), tokens_for(user)
+
+    response = api_client.post(
+        "/api/v1/auth/password-reset/confirm/",
+        {"token": password_reset_token(user=user), "new_password": NEW_PASSWORD},
+        format="json",
+    )
+
+    assert response.status_code == 200
+    assert_revoked(api_client, device_1)
+    assert_revoked(api_client, device_2)
+    assert_every_refresh_token_blacklisted(user)
+
+
+def test_deactivating_oneself_revokes_every_session(api_client, user):
+    device_1, device_2 = tokens_for(user), tokens_for(user)
+
+    response = api_client.post(
+        "/api/v1/me/deactivate/",
+        {"password": DEFAULT_PASSWORD},
+        format="json",
+        HTTP_AUTHORIZATION=f"Bearer {device_1.access}",
+    )
+
+    assert response.status_code == 204
+    assert_revoked(api_client, device_1)
+    assert_revoked(api_client, device_2)
+    assert_every_refresh_token_blacklisted(user)
+
+
+def test_deactivation_by_an_operator_revokes_every_session(api_client, user):
+    pair = tokens_for(user)
+
+    user_deactivate(user=user, actor=None, force=True, meta=RequestMeta())
+
+    assert_revoked(api_client, pair)
+
+
+def test_removal_from_an_organisation_revokes_every_session(api_client, db):
+    admin = member(Role.ADMIN)
+    removed = member(Role.MEMBER, organisation=admin.organisation)
+    elsewhere = member(Role.OWNER)
+    removed.user.memberships.create(organisation=elsewhere.organisation, role=Role.MEMBER)
+    pair = tokens_for(removed.user, elsewhere.organisation)
+
+    response = api_client.delete(f"/api/v1/members/{removed.id}/", **bearer(admin.user))
+
+    assert response.status_code == 204
+    assert_revoked(api_client, pair)
+    assert_every_refresh_token_blacklisted(removed.user)
+
+
+def test_a_password_set_outside_the_api_also_revokes_tokens(api_client, user):
+    pair = tokens_for(user)
+
+    user.set_password(NEW_PASSWORD)  # as the admin form and `changepassword` do
+    user.save()
+
+    assert_revoked(api_client, pair)
+
+
+def test_a_hash_upgrade_at_sign_in_keeps_existing_tokens(api_client, user):
+    pair = tokens_for(user)
+
+    with override_settings(ARGON2_TIME_COST=2):
+        response = api_client.post(
+            "/api/v1/auth/token/",
+            {"email": user.email, "password": DEFAULT_PASSWORD},
+            format="json",
+        )
+        user.refresh_from_db()
+
+    assert response.status_code == 200
+    assert "t=2" in user.password
+    assert me(api_client, pair.access).status_code == 200
