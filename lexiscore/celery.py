@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from typing import Any
 
 from celery import Celery, signals
@@ -62,3 +63,9 @@ def propagate_context(headers: dict | None = None, **_kwargs: Any) -> None:
         headers["request_id"] = request_id
     if (job_id := job_id_var.get()) and not headers.get("job_id"):
         headers["job_id"] = job_id
+    # When this message entered the queue: `manage.py queues` and the queue-age gauge read it.
+    headers["published_at"] = time.time()
+
+
+# Worker metrics (task counts, durations, failures, retries) hook into Celery's signals.
+import workers.metrics  # noqa: E402,F401

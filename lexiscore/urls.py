@@ -14,6 +14,12 @@ api_v1 = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="v1:schema"), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="v1:schema"), name="redoc"),
+    path("", include("apps.accounts.api.urls")),
+    path("", include("apps.audit.api.urls")),
+    path("", include("apps.audio_jobs.api.urls")),
+    path("", include("apps.reports.api.urls")),
+    path("", include("apps.webhooks.api.urls")),
+    path("", include("apps.notifications.api.urls")),
 ]
 
 urlpatterns = [

@@ -11,3 +11,46 @@ from .base import LexisTask
 def ping() -> str:
     """A canary: proves a worker consumes the maintenance queue."""
     return "pong"
+
+
+@shared_task(name="workers.maintenance.redispatch_stale_jobs", base=LexisTask)
+def redispatch_stale_jobs() -> dict[str, int]:
+    """Publish queued jobs whose message was never sent or may be lost; requeue abandoned ones."""
+    from apps.audio_jobs.services import jobs_redispatch_stale
+
+    return jobs_redispatch_stale()
+
+
+@shared_task(name="workers.maintenance.flush_expired_tokens", base=LexisTask)
+def flush_expired_tokens() -> int:
+    """Delete expired outstanding/blacklisted JWTs (simplejwt's flushexpiredtokens), daily."""
+    from apps.accounts.services import tokens_flush_expired
+
+    return tokens_flush_expired()
+
+
+@shared_task(name="workers.maintenance.backup_database", base=LexisTask, max_retries=2)
+def backup_database() -> str:
+    """Daily (beat): dump the database with its manifest, then keep the newest BACKUP_KEEP."""
+    from apps.core.backups import backup_create, backups_prune
+
+    path = backup_create()
+    backups_prune()
+    return path.name
+
+
+@shared_task(name="workers.maintenance.retention_cleanup", base=LexisTask)
+def retention_cleanup() -> dict[str, int]:
+    """Hourly (beat): delete stale temp files and audio past AUDIO_RETENTION_DAYS."""
+    from apps.core.maintenance import audio_retention_cleanup, temp_files_cleanup
+
+    return {"temp_entries": temp_files_cleanup(), "audio_deleted": audio_retention_cleanup()}
+
+
+@shared_task(name="workers.maintenance.requeue_stuck_jobs", base=LexisTask)
+def requeue_stuck_jobs() -> dict[str, int]:
+    """Requeue processing jobs past their hard limit or with a stale heartbeat."""
+    from apps.core.maintenance import jobs_requeue_stuck
+
+    result = jobs_requeue_stuck()
+    return {"requeued": len(result["requeued"]), "held": len(result["held"])}

@@ -141,6 +141,17 @@ class Transcript(models.Model):
     def __str__(self) -> str:
         return f"Transcript of {self.job_id}"
 
+    def as_result(self) -> dict:
+        """The stored result in the engines' dict form (what apps.audio_jobs.formats renders)."""
+        return {
+            "text": self.text,
+            "language": self.language,
+            "language_probability": self.language_probability,
+            "duration": self.duration,
+            "segments": self.segments,
+            "task": self.job.task,
+        }
+
 
 class Upload(TimeStampedModel):
     """A presigned direct upload to S3-compatible storage, consumed by at most one job."""

@@ -39,6 +39,10 @@ def dead_letter_record(
             "request_id": request_id[:128],
         },
     )
+    if _created:
+        from .metrics import DEAD_LETTERS
+
+        DEAD_LETTERS.labels(task_name, queue).inc()
     return dead_letter
 
 

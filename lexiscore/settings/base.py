@@ -12,6 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # Runtime state of an embedded install (SQLite file, media, broker folders, model cache).
@@ -65,10 +66,18 @@ THIRD_PARTY_APPS = [
 ]
 LOCAL_APPS = [
     "apps.core",
+    "apps.accounts",
+    "apps.audit",
+    "apps.audio_jobs",
+    "apps.notifications",
+    "apps.reports",
+    "apps.webhooks",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
 MIDDLEWARE = [
+    # First: times the whole request, and answers /metrics (token) before host/HTTPS checks.
+    "apps.core.metrics.MetricsMiddleware",
     "apps.core.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -80,7 +89,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "auditlog.middleware.AuditlogMiddleware",
+    # django-auditlog's middleware, but with the client IP from apps.accounts.network (trusted
+    # proxies only), not the spoofable left-most X-Forwarded-For.
+    "apps.audit.middleware.AuditlogMiddleware",
 ]
 
 TEMPLATES = [
@@ -152,7 +163,7 @@ if REDIS_URL:
     CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+            "LOCATION": env.str("CACHE_URL", default="") or REDIS_URL,
             "KEY_PREFIX": "lexiscore",
             "TIMEOUT": 300,
             "OPTIONS": {
@@ -173,8 +184,10 @@ else:
 # ------------------------------------------------------------------------------------------------
 # Authentication and passwords
 # ------------------------------------------------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+# Argon2id with the costs below (ARGON2_*); PBKDF2 only verifies (and upgrades) older hashes.
 PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "apps.accounts.hashers.ConfiguredArgon2PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
 AUTH_PASSWORD_VALIDATORS = [
@@ -272,14 +285,34 @@ if _csp_report_uri:
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
 CORS_ALLOW_CREDENTIALS = False
 CORS_URLS_REGEX = r"^/api/.*$"
+CORS_ALLOW_HEADERS = (
+    "accept",
+    "authorization",
+    "content-type",
+    "user-agent",
+    "x-csrftoken",
+    "x-requested-with",
+    "x-request-id",
+    "x-organisation",
+    "x-api-key",
+    "idempotency-key",
+)
+CORS_EXPOSE_HEADERS = ("x-request-id", "retry-after")
 
 # ------------------------------------------------------------------------------------------------
 # Django REST framework and the API schema
 # ------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "apps.accounts.authentication.JWTAuthentication",
+        "apps.accounts.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
+    ],
+    # Per user / API key / anonymous IP, at the organisation plan's rate (PLAN_RATE_LIMITS);
+    # views add a stricter window with `throttle_scope = "uploads"`.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "apps.accounts.ratelimit.ApiRateThrottle",
+        "apps.accounts.ratelimit.PlanScopedRateThrottle",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": [
@@ -328,7 +361,10 @@ CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
 CELERY_MAX_TASK_TIME_LIMIT = env.int("CELERY_MAX_TASK_TIME_LIMIT", default=6 * 60 * 60)
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_DEFAULT_TIME_LIMIT", default=10 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
-CELERY_VISIBILITY_TIMEOUT = CELERY_MAX_TASK_TIME_LIMIT + 3600
+# Margin of the visibility timeout over the longest task (fault tests shorten it to see Redis
+# redeliver a killed worker's message; never set it below a few minutes in production).
+CELERY_VISIBILITY_MARGIN = env.int("CELERY_VISIBILITY_MARGIN", default=3600)
+CELERY_VISIBILITY_TIMEOUT = CELERY_MAX_TASK_TIME_LIMIT + CELERY_VISIBILITY_MARGIN
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_dir = VAR_DIR / "broker"
@@ -343,6 +379,10 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     )
 elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        # A killed worker's unacknowledged message is restored once the visibility timeout has
+        # passed, by a sweep every interval x throttle seconds (kombu's defaults: 10 x 10).
+        unacked_restore_interval=env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
+        unacked_restore_throttle=env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
         socket_connect_timeout=5,
         socket_timeout=30,
         health_check_interval=30,
@@ -376,7 +416,56 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE_FILENAME = env.str(
     "CELERY_BEAT_SCHEDULE_FILE", default=str(VAR_DIR / "celerybeat-schedule")
 )
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    "flush-expired-tokens": {
+        "task": "workers.maintenance.flush_expired_tokens",
+        "schedule": 24 * 60 * 60,
+    },
+    "redispatch-stale-jobs": {
+        "task": "workers.maintenance.redispatch_stale_jobs",
+        "schedule": env.int("JOB_SWEEP_INTERVAL_SECONDS", default=60),
+        "options": {"expires": 50},
+    },
+    "backup-database": {
+        "task": "workers.maintenance.backup_database",
+        "schedule": crontab(hour=env.int("BACKUP_HOUR_UTC", default=2), minute=17),
+        "options": {"expires": 3600},
+    },
+    "retention-cleanup": {
+        "task": "workers.maintenance.retention_cleanup",
+        "schedule": crontab(minute=43),
+        "options": {"expires": 1800},
+    },
+    "requeue-stuck-jobs": {
+        "task": "workers.maintenance.requeue_stuck_jobs",
+        "schedule": env.int("STUCK_JOB_SWEEP_INTERVAL_SECONDS", default=300),
+        "options": {"expires": 240},
+    },
+}
+
+# ------------------------------------------------------------------------------------------------
+# Audio jobs
+# ------------------------------------------------------------------------------------------------
+AUDIO_MAX_UPLOAD_BYTES = env.int("AUDIO_MAX_UPLOAD_BYTES", default=500 * 1024 * 1024)
+AUDIO_MAX_DURATION_SECONDS = env.int("AUDIO_MAX_DURATION_SECONDS", default=4 * 60 * 60)
+AUDIO_PROBE_TIMEOUT_SECONDS = env.int("AUDIO_PROBE_TIMEOUT_SECONDS", default=120)
+PRESIGNED_UPLOAD_EXPIRY_SECONDS = env.int("PRESIGNED_UPLOAD_EXPIRY_SECONDS", default=900)
+# Audio minutes each plan may transcribe per calendar month (None: unlimited).
+PLAN_AUDIO_MINUTES_PER_MONTH: dict[str, int | None] = {
+    "free": env.int("QUOTA_FREE_MINUTES", default=120),
+    "team": env.int("QUOTA_TEAM_MINUTES", default=6_000),
+    "enterprise": None,
+}
+TRANSCRIPTION_QUEUE = env.str("TRANSCRIPTION_QUEUE", default="transcription.cpu")
+# A message that started processing this many times without finishing is poison: the job fails.
+JOB_MAX_DELIVERIES = env.int("JOB_MAX_DELIVERIES", default=3)
+# Time limits of one transcription: base + factor x audio duration (soft), hard = soft + 60 s.
+TRANSCRIPTION_TIME_LIMIT_BASE = env.int("TRANSCRIPTION_TIME_LIMIT_BASE", default=300)
+TRANSCRIPTION_TIME_LIMIT_FACTOR = env.float("TRANSCRIPTION_TIME_LIMIT_FACTOR", default=1.0)
+# The sweeper republishes queued jobs whose message may be lost, and requeues processing jobs
+# whose worker stopped beating.
+JOB_REDISPATCH_AFTER_SECONDS = env.int("JOB_REDISPATCH_AFTER_SECONDS", default=3600)
+JOB_HEARTBEAT_TIMEOUT_SECONDS = env.int("JOB_HEARTBEAT_TIMEOUT_SECONDS", default=300)
 
 # ------------------------------------------------------------------------------------------------
 # Whisper
@@ -412,7 +501,10 @@ LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "apps.core.logging.ContextFilter"}},
+    "filters": {
+        "context": {"()": "apps.core.logging.ContextFilter"},
+        "redact": {"()": "apps.core.logging.RedactionFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -427,7 +519,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["context"],
+            "filters": ["context", "redact"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
@@ -436,6 +528,21 @@ LOGGING = {
         "celery": {"level": LOG_LEVEL, "propagate": True},
     },
 }
+
+# ------------------------------------------------------------------------------------------------
+# Metrics and operations (apps/core/metrics.py, workers/metrics.py, apps/core/backups.py)
+# ------------------------------------------------------------------------------------------------
+# /metrics on web answers only to `Authorization: Bearer <METRICS_TOKEN>`; empty: 404. Workers
+# serve theirs on WORKER_METRICS_PORT (read in workers/metrics.py with PROMETHEUS_MULTIPROC_DIR).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PATH = "/metrics"
+BACKUP_DIR = Path(env.str("BACKUP_DIR", default=str(VAR_DIR / "backups")))
+BACKUP_KEEP = env.int("BACKUP_KEEP", default=14)
+BACKUP_TO_STORAGE = env.bool("BACKUP_TO_STORAGE", default=False)
+BACKUP_TIMEOUT_SECONDS = env.int("BACKUP_TIMEOUT_SECONDS", default=3 * 60 * 60)
+# Audio of finished jobs is deleted this many days after the job ended (0: keep forever).
+AUDIO_RETENTION_DAYS = env.int("AUDIO_RETENTION_DAYS", default=30)
+TEMP_FILE_MAX_AGE_SECONDS = env.int("TEMP_FILE_MAX_AGE_SECONDS", default=24 * 60 * 60)
 
 # ------------------------------------------------------------------------------------------------
 # Sentry: on only when SENTRY_DSN is set
@@ -469,3 +576,118 @@ SIMPLE_JWT = {
     "LEEWAY": 5,
     "AUTH_HEADER_TYPES": ("Bearer",),
 }
+
+# ------------------------------------------------------------------------------------------------
+# Accounts, authentication and rate limits (apps.accounts, apps.audit)
+# ------------------------------------------------------------------------------------------------
+# Argon2id cost ("salt rounds"): OWASP's minimum profile by default (19 MiB, 2 passes, 1 lane).
+# Raising them re-hashes each password at its next successful login.
+ARGON2_TIME_COST = env.int("ARGON2_TIME_COST", default=2)
+ARGON2_MEMORY_COST = env.int("ARGON2_MEMORY_COST", default=19_456)  # KiB
+ARGON2_PARALLELISM = env.int("ARGON2_PARALLELISM", default=1)
+
+# JWTs name users by their public UUID; `ver` claims are checked against the user's token
+# version (apps.accounts.authentication), which revokes access tokens too.
+SIMPLE_JWT["USER_ID_FIELD"] = "public_id"
+SIMPLE_JWT["USER_ID_CLAIM"] = "user_id"
+SIMPLE_JWT["CHECK_USER_IS_ACTIVE"] = True
+SIMPLE_JWT["UPDATE_LAST_LOGIN"] = False  # the login service stamps it (one UPDATE, no signal)
+# Presenting a rotated refresh token again ends every session of its user (theft response).
+JWT_REVOKE_ON_REFRESH_REUSE = env.bool("JWT_REVOKE_ON_REFRESH_REUSE", default=True)
+
+EMAIL_VERIFICATION_MAX_AGE = env.int("EMAIL_VERIFICATION_MAX_AGE_HOURS", default=48) * 3600
+PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT_MINUTES", default=60) * 60
+INVITATION_MAX_AGE = env.int("INVITATION_MAX_AGE_DAYS", default=7) * 24 * 3600
+# last_used_at of an API key (and its "api_key.used" audit event) is written at most this often.
+API_KEY_LAST_USED_INTERVAL = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
+
+# Client IP: REMOTE_ADDR, unless the request comes through a proxy listed here (addresses or
+# CIDR networks), or the app sits behind exactly TRUSTED_PROXY_COUNT proxies that append to
+# X-Forwarded-For. Leave both empty when clients reach the app directly.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+
+# Rate limits, counted in the default cache (Redis: shared by every replica). Rates are
+# "<count>/<period>" with period s, m, h, d, optionally multiplied ("5/15m").
+RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
+RATE_LIMIT_ANON = env.str("RATE_LIMIT_ANON", default="60/m")  # per client IP
+RATE_LIMIT_DEFAULT_PLAN = env.str("RATE_LIMIT_DEFAULT_PLAN", default="free")
+# Per user and per API key, by the organisation's plan: "api" for every call, "uploads" for
+# views with throttle_scope = "uploads". RATE_LIMIT_PLANS (JSON) overrides or adds plans.
+PLAN_RATE_LIMITS: dict[str, dict[str, str]] = {
+    "free": {"api": "300/m", "uploads": "20/h"},
+    "team": {"api": "1200/m", "uploads": "200/h"},
+    "enterprise": {"api": "6000/m", "uploads": "2000/h"},
+}
+for _plan, _rates in env.json("RATE_LIMIT_PLANS", default={}).items():
+    PLAN_RATE_LIMITS[_plan] = {**PLAN_RATE_LIMITS.get(_plan, {}), **_rates}
+# Brute-force guards: failed sign-ins (and wrong current passwords) per account and per client
+# IP; password-reset / verification / registration emails per address and per client IP.
+LOGIN_RATE_PER_ACCOUNT = env.str("LOGIN_RATE_PER_ACCOUNT", default="5/15m")
+LOGIN_RATE_PER_IP = env.str("LOGIN_RATE_PER_IP", default="20/15m")
+PASSWORD_RESET_RATE_PER_ACCOUNT = env.str("PASSWORD_RESET_RATE_PER_ACCOUNT", default="3/h")
+PASSWORD_RESET_RATE_PER_IP = env.str("PASSWORD_RESET_RATE_PER_IP", default="20/h")
+# django-ratelimit (used for counting, and by any @ratelimit decorator) shares these choices.
+RATELIMIT_USE_CACHE = "default"
+RATELIMIT_IP_META_KEY = "apps.accounts.network.ratelimit_ip"
+
+# Audit: django-auditlog entries carry the request id as their correlation id.
+AUDITLOG_CID_GETTER = "apps.core.context.get_request_id"
+AUDIT_EXPORT_MAX_ROWS = env.int("AUDIT_EXPORT_MAX_ROWS", default=100_000)
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
+    {
+        "MemberRoleEnum": "apps.accounts.models.Role",
+        "ApiKeyRoleEnum": "apps.accounts.models.ApiKeyRole",
+        "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
+    }
+)
+
+# ------------------------------------------------------------------------------------------------
+# Reports and webhooks (apps.reports, apps.webhooks, apps.notifications)
+# ------------------------------------------------------------------------------------------------
+# Tries of one report before it is `failed` (with its reason); each retry backs off with jitter.
+REPORT_MAX_ATTEMPTS = env.int("REPORT_MAX_ATTEMPTS", default=3)
+REPORT_WPM_BIN_SECONDS = env.int("REPORT_WPM_BIN_SECONDS", default=60)
+REPORT_LONG_PAUSE_SECONDS = env.float("REPORT_LONG_PAUSE_SECONDS", default=2.0)
+REPORT_LOW_CONFIDENCE_BELOW = env.float("REPORT_LOW_CONFIDENCE_BELOW", default=0.5)
+REPORT_WEEKLY_FORMAT = env.str("REPORT_WEEKLY_FORMAT", default="xlsx")
+# Webhooks: a try's connect and total timeouts; the retry schedule (seconds after each failed
+# try, +-20 % jitter, kept in WebhookDelivery.next_attempt_at); when a failing endpoint is disabled.
+WEBHOOK_CONNECT_TIMEOUT = env.float("WEBHOOK_CONNECT_TIMEOUT", default=5.0)
+WEBHOOK_TOTAL_TIMEOUT = env.float("WEBHOOK_TOTAL_TIMEOUT", default=20.0)
+WEBHOOK_RETRY_SCHEDULE = [
+    int(x)
+    for x in env_list(
+        "WEBHOOK_RETRY_SCHEDULE", default=["5", "300", "1800", "7200", "18000", "36000", "36000"]
+    )
+]
+WEBHOOK_MAX_RETRY_AFTER_SECONDS = env.int("WEBHOOK_MAX_RETRY_AFTER_SECONDS", default=86_400)
+WEBHOOK_CLAIM_LEASE_SECONDS = env.int("WEBHOOK_CLAIM_LEASE_SECONDS", default=300)
+WEBHOOK_DISABLE_AFTER_FAILURES = env.int("WEBHOOK_DISABLE_AFTER_FAILURES", default=50)
+WEBHOOK_DISABLE_AFTER_SECONDS = env.int("WEBHOOK_DISABLE_AFTER_SECONDS", default=5 * 86_400)
+WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS = env.int(
+    "WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS", default=86_400
+)
+# https only unless turned off (local development); loopback receivers only for tests, which set
+# WEBHOOK_ALLOW_LOOPBACK explicitly (it is deliberately not read from the environment).
+WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=True)
+WEBHOOK_ALLOW_LOOPBACK = False
+CELERY_BEAT_SCHEDULE.update(
+    {
+        "weekly-usage-reports": {
+            "task": "workers.reports.create_weekly_usage_reports",
+            "schedule": crontab(
+                minute=0,
+                hour=env.int("REPORT_WEEKLY_HOUR_UTC", default=6),
+                day_of_week=env.str("REPORT_WEEKLY_DAY", default="mon"),
+            ),
+            "options": {"expires": 3600},
+        },
+        # Due webhook retries: short delays only ever live in the database, never in countdowns.
+        "send-due-webhook-deliveries": {
+            "task": "workers.webhooks.send_due_deliveries",
+            "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=15.0),
+            "options": {"expires": 14},
+        },
+    }
+)

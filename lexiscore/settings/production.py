@@ -39,7 +39,7 @@ DATABASES = {"default": database_config(require("DATABASE_URL"))}  # noqa: F405
 REDIS_URL = require("REDIS_URL")
 CACHES["default"] = {  # noqa: F405
     "BACKEND": "django.core.cache.backends.redis.RedisCache",
-    "LOCATION": env.str("CACHE_URL", default=REDIS_URL),
+    "LOCATION": env.str("CACHE_URL", default="") or REDIS_URL,
     "KEY_PREFIX": "lexiscore",
     "TIMEOUT": 300,
     "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2, "health_check_interval": 30},

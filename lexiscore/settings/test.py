@@ -35,7 +35,10 @@ CACHES = {
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="memory://")
 CELERY_RESULT_BACKEND = None
 
-_tmp = tempfile.mkdtemp(prefix=f"lexiscore-test-{_worker}-")
+# A worker process started by a test shares that test process's media root.
+_tmp = env.str("TEST_MEDIA_ROOT", default="") or tempfile.mkdtemp(
+    prefix=f"lexiscore-test-{_worker}-"
+)
 MEDIA_ROOT = _tmp
 STORAGES["default"] = {  # noqa: F405
     "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -49,8 +52,15 @@ STATIC_ROOT = os.path.join(_tmp, "static")
 os.makedirs(STATIC_ROOT, exist_ok=True)
 
 # Argon2 stays the hasher (what production uses) with lighter cost parameters for speed.
+ARGON2_TIME_COST = 1
+ARGON2_MEMORY_COST = 256  # KiB (the minimum is 8 x parallelism)
+ARGON2_PARALLELISM = 1
 LOG_FORMAT = "text"
 LOGGING["handlers"]["console"]["formatter"] = "text"  # noqa: F405
 LOG_LEVEL = "WARNING"
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+# Worker processes started by tests write mail where the test can read it.
+if env.str("TEST_EMAIL_DIR", default=""):
+    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
+    EMAIL_FILE_PATH = env.str("TEST_EMAIL_DIR")

@@ -5,13 +5,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PATTERNS = [
-    re.compile(r"""env\.(?:str|int|bool|float|list|email_url|db_url)\(\s*f?["']([A-Z][A-Z0-9_]+)["']"""),
+    re.compile(
+        r"""env\.(?:str|int|bool|float|list|email_url|db_url)\(\s*f?["']([A-Z][A-Z0-9_]+)["']"""
+    ),
     re.compile(r"""os\.environ\.get\(\s*["']([A-Z][A-Z0-9_]+)["']"""),
     re.compile(r"""require\(\s*["']([A-Z][A-Z0-9_]+)["']"""),
     re.compile(r"""env_list\(\s*["']([A-Z][A-Z0-9_]+)["']"""),
 ]
 # Set by tooling rather than by an operator.
-NOT_OPERATOR_VARIABLES = {"PYTEST_XDIST_WORKER", "TEST_CELERY_BROKER_URL"}
+NOT_OPERATOR_VARIABLES = {
+    "PYTEST_XDIST_WORKER",
+    "TEST_CELERY_BROKER_URL",
+    "TEST_EMAIL_DIR",
+    "TEST_MEDIA_ROOT",
+}
 
 
 def variables_read_by_code() -> set[str]:

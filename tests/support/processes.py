@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import redis
+from django.conf import settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -140,6 +141,7 @@ class CeleryWorker:
             "TEST_CELERY_BROKER_URL": broker_url,
             "DATABASE_URL": db_url.rsplit("/", 1)[0] + "/" + database_name,
             "PYTHONUNBUFFERED": "1",
+            "TEST_MEDIA_ROOT": str(settings.MEDIA_ROOT),
             **(env or {}),
         }
         self.process: subprocess.Popen | None = None

@@ -1,0 +1,11 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("jobs", views.JobListCreateView.as_view(), name="jobs"),
+    path("jobs/<uuid:job_id>", views.JobDetailView.as_view(), name="job-detail"),
+    path("jobs/<uuid:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/transcript", views.TranscriptView.as_view(), name="job-transcript"),
+    path("uploads", views.UploadCreateView.as_view(), name="uploads"),
+]

@@ -1,0 +1,284 @@
+"""Audio job endpoints. Views validate, call one service or selector, and serialize."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.ratelimit import PlanScopedRateThrottle
+from apps.accounts.tenancy import TenantPermission, get_tenant
+from apps.core.exceptions import ApplicationError, ConflictError
+from apps.core.pagination import StandardPagination
+
+from .. import formats, selectors, services
+from ..models import JobPriority, JobStatus
+from ..uploads import AudioMultiPartParser, LimitedTemporaryFileUploadHandler, too_large
+from . import serializers as s
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input (error body)"),
+    401: OpenApiResponse(description="Not authenticated (error body)"),
+    403: OpenApiResponse(description="Role does not allow this (error body)"),
+    404: OpenApiResponse(description="No such object in this organisation (error body)"),
+    429: OpenApiResponse(description="Rate limited; see Retry-After (error body)"),
+}
+PRIORITIES = {"high": JobPriority.HIGH, "normal": JobPriority.NORMAL, "low": JobPriority.LOW}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _options(data: dict) -> services.JobOptions:
+    return services.JobOptions(
+        language=data.get("language", ""),
+        model_profile=data.get("model", ""),
+        task=data["task"],
+        word_timestamps=data["word_timestamps"],
+        initial_prompt=data.get("initial_prompt", ""),
+        priority=PRIORITIES[data["priority"]],
+        callback_url=data.get("callback_url", ""),
+    )
+
+
+def _idempotency_key(request: Request, data: dict) -> str:
+    key = (request.headers.get(IDEMPOTENCY_HEADER) or data.get("idempotency_key") or "").strip()
+    if len(key) > 200:
+        raise ApplicationError(
+            "Idempotency keys are limited to 200 characters.", code="invalid_idempotency_key"
+        )
+    return key
+
+
+def safe_filename(name: str) -> str:
+    """A display name only (never a storage key): no paths, controls or quotes, bounded."""
+    name = unicodedata.normalize("NFC", Path(name or "").name)
+    name = "".join(c for c in name if c.isprintable() and c not in '"\\/')
+    return name.strip(" .")[:200] or "audio"
+
+
+def attachment_header(filename: str) -> str:
+    """`attachment` with an ASCII-only fallback name and the exact name in RFC 6266 form.
+
+    The fallback keeps letters, digits, `.`, `_` and `-` only, so no client can read a `;` or
+    `=` of the name as another parameter; `filename*` carries the name percent-encoded.
+    """
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    fallback = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name).strip("._") or "transcript"
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+class JobListCreateView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+    parser_classes = [AudioMultiPartParser, JSONParser]
+    throttle_scope = "uploads"
+
+    def get_throttles(self):
+        # Uploads have their own, stricter rate; listing counts only against the general rate.
+        throttles = super().get_throttles()
+        if self.request.method != "POST":
+            throttles = [t for t in throttles if not isinstance(t, PlanScopedRateThrottle)]
+        return throttles
+
+    def initialize_request(self, request, *args, **kwargs):
+        request.upload_handlers = [LimitedTemporaryFileUploadHandler(request)]
+        return super().initialize_request(request, *args, **kwargs)
+
+    @extend_schema(
+        operation_id="jobs_list",
+        parameters=[s.JobListFilterInput],
+        responses={200: s.JobOutput(many=True), **ERRORS},
+    )
+    def get(self, request: Request, version: str) -> Response:
+        filters = s.JobListFilterInput(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        jobs = selectors.job_list(
+            organisation=tenant.organisation,
+            status=filters.validated_data.get("status"),
+            created_after=filters.validated_data.get("created_after"),
+            created_before=filters.validated_data.get("created_before"),
+        )
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(jobs, request, view=self)
+        return paginator.get_paginated_response(s.JobOutput(page, many=True).data)
+
+    @extend_schema(
+        operation_id="jobs_create",
+        request={
+            "multipart/form-data": s.JobCreateMultipartInput,
+            "application/json": s.JobCreateFromUploadInput,
+        },
+        parameters=[
+            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False)
+        ],
+        responses={
+            201: s.JobOutput,
+            200: OpenApiResponse(s.JobOutput, description="Replay of an idempotency key"),
+            402: OpenApiResponse(description="Monthly audio quota exhausted (error body)"),
+            409: OpenApiResponse(description="Upload already used (error body)"),
+            413: OpenApiResponse(description="File too large or too long (error body)"),
+            415: OpenApiResponse(description="Not a supported audio format (error body)"),
+            **ERRORS,
+        },
+        description=(
+            "Send the audio as multipart `file`, or reference a presigned upload with "
+            "`upload_id` (JSON). The file is validated (format sniffed from content, decoded "
+            "duration measured) before the job exists."
+        ),
+    )
+    def post(self, request: Request, version: str) -> Response:
+        tenant = get_tenant(request)
+        # Reading `data` parses the body; the upload handler flags a body over the limit then.
+        request.data  # noqa: B018
+        if getattr(request._request, "upload_too_large", False):
+            raise too_large(settings.AUDIO_MAX_UPLOAD_BYTES)
+        if request.content_type.startswith("multipart/"):
+            data = s.JobCreateMultipartInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            upload = data.validated_data["file"]
+            path = _temporary_path(upload)
+            job, created = services.job_create_from_file(
+                organisation=tenant.organisation,
+                user=request.user,
+                path=path,
+                original_filename=safe_filename(upload.name),
+                size_bytes=upload.size,
+                options=_options(data.validated_data),
+                idempotency_key=_idempotency_key(request, data.validated_data),
+            )
+        else:
+            data = s.JobCreateFromUploadInput(data=request.data)
+            data.is_valid(raise_exception=True)
+            job, created = services.job_create_from_upload(
+                organisation=tenant.organisation,
+                user=request.user,
+                upload_id=data.validated_data["upload_id"],
+                options=_options(data.validated_data),
+                idempotency_key=_idempotency_key(request, data.validated_data),
+            )
+        return Response(
+            s.JobOutput(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+
+def _temporary_path(upload) -> str:
+    if hasattr(upload, "temporary_file_path"):
+        return upload.temporary_file_path()
+    raise ApplicationError("The upload could not be read; send it again.", code="upload_failed")
+
+
+class JobDetailView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(operation_id="jobs_retrieve", responses={200: s.JobOutput, **ERRORS})
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
+        return Response(s.JobOutput(job).data)
+
+    @extend_schema(
+        operation_id="jobs_destroy",
+        responses={204: None, **ERRORS},
+        description="Delete the job, its transcript and its audio.",
+    )
+    def delete(self, request: Request, version: str, job_id: str) -> Response:
+        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
+        services.job_delete(job=job)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class JobCancelView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_cancel",
+        request=None,
+        responses={200: s.JobOutput, 409: OpenApiResponse(description="Already final"), **ERRORS},
+    )
+    def post(self, request: Request, version: str, job_id: str) -> Response:
+        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
+        return Response(s.JobOutput(services.job_cancel(job=job)).data)
+
+
+class TranscriptView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    def perform_content_negotiation(self, request, force=False):
+        # `?format=` names the transcript format here, not a DRF renderer; the body is rendered
+        # by apps.audio_jobs.formats and errors by the JSON renderer.
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
+    @extend_schema(
+        operation_id="jobs_transcript",
+        parameters=[s.TranscriptFormatInput],
+        responses={
+            (200, "application/json"): OpenApiTypes.OBJECT,
+            (200, "text/plain"): OpenApiTypes.STR,
+            (200, "text/vtt"): OpenApiTypes.STR,
+            409: OpenApiResponse(description="The job has no transcript yet (error body)"),
+            **ERRORS,
+        },
+    )
+    def get(self, request: Request, version: str, job_id: str) -> HttpResponse:
+        params = s.TranscriptFormatInput(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
+        if job.status != JobStatus.COMPLETED:
+            raise ConflictError(
+                f"The job is {job.status}; a transcript exists once it is completed.",
+                code="transcript_not_ready",
+            )
+        fmt = params.validated_data["format"]
+        body, content_type, extension = formats.render_transcript(job.transcript.as_result(), fmt)
+        response = HttpResponse(body, content_type=content_type)
+        stem = Path(safe_filename(job.original_filename)).stem or "transcript"
+        if params.validated_data["download"]:
+            response["Content-Disposition"] = attachment_header(f"{stem}.{extension}")
+        return response
+
+
+class UploadCreateView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+    throttle_scope = "uploads"
+
+    @extend_schema(
+        operation_id="uploads_create",
+        request=s.UploadCreateInput,
+        responses={
+            201: s.UploadOutput,
+            409: OpenApiResponse(description="No S3 storage"),
+            413: OpenApiResponse(description="Too large"),
+            **ERRORS,
+        },
+        description=(
+            "A presigned POST for one file: POST `fields` plus `file` to `url` (the policy fixes "
+            "the key and a size range), then create the job with `upload_id`."
+        ),
+    )
+    def post(self, request: Request, version: str) -> Response:
+        data = s.UploadCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload, ticket = services.upload_create(
+            organisation=get_tenant(request).organisation,
+            user=request.user,
+            filename=safe_filename(data.validated_data.get("filename", "")),
+            size_bytes=data.validated_data["size_bytes"],
+        )
+        output = {
+            "id": upload.pk,
+            "expires_at": upload.expires_at,
+            "max_size": upload.max_size,
+            **ticket,
+        }
+        return Response(s.UploadOutput(output).data, status=status.HTTP_201_CREATED)

@@ -1,0 +1,81 @@
+"""What happens after a job reaches a final state: notifications, each on its own queue.
+
+Called inside the transaction that finished the job. Webhook deliveries (`job.completed` /
+`job.failed`) are written in that same transaction, one per subscribed active endpoint, and the
+email to the job's creator (unless they turned job emails off) is published only after commit,
+so a rolled-back finish notifies nobody and a committed one notifies exactly once.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import transaction
+
+from .models import JobStatus, TranscriptionJob
+
+TEMPLATES = {JobStatus.COMPLETED: "job_completed", JobStatus.FAILED: "job_failed"}
+WEBHOOK_EVENTS = {JobStatus.COMPLETED: "job.completed", JobStatus.FAILED: "job.failed"}
+
+
+def job_finished(job: TranscriptionJob) -> None:
+    _publish_webhooks(job)
+    _send_email(job)
+
+
+def _job_data(job: TranscriptionJob) -> dict:
+    return {
+        "job_id": str(job.pk),
+        "status": job.status,
+        "filename": job.original_filename,
+        "duration_seconds": job.duration_seconds,
+        "language": job.language,
+        "model": job.model_used,
+        "processing_seconds": job.processing_seconds,
+        "error_code": job.error_code or None,
+        "error_message": job.error_message or None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "job_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}",
+    }
+
+
+def _publish_webhooks(job: TranscriptionJob) -> None:
+    from apps.webhooks.services import event_publish
+
+    event_type = WEBHOOK_EVENTS.get(job.status)
+    if event_type is not None:
+        event_publish(organisation=job.organisation, event_type=event_type, data=_job_data(job))
+
+
+def _send_email(job: TranscriptionJob) -> None:
+    from apps.notifications.models import NotificationKind
+    from apps.notifications.services import unsubscribe_url, wants
+
+    template = TEMPLATES.get(job.status)
+    user = job.created_by
+    if template is None or user is None or not user.email:
+        return
+    if not wants(user=user, kind=NotificationKind.JOB):
+        return
+    context = {
+        "job_id": str(job.pk),
+        "filename": job.original_filename or "your recording",
+        "status": job.status,
+        "duration_minutes": round((job.duration_seconds or 0) / 60, 1),
+        "error_message": job.error_message,
+        "job_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}",
+        "transcript_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}/transcript?format=txt",
+        "unsubscribe_url": unsubscribe_url(user=user, kind=NotificationKind.JOB),
+    }
+    email = user.email
+    dedupe_key = f"job:{job.pk}:{job.status}"
+
+    def send() -> None:
+        from workers.emails import send_email
+
+        send_email.apply_async(
+            args=[template, [email], context],
+            kwargs={"dedupe_key": dedupe_key},
+            headers={"job_id": str(job.pk)},
+        )
+
+    transaction.on_commit(send)

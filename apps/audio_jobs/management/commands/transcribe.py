@@ -1,0 +1,94 @@
+"""Transcribe one local file with the worker's pipeline and print the result (for operators).
+
+The file is validated with the upload probe (`services.probe_audio`: content sniffed, decoded
+duration measured and capped, no playlists or references followed), the model profile is chosen
+as for a job (an English-only model only when the language is given as English), and the engine
+is loaded with the worker's settings. The rendered transcript goes to stdout; what happens along
+the way goes to stderr, so the output can be redirected to a file.
+
+    manage.py transcribe meeting.mp3 --language en --format srt > meeting.srt
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from apps.audio_jobs import formats, media, services
+from workers.engines import ENGINE_NAMES, EngineError, TranscriptionOptions, get_engine
+from workers.engines.models import PROFILES, choose_profile
+
+
+class Command(BaseCommand):
+    help = "Transcribe an audio file with the platform's pipeline and print the transcript."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("file", help="Audio file (wav, mp3, flac, ogg, m4a, webm).")
+        parser.add_argument(
+            "--model",
+            choices=list(PROFILES),
+            help="Model profile (default: tiny.en when --language is en, else base).",
+        )
+        parser.add_argument(
+            "--language", default="", help="Language code such as en or fr (default: detect)."
+        )
+        parser.add_argument(
+            "--format", dest="output_format", choices=list(formats.FORMATS), default="txt"
+        )
+        parser.add_argument(
+            "--engine",
+            choices=ENGINE_NAMES,
+            help="Whisper engine (default: the WHISPER_ENGINE setting).",
+        )
+        parser.add_argument(
+            "--task",
+            choices=("transcribe", "translate"),
+            default="transcribe",
+            help="translate: English text from speech in another language.",
+        )
+
+    def handle(self, *args, **options) -> None:
+        path = Path(options["file"])
+        if not path.is_file():
+            raise CommandError(f"{path}: no such file.")
+        try:
+            probe = services.probe_audio(path)
+        except media.MediaError as exc:
+            raise CommandError(f"{path}: {exc.message}") from exc
+        except media.MediaToolError as exc:
+            raise CommandError(str(exc)) from exc
+
+        engine_name = options["engine"] or settings.WHISPER_ENGINE
+        try:
+            profile = choose_profile(
+                options["language"] or None,
+                options["model"],
+                english_profile=settings.WHISPER_DEFAULT_PROFILE,
+            )
+            transcription = TranscriptionOptions(
+                language=options["language"] or None, task=options["task"]
+            )
+            self.stderr.write(
+                f"{path.name}: {probe.format_name}/{probe.codec}, {probe.duration_seconds:.1f} s; "
+                f"{engine_name} with {profile} on {settings.WHISPER_DEVICE}"
+            )
+            started = time.monotonic()
+            engine = get_engine(
+                engine_name,
+                profile,
+                device=settings.WHISPER_DEVICE,
+                cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
+                model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
+                cpu_threads=settings.WHISPER_CPU_THREADS,
+            )
+            result = engine.transcribe(path, transcription)
+        except EngineError as exc:
+            raise CommandError(exc.message) from exc
+        self.stderr.write(
+            f"Done in {time.monotonic() - started:.1f} s; language {result.language} "
+            f"({result.language_probability:.2f})."
+        )
+        self.stdout.write(formats.render(result, options["output_format"]), ending="")

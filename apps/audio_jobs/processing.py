@@ -1,0 +1,308 @@
+"""The worker side of a job: claim it, transcribe it, store the result once.
+
+`job_process` is what the Celery task calls. It is safe to run for the same job any number of
+times, concurrently or after a crash:
+
+1. A lease (PostgreSQL advisory lock on its own connection) admits one live worker per job; a
+   duplicate delivery while the first worker lives is dropped, and a worker that died released its
+   lock with its connection, so the redelivered message takes over.
+2. The claim, in one transaction, skips jobs that are no longer queued/processing, counts the
+   delivery in `attempts` and fails the job as poison past `JOB_MAX_DELIVERIES` (a message that
+   kills its worker every time cannot loop forever).
+3. The result is written in one transaction that re-checks the state: one `Transcript` per job,
+   and notifications are sent only after that commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core.context import job_id_var
+from workers.engines.base import TranscriptionOptions, TranscriptionResult
+from workers.engines.errors import EngineError, TranscriptionCancelled
+from workers.metrics import observe_transcription
+
+from . import events, media, storage
+from .leases import JobLease
+from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_SECONDS = 2.0
+
+
+class JobGone(Exception):
+    """The job was deleted while it was being processed."""
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def job_process(*, job_id: str, retries: int = 0) -> str:
+    """Process one delivery of a job's message; returns what happened (for logs and tests).
+
+    `retries` is the task's deliberate retry count: those deliveries are not held against the
+    poison-message cap, only deliveries that ended without the task returning or retrying.
+    """
+    job_id_var.set(str(job_id))
+    lease = JobLease(str(job_id))
+    if not lease.acquire():
+        logger.info("Job %s is being processed by another live worker; dropping duplicate", job_id)
+        return "duplicate"
+    try:
+        outcome, job = _claim(job_id, retries)
+        if job is None:
+            return outcome
+        return _run(job)
+    finally:
+        lease.release()
+
+
+@transaction.atomic
+def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
+    job = TranscriptionJob.objects.select_for_update().filter(pk=job_id).first()
+    if job is None:
+        return "missing", None
+    if job.status not in ACTIVE_STATUSES:
+        return f"skipped-{job.status}", None
+    now = timezone.now()
+    if job.cancel_requested:
+        _finish(job, JobStatus.CANCELLED, now=now)
+        return "cancelled", None
+    job.attempts += 1
+    if job.attempts - retries > settings.JOB_MAX_DELIVERIES:
+        _finish(
+            job,
+            JobStatus.FAILED,
+            now=now,
+            error_code="too_many_attempts",
+            error_message=(
+                f"Processing was interrupted {job.attempts - 1 - retries} times (the worker "
+                "stopped each time); the job was stopped so it cannot block the queue. "
+                "Contact support if the file is valid."
+            ),
+        )
+        _dead_letter_poison(job)
+        return "poison", None
+    job.status = JobStatus.PROCESSING
+    job.started_at = job.started_at or now
+    job.heartbeat_at = now
+    job.worker = worker_name()
+    job.save(
+        update_fields=["attempts", "status", "started_at", "heartbeat_at", "worker", "updated_at"]
+    )
+    return "claimed", job
+
+
+def _run(job: TranscriptionJob) -> str:
+    started = time.monotonic()
+    tracker = _Tracker(job)
+    try:
+        with storage.local_copy(job.audio_key) as path:
+            if not job.audio_validated:
+                _validate(job, path)
+            engine, options = _engine_for(job)
+            result = engine.transcribe(
+                path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
+            )
+    except TranscriptionCancelled:
+        return _stop_cancelled(job)
+    except JobGone:
+        logger.info("Job %s was deleted while processing; result discarded", job.pk)
+        return "deleted"
+    except media.MediaError as exc:
+        _fail(job, exc.code, exc.message)
+        return "failed"
+    except EngineError as exc:
+        _fail(job, exc.code, exc.message)
+        return "failed"
+    except FileNotFoundError:
+        _fail(job, "audio_missing", "The audio file of this job is no longer in storage.")
+        return "failed"
+    return _complete(job, result, processing_seconds=time.monotonic() - started)
+
+
+def _validate(job: TranscriptionJob, path) -> None:
+    from .services import probe_audio
+
+    probe = probe_audio(path)
+    job.container, job.codec = probe.format_name, probe.codec
+    job.duration_seconds, job.audio_validated = probe.duration_seconds, True
+    TranscriptionJob.objects.filter(pk=job.pk).update(
+        container=job.container,
+        codec=job.codec,
+        duration_seconds=job.duration_seconds,
+        audio_validated=True,
+    )
+
+
+def _engine_for(job: TranscriptionJob):
+    from workers.engines import get_engine
+    from workers.engines.models import choose_profile
+
+    profile = choose_profile(
+        job.language or None,
+        job.model_profile or None,
+        english_profile=settings.WHISPER_DEFAULT_PROFILE,
+    )
+    engine = get_engine(
+        settings.WHISPER_ENGINE,
+        profile,
+        device=settings.WHISPER_DEVICE,
+        cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
+        model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
+        cpu_threads=settings.WHISPER_CPU_THREADS,
+    )
+    options = TranscriptionOptions(
+        language=job.language or None,
+        task=job.task,
+        word_timestamps=job.word_timestamps,
+        initial_prompt=job.initial_prompt or None,
+    )
+    return engine, options
+
+
+class _Tracker:
+    """Writes progress and heartbeats, and reads the cancel flag, at most every 2 seconds."""
+
+    def __init__(self, job: TranscriptionJob) -> None:
+        self.job = job
+        self._last_write = 0.0
+        self._last_read = 0.0
+        self._cancel = False
+
+    def progress(self, seconds_done: float, total: float) -> None:
+        now = time.monotonic()
+        if now - self._last_write < PROGRESS_INTERVAL_SECONDS and seconds_done < total:
+            return
+        self._last_write = now
+        percent = 100.0 * min(seconds_done / total, 1.0) if total > 0 else 0.0
+        updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
+            progress=round(min(percent, 99.9), 1), heartbeat_at=timezone.now()
+        )
+        if not updated:
+            raise JobGone()
+
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        if not self._cancel and now - self._last_read >= PROGRESS_INTERVAL_SECONDS:
+            self._last_read = now
+            flag = (
+                TranscriptionJob.objects.filter(pk=self.job.pk)
+                .values_list("cancel_requested", flat=True)
+                .first()
+            )
+            if flag is None:
+                raise JobGone()
+            self._cancel = bool(flag)
+        return self._cancel
+
+
+def _finish(job: TranscriptionJob, status: str, *, now=None, **fields: Any) -> None:
+    now = now or timezone.now()
+    job.status = status
+    job.finished_at = now
+    if job.started_at:
+        job.processing_seconds = (now - job.started_at).total_seconds()
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save(update_fields=["status", "finished_at", "processing_seconds", "updated_at", *fields])
+
+
+def _locked_active(job: TranscriptionJob) -> TranscriptionJob | None:
+    return (
+        TranscriptionJob.objects.select_for_update()
+        .filter(pk=job.pk, status__in=ACTIVE_STATUSES)
+        .first()
+    )
+
+
+@transaction.atomic
+def _complete(
+    job: TranscriptionJob, result: TranscriptionResult, *, processing_seconds: float
+) -> str:
+    locked = _locked_active(job)
+    if locked is None:
+        return "discarded"
+    if locked.cancel_requested:
+        _finish(locked, JobStatus.CANCELLED)
+        return "cancelled"
+    data = result.to_dict()
+    Transcript.objects.create(
+        job=locked,
+        text=result.text,
+        language=result.language,
+        language_probability=result.language_probability,
+        duration=result.duration,
+        segments=data["segments"],
+        word_count=len(result.words),
+    )
+    info = result.engine_info
+    _finish(
+        locked,
+        JobStatus.COMPLETED,
+        progress=100.0,
+        engine=str(info.get("engine", ""))[:32],
+        model_used=str(info.get("model_profile", ""))[:32],
+        model_sha256=str(info.get("model_sha256", ""))[:64],
+        engine_settings={**info, "engine_seconds": round(processing_seconds, 3)},
+        duration_seconds=locked.duration_seconds or result.duration,
+        error_code="",
+        error_message="",
+    )
+    observe_transcription(
+        locked.engine, locked.model_used, float(locked.duration_seconds or 0), processing_seconds
+    )
+    events.job_finished(locked)
+    return "completed"
+
+
+@transaction.atomic
+def _fail(job: TranscriptionJob, code: str, message: str) -> None:
+    locked = _locked_active(job)
+    if locked is None:
+        return
+    _finish(locked, JobStatus.FAILED, error_code=code[:64], error_message=message)
+    events.job_finished(locked)
+
+
+@transaction.atomic
+def _stop_cancelled(job: TranscriptionJob) -> str:
+    locked = _locked_active(job)
+    if locked is not None:
+        _finish(locked, JobStatus.CANCELLED)
+    return "cancelled"
+
+
+def job_fail_unexpectedly(*, job_id: str, code: str, message: str) -> None:
+    """Mark an active job failed after an error the task could not handle (before dead-letter)."""
+    job = TranscriptionJob.objects.filter(pk=job_id).first()
+    if job is not None:
+        _fail(job, code, message)
+
+
+def _dead_letter_poison(job: TranscriptionJob) -> None:
+    from workers.base import dead_letter
+
+    payload = {
+        "task_name": "workers.transcription.transcribe_job",
+        "task_id": f"job-{job.pk}",
+        "queue": settings.TRANSCRIPTION_QUEUE,
+        "args": [str(job.pk)],
+        "kwargs": {},
+        "exception_type": "apps.audio_jobs.processing.PoisonMessage",
+        "error": job.error_message,
+        "traceback": "",
+        "attempts": job.attempts - 1,
+        "request_id": "",
+    }
+    transaction.on_commit(lambda: dead_letter(payload))

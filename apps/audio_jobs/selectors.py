@@ -1,0 +1,69 @@
+"""Reads of audio jobs, always scoped to one organisation (fails closed)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import QuerySet, Sum
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from apps.core.exceptions import NotFoundError
+
+from .models import JobStatus, TranscriptionJob, Upload
+
+
+def job_list(
+    *,
+    organisation,
+    status: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> QuerySet[TranscriptionJob]:
+    queryset = TranscriptionJob.objects.filter(organisation=organisation).select_related(
+        "created_by"
+    )
+    if status:
+        queryset = queryset.filter(status=status)
+    if created_after:
+        queryset = queryset.filter(created_at__gte=created_after)
+    if created_before:
+        queryset = queryset.filter(created_at__lt=created_before)
+    return queryset.order_by("-created_at")
+
+
+def job_get(*, organisation, job_id) -> TranscriptionJob:
+    try:
+        return TranscriptionJob.objects.select_related("created_by").get(
+            organisation=organisation, pk=job_id
+        )
+    except (TranscriptionJob.DoesNotExist, ValueError):
+        raise NotFoundError("No such job.", code="job_not_found") from None
+
+
+def job_by_idempotency_key(*, organisation, key: str) -> TranscriptionJob | None:
+    if not key:
+        return None
+    return TranscriptionJob.objects.filter(organisation=organisation, idempotency_key=key).first()
+
+
+def upload_get(*, organisation, upload_id) -> Upload:
+    try:
+        return Upload.objects.get(organisation=organisation, pk=upload_id)
+    except (Upload.DoesNotExist, ValueError):
+        raise NotFoundError("No such upload.", code="upload_not_found") from None
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = now or timezone.now()
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def audio_seconds_used(*, organisation, since: datetime) -> float:
+    """Audio seconds counted against the quota: every job not failed or cancelled before work."""
+    used = (
+        TranscriptionJob.objects.filter(organisation=organisation, created_at__gte=since)
+        .exclude(status__in=[JobStatus.FAILED, JobStatus.CANCELLED], started_at__isnull=True)
+        .aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
+    )
+    return float(used)

@@ -1,0 +1,382 @@
+"""Writes of audio jobs in the web tier: create (multipart or presigned), cancel, delete, dispatch.
+
+A job is created only after its audio passed validation and was stored under a server-chosen key;
+if anything after storing fails, the stored file is deleted, so no orphan is left. The task is
+published only after the job's row is committed; if the broker is down then, the job stays
+`queued` with no `dispatched_at` and the sweeper publishes it later (nothing is lost).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from apps.core.exceptions import ApplicationError, ConflictError
+
+from . import media, selectors, storage
+from .models import ACTIVE_STATUSES, JobPriority, JobStatus, TranscriptionJob, Upload
+
+logger = logging.getLogger(__name__)
+
+
+class QuotaExceeded(ApplicationError):
+    status_code = 402
+    code = "quota_exceeded"
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    language: str = ""
+    model_profile: str = ""
+    task: str = "transcribe"
+    word_timestamps: bool = True
+    initial_prompt: str = ""
+    priority: int = JobPriority.NORMAL
+    callback_url: str = ""
+
+
+# ---- quota -------------------------------------------------------------------------------------
+def quota_minutes(organisation) -> int | None:
+    return settings.PLAN_AUDIO_MINUTES_PER_MONTH.get(
+        organisation.plan, settings.PLAN_AUDIO_MINUTES_PER_MONTH.get("free")
+    )
+
+
+def quota_check(*, organisation, duration_seconds: float = 0.0) -> None:
+    """Refuse work that would take the organisation past its monthly audio minutes."""
+    limit = quota_minutes(organisation)
+    if limit is None:
+        return
+    used = selectors.audio_seconds_used(organisation=organisation, since=selectors.month_start())
+    remaining = limit * 60 - used
+    if remaining <= 0 or duration_seconds > remaining:
+        raise QuotaExceeded(
+            f"This organisation has used its {limit} audio minutes for this month"
+            + (" (this file would exceed them)." if remaining > 0 else "."),
+            details={
+                "limit_minutes": limit,
+                "used_minutes": round(used / 60, 2),
+                "requested_minutes": round(duration_seconds / 60, 2),
+                "resets_at": _next_month(selectors.month_start()).isoformat(),
+            },
+        )
+
+
+def _next_month(start):
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+# ---- validation --------------------------------------------------------------------------------
+def probe_audio(path: str | Path) -> media.ProbeResult:
+    """Sniff, probe and decode the file (bounded in time and memory); see apps/audio_jobs/media."""
+    return media.probe_media(
+        path,
+        max_duration_seconds=settings.AUDIO_MAX_DURATION_SECONDS,
+        decode_timeout_seconds=settings.AUDIO_PROBE_TIMEOUT_SECONDS,
+    )
+
+
+def probe_upload(path: str | Path) -> media.ProbeResult:
+    """`probe_audio` for the web tier: a bad file becomes a 4xx with an actionable message."""
+    try:
+        return probe_audio(path)
+    except media.MediaError as exc:
+        raise ApplicationError(exc.message, code=exc.code, status_code=exc.status_code) from exc
+
+
+# ---- time limits -------------------------------------------------------------------------------
+def time_limits(duration_seconds: float | None) -> tuple[int, int]:
+    """(soft, hard) seconds for one transcription of this much audio."""
+    duration = duration_seconds or settings.AUDIO_MAX_DURATION_SECONDS
+    soft = settings.TRANSCRIPTION_TIME_LIMIT_BASE + math.ceil(
+        duration * settings.TRANSCRIPTION_TIME_LIMIT_FACTOR
+    )
+    hard = soft + 60
+    ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
+    return min(soft, ceiling - 60), min(hard, ceiling)
+
+
+# ---- create ------------------------------------------------------------------------------------
+def _replay(organisation, idempotency_key: str) -> TranscriptionJob | None:
+    return selectors.job_by_idempotency_key(organisation=organisation, key=idempotency_key)
+
+
+def job_create_from_file(
+    *,
+    organisation,
+    user,
+    path: str | Path,
+    original_filename: str,
+    size_bytes: int,
+    options: JobOptions,
+    idempotency_key: str = "",
+) -> tuple[TranscriptionJob, bool]:
+    """Validate, store and queue an uploaded file. Returns (job, created)."""
+    if existing := _replay(organisation, idempotency_key):
+        return existing, False
+    quota_check(organisation=organisation)
+    probe = probe_upload(path)
+    quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)
+    job_id = uuid.uuid4()
+    key = storage.store_file(path, storage.audio_key(organisation.pk, job_id, probe.format_name))
+    try:
+        job = _create_job(
+            job_id=job_id,
+            organisation=organisation,
+            user=user,
+            options=options,
+            idempotency_key=idempotency_key,
+            audio_key=key,
+            original_filename=original_filename,
+            size_bytes=size_bytes,
+            container=probe.format_name,
+            codec=probe.codec,
+            duration_seconds=probe.duration_seconds,
+            audio_validated=True,
+        )
+    except IntegrityError:
+        storage.delete_quietly(key)
+        if existing := _replay(organisation, idempotency_key):
+            return existing, False
+        raise
+    except BaseException:
+        storage.delete_quietly(key)
+        raise
+    return job, True
+
+
+def job_create_from_upload(
+    *,
+    organisation,
+    user,
+    upload_id: Any,
+    options: JobOptions,
+    idempotency_key: str = "",
+) -> tuple[TranscriptionJob, bool]:
+    """Queue a job for an object uploaded with a presigned POST, after checking the object.
+
+    The storage is asked for the object (HEAD) under the exact key the ticket allowed; a missing,
+    empty or oversized object is refused. The worker decodes and validates the audio itself
+    before transcribing (a decode in the web tier could take minutes for a large file).
+    """
+    if existing := _replay(organisation, idempotency_key):
+        return existing, False
+    quota_check(organisation=organisation)
+    try:
+        return _consume_upload(
+            organisation=organisation,
+            user=user,
+            upload_id=upload_id,
+            options=options,
+            idempotency_key=idempotency_key,
+        )
+    except IntegrityError:
+        # A concurrent request with the same idempotency key (for another upload) won the race.
+        if existing := _replay(organisation, idempotency_key):
+            return existing, False
+        raise
+
+
+@transaction.atomic
+def _consume_upload(
+    *, organisation, user, upload_id: Any, options: JobOptions, idempotency_key: str
+) -> tuple[TranscriptionJob, bool]:
+    upload = (
+        Upload.objects.select_for_update().filter(organisation=organisation, pk=upload_id).first()
+    )
+    if upload is None:
+        raise ApplicationError("No such upload.", code="upload_not_found", status_code=404)
+    if upload.status != Upload.Status.PENDING:
+        # A retry of the request that consumed it (it held the lock until it committed).
+        if existing := _replay(organisation, idempotency_key):
+            return existing, False
+        raise ConflictError("This upload has already been used by a job.", code="upload_used")
+    size = storage.stored_size(upload.key)
+    if size is None:
+        raise ApplicationError(
+            "Nothing was uploaded for this ticket yet: POST the file to the presigned URL first.",
+            code="upload_missing",
+        )
+    if size == 0 or size > upload.max_size:
+        storage.delete_quietly(upload.key)
+        raise ApplicationError(
+            f"The uploaded object is {size} bytes; it must be between 1 and "
+            f"{upload.max_size} bytes.",
+            code="upload_size_invalid",
+            status_code=413 if size else 400,
+        )
+    upload.status = Upload.Status.CONSUMED
+    upload.save(update_fields=["status", "updated_at"])
+    job = _create_job(
+        job_id=uuid.uuid4(),
+        organisation=organisation,
+        user=user,
+        options=options,
+        idempotency_key=idempotency_key,
+        audio_key=upload.key,
+        original_filename=upload.filename,
+        size_bytes=size,
+        container="",
+        codec="",
+        duration_seconds=None,
+        audio_validated=False,
+    )
+    return job, True
+
+
+@transaction.atomic
+def _create_job(
+    *, job_id, organisation, user, options: JobOptions, **fields: Any
+) -> TranscriptionJob:
+    now = timezone.now()
+    job = TranscriptionJob.objects.create(
+        id=job_id,
+        organisation=organisation,
+        created_by=user if getattr(user, "pk", None) and user.is_authenticated else None,
+        status=JobStatus.QUEUED,
+        queued_at=now,
+        language=options.language,
+        model_profile=options.model_profile,
+        task=options.task,
+        word_timestamps=options.word_timestamps,
+        initial_prompt=options.initial_prompt,
+        priority=options.priority,
+        callback_url=options.callback_url,
+        **fields,
+    )
+    transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
+    return job
+
+
+def upload_create(*, organisation, user, filename: str, size_bytes: int) -> tuple[Upload, dict]:
+    """A presigned POST ticket for one object under a server-chosen key."""
+    if not storage.supports_presigned_upload():
+        raise ApplicationError(
+            "Direct uploads need S3-compatible storage (STORAGE_BACKEND=s3); send the file "
+            "to POST /api/v1/jobs instead.",
+            code="presigned_upload_unavailable",
+            status_code=409,
+        )
+    limit = settings.AUDIO_MAX_UPLOAD_BYTES
+    if size_bytes > limit:
+        from .uploads import too_large
+
+        raise too_large(limit)
+    quota_check(organisation=organisation)
+    upload_id = uuid.uuid4()
+    key = storage.upload_key(organisation.pk, upload_id)
+    expires_in = settings.PRESIGNED_UPLOAD_EXPIRY_SECONDS
+    upload = Upload.objects.create(
+        id=upload_id,
+        organisation=organisation,
+        created_by=user if getattr(user, "pk", None) else None,
+        key=key,
+        filename=filename[:255],
+        max_size=limit,
+        expires_at=timezone.now() + timedelta(seconds=expires_in),
+    )
+    return upload, storage.presigned_post(key, max_size=limit, expires_in=expires_in)
+
+
+# ---- dispatch ----------------------------------------------------------------------------------
+def job_dispatch(*, job_id: Any) -> bool:
+    """Publish the job's task. A broker failure is logged; the sweeper publishes it later."""
+    from workers.transcription import transcribe_job
+
+    job = TranscriptionJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
+    if job is None:
+        return False
+    soft, hard = time_limits(job.duration_seconds)
+    try:
+        transcribe_job.apply_async(
+            args=[str(job.pk)],
+            queue=settings.TRANSCRIPTION_QUEUE,
+            priority=job.priority,
+            soft_time_limit=soft,
+            time_limit=hard,
+            headers={"job_id": str(job.pk)},
+        )
+    except Exception:
+        logger.warning("Could not publish job %s; the sweeper will retry", job.pk, exc_info=True)
+        return False
+    TranscriptionJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
+    return True
+
+
+def jobs_redispatch_stale() -> dict[str, int]:
+    """Sweeper: publish queued jobs never (or long ago) published; requeue abandoned ones."""
+    from .leases import JobLease
+
+    now = timezone.now()
+    republished = requeued = 0
+    never = TranscriptionJob.objects.filter(
+        status=JobStatus.QUEUED,
+        dispatched_at__isnull=True,
+        created_at__lt=now - timedelta(seconds=15),
+    )
+    stale = TranscriptionJob.objects.filter(
+        status=JobStatus.QUEUED,
+        dispatched_at__lt=now - timedelta(seconds=settings.JOB_REDISPATCH_AFTER_SECONDS),
+    )
+    for job_id in list(never.values_list("pk", flat=True)[:500]) + list(
+        stale.values_list("pk", flat=True)[:500]
+    ):
+        republished += job_dispatch(job_id=job_id)
+    abandoned = TranscriptionJob.objects.filter(
+        status=JobStatus.PROCESSING,
+        heartbeat_at__lt=now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS),
+    ).values_list("pk", flat=True)[:500]
+    for job_id in abandoned:
+        lease = JobLease(str(job_id))
+        if not lease.acquire():
+            continue  # a live worker still holds it
+        try:
+            updated = TranscriptionJob.objects.filter(
+                pk=job_id, status=JobStatus.PROCESSING
+            ).update(status=JobStatus.QUEUED, dispatched_at=None, worker="")
+        finally:
+            lease.release()
+        if updated:
+            requeued += 1
+            job_dispatch(job_id=job_id)
+    return {"republished": republished, "requeued": requeued}
+
+
+# ---- cancel and delete -------------------------------------------------------------------------
+@transaction.atomic
+def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
+    """Cancel a queued job at once; ask a processing job's worker to stop (it checks often)."""
+    locked = TranscriptionJob.objects.select_for_update().get(pk=job.pk)
+    if locked.status not in ACTIVE_STATUSES:
+        raise ConflictError(
+            f"The job is already {locked.status}; only queued or processing jobs can be cancelled.",
+            code="job_not_cancellable",
+        )
+    locked.cancel_requested = True
+    fields = ["cancel_requested", "updated_at"]
+    if locked.status == JobStatus.QUEUED:
+        locked.status = JobStatus.CANCELLED
+        locked.finished_at = timezone.now()
+        fields += ["status", "finished_at"]
+    locked.save(update_fields=fields)
+    return locked
+
+
+def job_delete(*, job: TranscriptionJob) -> None:
+    """Delete a job, its transcript and its audio. A running transcription is stopped first."""
+    key = job.audio_key
+    with transaction.atomic():
+        locked = TranscriptionJob.objects.select_for_update().filter(pk=job.pk).first()
+        if locked is None:
+            return
+        locked.delete()
+        transaction.on_commit(lambda: storage.delete_quietly(key))

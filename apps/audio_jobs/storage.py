@@ -1,0 +1,94 @@
+"""Where audio lives: server-chosen keys in the configured storage, fetched to local temp files.
+
+Keys are `org/<organisation id>/audio/<job id><ext>` and `org/<organisation id>/uploads/<upload
+id>`; a client-supplied file name is never part of a key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+
+logger = logging.getLogger(__name__)
+
+# Keyed by media.ProbeResult.format_name.
+EXTENSIONS = {
+    "wav": ".wav",
+    "mp3": ".mp3",
+    "flac": ".flac",
+    "ogg": ".ogg",
+    "mp4": ".m4a",
+    "matroska": ".webm",
+}
+
+
+def audio_key(organisation_id: Any, job_id: Any, container: str) -> str:
+    return f"org/{organisation_id}/audio/{job_id}{EXTENSIONS.get(container, '.bin')}"
+
+
+def upload_key(organisation_id: Any, upload_id: Any) -> str:
+    return f"org/{organisation_id}/uploads/{upload_id}"
+
+
+def store_file(path: str | Path, key: str) -> str:
+    with open(path, "rb") as handle:
+        return default_storage.save(key, File(handle))
+
+
+def delete_quietly(key: str) -> None:
+    """Delete a stored file; a failure is logged, never raised (cleanup must not mask errors)."""
+    if not key:
+        return
+    try:
+        default_storage.delete(key)
+    except Exception:
+        logger.warning("Could not delete stored file %s", key, exc_info=True)
+
+
+@contextlib.contextmanager
+def local_copy(key: str) -> Iterator[Path]:
+    """Yield a local path for a stored file: the file itself on local disk, else a temp copy."""
+    try:
+        yield Path(default_storage.path(key))
+        return
+    except NotImplementedError:
+        pass
+    directory = tempfile.mkdtemp(prefix="lexiscore-audio-", dir=settings.FILE_UPLOAD_TEMP_DIR)
+    try:
+        target = Path(directory) / "audio"
+        with default_storage.open(key, "rb") as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, length=1024 * 1024)
+        yield target
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def supports_presigned_upload() -> bool:
+    return hasattr(default_storage, "bucket") and hasattr(default_storage, "connection")
+
+
+def presigned_post(key: str, *, max_size: int, expires_in: int) -> dict[str, Any]:
+    """A presigned POST whose policy fixes the exact key and a size range."""
+    client = default_storage.connection.meta.client
+    return client.generate_presigned_post(
+        Bucket=default_storage.bucket_name,
+        Key=key,
+        Conditions=[["content-length-range", 1, max_size], {"key": key}],
+        ExpiresIn=expires_in,
+    )
+
+
+def stored_size(key: str) -> int | None:
+    """The stored object's size (a HEAD request on S3), or None when it does not exist."""
+    if not default_storage.exists(key):
+        return None
+    return default_storage.size(key)

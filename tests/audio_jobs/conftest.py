@@ -1,0 +1,40 @@
+"""Fixtures of the audio job tests: generated speech, members, and a real pipeline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from apps.accounts.models import Role
+from tests.factories import bearer, member
+from tests.speech import SpeechFactory
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> SpeechFactory:
+    return SpeechFactory(tmp_path_factory.mktemp("speech"))
+
+
+@pytest.fixture
+def owner(db):
+    return member(Role.OWNER)
+
+
+@pytest.fixture
+def org(owner):
+    return owner.organisation
+
+
+@pytest.fixture
+def auth(owner):
+    """Headers for the test client: the owner's access token for their organisation."""
+    return bearer(owner.user, owner.organisation)
+
+
+def media_files(root: str | os.PathLike) -> list[str]:
+    """Every stored file under the media root (to prove nothing is left behind)."""
+    return sorted(str(path.relative_to(root)) for path in Path(root).rglob("*") if path.is_file())

@@ -1,0 +1,30 @@
+"""Cross-tenant registrations of the audio jobs endpoints (imported by tests/tenancy.py).
+
+Each `make` seeds an object of the organisation in the state where the operation would change
+something if it reached it: a queued job to cancel, a completed job with a transcript to read.
+The upload id in `POST /api/v1/jobs` travels in the body, which the matrix cannot template; that
+case is tested in tests/audio_jobs/test_api.py and test_uploads_s3.py.
+"""
+
+from __future__ import annotations
+
+from apps.accounts.models import Organisation
+from tests.audio_jobs.factories import JobFactory, TranscriptFactory
+from tests.tenancy import list_endpoint, object_endpoint
+
+
+def _queued_job_of(organisation: Organisation) -> str:
+    return str(JobFactory(organisation=organisation).id)
+
+
+def _completed_job_of(organisation: Organisation) -> str:
+    return str(TranscriptFactory(job__organisation=organisation).job_id)
+
+
+object_endpoint("GET", "/api/v1/jobs/{job_id}", _queued_job_of)
+object_endpoint("DELETE", "/api/v1/jobs/{job_id}", _completed_job_of)
+object_endpoint("POST", "/api/v1/jobs/{job_id}/cancel", _queued_job_of)
+object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript", _completed_job_of)
+
+list_endpoint("/api/v1/jobs", _queued_job_of)
+list_endpoint("/api/v1/jobs", _completed_job_of, query={"status": "completed"})

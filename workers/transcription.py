@@ -1,0 +1,46 @@
+"""Tasks of the transcription queues: thin entry points into apps.audio_jobs.processing.
+
+The model is loaded once per worker process (workers.engines caches it) and shared by every job
+that process runs. Time limits are set per job when it is published (scaled by its duration).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from apps.audio_jobs import processing
+
+from .base import LexisTask
+
+logger = logging.getLogger(__name__)
+
+
+class TranscriptionTask(LexisTask):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        job_id = (args or [None])[0] or kwargs.get("job_id")
+        if job_id:
+            processing.job_fail_unexpectedly(
+                job_id=job_id,
+                code="internal_error",
+                message="The transcription failed because of an internal error; it has been "
+                "reported and can be retried by an operator.",
+            )
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+
+@shared_task(name="workers.transcription.transcribe_job", base=TranscriptionTask, bind=True)
+def transcribe_job(self, job_id: str) -> str:
+    try:
+        outcome = processing.job_process(job_id=job_id, retries=self.request.retries or 0)
+    except SoftTimeLimitExceeded:
+        processing.job_fail_unexpectedly(
+            job_id=job_id,
+            code="time_limit",
+            message="The transcription took longer than this file's time limit and was stopped.",
+        )
+        return "time_limit"
+    logger.info("Transcription job %s: %s", job_id, outcome)
+    return outcome
