@@ -1,0 +1,200 @@
+"""Lexical analytics of a transcript, computed from its timed words.
+
+Pure functions of a list of `Word`s (no database), so the numbers can be checked by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+_TOKEN = re.compile(r"[\w']+", re.UNICODE)
+MTLD_THRESHOLD = 0.72
+FILLERS = {"um", "uh", "erm", "er", "ah", "hmm", "uhm", "mm", "mhm"}
+FILLER_PHRASES = {("you", "know"), ("i", "mean")}
+STOPWORDS = frozenset(
+    """
+    a about above after again against all am an and any are aren't as at be because been
+    before being below between both but by can can't cannot could couldn't did didn't do does
+    doesn't doing don't down during each few for from further get got had hadn't has hasn't
+    have haven't having he he'd he'll he's her here here's hers herself him himself his how
+    how's i i'd i'll i'm i've if in into is isn't it it's its itself just let's like me more
+    most mustn't my myself no nor not now of off on once only or other ought our ours
+    ourselves out over own really same shan't she she'd she'll she's should shouldn't so some
+    such than that that's the their theirs them themselves then there there's these they
+    they'd they'll they're they've this those through to too under until up us very was wasn't
+    we we'd we'll we're we've were weren't what what's when when's where where's which while
+    who who's whom why why's will with won't would wouldn't yeah yes you you'd you'll you're
+    you've your yours yourself yourselves okay ok oh well going gonna want know think thing
+    things one also
+    """.split()  # noqa: SIM905
+)
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float
+    end: float
+    probability: float = 1.0
+
+
+def tokens_of(text: str) -> list[str]:
+    return [t.lower() for t in _TOKEN.findall(text or "")]
+
+
+def words_from_segments(segments: Iterable[dict[str, Any]]) -> list[Word]:
+    """Timed words of the stored segments (spread evenly when a segment has no word timings)."""
+    words: list[Word] = []
+    for segment in segments:
+        seg_words = segment.get("words") or []
+        if seg_words:
+            words.extend(
+                Word(
+                    w.get("word", ""),
+                    float(w.get("start", 0)),
+                    float(w.get("end", 0)),
+                    float(w.get("probability", 1.0)),
+                )
+                for w in seg_words
+            )
+            continue
+        parts = (segment.get("text") or "").split()
+        start, end = float(segment.get("start", 0)), float(segment.get("end", 0))
+        step = (end - start) / len(parts) if parts else 0
+        words.extend(Word(p, start + i * step, start + (i + 1) * step) for i, p in enumerate(parts))
+    return words
+
+
+def type_token_ratio(tokens: list[str]) -> float:
+    return len(set(tokens)) / len(tokens) if tokens else 0.0
+
+
+def _mtld_pass(tokens: list[str], threshold: float) -> float:
+    factors = 0.0
+    types: set[str] = set()
+    count = 0
+    for token in tokens:
+        count += 1
+        types.add(token)
+        if len(types) / count <= threshold:
+            factors += 1
+            types, count = set(), 0
+    if count:
+        factors += (1 - len(types) / count) / (1 - threshold)
+    # A text that never falls to the threshold has no factor: MTLD is its length.
+    return len(tokens) / factors if factors else float(len(tokens))
+
+
+def mtld(tokens: list[str], threshold: float = MTLD_THRESHOLD) -> float:
+    """Measure of Textual Lexical Diversity (McCarthy & Jarvis 2010): forward/backward mean."""
+    if not tokens:
+        return 0.0
+    return (_mtld_pass(tokens, threshold) + _mtld_pass(tokens[::-1], threshold)) / 2
+
+
+def words_per_minute(count: int, seconds: float) -> float:
+    return round(count / (seconds / 60), 1) if seconds > 0 else 0.0
+
+
+def wpm_over_time(words: list[Word], bin_seconds: int) -> list[dict[str, float]]:
+    if not words:
+        return []
+    last = max(w.end for w in words)
+    bins = max(1, math.ceil(last / bin_seconds))
+    counts = Counter(int(w.start // bin_seconds) for w in words if tokens_of(w.text))
+    out = []
+    for index in range(bins):
+        start = index * bin_seconds
+        length = min(bin_seconds, max(last - start, 0.001))
+        out.append(
+            {
+                "start": float(start),
+                "end": round(start + length, 2),
+                "words": counts.get(index, 0),
+                "wpm": words_per_minute(counts.get(index, 0), length),
+            }
+        )
+    return out
+
+
+def filler_counts(tokens: list[str]) -> dict[str, int]:
+    counts: Counter[str] = Counter(t for t in tokens if t in FILLERS)
+    for pair in pairwise(tokens):
+        if pair in FILLER_PHRASES:
+            counts[" ".join(pair)] += 1
+    return dict(counts.most_common())
+
+
+def top_content_words(tokens: list[str], limit: int = 20) -> list[dict[str, Any]]:
+    counts = Counter(
+        t
+        for t in tokens
+        if t not in STOPWORDS and t not in FILLERS and len(t) > 2 and not t.isdigit()
+    )
+    return [{"word": w, "count": c} for w, c in counts.most_common(limit)]
+
+
+def long_pauses(words: list[Word], min_seconds: float) -> list[dict[str, float]]:
+    pauses = []
+    for previous, current in pairwise(words):
+        gap = current.start - previous.end
+        if gap >= min_seconds:
+            pauses.append(
+                {
+                    "start": round(previous.end, 2),
+                    "end": round(current.start, 2),
+                    "duration": round(gap, 2),
+                }
+            )
+    return pauses
+
+
+def low_confidence_passages(words: list[Word], below: float) -> list[dict[str, Any]]:
+    passages: list[dict[str, Any]] = []
+    run: list[Word] = []
+    for word in [*words, None]:
+        if word is not None and word.probability < below:
+            run.append(word)
+            continue
+        if run:
+            passages.append(
+                {
+                    "start": round(run[0].start, 2),
+                    "end": round(run[-1].end, 2),
+                    "text": " ".join(w.text.strip() for w in run),
+                    "mean_probability": round(sum(w.probability for w in run) / len(run), 3),
+                }
+            )
+            run = []
+    return passages
+
+
+def analyse(
+    words: list[Word],
+    *,
+    bin_seconds: int = 60,
+    pause_seconds: float = 2.0,
+    low_confidence_below: float = 0.5,
+) -> dict[str, Any]:
+    tokens = [t for w in words for t in tokens_of(w.text)]
+    speaking = (words[-1].end - words[0].start) if words else 0.0
+    return {
+        "word_count": len(tokens),
+        "unique_words": len(set(tokens)),
+        "speaking_seconds": round(speaking, 2),
+        "words_per_minute": words_per_minute(len(tokens), speaking),
+        "words_per_minute_over_time": wpm_over_time(words, bin_seconds),
+        "type_token_ratio": round(type_token_ratio(tokens), 4),
+        "mtld": round(mtld(tokens), 2),
+        "top_content_words": top_content_words(tokens),
+        "filler_words": filler_counts(tokens),
+        "filler_word_total": sum(filler_counts(tokens).values()),
+        "long_pauses": long_pauses(words, pause_seconds),
+        "low_confidence_passages": low_confidence_passages(words, low_confidence_below),
+    }

@@ -1,0 +1,148 @@
+"""Report endpoints: request, list, poll, download, retry and delete (scoped to the org)."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from django.core.files.storage import default_storage
+from django.http import FileResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.tenancy import TenantPermission, get_tenant
+from apps.core.exceptions import ConflictError
+from apps.core.pagination import StandardPagination
+
+from .. import selectors, services
+from ..models import ReportFormat, ReportKind, ReportStatus
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input (error body)"),
+    401: OpenApiResponse(description="Not authenticated (error body)"),
+    403: OpenApiResponse(description="Role does not allow this (error body)"),
+    404: OpenApiResponse(description="No such report in this organisation (error body)"),
+}
+
+
+class ReportInput(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ReportKind.choices)
+    format = serializers.ChoiceField(choices=ReportFormat.choices)
+    job_id = serializers.UUIDField(required=False)
+    period_start = serializers.DateField(required=False)
+    period_end = serializers.DateField(required=False, help_text="Exclusive.")
+
+
+class ReportOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    kind = serializers.CharField()
+    format = serializers.CharField()
+    status = serializers.CharField()
+    job_id = serializers.UUIDField(allow_null=True)
+    period_start = serializers.DateField(allow_null=True)
+    period_end = serializers.DateField(allow_null=True)
+    attempts = serializers.IntegerField()
+    error_message = serializers.CharField()
+    filename = serializers.CharField()
+    size_bytes = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    download_url = serializers.SerializerMethodField()
+
+    def get_download_url(self, report) -> str | None:
+        if report.status != ReportStatus.READY:
+            return None
+        return f"/api/v1/reports/{report.pk}/download"
+
+
+class ReportListCreateView(APIView):
+    permission_classes = [TenantPermission]
+
+    @extend_schema(operation_id="reports_list", responses={200: ReportOutput(many=True), **ERRORS})
+    def get(self, request: Request, version: str) -> Response:
+        reports = selectors.report_list(
+            organisation=get_tenant(request).organisation, kind=request.query_params.get("kind")
+        )
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(reports, request, view=self)
+        return paginator.get_paginated_response(ReportOutput(page, many=True).data)
+
+    @extend_schema(
+        operation_id="reports_create",
+        request=ReportInput,
+        responses={
+            202: ReportOutput,
+            409: OpenApiResponse(description="Job not completed (error body)"),
+            **ERRORS,
+        },
+    )
+    def post(self, request: Request, version: str) -> Response:
+        data = ReportInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        report = services.report_request(
+            organisation=tenant.organisation, user=tenant.user, **data.validated_data
+        )
+        return Response(ReportOutput(report).data, status=status.HTTP_202_ACCEPTED)
+
+
+class _ReportView(APIView):
+    permission_classes = [TenantPermission]
+
+    def report(self, request: Request, report_id):
+        return selectors.report_get(
+            organisation=get_tenant(request).organisation, report_id=report_id
+        )
+
+
+class ReportDetailView(_ReportView):
+    @extend_schema(operation_id="reports_get", responses={200: ReportOutput, **ERRORS})
+    def get(self, request: Request, version: str, report_id) -> Response:
+        return Response(ReportOutput(self.report(request, report_id)).data)
+
+    @extend_schema(operation_id="reports_delete", responses={204: None, **ERRORS})
+    def delete(self, request: Request, version: str, report_id) -> Response:
+        services.report_delete(report=self.report(request, report_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ReportRetryView(_ReportView):
+    @extend_schema(
+        operation_id="reports_retry",
+        request=None,
+        responses={202: ReportOutput, 409: OpenApiResponse(description="Not failed"), **ERRORS},
+    )
+    def post(self, request: Request, version: str, report_id) -> Response:
+        report = services.report_retry(report=self.report(request, report_id))
+        return Response(ReportOutput(report).data, status=status.HTTP_202_ACCEPTED)
+
+
+class ReportDownloadView(_ReportView):
+    @extend_schema(
+        operation_id="reports_download",
+        responses={
+            (200, "application/octet-stream"): OpenApiTypes.BINARY,
+            409: OpenApiResponse(description="Not ready (error body)"),
+            **ERRORS,
+        },
+    )
+    def get(self, request: Request, version: str, report_id) -> FileResponse:
+        report = self.report(request, report_id)
+        if report.status != ReportStatus.READY:
+            raise ConflictError(
+                "The report is not ready.",
+                code="report_not_ready",
+                details={"status": report.status},
+            )
+        response = FileResponse(
+            default_storage.open(report.file_key, "rb"), content_type=report.content_type
+        )
+        ascii_name = report.filename.encode("ascii", "ignore").decode() or "report"
+        response["Content-Disposition"] = (
+            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(report.filename)}"
+        )
+        response["X-Content-Type-Options"] = "nosniff"
+        return response

@@ -1,0 +1,96 @@
+"""Generated reports: a transcript report of one job, or an organisation usage report."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from apps.core.models import TimeStampedModel
+
+
+class ReportKind(models.TextChoices):
+    TRANSCRIPT = "transcript", "Transcript report"
+    USAGE = "usage", "Organisation usage report"
+
+
+class ReportFormat(models.TextChoices):
+    PDF = "pdf", "PDF"
+    JSON = "json", "JSON"
+    CSV = "csv", "CSV"
+    XLSX = "xlsx", "XLSX"
+
+
+FORMATS_OF_KIND = {
+    ReportKind.TRANSCRIPT: {ReportFormat.PDF, ReportFormat.JSON},
+    ReportKind.USAGE: {ReportFormat.CSV, ReportFormat.XLSX, ReportFormat.PDF},
+}
+CONTENT_TYPES = {
+    ReportFormat.PDF: "application/pdf",
+    ReportFormat.JSON: "application/json",
+    ReportFormat.CSV: "text/csv; charset=utf-8",
+    ReportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
+
+
+class ReportStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class Report(TimeStampedModel):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.CASCADE, related_name="reports"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="reports",
+    )
+    kind = models.CharField(max_length=16, choices=ReportKind.choices)
+    format = models.CharField(max_length=8, choices=ReportFormat.choices)
+    job = models.ForeignKey(
+        "audio_jobs.TranscriptionJob",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="reports",
+    )
+    period_start = models.DateField(null=True, blank=True)
+    period_end = models.DateField(null=True, blank=True, help_text="Exclusive.")
+    scheduled = models.BooleanField(default=False, help_text="The weekly usage report.")
+    status = models.CharField(
+        max_length=16, choices=ReportStatus.choices, default=ReportStatus.QUEUED
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    error_message = models.TextField(blank=True)
+    file_key = models.CharField(max_length=500, blank=True)
+    filename = models.CharField(max_length=255, blank=True)
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    generation_seconds = models.FloatField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organisation", "-created_at"], name="report_org_created")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organisation", "period_start", "period_end", "format"],
+                condition=Q(scheduled=True),
+                name="report_one_scheduled_per_period",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Report {self.id} ({self.kind}, {self.status})"
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[ReportFormat(self.format)]

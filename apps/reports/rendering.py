@@ -1,0 +1,199 @@
+"""Build report contents: data (dicts) first, then one renderer per format."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db.models import Count, F, Q, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.template.loader import render_to_string
+from django.utils import timezone
+
+from . import analytics
+
+
+class ReportInputError(ValueError):
+    """The report cannot be built from what exists (never worth a retry)."""
+
+
+def timestamp(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ---- Transcript report --------------------------------------------------------------------------
+def transcript_data(job) -> dict[str, Any]:
+    from apps.audio_jobs.models import Transcript
+
+    try:
+        transcript = job.transcript
+    except Transcript.DoesNotExist:
+        raise ReportInputError("The job has no transcript (it has not completed).") from None
+    words = analytics.words_from_segments(transcript.segments)
+    return {
+        "metadata": {
+            "job_id": str(job.pk),
+            "file": job.original_filename,
+            "duration_seconds": transcript.duration,
+            "duration": timestamp(transcript.duration),
+            "language": transcript.language,
+            "language_probability": round(transcript.language_probability, 3),
+            "model": job.model_used or job.model_profile,
+            "engine": job.engine,
+            "task": job.task,
+            "processing_seconds": round(job.processing_seconds or 0, 2),
+            "created_at": job.created_at,
+            "finished_at": job.finished_at,
+        },
+        "analytics": analytics.analyse(
+            words,
+            bin_seconds=settings.REPORT_WPM_BIN_SECONDS,
+            pause_seconds=settings.REPORT_LONG_PAUSE_SECONDS,
+            low_confidence_below=settings.REPORT_LOW_CONFIDENCE_BELOW,
+        ),
+        "segments": [
+            {
+                "start": round(float(s.get("start", 0)), 2),
+                "end": round(float(s.get("end", 0)), 2),
+                "text": (s.get("text") or "").strip(),
+            }
+            for s in transcript.segments
+        ],
+    }
+
+
+def transcript_json(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, indent=1).encode()
+
+
+def _pdf(template: str, context: dict[str, Any]) -> bytes:
+    from weasyprint import HTML
+
+    html = render_to_string(template, context)
+    return HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
+
+
+def transcript_pdf(data: dict[str, Any]) -> bytes:
+    segments = [{**s, "at": timestamp(s["start"])} for s in data["segments"]]
+    a = data["analytics"]
+    return _pdf(
+        "reports/transcript.html",
+        {
+            "m": data["metadata"],
+            "a": a,
+            "segments": segments,
+            "wpm_bins": [
+                {**b, "at": timestamp(b["start"])} for b in a["words_per_minute_over_time"]
+            ],
+            "pauses": [{**p, "at": timestamp(p["start"])} for p in a["long_pauses"][:100]],
+            "low": [{**p, "at": timestamp(p["start"])} for p in a["low_confidence_passages"][:100]],
+            "generated_at": timezone.now(),
+        },
+    )
+
+
+# ---- Usage report -------------------------------------------------------------------------------
+USAGE_COLUMNS = ["jobs", "completed", "failed", "audio_minutes", "processing_seconds"]
+
+
+def _aggregate(queryset, *group: str) -> list[dict[str, Any]]:
+    rows = (
+        queryset.values(*group)
+        .annotate(
+            jobs=Count("id"),
+            completed=Count("id", filter=Q(status="completed")),
+            failed=Count("id", filter=Q(status="failed")),
+            audio=Coalesce(Sum("duration_seconds"), 0.0),
+            processing=Coalesce(Sum("processing_seconds"), 0.0),
+        )
+        .order_by(*group)
+    )
+    return [
+        {
+            **{g: r[g] for g in group},
+            "jobs": r["jobs"],
+            "completed": r["completed"],
+            "failed": r["failed"],
+            "audio_minutes": round(r["audio"] / 60, 2),
+            "processing_seconds": round(r["processing"], 1),
+        }
+        for r in rows
+    ]
+
+
+def usage_data(organisation, period_start: date, period_end: date) -> dict[str, Any]:
+    from apps.audio_jobs.models import TranscriptionJob
+
+    start = timezone.make_aware(datetime.combine(period_start, time.min), UTC)
+    end = timezone.make_aware(datetime.combine(period_end, time.min), UTC)
+    jobs = TranscriptionJob.objects.filter(
+        organisation=organisation, created_at__gte=start, created_at__lt=end
+    ).annotate(day=TruncDate("created_at", tzinfo=UTC), member=F("created_by__email"))
+    by_day_member = _aggregate(jobs, "day", "member")
+    for row in by_day_member:
+        row["member"] = row["member"] or "(deleted user or API key)"
+    by_member = _aggregate(jobs, "member")
+    for row in by_member:
+        row["member"] = row["member"] or "(deleted user or API key)"
+    total = _aggregate(jobs.annotate(all=F("organisation_id")), "all")
+    return {
+        "organisation": organisation.name,
+        "period_start": period_start,
+        "period_end": period_end,
+        "last_day": period_end - timedelta(days=1),
+        "by_day_member": by_day_member,
+        "by_member": by_member,
+        "by_day": _aggregate(jobs, "day"),
+        "total": total[0] if total else dict.fromkeys(USAGE_COLUMNS, 0),
+    }
+
+
+def usage_csv(data: dict[str, Any]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["day", "member", *USAGE_COLUMNS])
+    for row in data["by_day_member"]:
+        writer.writerow(
+            [row["day"].isoformat(), _cell(row["member"]), *[row[c] for c in USAGE_COLUMNS]]
+        )
+    writer.writerow(["total", "", *[data["total"][c] for c in USAGE_COLUMNS]])
+    return out.getvalue().encode()
+
+
+def _cell(value: str) -> str:
+    """Neutralise spreadsheet formulas in user-controlled text (CSV/formula injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
+def usage_xlsx(data: dict[str, Any]) -> bytes:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheets = [
+        ("By day and member", ["day", "member"], data["by_day_member"]),
+        ("By member", ["member"], data["by_member"]),
+        ("By day", ["day"], data["by_day"]),
+    ]
+    for index, (title, keys, rows) in enumerate(sheets):
+        sheet = book.active if index == 0 else book.create_sheet()
+        sheet.title = title
+        sheet.append([*keys, *USAGE_COLUMNS])
+        for row in rows:
+            sheet.append(
+                [_cell(str(row[k])) if k == "member" else row[k] for k in keys]
+                + [row[c] for c in USAGE_COLUMNS]
+            )
+    book["By day and member"].append(["total", "", *[data["total"][c] for c in USAGE_COLUMNS]])
+    out = io.BytesIO()
+    book.save(out)
+    return out.getvalue()
+
+
+def usage_pdf(data: dict[str, Any]) -> bytes:
+    return _pdf("reports/usage.html", {"d": data, "generated_at": timezone.now()})

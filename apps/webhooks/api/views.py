@@ -1,0 +1,174 @@
+"""Webhook endpoints of the caller's organisation (admins and owners only)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.accounts.models import Role
+from apps.accounts.tenancy import TenantPermission, get_tenant
+from apps.core.pagination import StandardPagination
+
+from .. import selectors, services
+from ..models import SUBSCRIBABLE_EVENTS
+
+ERRORS = {
+    400: OpenApiResponse(description="Invalid input or unsafe URL (error body)"),
+    401: OpenApiResponse(description="Not authenticated (error body)"),
+    403: OpenApiResponse(description="Admins only (error body)"),
+    404: OpenApiResponse(description="No such endpoint in this organisation (error body)"),
+}
+
+
+class EndpointInput(serializers.Serializer):
+    url = serializers.CharField(max_length=2000)
+    event_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=SUBSCRIBABLE_EVENTS), min_length=1, max_length=20
+    )
+    description = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class EndpointOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.CharField()
+    description = serializers.CharField()
+    event_types = serializers.ListField(child=serializers.CharField())
+    is_active = serializers.BooleanField()
+    disabled_reason = serializers.CharField()
+    disabled_at = serializers.DateTimeField()
+    consecutive_failures = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class EndpointWithSecretOutput(EndpointOutput):
+    secret = serializers.CharField(help_text="Shown once: store it to verify signatures.")
+
+
+class AttemptOutput(serializers.Serializer):
+    attempted_at = serializers.DateTimeField()
+    status_code = serializers.IntegerField(allow_null=True)
+    error = serializers.CharField()
+    duration_ms = serializers.IntegerField()
+
+
+class DeliveryOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    event_id = serializers.CharField()
+    event_type = serializers.CharField()
+    status = serializers.CharField()
+    attempts = serializers.IntegerField()
+    next_attempt_at = serializers.DateTimeField()
+    last_status_code = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField()
+    delivered_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+    log = AttemptOutput(many=True)
+
+
+class _AdminView(APIView):
+    permission_classes = [TenantPermission]
+    required_role = Role.ADMIN
+
+    def endpoint(self, request: Request, endpoint_id):
+        return selectors.endpoint_get(
+            organisation=get_tenant(request).organisation, endpoint_id=endpoint_id
+        )
+
+
+class EndpointListCreateView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_endpoints_list", responses={200: EndpointOutput(many=True), **ERRORS}
+    )
+    def get(self, request: Request, version: str) -> Response:
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(
+            selectors.endpoint_list(organisation=get_tenant(request).organisation), request, self
+        )
+        return paginator.get_paginated_response(EndpointOutput(page, many=True).data)
+
+    @extend_schema(
+        operation_id="webhook_endpoints_create",
+        request=EndpointInput,
+        responses={201: EndpointWithSecretOutput, **ERRORS},
+    )
+    def post(self, request: Request, version: str) -> Response:
+        data = EndpointInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        endpoint = services.endpoint_create(
+            organisation=tenant.organisation, user=tenant.user, **data.validated_data
+        )
+        return Response(EndpointWithSecretOutput(endpoint).data, status=status.HTTP_201_CREATED)
+
+
+class EndpointDetailView(_AdminView):
+    @extend_schema(operation_id="webhook_endpoints_get", responses={200: EndpointOutput, **ERRORS})
+    def get(self, request: Request, version: str, endpoint_id) -> Response:
+        return Response(EndpointOutput(self.endpoint(request, endpoint_id)).data)
+
+    @extend_schema(operation_id="webhook_endpoints_delete", responses={204: None, **ERRORS})
+    def delete(self, request: Request, version: str, endpoint_id) -> Response:
+        services.endpoint_delete(endpoint=self.endpoint(request, endpoint_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class EndpointDisableView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_endpoints_disable",
+        request=None,
+        responses={200: EndpointOutput, **ERRORS},
+    )
+    def post(self, request: Request, version: str, endpoint_id) -> Response:
+        endpoint = services.endpoint_disable(
+            endpoint=self.endpoint(request, endpoint_id), reason="Disabled by an administrator."
+        )
+        return Response(EndpointOutput(endpoint).data)
+
+
+class EndpointEnableView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_endpoints_enable",
+        request=None,
+        responses={200: EndpointOutput, **ERRORS},
+    )
+    def post(self, request: Request, version: str, endpoint_id) -> Response:
+        endpoint = services.endpoint_enable(endpoint=self.endpoint(request, endpoint_id))
+        return Response(EndpointOutput(endpoint).data)
+
+
+class EndpointRotateSecretView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_endpoints_rotate_secret",
+        request=None,
+        responses={200: EndpointWithSecretOutput, **ERRORS},
+    )
+    def post(self, request: Request, version: str, endpoint_id) -> Response:
+        endpoint = services.endpoint_rotate_secret(endpoint=self.endpoint(request, endpoint_id))
+        return Response(EndpointWithSecretOutput(endpoint).data)
+
+
+class EndpointTestView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_endpoints_test",
+        request=None,
+        responses={202: DeliveryOutput, **ERRORS},
+    )
+    def post(self, request: Request, version: str, endpoint_id) -> Response:
+        delivery = services.endpoint_send_test(endpoint=self.endpoint(request, endpoint_id))
+        return Response(DeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)
+
+
+class DeliveryListView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_deliveries_list", responses={200: DeliveryOutput(many=True), **ERRORS}
+    )
+    def get(self, request: Request, version: str, endpoint_id) -> Response:
+        deliveries = selectors.delivery_list(
+            organisation=get_tenant(request).organisation, endpoint_id=endpoint_id
+        )
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(deliveries, request, self)
+        return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)

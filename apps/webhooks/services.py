@@ -1,0 +1,361 @@
+"""Webhook endpoints (register, disable, rotate, test) and delivery of events to them.
+
+Publishing an event writes one `WebhookDelivery` per subscribed active endpoint in the caller's
+transaction and, after commit, asks the webhooks queue to try each once. Every later try is found
+by the beat task `send_due_deliveries` from `next_attempt_at`; a try first claims its row with a
+conditional UPDATE, so a duplicated message never sends twice at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+import uuid
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
+from http.client import HTTPException
+from typing import Any
+
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+from django.utils import timezone
+
+from apps.core.exceptions import ApplicationError
+
+from . import network, signing
+from .models import (
+    SUBSCRIBABLE_EVENTS,
+    DeliveryStatus,
+    EventType,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class UnsafeWebhookURL(ApplicationError):
+    code = "unsafe_webhook_url"
+
+
+# ---- Endpoints ----------------------------------------------------------------------------------
+def _checked_url(url: str) -> str:
+    try:
+        network.check_url(url)
+    except network.UnsafeURLError as exc:
+        raise UnsafeWebhookURL(str(exc), details={"url": ["Refused: " + str(exc)]}) from None
+    return url.strip()
+
+
+def _checked_events(event_types: list[str]) -> list[str]:
+    unknown = sorted(set(event_types) - set(SUBSCRIBABLE_EVENTS))
+    if unknown or not event_types:
+        raise ApplicationError(
+            "Choose one or more known event types.",
+            code="invalid_event_types",
+            details={"event_types": unknown, "known": SUBSCRIBABLE_EVENTS},
+        )
+    return sorted(set(event_types))
+
+
+def endpoint_create(
+    *, organisation, user, url: str, event_types: list[str], description: str = ""
+) -> WebhookEndpoint:
+    """Register an endpoint; the returned instance carries the secret (shown to the caller once)."""
+    return WebhookEndpoint.objects.create(
+        organisation=organisation,
+        created_by=user,
+        url=_checked_url(url),
+        event_types=_checked_events(event_types),
+        description=description,
+        secret=signing.secret_new(),
+    )
+
+
+def endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> WebhookEndpoint:
+    endpoint.is_active = False
+    endpoint.disabled_reason = reason[:200]
+    endpoint.disabled_at = timezone.now()
+    endpoint.save(update_fields=["is_active", "disabled_reason", "disabled_at", "updated_at"])
+    return endpoint
+
+
+def endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+    _checked_url(endpoint.url)
+    endpoint.is_active = True
+    endpoint.disabled_reason = ""
+    endpoint.disabled_at = None
+    endpoint.consecutive_failures = 0
+    endpoint.failing_since = None
+    endpoint.save()
+    return endpoint
+
+
+def endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+    """New secret; the old one keeps signing (a second signature) during the overlap."""
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret_expires_at = timezone.now() + timedelta(
+        seconds=settings.WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS
+    )
+    endpoint.secret = signing.secret_new()
+    endpoint.save()
+    return endpoint
+
+
+def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
+    endpoint.delete()
+
+
+def endpoint_send_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
+    if not endpoint.is_active:
+        raise ApplicationError("The endpoint is disabled.", code="endpoint_disabled")
+    data = {"message": "This is a test event from LexisCore."}
+    return _deliveries_create([endpoint], EventType.TEST, data)[0]
+
+
+# ---- Events -------------------------------------------------------------------------------------
+def _event_id() -> str:
+    return "msg_" + uuid.uuid4().hex
+
+
+def _payload(event_id: str, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": event_id,
+        "type": event_type,
+        "timestamp": timezone.now().isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+
+
+def _deliveries_create(
+    endpoints: list[WebhookEndpoint], event_type: str, data: dict[str, Any]
+) -> list[WebhookDelivery]:
+    now = timezone.now()
+    event_id = _event_id()
+    payload = json.loads(json.dumps(_payload(event_id, event_type, data), cls=DjangoJSONEncoder))
+    deliveries = WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(
+            organisation_id=endpoint.organisation_id,
+            endpoint=endpoint,
+            event_id=event_id,
+            event_type=event_type,
+            payload=payload,
+            next_attempt_at=now,
+        )
+        for endpoint in endpoints
+    )
+    ids = [str(d.pk) for d in deliveries]
+
+    def enqueue() -> None:
+        from workers.webhooks import deliver
+
+        for delivery_id in ids:
+            deliver.apply_async(args=[delivery_id])
+
+    if ids:
+        transaction.on_commit(enqueue)
+    return deliveries
+
+
+def event_publish(*, organisation, event_type: str, data: dict[str, Any]) -> list[WebhookDelivery]:
+    """Queue `event_type` for every active endpoint of `organisation` subscribed to it."""
+    endpoints = [
+        e
+        for e in WebhookEndpoint.objects.filter(organisation=organisation, is_active=True)
+        if event_type in e.event_types
+    ]
+    return _deliveries_create(endpoints, event_type, data) if endpoints else []
+
+
+# ---- Delivery -----------------------------------------------------------------------------------
+def retry_delay(attempt: int) -> float:
+    """Seconds before try `attempt + 1` after `attempt` failed: the schedule, ±20 % jitter."""
+    schedule = settings.WEBHOOK_RETRY_SCHEDULE
+    base = schedule[min(attempt, len(schedule)) - 1]
+    return base * random.uniform(0.8, 1.2)  # noqa: S311 (jitter, not a secret)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(value) - timezone.now()).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def _claim(delivery_id: str, now: datetime) -> bool:
+    lease = now + timedelta(seconds=settings.WEBHOOK_CLAIM_LEASE_SECONDS)
+    return bool(
+        WebhookDelivery.objects.filter(
+            pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now
+        ).update(next_attempt_at=lease)
+    )
+
+
+def _headers(endpoint: WebhookEndpoint, delivery: WebhookDelivery, body: bytes) -> dict[str, str]:
+    timestamp = int(time.time())
+    active = [endpoint.secret]
+    if endpoint.previous_secret and (endpoint.previous_secret_expires_at or timezone.now()) > (
+        timezone.now()
+    ):
+        active.append(endpoint.previous_secret)
+    return {
+        "content-type": "application/json",
+        "user-agent": "LexisCore-Webhooks/1",
+        "webhook-id": delivery.event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signing.signature_header(active, delivery.event_id, timestamp, body),
+    }
+
+
+def delivery_attempt(*, delivery_id: str) -> str:
+    """Try one due delivery; returns its status afterwards ("skipped" if not due or claimed)."""
+    now = timezone.now()
+    if not _claim(delivery_id, now):
+        return "skipped"
+    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
+    endpoint = delivery.endpoint
+    if not endpoint.is_active:
+        _finish(delivery, DeliveryStatus.FAILED, error="The endpoint is disabled.")
+        return delivery.status
+    body = json.dumps(delivery.payload, separators=(",", ":")).encode()
+    status_code: int | None = None
+    error = ""
+    retry_after: float | None = None
+    duration_ms = 0
+    try:
+        response = network.post(endpoint.url, body=body, headers=_headers(endpoint, delivery, body))
+        status_code, duration_ms = response.status, response.duration_ms
+        retry_after = _retry_after(response.headers) if status_code in (429, 503) else None
+        if not 200 <= status_code < 300:
+            error = f"HTTP {status_code}" + (
+                " (redirects are not followed)" if 300 <= status_code < 400 else ""
+            )
+    except network.UnsafeURLError as exc:
+        error = f"Refused: {exc}"
+    except (TimeoutError, OSError, HTTPException) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:500] or "Connection failed"
+    return _record(delivery, endpoint, status_code, error, retry_after, duration_ms)
+
+
+@transaction.atomic
+def _record(delivery, endpoint, status_code, error, retry_after, duration_ms) -> str:
+    now = timezone.now()
+    endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    WebhookAttempt.objects.create(
+        delivery=delivery,
+        attempted_at=now,
+        status_code=status_code,
+        error=error,
+        duration_ms=duration_ms,
+    )
+    delivery.attempts += 1
+    delivery.last_attempt_at = now
+    delivery.last_status_code = status_code
+    delivery.last_error = error
+    if not error:
+        delivery.status = DeliveryStatus.SUCCEEDED
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+        delivery.save()
+        if endpoint.consecutive_failures:
+            endpoint.consecutive_failures = 0
+            endpoint.failing_since = None
+            endpoint.save(update_fields=["consecutive_failures", "failing_since", "updated_at"])
+        return delivery.status
+
+    endpoint.consecutive_failures += 1
+    endpoint.failing_since = endpoint.failing_since or now
+    endpoint.save(update_fields=["consecutive_failures", "failing_since", "updated_at"])
+    if status_code == 410:
+        _disable_and_notify(endpoint, "The endpoint answered 410 Gone.")
+        delivery.status = DeliveryStatus.FAILED
+        delivery.next_attempt_at = None
+    elif delivery.attempts > len(settings.WEBHOOK_RETRY_SCHEDULE):
+        delivery.status = DeliveryStatus.FAILED
+        delivery.next_attempt_at = None
+    else:
+        delay = retry_delay(delivery.attempts)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, settings.WEBHOOK_MAX_RETRY_AFTER_SECONDS))
+        delivery.next_attempt_at = now + timedelta(seconds=delay)
+    delivery.save()
+    if (
+        endpoint.is_active
+        and endpoint.consecutive_failures >= settings.WEBHOOK_DISABLE_AFTER_FAILURES
+        and now - endpoint.failing_since
+        >= timedelta(seconds=settings.WEBHOOK_DISABLE_AFTER_SECONDS)
+    ):
+        _disable_and_notify(
+            endpoint,
+            f"{endpoint.consecutive_failures} consecutive failed deliveries since "
+            f"{endpoint.failing_since:%Y-%m-%d %H:%M} UTC.",
+        )
+    return delivery.status
+
+
+def _finish(delivery: WebhookDelivery, status: str, *, error: str) -> None:
+    delivery.status = status
+    delivery.last_error = error
+    delivery.next_attempt_at = None
+    delivery.save(update_fields=["status", "last_error", "next_attempt_at", "updated_at"])
+
+
+def _disable_and_notify(endpoint: WebhookEndpoint, reason: str) -> None:
+    from apps.accounts.models import Membership, Role
+    from apps.notifications.models import NotificationKind
+    from apps.notifications.services import unsubscribe_url, wants
+
+    endpoint_disable(endpoint=endpoint, reason=reason)
+    logger.warning("Webhook endpoint %s disabled: %s", endpoint.pk, reason)
+    admins = Membership.objects.filter(
+        organisation_id=endpoint.organisation_id, role__in=[Role.OWNER, Role.ADMIN]
+    ).select_related("user", "organisation")
+    messages = []
+    disabled_at = int(endpoint.disabled_at.timestamp()) if endpoint.disabled_at else 0
+    for membership in admins:
+        user = membership.user
+        if not wants(user=user, kind=NotificationKind.WEBHOOK_ALERTS):
+            continue
+        context = {
+            "organisation_name": membership.organisation.name,
+            "endpoint_url": endpoint.url,
+            "reason": reason,
+            "endpoint_api_url": (
+                f"{settings.PUBLIC_BASE_URL}/api/v1/webhooks/endpoints/{endpoint.pk}/"
+            ),
+            "unsubscribe_url": unsubscribe_url(user=user, kind=NotificationKind.WEBHOOK_ALERTS),
+        }
+        messages.append((user.email, context))
+
+    def send() -> None:
+        from workers.emails import send_email
+
+        for email, context in messages:
+            send_email.apply_async(
+                args=["webhook_disabled", [email], context],
+                kwargs={"dedupe_key": f"webhook-disabled:{endpoint.pk}:{disabled_at}:{email}"},
+            )
+
+    transaction.on_commit(send)
+
+
+def due_delivery_ids(*, limit: int = 1000) -> list[str]:
+    now = timezone.now()
+    return [
+        str(pk)
+        for pk in WebhookDelivery.objects.filter(
+            status=DeliveryStatus.PENDING, next_attempt_at__lte=now
+        )
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    ]

@@ -1,0 +1,275 @@
+"""Transcript and usage reports: generation, contents of each format, failures and the API."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date, timedelta
+
+import pytest
+from django.utils import timezone
+from openpyxl import load_workbook
+from pypdf import PdfReader
+
+from apps.audio_jobs.models import JobStatus, TranscriptionJob
+from apps.core.models import DeadLetter
+from apps.reports import services
+from apps.reports.models import Report, ReportStatus
+from tests.factories import member
+from tests.notify_support import completed_job
+
+
+def pdf_text(content: bytes) -> str:
+    return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(content)).pages)
+
+
+def generate(organisation, user, **kwargs) -> Report:
+    report = services.report_request(organisation=organisation, user=user, **kwargs)
+    services.report_generate(report_id=str(report.pk))
+    report.refresh_from_db()
+    return report
+
+
+def content_of(client, auth, report) -> tuple[bytes, object]:
+    response = client.get(f"/api/v1/reports/{report.pk}/download", **auth)
+    return b"".join(response.streaming_content), response
+
+
+def test_transcript_pdf_holds_metadata_analytics_and_the_timed_transcript(owner, client, auth):
+    job = completed_job(owner.organisation, owner.user)
+
+    report = generate(
+        owner.organisation, owner.user, kind="transcript", format="pdf", job_id=job.pk
+    )
+    content, response = content_of(client, auth, report)
+
+    assert report.status == ReportStatus.READY
+    assert response["Content-Type"] == "application/pdf"
+    assert response["Content-Disposition"].startswith("attachment;")
+    text = pdf_text(content)
+    for expected in [
+        "Transcript report",
+        "meeting.wav",
+        "tiny.en",
+        "Word count",
+        "10",
+        "Type-token ratio",
+        "MTLD",
+        "[00:00:00]",
+        "Hello world, um",
+        "recorded meeting",
+        "Filler words",
+        "um (1)",
+        "budgets (1)",
+    ]:
+        assert expected in text, expected
+
+
+def test_transcript_json_holds_the_analytics(owner, client, auth):
+    job = completed_job(owner.organisation, owner.user)
+
+    report = generate(
+        owner.organisation, owner.user, kind="transcript", format="json", job_id=job.pk
+    )
+    content, _ = content_of(client, auth, report)
+
+    data = json.loads(content)
+    assert data["metadata"]["file"] == "meeting.wav"
+    assert data["analytics"]["word_count"] == 10
+    assert data["analytics"]["filler_words"] == {"um": 1}
+    assert data["analytics"]["long_pauses"] == [{"start": 1.2, "end": 4.0, "duration": 2.8}]
+    assert data["analytics"]["low_confidence_passages"][0]["text"] == "recorded meeting"
+    assert data["segments"][0]["text"].startswith("Hello world")
+
+
+@pytest.fixture
+def usage_jobs(owner):
+    other = member(organisation=owner.organisation, email="=cmd@example.com")
+    now = timezone.now()
+    for user, status, seconds in [
+        (owner.user, JobStatus.COMPLETED, 120),
+        (owner.user, JobStatus.FAILED, 60),
+        (other.user, JobStatus.COMPLETED, 30),
+    ]:
+        TranscriptionJob.objects.create(
+            organisation=owner.organisation,
+            created_by=user,
+            status=status,
+            duration_seconds=seconds,
+            processing_seconds=seconds / 10,
+        )
+    foreign = member()
+    TranscriptionJob.objects.create(
+        organisation=foreign.organisation,
+        created_by=foreign.user,
+        status=JobStatus.COMPLETED,
+        duration_seconds=999,
+    )
+    return now.date()
+
+
+def test_usage_csv_has_one_row_per_day_and_member_and_a_total(owner, client, auth, usage_jobs):
+    report = generate(owner.organisation, owner.user, kind="usage", format="csv")
+    content, response = content_of(client, auth, report)
+
+    rows = list(csv.reader(io.StringIO(content.decode())))
+    assert rows[0] == [
+        "day",
+        "member",
+        "jobs",
+        "completed",
+        "failed",
+        "audio_minutes",
+        "processing_seconds",
+    ]
+    day = usage_jobs.isoformat()
+    assert [r[1] for r in rows[1:-1] if r[1].startswith("'")] == ["'=cmd@example.com"]
+    assert [day, "owner@example.com", "2", "1", "1", "3.0", "18.0"] in rows
+    assert rows[-1] == ["total", "", "3", "2", "1", "3.5", "21.0"]
+    assert response["Content-Type"].startswith("text/csv")
+
+
+def test_usage_xlsx_has_sheets_by_day_member_and_day(owner, client, auth, usage_jobs):
+    report = generate(owner.organisation, owner.user, kind="usage", format="xlsx")
+    content, _ = content_of(client, auth, report)
+
+    book = load_workbook(io.BytesIO(content))
+    assert book.sheetnames == ["By day and member", "By member", "By day"]
+    by_member = {
+        row[0]: row[1:] for row in book["By member"].iter_rows(min_row=2, values_only=True)
+    }
+    assert by_member["owner@example.com"] == (2, 1, 1, 3.0, 18.0)
+    first_day = next(book["By day"].iter_rows(min_row=2, values_only=True))
+    assert first_day[1:] == (3, 2, 1, 3.5, 21.0)
+
+
+def test_usage_pdf_lists_members_and_totals(owner, client, auth, usage_jobs):
+    report = generate(owner.organisation, owner.user, kind="usage", format="pdf")
+    content, _ = content_of(client, auth, report)
+
+    text = pdf_text(content)
+    assert f"Usage report: {owner.organisation.name}" in text
+    assert "owner@example.com" in text
+    assert "Per day" in text and "3.5" in text
+
+
+def test_a_failing_generation_is_visible_with_its_reason_retried_then_dead_lettered(
+    owner, client, auth, monkeypatch, eager, django_capture_on_commit_callbacks
+):
+    from apps.reports import rendering
+
+    calls = []
+
+    def broken(data):
+        calls.append(1)
+        raise RuntimeError("renderer crashed")
+
+    monkeypatch.setattr(rendering, "usage_csv", broken)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/reports/",
+            {"kind": "usage", "format": "csv"},
+            content_type="application/json",
+            **auth,
+        )
+
+    report = Report.objects.get(pk=response.json()["id"])
+    assert len(calls) == 3  # REPORT_MAX_ATTEMPTS
+    assert report.status == ReportStatus.FAILED
+    assert report.attempts == 3
+    shown = client.get(f"/api/v1/reports/{report.pk}/", **auth).json()
+    assert shown["status"] == "failed"
+    assert shown["error_message"] == "RuntimeError: renderer crashed"
+    dead = DeadLetter.objects.get(task_name="workers.reports.generate_report")
+    assert dead.args == [str(report.pk)]
+
+
+def test_a_failed_report_can_be_retried_by_the_api(
+    owner, client, auth, eager, django_capture_on_commit_callbacks
+):
+    report = Report.objects.create(
+        organisation=owner.organisation,
+        created_by=owner.user,
+        kind="usage",
+        format="csv",
+        status=ReportStatus.FAILED,
+        period_start=date.today() - timedelta(days=7),
+        period_end=date.today(),
+        error_message="old",
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/api/v1/reports/{report.pk}/retry/", **auth)
+
+    report.refresh_from_db()
+    assert response.status_code == 202
+    assert report.status == ReportStatus.READY
+    assert report.error_message == ""
+
+
+def test_a_transcript_report_of_an_unfinished_job_is_refused(owner, client, auth):
+    job = TranscriptionJob.objects.create(
+        organisation=owner.organisation, status=JobStatus.PROCESSING
+    )
+
+    response = client.post(
+        "/api/v1/reports/",
+        {"kind": "transcript", "format": "pdf", "job_id": str(job.pk)},
+        content_type="application/json",
+        **auth,
+    )
+
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "job_not_completed"
+
+
+def test_list_poll_download_before_ready_and_delete(owner, client, auth):
+    job = completed_job(owner.organisation, owner.user)
+    created = client.post(
+        "/api/v1/reports/",
+        {"kind": "transcript", "format": "json", "job_id": str(job.pk)},
+        content_type="application/json",
+        **auth,
+    )
+    report_id = created.json()["id"]
+
+    early = client.get(f"/api/v1/reports/{report_id}/download", **auth)
+    listed = client.get("/api/v1/reports/", **auth).json()
+    deleted = client.delete(f"/api/v1/reports/{report_id}/", **auth)
+
+    assert created.status_code == 202 and created.json()["status"] == "queued"
+    assert early.status_code == 409
+    assert [r["id"] for r in listed["results"]] == [report_id]
+    assert deleted.status_code == 204
+    assert not Report.objects.filter(pk=report_id).exists()
+
+
+def test_a_ready_report_publishes_report_ready_to_subscribed_endpoints(owner, monkeypatch):
+    from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
+
+    WebhookEndpoint.objects.create(
+        organisation=owner.organisation,
+        url="https://x.test/",
+        event_types=["report.ready"],
+        secret="whsec_AAAA",
+    )
+    job = completed_job(owner.organisation, owner.user)
+
+    report = generate(
+        owner.organisation, owner.user, kind="transcript", format="json", job_id=job.pk
+    )
+
+    delivery = WebhookDelivery.objects.get(organisation=owner.organisation)
+    assert delivery.event_type == "report.ready"
+    assert delivery.payload["data"]["report_id"] == str(report.pk)
+
+
+def test_weekly_usage_reports_are_created_once_per_organisation_and_period(owner):
+    first = services.weekly_usage_reports_create(today=date(2030, 1, 7))
+    again = services.weekly_usage_reports_create(today=date(2030, 1, 7))
+
+    mine = [r for r in first if r.organisation_id == owner.organisation.pk]
+    assert len(mine) == 1
+    assert (mine[0].period_start, mine[0].period_end) == (date(2029, 12, 31), date(2030, 1, 7))
+    assert again == []

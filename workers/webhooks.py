@@ -1,0 +1,27 @@
+"""Tasks of the webhooks queue: one try of one delivery, and the beat sweep of due retries.
+
+Retry delays live in `WebhookDelivery.next_attempt_at`; no task here is published with a
+countdown, so nothing depends on Redis keeping a delayed message past its visibility timeout.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from apps.webhooks import services
+
+from .base import LexisTask
+
+
+@shared_task(name="workers.webhooks.deliver", base=LexisTask)
+def deliver(delivery_id: str) -> str:
+    return services.delivery_attempt(delivery_id=delivery_id)
+
+
+@shared_task(name="workers.webhooks.send_due_deliveries", base=LexisTask, max_retries=0)
+def send_due_deliveries() -> int:
+    """Publish a try for every delivery whose `next_attempt_at` has come (claimed by the try)."""
+    ids = services.due_delivery_ids()
+    for delivery_id in ids:
+        deliver.apply_async(args=[delivery_id])
+    return len(ids)
