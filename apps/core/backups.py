@@ -1,0 +1,284 @@
+"""Database backups that can be restored: pg_dump custom format plus a manifest.
+
+A backup is a folder `<BACKUP_DIR>/lexiscore-<UTC timestamp>/` holding `database.dump` and
+`manifest.json`. The row counts in the manifest are taken in the same snapshot as the dump
+(`pg_export_snapshot()` + `pg_dump --snapshot`), so a restore must reproduce them exactly even
+while the platform keeps writing. The manifest also lists every stored file (audio) with its size
+and sha256, so the object store can be checked against it. With BACKUP_TO_STORAGE the two files
+are also copied to the storage backend under `backups/<name>/`.
+
+Restore runs `pg_restore --exit-on-error` into a named database and compares row counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from django.conf import settings
+from django.core.files import File
+from django.core.files.storage import default_storage
+from django.db import connection, transaction
+
+logger = logging.getLogger(__name__)
+
+DUMP_NAME = "database.dump"
+MANIFEST_NAME = "manifest.json"
+STORAGE_PREFIX = "backups"
+MANIFEST_VERSION = 1
+
+
+class BackupError(Exception):
+    pass
+
+
+def _pg_env(database: dict[str, Any]) -> dict[str, str]:
+    """libpq variables for the pg tools: the password never appears on a command line."""
+    env = {**os.environ}
+    for key, var in (
+        ("HOST", "PGHOST"),
+        ("PORT", "PGPORT"),
+        ("USER", "PGUSER"),
+        ("PASSWORD", "PGPASSWORD"),
+    ):
+        if database.get(key):
+            env[var] = str(database[key])
+    return env
+
+
+def _sha256(handle) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tables(cursor) -> list[str]:
+    cursor.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
+    )
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _row_counts(cursor) -> dict[str, int]:
+    counts = {}
+    for table in _tables(cursor):
+        cursor.execute(f'SELECT count(*) FROM "{table}"')
+        counts[table] = cursor.fetchone()[0]
+    return counts
+
+
+def stored_files(*, checksums: bool = True) -> list[dict[str, Any]]:
+    """Every file in the default storage (except backups), with size and sha256."""
+    files: list[dict[str, Any]] = []
+
+    def walk(prefix: str) -> None:
+        try:
+            folders, names = default_storage.listdir(prefix)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for name in sorted(names):
+            key = f"{prefix}/{name}" if prefix else name
+            entry: dict[str, Any] = {"key": key, "size": default_storage.size(key)}
+            if checksums:
+                with default_storage.open(key, "rb") as handle:
+                    entry["sha256"] = _sha256(handle)
+            files.append(entry)
+        for folder in sorted(folders):
+            if not prefix and folder == STORAGE_PREFIX:
+                continue
+            walk(f"{prefix}/{folder}" if prefix else folder)
+
+    walk("")
+    return files
+
+
+def backup_create(
+    *, directory: Path | None = None, to_storage: bool | None = None, file_checksums: bool = True
+) -> Path:
+    """Dump the default database and write the manifest; returns the backup folder."""
+    if connection.vendor != "postgresql":
+        raise BackupError("Backups need PostgreSQL (pg_dump); this database is not.")
+    root = Path(directory or settings.BACKUP_DIR)
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    started = datetime.now(UTC)
+    name = f"lexiscore-{started:%Y%m%dT%H%M%S%fZ}"
+    partial = root / f".{name}.partial"
+    partial.mkdir(mode=0o700)
+    database = connection.settings_dict
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            cursor.execute("SET LOCAL statement_timeout = 0")
+            cursor.execute("SELECT pg_export_snapshot()")
+            snapshot = cursor.fetchone()[0]
+            # The dump sees exactly this transaction's snapshot, so the counts below match it.
+            completed = subprocess.run(
+                [
+                    "pg_dump",
+                    "--format=custom",
+                    "--no-owner",
+                    "--no-privileges",
+                    f"--snapshot={snapshot}",
+                    f"--file={partial / DUMP_NAME}",
+                    database["NAME"],
+                ],
+                env=_pg_env(database),
+                capture_output=True,
+                text=True,
+                timeout=settings.BACKUP_TIMEOUT_SECONDS,
+            )
+            if completed.returncode != 0:
+                raise BackupError(f"pg_dump failed: {completed.stderr.strip()[-2000:]}")
+            counts = _row_counts(cursor)
+        with (partial / DUMP_NAME).open("rb") as handle:
+            dump_sha = _sha256(handle)
+        manifest = {
+            "version": MANIFEST_VERSION,
+            "name": name,
+            "created_at": started.isoformat(),
+            "finished_at": datetime.now(UTC).isoformat(),
+            "database": database["NAME"],
+            "dump": {
+                "file": DUMP_NAME,
+                "format": "custom",
+                "size": (partial / DUMP_NAME).stat().st_size,
+                "sha256": dump_sha,
+            },
+            "row_counts": counts,
+            "stored_files": stored_files(checksums=file_checksums),
+        }
+        (partial / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        final = root / name
+        partial.rename(final)  # a backup folder exists only once complete
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if settings.BACKUP_TO_STORAGE if to_storage is None else to_storage:
+        for file_name in (DUMP_NAME, MANIFEST_NAME):
+            with (final / file_name).open("rb") as handle:
+                default_storage.save(f"{STORAGE_PREFIX}/{name}/{file_name}", File(handle))
+    logger.info(
+        "Backup %s written (%d tables, %d stored files)",
+        name,
+        len(counts),
+        len(manifest["stored_files"]),
+    )
+    return final
+
+
+def backups_list(directory: Path | None = None) -> list[Path]:
+    """Complete local backups, oldest first."""
+    root = Path(directory or settings.BACKUP_DIR)
+    if not root.exists():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("lexiscore-") and (p / MANIFEST_NAME).exists()
+    )
+
+
+def backups_prune(*, keep: int | None = None, directory: Path | None = None) -> list[str]:
+    """Delete all but the newest `keep` backups (local, and their copies in storage)."""
+    keep = settings.BACKUP_KEEP if keep is None else keep
+    if keep < 1:
+        raise BackupError("Keep at least one backup.")
+    removed = []
+    for path in backups_list(directory)[:-keep]:
+        shutil.rmtree(path)
+        removed.append(path.name)
+    try:
+        folders, _ = default_storage.listdir(STORAGE_PREFIX)
+    except (FileNotFoundError, NotADirectoryError):
+        folders = []
+    for folder in sorted(f for f in folders if f.startswith("lexiscore-"))[:-keep]:
+        for file_name in (DUMP_NAME, MANIFEST_NAME):
+            default_storage.delete(f"{STORAGE_PREFIX}/{folder}/{file_name}")
+        removed.append(folder)
+    return sorted(set(removed))
+
+
+@dataclass
+class RestoreReport:
+    database: str
+    expected: dict[str, int]
+    actual: dict[str, int]
+
+    @property
+    def mismatches(self) -> dict[str, tuple[int | None, int | None]]:
+        tables = set(self.expected) | set(self.actual)
+        return {
+            t: (self.expected.get(t), self.actual.get(t))
+            for t in sorted(tables)
+            if self.expected.get(t) != self.actual.get(t)
+        }
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+def _connect(database_name: str) -> psycopg.Connection:
+    params = connection.get_connection_params()
+    params.pop("options", None)  # no statement timeout for a restore check
+    params["dbname"] = database_name
+    params["autocommit"] = True
+    return psycopg.connect(**params)
+
+
+def backup_restore(*, backup: Path, database_name: str, allow_live: bool = False) -> RestoreReport:
+    """Restore a backup into `database_name` (which must exist and be empty) and check counts."""
+    if database_name == connection.settings_dict["NAME"] and not allow_live:
+        raise BackupError(
+            f"Refusing to restore over the live database {database_name!r}; restore into a new "
+            "database and switch DATABASE_URL, or pass --force-live."
+        )
+    manifest = json.loads((backup / MANIFEST_NAME).read_text())
+    with (backup / DUMP_NAME).open("rb") as handle:
+        if _sha256(handle) != manifest["dump"]["sha256"]:
+            raise BackupError(f"{backup / DUMP_NAME} does not match the sha256 in its manifest.")
+    completed = subprocess.run(
+        [
+            "pg_restore",
+            "--exit-on-error",
+            "--no-owner",
+            "--no-privileges",
+            f"--dbname={database_name}",
+            str(backup / DUMP_NAME),
+        ],
+        env=_pg_env(connection.settings_dict),
+        capture_output=True,
+        text=True,
+        timeout=settings.BACKUP_TIMEOUT_SECONDS,
+    )
+    if completed.returncode != 0:
+        raise BackupError(f"pg_restore failed: {completed.stderr.strip()[-2000:]}")
+    with _connect(database_name) as conn, conn.cursor() as cursor:
+        actual = _row_counts(cursor)
+    return RestoreReport(database=database_name, expected=manifest["row_counts"], actual=actual)
+
+
+def database_create(name: str) -> None:
+    with _connect(connection.settings_dict["NAME"]) as conn:
+        conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
+
+
+def database_drop(name: str) -> None:
+    with _connect(connection.settings_dict["NAME"]) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{_identifier(name)}" WITH (FORCE)')
+
+
+def _identifier(name: str) -> str:
+    if not name.replace("_", "").isalnum():
+        raise BackupError(f"Database names are letters, digits and underscores: {name!r}")
+    return name

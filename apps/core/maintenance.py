@@ -1,0 +1,204 @@
+"""Operations: queue inspection, stuck-job requeue and retention cleanup.
+
+Used by the management commands (`queues`, `requeue_stuck_jobs`), the maintenance tasks in
+workers/maintenance.py and the scrape-time gauges in apps/core/metrics.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps one list per queue and priority step: "<queue>" for priority 0
+# and "<queue>\x06\x16<step>" for the others; messages are LPUSHed and BRPOPed, so the oldest
+# waiting message is at index -1. Delivered, unacknowledged messages sit in the "unacked" hash.
+PRIORITY_SEPARATOR = "\x06\x16"
+PRIORITY_STEPS = (0, 3, 6, 9)
+UNACKED_KEY = "unacked"
+
+
+@dataclass
+class QueueRow:
+    queue: str
+    depth: int
+    oldest_age_seconds: float | None  # None: empty, or the oldest message has no publish time
+
+
+@dataclass
+class QueueStats:
+    queues: list[QueueRow] = field(default_factory=list)
+    unacked: int = 0
+
+
+def _broker_client(url: str | None = None):
+    import redis
+
+    url = url or settings.CELERY_BROKER_URL
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def _published_at(raw: bytes | None) -> float | None:
+    """The publish time stamped into a message's headers by lexiscore/celery.py."""
+    if not raw:
+        return None
+    try:
+        message = json.loads(raw)
+        value = (message.get("headers") or {}).get("published_at")
+        return float(value) if value is not None else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+def queue_stats(*, broker_url: str | None = None, now: float | None = None) -> QueueStats | None:
+    """Depth and oldest-message age of every platform queue, read from Redis (None: not Redis)."""
+    from workers.queues import Queue
+
+    client = _broker_client(broker_url)
+    if client is None:
+        return None
+    now = time.time() if now is None else now
+    stats = QueueStats()
+    with client:
+        for queue in Queue:
+            keys = [
+                str(queue) if step == 0 else f"{queue}{PRIORITY_SEPARATOR}{step}"
+                for step in PRIORITY_STEPS
+            ]
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.llen(key)
+                pipe.lindex(key, -1)
+            results = pipe.execute()
+            depth = sum(results[0::2])
+            stamps = [t for raw in results[1::2] if (t := _published_at(raw)) is not None]
+            age = max(0.0, now - min(stamps)) if stamps else None
+            stats.queues.append(QueueRow(str(queue), depth, age))
+        stats.unacked = int(client.hlen(UNACKED_KEY))
+    return stats
+
+
+# ---- stuck jobs --------------------------------------------------------------------------------
+def stuck_jobs(*, now=None):
+    """Processing jobs whose worker stopped beating, or which ran past their hard time limit."""
+    from django.db.models import Q
+
+    from apps.audio_jobs.models import JobStatus, TranscriptionJob
+    from apps.audio_jobs.services import time_limits
+
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
+    candidates = TranscriptionJob.objects.filter(status=JobStatus.PROCESSING).filter(
+        Q(heartbeat_at__lt=stale)
+        | Q(heartbeat_at__isnull=True, started_at__lt=stale)
+        | Q(started_at__lt=now - timedelta(seconds=settings.CELERY_MAX_TASK_TIME_LIMIT))
+    )
+    overdue = []
+    for job in TranscriptionJob.objects.filter(
+        status=JobStatus.PROCESSING, started_at__isnull=False
+    ):
+        _soft, hard = time_limits(job.duration_seconds)
+        # Grace for the worker to record the timeout itself before we call it stuck.
+        if job.started_at < now - timedelta(seconds=hard + 120):
+            overdue.append(job.pk)
+    return TranscriptionJob.objects.filter(Q(pk__in=candidates.values("pk")) | Q(pk__in=overdue))
+
+
+def jobs_requeue_stuck(*, dry_run: bool = False) -> dict[str, list[str]]:
+    """Put stuck jobs back on their queue, unless a live worker still holds the job's lease.
+
+    The per-job delivery cap (JOB_MAX_DELIVERIES, counted in PostgreSQL) still applies when the
+    requeued message starts, so a job that keeps killing its worker ends FAILED, not in a loop.
+    """
+    from apps.audio_jobs.leases import JobLease
+    from apps.audio_jobs.models import JobStatus, TranscriptionJob
+    from apps.audio_jobs.services import job_dispatch
+
+    result: dict[str, list[str]] = {"requeued": [], "held": []}
+    for job_id in list(stuck_jobs().values_list("pk", flat=True)[:1000]):
+        lease = JobLease(str(job_id))
+        if not lease.acquire():
+            result["held"].append(str(job_id))
+            continue
+        try:
+            if dry_run:
+                result["requeued"].append(str(job_id))
+                continue
+            updated = TranscriptionJob.objects.filter(
+                pk=job_id, status=JobStatus.PROCESSING
+            ).update(status=JobStatus.QUEUED, dispatched_at=None, worker="")
+        finally:
+            lease.release()
+        if updated:
+            result["requeued"].append(str(job_id))
+            job_dispatch(job_id=job_id)
+            logger.warning("Requeued stuck job %s", job_id, extra={"job_id": str(job_id)})
+    return result
+
+
+# ---- retention ---------------------------------------------------------------------------------
+TEMP_PREFIXES = ("lexiscore-audio-", "lexiscore-backup-")
+
+
+def temp_files_cleanup(*, older_than_seconds: int | None = None) -> int:
+    """Delete the platform's temp files and folders left behind by killed processes."""
+    age = (
+        older_than_seconds if older_than_seconds is not None else settings.TEMP_FILE_MAX_AGE_SECONDS
+    )
+    root = Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
+    cutoff = time.time() - age
+    removed = 0
+    for entry in root.iterdir():
+        # Django's upload temp files are "tmp*.upload*"; ours carry a lexiscore- prefix.
+        if not (entry.name.startswith(TEMP_PREFIXES) or ".upload" in entry.name):
+            continue
+        try:
+            if entry.lstat().st_mtime >= cutoff:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:
+            logger.warning("Could not remove temp entry %s", entry, exc_info=True)
+    return removed
+
+
+def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
+    """Delete stored audio of finished jobs older than AUDIO_RETENTION_DAYS; clear `audio_key`.
+
+    Transcripts stay; only the audio goes. 0 days keeps audio forever.
+    """
+    from apps.audio_jobs import storage
+    from apps.audio_jobs.models import FINAL_STATUSES, TranscriptionJob
+
+    days = settings.AUDIO_RETENTION_DAYS if days is None else days
+    if days <= 0:
+        return 0
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    expired = TranscriptionJob.objects.filter(
+        status__in=FINAL_STATUSES, finished_at__lt=cutoff
+    ).exclude(audio_key="")
+    deleted = 0
+    for job_id, key in expired.values_list("pk", "audio_key")[:5000]:
+        storage.delete_quietly(key)
+        # Conditional: a job re-run meanwhile (new key) keeps its audio.
+        deleted += TranscriptionJob.objects.filter(pk=job_id, audio_key=key).update(
+            audio_key="", updated_at=timezone.now()
+        )
+    if deleted:
+        logger.info("Audio retention: deleted the audio of %d jobs", deleted)
+    return deleted

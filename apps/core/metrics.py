@@ -1,0 +1,337 @@
+"""Prometheus metrics of the web processes, and the metric objects every process shares.
+
+Multiprocess: when `PROMETHEUS_MULTIPROC_DIR` is set (gunicorn and Celery prefork in compose),
+prometheus_client writes each process's values to memory-mapped files in that folder and the
+exposition below aggregates them, so a scrape sees every gunicorn worker / pool child, not only
+the one that answered. The folder is emptied when gunicorn / the Celery worker starts
+(lexiscore/gunicorn_conf.py, workers/metrics.py) and a dead process's live gauges are dropped.
+Without the variable (tests, `manage.py runserver`) one in-process registry is used.
+
+Exposure: `/metrics` on web answers only with `Authorization: Bearer <METRICS_TOKEN>` and is
+disabled (404) when no token is set. It is served by `MetricsMiddleware` before the security,
+host and session middleware, so Prometheus can scrape `http://web:8000/metrics` inside the compose
+network without the HTTPS redirect or an ALLOWED_HOSTS entry, and a scrape touches no session.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# Latency buckets dense around the 200 ms p95 objective.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1, 2.5, 5, 10, 30)
+
+# ---- web --------------------------------------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "lexiscore_http_requests",
+    "HTTP requests answered, by view (URL name), method and status code.",
+    ["view", "method", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "lexiscore_http_request_duration_seconds",
+    "Time from the first middleware to the response, by view and method.",
+    ["view", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+DB_QUERIES = Counter(
+    "lexiscore_db_queries", "Database queries run while answering requests, by view.", ["view"]
+)
+DB_QUERY_DURATION = Histogram(
+    "lexiscore_db_query_duration_seconds",
+    "Duration of single database queries run by requests, by view.",
+    ["view"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+DB_QUERIES_PER_REQUEST = Histogram(
+    "lexiscore_db_queries_per_request",
+    "Database queries per request (an N+1 shows as a shift to the right), by view.",
+    ["view"],
+    buckets=(0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
+)
+
+# ---- workers (incremented in pool children: workers/metrics.py) -------------------------------
+TASKS = Counter(
+    "celery_tasks",
+    "Tasks that finished executing, by task, queue and final state (SUCCESS, FAILURE, RETRY...).",
+    ["task", "queue", "state"],
+)
+TASK_DURATION = Histogram(
+    "celery_task_duration_seconds",
+    "Wall time of one task execution, by task and queue.",
+    ["task", "queue"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200),
+)
+TASK_FAILURES = Counter(
+    "celery_task_failures",
+    "Task executions that raised, by task, queue and exception.",
+    ["task", "queue", "exception"],
+)
+TASK_RETRIES = Counter(
+    "celery_task_retries", "Retries scheduled, by task and queue.", ["task", "queue"]
+)
+DEAD_LETTERS = Counter(
+    "celery_dead_letter",
+    "Messages dead-lettered (stored in DeadLetter), by task and queue.",
+    ["task", "queue"],
+)
+TRANSCRIPTION_AUDIO_SECONDS = Counter(
+    "lexiscore_transcription_audio_seconds",
+    "Seconds of audio transcribed, by engine and model.",
+    ["engine", "model"],
+)
+TRANSCRIPTION_WALL_SECONDS = Counter(
+    "lexiscore_transcription_wall_seconds",
+    "Wall seconds spent transcribing, by engine and model.",
+    ["engine", "model"],
+)
+TRANSCRIPTION_SPEED = Histogram(
+    "lexiscore_transcription_speed_ratio",
+    "Audio seconds per wall second of one transcription (higher is faster), by engine and model.",
+    ["engine", "model"],
+    buckets=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
+)
+GPU_MEMORY_ALLOCATED = Gauge(
+    "lexiscore_gpu_memory_allocated_bytes",
+    "CUDA memory held by tensors in a worker process, by device.",
+    ["device"],
+    multiprocess_mode="liveall",
+)
+GPU_MEMORY_RESERVED = Gauge(
+    "lexiscore_gpu_memory_reserved_bytes",
+    "CUDA memory reserved by the caching allocator in a worker process, by device.",
+    ["device"],
+    multiprocess_mode="liveall",
+)
+
+
+def view_label(request: HttpRequest) -> str:
+    """The URL name (bounded cardinality), never the raw path."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        return "<unresolved>"
+    return match.view_name or match.route or "<unnamed>"
+
+
+class _QueryTimer:
+    """`connection.execute_wrapper` hook counting and timing the request's queries."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+
+    def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any):
+        started = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.durations.append(time.perf_counter() - started)
+
+
+class MetricsMiddleware:
+    """Count and time every request; answer `/metrics` (token-protected) itself."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path == settings.METRICS_PATH:
+            return metrics_response(request)
+        started = time.perf_counter()
+        timer = _QueryTimer()
+        status = 500
+        try:
+            with connection.execute_wrapper(timer):
+                response = self.get_response(request)
+            status = response.status_code
+            return response
+        finally:
+            view = view_label(request)
+            method = request.method if request.method in _METHODS else "OTHER"
+            HTTP_REQUESTS.labels(view, method, str(status)).inc()
+            HTTP_LATENCY.labels(view, method).observe(time.perf_counter() - started)
+            DB_QUERIES_PER_REQUEST.labels(view).observe(len(timer.durations))
+            if timer.durations:
+                DB_QUERIES.labels(view).inc(len(timer.durations))
+                histogram = DB_QUERY_DURATION.labels(view)
+                for duration in timer.durations:
+                    histogram.observe(duration)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _authorized(request: HttpRequest) -> bool:
+    token = settings.METRICS_TOKEN
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.encode())
+
+
+def metrics_response(request: HttpRequest) -> HttpResponse:
+    if not settings.METRICS_TOKEN:
+        return HttpResponse(status=404)
+    if not _authorized(request):
+        response = HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(generate_latest(exposition_registry()), content_type=CONTENT_TYPE_LATEST)
+
+
+def exposition_registry(*, with_platform: bool = True) -> CollectorRegistry:
+    """The registry to expose: every process's values (multiprocess mode) and scrape-time gauges."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Delegate(REGISTRY))
+    if with_platform:
+        registry.register(PlatformCollector())
+    return registry
+
+
+class _Delegate(Collector):
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.source.collect()
+
+
+class PlatformCollector(Collector):
+    """Gauges read at scrape time: dependencies up, queues, dead letters pending, disk space.
+
+    Computed by the web process that answers the scrape (one Redis round trip per queue and a
+    couple of cheap queries), so Prometheus sees them even when every worker is down.
+    """
+
+    def collect(self) -> Iterator[Any]:
+        from .health import check_broker, check_cache, check_database
+
+        up = GaugeMetricFamily(
+            "lexiscore_dependency_up",
+            "1 when the dependency answers, 0 when not.",
+            labels=["dependency"],
+        )
+        for name, check in (
+            ("database", check_database),
+            ("cache", check_cache),
+            ("broker", check_broker),
+        ):
+            try:
+                check()
+                up.add_metric([name], 1)
+            except Exception as exc:  # a failed check is a 0, never a failed scrape
+                logger.warning("Metrics: dependency %s unavailable: %s", name, exc)
+                up.add_metric([name], 0)
+        yield up
+        yield from _queue_metrics()
+        yield from _dead_letter_metrics()
+        yield from _disk_metrics()
+
+
+def _queue_metrics() -> Iterator[Any]:
+    from .maintenance import queue_stats
+
+    depth = GaugeMetricFamily(
+        "celery_queue_length", "Messages waiting in the broker, by queue.", labels=["queue"]
+    )
+    age = GaugeMetricFamily(
+        "celery_queue_oldest_message_age_seconds",
+        "Age of the oldest waiting message (since it was published), by queue; 0 when empty.",
+        labels=["queue"],
+    )
+    unacked = GaugeMetricFamily(
+        "celery_unacked_messages", "Messages delivered to a worker and not yet acknowledged."
+    )
+    try:
+        stats = queue_stats()
+    except Exception as exc:
+        logger.warning("Metrics: cannot read queue lengths: %s", exc)
+        return
+    if stats is None:  # not a Redis broker
+        return
+    for row in stats.queues:
+        depth.add_metric([row.queue], row.depth)
+        age.add_metric([row.queue], row.oldest_age_seconds or 0.0)
+    unacked.add_metric([], stats.unacked)
+    yield depth
+    yield age
+    yield unacked
+
+
+def _dead_letter_metrics() -> Iterator[Any]:
+    from .models import DeadLetter
+
+    pending = GaugeMetricFamily(
+        "lexiscore_dead_letters_pending",
+        "Dead letters waiting for an operator, by queue.",
+        labels=["queue"],
+    )
+    try:
+        rows = (
+            DeadLetter.objects.filter(status=DeadLetter.Status.PENDING)
+            .values_list("queue")
+            .order_by()
+            .annotate(n=_count())
+        )
+        for queue, count in rows:
+            pending.add_metric([queue], count)
+    except Exception as exc:
+        logger.warning("Metrics: cannot count dead letters: %s", exc)
+        return
+    yield pending
+
+
+def _count():
+    from django.db.models import Count
+
+    return Count("pk")
+
+
+def disk_paths() -> dict[str, str]:
+    paths = {"tmp": settings.FILE_UPLOAD_TEMP_DIR or "/tmp", "backups": str(settings.BACKUP_DIR)}
+    if settings.STORAGE_BACKEND != "s3":
+        paths["media"] = str(settings.MEDIA_ROOT)
+    return paths
+
+
+def _disk_metrics() -> Iterator[Any]:
+    free = GaugeMetricFamily(
+        "lexiscore_disk_free_bytes", "Free bytes on the filesystem holding a path.", labels=["path"]
+    )
+    total = GaugeMetricFamily(
+        "lexiscore_disk_total_bytes", "Size of the filesystem holding a path.", labels=["path"]
+    )
+    for name, path in disk_paths().items():
+        try:
+            usage = shutil.disk_usage(path)
+        except OSError:
+            continue  # not created yet (no backup so far)
+        free.add_metric([name], usage.free)
+        total.add_metric([name], usage.total)
+    yield free
+    yield total

@@ -1,0 +1,75 @@
+"""Backup -> restore round trip into a scratch database, with the manifest's row counts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.management import call_command
+
+from apps.core.backups import backups_list, backups_prune, database_drop
+from apps.core.models import DeadLetter
+
+
+@pytest.fixture
+def scratch_database():
+    name = f"lexiscore_restore_{uuid.uuid4().hex[:12]}"
+    yield name
+    database_drop(name)
+
+
+def test_backup_restores_into_a_scratch_database_with_matching_row_counts(
+    transactional_db, tmp_path, scratch_database, capsys
+):
+    for index in range(3):
+        DeadLetter.objects.create(task_name="t", task_id=f"id-{index}", queue="email")
+    key = default_storage.save(f"audio/{uuid.uuid4().hex}.wav", ContentFile(b"RIFF-audio"))
+
+    call_command("backup", "--dir", str(tmp_path), "--keep", "3")
+    backup = backups_list(tmp_path)[-1]
+    manifest = json.loads((backup / "manifest.json").read_text())
+    call_command("restore", "--dir", str(tmp_path), "--database", scratch_database, "--create")
+
+    out = capsys.readouterr().out
+    assert manifest["row_counts"]["core_deadletter"] == 3
+    assert next(f for f in manifest["stored_files"] if f["key"] == key) == {
+        "key": key,
+        "size": 10,
+        "sha256": hashlib.sha256(b"RIFF-audio").hexdigest(),
+    }
+    assert f"into {scratch_database}" in out
+    assert "row counts match the manifest" in out
+
+
+def test_restore_refuses_the_live_database(transactional_db, tmp_path):
+    from django.core.management.base import CommandError
+    from django.db import connection
+
+    call_command("backup", "--dir", str(tmp_path), "--no-file-checksums")
+
+    with pytest.raises(CommandError, match="Refusing to restore over the live database"):
+        call_command(
+            "restore", "--dir", str(tmp_path), "--database", connection.settings_dict["NAME"]
+        )
+
+
+def test_prune_keeps_the_newest_backups(tmp_path):
+    for name in (
+        "lexiscore-20260101T000000Z",
+        "lexiscore-20260102T000000Z",
+        "lexiscore-20260103T000000Z",
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text("{}")
+
+    removed = backups_prune(keep=2, directory=tmp_path)
+
+    assert removed == ["lexiscore-20260101T000000Z"]
+    assert [p.name for p in backups_list(tmp_path)] == [
+        "lexiscore-20260102T000000Z",
+        "lexiscore-20260103T000000Z",
+    ]

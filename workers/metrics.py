@@ -1,0 +1,158 @@
+"""Worker metrics: task counts, durations, failures and retries from Celery signals.
+
+Prefork: tasks run in pool children, and the main process is the only one that lives as long as
+the container. So each child writes its values to memory-mapped files in
+`PROMETHEUS_MULTIPROC_DIR` (prometheus_client's multiprocess mode), and the main process serves
+the aggregate of all children, past and present, on `WORKER_METRICS_PORT` once the worker is
+ready. Counters of a replaced child (max-tasks/max-memory per child) keep counting in the
+aggregate; its live gauges (GPU memory) are dropped when it exits. The folder is emptied when the
+worker starts, so a restart resets counters, which `rate()` handles. Per-child ports were the
+alternative; they break as soon as a child is replaced and need a port range per worker.
+
+Both variables are set per worker service in docker-compose.yml; without them the signal handlers
+still count (in-process) but nothing is served.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import signals
+
+from apps.core.metrics import (
+    GPU_MEMORY_ALLOCATED,
+    GPU_MEMORY_RESERVED,
+    TASK_DURATION,
+    TASK_FAILURES,
+    TASK_RETRIES,
+    TASKS,
+    TRANSCRIPTION_AUDIO_SECONDS,
+    TRANSCRIPTION_SPEED,
+    TRANSCRIPTION_WALL_SECONDS,
+)
+
+logger = logging.getLogger(__name__)
+
+_started: dict[str, float] = {}
+
+
+def observe_transcription(
+    engine: str, model: str, audio_seconds: float, wall_seconds: float
+) -> None:
+    """Record one finished transcription (called by apps/audio_jobs/processing.py)."""
+    engine, model = engine or "unknown", model or "unknown"
+    if audio_seconds <= 0 or wall_seconds <= 0:
+        return
+    TRANSCRIPTION_AUDIO_SECONDS.labels(engine, model).inc(audio_seconds)
+    TRANSCRIPTION_WALL_SECONDS.labels(engine, model).inc(wall_seconds)
+    TRANSCRIPTION_SPEED.labels(engine, model).observe(audio_seconds / wall_seconds)
+
+
+def observe_gpu_memory() -> None:
+    """Sample CUDA memory of this process, only where torch is already loaded and sees a GPU."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    try:
+        if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return
+        for index in range(torch.cuda.device_count()):
+            device = f"cuda:{index}"
+            GPU_MEMORY_ALLOCATED.labels(device).set(torch.cuda.memory_allocated(index))
+            GPU_MEMORY_RESERVED.labels(device).set(torch.cuda.memory_reserved(index))
+    except Exception:  # a metric must never fail a task
+        logger.debug("Could not sample GPU memory", exc_info=True)
+
+
+def _queue(request: Any) -> str:
+    info = getattr(request, "delivery_info", None) or {}
+    return str(info.get("routing_key") or info.get("exchange") or "unknown")
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str | None = None, **_kwargs: Any) -> None:
+    if task_id:
+        _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _task_finished(
+    task_id: str | None = None, task: Any = None, state: str | None = None, **_kwargs: Any
+) -> None:
+    if task is None:
+        return
+    queue = _queue(task.request)
+    TASKS.labels(task.name, queue, state or "UNKNOWN").inc()
+    started = _started.pop(task_id or "", None)
+    if started is not None:
+        TASK_DURATION.labels(task.name, queue).observe(time.perf_counter() - started)
+    observe_gpu_memory()
+
+
+@signals.task_failure.connect
+def _task_failed(
+    sender: Any = None, exception: BaseException | None = None, **_kwargs: Any
+) -> None:
+    if sender is None:
+        return
+    TASK_FAILURES.labels(
+        sender.name, _queue(sender.request), type(exception).__name__ if exception else "unknown"
+    ).inc()
+
+
+@signals.task_retry.connect
+def _task_retried(sender: Any = None, request: Any = None, **_kwargs: Any) -> None:
+    if sender is not None:
+        TASK_RETRIES.labels(sender.name, _queue(request)).inc()
+
+
+def _multiprocess_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+@signals.celeryd_init.connect
+def _reset_metric_files(**_kwargs: Any) -> None:
+    """Start from empty value files (the main process opened none yet: all metrics have labels)."""
+    folder = _multiprocess_dir()
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in folder.glob("*.db"):
+        path.unlink(missing_ok=True)
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_kwargs: Any) -> None:
+    port = os.environ.get("WORKER_METRICS_PORT", "")
+    if not port:
+        return
+    if _multiprocess_dir() is None:
+        logger.warning(
+            "WORKER_METRICS_PORT is set without PROMETHEUS_MULTIPROC_DIR: pool "
+            "children's metrics would be invisible, so none are served"
+        )
+        return
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(
+        int(port), addr=os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0"), registry=registry
+    )
+    logger.info("Worker metrics served on port %s", port)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_live_gauges(pid: int | None = None, **_kwargs: Any) -> None:
+    if _multiprocess_dir() is None:
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid or os.getpid())
