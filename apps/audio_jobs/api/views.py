@@ -20,6 +20,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.ratelimit import PlanScopedRateThrottle
 from apps.accounts.tenancy import TenantPermission, get_tenant
+from apps.core.drf import page_of
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.pagination import StandardPagination
 
@@ -97,7 +98,7 @@ class JobListCreateView(APIView):
     @extend_schema(
         operation_id="jobs_list",
         parameters=[s.JobListFilterInput],
-        responses={200: s.JobOutput(many=True), **ERRORS},
+        responses={200: page_of("Job", s.JobOutput), **ERRORS},
     )
     def get(self, request: Request, version: str) -> Response:
         filters = s.JobListFilterInput(data=request.query_params)

@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import TenantPermission, get_tenant
+from apps.core.drf import page_of
 from apps.core.exceptions import ConflictError
 from apps.core.pagination import StandardPagination
 
@@ -61,7 +62,9 @@ class ReportOutput(serializers.Serializer):
 class ReportListCreateView(APIView):
     permission_classes = [TenantPermission]
 
-    @extend_schema(operation_id="reports_list", responses={200: ReportOutput(many=True), **ERRORS})
+    @extend_schema(
+        operation_id="reports_list", responses={200: page_of("Report", ReportOutput), **ERRORS}
+    )
     def get(self, request: Request, version: str) -> Response:
         reports = selectors.report_list(
             organisation=get_tenant(request).organisation, kind=request.query_params.get("kind")

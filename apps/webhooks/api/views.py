@@ -10,6 +10,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import TenantPermission, get_tenant
+from apps.core.drf import page_of
 from apps.core.pagination import StandardPagination
 
 from .. import selectors, services
@@ -80,7 +81,8 @@ class _AdminView(APIView):
 
 class EndpointListCreateView(_AdminView):
     @extend_schema(
-        operation_id="webhook_endpoints_list", responses={200: EndpointOutput(many=True), **ERRORS}
+        operation_id="webhook_endpoints_list",
+        responses={200: page_of("WebhookEndpoint", EndpointOutput), **ERRORS},
     )
     def get(self, request: Request, version: str) -> Response:
         paginator = StandardPagination()
@@ -163,7 +165,8 @@ class EndpointTestView(_AdminView):
 
 class DeliveryListView(_AdminView):
     @extend_schema(
-        operation_id="webhook_deliveries_list", responses={200: DeliveryOutput(many=True), **ERRORS}
+        operation_id="webhook_deliveries_list",
+        responses={200: page_of("WebhookDelivery", DeliveryOutput), **ERRORS},
     )
     def get(self, request: Request, version: str, endpoint_id) -> Response:
         deliveries = selectors.delivery_list(
