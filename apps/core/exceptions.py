@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
@@ -28,8 +29,8 @@ logger = logging.getLogger(__name__)
 class ApplicationError(Exception):
     """A failure the caller can act on: a stable code, a readable message, optional details."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
-    code = "application_error"
+    status_code: int = status.HTTP_400_BAD_REQUEST
+    code: str = "application_error"
 
     def __init__(
         self,
@@ -83,7 +84,13 @@ def _message_of(detail: Any, default: str) -> str:
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
-    if isinstance(exc, DjangoValidationError):
+    if isinstance(exc, RequestDataTooBig):
+        exc = ApplicationError(
+            "The request body is too large.", code="request_too_large", status_code=413
+        )
+    elif isinstance(exc, SuspiciousOperation):
+        exc = ApplicationError("The request was refused as malformed.", code="bad_request")
+    elif isinstance(exc, DjangoValidationError):
         exc = exceptions.ValidationError(as_serializer_error(exc))
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound()

@@ -365,29 +365,38 @@ CELERY_TASK_SOFT_TIME_LIMIT = CELERY_TASK_TIME_LIMIT - 30
 # redeliver a killed worker's message; never set it below a few minutes in production).
 CELERY_VISIBILITY_MARGIN = env.int("CELERY_VISIBILITY_MARGIN", default=3600)
 CELERY_VISIBILITY_TIMEOUT = CELERY_MAX_TASK_TIME_LIMIT + CELERY_VISIBILITY_MARGIN
-CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
-if CELERY_BROKER_URL.startswith("filesystem://"):
-    _broker_dir = VAR_DIR / "broker"
-    for _sub in ("queue", "processed", "control"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS.update(
-        control_folder=str(_broker_dir / "control"),
-        data_folder_in=str(_broker_dir / "queue"),
-        data_folder_out=str(_broker_dir / "queue"),
-        processed_folder=str(_broker_dir / "processed"),
-        store_processed=False,
-    )
-elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    CELERY_BROKER_TRANSPORT_OPTIONS.update(
-        # A killed worker's unacknowledged message is restored once the visibility timeout has
-        # passed, by a sweep every interval x throttle seconds (kombu's defaults: 10 x 10).
-        unacked_restore_interval=env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
-        unacked_restore_throttle=env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
-        socket_connect_timeout=5,
-        socket_timeout=30,
-        health_check_interval=30,
-        retry_on_timeout=True,
-    )
+
+
+def broker_transport_options(broker_url: str) -> dict:
+    """Transport options for the broker at `broker_url` (settings that change the URL call it
+    again)."""
+    options: dict = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
+    if broker_url.startswith("filesystem://"):
+        broker_dir = VAR_DIR / "broker"
+        for sub in ("queue", "processed", "control"):
+            (broker_dir / sub).mkdir(parents=True, exist_ok=True)
+        options.update(
+            control_folder=str(broker_dir / "control"),
+            data_folder_in=str(broker_dir / "queue"),
+            data_folder_out=str(broker_dir / "queue"),
+            processed_folder=str(broker_dir / "processed"),
+            store_processed=False,
+        )
+    elif broker_url.startswith(("redis://", "rediss://")):
+        options.update(
+            # A killed worker's unacknowledged message is restored once the visibility timeout
+            # has passed, by a sweep every interval x throttle seconds (kombu's defaults: 10 x 10).
+            unacked_restore_interval=env.int("CELERY_UNACKED_RESTORE_INTERVAL", default=10),
+            unacked_restore_throttle=env.int("CELERY_UNACKED_RESTORE_THROTTLE", default=10),
+            socket_connect_timeout=5,
+            socket_timeout=30,
+            health_check_interval=30,
+            retry_on_timeout=True,
+        )
+    return options
+
+
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_VISIBILITY_TIMEOUT}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=4.0)

@@ -45,6 +45,7 @@ CACHES["default"] = {  # noqa: F405
     "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2, "health_check_interval": 30},
 }
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="") or REDIS_URL
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)  # noqa: F405
 if STORAGE_BACKEND == "s3":  # noqa: F405
     require("AWS_STORAGE_BUCKET_NAME")
 

@@ -33,6 +33,7 @@ CACHES = {
 
 # Tests that need a real worker start their own broker; the rest never reach a broker.
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="memory://")
+CELERY_BROKER_TRANSPORT_OPTIONS = broker_transport_options(CELERY_BROKER_URL)  # noqa: F405
 CELERY_RESULT_BACKEND = None
 
 # A worker process started by a test shares that test process's media root.

@@ -223,3 +223,12 @@ def test_docs_pages_load_their_assets_from_this_server(admin_client):
         assert "cdn." not in page and "unpkg" not in page and "jsdelivr" not in page
     assert "/static/drf_spectacular_sidecar/" in swagger
     assert "/static/drf_spectacular_sidecar/" in redoc
+
+
+@override_settings(ROOT_URLCONF=__name__, DATA_UPLOAD_MAX_MEMORY_SIZE=1024)
+def test_a_json_body_over_the_memory_limit_is_a_413_not_a_500(client):
+    response = client.post(
+        "/api/v1/echo", '{"name": "' + "x" * 5000 + '"}', content_type="application/json"
+    )
+
+    assert_error_body(response, 413, "request_too_large")

@@ -20,11 +20,14 @@ AudioArray = npt.NDArray[np.float32]
 
 def load_audio(path: str | os.PathLike[str]) -> AudioArray:
     """Decode ``path`` to a 16 kHz mono float32 array; raise ``AudioDecodeError`` on failure."""
+    import av
     from faster_whisper.audio import decode_audio
 
     try:
         audio = decode_audio(os.fspath(path), sampling_rate=SAMPLE_RATE)
-    except Exception as exc:  # PyAV raises many types (av.error.*, OSError, ValueError)
+    except (av.error.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
+        # Only decoder failures: anything else (a Celery soft time limit raised inside the
+        # decode, say) must reach the caller as itself.
         raise AudioDecodeError(f"Could not decode the audio file: {exc}") from exc
     if not isinstance(audio, np.ndarray):  # split_stereo=False always returns one array
         raise AudioDecodeError("Could not decode the audio file: unexpected decoder output.")
