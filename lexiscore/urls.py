@@ -7,6 +7,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
+from apps.accounts.admin_login import guarded_admin_login
 from apps.core import health
 from apps.core.exceptions import json_error_view
 
@@ -25,6 +26,7 @@ api_v1 = [
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path(f"{settings.ADMIN_URL}login/", guarded_admin_login, name="admin-login"),
     path(settings.ADMIN_URL, admin.site.urls),
     path("api/<version>/", include((api_v1, "api"), namespace="v1")),
     path("api-auth/", include("rest_framework.urls", namespace="rest_framework")),

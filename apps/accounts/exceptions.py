@@ -9,7 +9,7 @@ from apps.core.exceptions import ApplicationError
 class Forbidden(ApplicationError):
     """The caller is in the organisation, but their role does not allow this."""
 
-    status_code = status.HTTP_403_FORBIDDEN  # type: ignore[assignment]
+    status_code = status.HTTP_403_FORBIDDEN
     code = "insufficient_role"
 
 

@@ -13,8 +13,11 @@ from django.db import transaction
 
 from .models import JobStatus, TranscriptionJob
 
-TEMPLATES = {JobStatus.COMPLETED: "job_completed", JobStatus.FAILED: "job_failed"}
-WEBHOOK_EVENTS = {JobStatus.COMPLETED: "job.completed", JobStatus.FAILED: "job.failed"}
+TEMPLATES: dict[str, str] = {JobStatus.COMPLETED: "job_completed", JobStatus.FAILED: "job_failed"}
+WEBHOOK_EVENTS: dict[str, str] = {
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+}
 
 
 def job_finished(job: TranscriptionJob) -> None:

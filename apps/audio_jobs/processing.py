@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core.context import job_id_var
-from workers.engines.base import TranscriptionOptions, TranscriptionResult
+from workers.engines.base import TranscriptionOptions, TranscriptionResult, parse_task
 from workers.engines.errors import EngineError, TranscriptionCancelled
 from workers.metrics import observe_transcription
 
@@ -164,7 +164,7 @@ def _engine_for(job: TranscriptionJob):
     )
     options = TranscriptionOptions(
         language=job.language or None,
-        task=job.task,
+        task=parse_task(job.task),
         word_timestamps=job.word_timestamps,
         initial_prompt=job.initial_prompt or None,
     )

@@ -78,9 +78,11 @@ def supports_presigned_upload() -> bool:
 
 def presigned_post(key: str, *, max_size: int, expires_in: int) -> dict[str, Any]:
     """A presigned POST whose policy fixes the exact key and a size range."""
-    client = default_storage.connection.meta.client
+    # django-storages' S3Storage (checked by supports_presigned_upload) has these attributes;
+    # django-stubs type default_storage as the base Storage.
+    client = default_storage.connection.meta.client  # type: ignore[attr-defined]
     return client.generate_presigned_post(
-        Bucket=default_storage.bucket_name,
+        Bucket=default_storage.bucket_name,  # type: ignore[attr-defined]
         Key=key,
         Conditions=[["content-length-range", 1, max_size], {"key": key}],
         ExpiresIn=expires_in,

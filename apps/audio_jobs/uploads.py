@@ -10,7 +10,7 @@ from django.core.exceptions import (
     TooManyFilesSent,
 )
 from django.core.files.uploadhandler import StopUpload, TemporaryFileUploadHandler
-from django.http import QueryDict
+from django.http import HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
 from rest_framework.parsers import MultiPartParser
 
@@ -20,6 +20,18 @@ from apps.core.exceptions import ApplicationError
 class UploadTooLarge(ApplicationError):
     status_code = 413
     code = "file_too_large"
+
+
+# Set on the Django request by the upload handler when the body passes the size limit.
+_TOO_LARGE_ATTRIBUTE = "upload_too_large"
+
+
+def mark_upload_too_large(request: HttpRequest) -> None:
+    setattr(request, _TOO_LARGE_ATTRIBUTE, True)
+
+
+def upload_was_too_large(request: HttpRequest) -> bool:
+    return bool(getattr(request, _TOO_LARGE_ATTRIBUTE, False))
 
 
 def too_large(limit: int) -> UploadTooLarge:
@@ -61,7 +73,7 @@ class LimitedTemporaryFileUploadHandler(TemporaryFileUploadHandler):
 
     def _mark_too_large(self) -> None:
         if self.request is not None:
-            self.request.upload_too_large = True
+            mark_upload_too_large(self.request)
 
 
 class AudioMultiPartParser(MultiPartParser):

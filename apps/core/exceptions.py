@@ -9,12 +9,13 @@ the client never sees internals.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
@@ -116,8 +117,11 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
             elif hasattr(detail, "code") and isinstance(detail.code, str):
                 code = detail.code
             details: Any = {}
-            if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-                details = {"retry_after_seconds": int(exc.wait + 0.999)}
+            if isinstance(exc, exceptions.Throttled):
+                # djangorestframework-stubs omit the `wait` attribute Throttled.__init__ sets.
+                wait: float | None = exc.wait  # type: ignore[attr-defined]
+                if wait is not None:
+                    details = {"retry_after_seconds": int(wait + 0.999)}
             body = error_body(code, _message_of(detail, str(exc.default_detail)), details)
         response.data = body
         return response
@@ -137,18 +141,18 @@ def _wants_html(request: HttpRequest) -> bool:
     return not request.path.startswith("/api/") and "text/html" in request.headers.get("Accept", "")
 
 
-def json_error_view(status_code: int, code: str, message: str):
+def json_error_view(status_code: int, code: str, message: str) -> Callable[..., HttpResponse]:
     """Build a Django `handlerNNN` that answers API clients with the error body."""
     from django.views import defaults
 
-    html_handlers = {
+    html_handlers: dict[int, Callable[..., HttpResponse]] = {
         400: defaults.bad_request,
         403: defaults.permission_denied,
         404: defaults.page_not_found,
         500: defaults.server_error,
     }
 
-    def view(request: HttpRequest, exception: Exception | None = None) -> Any:
+    def view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
         if _wants_html(request):
             handler = html_handlers[status_code]
             return handler(request) if status_code == 500 else handler(request, exception)

@@ -71,6 +71,12 @@ DB_QUERIES_PER_REQUEST = Histogram(
     buckets=(0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89),
 )
 
+CACHE_LOOKUPS = Counter(
+    "lexiscore_cache_lookups",
+    "Cache reads by result (hit or miss); see apps.core.cache.InstrumentedRedisCache.",
+    ["result"],
+)
+
 # ---- workers (incremented in pool children: workers/metrics.py) -------------------------------
 TASKS = Counter(
     "celery_tasks",

@@ -90,6 +90,13 @@ def report_delete(*, report: Report) -> None:
         transaction.on_commit(lambda: default_storage.delete(key))
 
 
+def _usage_period(report: Report) -> tuple[date, date]:
+    """The period of a usage report (report_request always sets both ends)."""
+    if report.period_start is None or report.period_end is None:
+        raise ValueError(f"Usage report {report.pk} has no period.")
+    return report.period_start, report.period_end
+
+
 def _render(report: Report) -> tuple[bytes, str]:
     fmt = ReportFormat(report.format)
     if report.kind == ReportKind.TRANSCRIPT:
@@ -101,8 +108,9 @@ def _render(report: Report) -> tuple[bytes, str]:
             else (rendering.transcript_json(data))
         )
     else:
-        data = rendering.usage_data(report.organisation, report.period_start, report.period_end)
-        stem = f"usage-{report.period_start}-{report.period_end}"
+        period_start, period_end = _usage_period(report)
+        data = rendering.usage_data(report.organisation, period_start, period_end)
+        stem = f"usage-{period_start}-{period_end}"
         content = {
             ReportFormat.CSV: rendering.usage_csv,
             ReportFormat.XLSX: rendering.usage_xlsx,
@@ -193,7 +201,7 @@ def _notify_ready(report: Report) -> None:
     emails: list[tuple[str, str, dict[str, Any]]] = []
     download_url = _report_data(report)["download_url"]
     if report.scheduled:
-        data = rendering.usage_data(report.organisation, report.period_start, report.period_end)
+        data = rendering.usage_data(report.organisation, *_usage_period(report))
         for user in _organisation_admins(report.organisation):
             if wants(user=user, kind=NotificationKind.WEEKLY_USAGE):
                 emails.append(

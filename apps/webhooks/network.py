@@ -65,7 +65,8 @@ def _resolve(host: str, port: int) -> list[str]:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise UnsafeURLError(f"The host {host!r} does not resolve.") from exc
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    # sockaddr[0] is the address text for AF_INET/AF_INET6 (typeshed also allows int).
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def check_url(url: str) -> Target:
@@ -121,15 +122,14 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, target: Target, timeout: float) -> None:
-        super().__init__(
-            target.host, target.port, timeout=timeout, context=ssl.create_default_context()
-        )
+        self._ssl_context = ssl.create_default_context()
+        super().__init__(target.host, target.port, timeout=timeout, context=self._ssl_context)
         self._address = target.address
 
     def connect(self) -> None:
         sock = socket.create_connection((self._address, self.port), self.timeout)
         # SNI and certificate checks use the host name; the socket goes to the checked address.
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self._ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
 def post(url: str, *, body: bytes, headers: dict[str, str]) -> Response:

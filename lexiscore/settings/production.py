@@ -38,7 +38,7 @@ ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or [require("DJANGO_ALLOWED_HOS
 DATABASES = {"default": database_config(require("DATABASE_URL"))}  # noqa: F405
 REDIS_URL = require("REDIS_URL")
 CACHES["default"] = {  # noqa: F405
-    "BACKEND": "django.core.cache.backends.redis.RedisCache",
+    "BACKEND": "apps.core.cache.InstrumentedRedisCache",
     "LOCATION": env.str("CACHE_URL", default="") or REDIS_URL,
     "KEY_PREFIX": "lexiscore",
     "TIMEOUT": 300,

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from pathlib import Path
 
 from .base import *  # noqa: F403
 from .base import database_config, env
@@ -23,7 +24,7 @@ REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "apps.core.cache.InstrumentedRedisCache",
         "LOCATION": REDIS_URL,
         # Each xdist worker has its own key space so parallel tests never share counters.
         "KEY_PREFIX": f"lexiscore-test-{_worker}",
@@ -40,7 +41,7 @@ CELERY_RESULT_BACKEND = None
 _tmp = env.str("TEST_MEDIA_ROOT", default="") or tempfile.mkdtemp(
     prefix=f"lexiscore-test-{_worker}-"
 )
-MEDIA_ROOT = _tmp
+MEDIA_ROOT = Path(_tmp)
 STORAGES["default"] = {  # noqa: F405
     "BACKEND": "django.core.files.storage.FileSystemStorage",
     "OPTIONS": {"location": _tmp},
@@ -49,8 +50,8 @@ STORAGES["staticfiles"] = {  # noqa: F405
     "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
 }
 WHITENOISE_USE_FINDERS = True
-STATIC_ROOT = os.path.join(_tmp, "static")
-os.makedirs(STATIC_ROOT, exist_ok=True)
+STATIC_ROOT = MEDIA_ROOT / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 # Argon2 stays the hasher (what production uses) with lighter cost parameters for speed.
 ARGON2_TIME_COST = 1

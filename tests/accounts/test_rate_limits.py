@@ -318,7 +318,7 @@ def test_failures_counted_by_another_process_lock_the_account_here():
 def test_counters_live_in_redis_shared_by_every_process():
     backend = settings.CACHES[settings.RATELIMIT_USE_CACHE]["BACKEND"]
 
-    assert backend == "django.core.cache.backends.redis.RedisCache"
+    assert backend == "apps.core.cache.InstrumentedRedisCache"  # Django's RedisCache + counters
     assert check_rate_limit_cache(None) == []
 
 

@@ -26,7 +26,12 @@ from apps.core.pagination import StandardPagination
 
 from .. import formats, selectors, services
 from ..models import JobPriority, JobStatus
-from ..uploads import AudioMultiPartParser, LimitedTemporaryFileUploadHandler, too_large
+from ..uploads import (
+    AudioMultiPartParser,
+    LimitedTemporaryFileUploadHandler,
+    too_large,
+    upload_was_too_large,
+)
 from . import serializers as s
 
 ERRORS = {
@@ -142,7 +147,7 @@ class JobListCreateView(APIView):
         tenant = get_tenant(request)
         # Reading `data` parses the body; the upload handler flags a body over the limit then.
         request.data  # noqa: B018
-        if getattr(request._request, "upload_too_large", False):
+        if upload_was_too_large(request._request):
             raise too_large(settings.AUDIO_MAX_UPLOAD_BYTES)
         if request.content_type.startswith("multipart/"):
             data = s.JobCreateMultipartInput(data=request.data)
