@@ -59,11 +59,12 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def audio_seconds_used(*, organisation, since: datetime) -> float:
+def audio_seconds_used(*, organisation, since: datetime, until: datetime | None = None) -> float:
     """Audio seconds counted against the quota: every job not failed or cancelled before work."""
-    used = (
-        TranscriptionJob.objects.filter(organisation=organisation, created_at__gte=since)
-        .exclude(status__in=[JobStatus.FAILED, JobStatus.CANCELLED], started_at__isnull=True)
-        .aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
-    )
+    jobs = TranscriptionJob.objects.filter(organisation=organisation, created_at__gte=since)
+    if until is not None:
+        jobs = jobs.filter(created_at__lt=until)
+    used = jobs.exclude(
+        status__in=[JobStatus.FAILED, JobStatus.CANCELLED], started_at__isnull=True
+    ).aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
     return float(used)

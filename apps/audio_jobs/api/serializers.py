@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from apps.core.drf import InputSerializer
+
 from ..models import JobPriority, JobStatus, JobTask, TranscriptionJob
 
 LANGUAGE_HELP = "Whisper language code (e.g. en, fr). Leave empty to detect the language."
@@ -12,19 +14,7 @@ MODEL_CHOICES = [
 ]
 
 
-class StrictSerializer(serializers.Serializer):
-    """Refuses fields it does not know (no silent mass assignment)."""
-
-    def validate(self, attrs):
-        unknown = set(getattr(self, "initial_data", {}) or {}) - set(self.fields)
-        if unknown:
-            raise serializers.ValidationError(
-                {name: ["Unknown field."] for name in sorted(unknown)}
-            )
-        return attrs
-
-
-class JobOptionsInput(StrictSerializer):
+class JobOptionsInput(InputSerializer):
     language = serializers.CharField(
         required=False, allow_blank=True, max_length=16, help_text=LANGUAGE_HELP
     )
@@ -153,7 +143,7 @@ class TranscriptFormatInput(serializers.Serializer):
     download = serializers.BooleanField(default=True)
 
 
-class UploadCreateInput(StrictSerializer):
+class UploadCreateInput(InputSerializer):
     filename = serializers.CharField(max_length=255, required=False, allow_blank=True)
     size_bytes = serializers.IntegerField(min_value=1)
 

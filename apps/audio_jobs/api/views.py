@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from pathlib import Path
-from urllib.parse import quote
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -22,6 +20,7 @@ from apps.accounts.ratelimit import PlanScopedRateThrottle
 from apps.accounts.tenancy import TenantPermission, get_tenant
 from apps.core.drf import page_of
 from apps.core.exceptions import ApplicationError, ConflictError
+from apps.core.http import attachment_header
 from apps.core.pagination import StandardPagination
 
 from .. import formats, selectors, services
@@ -71,17 +70,6 @@ def safe_filename(name: str) -> str:
     name = unicodedata.normalize("NFC", Path(name or "").name)
     name = "".join(c for c in name if c.isprintable() and c not in '"\\/')
     return name.strip(" .")[:200] or "audio"
-
-
-def attachment_header(filename: str) -> str:
-    """`attachment` with an ASCII-only fallback name and the exact name in RFC 6266 form.
-
-    The fallback keeps letters, digits, `.`, `_` and `-` only, so no client can read a `;` or
-    `=` of the name as another parameter; `filename*` carries the name percent-encoded.
-    """
-    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
-    fallback = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name).strip("._") or "transcript"
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 class JobListCreateView(APIView):
@@ -250,7 +238,9 @@ class TranscriptView(APIView):
         response = HttpResponse(body, content_type=content_type)
         stem = Path(safe_filename(job.original_filename)).stem or "transcript"
         if params.validated_data["download"]:
-            response["Content-Disposition"] = attachment_header(f"{stem}.{extension}")
+            response["Content-Disposition"] = attachment_header(
+                f"{stem}.{extension}", fallback="transcript"
+            )
         return response
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from django.core.files.storage import default_storage
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
@@ -16,6 +14,7 @@ from rest_framework.views import APIView
 from apps.accounts.tenancy import TenantPermission, get_tenant
 from apps.core.drf import page_of
 from apps.core.exceptions import ConflictError
+from apps.core.http import attachment_header
 from apps.core.pagination import StandardPagination
 
 from .. import selectors, services
@@ -143,9 +142,6 @@ class ReportDownloadView(_ReportView):
         response = FileResponse(
             default_storage.open(report.file_key, "rb"), content_type=report.content_type
         )
-        ascii_name = report.filename.encode("ascii", "ignore").decode() or "report"
-        response["Content-Disposition"] = (
-            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(report.filename)}"
-        )
+        response["Content-Disposition"] = attachment_header(report.filename, fallback="report")
         response["X-Content-Type-Options"] = "nosniff"
         return response
