@@ -86,11 +86,18 @@ def _example(status: int) -> OpenApiExample:
     )
 
 
-def errors(*statuses: int) -> dict[int, OpenApiResponse]:
-    """The documented error responses of an operation (429 is added to every one)."""
+def errors(
+    *statuses: int, descriptions: Mapping[int, str] | None = None
+) -> dict[int, OpenApiResponse]:
+    """The documented error responses of an operation (429 is added to every one).
+
+    `descriptions` adds statuses particular to the operation (402, 409, 413, ...) or words a
+    standard one for it; every one is documented with the error body.
+    """
+    text = {**_ERROR_TEXT, **(descriptions or {})}
     return {
-        status: OpenApiResponse(ErrorSerializer, description=_ERROR_TEXT[status])
-        for status in sorted({*statuses, 429})
+        status: OpenApiResponse(ErrorSerializer, description=text[status])
+        for status in sorted({*statuses, *(descriptions or {}), 429})
     }
 
 

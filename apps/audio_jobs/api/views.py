@@ -18,10 +18,9 @@ from rest_framework.views import APIView
 
 from apps.accounts.ratelimit import PlanScopedRateThrottle
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import page_of
+from apps.core.drf import errors, page_of, paginated_response
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
-from apps.core.pagination import StandardPagination
 
 from .. import formats, selectors, services
 from ..models import JobPriority, JobStatus
@@ -33,13 +32,7 @@ from ..uploads import (
 )
 from . import serializers as s
 
-ERRORS = {
-    400: OpenApiResponse(description="Invalid input (error body)"),
-    401: OpenApiResponse(description="Not authenticated (error body)"),
-    403: OpenApiResponse(description="Role does not allow this (error body)"),
-    404: OpenApiResponse(description="No such object in this organisation (error body)"),
-    429: OpenApiResponse(description="Rate limited; see Retry-After (error body)"),
-}
+ERRORS = errors(400, 401, 403, 404)
 PRIORITIES = {"high": JobPriority.HIGH, "normal": JobPriority.NORMAL, "low": JobPriority.LOW}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -103,9 +96,9 @@ class JobListCreateView(APIView):
             created_after=filters.validated_data.get("created_after"),
             created_before=filters.validated_data.get("created_before"),
         )
-        paginator = StandardPagination()
-        page = paginator.paginate_queryset(jobs, request, view=self)
-        return paginator.get_paginated_response(s.JobOutput(page, many=True).data)
+        return paginated_response(
+            queryset=jobs, serializer_class=s.JobOutput, request=request, view=self
+        )
 
     @extend_schema(
         operation_id="jobs_create",
@@ -119,11 +112,18 @@ class JobListCreateView(APIView):
         responses={
             201: s.JobOutput,
             200: OpenApiResponse(s.JobOutput, description="Replay of an idempotency key"),
-            402: OpenApiResponse(description="Monthly audio quota exhausted (error body)"),
-            409: OpenApiResponse(description="Upload already used (error body)"),
-            413: OpenApiResponse(description="File too large or too long (error body)"),
-            415: OpenApiResponse(description="Not a supported audio format (error body)"),
-            **ERRORS,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    402: "Monthly audio quota exhausted.",
+                    409: "Upload already used.",
+                    413: "File too large or too long.",
+                    415: "Not a supported audio format.",
+                },
+            ),
         },
         description=(
             "Send the audio as multipart `file`, or reference a presigned upload with "
@@ -197,7 +197,10 @@ class JobCancelView(APIView):
     @extend_schema(
         operation_id="jobs_cancel",
         request=None,
-        responses={200: s.JobOutput, 409: OpenApiResponse(description="Already final"), **ERRORS},
+        responses={
+            200: s.JobOutput,
+            **errors(400, 401, 403, 404, descriptions={409: "Already final."}),
+        },
     )
     def post(self, request: Request, version: str, job_id: str) -> Response:
         job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
@@ -220,8 +223,7 @@ class TranscriptView(APIView):
             (200, "application/json"): OpenApiTypes.OBJECT,
             (200, "text/plain"): OpenApiTypes.STR,
             (200, "text/vtt"): OpenApiTypes.STR,
-            409: OpenApiResponse(description="The job has no transcript yet (error body)"),
-            **ERRORS,
+            **errors(400, 401, 403, 404, descriptions={409: "The job has no transcript yet."}),
         },
     )
     def get(self, request: Request, version: str, job_id: str) -> HttpResponse:
@@ -253,9 +255,7 @@ class UploadCreateView(APIView):
         request=s.UploadCreateInput,
         responses={
             201: s.UploadOutput,
-            409: OpenApiResponse(description="No S3 storage"),
-            413: OpenApiResponse(description="Too large"),
-            **ERRORS,
+            **errors(400, 401, 403, 404, descriptions={409: "No S3 storage.", 413: "Too large."}),
         },
         description=(
             "A presigned POST for one file: POST `fields` plus `file` to `url` (the policy fixes "

@@ -5,27 +5,21 @@ from __future__ import annotations
 from django.core.files.storage import default_storage
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import page_of
+from apps.core.drf import errors, page_of, paginated_response
 from apps.core.exceptions import ConflictError
 from apps.core.http import attachment_header
-from apps.core.pagination import StandardPagination
 
 from .. import selectors, services
 from ..models import ReportFormat, ReportKind, ReportStatus
 
-ERRORS = {
-    400: OpenApiResponse(description="Invalid input (error body)"),
-    401: OpenApiResponse(description="Not authenticated (error body)"),
-    403: OpenApiResponse(description="Role does not allow this (error body)"),
-    404: OpenApiResponse(description="No such report in this organisation (error body)"),
-}
+ERRORS = errors(400, 401, 403, 404)
 
 
 class ReportInput(serializers.Serializer):
@@ -68,17 +62,16 @@ class ReportListCreateView(APIView):
         reports = selectors.report_list(
             organisation=get_tenant(request).organisation, kind=request.query_params.get("kind")
         )
-        paginator = StandardPagination()
-        page = paginator.paginate_queryset(reports, request, view=self)
-        return paginator.get_paginated_response(ReportOutput(page, many=True).data)
+        return paginated_response(
+            queryset=reports, serializer_class=ReportOutput, request=request, view=self
+        )
 
     @extend_schema(
         operation_id="reports_create",
         request=ReportInput,
         responses={
             202: ReportOutput,
-            409: OpenApiResponse(description="Job not completed (error body)"),
-            **ERRORS,
+            **errors(400, 401, 403, 404, descriptions={409: "Job not completed."}),
         },
     )
     def post(self, request: Request, version: str) -> Response:
@@ -115,7 +108,10 @@ class ReportRetryView(_ReportView):
     @extend_schema(
         operation_id="reports_retry",
         request=None,
-        responses={202: ReportOutput, 409: OpenApiResponse(description="Not failed"), **ERRORS},
+        responses={
+            202: ReportOutput,
+            **errors(400, 401, 403, 404, descriptions={409: "Not failed."}),
+        },
     )
     def post(self, request: Request, version: str, report_id) -> Response:
         report = services.report_retry(report=self.report(request, report_id))
@@ -127,8 +123,7 @@ class ReportDownloadView(_ReportView):
         operation_id="reports_download",
         responses={
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            409: OpenApiResponse(description="Not ready (error body)"),
-            **ERRORS,
+            **errors(400, 401, 403, 404, descriptions={409: "Not ready."}),
         },
     )
     def get(self, request: Request, version: str, report_id) -> FileResponse:

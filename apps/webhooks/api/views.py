@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -10,18 +10,18 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import page_of
-from apps.core.pagination import StandardPagination
+from apps.core.drf import errors, page_of, paginated_response
 
 from .. import selectors, services
 from ..models import SUBSCRIBABLE_EVENTS
 
-ERRORS = {
-    400: OpenApiResponse(description="Invalid input or unsafe URL (error body)"),
-    401: OpenApiResponse(description="Not authenticated (error body)"),
-    403: OpenApiResponse(description="Admins only (error body)"),
-    404: OpenApiResponse(description="No such endpoint in this organisation (error body)"),
-}
+ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    descriptions={400: "Invalid input or unsafe URL.", 403: "Admins and owners only."},
+)
 
 
 class EndpointInput(serializers.Serializer):
@@ -85,11 +85,12 @@ class EndpointListCreateView(_AdminView):
         responses={200: page_of("WebhookEndpoint", EndpointOutput), **ERRORS},
     )
     def get(self, request: Request, version: str) -> Response:
-        paginator = StandardPagination()
-        page = paginator.paginate_queryset(
-            selectors.endpoint_list(organisation=get_tenant(request).organisation), request, self
+        return paginated_response(
+            queryset=selectors.endpoint_list(organisation=get_tenant(request).organisation),
+            serializer_class=EndpointOutput,
+            request=request,
+            view=self,
         )
-        return paginator.get_paginated_response(EndpointOutput(page, many=True).data)
 
     @extend_schema(
         operation_id="webhook_endpoints_create",
@@ -172,6 +173,6 @@ class DeliveryListView(_AdminView):
         deliveries = selectors.delivery_list(
             organisation=get_tenant(request).organisation, endpoint_id=endpoint_id
         )
-        paginator = StandardPagination()
-        page = paginator.paginate_queryset(deliveries, request, self)
-        return paginator.get_paginated_response(DeliveryOutput(page, many=True).data)
+        return paginated_response(
+            queryset=deliveries, serializer_class=DeliveryOutput, request=request, view=self
+        )
