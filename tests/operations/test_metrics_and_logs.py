@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 
 from apps.core.logging import RedactionFilter
 from apps.core.maintenance import queue_stats
+from lexiscore.celery import app as celery_app
 from tests.support.processes import ROOT, RedisServer, app_broker, free_port, wait_for
 from workers.maintenance import ping
 
@@ -65,9 +66,10 @@ def test_db_queries_are_counted_per_view(client, db):
 def test_queue_depth_and_oldest_age_are_read_from_redis():
     server = RedisServer(appendonly=False).start()
     try:
-        with app_broker(server.url):
+        # An explicit connection: the app's shared producer pool may belong to another test.
+        with app_broker(server.url), celery_app.connection_for_write(server.url) as connection:
             for _ in range(3):
-                ping.apply_async()
+                ping.apply_async(connection=connection)
         time.sleep(1.1)
 
         stats = queue_stats(broker_url=server.url)
