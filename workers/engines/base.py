@@ -16,13 +16,25 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from os import PathLike
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 from workers.engines.errors import ProfileError, TranscriptionCancelled
 from workers.engines.models import normalise_language
 
 Task = Literal["transcribe", "translate"]
 TASKS: tuple[str, ...] = ("transcribe", "translate")
+
+
+def is_task(value: str) -> TypeGuard[Task]:
+    return value in TASKS
+
+
+def parse_task(value: str) -> Task:
+    """`value` as a Task; ValueError when it is not one."""
+    if not is_task(value):
+        raise ValueError(f"task must be one of {TASKS}, not {value!r}.")
+    return value
+
 
 ProgressCallback = Callable[[float, float], None]
 """Called as ``progress_callback(seconds_done, total_seconds)``."""
@@ -53,8 +65,7 @@ class TranscriptionOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "language", normalise_language(self.language))
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, not {self.task!r}.")
+        parse_task(self.task)
         if not 1 <= self.beam_size <= MAX_BEAM_SIZE:
             raise ValueError(f"beam_size must be between 1 and {MAX_BEAM_SIZE}.")
         if self.initial_prompt is not None:
