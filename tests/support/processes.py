@@ -52,30 +52,48 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--appendfsync",
-                "always",
-                "--dir",
-                self.dir,
-                "--maxmemory-policy",
-                "noeviction",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        wait_for(lambda: _pings(client), timeout=10, what="redis-server")
-        return self
+        """Start redis-server; retry on another port if this one was taken meanwhile.
+
+        The server is identified by its pid (INFO server), so a test never talks to another
+        test's Redis that happens to listen on a port picked at the same time.
+        """
+        for _attempt in range(5):
+            self.process = subprocess.Popen(
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes" if self.appendonly else "no",
+                    "--appendfsync",
+                    "always",
+                    "--dir",
+                    self.dir,
+                    "--maxmemory-policy",
+                    "noeviction",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+            try:
+                wait_for(
+                    lambda client=client: self.process.poll() is not None or _pings(client),
+                    timeout=10,
+                    what="redis-server",
+                )
+            except TimeoutError:
+                self.process.kill()
+                raise
+            if self.process.poll() is None and _server_pid(client) == self.process.pid:
+                return self
+            self.kill()
+            self.port = free_port()
+        raise RuntimeError("Could not start a private redis-server")
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
@@ -88,6 +106,13 @@ class RedisServer:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port)
+
+
+def _server_pid(client: redis.Redis) -> int | None:
+    try:
+        return int(client.info("server")["process_id"])
+    except redis.RedisError:
+        return None
 
 
 def _pings(client: redis.Redis) -> bool:
