@@ -66,8 +66,12 @@ def test_db_queries_are_counted_per_view(client, db):
 def test_queue_depth_and_oldest_age_are_read_from_redis():
     server = RedisServer(appendonly=False).start()
     try:
-        # An explicit connection: the app's shared producer pool may belong to another test.
+        # A fresh Redis has no queue bindings yet (a worker declares them when it starts); this
+        # process may already have declared them on another test's Redis and would not again.
         with app_broker(server.url), celery_app.connection_for_write(server.url) as connection:
+            channel = connection.default_channel
+            for queue in celery_app.conf.task_queues:
+                queue(channel).declare()
             for _ in range(3):
                 ping.apply_async(connection=connection)
         time.sleep(1.1)

@@ -5,6 +5,7 @@ Fault tests kill these, never the shared services on the standard ports.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -122,6 +123,16 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
+_live_workers: set[CeleryWorker] = set()
+
+
+@atexit.register
+def _kill_leftover_workers() -> None:
+    """A test that forgot to stop its worker must not leave it running after the session."""
+    for worker in list(_live_workers):
+        worker.kill()
+
+
 class CeleryWorker:
     """`celery -A lexiscore worker` as a real subprocess against the test database."""
 
@@ -172,6 +183,7 @@ class CeleryWorker:
         self.process: subprocess.Popen | None = None
 
     def start(self, *, wait_ready: bool = True) -> CeleryWorker:
+        _live_workers.add(self)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command,
@@ -202,11 +214,19 @@ class CeleryWorker:
         return self.process.wait(timeout=timeout)
 
     def kill(self) -> None:
-        """SIGKILL the whole process group (main process and pool children)."""
-        if self.process and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL the whole process group (main process and pool children).
+
+        Always, even when the main process has already exited: an orphaned pool child would
+        otherwise keep reconnecting to its broker's port and could consume a later test's
+        messages once another private Redis is given that port.
+        """
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=10)
+        _live_workers.discard(self)
 
 
 @contextlib.contextmanager
