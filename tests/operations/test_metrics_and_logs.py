@@ -63,11 +63,11 @@ def test_db_queries_are_counted_per_view(client, db):
     assert REGISTRY.get_sample_value("lexiscore_db_queries_total", {"view": "readyz"}) >= before + 1
 
 
+@pytest.mark.xdist_group("workers")
 def test_queue_depth_and_oldest_age_are_read_from_redis():
     server = RedisServer(appendonly=False).start()
     try:
-        # A fresh Redis has no queue bindings yet (a worker declares them when it starts); this
-        # process may already have declared them on another test's Redis and would not again.
+        # A fresh Redis has no queue bindings yet (a worker declares them when it starts).
         with app_broker(server.url), celery_app.connection_for_write(server.url) as connection:
             channel = connection.default_channel
             for queue in celery_app.conf.task_queues:
@@ -77,11 +77,12 @@ def test_queue_depth_and_oldest_age_are_read_from_redis():
         time.sleep(1.1)
 
         stats = queue_stats(broker_url=server.url)
+        clients = [c.get("name") or c.get("addr") for c in server.client().client_list()]
     finally:
         server.kill()
 
     rows = {row.queue: row for row in stats.queues}
-    assert rows["maintenance"].depth == 3
+    assert rows["maintenance"].depth == 3, f"other clients of this Redis: {clients}"
     assert 1.0 <= rows["maintenance"].oldest_age_seconds < 30
     assert rows["email"].depth == 0
     assert rows["email"].oldest_age_seconds is None
