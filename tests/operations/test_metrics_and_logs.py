@@ -9,14 +9,13 @@ import time
 import urllib.request
 import uuid
 
+import kombu
 import pytest
 from prometheus_client import REGISTRY
 
 from apps.core.logging import RedactionFilter
 from apps.core.maintenance import queue_stats
-from lexiscore.celery import app as celery_app
-from tests.support.processes import ROOT, RedisServer, app_broker, free_port, wait_for
-from workers.maintenance import ping
+from tests.support.processes import ROOT, RedisServer, free_port, wait_for
 
 
 def test_metrics_is_not_found_without_a_configured_token(client, settings):
@@ -63,29 +62,44 @@ def test_db_queries_are_counted_per_view(client, db):
     assert REGISTRY.get_sample_value("lexiscore_db_queries_total", {"view": "readyz"}) >= before + 1
 
 
-@pytest.mark.xdist_group("workers")
 def test_queue_depth_and_oldest_age_are_read_from_redis():
     server = RedisServer(appendonly=False).start()
     try:
-        # A fresh Redis has no queue bindings yet (a worker declares them when it starts).
-        with app_broker(server.url), celery_app.connection_for_write(server.url) as connection:
-            channel = connection.default_channel
-            for queue in celery_app.conf.task_queues:
-                queue(channel).declare()
+        # Messages as Celery leaves them in Redis (kombu JSON envelope, headers stamped at
+        # publish), published with kombu directly so no shared producer state is involved.
+        queue = kombu.Queue("maintenance", kombu.Exchange("lexiscore", "direct"), "maintenance")
+        with kombu.Connection(server.url) as connection:
+            producer = connection.Producer(serializer="json")
             for _ in range(3):
-                ping.apply_async(connection=connection)
+                producer.publish(
+                    {"task": "workers.maintenance.ping"},
+                    exchange=queue.exchange,
+                    routing_key="maintenance",
+                    declare=[queue],
+                    headers={"published_at": time.time()},
+                )
         time.sleep(1.1)
 
         stats = queue_stats(broker_url=server.url)
-        clients = [c.get("name") or c.get("addr") for c in server.client().client_list()]
     finally:
         server.kill()
 
     rows = {row.queue: row for row in stats.queues}
-    assert rows["maintenance"].depth == 3, f"other clients of this Redis: {clients}"
+    assert rows["maintenance"].depth == 3
     assert 1.0 <= rows["maintenance"].oldest_age_seconds < 30
     assert rows["email"].depth == 0
     assert rows["email"].oldest_age_seconds is None
+
+
+def test_every_published_task_message_is_stamped_with_its_publish_time():
+    from lexiscore.celery import propagate_context
+
+    headers: dict = {}
+    before = time.time()
+
+    propagate_context(headers=headers)
+
+    assert before <= headers["published_at"] <= time.time()
 
 
 def test_gunicorn_access_log_is_json_with_the_request_id(tmp_path):
