@@ -146,7 +146,6 @@ def _validate(job: TranscriptionJob, path) -> None:
 
 
 def _engine_for(job: TranscriptionJob):
-    from workers.engines import get_engine
     from workers.engines.models import choose_profile
 
     profile = choose_profile(
@@ -154,14 +153,7 @@ def _engine_for(job: TranscriptionJob):
         job.model_profile or None,
         english_profile=settings.WHISPER_DEFAULT_PROFILE,
     )
-    engine = get_engine(
-        settings.WHISPER_ENGINE,
-        profile,
-        device=settings.WHISPER_DEVICE,
-        cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
-        model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
-        cpu_threads=settings.WHISPER_CPU_THREADS,
-    )
+    engine = engine_from_settings(settings.WHISPER_ENGINE, profile)
     options = TranscriptionOptions(
         language=job.language or None,
         task=parse_task(job.task),
@@ -169,6 +161,26 @@ def _engine_for(job: TranscriptionJob):
         initial_prompt=job.initial_prompt or None,
     )
     return engine, options
+
+
+def engine_from_settings(name: str, profile: str):
+    """The process's loaded engine for `profile`, configured from settings (loaded on first use).
+
+    faster-whisper decodes VAD-split windows in batches of `WHISPER_BATCH_SIZE` (0: one window at
+    a time); openai-whisper has no batched mode.
+    """
+    from workers.engines import get_engine
+
+    batch_size = settings.WHISPER_BATCH_SIZE if name == "faster-whisper" else 0
+    return get_engine(
+        name,
+        profile,
+        device=settings.WHISPER_DEVICE,
+        cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
+        model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
+        cpu_threads=settings.WHISPER_CPU_THREADS,
+        batch_size=batch_size or None,
+    )
 
 
 class _Tracker:

@@ -163,6 +163,12 @@ def main() -> None:
     parser.add_argument("--parts", default="abc", help="which of (a), (b), (c) to run")
     parser.add_argument("--skip-openai", action="store_true", help="same as leaving b out")
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="faster-whisper batch size for the bare engine and the worker (WHISPER_BATCH_SIZE)",
+    )
     args = parser.parse_args()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -204,6 +210,7 @@ def main() -> None:
         "GUNICORN_ACCESSLOG": "/dev/null",
         "GUNICORN_LOGLEVEL": "warning",
         "PYTHONUNBUFFERED": "1",
+        "WHISPER_BATCH_SIZE": str(args.batch_size),
     }
     os.environ.update(env)  # this process reads the same database and storage
     admin_sql(f'CREATE DATABASE "{dbname}"')
@@ -300,6 +307,7 @@ def main() -> None:
             "cpu",
             cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
             cpu_threads=settings.WHISPER_CPU_THREADS,
+            batch_size=args.batch_size or None,
         )
         options = TranscriptionOptions(language="en", beam_size=5, word_timestamps=True)
         engine.transcribe(clips[0], options)  # warm-up

@@ -51,9 +51,7 @@ def fake_engine():
         engines.append(FakeEngine(profile))
         return engines[-1]
 
-    with mock.patch(
-        "apps.audio_jobs.management.commands.transcribe.get_engine", side_effect=load
-    ) as get_engine:
+    with mock.patch("workers.engines.get_engine", side_effect=load) as get_engine:
         yield get_engine, engines
 
 
@@ -92,6 +90,7 @@ def test_the_profile_and_engine_settings_are_the_workers(fake_engine, clip, sett
         cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
         model_dir="/srv/models/base",
         cpu_threads=3,
+        batch_size=None,
     )
     path, options = engines[0].calls[0]
     assert path == clip
@@ -183,7 +182,7 @@ def test_an_engine_failure_becomes_a_command_error(clip):
 
     with (
         mock.patch(
-            "apps.audio_jobs.management.commands.transcribe.get_engine",
+            "workers.engines.get_engine",
             side_effect=ModelNotFoundError("Model 'base' is not installed in /srv/models."),
         ),
         pytest.raises(CommandError, match="Model 'base' is not installed"),

@@ -18,7 +18,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audio_jobs import formats, media, services
-from workers.engines import ENGINE_NAMES, EngineError, TranscriptionOptions, get_engine
+from apps.audio_jobs.processing import engine_from_settings
+from workers.engines import ENGINE_NAMES, EngineError, TranscriptionOptions
 from workers.engines.models import PROFILES, choose_profile
 
 
@@ -76,14 +77,7 @@ class Command(BaseCommand):
                 f"{engine_name} with {profile} on {settings.WHISPER_DEVICE}"
             )
             started = time.monotonic()
-            engine = get_engine(
-                engine_name,
-                profile,
-                device=settings.WHISPER_DEVICE,
-                cache_dir=settings.WHISPER_MODEL_CACHE_DIR,
-                model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
-                cpu_threads=settings.WHISPER_CPU_THREADS,
-            )
+            engine = engine_from_settings(engine_name, profile)
             result = engine.transcribe(path, transcription)
         except EngineError as exc:
             raise CommandError(exc.message) from exc
