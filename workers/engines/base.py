@@ -327,3 +327,25 @@ class ProgressReporter:
         if self._callback is not None and self._reported < self.total:
             self._callback(self.total, self.total)
             self._reported = self.total
+
+
+def begin_transcription(
+    *,
+    profile: str,
+    english_only: bool,
+    audio_path: AudioPath,
+    options: TranscriptionOptions,
+    progress_callback: ProgressCallback | None,
+    should_cancel: CancelCheck | None,
+) -> tuple[Any, float, ProgressReporter]:
+    """What every engine does first: refuse a language the model cannot handle, decode the
+    audio to 16 kHz mono, and start the progress reporter (a cancel already requested stops
+    here). Returns (audio, duration in seconds, reporter)."""
+    from workers.engines.audio import duration_of, load_audio
+
+    check_model_language(profile, english_only, options)
+    audio = load_audio(audio_path)
+    duration = duration_of(audio)
+    reporter = ProgressReporter(duration, progress_callback, should_cancel)
+    reporter.check_cancel()
+    return audio, duration, reporter

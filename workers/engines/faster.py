@@ -13,7 +13,6 @@ import os
 import threading
 from typing import Any
 
-from workers.engines.audio import duration_of, load_audio
 from workers.engines.base import (
     AudioPath,
     CancelCheck,
@@ -23,7 +22,7 @@ from workers.engines.base import (
     TranscriptionOptions,
     TranscriptionResult,
     Word,
-    check_model_language,
+    begin_transcription,
     finalize_segments,
     join_text,
 )
@@ -93,11 +92,14 @@ class FasterWhisperEngine:
         progress_callback: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> TranscriptionResult:
-        check_model_language(self.profile, self.model_files.english_only, options)
-        audio = load_audio(audio_path)
-        duration = duration_of(audio)
-        reporter = ProgressReporter(duration, progress_callback, should_cancel)
-        reporter.check_cancel()
+        audio, duration, reporter = begin_transcription(
+            profile=self.profile,
+            english_only=self.model_files.english_only,
+            audio_path=audio_path,
+            options=options,
+            progress_callback=progress_callback,
+            should_cancel=should_cancel,
+        )
 
         kwargs: dict[str, Any] = {
             "language": options.language,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from workers.engines.audio import SAMPLE_RATE, AudioArray, duration_of, load_audio
+from workers.engines.audio import SAMPLE_RATE, AudioArray
 from workers.engines.base import (
     AudioPath,
     CancelCheck,
@@ -37,7 +37,7 @@ from workers.engines.base import (
     TranscriptionOptions,
     TranscriptionResult,
     Word,
-    check_model_language,
+    begin_transcription,
     finalize_segments,
     join_text,
 )
@@ -391,11 +391,14 @@ class OpenAIWhisperEngine:
         progress_callback: ProgressCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> TranscriptionResult:
-        check_model_language(self.profile, self.model_files.english_only, options)
-        audio = load_audio(audio_path)
-        duration = duration_of(audio)
-        reporter = ProgressReporter(duration, progress_callback, should_cancel)
-        reporter.check_cancel()
+        audio, duration, reporter = begin_transcription(
+            profile=self.profile,
+            english_only=self.model_files.english_only,
+            audio_path=audio_path,
+            options=options,
+            progress_callback=progress_callback,
+            should_cancel=should_cancel,
+        )
 
         clips = to_mel_clips(speech_clips(audio) if options.vad else [(0.0, duration)], audio)
         language = options.language or "en"
