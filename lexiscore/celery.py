@@ -68,4 +68,6 @@ def propagate_context(headers: dict | None = None, **_kwargs: Any) -> None:
 
 
 # Worker metrics (task counts, durations, failures, retries) hook into Celery's signals.
-import workers.metrics  # noqa: E402,F401
+# Thread-pool workers (GPU) are recycled by a memory watchdog instead of max-memory-per-child.
+import workers.metrics  # noqa: E402
+import workers.watchdog  # noqa: E402,F401

@@ -7,6 +7,7 @@ that process runs. Time limits are set per job when it is published (scaled by i
 from __future__ import annotations
 
 import logging
+import time
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -34,8 +35,11 @@ class TranscriptionTask(LexisTask):
 @shared_task(name="workers.transcription.transcribe_job", base=TranscriptionTask, bind=True)
 def transcribe_job(self, job_id: str) -> str:
     try:
-        outcome = processing.job_process(job_id=job_id, retries=self.request.retries or 0)
-    except SoftTimeLimitExceeded:
+        deadline = _deadline(self.request, self.app.conf.task_soft_time_limit)
+        outcome = processing.job_process(
+            job_id=job_id, retries=self.request.retries or 0, deadline=deadline
+        )
+    except (SoftTimeLimitExceeded, processing.JobTimeLimitExceeded):
         processing.job_fail_unexpectedly(
             job_id=job_id,
             code="time_limit",
@@ -44,3 +48,15 @@ def transcribe_job(self, job_id: str) -> str:
         return "time_limit"
     logger.info("Transcription job %s: %s", job_id, outcome)
     return outcome
+
+
+def _deadline(request, default_soft: float | None) -> float | None:
+    """When the job's soft time limit passes, as a `time.monotonic()` value.
+
+    The prefork pool enforces it with a signal; the thread pool (GPU workers batching many jobs
+    in one process) enforces nothing, so the job checks this deadline itself between windows.
+    """
+    limits = getattr(request, "timelimit", None) or (None, None)
+    soft = limits[1] if len(limits) > 1 else None
+    soft = soft or limits[0] or default_soft
+    return time.monotonic() + float(soft) if soft else None

@@ -43,15 +43,21 @@ class JobGone(Exception):
     """The job was deleted while it was being processed."""
 
 
+class JobTimeLimitExceeded(Exception):
+    """The job ran past its deadline (enforced here for pools without Celery time limits)."""
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def job_process(*, job_id: str, retries: int = 0) -> str:
+def job_process(*, job_id: str, retries: int = 0, deadline: float | None = None) -> str:
     """Process one delivery of a job's message; returns what happened (for logs and tests).
 
     `retries` is the task's deliberate retry count: those deliveries are not held against the
     poison-message cap, only deliveries that ended without the task returning or retrying.
+    `deadline` (a `time.monotonic()` value) raises `JobTimeLimitExceeded` from the engine's
+    cancellation check once passed: Celery's thread pool enforces no time limits itself.
     """
     job_id_var.set(str(job_id))
     lease = JobLease(str(job_id))
@@ -62,7 +68,7 @@ def job_process(*, job_id: str, retries: int = 0) -> str:
         outcome, job = _claim(job_id, retries)
         if job is None:
             return outcome
-        return _run(job)
+        return _run(job, deadline)
     finally:
         lease.release()
 
@@ -103,9 +109,9 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     return "claimed", job
 
 
-def _run(job: TranscriptionJob) -> str:
+def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     started = time.monotonic()
-    tracker = _Tracker(job)
+    tracker = _Tracker(job, deadline)
     try:
         with storage.local_copy(job.audio_key) as path:
             if not job.audio_validated:
@@ -167,7 +173,9 @@ def engine_from_settings(name: str, profile: str):
     """The process's loaded engine for `profile`, configured from settings (loaded on first use).
 
     faster-whisper decodes VAD-split windows in batches of `WHISPER_BATCH_SIZE` (0: one window at
-    a time); openai-whisper has no batched mode.
+    a time); with `WHISPER_CROSS_JOB_BATCHING` one model batches the windows of every job the
+    process runs in its threads (0: batch size from free GPU memory, 8 on CPU); openai-whisper has
+    no batched mode.
     """
     from workers.engines import get_engine
 
@@ -180,14 +188,17 @@ def engine_from_settings(name: str, profile: str):
         model_dir=settings.WHISPER_MODEL_DIRS.get(profile),
         cpu_threads=settings.WHISPER_CPU_THREADS,
         batch_size=batch_size or None,
+        cross_job_batching=settings.WHISPER_CROSS_JOB_BATCHING,
+        max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
     )
 
 
 class _Tracker:
     """Writes progress and heartbeats, and reads the cancel flag, at most every 2 seconds."""
 
-    def __init__(self, job: TranscriptionJob) -> None:
+    def __init__(self, job: TranscriptionJob, deadline: float | None = None) -> None:
         self.job = job
+        self.deadline = deadline
         self._last_write = 0.0
         self._last_read = 0.0
         self._cancel = False
@@ -206,6 +217,8 @@ class _Tracker:
 
     def cancelled(self) -> bool:
         now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise JobTimeLimitExceeded()
         if not self._cancel and now - self._last_read >= PROGRESS_INTERVAL_SECONDS:
             self._last_read = now
             flag = (

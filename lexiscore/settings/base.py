@@ -418,6 +418,12 @@ CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD",
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int(
     "CELERY_WORKER_MAX_MEMORY_PER_CHILD", default=3_000_000
 )
+# Thread-pool workers (the GPU worker) have no children to recycle: a watchdog stops such a worker
+# (warm shutdown; the container restarts it) when its resident memory or the GPU's used memory
+# passes these limits in MiB (0: no limit), checked every WORKER_MEMORY_CHECK_SECONDS.
+WORKER_MAX_RSS_MB = env.int("WORKER_MAX_RSS_MB", default=0)
+WORKER_MAX_GPU_MEMORY_MB = env.int("WORKER_MAX_GPU_MEMORY_MB", default=0)
+WORKER_MEMORY_CHECK_SECONDS = env.float("WORKER_MEMORY_CHECK_SECONDS", default=30.0)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=30)
 CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
@@ -488,6 +494,11 @@ WHISPER_CPU_THREADS = env.int("WHISPER_CPU_THREADS", default=2)
 # faster-whisper: decode this many VAD-split windows of a file at once (0: one at a time).
 # On 2 CPU cores batch 8 is ~2x faster than sequential for ~2x the memory (docs/benchmarks.md).
 WHISPER_BATCH_SIZE = env.int("WHISPER_BATCH_SIZE", default=0)
+# Cross-job batching (GPU workers, `--pool threads`): one model per process decodes the windows
+# of every job the process runs in one queue, up to WHISPER_BATCH_SIZE windows per batch (0: from
+# free GPU memory on CUDA, 8 on CPU), waiting at most WHISPER_BATCH_MAX_WAIT_MS to fill a batch.
+WHISPER_CROSS_JOB_BATCHING = env.bool("WHISPER_CROSS_JOB_BATCHING", default=False)
+WHISPER_BATCH_MAX_WAIT_MS = env.float("WHISPER_BATCH_MAX_WAIT_MS", default=10.0)
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
 WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.

@@ -86,6 +86,8 @@ def get_engine(
     cpu_threads: int = 2,
     num_workers: int = 1,
     batch_size: int | None = None,
+    cross_job_batching: bool = False,
+    max_wait_ms: float = 10.0,
     max_engines: int = DEFAULT_MAX_ENGINES,
 ) -> Engine:
     """Return a loaded engine, loading it on first use in this process.
@@ -94,6 +96,11 @@ def get_engine(
     beyond ``max_engines``); loading is serialised so concurrent callers share one model.
     ``model_dir``/``expected_sha256`` override a profile's files (see ``models.locate_model``);
     ``compute_type``, ``num_workers`` and ``batch_size`` apply to faster-whisper only.
+
+    With ``cross_job_batching`` (faster-whisper only) the engine is a ``BatchScheduler``: one
+    model fed by every job thread of the process, windows of many jobs decoded in one batch of
+    up to ``batch_size`` (None: chosen from free GPU memory on CUDA, 8 on CPU), waiting at most
+    ``max_wait_ms`` for a batch to fill. Its scheduler thread lives as long as the process.
     """
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}.")
@@ -108,6 +115,8 @@ def get_engine(
         cpu_threads,
         num_workers,
         batch_size,
+        cross_job_batching and name == FASTER_WHISPER,
+        max_wait_ms,
     )
     with _lock:
         engine = _engines.get(key)
@@ -117,7 +126,19 @@ def get_engine(
         files = prepare_model(
             profile, cache_dir=cache_dir, model_dir=model_dir, expected_sha256=expected_sha256
         )
-        if name == FASTER_WHISPER:
+        if name == FASTER_WHISPER and cross_job_batching:
+            from workers.engines.batching import BatchScheduler
+
+            engine = BatchScheduler(
+                files,
+                device=device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=num_workers,
+                batch_size=batch_size,
+                max_wait_ms=max_wait_ms,
+            )
+        elif name == FASTER_WHISPER:
             from workers.engines.faster import FasterWhisperEngine
 
             engine = FasterWhisperEngine(

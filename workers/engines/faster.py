@@ -34,6 +34,23 @@ ENGINE_NAME = "faster-whisper"
 DEFAULT_COMPUTE_TYPES = {"cpu": "int8", "cuda": "float16"}
 
 
+def segment_from_faster(seg: Any) -> Segment:
+    """Our ``Segment`` from a ``faster_whisper.transcribe.Segment``."""
+    return Segment(
+        id=seg.id,
+        start=seg.start,
+        end=seg.end,
+        text=seg.text,
+        avg_logprob=seg.avg_logprob,
+        no_speech_prob=seg.no_speech_prob,
+        words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words or []],
+        seek=seg.seek,
+        tokens=list(seg.tokens),
+        temperature=seg.temperature,
+        compression_ratio=seg.compression_ratio,
+    )
+
+
 class FasterWhisperEngine:
     """A loaded faster-whisper model. Thread-safe: CTranslate2 serialises or parallelises calls
     across its ``num_workers`` internally."""
@@ -148,21 +165,7 @@ class FasterWhisperEngine:
         # checked between them.
         raw: list[Segment] = []
         for seg in segments:
-            raw.append(
-                Segment(
-                    id=seg.id,
-                    start=seg.start,
-                    end=seg.end,
-                    text=seg.text,
-                    avg_logprob=seg.avg_logprob,
-                    no_speech_prob=seg.no_speech_prob,
-                    words=[Word(w.start, w.end, w.word, w.probability) for w in seg.words or []],
-                    seek=seg.seek,
-                    tokens=list(seg.tokens),
-                    temperature=seg.temperature,
-                    compression_ratio=seg.compression_ratio,
-                )
-            )
+            raw.append(segment_from_faster(seg))
             reporter.advance(seg.end)
         return raw
 

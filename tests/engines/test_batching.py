@@ -1,0 +1,318 @@
+"""Cross-job batching (workers.engines.batching) on CPU: the same code path as on a GPU, small
+batches, tiny.en and short espeak clips. Jobs run in threads, as in a `--pool threads` worker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.engines.conftest import ENGLISH_TEXT, wer
+from tests.engines.test_faster import _assert_timestamps_sane
+from workers.engines import get_engine
+from workers.engines.audio import load_audio
+from workers.engines.base import TranscriptionOptions
+from workers.engines.batching import BatchScheduler, choose_batch_size, is_out_of_memory
+from workers.engines.errors import AudioDecodeError, ProfileError, TranscriptionCancelled
+from workers.engines.models import prepare_model
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("batching")]
+
+ENGLISH = TranscriptionOptions(language="en")
+SENTENCES = [
+    "Please send the quarterly report to the finance team before Friday.",
+    "The meeting has been moved to the large conference room on the second floor.",
+    "Our team finished the migration ahead of schedule.",
+    "The weather will be sunny and warm this afternoon.",
+]
+# The batched engine must stay this close to the unbatched one on the same clip.
+MAX_WER_VS_UNBATCHED = 0.1
+OOM = "CUDA failed with error out of memory"
+
+
+@pytest.fixture(scope="module")
+def clips(speech) -> list[Path]:
+    return [speech.say(text, lead_silence=0.5 * i) for i, text in enumerate(SENTENCES)]
+
+
+@pytest.fixture(scope="module")
+def three_window_clip(speech, english_clip, tmp_path_factory) -> Path:
+    """About 75 s of speech with short pauses: three <= 30 s VAD windows."""
+    from tests.speech import concatenate
+
+    gap = speech.silence(0.6)
+    parts = [english_clip, gap] * 8
+    return concatenate(parts, tmp_path_factory.mktemp("windows") / "three.wav")
+
+
+def new_scheduler(model_cache_dir: Path, **kwargs: Any) -> BatchScheduler:
+    files = prepare_model("tiny.en", cache_dir=model_cache_dir)
+    return BatchScheduler(files, **{"batch_size": 4, "max_wait_ms": 400, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def scheduler(model_cache_dir) -> Iterator[BatchScheduler]:
+    engine = new_scheduler(model_cache_dir)
+    yield engine
+    engine.close()
+
+
+def run_jobs(engine, jobs: list[dict[str, Any]]) -> list[Any]:
+    """Run each job's `transcribe` in its own thread at once; results or raised exceptions."""
+    results: list[Any] = [None] * len(jobs)
+    start = threading.Barrier(len(jobs))
+
+    def run(index: int, job: dict[str, Any]) -> None:
+        start.wait()
+        try:
+            results[index] = engine.transcribe(
+                job["path"],
+                job.get("options", ENGLISH),
+                progress_callback=job.get("progress"),
+                should_cancel=job.get("cancel"),
+            )
+        except Exception as exc:
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, job)) for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def test_concurrent_jobs_share_batches_and_match_the_unbatched_engine(
+    scheduler, tiny_engine, clips
+):
+    before = scheduler.stats()
+    progress: list[list[tuple[float, float]]] = [[] for _ in clips]
+    jobs = [
+        {"path": clip, "progress": lambda done, total, i=i: progress[i].append((done, total))}
+        for i, clip in enumerate(clips)
+    ]
+
+    results = run_jobs(scheduler, jobs)
+
+    after = scheduler.stats()
+    assert after["multi_job_batches"] > before["multi_job_batches"]
+    assert max(after["jobs_per_batch"]) >= 2
+    for clip, text, result, reported in zip(clips, SENTENCES, results, progress, strict=True):
+        unbatched = tiny_engine.transcribe(clip, ENGLISH)
+        assert wer(unbatched.text, result.text) <= MAX_WER_VS_UNBATCHED, result.text
+        assert wer(text, result.text) <= 0.25, result.text
+        assert result.engine_info["cross_job_batching"] is True
+        assert result.engine_info["engine"] == "faster-whisper"
+        assert result.engine_info["batched"] is True
+        assert reported[-1][0] == reported[-1][1] == pytest.approx(result.duration, abs=0.001)
+        assert [done for done, _ in reported] == sorted(done for done, _ in reported)
+
+
+def test_word_timestamps_are_present_and_monotonic(scheduler, three_window_clip):
+    result = scheduler.transcribe(three_window_clip, ENGLISH)
+
+    _assert_timestamps_sane(result)
+    assert len(result.words) >= 150
+    assert result.duration > 60
+    assert result.segments[-1].end > result.duration - 3.0
+    assert wer(" ".join([ENGLISH_TEXT] * 8), result.text) <= 0.15
+
+
+def test_word_timestamps_can_be_turned_off(scheduler, clips):
+    result = scheduler.transcribe(
+        clips[0], TranscriptionOptions(language="en", word_timestamps=False)
+    )
+
+    assert result.words == []
+    assert wer(SENTENCES[0], result.text) <= 0.25
+
+
+def test_a_cancelled_job_stops_and_the_others_complete(scheduler, clips, three_window_clip):
+    cancel = threading.Event()
+    jobs = [
+        {
+            "path": three_window_clip,
+            "progress": lambda done, total: cancel.set(),
+            "cancel": cancel.is_set,
+        },
+        *({"path": clip} for clip in clips[:2]),
+    ]
+
+    results = run_jobs(scheduler, jobs)
+
+    assert isinstance(results[0], TranscriptionCancelled)
+    for text, result in zip(SENTENCES[:2], results[1:], strict=True):
+        assert wer(text, result.text) <= 0.25
+    assert scheduler.stats()["queued_windows"] == 0
+
+
+def test_an_exception_from_should_cancel_reaches_the_job(scheduler, three_window_clip):
+    # The worker's time limit is raised this way (processing.JobTimeLimitExceeded).
+    calls = 0
+
+    def deadline() -> bool:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise TimeoutError("deadline passed")
+        return False
+
+    results = run_jobs(scheduler, [{"path": three_window_clip, "cancel": deadline}])
+
+    assert isinstance(results[0], TimeoutError)
+    assert scheduler.stats()["queued_windows"] == 0
+
+
+def test_an_undecodable_file_fails_only_its_job(scheduler, clips, tmp_path):
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"ID3" + b"\x00garbage" * 500)
+
+    results = run_jobs(scheduler, [{"path": broken}, {"path": clips[0]}, {"path": clips[1]}])
+
+    assert isinstance(results[0], AudioDecodeError)
+    assert wer(SENTENCES[0], results[1].text) <= 0.25
+    assert wer(SENTENCES[1], results[2].text) <= 0.25
+
+
+def test_out_of_memory_halves_the_batch_and_every_job_completes(model_cache_dir, clips):
+    engine = new_scheduler(model_cache_dir)
+    real = engine._pipeline.generate_segment_batched
+    failed: list[int] = []
+
+    def generate(features, tokenizer, options):
+        if not failed and features.shape[0] > 1:
+            failed.append(features.shape[0])
+            raise RuntimeError(OOM)
+        return real(features, tokenizer, options)
+
+    engine._pipeline.generate_segment_batched = generate
+    try:
+        results = run_jobs(engine, [{"path": clip} for clip in clips])
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert failed and failed[0] >= 2
+    assert stats["out_of_memory"] == 1
+    assert stats["batch_size"] == max(1, failed[0] // 2)
+    for text, result in zip(SENTENCES, results, strict=True):
+        assert wer(text, result.text) <= 0.25
+
+
+def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
+    engine = new_scheduler(model_cache_dir)
+    _clips, chunks, _meta = engine._split(load_audio(clips[2]), True)
+    poison = engine._features(chunks[0])
+    real = engine._pipeline.generate_segment_batched
+
+    def generate(features, tokenizer, options):
+        if any(np.array_equal(row, poison) for row in features):
+            raise ValueError("this window breaks the model")
+        return real(features, tokenizer, options)
+
+    engine._pipeline.generate_segment_batched = generate
+    try:
+        results = run_jobs(engine, [{"path": clip} for clip in clips])
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert isinstance(results[2], ValueError)
+    for index in (0, 1, 3):
+        assert wer(SENTENCES[index], results[index].text) <= 0.25
+    assert stats["failed_windows"] == 1
+    assert stats["out_of_memory"] == 0
+
+
+def test_english_only_model_refuses_unknown_language(scheduler, clips):
+    with pytest.raises(ProfileError):
+        scheduler.transcribe(clips[0], TranscriptionOptions(language=None))
+
+
+def test_silence_gives_an_empty_transcript(scheduler, speech):
+    result = scheduler.transcribe(speech.silence(3), ENGLISH)
+
+    assert result.text == ""
+    assert result.segments == []
+
+
+def test_settings_select_the_batching_engine(settings, model_cache_dir):
+    from apps.audio_jobs.processing import engine_from_settings
+
+    settings.WHISPER_CROSS_JOB_BATCHING = True
+    settings.WHISPER_BATCH_SIZE = 3
+    settings.WHISPER_BATCH_MAX_WAIT_MS = 7
+    settings.WHISPER_MODEL_CACHE_DIR = model_cache_dir
+    settings.WHISPER_DEVICE = "cpu"
+
+    engine = engine_from_settings("faster-whisper", "tiny.en")
+
+    assert isinstance(engine, BatchScheduler)
+    assert engine.batch_size == 3
+    assert engine.max_wait == pytest.approx(0.007)
+    assert engine is get_engine(
+        "faster-whisper",
+        "tiny.en",
+        "cpu",
+        cache_dir=model_cache_dir,
+        cpu_threads=settings.WHISPER_CPU_THREADS,
+        batch_size=3,
+        cross_job_batching=True,
+        max_wait_ms=7,
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "profile", "free_mb", "expected"),
+    [
+        (5, "cuda", "tiny.en", 80_000, 5),
+        (None, "cpu", "tiny.en", None, 8),
+        (None, "cuda", "tiny.en", 8_000, 30),
+        (None, "cuda", "base", 8_000, 18),
+        (None, "cuda", "tiny.en", 80_000, 64),
+        (None, "cuda", "base", 100, 1),
+    ],
+)
+def test_batch_size_comes_from_the_setting_or_free_gpu_memory(
+    setting, device, profile, free_mb, expected
+):
+    assert choose_batch_size(setting, device=device, profile=profile, free_mb=free_mb) == expected
+
+
+def test_out_of_memory_errors_are_recognised():
+    assert is_out_of_memory(RuntimeError(OOM))
+    assert is_out_of_memory(MemoryError())
+    assert not is_out_of_memory(RuntimeError("some other failure"))
+    assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def _cuda_devices() -> int:
+    import ctranslate2
+
+    try:
+        return int(ctranslate2.get_cuda_device_count())
+    except Exception:
+        return 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() == 0, reason="needs a CUDA device")
+def test_cross_job_batching_on_cuda(model_cache_dir, tiny_engine, clips):
+    files = prepare_model("tiny.en", cache_dir=model_cache_dir)
+    engine = BatchScheduler(files, device="cuda", max_wait_ms=200)
+    try:
+        results = run_jobs(engine, [{"path": clip} for clip in clips * 4])
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert stats["initial_batch_size"] >= 1
+    assert stats["multi_job_batches"] >= 1
+    for clip, result in zip(clips * 4, results, strict=True):
+        assert wer(tiny_engine.transcribe(clip, ENGLISH).text, result.text) <= 0.1
+        _assert_timestamps_sane(result)
+        assert result.engine_info["device"] == "cuda"

@@ -1,0 +1,680 @@
+"""Cross-job batching: one faster-whisper model fed with the speech windows of many jobs at once.
+
+``BatchScheduler`` is an Engine (``name``, ``profile``, ``transcribe``) shared by every job thread
+of a worker (Celery ``--pool threads``). Work is split where it runs best:
+
+* in each **job thread** (the caller of ``transcribe``): decoding, Silero VAD, the log-mel features
+  of each <= 30 s window, language detection when the language is unknown, and after decoding the
+  word-timing heuristics and timestamp restoration. This is NumPy/ONNX/Python work that would
+  otherwise starve the model; spread over job threads it runs beside the model.
+* in the **scheduler thread**: only model work. It takes pending windows from the shared queue,
+  groups those whose decoding options match (one prompt, one tokenizer per batch), waits at most
+  ``max_wait_ms`` to fill a batch up to ``batch_size``, runs one batched encode + generate (and one
+  alignment pass for word timestamps) and hands each window's output back to its job.
+
+The steps are faster-whisper's own (``get_speech_timestamps``, ``collect_chunks``, the feature
+extractor, ``BatchedInferencePipeline.generate_segment_batched``, ``_split_segments_by_timestamps``,
+``find_alignment``, ``add_word_timestamps``, ``restore_speech_timestamps``), called with the same
+options as ``BatchedInferencePipeline.transcribe``, so a job's transcript matches what the library
+gives for that file alone; only the grouping differs.
+
+Each job keeps its own progress (as its windows complete), cancellation (its pending windows leave
+the queue at once), time limit (``should_cancel`` may raise) and failure: a batch that raises is
+retried window by window so only the job whose window fails gets the error. On out-of-memory the
+batch size is halved (never below 1) and the batch retried.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from math import ceil
+from typing import Any
+
+import numpy as np
+
+from workers.engines.base import (
+    AudioPath,
+    CancelCheck,
+    ProgressCallback,
+    ProgressReporter,
+    TranscriptionOptions,
+    TranscriptionResult,
+    begin_transcription,
+    finalize_segments,
+    join_text,
+)
+from workers.engines.faster import DEFAULT_COMPUTE_TYPES, ENGINE_NAME, segment_from_faster
+from workers.engines.models import ModelFiles
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+CHUNK_SECONDS = 30
+DEFAULT_CPU_BATCH_SIZE = 8
+DEFAULT_MAX_WAIT_MS = 10.0
+# Upper bound of the automatic (GPU memory) choice: past a few dozen windows a batch no longer
+# gets faster per window, and a huge batch makes every job in it wait for its slowest window.
+MAX_AUTO_BATCH_SIZE = 64
+# Estimated GPU memory one window needs in a batch (float16, beam 5, word timestamps): encoder
+# activations, the cross-attention cache of every beam and CTranslate2's workspace. Estimates
+# from the model sizes, to be measured on a GPU (docs/gpu.md); an estimate that is too low only
+# costs one out-of-memory halving.
+GPU_MB_PER_WINDOW = {"tiny.en": 160, "base": 260}
+GPU_MB_PER_WINDOW_DEFAULT = 400
+# Part of the free GPU memory the batches may use; the rest stays for fragmentation and the
+# language detection calls made outside the batches.
+GPU_MEMORY_SHARE = 0.6
+POLL_SECONDS = 0.2
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CTranslate2 raises RuntimeError("CUDA failed with error out of memory") on the GPU and
+    std::bad_alloc (MemoryError) on the CPU."""
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def free_gpu_memory_mb(device_index: int = 0) -> int | None:
+    """Free memory of a CUDA device in MiB (torch when it sees CUDA, else nvidia-smi), or None."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, _total = torch.cuda.mem_get_info(device_index)
+            return int(free // (1024 * 1024))
+    except Exception:  # noqa: S110 - torch absent or built without CUDA: try nvidia-smi
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+            [smi, "--query-gpu=memory.free", "--format=csv,noheader,nounits", f"-i={device_index}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+        return int(out.strip().splitlines()[0])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
+def choose_batch_size(
+    setting: int | None, *, device: str, profile: str, free_mb: int | None = None
+) -> int:
+    """The initial batch size: the setting when given (> 0); on CUDA, from free GPU memory; on
+    CPU (or when the free memory cannot be read) ``DEFAULT_CPU_BATCH_SIZE``."""
+    if setting:
+        return max(1, int(setting))
+    if device != "cuda":
+        return DEFAULT_CPU_BATCH_SIZE
+    free_mb = free_gpu_memory_mb() if free_mb is None else free_mb
+    if free_mb is None:
+        return DEFAULT_CPU_BATCH_SIZE
+    per_window = GPU_MB_PER_WINDOW.get(profile, GPU_MB_PER_WINDOW_DEFAULT)
+    return max(1, min(MAX_AUTO_BATCH_SIZE, int(free_mb * GPU_MEMORY_SHARE // per_window)))
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What must be equal for windows to share one batch: one prompt and one tokenizer."""
+
+    language: str
+    task: str
+    beam_size: int
+    word_timestamps: bool
+    initial_prompt: str | None
+
+
+@dataclass
+class _Job:
+    key: BatchKey
+    cond: threading.Condition
+    results: dict[int, Any] = field(default_factory=dict)
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
+class _Item:
+    job: _Job
+    index: int
+    features: Any
+    metadata: dict[str, Any]
+    submitted: float
+
+
+@dataclass
+class _Output:
+    """One window's decoded segments (faster-whisper's dicts) and, with word timestamps, its
+    alignment; the job thread finishes the word timings."""
+
+    subsegments: list[dict[str, Any]]
+    segment_size: int
+    alignment: list[dict[str, Any]] | None
+
+
+class _Aligned:
+    """Stands in for the model in ``WhisperModel.add_word_timestamps`` with an alignment the
+    scheduler already computed, so the word-timing heuristics run in the job thread, in the job's
+    own window order (its ``last_speech_timestamp`` chain), exactly as the library runs them."""
+
+    def __init__(self, alignment: list[dict[str, Any]], frames_per_second: float) -> None:
+        self._alignment = alignment
+        self.frames_per_second = frames_per_second
+
+    def find_alignment(self, *_args: Any, **_kwargs: Any) -> list[list[dict[str, Any]]]:
+        return [self._alignment]
+
+
+class BatchScheduler:
+    """A faster-whisper model shared by many job threads through one batching queue."""
+
+    name = ENGINE_NAME
+
+    def __init__(
+        self,
+        model_files: ModelFiles,
+        *,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        cpu_threads: int = 2,
+        num_workers: int = 1,
+        batch_size: int | None = None,
+        max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    ) -> None:
+        from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+        if device not in DEFAULT_COMPUTE_TYPES:
+            raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}.")
+        self.profile = model_files.profile
+        self.model_files = model_files
+        self.device = device
+        self.compute_type = compute_type or DEFAULT_COMPUTE_TYPES[device]
+        self.cpu_threads = cpu_threads
+        self.num_workers = num_workers
+        self.max_wait = max(max_wait_ms, 0.0) / 1000.0
+        self._model = WhisperModel(
+            os.fspath(model_files.path),
+            device=device,
+            compute_type=self.compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+            local_files_only=True,
+        )
+        # Used only for generate_segment_batched, which keeps no state on the pipeline.
+        self._pipeline = BatchedInferencePipeline(self._model)
+        self.initial_batch_size = choose_batch_size(batch_size, device=device, profile=self.profile)
+        self.batch_size = self.initial_batch_size
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._setup_lock = threading.Lock()
+        self._setups: dict[BatchKey, tuple[Any, Any]] = {}
+        self._stats: Counter[str] = Counter()
+        self._batch_sizes: Counter[int] = Counter()
+        self._jobs_per_batch: Counter[int] = Counter()
+        self._thread = threading.Thread(target=self._run, name="whisper-batcher", daemon=True)
+        self._thread.start()
+        logger.info(
+            "batching engine loaded",
+            extra={
+                "engine": self.name,
+                "profile": self.profile,
+                "device": device,
+                "compute_type": self.compute_type,
+                "batch_size": self.batch_size,
+            },
+        )
+
+    # ---- job side ------------------------------------------------------------------------------
+    def transcribe(
+        self,
+        audio_path: AudioPath,
+        options: TranscriptionOptions,
+        progress_callback: ProgressCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> TranscriptionResult:
+        from faster_whisper.transcribe import restore_speech_timestamps
+
+        audio, duration, reporter = begin_transcription(
+            profile=self.profile,
+            english_only=self.model_files.english_only,
+            audio_path=audio_path,
+            options=options,
+            progress_callback=progress_callback,
+            should_cancel=should_cancel,
+        )
+        language = options.language or "en"
+        language_probability = 1.0
+        duration_after_vad = 0.0
+        segments: list[Any] = []
+        if duration > 0:
+            clips, chunks, metadata = self._split(audio, options.vad)
+            duration_after_vad = sum(c["end"] - c["start"] for c in clips) / SAMPLE_RATE
+            if duration_after_vad > 0:
+                features = self._features(chunks[0])
+                if options.language is None:
+                    language, language_probability = self._detect_language(features)
+                reporter.check_cancel()
+                key = BatchKey(
+                    language=language,
+                    task=options.task,
+                    beam_size=options.beam_size,
+                    word_timestamps=options.word_timestamps,
+                    initial_prompt=options.initial_prompt,
+                )
+                raw = self._decode_job(key, chunks, metadata, features, reporter)
+                segments = list(restore_speech_timestamps(raw, clips, SAMPLE_RATE))
+        reporter.finish()
+
+        final = finalize_segments([segment_from_faster(s) for s in segments], duration=duration)
+        return TranscriptionResult(
+            text=join_text(final),
+            language=language,
+            language_probability=round(float(language_probability), 4),
+            duration=round(duration, 3),
+            segments=final,
+            task=options.task,
+            engine_info=self._engine_info(options, duration_after_vad),
+        )
+
+    def _split(self, audio: Any, vad: bool) -> tuple[list[dict], list[Any], list[dict]]:
+        """Speech clips (samples), their <= 30 s windows and each window's metadata, as
+        ``BatchedInferencePipeline.transcribe`` makes them; without VAD, plain 30 s windows."""
+        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+        if vad:
+            vad_options = VadOptions(
+                max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160
+            )
+            clips = get_speech_timestamps(audio, vad_options)
+        else:
+            step = CHUNK_SECONDS * SAMPLE_RATE
+            clips = [
+                {"start": start, "end": min(start + step, len(audio))}
+                for start in range(0, len(audio), step)
+            ]
+        chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_SECONDS)
+        return clips, chunks, metadata
+
+    def _features(self, chunk: Any) -> Any:
+        from faster_whisper.audio import pad_or_trim
+
+        return pad_or_trim(self._model.feature_extractor(chunk)[..., :-1])
+
+    def _detect_language(self, features: Any) -> tuple[str, float]:
+        # A direct model call from the job thread: one 30 s window per job, not worth batching.
+        language, probability, _all = self._model.detect_language(features=features)
+        return str(language), float(probability)
+
+    def _decode_job(
+        self,
+        key: BatchKey,
+        chunks: list[Any],
+        metadata: list[dict[str, Any]],
+        first_features: Any,
+        reporter: ProgressReporter,
+    ) -> list[Any]:
+        """Feed this job's windows to the queue (at most two batches ahead, so features are
+        computed while earlier windows decode and memory stays bounded) and collect the decoded
+        segments in window order."""
+        from faster_whisper import WhisperModel
+        from faster_whisper.transcribe import Segment as FwSegment
+        from faster_whisper.transcribe import Word as FwWord
+
+        tokenizer, fw_options = self._setup(key)
+        job = _Job(key=key, cond=threading.Condition())
+        next_index = 0
+        pending_features: Any = first_features
+        last_speech_timestamp = 0.0
+        segments: list[Any] = []
+        try:
+            for index, meta in enumerate(metadata):
+                while next_index < len(chunks) and next_index - index < 2 * self.batch_size:
+                    features = (
+                        pending_features
+                        if pending_features is not None
+                        else self._features(chunks[next_index])
+                    )
+                    pending_features = None
+                    self._submit(
+                        _Item(job, next_index, features, metadata[next_index], time.monotonic())
+                    )
+                    next_index += 1
+                output = self._wait(job, index, reporter)
+                if key.word_timestamps and output.subsegments and output.alignment is not None:
+                    aligned = _Aligned(output.alignment, self._model.frames_per_second)
+                    last_speech_timestamp = WhisperModel.add_word_timestamps(
+                        aligned,
+                        [output.subsegments],
+                        tokenizer,
+                        None,
+                        [output.segment_size],
+                        fw_options.prepend_punctuations,
+                        fw_options.append_punctuations,
+                        last_speech_timestamp,
+                    )
+                for sub in output.subsegments:
+                    segments.append(
+                        FwSegment(
+                            id=len(segments) + 1,
+                            seek=sub["seek"],
+                            start=round(sub["start"], 3),
+                            end=round(sub["end"], 3),
+                            text=sub["text"],
+                            tokens=sub["tokens"],
+                            avg_logprob=sub["avg_logprob"],
+                            no_speech_prob=sub["no_speech_prob"],
+                            compression_ratio=sub["compression_ratio"],
+                            temperature=fw_options.temperatures[0],
+                            words=(
+                                [FwWord(**word) for word in sub.get("words", [])]
+                                if key.word_timestamps
+                                else None
+                            ),
+                        )
+                    )
+                segments_end = meta.get("segments") or []
+                reporter.advance(segments_end[-1]["end"] / SAMPLE_RATE if segments_end else 0.0)
+        finally:
+            self._forget(job)
+        return segments
+
+    def _wait(self, job: _Job, index: int, reporter: ProgressReporter) -> _Output:
+        while True:
+            with job.cond:
+                if job.error is not None:
+                    raise job.error
+                if index in job.results:
+                    return job.results.pop(index)
+                job.cond.wait(POLL_SECONDS)
+            # Outside the lock: should_cancel may query the database or raise a time limit.
+            reporter.check_cancel()
+
+    def _submit(self, item: _Item) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("The batching engine is closed.")
+            self._queue.append(item)
+            self._cond.notify_all()
+
+    def _forget(self, job: _Job) -> None:
+        """Drop the job's windows still queued (cancelled, failed or finished)."""
+        with job.cond:
+            job.done = True
+        with self._cond:
+            before = len(self._queue)
+            self._queue = deque(item for item in self._queue if item.job is not job)
+            self._stats["dropped_windows"] += before - len(self._queue)
+
+    def _setup(self, key: BatchKey) -> tuple[Any, Any]:
+        """The tokenizer and faster-whisper options of a batch key, with the values
+        ``BatchedInferencePipeline.transcribe`` uses by default."""
+        from faster_whisper import BatchedInferencePipeline
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import TranscriptionOptions as FwOptions
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        with self._setup_lock:
+            cached = self._setups.get(key)
+            if cached is not None:
+                return cached
+            tokenizer = Tokenizer(
+                self._model.hf_tokenizer,
+                self._model.model.is_multilingual,
+                task=key.task,
+                language=key.language,
+            )
+            # The pipeline's own defaults, read from its signature rather than copied.
+            default = {
+                name: parameter.default
+                for name, parameter in inspect.signature(
+                    BatchedInferencePipeline.transcribe
+                ).parameters.items()
+            }
+            fw_options = FwOptions(
+                beam_size=key.beam_size,
+                best_of=default["best_of"],
+                patience=default["patience"],
+                length_penalty=default["length_penalty"],
+                repetition_penalty=default["repetition_penalty"],
+                no_repeat_ngram_size=default["no_repeat_ngram_size"],
+                log_prob_threshold=default["log_prob_threshold"],
+                no_speech_threshold=default["no_speech_threshold"],
+                compression_ratio_threshold=default["compression_ratio_threshold"],
+                temperatures=list(default["temperature"])[:1],
+                initial_prompt=key.initial_prompt,
+                prefix=None,
+                suppress_blank=default["suppress_blank"],
+                suppress_tokens=get_suppressed_tokens(tokenizer, default["suppress_tokens"]),
+                prepend_punctuations=default["prepend_punctuations"],
+                append_punctuations=default["append_punctuations"],
+                max_new_tokens=None,
+                hotwords=None,
+                word_timestamps=key.word_timestamps,
+                # What BatchedInferencePipeline.transcribe fixes for batched decoding:
+                hallucination_silence_threshold=None,
+                condition_on_previous_text=False,
+                clip_timestamps=[],
+                prompt_reset_on_temperature=0.5,
+                multilingual=False,
+                without_timestamps=default["without_timestamps"],
+                max_initial_timestamp=0.0,
+            )
+            self._setups[key] = (tokenizer, fw_options)
+            return tokenizer, fw_options
+
+    # ---- scheduler side ------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._process(batch)
+
+    def _next_batch(self) -> list[_Item] | None:
+        """The oldest window and up to ``batch_size - 1`` more with its key, waiting at most
+        ``max_wait`` after the oldest was queued for the batch to fill."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                first = self._queue[0]
+                same = [item for item in self._queue if item.job.key == first.job.key]
+                remaining = first.submitted + self.max_wait - time.monotonic()
+                if len(same) >= self.batch_size or remaining <= 0:
+                    batch = same[: self.batch_size]
+                    taken = {id(item) for item in batch}
+                    self._queue = deque(item for item in self._queue if id(item) not in taken)
+                    return batch
+                self._cond.wait(remaining)
+
+    def _process(self, items: list[_Item]) -> None:
+        items = [item for item in items if not item.job.done]
+        if not items:
+            return
+        started = time.monotonic()
+        try:
+            outputs = self._decode_batch(items)
+        except Exception as exc:
+            if is_out_of_memory(exc) and len(items) > 1:
+                self._out_of_memory(len(items), exc)
+                half = len(items) // 2
+                self._process(items[:half])
+                self._process(items[half:])
+            elif len(items) > 1:
+                # Which window broke the batch is unknown: one at a time, so only its job fails.
+                logger.warning("batch of %d windows failed; retrying them one by one", len(items))
+                self._count("isolation_retries")
+                for item in items:
+                    self._process([item])
+            else:
+                logger.warning("window %d of a job failed: %s", items[0].index, exc)
+                self._count("failed_windows")
+                self._deliver_error(items[0].job, exc)
+            return
+        self._record_batch(items, time.monotonic() - started)
+        for item, output in zip(items, outputs, strict=True):
+            with item.job.cond:
+                if not item.job.done:
+                    item.job.results[item.index] = output
+                item.job.cond.notify_all()
+
+    def _decode_batch(self, items: list[_Item]) -> list[_Output]:
+        """One batched encode + generate (and alignment) for windows sharing a key; what
+        ``BatchedInferencePipeline.forward`` does, minus the word-timing heuristics."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        key = items[0].job.key
+        tokenizer, fw_options = self._setup(key)
+        features = np.stack([item.features for item in items])
+        encoder_output, outputs = self._pipeline.generate_segment_batched(
+            features, tokenizer, fw_options
+        )
+        fps = self._model.frames_per_second
+        results: list[_Output] = []
+        for item, output in zip(items, outputs, strict=True):
+            duration = item.metadata["duration"]
+            segment_size = int(ceil(duration) * fps)
+            subsegments, _seek, _single = self._model._split_segments_by_timestamps(
+                tokenizer=tokenizer,
+                tokens=output["tokens"],
+                time_offset=item.metadata["offset"],
+                segment_size=segment_size,
+                segment_duration=duration,
+                seek=0,
+            )
+            results.append(
+                _Output(
+                    subsegments=[
+                        {
+                            "text": tokenizer.decode(sub["tokens"]),
+                            "avg_logprob": output["avg_logprob"],
+                            "no_speech_prob": output["no_speech_prob"],
+                            "tokens": sub["tokens"],
+                            "start": sub["start"],
+                            "end": sub["end"],
+                            "compression_ratio": get_compression_ratio(
+                                tokenizer.decode(sub["tokens"])
+                            ),
+                            "seek": int(item.metadata["offset"] * fps),
+                        }
+                        for sub in subsegments
+                    ],
+                    segment_size=segment_size,
+                    alignment=None,
+                )
+            )
+        if key.word_timestamps:
+            text_tokens = [
+                [t for sub in result.subsegments for t in sub["tokens"] if t < tokenizer.eot]
+                for result in results
+            ]
+            alignments = self._model.find_alignment(
+                tokenizer, text_tokens, encoder_output, [r.segment_size for r in results]
+            )
+            for result, alignment in zip(results, alignments, strict=True):
+                result.alignment = alignment
+        return results
+
+    def _deliver_error(self, job: _Job, exc: BaseException) -> None:
+        with job.cond:
+            job.error = exc
+            job.cond.notify_all()
+
+    def _out_of_memory(self, size: int, exc: BaseException) -> None:
+        with self._cond:
+            self.batch_size = max(1, min(self.batch_size, size) // 2)
+            self._stats["out_of_memory"] += 1
+        logger.warning(
+            "out of memory with a batch of %d windows; batch size now %d (%s)",
+            size,
+            self.batch_size,
+            exc,
+        )
+
+    def _count(self, name: str) -> None:
+        with self._cond:
+            self._stats[name] += 1
+
+    def _record_batch(self, items: list[_Item], seconds: float) -> None:
+        jobs = len({id(item.job) for item in items})
+        with self._cond:
+            self._stats["batches"] += 1
+            self._stats["windows"] += len(items)
+            if jobs > 1:
+                self._stats["multi_job_batches"] += 1
+            self._batch_sizes[len(items)] += 1
+            self._jobs_per_batch[jobs] += 1
+            self._stats["model_ms"] += int(seconds * 1000)
+
+    # ---- introspection and lifecycle -----------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters since load: batches, windows, multi-job batches, out-of-memory halvings,
+        isolation retries, failed and dropped windows, model time, and the batch size now."""
+        with self._cond:
+            return {
+                **{
+                    name: self._stats[name]
+                    for name in (
+                        "batches",
+                        "windows",
+                        "multi_job_batches",
+                        "out_of_memory",
+                        "isolation_retries",
+                        "failed_windows",
+                        "dropped_windows",
+                        "model_ms",
+                    )
+                },
+                "batch_size": self.batch_size,
+                "initial_batch_size": self.initial_batch_size,
+                "queued_windows": len(self._queue),
+                "batch_sizes": dict(self._batch_sizes),
+                "jobs_per_batch": dict(self._jobs_per_batch),
+            }
+
+    def close(self) -> None:
+        """Stop the scheduler thread (queued windows are abandoned; their jobs must be done)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+
+    def _engine_info(self, options: TranscriptionOptions, duration_after_vad: float) -> dict:
+        import ctranslate2
+        import faster_whisper
+
+        return {
+            "engine": self.name,
+            "engine_version": faster_whisper.__version__,
+            "ctranslate2_version": ctranslate2.__version__,
+            "model_profile": self.profile,
+            "model_sha256": self.model_files.sha256,
+            "device": self.device,
+            "compute_type": self.compute_type,
+            "cpu_threads": self.cpu_threads,
+            "num_workers": self.num_workers,
+            "batched": True,
+            "batch_size": self.batch_size,
+            "cross_job_batching": True,
+            "beam_size": options.beam_size,
+            "vad": options.vad,
+            "word_timestamps": options.word_timestamps,
+            "language_requested": options.language,
+            "duration_after_vad": round(duration_after_vad, 3),
+        }
