@@ -8,8 +8,19 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from auditlog.registry import auditlog
+        from django.db.models.signals import post_delete, post_save
 
-        from . import checks, models, schema  # noqa: F401  (checks and schema register)
+        from . import checks, models, principals, schema  # noqa: F401  (checks, schema register)
+
+        # Cached principals (apps.accounts.principals) go stale on any change to these.
+        for model, receiver in (
+            (models.User, principals.on_user_change),
+            (models.Membership, principals.on_membership_change),
+            (models.Organisation, principals.on_organisation_change),
+        ):
+            uid = f"principals-{model._meta.model_name}"
+            post_save.connect(receiver, sender=model, dispatch_uid=f"{uid}-save")
+            post_delete.connect(receiver, sender=model, dispatch_uid=f"{uid}-delete")
 
         auditlog.register(
             models.User,

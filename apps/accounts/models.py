@@ -70,6 +70,10 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     objects = UserManager()
 
+    # Not a column: JWT authentication attaches the memberships it loaded with the user, for
+    # the tenancy of the same request (apps.accounts.principals); None when not loaded.
+    principal_memberships: tuple[Membership, ...] | None = None
+
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
     REQUIRED_FIELDS: list[str] = []  # type: ignore[misc]

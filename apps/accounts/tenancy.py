@@ -79,13 +79,18 @@ def _resolve(request: Request) -> Tenant:
 
     if not isinstance(principal, User) or not principal.is_authenticated:
         raise PermissionDenied()
+    # JWT authentication loaded the memberships with the user (apps.accounts.principals).
+    loaded = getattr(principal, "principal_memberships", None)
     memberships = Membership.objects.select_related("organisation").filter(user=principal)
     if requested is not None:
-        membership = memberships.filter(organisation_id=requested).first()
+        if loaded is not None:
+            membership = next((m for m in loaded if m.organisation_id == requested), None)
+        else:
+            membership = memberships.filter(organisation_id=requested).first()
         if membership is None:
             raise _organisation_not_found()
     else:
-        candidates = list(memberships[:2])
+        candidates = list(loaded[:2]) if loaded is not None else list(memberships[:2])
         if len(candidates) != 1:
             if not candidates:
                 raise NotFoundError("You belong to no organisation.", code="no_organisation")

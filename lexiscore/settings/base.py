@@ -182,6 +182,13 @@ else:
         }
     }
 
+# Seconds a cached user + memberships may serve authentication (apps.accounts.principals; any
+# change invalidates it at once, this only bounds changes made outside the application). Off by
+# default with the per-process local-memory cache, which cannot be invalidated across processes.
+AUTH_PRINCIPAL_CACHE_SECONDS = env.int(
+    "AUTH_PRINCIPAL_CACHE_SECONDS", default=60 if REDIS_URL else 0
+)
+
 # ------------------------------------------------------------------------------------------------
 # Authentication and passwords
 # ------------------------------------------------------------------------------------------------

@@ -31,6 +31,8 @@ CACHES = {
         "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
     }
 }
+# Shared Redis cache, so authentication goes through the principal cache as in production.
+AUTH_PRINCIPAL_CACHE_SECONDS = env.int("AUTH_PRINCIPAL_CACHE_SECONDS", default=60)
 
 # Tests that need a real worker start their own broker; the rest never reach a broker.
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="memory://")

@@ -46,11 +46,16 @@ def test_the_organisation_list_is_cheap(api_client, db):
         MembershipFactory(user=user)
     headers = bearer(user)
 
-    with CaptureQueriesContext(connection) as queries:
+    with CaptureQueriesContext(connection) as cold:
         response = api_client.get("/api/v1/organisations/", **headers)
+    with CaptureQueriesContext(connection) as warm:
+        again = api_client.get("/api/v1/organisations/", **headers)
 
     assert response.json()["count"] == 6
-    assert len(queries) <= 3  # user, count, page
+    assert again.json() == response.json()
+    # First request: user + memberships (then cached), count, page; then count and page only.
+    assert len(cold) <= 4
+    assert len(warm) <= 2
 
 
 def test_the_profile_update_changes_only_the_name(api_client, db):

@@ -13,6 +13,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from .. import principals
 from ..models import Membership, Organisation, User
 
 
@@ -55,6 +56,7 @@ def blacklist_refresh_tokens(user: User) -> int:
 def user_tokens_revoke(*, user: User) -> User:
     """End every session of the user: access tokens by version, refresh tokens by blacklist."""
     User.objects.filter(pk=user.pk).update(token_version=F("token_version") + 1)
+    principals.invalidate_users([user.public_id])  # update() sends no signal
     user.refresh_from_db(fields=["token_version"])
     blacklist_refresh_tokens(user)
     return user

@@ -12,7 +12,14 @@ from rest_framework.views import APIView
 from apps.accounts import selectors, services
 from apps.accounts.network import RequestMeta
 from apps.accounts.tenancy import ORGANISATION_HEADER, IsHumanUser
-from apps.core.drf import InputSerializer, NamedSerializer, errors, page_of, paginated_response
+from apps.core.drf import (
+    CompiledOutput,
+    InputSerializer,
+    NamedSerializer,
+    errors,
+    page_of,
+    paginated_response,
+)
 
 from .auth import TokenPairOutputSerializer, password_field, token_pair_response
 
@@ -21,7 +28,7 @@ class UserApi(APIView):
     permission_classes = [IsAuthenticated, IsHumanUser]
 
 
-class MembershipOrganisationOutput(serializers.Serializer):
+class MembershipOrganisationOutput(CompiledOutput, serializers.Serializer):
     """An organisation as one of its members sees it."""
 
     id = serializers.UUIDField(source="organisation.id")
@@ -33,7 +40,7 @@ class MembershipOrganisationOutput(serializers.Serializer):
 
 
 class MeApi(UserApi):
-    class OutputSerializer(NamedSerializer):
+    class OutputSerializer(CompiledOutput, NamedSerializer):
         id = serializers.UUIDField(source="public_id")
         email = serializers.EmailField()
         full_name = serializers.CharField()
@@ -46,7 +53,11 @@ class MeApi(UserApi):
 
     def _output(self, request: Request) -> Response:
         user = request.user
-        user.organisations = list(selectors.user_memberships(user=user))
+        # JWT authentication already loaded them (apps.accounts.principals), in this order.
+        loaded = getattr(user, "principal_memberships", None)
+        user.organisations = (
+            list(loaded) if loaded is not None else list(selectors.user_memberships(user=user))
+        )
         return Response(self.OutputSerializer(user).data)
 
     @extend_schema(
