@@ -307,9 +307,15 @@ def verbose_json(result: Any) -> dict[str, Any]:
     }
 
 
-def render_json(result: Any) -> str:
-    """``verbose_json`` as a UTF-8 JSON document (non-ASCII kept as is)."""
-    return json.dumps(verbose_json(result), ensure_ascii=False, indent=2) + "\n"
+def render_json(result: Any, *, pretty: bool = False) -> str:
+    """``verbose_json`` as a UTF-8 JSON document (non-ASCII kept as is).
+
+    Compact unless ``pretty``: an indent makes the standard library fall back from its C encoder
+    to the pure-Python one, several times slower on a long transcript. Downloads are pretty.
+    """
+    if pretty:
+        return json.dumps(verbose_json(result), ensure_ascii=False, indent=2) + "\n"
+    return json.dumps(verbose_json(result), ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 _RENDERERS: dict[str, Callable[[Any], str]] = {
@@ -329,8 +335,8 @@ def render(result: Any, fmt: str) -> str:
     return renderer(result)
 
 
-def render_transcript(result: Any, fmt: str) -> tuple[str, str, str]:
-    """Render for download: ``(body, media type, file extension)``."""
-    body = render(result, fmt)
+def render_transcript(result: Any, fmt: str, *, pretty: bool = False) -> tuple[str, str, str]:
+    """Render for download: ``(body, media type, file extension)``; ``pretty`` indents JSON."""
+    body = render_json(result, pretty=True) if pretty and fmt == "json" else render(result, fmt)
     output = FORMATS[fmt]
     return body, output.media_type, output.extension

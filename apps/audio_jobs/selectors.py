@@ -32,9 +32,12 @@ def job_list(
     return queryset.order_by("-created_at")
 
 
-def job_get(*, organisation, job_id) -> TranscriptionJob:
+def job_get(*, organisation, job_id, with_transcript: bool = False) -> TranscriptionJob:
+    """The organisation's job (404 otherwise); `with_transcript` joins its transcript row in the
+    same query instead of the job's creator."""
+    related = "transcript" if with_transcript else "created_by"
     try:
-        return TranscriptionJob.objects.select_related("created_by").get(
+        return TranscriptionJob.objects.select_related(related).get(
             organisation=organisation, pk=job_id
         )
     except (TranscriptionJob.DoesNotExist, ValueError):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from apps.core.drf import InputSerializer
+from apps.core.drf import CompiledOutput, InputSerializer
 
 from ..models import JobPriority, JobStatus, JobTask, TranscriptionJob
 
@@ -72,7 +72,7 @@ class JobListFilterInput(serializers.Serializer):
     )
 
 
-class JobOutput(serializers.ModelSerializer):
+class JobOutput(CompiledOutput, serializers.ModelSerializer):
     model = serializers.CharField(source="model_profile")
     priority = serializers.SerializerMethodField()
     created_by = serializers.SerializerMethodField()

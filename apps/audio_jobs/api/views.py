@@ -229,17 +229,21 @@ class TranscriptView(APIView):
     def get(self, request: Request, version: str, job_id: str) -> HttpResponse:
         params = s.TranscriptFormatInput(data=request.query_params)
         params.is_valid(raise_exception=True)
-        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
+        job = selectors.job_get(
+            organisation=get_tenant(request).organisation, job_id=job_id, with_transcript=True
+        )
         if job.status != JobStatus.COMPLETED:
             raise ConflictError(
                 f"The job is {job.status}; a transcript exists once it is completed.",
                 code="transcript_not_ready",
             )
-        fmt = params.validated_data["format"]
-        body, content_type, extension = formats.render_transcript(job.transcript.as_result(), fmt)
+        fmt, download = params.validated_data["format"], params.validated_data["download"]
+        body, content_type, extension = formats.render_transcript(
+            job.transcript.as_result(), fmt, pretty=download
+        )
         response = HttpResponse(body, content_type=content_type)
         stem = Path(safe_filename(job.original_filename)).stem or "transcript"
-        if params.validated_data["download"]:
+        if download:
             response["Content-Disposition"] = attachment_header(
                 f"{stem}.{extension}", fallback="transcript"
             )

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import errors, page_of, paginated_response
+from apps.core.drf import CompiledOutput, errors, page_of, paginated_response
 from apps.core.exceptions import ConflictError
 from apps.core.http import attachment_header
 
@@ -30,7 +30,7 @@ class ReportInput(serializers.Serializer):
     period_end = serializers.DateField(required=False, help_text="Exclusive.")
 
 
-class ReportOutput(serializers.Serializer):
+class ReportOutput(CompiledOutput, serializers.Serializer):
     id = serializers.UUIDField()
     kind = serializers.CharField()
     format = serializers.CharField()
