@@ -188,17 +188,31 @@ def test_workers_use_prefork_and_a_named_node_their_healthcheck_pings(compose, n
     node_prefix = option(command, "--hostname").split("@")[0]
 
     assert command[:4] == ["celery", "-A", "lexiscore", "worker"]
-    # Not solo (or threads): Celery's time limits only work in the prefork pool.
-    assert pools(command) == {"prefork"}
+    # Not solo: Celery's time limits only work in the prefork pool. The GPU worker's thread pool
+    # is the exception: its jobs enforce their own deadline (workers.transcription._deadline).
+    expected = "threads" if name == "worker-transcription-gpu" else "prefork"
+    assert pools(command) == {expected}
     assert option(command, "--hostname").endswith("@%h")
     assert f"inspect ping -d {node_prefix}@$${{HOSTNAME}}" in " ".join(
         service["healthcheck"]["test"]
     )
 
 
-@pytest.mark.parametrize("name", ["worker-transcription-cpu", "worker-transcription-gpu"])
-def test_transcription_workers_run_one_task_at_a_time(compose, name):
-    assert option(compose["services"][name]["command"], "--concurrency") == "1"
+def test_the_cpu_transcription_worker_runs_one_task_at_a_time(compose):
+    command = compose["services"]["worker-transcription-cpu"]["command"]
+
+    assert option(command, "--concurrency") == "1"
+
+
+def test_the_gpu_worker_feeds_one_model_from_many_job_threads(compose):
+    service = compose["services"]["worker-transcription-gpu"]
+    environment = service["environment"]
+
+    assert int(option(service["command"], "--concurrency")) >= 8
+    assert environment["WHISPER_CROSS_JOB_BATCHING"] == "true"
+    # Every job thread holds a pooled database connection while it runs.
+    assert int(environment["DB_POOL_MAX_SIZE"]) > int(option(service["command"], "--concurrency"))
+    assert int(environment["WORKER_MAX_RSS_MB"]) > 0
 
 
 def test_the_cpu_worker_runs_faster_whisper_on_the_cpu(compose):

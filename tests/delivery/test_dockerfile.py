@@ -112,13 +112,14 @@ def test_the_runtime_image_serves_gunicorn_and_checks_healthz():
     assert runtime.all("EXPOSE") == ["8000"]
 
 
-def test_the_gpu_image_runs_a_prefork_worker_on_the_gpu_queue():
+def test_the_gpu_image_runs_a_thread_pool_worker_batching_across_jobs_on_the_gpu_queue():
     command = exec_form(BY_NAME["gpu"].last("CMD"))
 
     assert command[:4] == ["celery", "-A", "lexiscore", "worker"]
     assert command[command.index("-Q") + 1] == "transcription.gpu"
-    assert command[command.index("--pool") + 1] == "prefork"
-    assert command[command.index("--concurrency") + 1] == "1"
+    assert command[command.index("--pool") + 1] == "threads"
+    assert int(command[command.index("--concurrency") + 1]) >= 8
+    assert "WHISPER_CROSS_JOB_BATCHING=true" in " ".join(BY_NAME["gpu"].all("ENV"))
 
 
 def test_the_gpu_image_installs_openai_whisper_without_its_dependencies():

@@ -27,6 +27,7 @@ batch size is halved (never below 1) and the batch retried.
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import shutil
@@ -136,10 +137,16 @@ class BatchKey:
     initial_prompt: str | None
 
 
+_job_numbers = itertools.count()
+
+
 @dataclass
 class _Job:
     key: BatchKey
     cond: threading.Condition
+    # Batches take the oldest job's windows first: jobs finish in arrival order (the first
+    # result after about one job's work) instead of all together at the end of a burst.
+    number: int = field(default_factory=lambda: next(_job_numbers))
     results: dict[int, Any] = field(default_factory=dict)
     error: BaseException | None = None
     done: bool = False
@@ -484,8 +491,8 @@ class BatchScheduler:
             self._process(batch)
 
     def _next_batch(self) -> list[_Item] | None:
-        """The oldest window and up to ``batch_size - 1`` more with its key, waiting at most
-        ``max_wait`` after the oldest was queued for the batch to fill."""
+        """Up to ``batch_size`` windows sharing the oldest window's key, oldest job first, waiting
+        at most ``max_wait`` after the oldest window was queued for the batch to fill."""
         with self._cond:
             while True:
                 if self._closed:
@@ -497,6 +504,7 @@ class BatchScheduler:
                 same = [item for item in self._queue if item.job.key == first.job.key]
                 remaining = first.submitted + self.max_wait - time.monotonic()
                 if len(same) >= self.batch_size or remaining <= 0:
+                    same.sort(key=lambda item: (item.job.number, item.index))
                     batch = same[: self.batch_size]
                     taken = {id(item) for item in batch}
                     self._queue = deque(item for item in self._queue if id(item) not in taken)

@@ -1,0 +1,289 @@
+"""GPU transcription benchmark (issue #7): cross-job batching against the single-file baselines.
+
+For each model profile, word-timestamp setting and number of concurrent jobs it transcribes jobs
+of mixed length (espeak-ng speech, deterministic) through one ``BatchScheduler`` driven by one
+thread per job, as a ``--pool threads`` worker does, and reports aggregate throughput (audio
+seconds per wall second), per-job latency p50/p95 and, with nvidia-smi, GPU memory peak and mean
+utilisation. In the same run, on the same audio and model:
+
+* ``bare-batched-32-threads``: faster-whisper's own ``BatchedInferencePipeline`` (one file per
+  call), driven by 32 threads;
+* ``openai-whisper-single``: openai-whisper, one stream, on the first jobs (``--openai-jobs``);
+* WER of the batched and the unbatched faster-whisper engine against the script that was spoken,
+  on the first jobs (``--wer-jobs``).
+
+    .venv/bin/python bench/gpu/run.py                                  # GPU, the issue's matrix
+    .venv/bin/python bench/gpu/run.py --device cpu --jobs 1,4 --max-seconds 60
+
+Writes a JSON summary to bench/results/gpu-<time>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lexiscore.settings.test")
+
+SENTENCES = [
+    "Please send the quarterly report to the finance team before Friday.",
+    "The meeting has been moved to the large conference room on the second floor.",
+    "Our team finished the migration ahead of schedule.",
+    "The weather will be sunny and warm this afternoon.",
+    "We need to review the budget before the end of the month.",
+    "Call the customer back and confirm the delivery date.",
+]
+
+
+def make_jobs(
+    count: int, min_s: float, max_s: float, folder: Path, seed: int
+) -> list[tuple[Path, str, float]]:
+    """`count` files of random length in [min_s, max_s]: sentences with short pauses."""
+    from tests.speech import SpeechFactory, concatenate
+    from workers.engines.audio import duration_of, load_audio
+
+    speech = SpeechFactory(folder / "parts")
+    sentence_files = [speech.say(text) for text in SENTENCES]
+    lengths = [duration_of(load_audio(path)) for path in sentence_files]
+    pause = speech.silence(0.7)
+    rng = random.Random(seed)
+    jobs = []
+    for index in range(count):
+        target = rng.uniform(min_s, max_s)
+        parts, words, total = [], [], 0.0
+        while total < target or not parts:
+            pick = rng.randrange(len(SENTENCES))
+            parts += [sentence_files[pick], pause]
+            words.append(SENTENCES[pick])
+            total += lengths[pick] + 0.7
+        path = concatenate(parts, folder / f"job-{index:03d}.wav")
+        jobs.append((path, " ".join(words), total))
+    return jobs
+
+
+class GpuSampler:
+    """nvidia-smi memory.used / utilization.gpu every 0.5 s while running (no-op without it)."""
+
+    def __init__(self) -> None:
+        self.smi = shutil.which("nvidia-smi")
+        self.memory: list[float] = []
+        self.utilisation: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GpuSampler:
+        if self.smi:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self.smi:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        assert self.smi is not None
+        while not self._stop.wait(0.5):
+            try:
+                out = subprocess.run(
+                    [
+                        self.smi,
+                        "--query-gpu=memory.used,utilization.gpu",
+                        "--format=csv,noheader,nounits",
+                        "-i=0",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=True,
+                ).stdout
+                memory, util = (float(v) for v in out.strip().splitlines()[0].split(","))
+            except (OSError, subprocess.SubprocessError, ValueError):
+                continue
+            self.memory.append(memory)
+            self.utilisation.append(util)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.memory:
+            return {"gpu_memory_peak_mb": None, "gpu_utilisation_mean": None}
+        return {
+            "gpu_memory_peak_mb": max(self.memory),
+            "gpu_utilisation_mean": round(statistics.fmean(self.utilisation), 1),
+        }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def drive(engine: Any, jobs: list[tuple[Path, str, float]], options: Any, threads: int) -> dict:
+    """Every job in its own call, `threads` at once; throughput and latency."""
+    latencies: list[float] = []
+    texts: list[str] = [""] * len(jobs)
+    start = time.monotonic()
+
+    def one(index: int) -> None:
+        texts[index] = engine.transcribe(jobs[index][0], options).text
+        # From the burst's start, as a user who submitted with everyone else sees it.
+        latencies.append(time.monotonic() - start)
+
+    with GpuSampler() as sampler, ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(len(jobs))))
+    wall = time.monotonic() - start
+    audio = sum(job[2] for job in jobs)
+    return {
+        "jobs": len(jobs),
+        "threads": threads,
+        "audio_seconds": round(audio, 1),
+        "wall_seconds": round(wall, 2),
+        "throughput_x": round(audio / wall, 1),
+        "latency_p50_s": round(percentile(latencies, 0.5), 2),
+        "latency_p95_s": round(percentile(latencies, 0.95), 2),
+        **sampler.summary(),
+        "_texts": texts,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--profiles", default="tiny.en,base")
+    parser.add_argument("--jobs", default="1,8,32,100")
+    parser.add_argument("--min-seconds", type=float, default=10)
+    parser.add_argument("--max-seconds", type=float, default=600)
+    parser.add_argument("--word-timestamps", default="on,off")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: automatic")
+    parser.add_argument("--max-wait-ms", type=float, default=10)
+    parser.add_argument("--baseline-threads", type=int, default=32)
+    parser.add_argument("--baseline-batch-size", type=int, default=16)
+    parser.add_argument("--openai-jobs", type=int, default=2)
+    parser.add_argument("--wer-jobs", type=int, default=4)
+    parser.add_argument("--cpu-threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    import django
+
+    django.setup()
+    import jiwer
+
+    from workers.engines import get_engine
+    from workers.engines.base import TranscriptionOptions
+
+    cache = ROOT / "var" / "models"
+    job_counts = [int(n) for n in args.jobs.split(",")]
+    folder = Path(tempfile.mkdtemp(prefix="lexiscore-bench-gpu-"))
+    all_jobs = make_jobs(max(job_counts), args.min_seconds, args.max_seconds, folder, args.seed)
+
+    def wer(reference: str, hypothesis: str) -> float:
+        clean = jiwer.Compose(
+            [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces()]
+        )
+        return float(jiwer.wer(clean(reference).strip(), clean(hypothesis).strip()))
+
+    rows: list[dict[str, Any]] = []
+    for profile in args.profiles.split(","):
+        common = {"cache_dir": cache, "cpu_threads": args.cpu_threads, "max_engines": 8}
+        scheduler = get_engine(
+            "faster-whisper",
+            profile,
+            args.device,
+            batch_size=args.batch_size or None,
+            cross_job_batching=True,
+            max_wait_ms=args.max_wait_ms,
+            **common,
+        )
+        bare = get_engine(
+            "faster-whisper",
+            profile,
+            args.device,
+            batch_size=args.baseline_batch_size,
+            **common,
+        )
+        unbatched = get_engine("faster-whisper", profile, args.device, **common)
+        language = "en"
+        for wt in args.word_timestamps.split(","):
+            options = TranscriptionOptions(language=language, word_timestamps=wt == "on")
+            base_row = {"profile": profile, "word_timestamps": wt, "device": args.device}
+            for count in job_counts:
+                jobs = all_jobs[:count]
+                result = drive(scheduler, jobs, options, threads=count)
+                texts = result.pop("_texts")
+                row = {**base_row, "mode": "cross-job-batching", **result}
+                row["batch_size"] = scheduler.stats()["batch_size"]
+                k = min(args.wer_jobs, count)
+                if k:
+                    batched_wer = statistics.fmean(wer(jobs[i][1], texts[i]) for i in range(k))
+                    plain_wer = statistics.fmean(
+                        wer(jobs[i][1], unbatched.transcribe(jobs[i][0], options).text)
+                        for i in range(k)
+                    )
+                    row["wer_batched"] = round(batched_wer, 4)
+                    row["wer_unbatched"] = round(plain_wer, 4)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            jobs = all_jobs[: max(job_counts)]
+            threads = min(args.baseline_threads, len(jobs))
+            result = drive(bare, jobs, options, threads=threads)
+            result.pop("_texts")
+            rows.append({**base_row, "mode": f"bare-batched-{threads}-threads", **result})
+            print(json.dumps(rows[-1]), flush=True)
+            if args.openai_jobs:
+                openai = get_engine("openai-whisper", profile, args.device, **common)
+                result = drive(openai, all_jobs[: args.openai_jobs], options, threads=1)
+                result.pop("_texts")
+                rows.append({**base_row, "mode": "openai-whisper-single", **result})
+                print(json.dumps(rows[-1]), flush=True)
+
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_average": os.getloadavg(),
+        },
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
+    out = ROOT / "bench" / "results" / f"gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    print(
+        f"\n{'profile':8} {'wt':3} {'mode':28} {'jobs':>4} {'audio s':>8} {'x rt':>7} "
+        f"{'p50 s':>6} {'p95 s':>6} {'WER b/u':>12} {'GPU MB':>7} {'util':>5}"
+    )
+    for r in rows:
+        wers = (
+            f"{r.get('wer_batched', '')}/{r.get('wer_unbatched', '')}" if "wer_batched" in r else ""
+        )
+        print(
+            f"{r['profile']:8} {r['word_timestamps']:3} {r['mode']:28} {r['jobs']:>4} "
+            f"{r['audio_seconds']:>8} {r['throughput_x']:>7} {r['latency_p50_s']:>6} "
+            f"{r['latency_p95_s']:>6} {wers:>12} {r['gpu_memory_peak_mb'] or '-':>7} "
+            f"{r['gpu_utilisation_mean'] or '-':>5}"
+        )
+    print(f"\nsummary: {out}")
+    shutil.rmtree(folder, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
