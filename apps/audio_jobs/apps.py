@@ -8,8 +8,15 @@ class AudioJobsConfig(AppConfig):
 
     def ready(self) -> None:
         from auditlog.registry import auditlog
+        from django.db.models.signals import post_delete
 
-        from . import models
+        from . import models, transcripts
+
+        post_delete.connect(
+            transcripts.on_transcript_deleted,
+            sender=models.Transcript,
+            dispatch_uid="transcripts-forget-rendered",
+        )
 
         auditlog.register(
             models.TranscriptionJob,

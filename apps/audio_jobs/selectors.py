@@ -12,6 +12,23 @@ from apps.core.exceptions import NotFoundError
 
 from .models import JobStatus, TranscriptionJob, Upload
 
+LIST_DEFERRED = (
+    "audio_key",
+    "dispatched_at",
+    "heartbeat_at",
+    "worker",
+    "audio_validated",
+    "created_by__password",
+    "created_by__last_login",
+    "created_by__email",
+    "created_by__full_name",
+    "created_by__date_joined",
+    "created_by__email_verified_at",
+    "created_by__token_version",
+    "created_by__is_staff",
+    "created_by__is_superuser",
+)
+
 
 def job_list(
     *,
@@ -20,8 +37,11 @@ def job_list(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
 ) -> QuerySet[TranscriptionJob]:
-    queryset = TranscriptionJob.objects.filter(organisation=organisation).select_related(
-        "created_by"
+    queryset = (
+        TranscriptionJob.objects.filter(organisation=organisation)
+        .select_related("created_by")
+        # A page renders neither the worker's bookkeeping nor the creator's account columns.
+        .defer(*LIST_DEFERRED)
     )
     if status:
         queryset = queryset.filter(status=status)
@@ -32,12 +52,9 @@ def job_list(
     return queryset.order_by("-created_at")
 
 
-def job_get(*, organisation, job_id, with_transcript: bool = False) -> TranscriptionJob:
-    """The organisation's job (404 otherwise); `with_transcript` joins its transcript row in the
-    same query instead of the job's creator."""
-    related = "transcript" if with_transcript else "created_by"
+def job_get(*, organisation, job_id) -> TranscriptionJob:
     try:
-        return TranscriptionJob.objects.select_related(related).get(
+        return TranscriptionJob.objects.select_related("created_by").get(
             organisation=organisation, pk=job_id
         )
     except (TranscriptionJob.DoesNotExist, ValueError):

@@ -188,6 +188,9 @@ else:
 AUTH_PRINCIPAL_CACHE_SECONDS = env.int(
     "AUTH_PRINCIPAL_CACHE_SECONDS", default=60 if REDIS_URL else 0
 )
+# Seconds a rendered transcript stays in the cache (transcripts never change once written;
+# deleting one drops its cached bodies). 0: render from the database every time.
+TRANSCRIPT_CACHE_SECONDS = env.int("TRANSCRIPT_CACHE_SECONDS", default=600)
 
 # ------------------------------------------------------------------------------------------------
 # Authentication and passwords

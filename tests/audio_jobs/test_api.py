@@ -18,8 +18,10 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.accounts.models import Role
@@ -946,6 +948,68 @@ def test_the_transcript_is_json_by_default_and_inline_on_request(api_client, aut
     assert response["Content-Type"] == "application/json"
     assert "Content-Disposition" not in response
     assert json.loads(response.content)["language"] == "en"
+
+
+def test_inline_json_is_compact_and_the_download_is_indented(api_client, auth, transcript):
+    inline = get_transcript(api_client, auth, transcript.job, download="false")
+    download = get_transcript(api_client, auth, transcript.job, format="json")
+
+    assert b"\n  " not in inline.content
+    assert b'\n  "task"' in download.content
+    assert json.loads(inline.content) == json.loads(download.content)
+
+
+def test_a_rendered_transcript_is_served_from_the_cache(api_client, auth, transcript):
+    first = get_transcript(api_client, auth, transcript.job, format="srt")
+
+    with CaptureQueriesContext(connection) as queries:
+        second = get_transcript(api_client, auth, transcript.job, format="srt")
+
+    assert second.content == first.content
+    assert second["Content-Disposition"] == first["Content-Disposition"]
+    sql = " ".join(query["sql"] for query in queries)
+    assert "audio_jobs_transcriptionjob" in sql  # the job is still looked up in the organisation
+    assert 'audio_jobs_transcript"' not in sql  # but the transcript is not read again
+
+
+def test_another_organisation_never_gets_a_cached_transcript(api_client, auth, transcript):
+    assert get_transcript(api_client, auth, transcript.job, format="txt").status_code == 200
+    stranger = member(Role.OWNER)
+
+    response = get_transcript(api_client, bearer(stranger.user), transcript.job, format="txt")
+
+    assert_error(response, 404, "job_not_found")
+
+
+def test_deleting_a_job_drops_its_cached_transcripts(
+    api_client, auth, transcript, django_capture_on_commit_callbacks
+):
+    from apps.audio_jobs import transcripts
+
+    job_id = transcript.job.pk
+    for fmt in ("txt", "json"):
+        assert get_transcript(api_client, auth, transcript.job, format=fmt).status_code == 200
+    assert cache.get(transcripts._key(job_id, "txt", False)) is not None
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(f"{JOBS}/{job_id}", **auth).status_code == 204
+
+    assert cache.get_many(transcripts._all_keys(job_id)) == {}
+
+
+def test_transcripts_render_without_the_cache(api_client, auth, transcript, settings, monkeypatch):
+    cached = get_transcript(api_client, auth, transcript.job, format="vtt").content
+    settings.TRANSCRIPT_CACHE_SECONDS = 0
+    assert get_transcript(api_client, auth, transcript.job, format="vtt").content == cached
+
+    settings.TRANSCRIPT_CACHE_SECONDS = 600
+
+    def down(*args, **kwargs):
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr(cache, "get", down)
+    monkeypatch.setattr(cache, "set", down)
+    assert get_transcript(api_client, auth, transcript.job, format="vtt").content == cached
 
 
 @pytest.mark.parametrize(

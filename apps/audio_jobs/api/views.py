@@ -22,7 +22,7 @@ from apps.core.drf import errors, page_of, paginated_response
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
 
-from .. import formats, selectors, services
+from .. import selectors, services, transcripts
 from ..models import JobPriority, JobStatus
 from ..uploads import (
     AudioMultiPartParser,
@@ -229,17 +229,15 @@ class TranscriptView(APIView):
     def get(self, request: Request, version: str, job_id: str) -> HttpResponse:
         params = s.TranscriptFormatInput(data=request.query_params)
         params.is_valid(raise_exception=True)
-        job = selectors.job_get(
-            organisation=get_tenant(request).organisation, job_id=job_id, with_transcript=True
-        )
+        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
         if job.status != JobStatus.COMPLETED:
             raise ConflictError(
                 f"The job is {job.status}; a transcript exists once it is completed.",
                 code="transcript_not_ready",
             )
         fmt, download = params.validated_data["format"], params.validated_data["download"]
-        body, content_type, extension = formats.render_transcript(
-            job.transcript.as_result(), fmt, pretty=download
+        body, content_type, extension = transcripts.transcript_render(
+            job=job, fmt=fmt, pretty=download
         )
         response = HttpResponse(body, content_type=content_type)
         stem = Path(safe_filename(job.original_filename)).stem or "transcript"
