@@ -8,10 +8,17 @@ class AudioJobsConfig(AppConfig):
 
     def ready(self) -> None:
         from auditlog.registry import auditlog
-        from django.db.models.signals import post_delete
+        from django.db.models.signals import post_delete, post_save
+
+        from apps.core.generations import invalidate_on_change
 
         from . import models, transcripts
 
+        receiver = invalidate_on_change(models.READ_CACHE, "organisation_id")
+        for signal in (post_save, post_delete):
+            signal.connect(
+                receiver, sender=models.TranscriptionJob, weak=False, dispatch_uid="jobs-read-cache"
+            )
         post_delete.connect(
             transcripts.on_transcript_deleted,
             sender=models.Transcript,

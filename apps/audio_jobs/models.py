@@ -12,7 +12,17 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.core.generations import GenerationalCache, InvalidatingQuerySet
 from apps.core.models import TimeStampedModel
+
+# Rendered job lists and details per organisation (apps.core.generations): any write to a job
+# invalidates its organisation's entries.
+READ_CACHE = GenerationalCache("jobs:v1", timeout_setting="API_READ_CACHE_SECONDS")
+
+
+class TranscriptionJobQuerySet(InvalidatingQuerySet):
+    generational_cache = READ_CACHE
+    scope_field = "organisation_id"
 
 
 class JobStatus(models.TextChoices):
@@ -93,6 +103,8 @@ class TranscriptionJob(TimeStampedModel):
     model_sha256 = models.CharField(max_length=64, blank=True)
     engine_settings = models.JSONField(default=dict, blank=True)
     processing_seconds = models.FloatField(null=True, blank=True)
+
+    objects = TranscriptionJobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

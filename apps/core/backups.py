@@ -265,6 +265,11 @@ def backup_restore(*, backup: Path, database_name: str, allow_live: bool = False
         raise BackupError(f"pg_restore failed: {completed.stderr.strip()[-2000:]}")
     with _connect(database_name) as conn, conn.cursor() as cursor:
         actual = _row_counts(cursor)
+    if database_name == connection.settings_dict["NAME"]:
+        # Cached reads (apps.core.generations) describe the data that was just replaced.
+        from django.core.cache import cache
+
+        cache.clear()
     return RestoreReport(database=database_name, expected=manifest["row_counts"], actual=actual)
 
 

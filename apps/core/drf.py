@@ -12,6 +12,8 @@ from rest_framework import serializers
 from rest_framework.fields import SkipField
 from rest_framework.relations import PKOnlyObject
 
+from apps.core.generations import GenerationalCache
+
 
 class NamedSerializer(serializers.Serializer):
     """A serializer nested in a view names its schema component after the view.
@@ -163,10 +165,29 @@ def page_of(name: str, item: type[serializers.Serializer]) -> Any:
     )
 
 
-def paginated_response(*, queryset: Any, serializer_class: Any, request: Any, view: Any) -> Any:
-    """A page of `queryset` in the project's standard pagination."""
+def paginated_response(
+    *,
+    queryset: Any,
+    serializer_class: Any,
+    request: Any,
+    view: Any,
+    read_cache: GenerationalCache | None = None,
+    scope: Any = None,
+) -> Any:
+    """A page of `queryset` in the project's standard pagination.
+
+    With `read_cache`, the page is kept per `scope` (the organisation) and absolute URL (its
+    links are absolute); invalid input (400) and pages out of range (404) are never cached.
+    """
+    from rest_framework.response import Response
+
     from apps.core.pagination import StandardPagination
 
-    paginator = StandardPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+    def render() -> Any:
+        paginator = StandardPagination()
+        page = paginator.paginate_queryset(queryset, request, view=view)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data).data
+
+    if read_cache is None:
+        return Response(render())
+    return Response(read_cache.get_or_load(scope, request.build_absolute_uri(), render))

@@ -8,7 +8,16 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.core.generations import GenerationalCache, InvalidatingQuerySet
 from apps.core.models import TimeStampedModel
+
+# Rendered report lists per organisation (apps.core.generations).
+READ_CACHE = GenerationalCache("reports:v1", timeout_setting="API_READ_CACHE_SECONDS")
+
+
+class ReportQuerySet(InvalidatingQuerySet):
+    generational_cache = READ_CACHE
+    scope_field = "organisation_id"
 
 
 class ReportKind(models.TextChoices):
@@ -76,6 +85,8 @@ class Report(TimeStampedModel):
     size_bytes = models.BigIntegerField(null=True, blank=True)
     generation_seconds = models.FloatField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ReportQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]

@@ -188,6 +188,10 @@ else:
 AUTH_PRINCIPAL_CACHE_SECONDS = env.int(
     "AUTH_PRINCIPAL_CACHE_SECONDS", default=60 if REDIS_URL else 0
 )
+# Seconds a rendered job list/detail or report list may be served from the cache
+# (apps.core.generations; every write to a job or report invalidates its organisation's entries
+# at once). Off with the per-process local-memory cache.
+API_READ_CACHE_SECONDS = env.int("API_READ_CACHE_SECONDS", default=300 if REDIS_URL else 0)
 # Seconds a rendered transcript stays in the cache (transcripts never change once written;
 # deleting one drops its cached bodies). 0: render from the database every time.
 TRANSCRIPT_CACHE_SECONDS = env.int("TRANSCRIPT_CACHE_SECONDS", default=600)

@@ -32,7 +32,9 @@ ME = "/api/v1/me/"
 def _warm(api_client, headers) -> None:
     response = api_client.get(ME, **headers)
     assert response.status_code == 200
-    assert cache.get(principals._entry_key(response.json()["id"])) is not None
+    assert (
+        cache.get(principals.CACHE.entry_key(response.json()["id"], principals.ENTRY)) is not None
+    )
 
 
 def test_a_cached_request_reads_neither_the_user_nor_the_membership(api_client, db):
@@ -53,7 +55,7 @@ def test_the_cached_entry_holds_no_password_hash(api_client, db):
     owner = member(Role.OWNER)
     _warm(api_client, bearer(owner.user))
 
-    entry = cache.get(principals._entry_key(owner.user.public_id))
+    entry = cache.get(principals.CACHE.entry_key(owner.user.public_id, principals.ENTRY))
     blob = pickle.dumps(entry)
 
     assert owner.user.password.encode() not in blob
@@ -138,7 +140,7 @@ def test_an_entry_read_before_a_concurrent_commit_is_never_used(db, monkeypatch)
     def load_then_commit_elsewhere(pid):
         loaded = load(pid)
         loads.append(pid)
-        principals._new_generations([pid])  # what the writer's on_commit does meanwhile
+        principals.CACHE._replace_generations([pid])  # what the writer's on_commit does meanwhile
         return loaded
 
     monkeypatch.setattr(principals, "_load", load_then_commit_elsewhere)
@@ -151,7 +153,7 @@ def test_an_entry_read_before_a_concurrent_commit_is_never_used(db, monkeypatch)
 
 def test_invalidation_is_repeated_after_the_commit(db, django_capture_on_commit_callbacks):
     owner = member(Role.OWNER)
-    key = principals._generation_key(owner.user.public_id)
+    key = principals.CACHE.generation_key(owner.user.public_id)
     principals.principal_get(owner.user.public_id)
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -184,7 +186,7 @@ def test_the_cache_can_be_turned_off(api_client, db, settings):
     headers = bearer(owner.user)
 
     assert api_client.get(JOBS, **headers).status_code == 200
-    assert cache.get(principals._entry_key(owner.user.public_id)) is None
+    assert cache.get(principals.CACHE.entry_key(owner.user.public_id, principals.ENTRY)) is None
     with CaptureQueriesContext(connection) as queries:
         api_client.get(JOBS, **headers)
     assert "accounts_membership" in " ".join(query["sql"] for query in queries)

@@ -23,7 +23,7 @@ from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
 
 from .. import selectors, services, transcripts
-from ..models import JobPriority, JobStatus
+from ..models import READ_CACHE, JobPriority, JobStatus
 from ..uploads import (
     AudioMultiPartParser,
     LimitedTemporaryFileUploadHandler,
@@ -97,7 +97,12 @@ class JobListCreateView(APIView):
             created_before=filters.validated_data.get("created_before"),
         )
         return paginated_response(
-            queryset=jobs, serializer_class=s.JobOutput, request=request, view=self
+            queryset=jobs,
+            serializer_class=s.JobOutput,
+            request=request,
+            view=self,
+            read_cache=READ_CACHE,
+            scope=tenant.organisation.id,
         )
 
     @extend_schema(
@@ -177,8 +182,13 @@ class JobDetailView(APIView):
 
     @extend_schema(operation_id="jobs_retrieve", responses={200: s.JobOutput, **ERRORS})
     def get(self, request: Request, version: str, job_id: str) -> Response:
-        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
-        return Response(s.JobOutput(job).data)
+        organisation = get_tenant(request).organisation
+
+        def render() -> dict:
+            job = selectors.job_get(organisation=organisation, job_id=job_id)
+            return s.JobOutput(job).data
+
+        return Response(READ_CACHE.get_or_load(organisation.id, f"job:{job_id}", render))
 
     @extend_schema(
         operation_id="jobs_destroy",

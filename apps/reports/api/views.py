@@ -17,7 +17,7 @@ from apps.core.exceptions import ConflictError
 from apps.core.http import attachment_header
 
 from .. import selectors, services
-from ..models import ReportFormat, ReportKind, ReportStatus
+from ..models import READ_CACHE, ReportFormat, ReportKind, ReportStatus
 
 ERRORS = errors(400, 401, 403, 404)
 
@@ -59,11 +59,17 @@ class ReportListCreateView(APIView):
         operation_id="reports_list", responses={200: page_of("Report", ReportOutput), **ERRORS}
     )
     def get(self, request: Request, version: str) -> Response:
+        organisation = get_tenant(request).organisation
         reports = selectors.report_list(
-            organisation=get_tenant(request).organisation, kind=request.query_params.get("kind")
+            organisation=organisation, kind=request.query_params.get("kind")
         )
         return paginated_response(
-            queryset=reports, serializer_class=ReportOutput, request=request, view=self
+            queryset=reports,
+            serializer_class=ReportOutput,
+            request=request,
+            view=self,
+            read_cache=READ_CACHE,
+            scope=organisation.id,
         )
 
     @extend_schema(
