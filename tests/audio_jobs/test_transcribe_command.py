@@ -91,6 +91,8 @@ def test_the_profile_and_engine_settings_are_the_workers(fake_engine, clip, sett
         model_dir="/srv/models/base",
         cpu_threads=3,
         batch_size=None,
+        cross_job_batching=False,
+        max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
     )
     path, options = engines[0].calls[0]
     assert path == clip

@@ -85,4 +85,7 @@ class Command(BaseCommand):
             f"Done in {time.monotonic() - started:.1f} s; language {result.language} "
             f"({result.language_probability:.2f})."
         )
-        self.stdout.write(formats.render(result, options["output_format"]), ending="")
+        body, _media_type, _extension = formats.render_transcript(
+            result, options["output_format"], pretty=True
+        )
+        self.stdout.write(body, ending="")
