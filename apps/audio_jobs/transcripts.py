@@ -19,8 +19,10 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
+from apps.core.exceptions import NotFoundError
+
 from . import formats
-from .models import Transcript, TranscriptionJob
+from .models import Transcript
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +37,13 @@ def _all_keys(job_id: Any) -> list[str]:
     return [_key(job_id, fmt, False) for fmt in formats.FORMATS] + [_key(job_id, "json", True)]
 
 
-def transcript_render(
-    *, job: TranscriptionJob, fmt: str, pretty: bool = False
-) -> tuple[str, str, str]:
-    """`(body, media type, file extension)` of the completed `job`'s transcript in `fmt`."""
+def transcript_render(*, job_id: Any, fmt: str, pretty: bool = False) -> tuple[str, str, str]:
+    """`(body, media type, file extension)` of a completed job's transcript in `fmt`.
+
+    The caller has found the job in the caller's organisation and checked it is completed."""
     pretty = pretty and fmt == "json"  # only JSON has a pretty form
     timeout = settings.TRANSCRIPT_CACHE_SECONDS
-    key = _key(job.pk, fmt, pretty)
+    key = _key(job_id, fmt, pretty)
     body = None
     if timeout > 0:
         try:
@@ -49,7 +51,10 @@ def transcript_render(
         except Exception:  # an optimisation only: render from the database instead
             logger.warning("transcript cache unavailable", exc_info=True)
     if body is None:
-        transcript = Transcript.objects.get(job_id=job.pk)
+        try:
+            transcript = Transcript.objects.get(job_id=job_id)
+        except Transcript.DoesNotExist:  # the job was deleted since the caller looked it up
+            raise NotFoundError("No such job.", code="job_not_found") from None
         body, _media_type, _extension = formats.render_transcript(
             transcript.as_result(), fmt, pretty=pretty
         )

@@ -176,8 +176,10 @@ def paginated_response(
 ) -> Any:
     """A page of `queryset` in the project's standard pagination.
 
-    With `read_cache`, the page is kept per `scope` (the organisation) and absolute URL (its
-    links are absolute); invalid input (400) and pages out of range (404) are never cached.
+    `queryset` may be a list, or a callable returning the queryset (built only when the page
+    is not served from the cache). With `read_cache`, the page is kept per `scope` (the
+    organisation) and absolute URL (its links are absolute); invalid input (400) and pages out
+    of range (404) are never cached.
     """
     from rest_framework.response import Response
 
@@ -185,7 +187,8 @@ def paginated_response(
 
     def render() -> Any:
         paginator = StandardPagination()
-        page = paginator.paginate_queryset(queryset, request, view=view)
+        rows = queryset() if callable(queryset) else queryset
+        page = paginator.paginate_queryset(rows, request, view=view)
         return paginator.get_paginated_response(serializer_class(page, many=True).data).data
 
     if read_cache is None:

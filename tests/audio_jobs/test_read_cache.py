@@ -157,3 +157,23 @@ def test_reads_work_with_the_cache_off(api_client, auth, owner, settings):
         assert api_client.get(f"{JOBS}/{job.pk}", **auth).status_code == 200
     assert job_queries(queries)
     assert not READ_CACHE.enabled
+
+
+def test_a_transcript_deleted_after_the_job_lookup_is_a_404_not_a_500(db):
+    import uuid
+
+    from apps.audio_jobs import transcripts
+    from apps.core.exceptions import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        transcripts.transcript_render(job_id=uuid.uuid4(), fmt="txt")
+
+
+def test_the_organisation_list_comes_from_the_authenticated_principal(api_client, auth, owner):
+    api_client.get("/api/v1/organisations/", **auth)
+
+    with CaptureQueriesContext(connection) as queries:
+        response = api_client.get("/api/v1/organisations/", **auth)
+
+    assert response.json()["results"][0]["id"] == str(owner.organisation.id)
+    assert queries.captured_queries == []

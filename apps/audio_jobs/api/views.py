@@ -90,14 +90,13 @@ class JobListCreateView(APIView):
         filters = s.JobListFilterInput(data=request.query_params)
         filters.is_valid(raise_exception=True)
         tenant = get_tenant(request)
-        jobs = selectors.job_list(
-            organisation=tenant.organisation,
-            status=filters.validated_data.get("status"),
-            created_after=filters.validated_data.get("created_after"),
-            created_before=filters.validated_data.get("created_before"),
-        )
         return paginated_response(
-            queryset=jobs,
+            queryset=lambda: selectors.job_list(
+                organisation=tenant.organisation,
+                status=filters.validated_data.get("status"),
+                created_after=filters.validated_data.get("created_after"),
+                created_before=filters.validated_data.get("created_before"),
+            ),
             serializer_class=s.JobOutput,
             request=request,
             view=self,
@@ -177,18 +176,21 @@ def _temporary_path(upload) -> str:
     raise ApplicationError("The upload could not be read; send it again.", code="upload_failed")
 
 
+def job_output(organisation, job_id: str) -> dict:
+    """The organisation's job as `JobOutput` renders it (404 otherwise), from the read cache."""
+
+    def render() -> dict:
+        return s.JobOutput(selectors.job_get(organisation=organisation, job_id=job_id)).data
+
+    return READ_CACHE.get_or_load(organisation.id, f"job:{job_id}", render)
+
+
 class JobDetailView(APIView):
     permission_classes = [IsAuthenticated, TenantPermission]
 
     @extend_schema(operation_id="jobs_retrieve", responses={200: s.JobOutput, **ERRORS})
     def get(self, request: Request, version: str, job_id: str) -> Response:
-        organisation = get_tenant(request).organisation
-
-        def render() -> dict:
-            job = selectors.job_get(organisation=organisation, job_id=job_id)
-            return s.JobOutput(job).data
-
-        return Response(READ_CACHE.get_or_load(organisation.id, f"job:{job_id}", render))
+        return Response(job_output(get_tenant(request).organisation, job_id))
 
     @extend_schema(
         operation_id="jobs_destroy",
@@ -239,18 +241,18 @@ class TranscriptView(APIView):
     def get(self, request: Request, version: str, job_id: str) -> HttpResponse:
         params = s.TranscriptFormatInput(data=request.query_params)
         params.is_valid(raise_exception=True)
-        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
-        if job.status != JobStatus.COMPLETED:
+        job = job_output(get_tenant(request).organisation, job_id)
+        if job["status"] != JobStatus.COMPLETED:
             raise ConflictError(
-                f"The job is {job.status}; a transcript exists once it is completed.",
+                f"The job is {job['status']}; a transcript exists once it is completed.",
                 code="transcript_not_ready",
             )
         fmt, download = params.validated_data["format"], params.validated_data["download"]
         body, content_type, extension = transcripts.transcript_render(
-            job=job, fmt=fmt, pretty=download
+            job_id=job["id"], fmt=fmt, pretty=download
         )
         response = HttpResponse(body, content_type=content_type)
-        stem = Path(safe_filename(job.original_filename)).stem or "transcript"
+        stem = Path(safe_filename(job["original_filename"])).stem or "transcript"
         if download:
             response["Content-Disposition"] = attachment_header(
                 f"{stem}.{extension}", fallback="transcript"

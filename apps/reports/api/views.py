@@ -60,11 +60,10 @@ class ReportListCreateView(APIView):
     )
     def get(self, request: Request, version: str) -> Response:
         organisation = get_tenant(request).organisation
-        reports = selectors.report_list(
-            organisation=organisation, kind=request.query_params.get("kind")
-        )
         return paginated_response(
-            queryset=reports,
+            queryset=lambda: selectors.report_list(
+                organisation=organisation, kind=request.query_params.get("kind")
+            ),
             serializer_class=ReportOutput,
             request=request,
             view=self,

@@ -155,8 +155,12 @@ class OrganisationListApi(UserApi):
         tags=["organisations"],
     )
     def get(self, request: Request, version: str) -> Response:
+        # JWT authentication loaded them, in the selector's order (apps.accounts.principals).
+        loaded = getattr(request.user, "principal_memberships", None)
         return paginated_response(
-            queryset=selectors.user_memberships(user=request.user),
+            queryset=list(loaded)
+            if loaded is not None
+            else selectors.user_memberships(user=request.user),
             serializer_class=MembershipOrganisationOutput,
             request=request,
             view=self,
