@@ -12,15 +12,16 @@ from apps.core import health
 from apps.core.exceptions import json_error_view
 
 api_v1 = [
+    # The busiest routes first: Django tries the patterns in order on every request.
+    path("", include("apps.audio_jobs.api.urls")),
+    path("", include("apps.reports.api.urls")),
+    path("", include("apps.accounts.api.urls")),
+    path("", include("apps.audit.api.urls")),
+    path("", include("apps.webhooks.api.urls")),
+    path("", include("apps.notifications.api.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="v1:schema"), name="swagger-ui"),
     path("redoc/", SpectacularRedocView.as_view(url_name="v1:schema"), name="redoc"),
-    path("", include("apps.accounts.api.urls")),
-    path("", include("apps.audit.api.urls")),
-    path("", include("apps.audio_jobs.api.urls")),
-    path("", include("apps.reports.api.urls")),
-    path("", include("apps.webhooks.api.urls")),
-    path("", include("apps.notifications.api.urls")),
 ]
 
 urlpatterns = [

@@ -200,3 +200,68 @@ def test_an_unknown_user_in_a_valid_token_is_refused(api_client, db):
     owner.user.delete()
 
     assert api_client.get(ME, **headers).status_code == 401
+
+
+# ---- Verified access tokens (apps.accounts.authentication.validated_tokens) ----------------------
+def test_a_token_is_verified_once_per_process(api_client, db, monkeypatch):
+    from rest_framework_simplejwt.backends import TokenBackend
+
+    owner = member(Role.OWNER)
+    headers = bearer(owner.user)
+    decode = TokenBackend.decode
+    calls = []
+    monkeypatch.setattr(
+        TokenBackend, "decode", lambda self, *a, **k: calls.append(1) or decode(self, *a, **k)
+    )
+
+    for _ in range(3):
+        assert api_client.get(ME, **headers).status_code == 200
+
+    assert len(calls) == 1
+
+
+def test_a_verified_token_still_expires():
+    import time
+
+    from apps.accounts.authentication import _ValidatedTokens
+
+    tokens = _ValidatedTokens()
+    tokens.put(b"fresh", {"exp": time.time() + 60})
+    tokens.put(b"stale", {"exp": time.time() - 60})
+
+    assert tokens.get(b"fresh") is not None
+    assert tokens.get(b"stale") is None
+    assert tokens.get(b"never-seen") is None
+
+
+def test_the_verified_token_memory_is_bounded():
+    import time
+
+    from apps.accounts.authentication import _ValidatedTokens
+
+    tokens = _ValidatedTokens(size=2)
+    for raw in (b"a", b"b", b"c"):
+        tokens.put(raw, {"exp": time.time() + 60})
+
+    assert tokens.get(b"a") is None
+    assert tokens.get(b"b") is not None and tokens.get(b"c") is not None
+
+
+def test_a_cached_token_is_still_refused_once_revoked(api_client, db):
+    owner = member(Role.OWNER)
+    headers = bearer(owner.user)
+    assert api_client.get(ME, **headers).status_code == 200
+
+    user_tokens_revoke(user=owner.user)
+
+    assert api_client.get(ME, **headers).status_code == 401
+
+
+def test_a_tampered_copy_of_a_verified_token_is_refused(api_client, db):
+    owner = member(Role.OWNER)
+    headers = bearer(owner.user)
+    assert api_client.get(ME, **headers).status_code == 200
+    token = headers["HTTP_AUTHORIZATION"]
+    tampered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+
+    assert api_client.get(ME, HTTP_AUTHORIZATION=tampered).status_code == 401
