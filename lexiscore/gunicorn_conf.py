@@ -10,10 +10,17 @@ import os
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 workers = int(os.environ.get("GUNICORN_WORKERS", multiprocessing.cpu_count() * 2 + 1))
 worker_class = os.environ.get("GUNICORN_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# One thread per process: requests are short and CPU-bound in Python (most are served from the
+# caches), and threads of one process contend for the GIL. On 2 cores, 4 processes x 4 threads
+# served ~250 req/s, 4 x 1 ~313 req/s (docs/benchmarks.md). gthread with one thread still keeps
+# idle keep-alive connections in its poller; add threads only for slow, I/O-bound requests.
+threads = int(os.environ.get("GUNICORN_THREADS", "1"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
-keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "5"))
+# Longer than the idle timeout of common proxies and load balancers (60 s), so that they, not
+# gunicorn, close idle connections (no race on a reused connection); idle keep-alive
+# connections cost gthread only a poller entry.
+keepalive = int(os.environ.get("GUNICORN_KEEPALIVE", "75"))
 backlog = int(os.environ.get("GUNICORN_BACKLOG", "2048"))
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "5000"))
 max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "500"))
@@ -21,6 +28,10 @@ max_requests_jitter = int(os.environ.get("GUNICORN_MAX_REQUESTS_JITTER", "500"))
 limit_request_line = 8190
 limit_request_fields = 100
 accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-")
+# "off": no access log from gunicorn (when the proxy in front of it keeps one).
+_access_level = "WARNING" if accesslog == "off" else "INFO"
+if accesslog == "off":
+    accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
@@ -60,7 +71,7 @@ logconfig_dict = {
     "loggers": {
         "gunicorn.error": {"handlers": ["console"], "level": loglevel.upper(), "propagate": False},
         # %(U)s is the path without the query string: tokens in URLs never reach the log.
-        "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "gunicorn.access": {"handlers": ["console"], "level": _access_level, "propagate": False},
     },
 }
 

@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.http import HttpRequest
-from django_ratelimit.core import get_usage
+from django_ratelimit import ALL
+from django_ratelimit.core import (
+    EXPIRATION_FUDGE,
+    _get_window,
+    _make_cache_key,
+    _split_rate,
+    get_usage,
+)
 from redis.exceptions import RedisError
 from rest_framework.exceptions import Throttled
 from rest_framework.request import Request
@@ -54,10 +64,38 @@ def _usage(
 ) -> dict[str, Any] | None:
     """django-ratelimit's usage, or None when the shared store cannot be reached."""
     try:
+        store = caches[settings.RATELIMIT_USE_CACHE]
+        if increment and isinstance(store, RedisCache):
+            return _count_in_one_round_trip(store, group=group, key=key, rate=rate)
         return get_usage(request, group=group, key=_key(key), rate=rate, increment=increment)
     except (RedisError, ConnectionError, TimeoutError, OSError):
         logger.warning("Rate-limit store unreachable for %s", group, exc_info=True)
         return None
+
+
+def _count_in_one_round_trip(
+    store: RedisCache, *, group: str, key: str, rate: str
+) -> dict[str, Any]:
+    """django-ratelimit's counting (same key, window and result) in one Redis round trip.
+
+    `get_usage` adds the counter then increments it: two round trips on every API call. Here a
+    pipeline sends both (`SET key 0 EX ttl NX`, then `INCR key`) at once; the counter is the
+    same Redis integer `cache.incr` maintains, so `get_usage` reads it unchanged.
+    """
+    limit, period = _split_rate(rate)
+    window = _get_window(key, period)
+    redis_key = store.make_and_validate_key(_make_cache_key(group, window, rate, key, ALL))
+    client = store._cache.get_client(redis_key, write=True)
+    pipe = client.pipeline(transaction=False)
+    pipe.set(redis_key, 0, ex=period + EXPIRATION_FUDGE, nx=True)
+    pipe.incr(redis_key)
+    _added, count = pipe.execute()
+    return {
+        "count": count,
+        "limit": limit,
+        "should_limit": count > limit,
+        "time_left": window - int(time.time()),
+    }
 
 
 def _retry_after(usage: dict[str, Any]) -> int:

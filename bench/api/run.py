@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
+CPUS = os.cpu_count() or 1
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 
 
@@ -75,6 +77,55 @@ def wait_http(url: str, timeout: float) -> None:
                 return
         time.sleep(0.3)
     raise SystemExit(f"gunicorn did not answer {url} within {timeout:.0f} s")
+
+
+def warm_up(base: str, creds_path: Path) -> dict:
+    """Request every distinct read of the mix once (as its organisation's first member), so the
+    measurement sees the steady state of a running system: cached pages, jobs, transcripts.
+    Returns what was requested and how long it took."""
+    import concurrent.futures
+
+    creds = json.loads(creds_path.read_text())
+    first_member = {}
+    for account in creds["users"]:
+        first_member.setdefault(account["organisation"], account["access"])
+    requests = []
+    for org, token in first_member.items():
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "X-Organisation": org,
+            "Accept": "application/json",
+        }
+        paths = ["/api/v1/jobs", "/api/v1/reports/", "/api/v1/organisations/", "/api/v1/me/"]
+        paths += [f"/api/v1/jobs?status={s}&page_size=20&page=1" for s in STATUSES]
+        paths.append("/api/v1/jobs?status=completed&page_size=20&page=2")
+        paths += [f"/api/v1/jobs/{job}" for job in creds["jobs"][org]]
+        paths += [
+            f"/api/v1/jobs/{job}/transcript?format=json&download=false"
+            for job in creds["completed_jobs"][org]
+        ]
+        requests += [(path, headers) for path in paths]
+
+    def fetch(item: tuple[str, dict]) -> int:
+        path, headers = item
+        request = urllib.request.Request(base + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(fetch, requests))
+    return {
+        "requests": len(statuses),
+        "non_200": sum(1 for status in statuses if status != 200),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+STATUSES = ["completed", "queued", "failed"]  # as in locustfile.py
 
 
 def read_stats(prefix: Path) -> list[dict]:
@@ -133,9 +184,20 @@ def main() -> None:
     parser.add_argument("--orgs", type=int, default=50)
     parser.add_argument("--users-per-org", type=int, default=20)
     parser.add_argument("--jobs-per-org", type=int, default=40)
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", 4)))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", 4)))
+    # The production defaults of lexiscore/gunicorn_conf.py.
+    parser.add_argument(
+        "--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", 2 * CPUS + 1))
+    )
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("GUNICORN_THREADS", 1)))
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
+    parser.add_argument(
+        "--cold", action="store_true", help="no warm-up pass: start with empty caches"
+    )
+    parser.add_argument(
+        "--no-rate-limits",
+        action="store_true",
+        help="turn the per-user rate limits off (on by default, as in production)",
+    )
     args = parser.parse_args()
     users = args.users or (1000 if args.scenario == "read" else 50)
     spawn_rate = args.spawn_rate or (25.0 if args.scenario == "read" else 10.0)
@@ -158,7 +220,7 @@ def main() -> None:
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{dbname}",
         "REDIS_URL": "redis://127.0.0.1:6379/13",
-        "RATE_LIMIT_ENABLED": "false",
+        "RATE_LIMIT_ENABLED": "false" if args.no_rate_limits else "true",
         "STATIC_ROOT": static_root,
         "LEXISCORE_VAR_DIR": tempfile.mkdtemp(prefix="lexiscore-bench-var-"),
         "LOG_LEVEL": "WARNING",
@@ -179,6 +241,8 @@ def main() -> None:
         "spawn_rate": spawn_rate,
         "duration_s": args.duration,
         "gunicorn": {"workers": args.workers, "threads": args.threads},
+        "rate_limits": not args.no_rate_limits,
+        "cold": args.cold,
         "started": stamp,
         "command": " ".join([Path(PY).name, *sys.argv]),
         "loadavg_start": load_average(),
@@ -217,6 +281,10 @@ def main() -> None:
             start_new_session=True,
         )
         wait_http(f"http://127.0.0.1:{port}/healthz", 60)
+        if args.scenario == "read" and not args.cold:
+            print("-- warm-up: every read of the mix once ...", flush=True)
+            summary["warm_up"] = warm_up(f"http://127.0.0.1:{port}", creds)
+            print(f"   warm-up: {summary['warm_up']}", flush=True)
         user_class = "ReadUser" if args.scenario == "read" else "LoginUser"
         prefix = RESULTS / tag
         run_time = int(ramp + args.duration)

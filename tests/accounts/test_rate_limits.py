@@ -282,13 +282,39 @@ def test_the_uploads_scope_is_a_stricter_window_of_its_own(api_client, db):
 
 
 @override_settings(PLAN_RATE_LIMITS=PLANS)
-def test_the_general_rate_fails_open_when_the_counters_are_unreachable(api_client, db):
+def test_the_general_rate_fails_open_when_the_counters_are_unreachable(api_client, db, settings):
     user = member(Role.MEMBER).user
+    settings.CACHES = {
+        **settings.CACHES,
+        # Nothing listens on port 1: every counter operation fails to connect.
+        "counters-down": {
+            "BACKEND": "apps.core.cache.InstrumentedRedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        },
+    }
+    settings.RATELIMIT_USE_CACHE = "counters-down"
 
-    with mock.patch("apps.accounts.ratelimit.get_usage", side_effect=RedisConnectionError):
-        codes = {api_client.get("/api/v1/members/", **bearer(user)).status_code for _ in range(5)}
+    codes = {api_client.get("/api/v1/members/", **bearer(user)).status_code for _ in range(5)}
 
     assert codes == {200}
+
+
+def test_an_api_call_counts_in_one_redis_round_trip(api_client, db):
+    from redis.client import Pipeline
+
+    user = member(Role.MEMBER).user
+    headers = bearer(user)
+    api_client.get("/api/v1/members/", **headers)
+
+    with (
+        mock.patch.object(Pipeline, "execute", autospec=True, side_effect=Pipeline.execute) as run,
+        # django-ratelimit's add() then incr() (two round trips) is not used for counting.
+        mock.patch("apps.accounts.ratelimit.get_usage", side_effect=AssertionError),
+    ):
+        assert api_client.get("/api/v1/members/", **headers).status_code == 200
+
+    assert run.call_count == 1  # SET NX and INCR sent together
 
 
 # ---- Where the counters live and whom they count ----------------------------------------------
