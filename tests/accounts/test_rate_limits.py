@@ -281,8 +281,10 @@ def test_the_uploads_scope_is_a_stricter_window_of_its_own(api_client, db):
     assert reads.status_code == 200
 
 
-@override_settings(PLAN_RATE_LIMITS=PLANS)
 def test_the_general_rate_fails_open_when_the_counters_are_unreachable(api_client, db, settings):
+    # All through the `settings` fixture: mixed with an override_settings decorator, its
+    # restore would bring back the decorator's values after the test.
+    settings.PLAN_RATE_LIMITS = PLANS  # 3 calls a minute: five answered means it failed open
     user = member(Role.MEMBER).user
     settings.CACHES = {
         **settings.CACHES,

@@ -126,29 +126,21 @@ def get_engine(
         files = prepare_model(
             profile, cache_dir=cache_dir, model_dir=model_dir, expected_sha256=expected_sha256
         )
-        if name == FASTER_WHISPER and cross_job_batching:
+        if name == FASTER_WHISPER:
             from workers.engines.batching import BatchScheduler
-
-            engine = BatchScheduler(
-                files,
-                device=device,
-                compute_type=compute_type,
-                cpu_threads=cpu_threads,
-                num_workers=num_workers,
-                batch_size=batch_size,
-                max_wait_ms=max_wait_ms,
-            )
-        elif name == FASTER_WHISPER:
             from workers.engines.faster import FasterWhisperEngine
 
-            engine = FasterWhisperEngine(
-                files,
-                device=device,
-                compute_type=compute_type,
-                cpu_threads=cpu_threads,
-                num_workers=num_workers,
-                batch_size=batch_size,
-            )
+            faster: dict[str, Any] = {
+                "device": device,
+                "compute_type": compute_type,
+                "cpu_threads": cpu_threads,
+                "num_workers": num_workers,
+                "batch_size": batch_size,
+            }
+            if cross_job_batching:
+                engine = BatchScheduler(files, max_wait_ms=max_wait_ms, **faster)
+            else:
+                engine = FasterWhisperEngine(files, **faster)
         else:
             from workers.engines.openai import OpenAIWhisperEngine
 
