@@ -19,7 +19,7 @@ from os import PathLike
 from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 from workers.engines.errors import ProfileError, TranscriptionCancelled
-from workers.engines.models import normalise_language
+from workers.engines.models import ModelFiles, normalise_language
 
 Task = Literal["transcribe", "translate"]
 TASKS: tuple[str, ...] = ("transcribe", "translate")
@@ -330,9 +330,7 @@ class ProgressReporter:
 
 
 def begin_transcription(
-    *,
-    profile: str,
-    english_only: bool,
+    model_files: ModelFiles,
     audio_path: AudioPath,
     options: TranscriptionOptions,
     progress_callback: ProgressCallback | None,
@@ -343,7 +341,7 @@ def begin_transcription(
     here). Returns (audio, duration in seconds, reporter)."""
     from workers.engines.audio import duration_of, load_audio
 
-    check_model_language(profile, english_only, options)
+    check_model_language(model_files.profile, model_files.english_only, options)
     audio = load_audio(audio_path)
     duration = duration_of(audio)
     reporter = ProgressReporter(duration, progress_callback, should_cancel)

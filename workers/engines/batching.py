@@ -255,12 +255,7 @@ class BatchScheduler:
         from faster_whisper.transcribe import restore_speech_timestamps
 
         audio, duration, reporter = begin_transcription(
-            profile=self.profile,
-            english_only=self.model_files.english_only,
-            audio_path=audio_path,
-            options=options,
-            progress_callback=progress_callback,
-            should_cancel=should_cancel,
+            self.model_files, audio_path, options, progress_callback, should_cancel
         )
         language = options.language or "en"
         language_probability = 1.0

@@ -110,12 +110,7 @@ class FasterWhisperEngine:
         should_cancel: CancelCheck | None = None,
     ) -> TranscriptionResult:
         audio, duration, reporter = begin_transcription(
-            profile=self.profile,
-            english_only=self.model_files.english_only,
-            audio_path=audio_path,
-            options=options,
-            progress_callback=progress_callback,
-            should_cancel=should_cancel,
+            self.model_files, audio_path, options, progress_callback, should_cancel
         )
 
         kwargs: dict[str, Any] = {

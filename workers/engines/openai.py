@@ -392,12 +392,7 @@ class OpenAIWhisperEngine:
         should_cancel: CancelCheck | None = None,
     ) -> TranscriptionResult:
         audio, duration, reporter = begin_transcription(
-            profile=self.profile,
-            english_only=self.model_files.english_only,
-            audio_path=audio_path,
-            options=options,
-            progress_callback=progress_callback,
-            should_cancel=should_cancel,
+            self.model_files, audio_path, options, progress_callback, should_cancel
         )
 
         clips = to_mel_clips(speech_clips(audio) if options.vad else [(0.0, duration)], audio)
