@@ -11,6 +11,11 @@ alternative; they break as soon as a child is replaced and need a port range per
 
 Both variables are set per worker service in docker-compose.yml; without them the signal handlers
 still count (in-process) but nothing is served.
+
+Cross-job batching (`--pool threads`, WHISPER_CROSS_JOB_BATCHING): the batch scheduler lives in
+the worker's main process, beside the metrics server, so `BatchSchedulerCollector` reads its
+counters at scrape time (`lexiscore_whisper_batch_*`): batches, windows, batches that mixed jobs,
+out-of-memory halvings, the batch size now and the windows waiting.
 """
 
 from __future__ import annotations
@@ -143,10 +148,102 @@ def _serve_metrics(**_kwargs: Any) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
+    registry.register(BatchSchedulerCollector())
     start_http_server(
         int(port), addr=os.environ.get("WORKER_METRICS_ADDR", "0.0.0.0"), registry=registry
     )
     logger.info("Worker metrics served on port %s", port)
+
+
+# metric name (exposed with _total), help, key in BatchScheduler.stats(), scale
+_BATCH_COUNTERS = (
+    (
+        "lexiscore_whisper_batches",
+        "Batches decoded by the cross-job batch scheduler.",
+        "batches",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_windows",
+        "Audio windows (<= 30 s) decoded in batches.",
+        "windows",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_multi_job_batches",
+        "Batches that held windows of more than one job.",
+        "multi_job_batches",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_out_of_memory",
+        "Out-of-memory errors after which the batch size was halved (windows retried).",
+        "out_of_memory",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_isolation_retries",
+        "Failed batches retried window by window to find the job at fault.",
+        "isolation_retries",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_failed_windows",
+        "Windows whose decoding failed (their job fails).",
+        "failed_windows",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_dropped_windows",
+        "Queued windows dropped because their job was cancelled, failed or timed out.",
+        "dropped_windows",
+        1,
+    ),
+    (
+        "lexiscore_whisper_batch_model_seconds",
+        "Time spent in batched model calls.",
+        "model_ms",
+        0.001,
+    ),
+)
+
+
+class BatchSchedulerCollector:
+    """The counters of this process's cross-job batch schedulers, read at scrape time."""
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from workers.engines import loaded_engines
+        from workers.engines.batching import BatchScheduler
+
+        labels = ["profile", "device"]
+        counters = {
+            name: CounterMetricFamily(name, text, labels=labels)
+            for name, text, _key, _scale in _BATCH_COUNTERS
+        }
+        size = GaugeMetricFamily(
+            "lexiscore_whisper_batch_size",
+            "Largest batch the scheduler forms now (halved after out-of-memory).",
+            labels=labels,
+        )
+        queued = GaugeMetricFamily(
+            "lexiscore_whisper_batch_queued_windows",
+            "Windows waiting for a batch.",
+            labels=labels,
+        )
+        for engine in loaded_engines():
+            if not isinstance(engine, BatchScheduler):
+                continue
+            stats = engine.stats()
+            values = [engine.profile, engine.device]
+            for name, _text, key, scale in _BATCH_COUNTERS:
+                counters[name].add_metric(values, stats[key] * scale)
+            size.add_metric(values, stats["batch_size"])
+            queued.add_metric(values, stats["queued_windows"])
+        yield from counters.values()
+        yield size
+        yield queued
 
 
 @signals.worker_process_shutdown.connect

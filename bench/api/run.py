@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/api/run.py                        # read mix, 1000 users
     .venv/bin/python bench/api/run.py --users 200 --duration 60
+    .venv/bin/python bench/api/run.py --scenario session     # sign-in, reads, refresh, sign-out
     .venv/bin/python bench/api/run.py --scenario login       # POST /api/v1/auth/token/, 50 users
 
 Steps: create a uniquely named database on the local PostgreSQL, migrate it, seed it
@@ -177,7 +178,7 @@ def server_side(log_path: Path, since: float) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=["read", "login"], default="read")
+    parser.add_argument("--scenario", choices=["read", "session", "login"], default="read")
     parser.add_argument("--users", type=int, help="simulated users (read 1000, login 50)")
     parser.add_argument("--spawn-rate", type=float, help="users started per second")
     parser.add_argument("--duration", type=int, default=150, help="steady seconds after ramp-up")
@@ -199,8 +200,8 @@ def main() -> None:
         help="turn the per-user rate limits off (on by default, as in production)",
     )
     args = parser.parse_args()
-    users = args.users or (1000 if args.scenario == "read" else 50)
-    spawn_rate = args.spawn_rate or (25.0 if args.scenario == "read" else 10.0)
+    users = args.users or (50 if args.scenario == "login" else 1000)
+    spawn_rate = args.spawn_rate or (10.0 if args.scenario == "login" else 25.0)
     ramp = users / spawn_rate
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -221,6 +222,9 @@ def main() -> None:
         "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{dbname}",
         "REDIS_URL": "redis://127.0.0.1:6379/13",
         "RATE_LIMIT_ENABLED": "false" if args.no_rate_limits else "true",
+        # locust stands in for the load balancer: each simulated user's X-Forwarded-For is its
+        # client address, so per-IP limits (anonymous calls, sign-in guards) count per user.
+        "TRUSTED_PROXIES": "127.0.0.1",
         "STATIC_ROOT": static_root,
         "LEXISCORE_VAR_DIR": tempfile.mkdtemp(prefix="lexiscore-bench-var-"),
         "LOG_LEVEL": "WARNING",
@@ -281,11 +285,13 @@ def main() -> None:
             start_new_session=True,
         )
         wait_http(f"http://127.0.0.1:{port}/healthz", 60)
-        if args.scenario == "read" and not args.cold:
+        if args.scenario != "login" and not args.cold:
             print("-- warm-up: every read of the mix once ...", flush=True)
             summary["warm_up"] = warm_up(f"http://127.0.0.1:{port}", creds)
             print(f"   warm-up: {summary['warm_up']}", flush=True)
-        user_class = "ReadUser" if args.scenario == "read" else "LoginUser"
+        user_class = {"read": "ReadUser", "session": "SessionUser", "login": "LoginUser"}[
+            args.scenario
+        ]
         prefix = RESULTS / tag
         run_time = int(ramp + args.duration)
         locust_cmd = [

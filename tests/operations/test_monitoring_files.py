@@ -18,6 +18,7 @@ REQUIRED_ALERTS = {
     "QueueOldestMessageTooOld",
     "DeadLettersAppeared",
     "WorkerDown",
+    "WhisperBatchOutOfMemory",
     "DatabaseUnavailable",
     "RedisUnavailable",
     "DiskFillingUp",
