@@ -57,6 +57,22 @@ def render_email(template: str, context: dict[str, Any]) -> tuple[str, str, str 
     return " ".join(subject.split())[:250], text, html
 
 
+def list_unsubscribe_headers(url: Any) -> dict[str, str]:
+    """RFC 2369 / RFC 8058 headers for mail that carries an unsubscribe link (non-essential mail:
+    job, report, weekly-usage and webhook alerts), so mail clients offer one-click unsubscribe and
+    large mailbox providers accept bulk mail. The link is our signed URL; it answers both GET and
+    the one-click POST. Anything but a plain https/http URL is left out rather than risk a header.
+    """
+    if not isinstance(url, str) or not re.fullmatch(r"https?://[!-~]{1,2000}", url):
+        return {}
+    if any(char in url for char in "<>,"):
+        return {}
+    return {
+        "List-Unsubscribe": f"<{url}>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+
+
 @shared_task(
     name="workers.emails.send_email",
     base=LexisTask,
@@ -78,7 +94,11 @@ def send_email(
         return 0
     subject, text, html = render_email(template, context or {})
     message = EmailMultiAlternatives(
-        subject=subject, body=text, from_email=settings.DEFAULT_FROM_EMAIL, to=recipients
+        subject=subject,
+        body=text,
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=recipients,
+        headers=list_unsubscribe_headers((context or {}).get("unsubscribe_url")),
     )
     if html is not None:
         message.attach_alternative(html, "text/html")

@@ -53,6 +53,11 @@ def parts(message: Message) -> tuple[str, str]:
     return text, html
 
 
+def unfold(header: str) -> str:
+    """A long header is folded onto continuation lines (RFC 5322); the link has no spaces."""
+    return "".join(header.split())
+
+
 @pytest.fixture
 def owner(db):
     return member(Role.OWNER, email="owner@example.com")
@@ -93,6 +98,11 @@ def test_report_ready_email_arrives_with_both_parts_and_links(
     assert download in text and f'href="{download}"' in html
     assert "https://lexis.example.org/api/v1/notifications/unsubscribe?token=" in text
     assert "unsubscribe?token=" in html
+    # RFC 8058 one-click unsubscribe: the same signed link, offered by the mail client.
+    header = unfold(message["List-Unsubscribe"])
+    assert header.startswith("<https://lexis.example.org/api/v1/notifications/unsubscribe?token=")
+    assert header.endswith(">") and header[1:-1] in text
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
 
 
 def test_weekly_usage_email_goes_to_admins_who_did_not_opt_out(
@@ -129,6 +139,54 @@ def test_the_unsubscribe_link_turns_the_kind_off(owner, client):
     assert response.status_code == 200
     assert notifications.wants(user=owner.user, kind="weekly_usage") is False
     assert notifications.wants(user=owner.user, kind="report") is True
+
+
+def test_the_one_click_post_from_the_header_unsubscribes(
+    owner, smtp, client, django_capture_on_commit_callbacks
+):
+    from apps.audio_jobs import events
+
+    job = completed_job(owner.organisation, owner.user)
+    run(django_capture_on_commit_callbacks, lambda: events.job_finished(job))
+    [(_recipients, message)] = smtp.messages
+    url = unfold(message["List-Unsubscribe"])[1:-1].replace("https://lexis.example.org", "")
+
+    # What a mail client sends (RFC 8058 section 3.2): a POST with this exact body, no cookies.
+    response = client.post(
+        url,
+        data="List-Unsubscribe=One-Click",
+        content_type="application/x-www-form-urlencoded",
+    )
+
+    assert response.status_code == 200
+    assert notifications.wants(user=owner.user, kind=NotificationKind.JOB) is False
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        None,
+        "",
+        "javascript:alert(1)",
+        "https://x.example/a>, <https://evil.example/",
+        "https://a\r\nBcc: x@y",
+    ],
+)
+def test_no_list_unsubscribe_header_without_a_clean_link(url):
+    from workers.emails import list_unsubscribe_headers
+
+    assert list_unsubscribe_headers(url) == {}
+
+
+def test_essential_mail_has_no_list_unsubscribe_header(owner, smtp):
+    send_email(
+        "password_changed",
+        "owner@example.com",
+        {"full_name": "Owner", "email": "owner@example.com"},
+    )
+
+    [(_recipients, message)] = smtp.messages
+    assert message["List-Unsubscribe"] is None
 
 
 def test_a_forged_unsubscribe_token_is_refused(client, db):
