@@ -60,15 +60,19 @@ class MemberUser(FastHttpUser):
         }
 
     def sign_in(self) -> None:
+        self.take_pair("/api/v1/auth/token/", {"email": self.email, "password": _CREDS["password"]})
+
+    def take_pair(self, path: str, body: dict) -> None:
+        """POST for a token pair (sign-in or refresh rotation) and use it from now on."""
         with self.client.post(
-            "/api/v1/auth/token/",
-            json={"email": self.email, "password": _CREDS["password"]},
+            path,
+            json=body,
             headers={"X-Forwarded-For": self.client_ip},
-            name="POST /api/v1/auth/token/",
+            name=f"POST {path}",
             catch_response=True,
         ) as response:
             if response.status_code != 200:
-                response.failure(f"sign-in answered {response.status_code}")
+                response.failure(f"{path} answered {response.status_code}")
                 return
             pair = response.json()
             self.refresh = pair["refresh"]
@@ -136,19 +140,7 @@ READ_MIX = {
 
 
 def rotate_refresh(user: SessionUser) -> None:
-    with user.client.post(
-        "/api/v1/auth/token/refresh/",
-        json={"refresh": user.refresh},
-        headers={"X-Forwarded-For": user.client_ip},
-        name="POST /api/v1/auth/token/refresh/",
-        catch_response=True,
-    ) as response:
-        if response.status_code != 200:
-            response.failure(f"refresh answered {response.status_code}")
-            return
-        pair = response.json()
-        user.refresh = pair["refresh"]
-        user.use_access(pair["access"])
+    user.take_pair("/api/v1/auth/token/refresh/", {"refresh": user.refresh})
 
 
 def new_visit(user: SessionUser) -> None:
