@@ -29,7 +29,6 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
-import os
 import shutil
 import subprocess
 import threading
@@ -52,7 +51,7 @@ from workers.engines.base import (
     finalize_segments,
     join_text,
 )
-from workers.engines.faster import DEFAULT_COMPUTE_TYPES, ENGINE_NAME, segment_from_faster
+from workers.engines.faster import LoadedFasterWhisperModel, segment_from_faster
 from workers.engines.models import ModelFiles
 
 logger = logging.getLogger(__name__)
@@ -184,10 +183,8 @@ class _Aligned:
         return [self._alignment]
 
 
-class BatchScheduler:
+class BatchScheduler(LoadedFasterWhisperModel):
     """A faster-whisper model shared by many job threads through one batching queue."""
-
-    name = ENGINE_NAME
 
     def __init__(
         self,
@@ -200,25 +197,16 @@ class BatchScheduler:
         batch_size: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
     ) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import BatchedInferencePipeline
 
-        if device not in DEFAULT_COMPUTE_TYPES:
-            raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}.")
-        self.profile = model_files.profile
-        self.model_files = model_files
-        self.device = device
-        self.compute_type = compute_type or DEFAULT_COMPUTE_TYPES[device]
-        self.cpu_threads = cpu_threads
-        self.num_workers = num_workers
-        self.max_wait = max(max_wait_ms, 0.0) / 1000.0
-        self._model = WhisperModel(
-            os.fspath(model_files.path),
+        super().__init__(
+            model_files,
             device=device,
-            compute_type=self.compute_type,
+            compute_type=compute_type,
             cpu_threads=cpu_threads,
             num_workers=num_workers,
-            local_files_only=True,
         )
+        self.max_wait = max(max_wait_ms, 0.0) / 1000.0
         # Used only for generate_segment_batched, which keeps no state on the pipeline.
         self._pipeline = BatchedInferencePipeline(self._model)
         self.initial_batch_size = choose_batch_size(batch_size, device=device, profile=self.profile)
@@ -233,16 +221,7 @@ class BatchScheduler:
         self._jobs_per_batch: Counter[int] = Counter()
         self._thread = threading.Thread(target=self._run, name="whisper-batcher", daemon=True)
         self._thread.start()
-        logger.info(
-            "batching engine loaded",
-            extra={
-                "engine": self.name,
-                "profile": self.profile,
-                "device": device,
-                "compute_type": self.compute_type,
-                "batch_size": self.batch_size,
-            },
-        )
+        self._log_loaded("batching engine loaded", self.batch_size)
 
     # ---- job side ------------------------------------------------------------------------------
     def transcribe(

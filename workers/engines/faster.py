@@ -51,9 +51,9 @@ def segment_from_faster(seg: Any) -> Segment:
     )
 
 
-class FasterWhisperEngine:
-    """A loaded faster-whisper model. Thread-safe: CTranslate2 serialises or parallelises calls
-    across its ``num_workers`` internally."""
+class LoadedFasterWhisperModel:
+    """One faster-whisper model loaded from local files with its device settings (shared by the
+    per-job engine below and the cross-job ``BatchScheduler``)."""
 
     name = ENGINE_NAME
 
@@ -65,21 +65,17 @@ class FasterWhisperEngine:
         compute_type: str | None = None,
         cpu_threads: int = 2,
         num_workers: int = 1,
-        batch_size: int | None = None,
     ) -> None:
-        from faster_whisper import BatchedInferencePipeline, WhisperModel
+        from faster_whisper import WhisperModel
 
         if device not in DEFAULT_COMPUTE_TYPES:
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}.")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError("batch_size must be at least 1 (or None for sequential decoding).")
         self.profile = model_files.profile
         self.model_files = model_files
         self.device = device
         self.compute_type = compute_type or DEFAULT_COMPUTE_TYPES[device]
         self.cpu_threads = cpu_threads
         self.num_workers = num_workers
-        self.batch_size = batch_size
         self._model = WhisperModel(
             os.fspath(model_files.path),
             device=device,
@@ -88,19 +84,50 @@ class FasterWhisperEngine:
             num_workers=num_workers,
             local_files_only=True,
         )
-        self._batched = BatchedInferencePipeline(self._model) if batch_size else None
-        # BatchedInferencePipeline keeps per-call state on itself (last_speech_timestamp).
-        self._batched_lock = threading.Lock()
+
+    def _log_loaded(self, message: str, batch_size: int | None) -> None:
         logger.info(
-            "engine loaded",
+            message,
             extra={
                 "engine": self.name,
                 "profile": self.profile,
-                "device": device,
+                "device": self.device,
                 "compute_type": self.compute_type,
                 "batch_size": batch_size,
             },
         )
+
+
+class FasterWhisperEngine(LoadedFasterWhisperModel):
+    """A loaded faster-whisper model. Thread-safe: CTranslate2 serialises or parallelises calls
+    across its ``num_workers`` internally."""
+
+    def __init__(
+        self,
+        model_files: ModelFiles,
+        *,
+        device: str = "cpu",
+        compute_type: str | None = None,
+        cpu_threads: int = 2,
+        num_workers: int = 1,
+        batch_size: int | None = None,
+    ) -> None:
+        from faster_whisper import BatchedInferencePipeline
+
+        if batch_size is not None and batch_size < 1:
+            raise ValueError("batch_size must be at least 1 (or None for sequential decoding).")
+        super().__init__(
+            model_files,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=num_workers,
+        )
+        self.batch_size = batch_size
+        self._batched = BatchedInferencePipeline(self._model) if batch_size else None
+        # BatchedInferencePipeline keeps per-call state on itself (last_speech_timestamp).
+        self._batched_lock = threading.Lock()
+        self._log_loaded("engine loaded", batch_size)
 
     def transcribe(
         self,
