@@ -133,9 +133,11 @@ COPY --from=builder /opt/venv /opt/venv
 COPY . /app
 # collectstatic imports the production settings, which refuse to load without secrets. The values
 # below are placeholders that exist only for this RUN step: they are not ENV, are not written to
-# any file, and are never used by a running container.
+# any file, and are never used by a running container. FIELD_ENCRYPTION_KEYS must be a well-formed
+# Fernet key: it is base64 of "build-only-placeholder-not-a-key".
 RUN DJANGO_SECRET_KEY="build-only-collectstatic-placeholder-not-a-secret-0123456789" \
     JWT_SIGNING_KEY="build-only-jwt-placeholder-not-a-secret-0123456789" \
+    FIELD_ENCRYPTION_KEYS="YnVpbGQtb25seS1wbGFjZWhvbGRlci1ub3QtYS1rZXk=" \
     DJANGO_ALLOWED_HOSTS="localhost" \
     DATABASE_URL="sqlite://:memory:" \
     REDIS_URL="redis://localhost:6379/0" \

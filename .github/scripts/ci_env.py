@@ -3,6 +3,7 @@
 python .github/scripts/ci_env.py > .env
 """
 
+import base64
 import secrets
 
 
@@ -15,6 +16,8 @@ def main() -> None:
     values = {
         "DJANGO_SECRET_KEY": token(64),
         "JWT_SIGNING_KEY": token(48),
+        # A Fernet key (what Fernet.generate_key() returns), without importing cryptography.
+        "FIELD_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "DJANGO_ALLOWED_HOSTS": "localhost",
         "PUBLIC_BASE_URL": "http://localhost:8000",
         "POSTGRES_PASSWORD": postgres_password,

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from apps.core.crypto import EncryptedCharField
 from apps.core.models import TimeStampedModel
 
 
@@ -42,10 +43,11 @@ class WebhookEndpoint(TimeStampedModel):
     url = models.URLField(max_length=2000)
     description = models.CharField(max_length=200, blank=True)
     event_types = models.JSONField(default=list)
-    # The signing key must be usable to sign, so it is stored (never returned after creation or
-    # rotation). The previous secret also signs until `previous_secret_expires_at`.
-    secret = models.CharField(max_length=100)
-    previous_secret = models.CharField(max_length=100, blank=True)
+    # The signing key must be usable to sign, so it is stored, encrypted at rest (never returned
+    # after creation or rotation). The previous secret also signs until
+    # `previous_secret_expires_at`. 255 fits the ciphertext of a 100-character secret (238).
+    secret = EncryptedCharField(max_length=255)
+    previous_secret = EncryptedCharField(max_length=255, blank=True)
     previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     is_active = models.BooleanField(default=True)
     disabled_reason = models.CharField(max_length=200, blank=True)

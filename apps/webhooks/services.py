@@ -23,6 +23,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.utils import timezone
 
+from apps.core import crypto
 from apps.core.exceptions import ApplicationError
 
 from . import network, signing
@@ -201,19 +202,42 @@ def _claim(delivery_id: str, now: datetime) -> bool:
     )
 
 
-def _headers(endpoint: WebhookEndpoint, delivery: WebhookDelivery, body: bytes) -> dict[str, str]:
-    timestamp = int(time.time())
-    active = [endpoint.secret]
+# Shown in the endpoint's delivery log: says what happened, names no key and no value.
+UNDECRYPTABLE_ERROR = (
+    "Not sent: the signing secret could not be decrypted (server configuration); "
+    "it will be retried."
+)
+
+
+def _signing_secrets(endpoint: WebhookEndpoint) -> list[str]:
+    """The secrets that sign now; `crypto.DecryptionError` if the current one cannot be read.
+
+    An unreadable previous secret is left out (logged): the current one still signs.
+    """
+    secrets_ = [crypto.plaintext(endpoint.secret)]
     if endpoint.previous_secret and (endpoint.previous_secret_expires_at or timezone.now()) > (
         timezone.now()
     ):
-        active.append(endpoint.previous_secret)
+        try:
+            secrets_.append(crypto.plaintext(endpoint.previous_secret))
+        except crypto.DecryptionError:
+            logger.error(
+                "Webhook endpoint %s: previous signing secret cannot be decrypted; signing with "
+                "the current one only",
+                endpoint.pk,
+                extra={"endpoint_id": str(endpoint.pk)},
+            )
+    return secrets_
+
+
+def _headers(secrets_: list[str], delivery: WebhookDelivery, body: bytes) -> dict[str, str]:
+    timestamp = int(time.time())
     return {
         "content-type": "application/json",
         "user-agent": "LexisCore-Webhooks/1",
         "webhook-id": delivery.event_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": signing.signature_header(active, delivery.event_id, timestamp, body),
+        "webhook-signature": signing.signature_header(secrets_, delivery.event_id, timestamp, body),
     }
 
 
@@ -227,13 +251,29 @@ def delivery_attempt(*, delivery_id: str) -> str:
     if not endpoint.is_active:
         _finish(delivery, DeliveryStatus.FAILED, error="The endpoint is disabled.")
         return delivery.status
+    try:
+        secrets_ = _signing_secrets(endpoint)
+    except crypto.DecryptionError:
+        # A key missing from FIELD_ENCRYPTION_KEYS: not the receiver's fault, so the endpoint is
+        # not counted as failing; the try is logged and retried on the schedule, and succeeds
+        # once the key is back (or after the endpoint's secret is rotated).
+        logger.error(
+            "Webhook delivery %s not sent: the signing secret of endpoint %s cannot be "
+            "decrypted with any key in FIELD_ENCRYPTION_KEYS",
+            delivery.pk,
+            endpoint.pk,
+            extra={"delivery_id": str(delivery.pk), "endpoint_id": str(endpoint.pk)},
+        )
+        return _record(
+            delivery, endpoint, None, UNDECRYPTABLE_ERROR, None, 0, receiver_failed=False
+        )
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     status_code: int | None = None
     error = ""
     retry_after: float | None = None
     duration_ms = 0
     try:
-        response = network.post(endpoint.url, body=body, headers=_headers(endpoint, delivery, body))
+        response = network.post(endpoint.url, body=body, headers=_headers(secrets_, delivery, body))
         status_code, duration_ms = response.status, response.duration_ms
         retry_after = _retry_after(response.headers) if status_code in (429, 503) else None
         if not 200 <= status_code < 300:
@@ -248,7 +288,10 @@ def delivery_attempt(*, delivery_id: str) -> str:
 
 
 @transaction.atomic
-def _record(delivery, endpoint, status_code, error, retry_after, duration_ms) -> str:
+def _record(
+    delivery, endpoint, status_code, error, retry_after, duration_ms, *, receiver_failed=True
+) -> str:
+    """Log the try and schedule the next; only a receiver's failure counts against its endpoint."""
     now = timezone.now()
     endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
     WebhookAttempt.objects.create(
@@ -273,9 +316,10 @@ def _record(delivery, endpoint, status_code, error, retry_after, duration_ms) ->
             endpoint.save(update_fields=["consecutive_failures", "failing_since", "updated_at"])
         return delivery.status
 
-    endpoint.consecutive_failures += 1
-    endpoint.failing_since = endpoint.failing_since or now
-    endpoint.save(update_fields=["consecutive_failures", "failing_since", "updated_at"])
+    if receiver_failed:
+        endpoint.consecutive_failures += 1
+        endpoint.failing_since = endpoint.failing_since or now
+        endpoint.save(update_fields=["consecutive_failures", "failing_since", "updated_at"])
     if status_code == 410:
         _disable_and_notify(endpoint, "The endpoint answered 410 Gone.")
         delivery.status = DeliveryStatus.FAILED
@@ -290,7 +334,8 @@ def _record(delivery, endpoint, status_code, error, retry_after, duration_ms) ->
         delivery.next_attempt_at = now + timedelta(seconds=delay)
     delivery.save()
     if (
-        endpoint.is_active
+        receiver_failed
+        and endpoint.is_active
         and endpoint.consecutive_failures >= settings.WEBHOOK_DISABLE_AFTER_FAILURES
         and now - endpoint.failing_since
         >= timedelta(seconds=settings.WEBHOOK_DISABLE_AFTER_SECONDS)

@@ -33,6 +33,9 @@ DEBUG = env.bool("DJANGO_DEBUG", default=False)
 # Overridden with a required value in production.py; local/test set their own.
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS")
+# Fernet keys for values encrypted at rest (apps/core/crypto.py): the first encrypts, all decrypt.
+# Required in production.py; local generates one per machine, test sets a fixed one.
+FIELD_ENCRYPTION_KEYS = [key.strip() for key in env_list("FIELD_ENCRYPTION_KEYS") if key.strip()]
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 PUBLIC_BASE_URL = env.str("PUBLIC_BASE_URL", default="http://localhost:8000").rstrip("/")

@@ -4,6 +4,7 @@ Every secret is read without a default. A missing or weak one stops the process 
 message that names the variable, before it can serve a request.
 """
 
+from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
@@ -33,6 +34,17 @@ if JWT_SIGNING_KEY == SECRET_KEY or len(JWT_SIGNING_KEY) < 32:
         "JWT_SIGNING_KEY must be at least 32 random characters and differ from DJANGO_SECRET_KEY."
     )
 SIMPLE_JWT["SIGNING_KEY"] = JWT_SIGNING_KEY  # noqa: F405
+FIELD_ENCRYPTION_KEYS = FIELD_ENCRYPTION_KEYS or [require("FIELD_ENCRYPTION_KEYS")]  # noqa: F405
+for _position, _key in enumerate(FIELD_ENCRYPTION_KEYS, start=1):
+    try:
+        Fernet(_key)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"FIELD_ENCRYPTION_KEYS: key {_position} is not a Fernet key (32 url-safe "
+            "base64-encoded bytes). Generate one with: python -c "
+            '"from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+        ) from None
+del _position, _key
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS") or [require("DJANGO_ALLOWED_HOSTS")]
 DATABASES = {"default": database_config(require("DATABASE_URL"))}  # noqa: F405

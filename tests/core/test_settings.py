@@ -13,6 +13,7 @@ PRODUCTION_ENV = {
     "DJANGO_SETTINGS_MODULE": "lexiscore.settings.production",
     "DJANGO_SECRET_KEY": "p" * 10 + "q8Zr5-v7T0bX3cN1mK9jH2gF6dS4aL0pOiUyTrEwQ_zXcVbNm",
     "JWT_SIGNING_KEY": "another-random-value-Q4w8E2r6T0y3U7i1O5p9A_sDfGhJkLzX",
+    "FIELD_ENCRYPTION_KEYS": "bm90LWEtcmVhbC1rZXktb25seS1mb3ItdGhpcy10ZXM=",
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/lexiscore",
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "DJANGO_ALLOWED_HOSTS": "lexiscore.example.com",
@@ -33,7 +34,14 @@ def run_django(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "missing",
-    ["DJANGO_SECRET_KEY", "JWT_SIGNING_KEY", "DATABASE_URL", "REDIS_URL", "DJANGO_ALLOWED_HOSTS"],
+    [
+        "DJANGO_SECRET_KEY",
+        "JWT_SIGNING_KEY",
+        "FIELD_ENCRYPTION_KEYS",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "DJANGO_ALLOWED_HOSTS",
+    ],
 )
 def test_production_refuses_to_start_without_a_required_variable(missing):
     env = {k: v for k, v in PRODUCTION_ENV.items() if k != missing}
@@ -51,6 +59,12 @@ def test_production_refuses_to_start_without_a_required_variable(missing):
         ("DJANGO_SECRET_KEY", "short", "DJANGO_SECRET_KEY is too weak"),
         ("DJANGO_SECRET_KEY", "django-insecure-" + "x1y2z3" * 10, "DJANGO_SECRET_KEY is too weak"),
         ("JWT_SIGNING_KEY", PRODUCTION_ENV["DJANGO_SECRET_KEY"], "differ from DJANGO_SECRET_KEY"),
+        ("FIELD_ENCRYPTION_KEYS", "not-a-fernet-key", "key 1 is not a Fernet key"),
+        (
+            "FIELD_ENCRYPTION_KEYS",
+            PRODUCTION_ENV["FIELD_ENCRYPTION_KEYS"] + ",bm90LWEta2V5",
+            "key 2 is not a Fernet key",
+        ),
     ],
 )
 def test_production_refuses_weak_or_shared_keys(variable, value, complaint):
@@ -60,6 +74,38 @@ def test_production_refuses_weak_or_shared_keys(variable, value, complaint):
 
     assert result.returncode != 0
     assert complaint in result.stderr
+    if variable == "FIELD_ENCRYPTION_KEYS":
+        assert "bm90" not in result.stderr  # the message never shows a key
+
+
+def test_local_mode_generates_one_field_encryption_key_per_machine(tmp_path):
+    env = {
+        "DJANGO_SETTINGS_MODULE": "lexiscore.settings.local",
+        "LEXISCORE_VAR_DIR": str(tmp_path / "var"),
+        "PATH": os.environ["PATH"],
+    }
+    code = (
+        "from django.conf import settings; from cryptography.fernet import Fernet;"
+        "[Fernet(k) for k in settings.FIELD_ENCRYPTION_KEYS];"
+        "print(','.join(settings.FIELD_ENCRYPTION_KEYS))"
+    )
+
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", "import django; django.setup();" + code],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for _ in range(2)
+    ]
+
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    key_file = tmp_path / "var" / "secrets" / "field_encryption_key"
+    assert runs[0].stdout.strip() == runs[1].stdout.strip() == key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o077 == 0
 
 
 def test_deployment_checklist_passes_with_production_settings():

@@ -30,6 +30,7 @@ TOOLS = {
 COMPOSE_ENV = {
     "DJANGO_SECRET_KEY": "test-only-secret-key-" + "k" * 50,
     "JWT_SIGNING_KEY": "test-only-jwt-signing-key-" + "j" * 32,
+    "FIELD_ENCRYPTION_KEYS": "dGVzdC1vbmx5LWZpZWxkLWVuY3J5cHRpb24ta2V5LTA=",
     "DJANGO_ALLOWED_HOSTS": "stt.example.test",
     "PUBLIC_BASE_URL": "https://stt.example.test",
     "POSTGRES_PASSWORD": "test-only-postgres-password",

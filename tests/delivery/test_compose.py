@@ -19,7 +19,8 @@ WORKERS = {"worker-transcription-cpu", "worker-transcription-gpu", "worker-defau
 APP_SERVICES = {"migrate", "web", "beat", "flower", *WORKERS}
 # Variable names whose values are credentials (or URLs that may carry them).
 SECRET_NAME = re.compile(
-    r"SECRET|PASSWORD|TOKEN|SIGNING_KEY|ACCESS_KEY|BASIC_AUTH|DSN|DATABASE_URL|EMAIL_URL|ROOT_USER"
+    r"SECRET|PASSWORD|TOKEN|SIGNING_KEY|ACCESS_KEY|ENCRYPTION_KEY|BASIC_AUTH|DSN|DATABASE_URL"
+    r"|EMAIL_URL|ROOT_USER"
 )
 ONLY_A_REFERENCE = re.compile(r"\$\{[A-Z][A-Z0-9_]*(?::?[-?][^}]*)?\}")
 DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us)")
@@ -94,6 +95,7 @@ def test_the_gpu_worker_starts_only_with_the_gpu_profile(tmp_path):
     [
         "DJANGO_SECRET_KEY",
         "JWT_SIGNING_KEY",
+        "FIELD_ENCRYPTION_KEYS",
         "DJANGO_ALLOWED_HOSTS",
         "DATABASE_URL",
         "POSTGRES_PASSWORD",
