@@ -1,7 +1,8 @@
 """gunicorn settings, from GUNICORN_* environment variables.
 
-SIGTERM makes gunicorn stop accepting, let in-flight requests finish within `graceful_timeout`,
-then exit: deploys drain instead of cutting requests.
+SIGTERM makes gunicorn refuse new connections, let in-flight requests finish within
+`graceful_timeout`, then exit 0: deploys drain instead of cutting requests
+(tests/delivery/test_gunicorn_drain.py).
 """
 
 import multiprocessing
@@ -92,3 +93,24 @@ def child_exit(server, worker) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# Refuse new connections while draining. On SIGTERM a gthread worker stops accepting but keeps
+# its copy of the listening socket open until its last request is done, so the kernel would go
+# on completing handshakes into the backlog: new clients would hang, then be reset when the
+# worker exits, after they had sent their request (a proxy cannot safely retry a POST that was
+# reset, but retries a refused connection). Closing the worker's copy once it stops accepting
+# makes the port refuse as soon as the master and every worker have let go of it. Only at
+# shutdown (not alive): a worker also stops accepting while it is at worker_connections.
+def post_worker_init(worker) -> None:
+    set_accept_enabled = getattr(worker, "set_accept_enabled", None)
+    if set_accept_enabled is None:  # not gthread
+        return
+
+    def close_listeners_at_shutdown(enabled: bool) -> None:
+        set_accept_enabled(enabled)
+        if not enabled and not worker.alive:
+            for listener in worker.sockets:
+                listener.close()  # this process's descriptor only; closing twice is harmless
+
+    worker.set_accept_enabled = close_listeners_at_shutdown

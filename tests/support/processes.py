@@ -6,8 +6,11 @@ Fault tests kill these, never the shared services on the standard ports.
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -258,3 +261,136 @@ def app_broker(url: str) -> Iterator[None]:
     finally:
         app.conf.broker_url = previous
         reset_pool()
+
+
+def database_url(database_name: str) -> str:
+    """DATABASE_URL of this run's server (DATABASE_URL in the environment) for another database."""
+    base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lexiscore")
+    return base.rsplit("/", 1)[0] + "/" + database_name
+
+
+class GunicornServer:
+    """gunicorn as deployed: lexiscore/gunicorn_conf.py, production settings, generated secrets.
+
+    It listens on a free loopback port and uses the given database and Redis; media, uploads in
+    progress (FILE_UPLOAD_TEMP_DIR), var files and gunicorn's control socket live in a private
+    folder, so several servers (and bench/api/run.py) can run side by side.
+    """
+
+    def __init__(
+        self,
+        *,
+        database_name: str,
+        redis_url: str,
+        workers: int = 2,
+        graceful_timeout: int = 30,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lexiscore-gunicorn-"))
+        self.log_path = self.dir / "gunicorn.log"
+        self.upload_dir = self.dir / "uploads"
+        self.media_root = self.dir / "media"
+        for folder in (self.upload_dir, self.media_root, self.dir / "static", self.dir / "run"):
+            folder.mkdir()
+        self.graceful_timeout = graceful_timeout
+        self.port = free_port()
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DJANGO_", "GUNICORN_", "CELERY_", "PROMETHEUS_", "TEST_"))
+        }
+        self.env = {
+            **inherited,
+            "DJANGO_SETTINGS_MODULE": "lexiscore.settings.production",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+            "JWT_SIGNING_KEY": secrets.token_urlsafe(48),
+            "FIELD_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            "DJANGO_SECURE_SSL_REDIRECT": "false",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
+            "DATABASE_URL": database_url(database_name),
+            "REDIS_URL": redis_url,
+            "CACHE_URL": "",
+            "STORAGE_BACKEND": "local",
+            "MEDIA_ROOT": str(self.media_root),
+            "STATIC_ROOT": str(self.dir / "static"),
+            "FILE_UPLOAD_TEMP_DIR": str(self.upload_dir),
+            "LEXISCORE_VAR_DIR": str(self.dir / "var"),
+            # gunicorn's control socket goes to $XDG_RUNTIME_DIR, else one shared ~/.gunicorn.
+            "XDG_RUNTIME_DIR": str(self.dir / "run"),
+            "GUNICORN_WORKERS": str(workers),
+            "GUNICORN_GRACEFUL_TIMEOUT": str(graceful_timeout),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.command = [
+            *(sys.executable, "-m", "gunicorn"),
+            *("--config", "lexiscore/gunicorn_conf.py", "lexiscore.wsgi:application"),
+        ]
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> GunicornServer:
+        """Start gunicorn and wait until /healthz answers; on another port if this one was taken."""
+        for _attempt in range(3):
+            self.env["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
+            with self.log_path.open("ab") as log:
+                self.process = subprocess.Popen(
+                    self.command,
+                    cwd=ROOT,
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # so kill() reaches the workers too
+                )
+            _live_servers.add(self)
+            wait_for(
+                lambda: self.process.poll() is not None or self._healthy(),
+                timeout=90,
+                what=f"gunicorn on {self.url}/healthz",
+            )
+            if self.process.poll() is None:
+                return self
+            self.port = free_port()
+        raise RuntimeError(f"gunicorn did not start:\n{self.log()[-3000:]}")
+
+    def _healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.settimeout(5)
+                sock.sendall(
+                    b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                )
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def terminate(self) -> None:
+        """SIGTERM to the master, as `docker stop` sends it."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the master and its workers (whatever a test left running)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        _live_servers.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_live_servers: set[GunicornServer] = set()
+
+
+@atexit.register
+def _kill_leftover_servers() -> None:
+    for server in list(_live_servers):
+        server.kill()
