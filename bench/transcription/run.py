@@ -21,6 +21,7 @@ every wait bounded. Summary JSON and logs go to bench/results/ (gitignored).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -192,6 +193,8 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "lexiscore.settings.production",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
         "JWT_SIGNING_KEY": secrets.token_urlsafe(48),
+        # A Fernet key: 32 random bytes, url-safe base64.
+        "FIELD_ENCRYPTION_KEYS": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         "JWT_ACCESS_TOKEN_MINUTES": "120",
         "DJANGO_SECURE_SSL_REDIRECT": "false",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
