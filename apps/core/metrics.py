@@ -16,11 +16,14 @@ network without the HTTPS redirect or an ALLOWED_HOSTS entry, and a scrape touch
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -228,7 +231,8 @@ class _Delegate(Collector):
 
 
 class PlatformCollector(Collector):
-    """Gauges read at scrape time: dependencies up, queues, dead letters pending, disk space.
+    """Gauges read at scrape time: dependencies up, queues, dead letters pending, disk space,
+    backups.
 
     Computed by the web process that answers the scrape (one Redis round trip per queue and a
     couple of cheap queries), so Prometheus sees them even when every worker is down.
@@ -257,6 +261,7 @@ class PlatformCollector(Collector):
         yield from _queue_metrics()
         yield from _dead_letter_metrics()
         yield from _disk_metrics()
+        yield from _backup_metrics()
 
 
 def _queue_metrics() -> Iterator[Any]:
@@ -341,3 +346,94 @@ def _disk_metrics() -> Iterator[Any]:
         total.add_metric([name], usage.total)
     yield free
     yield total
+
+
+def _backup_metrics() -> Iterator[Any]:
+    count = GaugeMetricFamily(
+        "lexiscore_backup_count", "Complete, verified backups in BACKUP_DIR (0 when none)."
+    )
+    last = GaugeMetricFamily(
+        "lexiscore_backup_last_success_timestamp_seconds",
+        "When the newest complete, verified backup in BACKUP_DIR finished (Unix time; the "
+        "manifest's finished_at); absent when there is none.",
+    )
+    finished = verified_backups_finished_at(Path(settings.BACKUP_DIR))
+    count.add_metric([], len(finished))
+    yield count
+    if finished:
+        last.add_metric([], max(finished))
+        yield last
+
+
+# Verdicts by (folder, manifest and dump mtime and size): a backup is read once per process, not
+# at every scrape, and read again if either file changes.
+_backup_verdicts: dict[tuple[str, int, int, int, int], float | None] = {}
+
+
+def verified_backups_finished_at(root: Path) -> list[float]:
+    """When each complete, intact backup under `root` finished (Unix time); see `backup_verdict`.
+
+    A folder that cannot be read counts as no backup (logged): the web must see BACKUP_DIR for
+    the backup alerts to mean anything, and an alert is the right answer when it does not.
+    """
+    from .backups import backups_list
+
+    global _backup_verdicts
+    try:
+        folders = backups_list(root)
+    except OSError as exc:
+        logger.warning("Metrics: cannot list backups in %s: %s", root, exc)
+        return []
+    verdicts: dict[tuple[str, int, int, int, int], float | None] = {}
+    for folder in folders:
+        key = _backup_key(folder)
+        if key is None:
+            continue
+        verdicts[key] = _backup_verdicts[key] if key in _backup_verdicts else backup_verdict(folder)
+    _backup_verdicts = verdicts  # only the folders there now: bounded by BACKUP_KEEP
+    return [finished for finished in verdicts.values() if finished is not None]
+
+
+def _backup_key(folder: Path) -> tuple[str, int, int, int, int] | None:
+    from .backups import DUMP_NAME, MANIFEST_NAME
+
+    try:
+        manifest = (folder / MANIFEST_NAME).stat()
+        dump = (folder / DUMP_NAME).stat()
+    except OSError:
+        return None
+    return (str(folder), manifest.st_mtime_ns, manifest.st_size, dump.st_mtime_ns, dump.st_size)
+
+
+def backup_verdict(folder: Path) -> float | None:
+    """The manifest's finished_at (Unix time) if `folder` holds a complete, intact backup.
+
+    Complete: `backup_create` writes into `.<name>.partial/` and renames it to `<name>/` only
+    after the manifest is written, so a backup in progress (or interrupted) never has a
+    `lexiscore-*` folder with a manifest (`backups_list`). Intact, as far as a scrape can afford:
+    the manifest parses and names this folder, records the dump's sha256, and the dump has the
+    manifest's size and starts like a pg_dump custom-format archive. The sha256 itself is checked
+    by `manage.py restore` (the restore drill), not at every scrape.
+    """
+    from .backups import DUMP_NAME, MANIFEST_NAME
+
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text())
+        dump = folder / DUMP_NAME
+        with dump.open("rb") as handle:
+            magic = handle.read(5)
+        intact = (
+            manifest["name"] == folder.name
+            and manifest["dump"]["file"] == DUMP_NAME
+            and len(manifest["dump"]["sha256"]) == 64
+            and manifest["dump"]["size"] == dump.stat().st_size
+            and magic == b"PGDMP"
+        )
+        finished_at = datetime.fromisoformat(manifest["finished_at"]).timestamp()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("Metrics: backup %s is unreadable: %s", folder.name, exc)
+        return None
+    if not intact:
+        logger.warning("Metrics: backup %s does not match its manifest", folder.name)
+        return None
+    return finished_at

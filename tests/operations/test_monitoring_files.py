@@ -22,6 +22,8 @@ REQUIRED_ALERTS = {
     "DatabaseUnavailable",
     "RedisUnavailable",
     "DiskFillingUp",
+    "BackupTooOld",
+    "BackupMissing",
 }
 
 
@@ -63,6 +65,24 @@ def test_promtool_accepts_the_rules_and_the_config(tmp_path):
 
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_promtool_unit_tests_of_the_alert_rules_pass():
+    """docker/prometheus/tests/*.test.yml: e.g. BackupTooOld fires 26 h after the last backup,
+    not before, and a scrape gap neither resolves it nor restarts BackupMissing's 26 h."""
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: see test_promtool_accepts_the_rules_and_the_config"
+    unit_tests = sorted((ROOT / "docker" / "prometheus" / "tests").glob("*.test.yml"))
+
+    result = subprocess.run(
+        [promtool, "test", "rules", *map(str, unit_tests)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert {path.name for path in unit_tests} >= {"backups.test.yml"}
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_grafana_dashboards_are_valid_and_use_the_provisioned_datasource():
