@@ -35,9 +35,19 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM python:3.11-slim-bookworm AS runtime-base
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # ffmpeg decodes uploads; pango/harfbuzz/fonts are what WeasyPrint needs for PDF reports;
-# tini is PID 1 so signals reach gunicorn/celery and zombies are reaped.
-RUN apt-get update \
+# tini is PID 1 so signals reach gunicorn/celery and zombies are reaped; pg_dump/pg_restore for
+# `manage.py backup`/`restore` come from PostgreSQL's own apt repository, because pg_dump must be
+# at least the server's major version (compose runs postgres:16; Debian bookworm ships 15).
+# Keep PG_CLIENT_MAJOR >= the server's major version (tests/delivery/test_dockerfile.py checks).
+ARG PG_CLIENT_MAJOR=16
+ADD --chmod=644 https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+    /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc
+RUN echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc]" \
+        "https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+        > /etc/apt/sources.list.d/pgdg.list \
+ && apt-get update \
  && apt-get install -y --no-install-recommends \
+        "postgresql-client-${PG_CLIENT_MAJOR}" \
         ffmpeg \
         tini \
         libpango-1.0-0 \
@@ -50,7 +60,8 @@ RUN groupadd --system --gid 10001 lexiscore \
  && useradd --system --no-log-init --uid 10001 --gid 10001 \
         --home-dir /app --no-create-home --shell /usr/sbin/nologin lexiscore \
  && install -d -o 10001 -g 10001 -m 0750 \
-        /var/lib/lexiscore /var/lib/lexiscore/models /var/lib/lexiscore/media
+        /var/lib/lexiscore /var/lib/lexiscore/models /var/lib/lexiscore/media \
+        /var/lib/lexiscore/backups
 # Only non-secret defaults here: secrets come from the environment at run time.
 # HOME points at /tmp because the root filesystem is read-only in compose: caches and gunicorn's
 # control socket ($HOME/.gunicorn) need a writable home.
@@ -87,7 +98,8 @@ RUN groupadd --system --gid 10001 lexiscore \
  && useradd --system --no-log-init --uid 10001 --gid 10001 \
         --home-dir /app --no-create-home --shell /usr/sbin/nologin lexiscore \
  && install -d -o 10001 -g 10001 -m 0750 \
-        /var/lib/lexiscore /var/lib/lexiscore/models /var/lib/lexiscore/media
+        /var/lib/lexiscore /var/lib/lexiscore/models /var/lib/lexiscore/media \
+        /var/lib/lexiscore/backups
 RUN python3.11 -m venv /opt/venv
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH

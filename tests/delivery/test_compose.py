@@ -285,6 +285,28 @@ def test_application_services_use_images_built_from_this_dockerfile(compose):
         assert build["context"] == str(ROOT), name
 
 
+def test_backups_are_written_by_the_maintenance_worker_and_seen_by_web(compose):
+    """The nightly backup task runs where the maintenance queue is consumed; web's /metrics
+    reads the same folder (BackupTooOld / BackupMissing); both survive container restarts."""
+    backup_dir = "/var/lib/lexiscore/backups"
+
+    def mount(name: str) -> dict[str, Any]:
+        [volume] = [
+            v for v in compose["services"][name].get("volumes", []) if v["target"] == backup_dir
+        ]
+        return volume
+
+    [writer] = [
+        name
+        for name in WORKERS
+        if "maintenance" in option(compose["services"][name]["command"], "-Q").split(",")
+    ]
+    assert mount(writer)["type"] == "volume" and not mount(writer).get("read_only")
+    assert mount("web")["source"] == mount(writer)["source"]
+    assert mount("web")["read_only"] is True
+    assert mount(writer)["source"] in compose["volumes"]
+
+
 def test_one_beat_with_a_persistent_schedule(compose):
     beat = compose["services"]["beat"]
     mounts = {volume["target"]: volume.get("source") for volume in beat["volumes"]}

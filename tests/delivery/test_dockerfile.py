@@ -97,6 +97,23 @@ def test_shipped_images_have_a_healthcheck_tini_and_a_command(target):
     assert exec_form(stage.last("CMD") or "") is not None
 
 
+def test_the_runtime_image_has_a_pg_dump_for_the_compose_postgres_server():
+    """`manage.py backup` runs pg_dump and `restore` pg_restore; pg_dump refuses a server of a
+    newer major version than its own, and Debian's own client is older than compose's server."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    server = re.match(r"postgres:(\d+)", compose["services"]["postgres"]["image"])
+    client = re.search(r"PG_CLIENT_MAJOR=(\d+)", " ".join(BY_NAME["runtime-base"].all("ARG")))
+    runs = [a for stage in chain(STAGES, "runtime") for a in stage.all("RUN")]
+
+    assert server and client and int(client.group(1)) >= int(server.group(1))
+    assert any(
+        '"postgresql-client-${PG_CLIENT_MAJOR}"' in a for a in runs if "apt-get install" in a
+    )
+    assert any("apt.postgresql.org/pub/repos/apt bookworm-pgdg" in a for a in runs)
+
+
 def test_the_runtime_image_serves_gunicorn_and_checks_healthz():
     runtime = BY_NAME["runtime"]
 
