@@ -36,6 +36,11 @@ if accesslog == "off":
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 forwarded_allow_ips = os.environ.get("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicorn's runtime control socket (`gunicornc`: worker counts, reload, shutdown): off unless
+# GUNICORN_CONTROL_SOCKET names a path. Operators use signals (docs/operations.md), and its
+# default path, ~/.gunicorn/gunicorn.ctl, is shared by every gunicorn of one user on a host.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
 worker_tmp_dir = os.environ.get(
     "GUNICORN_WORKER_TMP_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None
 )

@@ -26,6 +26,8 @@ from apps.audio_jobs.models import TranscriptionJob
 from tests.factories import ApiKeyFactory
 from tests.support.processes import GunicornServer, RedisServer, wait_for
 
+from .conftest import ROOT
+
 pytestmark = [pytest.mark.slow]
 
 BOUNDARY = "lexiscore-drain-test"
@@ -176,3 +178,21 @@ def test_a_request_still_running_after_the_graceful_timeout_is_cut_and_gunicorn_
         upload.finish()
     upload.close()
     assert not TranscriptionJob.objects.exists()
+
+
+def _gunicorn_conf(monkeypatch, **env: str) -> dict:
+    import runpy
+
+    monkeypatch.delenv("GUNICORN_CONTROL_SOCKET", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(ROOT / "lexiscore" / "gunicorn_conf.py"))
+
+
+def test_the_control_socket_is_off_unless_a_path_is_given(monkeypatch, tmp_path):
+    assert _gunicorn_conf(monkeypatch)["control_socket_disable"] is True
+
+    conf = _gunicorn_conf(monkeypatch, GUNICORN_CONTROL_SOCKET=str(tmp_path / "g.ctl"))
+
+    assert conf["control_socket_disable"] is False
+    assert conf["control_socket"] == str(tmp_path / "g.ctl")
