@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,11 +92,13 @@ class Received:
 
 @dataclass
 class Receiver:
-    """A real HTTP server on loopback answering the queued (status, headers) in order."""
+    """A real HTTP server on loopback answering the queued (status, headers) in order; HTTPS
+    when given a server-side `tls` context."""
 
     answers: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
     delay: float = 0.0
+    tls: ssl.SSLContext | None = None
 
     def start(self) -> Receiver:
         receiver = self
@@ -122,12 +125,16 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
+        if self.tls is not None:
+            # Accepted connections complete the TLS handshake first; a client that refuses the
+            # certificate never gets to send its request.
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/hooks"
 
     def stop(self) -> None:
         self.server.shutdown()
