@@ -200,8 +200,20 @@ _BATCH_COUNTERS = (
         1,
     ),
     (
+        "lexiscore_whisper_language_detection_batches",
+        "Batches of language detection (first windows of jobs whose language is unknown).",
+        "detection_batches",
+        1,
+    ),
+    (
+        "lexiscore_whisper_language_detections",
+        "Jobs whose language was detected in those batches.",
+        "detections",
+        1,
+    ),
+    (
         "lexiscore_whisper_batch_model_seconds",
-        "Time spent in batched model calls.",
+        "Time spent in batched model calls (decoding and language detection).",
         "model_ms",
         0.001,
     ),

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.engines.conftest import ENGLISH_TEXT, wer
+from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, wer
 from tests.engines.test_faster import _assert_timestamps_sane
 from workers.engines import get_engine
 from workers.engines.audio import load_audio
@@ -231,6 +231,71 @@ def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
 def test_english_only_model_refuses_unknown_language(scheduler, clips):
     with pytest.raises(ProfileError):
         scheduler.transcribe(clips[0], TranscriptionOptions(language=None))
+
+
+def test_unknown_languages_are_detected_in_batches_across_jobs(
+    model_cache_dir, base_engine, speech, english_clip
+):
+    """Four jobs of unknown language at once on the multilingual model: their first windows are
+    detected in shared batches, each with the language and probability the unbatched engine's
+    detection gives, and each job is then decoded in its own language."""
+    clips = {"en": english_clip} | {
+        language: speech.say(text, voice=language, speed=speed)
+        for language, (text, speed) in FOREIGN_SPEECH.items()
+    }
+    engine = BatchScheduler(
+        prepare_model("base", cache_dir=model_cache_dir), batch_size=4, max_wait_ms=400
+    )
+    try:
+        results = run_jobs(
+            engine,
+            [{"path": clip, "options": TranscriptionOptions()} for clip in clips.values()],
+        )
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert stats["detections"] == len(clips)
+    assert stats["detection_batches"] < len(clips)  # several jobs per detection batch
+    for (language, clip), result in zip(clips.items(), results, strict=True):
+        assert not isinstance(result, Exception), result
+        alone = base_engine.transcribe(clip, TranscriptionOptions())
+        assert result.language == alone.language == language
+        assert result.language_probability == pytest.approx(alone.language_probability, abs=0.05)
+        assert result.text
+
+
+def test_a_failing_language_detection_fails_only_its_job(model_cache_dir, speech, english_clip):
+    engine = BatchScheduler(
+        prepare_model("base", cache_dir=model_cache_dir), batch_size=4, max_wait_ms=400
+    )
+    clips = [english_clip] + [
+        speech.say(text, voice=language, speed=speed)
+        for language, (text, speed) in FOREIGN_SPEECH.items()
+    ]
+    # The first window's features of the French clip, computed as the job thread will.
+    _clips, chunks, _metadata = engine._split(load_audio(clips[1]), vad=True)
+    doomed = engine._features(chunks[0])
+    real = engine._detect_batch
+
+    def detect(items):
+        if any(np.array_equal(item.features, doomed) for item in items):
+            raise RuntimeError("language detection failed on this window")
+        return real(items)
+
+    engine._detect_batch = detect
+    try:
+        results = run_jobs(
+            engine, [{"path": clip, "options": TranscriptionOptions()} for clip in clips]
+        )
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert isinstance(results[1], RuntimeError), results[1]
+    assert [r.language for i, r in enumerate(results) if i != 1] == ["en", "de", "es"]
+    assert stats["failed_windows"] == 1
+    assert stats["queued_windows"] == 0
 
 
 def test_silence_gives_an_empty_transcript(scheduler, speech):

@@ -4,13 +4,15 @@
 of a worker (Celery ``--pool threads``). Work is split where it runs best:
 
 * in each **job thread** (the caller of ``transcribe``): decoding, Silero VAD, the log-mel features
-  of each <= 30 s window, language detection when the language is unknown, and after decoding the
-  word-timing heuristics and timestamp restoration. This is NumPy/ONNX/Python work that would
-  otherwise starve the model; spread over job threads it runs beside the model.
+  of each <= 30 s window, and after decoding the word-timing heuristics and timestamp
+  restoration. This is NumPy/ONNX/Python work that would otherwise starve the model; spread over
+  job threads it runs beside the model.
 * in the **scheduler thread**: only model work. It takes pending windows from the shared queue,
   groups those whose decoding options match (one prompt, one tokenizer per batch), waits at most
   ``max_wait_ms`` to fill a batch up to ``batch_size``, runs one batched encode + generate (and one
-  alignment pass for word timestamps) and hands each window's output back to its job.
+  alignment pass for word timestamps) and hands each window's output back to its job. Language
+  detection (jobs whose language is unknown: their first window) is batched the same way, in
+  batches of its own: one encode and one detection step for many jobs.
 
 The steps are faster-whisper's own (``get_speech_timestamps``, ``collect_chunks``, the feature
 extractor, ``BatchedInferencePipeline.generate_segment_batched``, ``_split_segments_by_timestamps``,
@@ -69,8 +71,8 @@ MAX_AUTO_BATCH_SIZE = 64
 # costs one out-of-memory halving.
 GPU_MB_PER_WINDOW = {"tiny.en": 160, "base": 260}
 GPU_MB_PER_WINDOW_DEFAULT = 400
-# Part of the free GPU memory the batches may use; the rest stays for fragmentation and the
-# language detection calls made outside the batches.
+# Part of the free GPU memory the batches may use; the rest stays for fragmentation and
+# CTranslate2's own workspace.
 GPU_MEMORY_SHARE = 0.6
 POLL_SECONDS = 0.2
 
@@ -135,6 +137,12 @@ class BatchKey:
     word_timestamps: bool
     initial_prompt: str | None
 
+
+# The key of language-detection items: one 30 s window per job whose language is unknown,
+# batched like decoding (one encoder pass and one decoder step per batch, not per job).
+DETECT_LANGUAGE = BatchKey(
+    language="", task="detect-language", beam_size=0, word_timestamps=False, initial_prompt=None
+)
 
 _job_numbers = itertools.count()
 
@@ -246,7 +254,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
             if duration_after_vad > 0:
                 features = self._features(chunks[0])
                 if options.language is None:
-                    language, language_probability = self._detect_language(features)
+                    language, language_probability = self._detect_language(features, reporter)
                 reporter.check_cancel()
                 key = BatchKey(
                     language=language,
@@ -294,10 +302,16 @@ class BatchScheduler(LoadedFasterWhisperModel):
 
         return pad_or_trim(self._model.feature_extractor(chunk)[..., :-1])
 
-    def _detect_language(self, features: Any) -> tuple[str, float]:
-        # A direct model call from the job thread: one 30 s window per job, not worth batching.
-        language, probability, _all = self._model.detect_language(features=features)
-        return str(language), float(probability)
+    def _detect_language(self, features: Any, reporter: ProgressReporter) -> tuple[str, float]:
+        """The language of the job's first window, detected in a batch with other jobs' first
+        windows (``WhisperModel.detect_language`` on one window: the most probable language)."""
+        job = _Job(key=DETECT_LANGUAGE, cond=threading.Condition())
+        try:
+            self._submit(_Item(job, 0, features, {}, time.monotonic()))
+            language, probability = self._wait(job, 0, reporter)
+        finally:
+            self._forget(job)
+        return language, probability
 
     def _decode_job(
         self,
@@ -372,7 +386,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
             self._forget(job)
         return segments
 
-    def _wait(self, job: _Job, index: int, reporter: ProgressReporter) -> _Output:
+    def _wait(self, job: _Job, index: int, reporter: ProgressReporter) -> Any:
         while True:
             with job.cond:
                 if job.error is not None:
@@ -490,8 +504,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
         if not items:
             return
         started = time.monotonic()
+        detecting = items[0].job.key == DETECT_LANGUAGE
         try:
-            outputs = self._decode_batch(items)
+            outputs = self._detect_batch(items) if detecting else self._decode_batch(items)
         except Exception as exc:
             if is_out_of_memory(exc) and len(items) > 1:
                 self._out_of_memory(len(items), exc)
@@ -509,12 +524,19 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 self._count("failed_windows")
                 self._deliver_error(items[0].job, exc)
             return
-        self._record_batch(items, time.monotonic() - started)
+        self._record_batch(items, time.monotonic() - started, detecting=detecting)
         for item, output in zip(items, outputs, strict=True):
             with item.job.cond:
                 if not item.job.done:
                     item.job.results[item.index] = output
                 item.job.cond.notify_all()
+
+    def _detect_batch(self, items: list[_Item]) -> list[tuple[str, float]]:
+        """One batched encode and language-detection step; each window's most probable
+        language and its probability, as ``WhisperModel.detect_language`` gives for one."""
+        encoder_output = self._model.encode(np.stack([item.features for item in items]))
+        results = self._model.model.detect_language(encoder_output)
+        return [(str(result[0][0][2:-2]), float(result[0][1])) for result in results]
 
     def _decode_batch(self, items: list[_Item]) -> list[_Output]:
         """One batched encode + generate (and alignment) for windows sharing a key; what
@@ -593,21 +615,26 @@ class BatchScheduler(LoadedFasterWhisperModel):
         with self._cond:
             self._stats[name] += 1
 
-    def _record_batch(self, items: list[_Item], seconds: float) -> None:
+    def _record_batch(self, items: list[_Item], seconds: float, *, detecting: bool) -> None:
         jobs = len({id(item.job) for item in items})
         with self._cond:
+            self._stats["model_ms"] += int(seconds * 1000)
+            if detecting:
+                self._stats["detection_batches"] += 1
+                self._stats["detections"] += len(items)
+                return
             self._stats["batches"] += 1
             self._stats["windows"] += len(items)
             if jobs > 1:
                 self._stats["multi_job_batches"] += 1
             self._batch_sizes[len(items)] += 1
             self._jobs_per_batch[jobs] += 1
-            self._stats["model_ms"] += int(seconds * 1000)
 
     # ---- introspection and lifecycle -----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters since load: batches, windows, multi-job batches, out-of-memory halvings,
-        isolation retries, failed and dropped windows, model time, and the batch size now."""
+        isolation retries, failed and dropped windows, language-detection batches and
+        detections, model time (both kinds), and the batch size now."""
         with self._cond:
             return {
                 **{
@@ -620,6 +647,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
                         "isolation_retries",
                         "failed_windows",
                         "dropped_windows",
+                        "detection_batches",
+                        "detections",
                         "model_ms",
                     )
                 },
