@@ -3,18 +3,22 @@
 Every error is `{"error": {"code", "message", "details", "request_id"}}`. Services raise
 `ApplicationError` (or Django's ValidationError / Http404 / PermissionDenied); views never catch.
 Unknown exceptions answer 500 with the same body and go to the log and Sentry with the traceback;
-the client never sees internals.
+the client never sees internals. A database that cannot be reached (down, restarting, no pooled
+connection within DB_POOL_TIMEOUT) or a statement past its timeout answers 503 with Retry-After:
+the client may try again, and the outage shows in /readyz and the DatabaseUnavailable alert.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -65,6 +69,36 @@ class ServiceUnavailableError(ApplicationError):
     code = "service_unavailable"
 
 
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def database_unavailable(exc: BaseException | None) -> ServiceUnavailableError | None:
+    """The 503 for a database failure the client can retry, or None for any other exception.
+
+    A statement cancelled by its timeout is logged as an error with its traceback (a query too
+    slow for the web tier is a bug to find); an unreachable database as one warning line per
+    request (the outage itself is what /readyz and the DatabaseUnavailable alert report).
+    """
+    if not isinstance(exc, OperationalError | InterfaceError):
+        return None
+    from psycopg import errors as pg_errors
+
+    headers = {"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)}
+    if isinstance(exc.__cause__, pg_errors.QueryCanceled):
+        logger.error("Database statement cancelled (statement timeout)", exc_info=exc)
+        return ServiceUnavailableError(
+            "The database did not answer in time. Try again.",
+            code="database_timeout",
+            headers=headers,
+        )
+    logger.warning("Database unavailable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+    return ServiceUnavailableError(
+        "The database is unavailable. Try again shortly.",
+        code="database_unavailable",
+        headers=headers,
+    )
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {
         "error": {
@@ -97,6 +131,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif (unavailable := database_unavailable(exc)) is not None:
+        exc = unavailable
 
     if isinstance(exc, ApplicationError):
         set_rollback()
@@ -153,6 +189,15 @@ def json_error_view(status_code: int, code: str, message: str) -> Callable[..., 
     }
 
     def view(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+        # Django calls handler500 inside its `except` block: a database failure raised outside
+        # a DRF view (middleware, admin, plain views) is a 503 there too.
+        if status_code == 500 and (unavailable := database_unavailable(sys.exc_info()[1])):
+            response = JsonResponse(
+                error_body(unavailable.code, unavailable.message), status=unavailable.status_code
+            )
+            for name, value in unavailable.headers.items():
+                response[name] = value
+            return response
         if _wants_html(request):
             handler = html_handlers[status_code]
             return handler(request) if status_code == 500 else handler(request, exception)

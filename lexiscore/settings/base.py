@@ -138,8 +138,11 @@ def database_config(url: str | None) -> dict:
             "pool": {
                 "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
                 "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
-                # Seconds a request waits for a free connection before failing (-> 503).
-                "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+                # Seconds a request waits for a connection before failing with a 503. While the
+                # server is down the pool cannot hand one out and every request waits this long:
+                # short, so clients get their 503 (and retry) instead of hanging. A gunicorn
+                # worker with one thread never waits for a *busy* pool.
+                "timeout": env.float("DB_POOL_TIMEOUT", default=3.0),
                 "max_idle": env.float("DB_POOL_MAX_IDLE", default=300.0),
                 "max_lifetime": env.float("DB_POOL_MAX_LIFETIME", default=1800.0),
             },

@@ -11,6 +11,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from apps.core.exceptions import ApplicationError
+from lexiscore import urls as lexiscore_urls
 
 
 @api_view(["GET"])
@@ -54,13 +55,36 @@ def private(request, version):
     return Response({"ok": True})
 
 
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def slow_query(request, version):
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 50")
+        cursor.execute("SELECT pg_sleep(2)")
+    return Response({"ok": True})
+
+
+def slow_plain_view(request):
+    """A plain Django view (no DRF): its database errors reach handler500."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 50")
+        cursor.execute("SELECT pg_sleep(2)")
+
+
 urlpatterns = [
     path("api/<version>/private", private),
     path("api/<version>/boom", boom),
     path("api/<version>/refuse", refuse),
     path("api/<version>/throttled", throttled),
     path("api/<version>/echo", echo),
+    path("api/<version>/slow-query", slow_query),
+    path("plain/slow-query", slow_plain_view),
 ]
+handler500 = lexiscore_urls.handler500
 
 
 def assert_error_body(response, status, code):
@@ -87,6 +111,44 @@ def test_unknown_exception_gives_500_body_without_internals(client, caplog):
     logged = [r for r in caplog.records if r.exc_info]
     assert logged and "secret internal detail" in str(logged[0].exc_info[1])
     assert logged[0].request_id == error["request_id"]
+
+
+@pytest.mark.django_db
+@override_settings(ROOT_URLCONF=__name__)
+def test_a_statement_timeout_is_a_503_to_retry_and_an_error_in_the_log(client, caplog):
+    with caplog.at_level(logging.WARNING):
+        response = client.get("/api/v1/slow-query")
+
+    error = assert_error_body(response, 503, "database_timeout")
+    assert response["Retry-After"] == "5"
+    assert "pg_sleep" not in response.content.decode()
+    [record] = [r for r in caplog.records if r.name == "apps.core.exceptions"]
+    assert record.levelname == "ERROR" and record.exc_info
+    assert record.request_id == error["request_id"]
+
+
+@pytest.mark.django_db
+@override_settings(ROOT_URLCONF=__name__, DEBUG=False)
+def test_a_database_error_outside_drf_is_a_503_too(client):
+    client.raise_request_exception = False
+
+    response = client.get("/plain/slow-query", HTTP_ACCEPT="application/json")
+
+    assert_error_body(response, 503, "database_timeout")
+    assert response["Retry-After"] == "5"
+
+
+def test_only_database_failures_become_503():
+    from django.db import IntegrityError, OperationalError
+
+    from apps.core.exceptions import database_unavailable
+
+    assert database_unavailable(RuntimeError("x")) is None
+    assert database_unavailable(IntegrityError("duplicate")) is None
+    assert database_unavailable(None) is None
+    unavailable = database_unavailable(OperationalError("connection refused"))
+    assert unavailable is not None
+    assert (unavailable.status_code, unavailable.code) == (503, "database_unavailable")
 
 
 @override_settings(ROOT_URLCONF=__name__)
