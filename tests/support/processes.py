@@ -394,3 +394,75 @@ _live_servers: set[GunicornServer] = set()
 def _kill_leftover_servers() -> None:
     for server in list(_live_servers):
         server.kill()
+
+
+class CeleryBeat:
+    """`celery -A lexiscore beat` as a real subprocess: publishes the periodic tasks of the test
+    settings (with `env` overrides, e.g. a short WEBHOOK_SWEEP_INTERVAL_SECONDS) to `broker_url`.
+
+    Beat only publishes; a `CeleryWorker` on the same broker runs what it sends. Its schedule
+    file lives in a private folder, so every beat starts with a fresh schedule.
+    """
+
+    def __init__(
+        self, *, broker_url: str, database_name: str, env: dict[str, str] | None = None
+    ) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="lexiscore-beat-"))
+        self.log_path = self.dir / "beat.log"
+        self.command = [
+            *(sys.executable, "-m", "celery", "-A", "lexiscore", "beat"),
+            *("--schedule", str(self.dir / "celerybeat-schedule")),
+            *("--max-interval", "1", "--loglevel", "INFO"),
+        ]
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "lexiscore.settings.test",
+            "TEST_CELERY_BROKER_URL": broker_url,
+            "DATABASE_URL": database_url(database_name),
+            "PYTHONUNBUFFERED": "1",
+            "TEST_MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            **(env or {}),
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> CeleryBeat:
+        _live_beats.add(self)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(
+            lambda: self.process.poll() is not None or "beat: Starting..." in self.log(),
+            timeout=60,
+            what="celery beat to start",
+        )
+        if self.process.poll() is not None:
+            raise RuntimeError(f"celery beat did not start:\n{self.log()[-3000:]}")
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        _live_beats.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_live_beats: set[CeleryBeat] = set()
+
+
+@atexit.register
+def _kill_leftover_beats() -> None:
+    for beat in list(_live_beats):
+        beat.kill()
