@@ -137,36 +137,47 @@ def report_generate(*, report_id: str) -> Report | None:
         report.attempts += 1
         report.save(update_fields=["status", "attempts", "updated_at"])
     started = time.monotonic()
+    key = ""
     try:
         content, filename = _render(report)
+        # Storing the file and marking the report ready fail like rendering does: the failure
+        # is recorded (queued for a retry, or failed), never left `running`.
+        key = default_storage.save(
+            f"reports/{report.organisation_id}/{report.pk}/{filename}", ContentFile(content)
+        )
+        with transaction.atomic():
+            report.status = ReportStatus.READY
+            report.file_key = key
+            report.filename = filename
+            report.size_bytes = len(content)
+            report.error_message = ""
+            report.generation_seconds = round(time.monotonic() - started, 3)
+            report.finished_at = timezone.now()
+            report.save()
+            _notify_ready(report)
     except Exception as exc:
+        if key:  # stored, but the report did not become ready: no orphan file
+            _delete_quietly(key)
         final = isinstance(exc, rendering.ReportInputError) or (
             report.attempts >= settings.REPORT_MAX_ATTEMPTS
         )
         report_record_failure(report=report, reason=f"{type(exc).__name__}: {exc}", final=final)
         raise
-    key = default_storage.save(
-        f"reports/{report.organisation_id}/{report.pk}/{filename}", ContentFile(content)
-    )
-    with transaction.atomic():
-        report.status = ReportStatus.READY
-        report.file_key = key
-        report.filename = filename
-        report.size_bytes = len(content)
-        report.error_message = ""
-        report.generation_seconds = round(time.monotonic() - started, 3)
-        report.finished_at = timezone.now()
-        report.save()
-        _notify_ready(report)
     return report
+
+
+def _delete_quietly(key: str) -> None:
+    try:
+        default_storage.delete(key)
+    except Exception:
+        logger.warning("Could not delete the file %s of a report that failed", key, exc_info=True)
 
 
 def report_record_failure(*, report: Report, reason: str, final: bool) -> None:
     with transaction.atomic():
         report.status = ReportStatus.FAILED if final else ReportStatus.QUEUED
         report.error_message = reason[:2000]
-        if final:
-            report.finished_at = timezone.now()
+        report.finished_at = timezone.now() if final else None
         report.save(update_fields=["status", "error_message", "finished_at", "updated_at"])
         if final:
             from apps.webhooks.services import event_publish

@@ -185,6 +185,68 @@ def test_a_failing_generation_is_visible_with_its_reason_retried_then_dead_lette
     assert dead.args == [str(report.pk)]
 
 
+def _report_files(report) -> list[str]:
+    from django.core.files.storage import default_storage
+
+    folder = f"reports/{report.organisation_id}/{report.pk}"
+    return default_storage.listdir(folder)[1] if default_storage.exists(folder) else []
+
+
+def test_a_failure_to_store_the_file_is_recorded_and_retried_not_left_running(
+    owner, client, auth, monkeypatch, eager, django_capture_on_commit_callbacks
+):
+    from django.core.files.storage import default_storage
+
+    real_save = default_storage.save
+    seen: list[str] = []
+
+    def flaky_save(name, content, **kwargs):
+        if not seen:
+            seen.append(Report.objects.get().status)  # what the report is while it is built
+            raise OSError(28, "No space left on device")
+        return real_save(name, content, **kwargs)
+
+    monkeypatch.setattr(default_storage, "save", flaky_save)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/api/v1/reports/",
+            {"kind": "usage", "format": "csv"},
+            content_type="application/json",
+            **auth,
+        )
+
+    report = Report.objects.get(pk=response.json()["id"])
+    assert seen == [ReportStatus.RUNNING]
+    assert report.status == ReportStatus.READY  # the second try stored it
+    assert report.attempts == 2
+    assert report.error_message == ""
+    assert _report_files(report) == [report.filename]
+    assert not DeadLetter.objects.exists()
+
+
+def test_a_report_that_cannot_be_marked_ready_leaves_no_file_and_fails_visibly(
+    owner, monkeypatch, settings
+):
+    settings.REPORT_MAX_ATTEMPTS = 1
+
+    def broken_notify(report):
+        raise RuntimeError("event store unavailable")
+
+    monkeypatch.setattr(services, "_notify_ready", broken_notify)
+    report = services.report_request(
+        organisation=owner.organisation, user=owner.user, kind="usage", format="csv"
+    )
+
+    with pytest.raises(RuntimeError):
+        services.report_generate(report_id=str(report.pk))
+
+    report.refresh_from_db()
+    assert report.status == ReportStatus.FAILED
+    assert report.error_message == "RuntimeError: event store unavailable"
+    assert report.file_key == ""
+    assert _report_files(report) == []  # the stored file was removed
+
+
 def test_a_failed_report_can_be_retried_by_the_api(
     owner, client, auth, eager, django_capture_on_commit_callbacks
 ):
