@@ -31,6 +31,18 @@ def generate(organisation, user, **kwargs) -> Report:
     return report
 
 
+def request_usage_csv(client, auth, capture_on_commit) -> Report:
+    """A usage CSV requested through the API, its task run (eagerly) when the request commits."""
+    with capture_on_commit(execute=True):
+        response = client.post(
+            "/api/v1/reports/",
+            {"kind": "usage", "format": "csv"},
+            content_type="application/json",
+            **auth,
+        )
+    return Report.objects.get(pk=response.json()["id"])
+
+
 def content_of(client, auth, report) -> tuple[bytes, object]:
     response = client.get(f"/api/v1/reports/{report.pk}/download", **auth)
     return b"".join(response.streaming_content), response
@@ -166,15 +178,8 @@ def test_a_failing_generation_is_visible_with_its_reason_retried_then_dead_lette
         raise RuntimeError("renderer crashed")
 
     monkeypatch.setattr(rendering, "usage_csv", broken)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
-            "/api/v1/reports/",
-            {"kind": "usage", "format": "csv"},
-            content_type="application/json",
-            **auth,
-        )
+    report = request_usage_csv(client, auth, django_capture_on_commit_callbacks)
 
-    report = Report.objects.get(pk=response.json()["id"])
     assert len(calls) == 3  # REPORT_MAX_ATTEMPTS
     assert report.status == ReportStatus.FAILED
     assert report.attempts == 3
@@ -207,15 +212,8 @@ def test_a_failure_to_store_the_file_is_recorded_and_retried_not_left_running(
         return real_save(name, content, **kwargs)
 
     monkeypatch.setattr(default_storage, "save", flaky_save)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
-            "/api/v1/reports/",
-            {"kind": "usage", "format": "csv"},
-            content_type="application/json",
-            **auth,
-        )
+    report = request_usage_csv(client, auth, django_capture_on_commit_callbacks)
 
-    report = Report.objects.get(pk=response.json()["id"])
     assert seen == [ReportStatus.RUNNING]
     assert report.status == ReportStatus.READY  # the second try stored it
     assert report.attempts == 2

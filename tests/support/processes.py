@@ -269,7 +269,52 @@ def database_url(database_name: str) -> str:
     return base.rsplit("/", 1)[0] + "/" + database_name
 
 
-class GunicornServer:
+class _ProcessGroup:
+    """A subprocess in its own session (so ``kill`` reaches its children too) with a private
+    folder holding its log; every one still running is killed when the test process exits."""
+
+    dir: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        _live_groups.add(self)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self.process
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children (whatever a test left running)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        _live_groups.discard(self)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_live_groups: set[_ProcessGroup] = set()
+
+
+@atexit.register
+def _kill_leftover_groups() -> None:
+    for group in list(_live_groups):
+        group.kill()
+
+
+class GunicornServer(_ProcessGroup):
     """gunicorn as deployed: lexiscore/gunicorn_conf.py, production settings, generated secrets.
 
     It listens on a free loopback port and uses the given database and Redis; media, uploads in
@@ -336,16 +381,7 @@ class GunicornServer:
         """Start gunicorn and wait until /healthz answers; on another port if this one was taken."""
         for _attempt in range(3):
             self.env["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
-            with self.log_path.open("ab") as log:
-                self.process = subprocess.Popen(
-                    self.command,
-                    cwd=ROOT,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # so kill() reaches the workers too
-                )
-            _live_servers.add(self)
+            self._spawn(self.command, self.env)
             wait_for(
                 lambda: self.process.poll() is not None or self._healthy(),
                 timeout=90,
@@ -367,36 +403,13 @@ class GunicornServer:
         except OSError:
             return False
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
     def terminate(self) -> None:
         """SIGTERM to the master, as `docker stop` sends it."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
 
-    def kill(self) -> None:
-        """SIGKILL the master and its workers (whatever a test left running)."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        _live_servers.discard(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
-
-_live_servers: set[GunicornServer] = set()
-
-
-@atexit.register
-def _kill_leftover_servers() -> None:
-    for server in list(_live_servers):
-        server.kill()
-
-
-class CeleryBeat:
+class CeleryBeat(_ProcessGroup):
     """`celery -A lexiscore beat` as a real subprocess: publishes the periodic tasks of the test
     settings (with `env` overrides, e.g. a short WEBHOOK_SWEEP_INTERVAL_SECONDS) to `broker_url`.
 
@@ -426,43 +439,12 @@ class CeleryBeat:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> CeleryBeat:
-        _live_beats.add(self)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = self._spawn(self.command, self.env)
         wait_for(
-            lambda: self.process.poll() is not None or "beat: Starting..." in self.log(),
+            lambda: process.poll() is not None or "beat: Starting..." in self.log(),
             timeout=60,
             what="celery beat to start",
         )
-        if self.process.poll() is not None:
+        if process.poll() is not None:
             raise RuntimeError(f"celery beat did not start:\n{self.log()[-3000:]}")
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        _live_beats.discard(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-_live_beats: set[CeleryBeat] = set()
-
-
-@atexit.register
-def _kill_leftover_beats() -> None:
-    for beat in list(_live_beats):
-        beat.kill()
