@@ -145,6 +145,11 @@ def database_config(url: str | None) -> dict:
                 "timeout": env.float("DB_POOL_TIMEOUT", default=3.0),
                 "max_idle": env.float("DB_POOL_MAX_IDLE", default=300.0),
                 "max_lifetime": env.float("DB_POOL_MAX_LIFETIME", default=1800.0),
+                # psycopg_pool retries a failed connection with doubling delays until this many
+                # seconds have passed (its default, 300 s, lets the delay grow past a minute: a
+                # process would keep answering 503 that long after PostgreSQL is back). Short,
+                # so the attempt gives up and the next request starts a fresh one at once.
+                "reconnect_timeout": env.float("DB_POOL_RECONNECT_TIMEOUT", default=5.0),
             },
             "connect_timeout": env.int("DB_CONNECT_TIMEOUT", default=5),
             "options": f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}",
