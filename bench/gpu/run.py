@@ -14,6 +14,7 @@ utilisation. In the same run, on the same audio and model:
 
     .venv/bin/python bench/gpu/run.py                                  # GPU, the issue's matrix
     .venv/bin/python bench/gpu/run.py --device cpu --jobs 1,4 --max-seconds 60
+    python3 bench/gpu/run.py --kit /tmp/lexiscore-kit ...     # on a lent GPU machine (kit.py)
 
 Writes a JSON summary to bench/results/gpu-<time>.json and prints a table.
 """
@@ -33,13 +34,13 @@ import sys
 import tempfile
 import threading
 import time
+import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lexiscore.settings.test")
 
 SENTENCES = [
     "Please send the quarterly report to the finance team before Friday.",
@@ -51,28 +52,42 @@ SENTENCES = [
 ]
 
 
-def make_jobs(
-    count: int, min_s: float, max_s: float, folder: Path, seed: int
-) -> list[tuple[Path, str, float]]:
-    """`count` files of random length in [min_s, max_s]: sentences with short pauses."""
-    from tests.speech import SpeechFactory, concatenate
-    from workers.engines.audio import duration_of, load_audio
+def sentence_files(folder: Path, kit: Path | None) -> list[Path]:
+    """One WAV (16 kHz mono PCM) per sentence: the kit's (made by kit.py prepare), or espeak-ng."""
+    if kit is not None:
+        return [kit / "kit" / "sentences" / f"sentence-{i}.wav" for i in range(len(SENTENCES))]
+    from tests.speech import SpeechFactory
 
     speech = SpeechFactory(folder / "parts")
-    sentence_files = [speech.say(text) for text in SENTENCES]
-    lengths = [duration_of(load_audio(path)) for path in sentence_files]
-    pause = speech.silence(0.7)
+    return [speech.say(text) for text in SENTENCES]
+
+
+def make_jobs(
+    count: int, min_s: float, max_s: float, folder: Path, seed: int, kit: Path | None = None
+) -> list[tuple[Path, str, float]]:
+    """`count` files of random length in [min_s, max_s]: sentences with 0.7 s pauses, joined
+    with the standard library (no sox), so they can be made on a machine without audio tools."""
+    sentences = []
+    for path in sentence_files(folder, kit):
+        with wave.open(str(path), "rb") as reader:
+            params = reader.getparams()
+            sentences.append(reader.readframes(reader.getnframes()))
+    rate, width = params.framerate, params.sampwidth * params.nchannels
+    pause = b"\x00" * int(0.7 * rate) * width
     rng = random.Random(seed)
     jobs = []
     for index in range(count):
         target = rng.uniform(min_s, max_s)
-        parts, words, total = [], [], 0.0
-        while total < target or not parts:
+        frames, words, total = [], [], 0.0
+        while total < target or not frames:
             pick = rng.randrange(len(SENTENCES))
-            parts += [sentence_files[pick], pause]
+            frames += [sentences[pick], pause]
             words.append(SENTENCES[pick])
-            total += lengths[pick] + 0.7
-        path = concatenate(parts, folder / f"job-{index:03d}.wav")
+            total += len(sentences[pick]) / width / rate + 0.7
+        path = folder / f"job-{index:03d}.wav"
+        with wave.open(str(path), "wb") as writer:
+            writer.setparams(params)
+            writer.writeframes(b"".join(frames))
         jobs.append((path, " ".join(words), total))
     return jobs
 
@@ -177,12 +192,14 @@ def main() -> int:
     parser.add_argument("--wer-jobs", type=int, default=4)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--kit",
+        help="a folder installed by bench/gpu/kit.py (models and sentences on a machine without "
+        "the model packages, espeak-ng or sox)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    import django
-
-    django.setup()
     import jiwer
 
     from workers.engines import get_engine
@@ -191,7 +208,10 @@ def main() -> int:
     cache = ROOT / "var" / "models"
     job_counts = [int(n) for n in args.jobs.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="lexiscore-bench-gpu-"))
-    all_jobs = make_jobs(max(job_counts), args.min_seconds, args.max_seconds, folder, args.seed)
+    kit = Path(args.kit) if args.kit else None
+    all_jobs = make_jobs(
+        max(job_counts), args.min_seconds, args.max_seconds, folder, args.seed, kit
+    )
 
     def wer(reference: str, hypothesis: str) -> float:
         clean = jiwer.Compose(
@@ -202,6 +222,8 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     for profile in args.profiles.split(","):
         common = {"cache_dir": cache, "cpu_threads": args.cpu_threads, "max_engines": 8}
+        if kit is not None:  # the kit's copy of the model (checked against the pinned sha256)
+            common["model_dir"] = kit / "kit" / "models" / profile
         scheduler = get_engine(
             "faster-whisper",
             profile,
