@@ -121,20 +121,45 @@ def prepare(profiles: list[str], chunk_mb: int) -> None:
         tar_path = Path(scratch) / TAR
         with tarfile.open(tar_path, "w") as tar:
             tar.add(stage, arcname="kit")
-        size = tar_path.stat().st_size
-        chunk = chunk_mb * 1024 * 1024
-        count = (size + chunk - 1) // chunk
-        manifest = {"sha256": sha256_of(tar_path), "bytes": size, "chunks": count}
-        with tar_path.open("rb") as handle:
-            for index in range(count):
-                folder = KIT / f"c{index:02d}"
-                folder.mkdir(parents=True)
-                (folder / f"{TAR}.{index:02d}").write_bytes(handle.read(chunk))
-                (folder / MANIFEST).write_text(json.dumps(manifest))
+        manifest = split(tar_path, KIT, chunk_mb * 1024 * 1024)
+    size, count = manifest["bytes"], manifest["chunks"]
     print(f"{KIT}: {count} chunk folders, {size / 2**20:.0f} MiB in all, profiles {profiles}")
     for index in range(count):
         print(f"  call {index + 1}: carry .gpu-kit/c{index:02d}, command: python3 {rel()} receive")
     print(f"  then: python3 {rel()} install && . {TARGET}/env.sh && python3 bench/gpu/run.py ...")
+
+
+def split(tar_path: Path, kit: Path, chunk_bytes: int) -> dict:
+    """Cut `tar_path` into chunk folders kit/cNN, each with its piece and the manifest."""
+    size = tar_path.stat().st_size
+    count = max(1, (size + chunk_bytes - 1) // chunk_bytes)
+    manifest = {"sha256": sha256_of(tar_path), "bytes": size, "chunks": count}
+    with tar_path.open("rb") as handle:
+        for index in range(count):
+            folder = kit / f"c{index:02d}"
+            folder.mkdir(parents=True)
+            (folder / f"{TAR}.{index:02d}").write_bytes(handle.read(chunk_bytes))
+            (folder / MANIFEST).write_text(json.dumps(manifest))
+    return manifest
+
+
+def join(target: Path) -> Path:
+    """The tar rebuilt from the chunks received in `target`, checked against the manifest."""
+    manifest = json.loads((target / MANIFEST).read_text())
+    parts = [target / f"{TAR}.{index:02d}" for index in range(manifest["chunks"])]
+    missing = [p.name for p in parts if not p.exists()]
+    if missing:
+        raise SystemExit(f"missing chunks: {missing} (run `receive` with each chunk folder)")
+    joined = target / TAR
+    with joined.open("wb") as out:
+        for part in parts:
+            out.write(part.read_bytes())
+    if sha256_of(joined) != manifest["sha256"]:
+        joined.unlink()
+        raise SystemExit("the joined kit does not match its sha256: carry the chunks again")
+    for part in parts:
+        part.unlink()
+    return joined
 
 
 def rel() -> str:
@@ -175,22 +200,10 @@ def cublas_12_links(folder: Path) -> Path | None:
 
 
 def install() -> None:
-    manifest = json.loads((TARGET / MANIFEST).read_text())
-    parts = [TARGET / f"{TAR}.{index:02d}" for index in range(manifest["chunks"])]
-    missing = [p.name for p in parts if not p.exists()]
-    if missing:
-        raise SystemExit(f"missing chunks: {missing} (run `receive` with each chunk folder)")
-    joined = TARGET / TAR
-    with joined.open("wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
-    if sha256_of(joined) != manifest["sha256"]:
-        raise SystemExit("the joined kit does not match its sha256: carry the chunks again")
+    joined = join(TARGET)
     shutil.rmtree(TARGET / "kit", ignore_errors=True)
     with tarfile.open(joined) as tar:
         tar.extractall(TARGET, filter="data")
-    for part in parts:
-        part.unlink()
     joined.unlink()
     site = TARGET / "site"
     wheels = sorted(str(p) for p in (TARGET / "kit" / "wheels").glob("*.whl"))
