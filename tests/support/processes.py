@@ -126,17 +126,57 @@ def _pings(client: redis.Redis) -> bool:
         return False
 
 
-_live_workers: set[CeleryWorker] = set()
+class _ProcessGroup:
+    """A subprocess in its own session (so ``kill`` reaches its children too) logging to
+    ``log_path``; every one still running is killed when the test process exits. ``kill`` then
+    removes its private folder ``dir`` (subclasses without one keep their log instead)."""
+
+    dir: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
+        _live_groups.add(self)
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self.process
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the process and its children (whatever a test left running)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=10)
+        _live_groups.discard(self)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        """After the kill: remove the private folder (the log goes with it)."""
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_live_groups: set[_ProcessGroup] = set()
 
 
 @atexit.register
-def _kill_leftover_workers() -> None:
-    """A test that forgot to stop its worker must not leave it running after the session."""
-    for worker in list(_live_workers):
-        worker.kill()
+def _kill_leftover_groups() -> None:
+    for group in list(_live_groups):
+        group.kill()
 
 
-class CeleryWorker:
+class CeleryWorker(_ProcessGroup):
     """`celery -A lexiscore worker` as a real subprocess against the test database."""
 
     def __init__(
@@ -187,22 +227,10 @@ class CeleryWorker:
         self.process: subprocess.Popen | None = None
 
     def start(self, *, wait_ready: bool = True) -> CeleryWorker:
-        _live_workers.add(self)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self._spawn(self.command, self.env)
         if wait_ready:
             wait_for(lambda: "ready." in self.log(), timeout=60, what="celery worker ready")
         return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def child_pids(self) -> list[int]:
         assert self.process is not None
@@ -217,20 +245,12 @@ class CeleryWorker:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
-    def kill(self) -> None:
-        """SIGKILL the whole process group (main process and pool children).
+    # kill(): SIGKILL the whole process group, always, even when the main process has already
+    # exited: an orphaned pool child would otherwise keep reconnecting to its broker's port and
+    # could consume a later test's messages once another private Redis is given that port.
 
-        Always, even when the main process has already exited: an orphaned pool child would
-        otherwise keep reconnecting to its broker's port and could consume a later test's
-        messages once another private Redis is given that port.
-        """
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        _live_workers.discard(self)
+    def _cleanup(self) -> None:
+        """The log (a file of its own) is kept: a failing test reads it afterwards."""
 
 
 @contextlib.contextmanager
@@ -267,51 +287,6 @@ def database_url(database_name: str) -> str:
     """DATABASE_URL of this run's server (DATABASE_URL in the environment) for another database."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lexiscore")
     return base.rsplit("/", 1)[0] + "/" + database_name
-
-
-class _ProcessGroup:
-    """A subprocess in its own session (so ``kill`` reaches its children too) with a private
-    folder holding its log; every one still running is killed when the test process exits."""
-
-    dir: Path
-    log_path: Path
-    process: subprocess.Popen | None = None
-
-    def _spawn(self, command: list[str], env: dict[str, str]) -> subprocess.Popen:
-        _live_groups.add(self)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self.process
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL the process and its children (whatever a test left running)."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        _live_groups.discard(self)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-_live_groups: set[_ProcessGroup] = set()
-
-
-@atexit.register
-def _kill_leftover_groups() -> None:
-    for group in list(_live_groups):
-        group.kill()
 
 
 class GunicornServer(_ProcessGroup):
