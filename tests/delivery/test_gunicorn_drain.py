@@ -128,6 +128,13 @@ def start_gunicorn(transactional_db, redis_server):
         server.kill()
 
 
+def upload_in_flight(server: GunicornServer, api_key: str) -> SlowUpload:
+    """An audio upload whose body is half sent, once a worker is spooling it to disk."""
+    upload = SlowUpload(server, api_key, multipart_upload(tone_wav(AUDIO_SECONDS)))
+    wait_for(lambda: any(server.upload_dir.iterdir()), timeout=30, what="the upload to start")
+    return upload
+
+
 @pytest.fixture
 def api_key(transactional_db) -> str:
     return ApiKeyFactory(role=Role.MEMBER).raw_key
@@ -137,8 +144,7 @@ def test_sigterm_refuses_new_connections_and_lets_an_upload_in_flight_finish(
     start_gunicorn, api_key
 ):
     server = start_gunicorn(graceful_timeout=15)
-    upload = SlowUpload(server, api_key, multipart_upload(tone_wav(AUDIO_SECONDS)))
-    wait_for(lambda: any(server.upload_dir.iterdir()), timeout=30, what="the upload to start")
+    upload = upload_in_flight(server, api_key)
 
     signalled = time.monotonic()
     server.terminate()
@@ -162,8 +168,7 @@ def test_a_request_still_running_after_the_graceful_timeout_is_cut_and_gunicorn_
     start_gunicorn, api_key
 ):
     server = start_gunicorn(graceful_timeout=3)
-    upload = SlowUpload(server, api_key, multipart_upload(tone_wav(AUDIO_SECONDS)))
-    wait_for(lambda: any(server.upload_dir.iterdir()), timeout=30, what="the upload to start")
+    upload = upload_in_flight(server, api_key)
 
     signalled = time.monotonic()
     server.terminate()

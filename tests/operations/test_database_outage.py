@@ -13,14 +13,13 @@ import http.client
 import json
 import shutil
 import subprocess
-import sys
 import time
 from typing import Any
 
 import pytest
 
 from tests.support.postgres import PostgresServer
-from tests.support.processes import ROOT, GunicornServer, RedisServer, wait_for
+from tests.support.processes import GunicornServer, RedisServer, run_manage, wait_for
 
 pytestmark = [pytest.mark.slow]
 
@@ -32,15 +31,7 @@ MAX_WAIT = 8.0
 
 
 def manage(env: dict[str, str], *args: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    done = run_manage(env, *args, timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
 
 

@@ -283,6 +283,21 @@ def app_broker(url: str) -> Iterator[None]:
         reset_pool()
 
 
+def run_manage(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`manage.py ARGS` in a subprocess with exactly `env` (output captured, not checked)."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def database_url(database_name: str) -> str:
     """DATABASE_URL of this run's server (DATABASE_URL in the environment) for another database."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/lexiscore")
