@@ -176,6 +176,46 @@ def drive(engine: Any, jobs: list[tuple[Path, str, float]], options: Any, thread
     }
 
 
+def scheduler_activity(before: dict, after: dict, wall: float) -> dict[str, Any]:
+    """What the scheduler did during one row: batch size, mean windows per batch, the share of
+    the wall time its thread spent in the model (near 1: the model is the bound; low: the job
+    threads' CPU work is), and out-of-memory halvings."""
+    batches = after["batches"] - before["batches"]
+    windows = after["windows"] - before["windows"]
+    model_s = (after["model_ms"] - before["model_ms"]) / 1000
+    return {
+        "batch_size": after["batch_size"],
+        "mean_windows_per_batch": round(windows / batches, 1) if batches else None,
+        "model_busy_share": round(model_s / wall, 2) if wall else None,
+        "out_of_memory": after["out_of_memory"] - before["out_of_memory"],
+    }
+
+
+def describe_machine(device: str) -> dict[str, Any]:
+    """CPU count, platform, load, and on CUDA the GPU and CTranslate2's view of it."""
+    machine: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg(),
+    }
+    import ctranslate2
+
+    machine["ctranslate2"] = ctranslate2.__version__
+    if device == "cuda":
+        machine["cuda_devices"] = ctranslate2.get_cuda_device_count()
+        machine["compute_types"] = sorted(ctranslate2.get_supported_compute_types("cuda"))
+        smi = shutil.which("nvidia-smi")
+        if smi:
+            machine["gpu"] = subprocess.run(
+                [smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            ).stdout.strip()
+    return machine
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -188,10 +228,21 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=10)
     parser.add_argument("--baseline-threads", type=int, default=32)
     parser.add_argument("--baseline-batch-size", type=int, default=16)
+    parser.add_argument(
+        "--baseline-workers",
+        type=int,
+        default=16,
+        help="CTranslate2 num_workers of the bare baseline (8-16 gave its best in FACTS.md)",
+    )
     parser.add_argument("--openai-jobs", type=int, default=2)
     parser.add_argument("--wer-jobs", type=int, default=4)
     parser.add_argument("--cpu-threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--out",
+        default=str(ROOT / "bench" / "results"),
+        help="folder of the JSON summary, rewritten after every row (a cut-off run keeps its rows)",
+    )
     parser.add_argument(
         "--kit",
         help="a folder installed by bench/gpu/kit.py (models and sentences on a machine without "
@@ -205,6 +256,10 @@ def main() -> int:
     from workers.engines import get_engine
     from workers.engines.base import TranscriptionOptions
 
+    machine = describe_machine(args.device)
+    print(json.dumps({"machine": machine}), flush=True)
+    out = Path(args.out) / f"gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     cache = ROOT / "var" / "models"
     job_counts = [int(n) for n in args.jobs.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="lexiscore-bench-gpu-"))
@@ -220,6 +275,18 @@ def main() -> int:
         return float(jiwer.wer(clean(reference).strip(), clean(hypothesis).strip()))
 
     rows: list[dict[str, Any]] = []
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine,
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(summary, indent=2))
+
     for profile in args.profiles.split(","):
         common = {"cache_dir": cache, "cpu_threads": args.cpu_threads, "max_engines": 8}
         if kit is not None:  # the kit's copy of the model (checked against the pinned sha256)
@@ -238,6 +305,7 @@ def main() -> int:
             profile,
             args.device,
             batch_size=args.baseline_batch_size,
+            num_workers=args.baseline_workers,
             **common,
         )
         unbatched = get_engine("faster-whisper", profile, args.device, **common)
@@ -245,49 +313,40 @@ def main() -> int:
         for wt in args.word_timestamps.split(","):
             options = TranscriptionOptions(language=language, word_timestamps=wt == "on")
             base_row = {"profile": profile, "word_timestamps": wt, "device": args.device}
+            plain: dict[int, str] = {}  # the unbatched engine's transcript of job i, once
+
             for count in job_counts:
                 jobs = all_jobs[:count]
+                before = scheduler.stats()
                 result = drive(scheduler, jobs, options, threads=count)
                 texts = result.pop("_texts")
-                row = {**base_row, "mode": "cross-job-batching", **result}
-                row["batch_size"] = scheduler.stats()["batch_size"]
+                row = {
+                    **base_row,
+                    "mode": "cross-job-batching",
+                    **result,
+                    **scheduler_activity(before, scheduler.stats(), result["wall_seconds"]),
+                }
                 k = min(args.wer_jobs, count)
                 if k:
                     batched_wer = statistics.fmean(wer(jobs[i][1], texts[i]) for i in range(k))
-                    plain_wer = statistics.fmean(
-                        wer(jobs[i][1], unbatched.transcribe(jobs[i][0], options).text)
-                        for i in range(k)
-                    )
+                    for i in range(k):
+                        if i not in plain:
+                            plain[i] = unbatched.transcribe(jobs[i][0], options).text
+                    plain_wer = statistics.fmean(wer(jobs[i][1], plain[i]) for i in range(k))
                     row["wer_batched"] = round(batched_wer, 4)
                     row["wer_unbatched"] = round(plain_wer, 4)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+                record(row)
             jobs = all_jobs[: max(job_counts)]
             threads = min(args.baseline_threads, len(jobs))
             result = drive(bare, jobs, options, threads=threads)
             result.pop("_texts")
-            rows.append({**base_row, "mode": f"bare-batched-{threads}-threads", **result})
-            print(json.dumps(rows[-1]), flush=True)
+            record({**base_row, "mode": f"bare-batched-{threads}-threads", **result})
             if args.openai_jobs:
                 openai = get_engine("openai-whisper", profile, args.device, **common)
                 result = drive(openai, all_jobs[: args.openai_jobs], options, threads=1)
                 result.pop("_texts")
-                rows.append({**base_row, "mode": "openai-whisper-single", **result})
-                print(json.dumps(rows[-1]), flush=True)
+                record({**base_row, "mode": "openai-whisper-single", **result})
 
-    summary = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "load_average": os.getloadavg(),
-        },
-        "command": " ".join(sys.argv),
-        "rows": rows,
-    }
-    out = ROOT / "bench" / "results" / f"gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
     print(
         f"\n{'profile':8} {'wt':3} {'mode':28} {'jobs':>4} {'audio s':>8} {'x rt':>7} "
         f"{'p50 s':>6} {'p95 s':>6} {'WER b/u':>12} {'GPU MB':>7} {'util':>5}"
