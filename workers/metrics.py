@@ -217,6 +217,18 @@ _BATCH_COUNTERS = (
         "model_ms",
         0.001,
     ),
+    (
+        "lexiscore_whisper_prepare_pool_replacements",
+        "Audio preparation pools replaced after one of their processes died.",
+        "preparation_pool_replacements",
+        1,
+    ),
+    (
+        "lexiscore_whisper_prepare_long_files",
+        "Files too long to prepare at once, prepared in their job's thread instead.",
+        "long_files_prepared_in_thread",
+        1,
+    ),
 )
 
 
@@ -244,6 +256,11 @@ class BatchSchedulerCollector:
             "Windows waiting for a batch.",
             labels=labels,
         )
+        processes = GaugeMetricFamily(
+            "lexiscore_whisper_prepare_processes",
+            "Processes preparing audio (decoding, VAD, features); 0: the job threads do it.",
+            labels=labels,
+        )
         for engine in loaded_engines():
             if not isinstance(engine, BatchScheduler):
                 continue
@@ -253,9 +270,11 @@ class BatchSchedulerCollector:
                 counters[name].add_metric(values, stats[key] * scale)
             size.add_metric(values, stats["batch_size"])
             queued.add_metric(values, stats["queued_windows"])
+            processes.add_metric(values, stats["prepare_processes"])
         yield from counters.values()
         yield size
         yield queued
+        yield processes
 
 
 @signals.worker_process_shutdown.connect

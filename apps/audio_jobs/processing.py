@@ -190,6 +190,7 @@ def engine_from_settings(name: str, profile: str):
         batch_size=batch_size or None,
         cross_job_batching=settings.WHISPER_CROSS_JOB_BATCHING,
         max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
+        prepare_processes=settings.WHISPER_PREPARE_PROCESSES,
     )
 
 

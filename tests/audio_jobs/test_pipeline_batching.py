@@ -49,8 +49,8 @@ def metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
-@pytest.fixture
-def batching_worker(broker, mail_dir, transactional_db, tmp_path):
+@pytest.fixture(params=[0, 2], ids=["prepared-in-job-threads", "prepared-in-processes"])
+def batching_worker(request, broker, mail_dir, transactional_db, tmp_path):
     port = free_port()
     worker = CeleryWorker(
         broker_url=broker.url,
@@ -65,6 +65,8 @@ def batching_worker(broker, mail_dir, transactional_db, tmp_path):
             # Generous on a 2-core machine, so that windows of jobs that start a moment apart
             # meet in one batch (the GPU default is 10 ms).
             "WHISPER_BATCH_MAX_WAIT_MS": "400",
+            # Decoding, VAD and features in the job threads, or in spawned processes.
+            "WHISPER_PREPARE_PROCESSES": str(request.param),
             "WORKER_METRICS_PORT": str(port),
             "WORKER_METRICS_ADDR": "127.0.0.1",
             "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
@@ -72,6 +74,7 @@ def batching_worker(broker, mail_dir, transactional_db, tmp_path):
         hostname="batching",
     ).start()
     worker.metrics_url = f"http://127.0.0.1:{port}/metrics"
+    worker.prepare_processes = request.param
     yield worker
     worker.kill()
 
@@ -114,6 +117,8 @@ def test_a_threads_pool_worker_batches_windows_of_concurrent_jobs(
     assert metric(text, "lexiscore_whisper_batch_queued_windows") == 0
     assert metric(text, "lexiscore_whisper_batch_size") == 8
     assert metric(text, "lexiscore_whisper_batch_model_seconds_total") > 0
+    assert metric(text, "lexiscore_whisper_prepare_processes") == batching_worker.prepare_processes
+    assert metric(text, "lexiscore_whisper_prepare_pool_replacements_total") == 0
     # The task counters of the multiprocess registry are served beside them.
     assert re.search(
         r'^celery_tasks_total\{queue="transcription.cpu",state="SUCCESS",'

@@ -40,6 +40,15 @@ FOREIGN_SPEECH = {
 }
 
 
+# Short clips for the batching tests, one sentence each.
+SENTENCES = [
+    "Please send the quarterly report to the finance team before Friday.",
+    "The meeting has been moved to the large conference room on the second floor.",
+    "Our team finished the migration ahead of schedule.",
+    "The weather will be sunny and warm this afternoon.",
+]
+
+
 def normalise(text: str) -> str:
     """Lower-case, punctuation removed, whitespace collapsed: the form WER is computed on."""
     return " ".join(re.sub(r"[^\w\s']", " ", text.lower()).split())
@@ -81,6 +90,24 @@ def long_clip(speech: SpeechFactory, tmp_path_factory: pytest.TempPathFactory) -
     gap = speech.silence(25)
     second = speech.say("And this is the second part, after a long pause.")
     return concatenate([first, gap, second], tmp_path_factory.mktemp("long") / "long.wav")
+
+
+@pytest.fixture(scope="session")
+def clips(speech: SpeechFactory) -> list[Path]:
+    """One short clip per sentence of SENTENCES, each with its own lead silence."""
+    return [speech.say(text, lead_silence=0.5 * i) for i, text in enumerate(SENTENCES)]
+
+
+@pytest.fixture(scope="session")
+def three_window_clip(
+    speech: SpeechFactory, english_clip: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """About 75 s of speech with short pauses: three <= 30 s VAD windows."""
+    from tests.speech import concatenate
+
+    gap = speech.silence(0.6)
+    parts = [english_clip, gap] * 8
+    return concatenate(parts, tmp_path_factory.mktemp("windows") / "three.wav")
 
 
 def _engine(name: str, profile: str, cache: Path, *, batch_size: int | None = None) -> Engine:

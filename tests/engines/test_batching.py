@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, wer
+from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, SENTENCES, wer
 from tests.engines.test_faster import _assert_timestamps_sane
 from workers.engines import get_engine
 from workers.engines.audio import load_audio
@@ -19,34 +19,14 @@ from workers.engines.base import TranscriptionOptions
 from workers.engines.batching import BatchScheduler, choose_batch_size, is_out_of_memory
 from workers.engines.errors import AudioDecodeError, ProfileError, TranscriptionCancelled
 from workers.engines.models import prepare_model
+from workers.preparation import split_speech, window_features
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("batching")]
 
 ENGLISH = TranscriptionOptions(language="en")
-SENTENCES = [
-    "Please send the quarterly report to the finance team before Friday.",
-    "The meeting has been moved to the large conference room on the second floor.",
-    "Our team finished the migration ahead of schedule.",
-    "The weather will be sunny and warm this afternoon.",
-]
 # The batched engine must stay this close to the unbatched one on the same clip.
 MAX_WER_VS_UNBATCHED = 0.1
 OOM = "CUDA failed with error out of memory"
-
-
-@pytest.fixture(scope="module")
-def clips(speech) -> list[Path]:
-    return [speech.say(text, lead_silence=0.5 * i) for i, text in enumerate(SENTENCES)]
-
-
-@pytest.fixture(scope="module")
-def three_window_clip(speech, english_clip, tmp_path_factory) -> Path:
-    """About 75 s of speech with short pauses: three <= 30 s VAD windows."""
-    from tests.speech import concatenate
-
-    gap = speech.silence(0.6)
-    parts = [english_clip, gap] * 8
-    return concatenate(parts, tmp_path_factory.mktemp("windows") / "three.wav")
 
 
 def new_scheduler(model_cache_dir: Path, **kwargs: Any) -> BatchScheduler:
@@ -205,8 +185,8 @@ def test_out_of_memory_halves_the_batch_and_every_job_completes(model_cache_dir,
 
 def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
     engine = new_scheduler(model_cache_dir)
-    _clips, chunks, _meta = engine._split(load_audio(clips[2]), True)
-    poison = engine._features(chunks[0])
+    _clips, chunks, _meta = split_speech(load_audio(clips[2]), True)
+    poison = window_features(engine._model.feature_extractor, chunks[0])
     real = engine._pipeline.generate_segment_batched
 
     def generate(features, tokenizer, options):
@@ -261,7 +241,9 @@ def test_unknown_languages_are_detected_in_batches_across_jobs(
         assert not isinstance(result, Exception), result
         alone = base_engine.transcribe(clip, TranscriptionOptions())
         assert result.language == alone.language == language
-        assert result.language_probability == pytest.approx(alone.language_probability, abs=0.05)
+        # int8 on the CPU: a window's numbers depend a little on the batch it is in and on the
+        # CPU's kernels (0.058 apart on an AMD EPYC host, within 0.05 on Intel ones).
+        assert result.language_probability == pytest.approx(alone.language_probability, abs=0.1)
         assert result.text
 
 
@@ -274,8 +256,8 @@ def test_a_failing_language_detection_fails_only_its_job(model_cache_dir, speech
         for language, (text, speed) in FOREIGN_SPEECH.items()
     ]
     # The first window's features of the French clip, computed as the job thread will.
-    _clips, chunks, _metadata = engine._split(load_audio(clips[1]), vad=True)
-    doomed = engine._features(chunks[0])
+    _clips, chunks, _metadata = split_speech(load_audio(clips[1]), vad=True)
+    doomed = window_features(engine._model.feature_extractor, chunks[0])
     real = engine._detect_batch
 
     def detect(items):
@@ -336,10 +318,10 @@ def test_settings_select_the_batching_engine(settings, model_cache_dir):
     [
         (5, "cuda", "tiny.en", 80_000, 5),
         (None, "cpu", "tiny.en", None, 8),
-        (None, "cuda", "tiny.en", 8_000, 30),
-        (None, "cuda", "base", 8_000, 18),
-        (None, "cuda", "tiny.en", 80_000, 64),
-        (None, "cuda", "base", 100, 1),
+        (None, "cuda", "tiny.en", 300, 15),
+        (None, "cuda", "base", 300, 6),
+        (None, "cuda", "tiny.en", 80_000, 32),
+        (None, "cuda", "base", 40, 1),
     ],
 )
 def test_batch_size_comes_from_the_setting_or_free_gpu_memory(
@@ -351,6 +333,7 @@ def test_batch_size_comes_from_the_setting_or_free_gpu_memory(
 def test_out_of_memory_errors_are_recognised():
     assert is_out_of_memory(RuntimeError(OOM))
     assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("cuBLAS failed with status CUBLAS_STATUS_ALLOC_FAILED"))
     assert not is_out_of_memory(RuntimeError("some other failure"))
     assert not is_out_of_memory(ValueError("out of memory"))
 

@@ -88,6 +88,7 @@ def get_engine(
     batch_size: int | None = None,
     cross_job_batching: bool = False,
     max_wait_ms: float = 10.0,
+    prepare_processes: int = 0,
     max_engines: int = DEFAULT_MAX_ENGINES,
 ) -> Engine:
     """Return a loaded engine, loading it on first use in this process.
@@ -100,7 +101,9 @@ def get_engine(
     With ``cross_job_batching`` (faster-whisper only) the engine is a ``BatchScheduler``: one
     model fed by every job thread of the process, windows of many jobs decoded in one batch of
     up to ``batch_size`` (None: chosen from free GPU memory on CUDA, 8 on CPU), waiting at most
-    ``max_wait_ms`` for a batch to fill. Its scheduler thread lives as long as the process.
+    ``max_wait_ms`` for a batch to fill. Its scheduler thread lives as long as the process. With
+    ``prepare_processes`` > 0 it decodes, VAD-splits and makes features in that many spawned
+    processes (``workers.preparation``) instead of in the job threads.
     """
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}.")
@@ -117,6 +120,7 @@ def get_engine(
         batch_size,
         cross_job_batching and name == FASTER_WHISPER,
         max_wait_ms,
+        prepare_processes,
     )
     with _lock:
         engine = _engines.get(key)
@@ -138,7 +142,9 @@ def get_engine(
                 "batch_size": batch_size,
             }
             if cross_job_batching:
-                engine = BatchScheduler(files, max_wait_ms=max_wait_ms, **faster)
+                engine = BatchScheduler(
+                    files, max_wait_ms=max_wait_ms, prepare_processes=prepare_processes, **faster
+                )
             else:
                 engine = FasterWhisperEngine(files, **faster)
         else:

@@ -6,7 +6,9 @@ of a worker (Celery ``--pool threads``). Work is split where it runs best:
 * in each **job thread** (the caller of ``transcribe``): decoding, Silero VAD, the log-mel features
   of each <= 30 s window, and after decoding the word-timing heuristics and timestamp
   restoration. This is NumPy/ONNX/Python work that would otherwise starve the model; spread over
-  job threads it runs beside the model.
+  job threads it runs beside the model. With ``prepare_processes`` the decoding, VAD and features
+  run in a pool of processes instead (``workers.preparation``): in threads they hold the GIL, and
+  on a 16-core GPU node they fed the model at 650-750x real time against 2400-2600x in processes.
 * in the **scheduler thread**: only model work. It takes pending windows from the shared queue,
   groups those whose decoding options match (one prompt, one tokenizer per batch), waits at most
   ``max_wait_ms`` to fill a batch up to ``batch_size``, runs one batched encode + generate (and one
@@ -49,39 +51,46 @@ from workers.engines.base import (
     ProgressReporter,
     TranscriptionOptions,
     TranscriptionResult,
-    begin_transcription,
+    check_model_language,
     finalize_segments,
     join_text,
 )
 from workers.engines.faster import LoadedFasterWhisperModel, segment_from_faster
 from workers.engines.models import ModelFiles
+from workers.preparation import SAMPLE_RATE, PreparationPool, PreparedAudio, prepare_audio
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16_000
-CHUNK_SECONDS = 30
 DEFAULT_CPU_BATCH_SIZE = 8
 DEFAULT_MAX_WAIT_MS = 10.0
-# Upper bound of the automatic (GPU memory) choice: past a few dozen windows a batch no longer
-# gets faster per window, and a huge batch makes every job in it wait for its slowest window.
-MAX_AUTO_BATCH_SIZE = 64
-# Estimated GPU memory one window needs in a batch (float16, beam 5, word timestamps): encoder
-# activations, the cross-attention cache of every beam and CTranslate2's workspace. Estimates
-# from the model sizes, to be measured on a GPU (docs/gpu.md); an estimate that is too low only
-# costs one out-of-memory halving.
-GPU_MB_PER_WINDOW = {"tiny.en": 160, "base": 260}
-GPU_MB_PER_WINDOW_DEFAULT = 400
+# Upper bound of the automatic (GPU memory) choice. Measured on an H200 with tiny.en (prepared
+# windows, the model alone, docs/benchmarks.md): batch 32 decoded 2114x real time, 64 1202x and
+# 256 343x, with the GPU mostly idle. Past 32 windows (x 5 beams) CTranslate2's per-step buffers
+# outgrow its caching allocator's largest bin (16 MiB by default) and every decoding step pays
+# for cudaMalloc/cudaFree; CT2_CUDA_CACHING_ALLOCATOR_CONFIG raises that bin (docs/gpu.md).
+MAX_AUTO_BATCH_SIZE = 32
+# GPU memory one window needs in a batch (float16, beam 5, word timestamps). tiny.en: measured on
+# an H200, the sampled peak grew from 727 MiB at batch 1 to 1399 MiB at batch 64 (~11 MiB per
+# window). base: scaled from tiny.en by model width and depth, not yet measured. An estimate that
+# is too low costs one out-of-memory halving.
+GPU_MB_PER_WINDOW = {"tiny.en": 12, "base": 30}
+GPU_MB_PER_WINDOW_DEFAULT = 100
 # Part of the free GPU memory the batches may use; the rest stays for fragmentation and
 # CTranslate2's own workspace.
 GPU_MEMORY_SHARE = 0.6
 POLL_SECONDS = 0.2
 
 
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "memoryallocation")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """CTranslate2 raises RuntimeError("CUDA failed with error out of memory") on the GPU and
+    """CTranslate2 raises RuntimeError("CUDA failed with error out of memory") on the GPU (or a
+    cuBLAS/CUDA allocation status when the failed allocation was a library's workspace) and
     std::bad_alloc (MemoryError) on the CPU."""
+    message = str(exc).lower()
     return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+        isinstance(exc, RuntimeError) and any(text in message for text in OUT_OF_MEMORY_MESSAGES)
     )
 
 
@@ -204,6 +213,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
         num_workers: int = 1,
         batch_size: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+        prepare_processes: int = 0,
     ) -> None:
         from faster_whisper import BatchedInferencePipeline
 
@@ -227,6 +237,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
         self._stats: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
         self._jobs_per_batch: Counter[int] = Counter()
+        # Decoding, VAD and features in spawned processes (workers/preparation.py), or in the
+        # job threads when 0.
+        self._preparation = PreparationPool(prepare_processes) if prepare_processes > 0 else None
         self._thread = threading.Thread(target=self._run, name="whisper-batcher", daemon=True)
         self._thread.start()
         self._log_loaded("batching engine loaded", self.batch_size)
@@ -241,66 +254,56 @@ class BatchScheduler(LoadedFasterWhisperModel):
     ) -> TranscriptionResult:
         from faster_whisper.transcribe import restore_speech_timestamps
 
-        audio, duration, reporter = begin_transcription(
-            self.model_files, audio_path, options, progress_callback, should_cancel
-        )
+        check_model_language(self.model_files.profile, self.model_files.english_only, options)
+        prepared = self._prepare(audio_path, options.vad, should_cancel)
+        reporter = ProgressReporter(prepared.duration, progress_callback, should_cancel)
+        reporter.check_cancel()
         language = options.language or "en"
         language_probability = 1.0
-        duration_after_vad = 0.0
+        duration_after_vad = prepared.speech_seconds
         segments: list[Any] = []
-        if duration > 0:
-            clips, chunks, metadata = self._split(audio, options.vad)
-            duration_after_vad = sum(c["end"] - c["start"] for c in clips) / SAMPLE_RATE
-            if duration_after_vad > 0:
-                features = self._features(chunks[0])
-                if options.language is None:
-                    language, language_probability = self._detect_language(features, reporter)
-                reporter.check_cancel()
-                key = BatchKey(
-                    language=language,
-                    task=options.task,
-                    beam_size=options.beam_size,
-                    word_timestamps=options.word_timestamps,
-                    initial_prompt=options.initial_prompt,
-                )
-                raw = self._decode_job(key, chunks, metadata, features, reporter)
-                segments = list(restore_speech_timestamps(raw, clips, SAMPLE_RATE))
+        if duration_after_vad > 0:
+            features = prepared.take_features(0, self._model.feature_extractor)
+            if options.language is None:
+                language, language_probability = self._detect_language(features, reporter)
+            reporter.check_cancel()
+            key = BatchKey(
+                language=language,
+                task=options.task,
+                beam_size=options.beam_size,
+                word_timestamps=options.word_timestamps,
+                initial_prompt=options.initial_prompt,
+            )
+            raw = self._decode_job(key, prepared, features, reporter)
+            segments = list(restore_speech_timestamps(raw, prepared.clips, SAMPLE_RATE))
         reporter.finish()
 
-        final = finalize_segments([segment_from_faster(s) for s in segments], duration=duration)
+        final = finalize_segments(
+            [segment_from_faster(s) for s in segments], duration=prepared.duration
+        )
         return TranscriptionResult(
             text=join_text(final),
             language=language,
             language_probability=round(float(language_probability), 4),
-            duration=round(duration, 3),
+            duration=round(prepared.duration, 3),
             segments=final,
             task=options.task,
             engine_info=self._engine_info(options, duration_after_vad),
         )
 
-    def _split(self, audio: Any, vad: bool) -> tuple[list[dict], list[Any], list[dict]]:
-        """Speech clips (samples), their <= 30 s windows and each window's metadata, as
-        ``BatchedInferencePipeline.transcribe`` makes them; without VAD, plain 30 s windows."""
-        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
-
-        if vad:
-            vad_options = VadOptions(
-                max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160
+    def _prepare(
+        self, audio_path: AudioPath, vad: bool, should_cancel: CancelCheck | None
+    ) -> PreparedAudio:
+        """Decode, VAD-split and (in a preparation process) make the features of a file; in the
+        job's thread when there is no pool, or when the file was too long to prepare at once."""
+        if self._preparation is not None:
+            prepared = self._preparation.prepare(
+                audio_path, vad, self._model.feat_kwargs, should_cancel
             )
-            clips = get_speech_timestamps(audio, vad_options)
-        else:
-            step = CHUNK_SECONDS * SAMPLE_RATE
-            clips = [
-                {"start": start, "end": min(start + step, len(audio))}
-                for start in range(0, len(audio), step)
-            ]
-        chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_SECONDS)
-        return clips, chunks, metadata
-
-    def _features(self, chunk: Any) -> Any:
-        from faster_whisper.audio import pad_or_trim
-
-        return pad_or_trim(self._model.feature_extractor(chunk)[..., :-1])
+            if prepared.features is not None:
+                return prepared
+            self._count("long_files_prepared_in_thread")
+        return prepare_audio(audio_path, vad)
 
     def _detect_language(self, features: Any, reporter: ProgressReporter) -> tuple[str, float]:
         """The language of the job's first window, detected in a batch with other jobs' first
@@ -316,8 +319,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
     def _decode_job(
         self,
         key: BatchKey,
-        chunks: list[Any],
-        metadata: list[dict[str, Any]],
+        prepared: PreparedAudio,
         first_features: Any,
         reporter: ProgressReporter,
     ) -> list[Any]:
@@ -335,12 +337,13 @@ class BatchScheduler(LoadedFasterWhisperModel):
         last_speech_timestamp = 0.0
         segments: list[Any] = []
         try:
+            metadata = prepared.metadata
             for index, meta in enumerate(metadata):
-                while next_index < len(chunks) and next_index - index < 2 * self.batch_size:
+                while next_index < len(metadata) and next_index - index < 2 * self.batch_size:
                     features = (
                         pending_features
                         if pending_features is not None
-                        else self._features(chunks[next_index])
+                        else prepared.take_features(next_index, self._model.feature_extractor)
                     )
                     pending_features = None
                     self._submit(
@@ -654,6 +657,11 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 },
                 "batch_size": self.batch_size,
                 "initial_batch_size": self.initial_batch_size,
+                "prepare_processes": self._preparation.processes if self._preparation else 0,
+                "preparation_pool_replacements": (
+                    self._preparation.replacements if self._preparation else 0
+                ),
+                "long_files_prepared_in_thread": self._stats["long_files_prepared_in_thread"],
                 "queued_windows": len(self._queue),
                 "batch_sizes": dict(self._batch_sizes),
                 "jobs_per_batch": dict(self._jobs_per_batch),
@@ -665,6 +673,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=30)
+        if self._preparation is not None:
+            self._preparation.close()
 
     def _engine_info(self, options: TranscriptionOptions, duration_after_vad: float) -> dict:
         import ctranslate2

@@ -1,0 +1,32 @@
+"""Preparation-process targets for tests/engines/test_preparation.py: spawned processes import
+them by name, so they live in a module, not in the test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from workers.preparation import PreparedAudio, prepare_for_batching
+
+
+def die_on_marked_files(
+    path: str, vad: bool, feature_kwargs: dict[str, Any], max_windows: int
+) -> PreparedAudio:
+    """Kill this process (as a decoder crash would) for a file named ``*.die*``; ``*.die-once*``
+    kills only the first process that sees it (its marker file is removed first)."""
+    marker = Path(path + ".marker")
+    if ".die-once" in path and marker.exists():
+        marker.unlink()
+        os._exit(3)
+    if ".die-always" in path:
+        os._exit(3)
+    return prepare_for_batching(path, vad, feature_kwargs, max_windows)
+
+
+def report_thread_limits(
+    path: str, vad: bool, feature_kwargs: dict[str, Any], max_windows: int
+) -> PreparedAudio:
+    """The thread-limit variables a preparation process sees, in the file name's place."""
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    return PreparedAudio(duration=0.0, metadata=[{name: os.environ.get(name) for name in names}])

@@ -1,0 +1,169 @@
+"""Audio preparation in processes for cross-job batching (workers/preparation.py): the same
+transcripts as preparation in the job threads, bad and crashing files failing only their job,
+long files prepared in their thread, cancellation while a file is prepared."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.engines.conftest import SENTENCES, wer
+from tests.engines.preparation_targets import die_on_marked_files, report_thread_limits
+from tests.engines.test_batching import ENGLISH, new_scheduler, run_jobs
+from workers.engines.batching import BatchScheduler
+from workers.engines.errors import AudioDecodeError, TranscriptionCancelled
+from workers.preparation import (
+    PreparationPool,
+    prepare_audio,
+    prepare_for_batching,
+    window_features,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("batching")]
+
+
+@pytest.fixture(scope="module")
+def pooled(model_cache_dir) -> Iterator[BatchScheduler]:
+    engine = new_scheduler(model_cache_dir, prepare_processes=2)
+    yield engine
+    engine.close()
+
+
+def test_features_made_in_a_process_equal_those_made_in_the_thread(pooled, three_window_clip):
+    extractor = pooled._model.feature_extractor
+    inline = prepare_audio(three_window_clip, vad=True)
+    remote = prepare_for_batching(
+        str(three_window_clip), True, pooled._model.feat_kwargs, max_windows=10
+    )
+
+    assert len(inline.metadata) == len(remote.metadata) == 3
+    assert remote.duration == inline.duration
+    assert remote.clips == inline.clips
+    for index in range(3):
+        assert np.array_equal(
+            remote.take_features(index, extractor), inline.take_features(index, extractor)
+        )
+
+
+def test_jobs_prepared_in_processes_are_transcribed_like_the_others(
+    pooled, scheduler_in_threads, clips, three_window_clip
+):
+    jobs = [{"path": clip} for clip in clips] + [{"path": three_window_clip}]
+
+    results = run_jobs(pooled, jobs)
+    expected = run_jobs(scheduler_in_threads, jobs)
+
+    for text, result in zip(SENTENCES, results, strict=False):
+        assert wer(text, result.text) <= 0.25, result.text
+    for result, reference in zip(results, expected, strict=True):
+        assert wer(reference.text, result.text) <= 0.1, (reference.text, result.text)
+        assert result.duration == reference.duration
+        assert [w.start for s in result.segments for w in s.words]  # word timestamps came back
+    stats = pooled.stats()
+    assert stats["prepare_processes"] == 2
+    assert stats["multi_job_batches"] >= 1
+
+
+@pytest.fixture(scope="module")
+def scheduler_in_threads(model_cache_dir) -> Iterator[BatchScheduler]:
+    engine = new_scheduler(model_cache_dir)
+    yield engine
+    engine.close()
+
+
+def test_an_undecodable_file_fails_only_its_job(pooled, clips, tmp_path):
+    broken = tmp_path / "broken.mp3"
+    broken.write_bytes(b"ID3" + b"\x00garbage" * 500)
+
+    results = run_jobs(pooled, [{"path": broken}, {"path": clips[0]}])
+
+    assert isinstance(results[0], AudioDecodeError)
+    assert "Could not decode" in str(results[0])
+    assert wer(SENTENCES[0], results[1].text) <= 0.25
+
+
+def test_a_file_longer_than_the_limit_is_prepared_in_its_thread(model_cache_dir, three_window_clip):
+    engine = new_scheduler(model_cache_dir, prepare_processes=1)
+    engine._preparation.max_windows = 2  # the clip has three windows
+    try:
+        result = engine.transcribe(three_window_clip, ENGLISH)
+    finally:
+        engine.close()
+
+    assert engine.stats()["long_files_prepared_in_thread"] == 1
+    assert len(result.text.split()) > 30
+    assert result.duration > 60
+
+
+def _copy(source: Path, folder: Path, name: str) -> Path:
+    target = folder / name
+    shutil.copy(source, target)
+    return target
+
+
+def test_a_dead_preparation_process_is_replaced_and_its_job_prepared_again(
+    model_cache_dir, clips, tmp_path
+):
+    engine = new_scheduler(model_cache_dir, prepare_processes=2)
+    engine._preparation = PreparationPool(2, target=die_on_marked_files)
+    once = _copy(clips[0], tmp_path, "first.die-once.wav")
+    Path(f"{once}.marker").touch()
+    always = _copy(clips[1], tmp_path, "second.die-always.wav")
+    try:
+        # Its first process dies; prepared again in a process of its own, it completes.
+        survived = engine.transcribe(once, ENGLISH)
+        replaced_once = engine.stats()["preparation_pool_replacements"]
+        # A file that kills every process fails alone; a job in the pool it broke completes.
+        results = run_jobs(engine, [{"path": always}, {"path": clips[2]}])
+        after = engine.transcribe(clips[3], ENGLISH)  # the replaced pool keeps working
+    finally:
+        engine.close()
+
+    assert wer(SENTENCES[0], survived.text) <= 0.25
+    assert replaced_once == 1
+    assert isinstance(results[0], AudioDecodeError)
+    assert "preparation process died" in str(results[0])
+    assert wer(SENTENCES[2], results[1].text) <= 0.25
+    assert wer(SENTENCES[3], after.text) <= 0.25
+    assert engine.stats()["preparation_pool_replacements"] == 2
+
+
+def test_a_cancel_while_a_file_is_prepared_stops_the_job(three_window_clip):
+    pool = PreparationPool(1)
+    asked = threading.Event()
+
+    def cancel() -> bool:
+        asked.set()
+        return True
+
+    try:
+        with pytest.raises(TranscriptionCancelled):
+            # The first call spawns the process (an import of faster-whisper): slow enough for
+            # the wait to poll should_cancel at least once.
+            pool.prepare(three_window_clip, True, {"feature_size": 80}, should_cancel=cancel)
+    finally:
+        pool.close()
+    assert asked.is_set()
+
+
+def test_preparation_processes_use_one_blas_thread(tmp_path):
+    pool = PreparationPool(1, target=report_thread_limits)
+    try:
+        prepared = pool.prepare(tmp_path / "unused.wav", True, {})
+    finally:
+        pool.close()
+    assert prepared.metadata == [
+        {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    ]
+
+
+def test_window_features_match_the_model_extractor(pooled, three_window_clip):
+    prepared = prepare_audio(three_window_clip, vad=True)
+    features = window_features(pooled._model.feature_extractor, prepared.chunks[0])
+    assert features.shape == (80, 3000)
+    assert features.dtype == np.float32

@@ -1,0 +1,217 @@
+"""Audio preparation for cross-job batching: decoding, Silero VAD and log-mel features.
+
+Measured on an H200 node (16 cores; docs/benchmarks.md), the model alone decodes prepared windows
+at 1600-2100x real time, but 100 job threads preparing their own audio reach only 650-750x: the
+NumPy, PyAV and Python parts of preparation hold the GIL. The same work in 16 processes reached
+2400-2600x, with one BLAS thread per process (with the default, one thread per core in each
+process, 1034x).
+
+``PreparationPool`` runs ``prepare_for_batching`` in a pool of spawned processes: each returns a
+file's duration, its VAD clips, its <= 30 s windows and every window's features, which the job
+thread then feeds to the batch scheduler. A file longer than ``MAX_PREPARED_WINDOWS`` windows comes
+back without features and is prepared in its job's thread, window by window as its batches go,
+so that no job holds more than ~120 MB of features (about 1 MB per window). A preparation process
+that dies (a decoder crash, the kernel's OOM killer) breaks the pool and every file in it: the
+pool is replaced and each of those files prepared again in a process of its own, so that only a
+file that kills that process too fails its job.
+
+This module imports NumPy and the engines only inside functions: a spawned process first imports
+it, limits BLAS/OpenMP to one thread (before NumPy loads), and only then does any work.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+CHUNK_SECONDS = 30
+# About 1 MB of float32 features per window: a job of more windows than this (an hour of speech)
+# is prepared in its own thread as its windows are queued, which holds two batches at a time.
+MAX_PREPARED_WINDOWS = 120
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+POLL_SECONDS = 0.2
+
+
+@dataclass
+class PreparedAudio:
+    """A file's duration, VAD clips (samples) and windows: their metadata, and either their
+    audio (``chunks``: features made on demand, in the job's thread) or their ``features``."""
+
+    duration: float
+    clips: list[dict[str, Any]] = field(default_factory=list)
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    chunks: list[Any] | None = None
+    features: list[Any] | None = None
+
+    @property
+    def speech_seconds(self) -> float:
+        return sum(clip["end"] - clip["start"] for clip in self.clips) / SAMPLE_RATE
+
+    def take_features(self, index: int, extractor: Any) -> Any:
+        """Window ``index``'s features: the prepared array (released here, so memory falls as
+        windows are queued) or made now from its audio."""
+        if self.features is not None:
+            features, self.features[index] = self.features[index], None
+            return features
+        assert self.chunks is not None
+        return window_features(extractor, self.chunks[index])
+
+
+def split_speech(audio: Any, vad: bool) -> tuple[list[dict], list[Any], list[dict]]:
+    """Speech clips (samples), their <= 30 s windows and each window's metadata, as
+    ``BatchedInferencePipeline.transcribe`` makes them; without VAD, plain 30 s windows."""
+    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+    if vad:
+        vad_options = VadOptions(max_speech_duration_s=CHUNK_SECONDS, min_silence_duration_ms=160)
+        clips = get_speech_timestamps(audio, vad_options)
+    else:
+        step = CHUNK_SECONDS * SAMPLE_RATE
+        clips = [
+            {"start": start, "end": min(start + step, len(audio))}
+            for start in range(0, len(audio), step)
+        ]
+    chunks, metadata = collect_chunks(audio, clips, max_duration=CHUNK_SECONDS)
+    return clips, chunks, metadata
+
+
+def window_features(extractor: Any, chunk: Any) -> Any:
+    """The log-mel features of one window, padded to 30 s (what the batched pipeline feeds)."""
+    from faster_whisper.audio import pad_or_trim
+
+    return pad_or_trim(extractor(chunk)[..., :-1])
+
+
+def prepare_audio(path: Any, vad: bool) -> PreparedAudio:
+    """Decode and split a file in the calling thread; features are made on demand."""
+    from workers.engines.audio import duration_of, load_audio
+
+    audio = load_audio(path)
+    prepared = PreparedAudio(duration=duration_of(audio), chunks=[])
+    if prepared.duration > 0:
+        prepared.clips, prepared.chunks, prepared.metadata = split_speech(audio, vad)
+    return prepared
+
+
+_extractors: dict[tuple, Any] = {}
+
+
+def prepare_for_batching(
+    path: str, vad: bool, feature_kwargs: dict[str, Any], max_windows: int
+) -> PreparedAudio:
+    """In a preparation process: decode, split and make every window's features; a file of more
+    than ``max_windows`` windows comes back with neither features nor audio."""
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    prepared = prepare_audio(path, vad)
+    chunks, prepared.chunks = prepared.chunks or [], None
+    if len(chunks) > max_windows:
+        return prepared
+    key = tuple(sorted(feature_kwargs.items()))
+    extractor = _extractors.get(key)
+    if extractor is None:
+        extractor = _extractors[key] = FeatureExtractor(**feature_kwargs)
+    prepared.features = [window_features(extractor, chunk) for chunk in chunks]
+    return prepared
+
+
+def _limit_threads() -> None:
+    """Pool initializer: one BLAS/OpenMP thread per process (the pool is the parallelism). A
+    spawned process runs this before it imports NumPy (only this module is imported first)."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = "1"
+
+
+class PreparationPool:
+    """Spawned processes preparing audio for a ``BatchScheduler``; replaced when one dies."""
+
+    def __init__(
+        self,
+        processes: int,
+        *,
+        max_windows: int = MAX_PREPARED_WINDOWS,
+        target: Callable[..., PreparedAudio] = prepare_for_batching,
+    ) -> None:
+        self.processes = max(1, int(processes))
+        self.max_windows = max_windows
+        # What the processes run: a module-level function (spawned processes import it by name).
+        self._target = target
+        self._lock = threading.Lock()
+        self._executor = self._new_executor()
+        self.replacements = 0
+
+    def _new_executor(self, processes: int | None = None) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=processes or self.processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_limit_threads,
+        )
+
+    def prepare(
+        self,
+        path: Any,
+        vad: bool,
+        feature_kwargs: dict[str, Any],
+        should_cancel: Any = None,
+    ) -> PreparedAudio:
+        """Prepare ``path`` in a pool process (waiting in steps so that a cancel or a time limit
+        is seen). A dead process breaks the pool and fails every file in it, with no sign of
+        which one killed it: the pool is replaced and each of those files prepared once more in
+        a process of its own, where a second death is its own file's doing."""
+        args = (os.fspath(path), vad, feature_kwargs, self.max_windows)
+        executor = self._executor
+        try:
+            return self._wait(executor.submit(self._target, *args), should_cancel)
+        except BrokenProcessPool:
+            self._replace(executor)
+        logger.warning("a preparation process died; preparing %s again on its own", args[0])
+        solo = self._new_executor(processes=1)
+        try:
+            return self._wait(solo.submit(self._target, *args), should_cancel)
+        except BrokenProcessPool:
+            from workers.engines.errors import AudioDecodeError
+
+            raise AudioDecodeError(
+                "Could not decode the audio file: its preparation process died."
+            ) from None
+        finally:
+            solo.shutdown(wait=False, cancel_futures=True)
+
+    @staticmethod
+    def _wait(future: Future, should_cancel: Any) -> PreparedAudio:
+        while True:
+            try:
+                return future.result(timeout=POLL_SECONDS)
+            except FutureTimeout:
+                if should_cancel is not None and should_cancel():
+                    from workers.engines.errors import TranscriptionCancelled
+
+                    future.cancel()
+                    raise TranscriptionCancelled() from None
+            except CancelledError:
+                raise BrokenProcessPool("preparation cancelled by a pool shutdown") from None
+            except BaseException:
+                # A time limit raised while waiting: the process finishes, its result is dropped.
+                future.cancel()
+                raise
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._executor is broken:  # not already replaced by another job's thread
+                self._executor = self._new_executor()
+                self.replacements += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
