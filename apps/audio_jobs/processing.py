@@ -191,6 +191,7 @@ def engine_from_settings(name: str, profile: str):
         cross_job_batching=settings.WHISPER_CROSS_JOB_BATCHING,
         max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
         prepare_processes=settings.WHISPER_PREPARE_PROCESSES,
+        model_streams=settings.WHISPER_MODEL_STREAMS,
     )
 
 

@@ -3,8 +3,10 @@
 1. **Preparation**: decoding, Silero VAD and log-mel features of every window of ``--jobs``
    jobs, in ``--processes`` processes and then in as many threads (one Python process, the GIL).
 2. **Model ceiling**: the scheduler's own ``_decode_batch`` on the prepared windows, batch after
-   batch with nothing else running, for each batch size of ``--batch-sizes``, word timestamps on
-   and off: the throughput the GPU could give if windows were always waiting.
+   batch with nothing else running, for each batch size of ``--batch-sizes`` and number of model
+   streams of ``--streams`` (that many threads calling at once, CTranslate2 ``num_workers``), word
+   timestamps on and off: the throughput the GPU could give if windows were always waiting.
+   ``CT2_CUDA_CACHING_ALLOCATOR_CONFIG`` in the environment changes CTranslate2's allocator.
 
     python3 bench/gpu/ceiling.py --kit /tmp/lexiscore-kit --out $OUT     # on a lent GPU machine
 """
@@ -12,7 +14,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -54,11 +58,12 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--processes", type=int, default=16)
-    parser.add_argument("--batch-sizes", default="16,64,128,256")
+    parser.add_argument("--batch-sizes", default="16,32,64")
+    parser.add_argument("--streams", default="1,2")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
 
-    from workers.engines import get_engine
+    from workers.engines import clear_engine_cache, get_engine
     from workers.engines.batching import BatchKey, _Item, _Job
 
     folder = Path(tempfile.mkdtemp(prefix="lexiscore-bench-ceiling-"))
@@ -93,26 +98,30 @@ def main() -> int:
     common: dict[str, Any] = {"cache_dir": ROOT / "var" / "models"}
     if kit is not None:
         common["model_dir"] = kit / "kit" / "models" / args.profile
-    for size in (int(n) for n in args.batch_sizes.split(",")):
+    sizes = [int(n) for n in args.batch_sizes.split(",")]
+    for streams, size in itertools.product((int(n) for n in args.streams.split(",")), sizes):
         engine = get_engine(
             "faster-whisper", args.profile, args.device, batch_size=size,
-            cross_job_batching=True, **common,
+            cross_job_batching=True, model_streams=streams, **common,
         )  # fmt: skip
         for wt in (False, True):
             key = BatchKey("en", "transcribe", 5, wt, None)
             job = _Job(key=key, cond=threading.Condition())
             items = [_Item(job, i, f, m, 0.0) for i, (f, m) in enumerate(windows)]
-            engine._decode_batch(items[:size])  # warm-up
-            started = time.monotonic()
-            with GpuSampler() as sampler:
-                for start in range(0, len(items), size):
-                    engine._decode_batch(items[start : start + size])
+            batches = [items[start : start + size] for start in range(0, len(items), size)]
+            with ThreadPoolExecutor(max_workers=streams) as pool:
+                list(pool.map(engine._decode_batch, batches[:streams]))  # warm-up
+                started = time.monotonic()
+                with GpuSampler() as sampler:
+                    list(pool.map(engine._decode_batch, batches))
             wall = time.monotonic() - started
             record(
                 {
                     "step": "model-only",
                     "batch_size": size,
+                    "model_streams": streams,
                     "word_timestamps": wt,
+                    "allocator": os.environ.get("CT2_CUDA_CACHING_ALLOCATOR_CONFIG", "default"),
                     "windows": len(items),
                     "wall_seconds": round(wall, 2),
                     "windows_per_second": round(len(items) / wall, 1),
@@ -120,6 +129,8 @@ def main() -> int:
                     **sampler.summary(),
                 }
             )
+        engine.close()
+        clear_engine_cache()
     return 0
 
 

@@ -1,22 +1,32 @@
 #!/usr/bin/env bash
 # Issue #7's device-side checks in one call on a lent GPU machine (docs/gpu.md), after the kit's
-# first chunks were received: receive the last chunk, install the kit, then the benchmark with word
-# timestamps (the issue's target), the memory probe and a real out-of-memory, and the benchmark
-# without word timestamps. Each result is written to $OUT as soon as it exists, so a call cut off
-# by its time limit still brings back what finished.
+# first chunks were received: receive the last chunk and install the kit, then
+#   1. the model alone (ceiling.py): batch 16/32/64 x 1/2 model streams, then larger batches with
+#      CTranslate2's caching allocator allowed bigger bins;
+#   2. the benchmark matrix (run.py) with audio prepared in 12 processes, 1 and 2 model streams.
+# Each result is written to $OUT as soon as it exists, so a call cut off by its time limit still
+# brings back what finished. The first lease (2026-11-26) ran run.py and memory.py without
+# preparation processes; docs/benchmarks.md has those numbers.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 KIT=/tmp/lexiscore-kit
+LOG="$OUT/lease.log"
 mkdir -p "$OUT"
 python3 bench/gpu/kit.py receive || exit 1
 python3 bench/gpu/kit.py install 2>&1 | tail -5 || exit 1
 # shellcheck disable=SC1091
 . "$KIT/env.sh"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-python3 bench/gpu/run.py --kit "$KIT" --profiles tiny.en --word-timestamps on \
-  --jobs 1,8,32,100 --out "$OUT" 2>&1 | tee "$OUT/run-on.log"
-python3 bench/gpu/memory.py --kit "$KIT" --out "$OUT" 2>&1 | tee "$OUT/memory.log"
-python3 bench/gpu/run.py --kit "$KIT" --profiles tiny.en --word-timestamps off \
-  --jobs 1,8,32,100 --openai-jobs 1 --out "$OUT" 2>&1 | tee "$OUT/run-off.log"
+{
+  python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 24 --batch-sizes 16,32,64 --streams 1,2 \
+    --out "$OUT"
+  CT2_CUDA_CACHING_ALLOCATOR_CONFIG=4,3,14,4294967296 python3 bench/gpu/ceiling.py --kit "$KIT" \
+    --jobs 24 --batch-sizes 64,128 --streams 1 --out "$OUT"
+  for streams in 2 1; do
+    python3 bench/gpu/run.py --kit "$KIT" --profiles tiny.en --word-timestamps on \
+      --jobs 32,100 --prepare-processes 12 --model-streams "$streams" --openai-jobs 0 --bare-jobs 0 \
+      --out "$OUT"
+  done
+} 2>&1 | tee "$LOG"

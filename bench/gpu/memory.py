@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """One process: (optionally) take GPU memory, load the engine, run the jobs, report."""
     import jiwer
 
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     hog = None
     taken_mb = 0
     if args.leave_mb is not None:
@@ -165,7 +167,13 @@ def spawn(args: argparse.Namespace, batch_size: int, leave_mb: int | None = None
     if done.returncode != 0 or not lines:
         return {"batch_size_setting": batch_size, "returncode": done.returncode,
                 "stderr_tail": done.stderr[-2000:]}  # fmt: skip
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    # The scheduler's warnings (out-of-memory halvings, batches retried window by window, with
+    # the library's error message): what the numbers alone do not say.
+    result["warnings"] = [
+        line[-400:] for line in done.stderr.splitlines() if "WARNING" in line or "rror" in line
+    ][:20]
+    return result
 
 
 def main() -> int:

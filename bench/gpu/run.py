@@ -226,7 +226,25 @@ def main() -> int:
     parser.add_argument("--word-timestamps", default="on,off")
     parser.add_argument("--batch-size", type=int, default=0, help="0: automatic")
     parser.add_argument("--max-wait-ms", type=float, default=10)
+    parser.add_argument(
+        "--prepare-processes",
+        type=int,
+        default=0,
+        help="cross-job batching: processes for decoding, VAD and features (0: job threads)",
+    )
+    parser.add_argument(
+        "--model-streams",
+        type=int,
+        default=1,
+        help="cross-job batching: scheduler threads running batches at once on the model",
+    )
     parser.add_argument("--baseline-threads", type=int, default=32)
+    parser.add_argument(
+        "--bare-jobs",
+        type=int,
+        default=-1,
+        help="jobs for the bare-pipeline baseline (-1: the largest --jobs; 0: skip it)",
+    )
     parser.add_argument("--baseline-batch-size", type=int, default=16)
     parser.add_argument(
         "--baseline-workers",
@@ -298,6 +316,8 @@ def main() -> int:
             batch_size=args.batch_size or None,
             cross_job_batching=True,
             max_wait_ms=args.max_wait_ms,
+            prepare_processes=args.prepare_processes,
+            model_streams=args.model_streams,
             **common,
         )
         bare = get_engine(
@@ -312,7 +332,13 @@ def main() -> int:
         language = "en"
         for wt in args.word_timestamps.split(","):
             options = TranscriptionOptions(language=language, word_timestamps=wt == "on")
-            base_row = {"profile": profile, "word_timestamps": wt, "device": args.device}
+            base_row = {
+                "profile": profile,
+                "word_timestamps": wt,
+                "device": args.device,
+                "prepare_processes": args.prepare_processes,
+                "model_streams": args.model_streams,
+            }
             plain: dict[int, str] = {}  # the unbatched engine's transcript of job i, once
 
             for count in job_counts:
@@ -336,11 +362,13 @@ def main() -> int:
                     row["wer_batched"] = round(batched_wer, 4)
                     row["wer_unbatched"] = round(plain_wer, 4)
                 record(row)
-            jobs = all_jobs[: max(job_counts)]
-            threads = min(args.baseline_threads, len(jobs))
-            result = drive(bare, jobs, options, threads=threads)
-            result.pop("_texts")
-            record({**base_row, "mode": f"bare-batched-{threads}-threads", **result})
+            bare_jobs = max(job_counts) if args.bare_jobs < 0 else args.bare_jobs
+            if bare_jobs:
+                jobs = all_jobs[:bare_jobs]
+                threads = min(args.baseline_threads, len(jobs))
+                result = drive(bare, jobs, options, threads=threads)
+                result.pop("_texts")
+                record({**base_row, "mode": f"bare-batched-{threads}-threads", **result})
             if args.openai_jobs:
                 openai = get_engine("openai-whisper", profile, args.device, **common)
                 result = drive(openai, all_jobs[: args.openai_jobs], options, threads=1)

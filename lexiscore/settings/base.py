@@ -527,6 +527,9 @@ WHISPER_BATCH_MAX_WAIT_MS = env.float("WHISPER_BATCH_MAX_WAIT_MS", default=10.0)
 # Cross-job batching: decode, VAD-split and make features in this many spawned processes (0: in
 # the job threads, which hold the GIL; on a 16-core GPU node 16 processes fed ~3.5x more audio).
 WHISPER_PREPARE_PROCESSES = env.int("WHISPER_PREPARE_PROCESSES", default=0)
+# Cross-job batching: scheduler threads running batches at once on the one model (CTranslate2
+# num_workers); 1 until a second stream is measured to pay on a GPU (docs/gpu.md).
+WHISPER_MODEL_STREAMS = env.int("WHISPER_MODEL_STREAMS", default=1)
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
 WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.

@@ -167,3 +167,24 @@ def test_window_features_match_the_model_extractor(pooled, three_window_clip):
     features = window_features(pooled._model.feature_extractor, prepared.chunks[0])
     assert features.shape == (80, 3000)
     assert features.dtype == np.float32
+
+
+def test_two_model_streams_run_batches_at_once_and_each_job_gets_its_own_text(
+    model_cache_dir, clips, three_window_clip
+):
+    """Two scheduler threads on one model (CTranslate2 num_workers=2): batches overlap, and the
+    transcripts are those of one stream."""
+    engine = new_scheduler(model_cache_dir, batch_size=2, max_wait_ms=50, model_streams=2)
+    try:
+        results = run_jobs(engine, [{"path": clip} for clip in [*clips, three_window_clip]])
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert engine._model.model.num_workers == 2
+    for text, result in zip(SENTENCES, results, strict=False):
+        assert wer(text, result.text) <= 0.25, result.text
+    assert len(results[-1].text.split()) > 30
+    assert stats["model_streams"] == 2
+    assert stats["max_batches_in_flight"] == 2
+    assert stats["failed_windows"] == 0

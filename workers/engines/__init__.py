@@ -89,6 +89,7 @@ def get_engine(
     cross_job_batching: bool = False,
     max_wait_ms: float = 10.0,
     prepare_processes: int = 0,
+    model_streams: int = 1,
     max_engines: int = DEFAULT_MAX_ENGINES,
 ) -> Engine:
     """Return a loaded engine, loading it on first use in this process.
@@ -103,7 +104,8 @@ def get_engine(
     up to ``batch_size`` (None: chosen from free GPU memory on CUDA, 8 on CPU), waiting at most
     ``max_wait_ms`` for a batch to fill. Its scheduler thread lives as long as the process. With
     ``prepare_processes`` > 0 it decodes, VAD-splits and makes features in that many spawned
-    processes (``workers.preparation``) instead of in the job threads.
+    processes (``workers.preparation``) instead of in the job threads; with ``model_streams`` > 1
+    that many scheduler threads run batches at once on one model (CTranslate2 ``num_workers``).
     """
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}.")
@@ -121,6 +123,7 @@ def get_engine(
         cross_job_batching and name == FASTER_WHISPER,
         max_wait_ms,
         prepare_processes,
+        model_streams,
     )
     with _lock:
         engine = _engines.get(key)
@@ -143,7 +146,11 @@ def get_engine(
             }
             if cross_job_batching:
                 engine = BatchScheduler(
-                    files, max_wait_ms=max_wait_ms, prepare_processes=prepare_processes, **faster
+                    files,
+                    max_wait_ms=max_wait_ms,
+                    prepare_processes=prepare_processes,
+                    model_streams=model_streams,
+                    **faster,
                 )
             else:
                 engine = FasterWhisperEngine(files, **faster)

@@ -214,15 +214,18 @@ class BatchScheduler(LoadedFasterWhisperModel):
         batch_size: int | None = None,
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         prepare_processes: int = 0,
+        model_streams: int = 1,
     ) -> None:
         from faster_whisper import BatchedInferencePipeline
 
+        self.model_streams = max(1, int(model_streams))
         super().__init__(
             model_files,
             device=device,
             compute_type=compute_type,
             cpu_threads=cpu_threads,
-            num_workers=num_workers,
+            # CTranslate2 runs concurrent calls in parallel only with as many workers.
+            num_workers=max(num_workers, self.model_streams),
         )
         self.max_wait = max(max_wait_ms, 0.0) / 1000.0
         # Used only for generate_segment_batched, which keeps no state on the pipeline.
@@ -237,11 +240,20 @@ class BatchScheduler(LoadedFasterWhisperModel):
         self._stats: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
         self._jobs_per_batch: Counter[int] = Counter()
+        self._in_flight = 0  # batches in a model call now (at most model_streams)
+        self._max_in_flight = 0
         # Decoding, VAD and features in spawned processes (workers/preparation.py), or in the
         # job threads when 0.
         self._preparation = PreparationPool(prepare_processes) if prepare_processes > 0 else None
-        self._thread = threading.Thread(target=self._run, name="whisper-batcher", daemon=True)
-        self._thread.start()
+        # One scheduler thread per model stream: each forms and runs its own batches from the
+        # shared queue, so one batch's host-side work (Python between model calls, CTranslate2's
+        # decoding loop) overlaps another's GPU work.
+        self._threads = [
+            threading.Thread(target=self._run, name=f"whisper-batcher-{index}", daemon=True)
+            for index in range(self.model_streams)
+        ]
+        for thread in self._threads:
+            thread.start()
         self._log_loaded("batching engine loaded", self.batch_size)
 
     # ---- job side ------------------------------------------------------------------------------
@@ -509,7 +521,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
         started = time.monotonic()
         detecting = items[0].job.key == DETECT_LANGUAGE
         try:
-            outputs = self._detect_batch(items) if detecting else self._decode_batch(items)
+            outputs = self._model_call(items, detecting)
         except Exception as exc:
             if is_out_of_memory(exc) and len(items) > 1:
                 self._out_of_memory(len(items), exc)
@@ -533,6 +545,17 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 if not item.job.done:
                     item.job.results[item.index] = output
                 item.job.cond.notify_all()
+
+    def _model_call(self, items: list[_Item], detecting: bool) -> list[Any]:
+        """One batch's model work, counted while it runs (batches in flight at once)."""
+        with self._cond:
+            self._in_flight += 1
+            self._max_in_flight = max(self._max_in_flight, self._in_flight)
+        try:
+            return self._detect_batch(items) if detecting else self._decode_batch(items)
+        finally:
+            with self._cond:
+                self._in_flight -= 1
 
     def _detect_batch(self, items: list[_Item]) -> list[tuple[str, float]]:
         """One batched encode and language-detection step; each window's most probable
@@ -658,6 +681,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 "batch_size": self.batch_size,
                 "initial_batch_size": self.initial_batch_size,
                 "prepare_processes": self._preparation.processes if self._preparation else 0,
+                "model_streams": self.model_streams,
+                "max_batches_in_flight": self._max_in_flight,
                 "preparation_pool_replacements": (
                     self._preparation.replacements if self._preparation else 0
                 ),
@@ -672,7 +697,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        for thread in self._threads:
+            thread.join(timeout=30)
         if self._preparation is not None:
             self._preparation.close()
 
