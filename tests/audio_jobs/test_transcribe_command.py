@@ -93,6 +93,8 @@ def test_the_profile_and_engine_settings_are_the_workers(fake_engine, clip, sett
         batch_size=None,
         cross_job_batching=False,
         max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
+        prepare_processes=settings.WHISPER_PREPARE_PROCESSES,
+        model_streams=settings.WHISPER_MODEL_STREAMS,
     )
     path, options = engines[0].calls[0]
     assert path == clip
