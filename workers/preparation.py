@@ -126,6 +126,11 @@ def prepare_for_batching(
     return prepared
 
 
+def _ping() -> int:
+    """What ``PreparationPool.check`` runs: a process that answers can import this module."""
+    return os.getpid()
+
+
 def _limit_threads() -> None:
     """Pool initializer: one BLAS/OpenMP thread per process (the pool is the parallelism). A
     spawned process runs this before it imports NumPy (only this module is imported first)."""
@@ -187,6 +192,16 @@ class PreparationPool:
             ) from None
         finally:
             solo.shutdown(wait=False, cancel_futures=True)
+
+    def check(self, timeout: float = 120.0) -> None:
+        """Start one process and wait for it to answer; raise ``RuntimeError`` if it cannot (a
+        main module that a spawned process cannot import, say), so the caller can prepare in
+        threads instead of failing every job."""
+        try:
+            self._executor.submit(_ping).result(timeout=timeout)
+        except (BrokenProcessPool, FutureTimeout, OSError) as exc:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            raise RuntimeError(f"preparation processes could not start: {exc!r}") from exc
 
     @staticmethod
     def _wait(future: Future, should_cancel: Any) -> PreparedAudio:

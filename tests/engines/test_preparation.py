@@ -188,3 +188,45 @@ def test_two_model_streams_run_batches_at_once_and_each_job_gets_its_own_text(
     assert stats["model_streams"] == 2
     assert stats["max_batches_in_flight"] == 2
     assert stats["failed_windows"] == 0
+
+
+def test_when_no_preparation_process_can_start_the_job_threads_prepare(model_cache_dir, clips):
+    """A spawned process re-imports its parent's main module; a program read from stdin has none
+    it can import, so no preparation process can start. The engine logs it and prepares audio in
+    the job threads: every job is still transcribed."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.engines.conftest import REPO_ROOT
+
+    program = f"""
+import json, sys
+from workers.engines.batching import BatchScheduler
+from workers.engines.base import TranscriptionOptions
+from workers.engines.models import prepare_model
+engine = BatchScheduler(
+    prepare_model("tiny.en", cache_dir={str(model_cache_dir)!r}), batch_size=2,
+    prepare_processes=2,
+)
+result = engine.transcribe({str(clips[0])!r}, TranscriptionOptions(language="en"))
+stats = engine.stats()
+engine.close()
+print(json.dumps({{"text": result.text, "stats": stats}}))
+"""
+    done = subprocess.run(
+        [sys.executable, "-"],
+        input=program,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert wer(SENTENCES[0], report["text"]) <= 0.25
+    assert report["stats"]["preparation_unavailable"] == 1
+    assert report["stats"]["prepare_processes"] == 0
+    assert "audio preparation stays in the job threads" in done.stderr

@@ -244,7 +244,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
         self._max_in_flight = 0
         # Decoding, VAD and features in spawned processes (workers/preparation.py), or in the
         # job threads when 0.
-        self._preparation = PreparationPool(prepare_processes) if prepare_processes > 0 else None
+        self._preparation = self._start_preparation(prepare_processes)
         # One scheduler thread per model stream: each forms and runs its own batches from the
         # shared queue, so one batch's host-side work (Python between model calls, CTranslate2's
         # decoding loop) overlaps another's GPU work.
@@ -302,6 +302,20 @@ class BatchScheduler(LoadedFasterWhisperModel):
             task=options.task,
             engine_info=self._engine_info(options, duration_after_vad),
         )
+
+    def _start_preparation(self, processes: int) -> PreparationPool | None:
+        """The preparation pool, checked by starting a process; when none can start, an error is
+        logged and the job threads prepare audio (slower, but no job fails for it)."""
+        if processes <= 0:
+            return None
+        pool = PreparationPool(processes)
+        try:
+            pool.check()
+        except RuntimeError:
+            logger.exception("audio preparation stays in the job threads")
+            self._stats["preparation_unavailable"] += 1
+            return None
+        return pool
 
     def _prepare(
         self, audio_path: AudioPath, vad: bool, should_cancel: CancelCheck | None
@@ -687,6 +701,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                     self._preparation.replacements if self._preparation else 0
                 ),
                 "long_files_prepared_in_thread": self._stats["long_files_prepared_in_thread"],
+                "preparation_unavailable": self._stats["preparation_unavailable"],
                 "queued_windows": len(self._queue),
                 "batch_sizes": dict(self._batch_sizes),
                 "jobs_per_batch": dict(self._jobs_per_batch),
