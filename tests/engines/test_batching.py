@@ -349,9 +349,20 @@ def _cuda_devices() -> int:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_cuda_devices() == 0, reason="needs a CUDA device")
-def test_cross_job_batching_on_cuda(model_cache_dir, tiny_engine, clips):
+@pytest.mark.parametrize(
+    ("prepare_processes", "model_streams"), [(0, 1), (2, 1), (2, 2)], ids=["plain", "pool", "2x"]
+)
+def test_cross_job_batching_on_cuda(
+    model_cache_dir, tiny_engine, clips, prepare_processes, model_streams
+):
     files = prepare_model("tiny.en", cache_dir=model_cache_dir)
-    engine = BatchScheduler(files, device="cuda", max_wait_ms=200)
+    engine = BatchScheduler(
+        files,
+        device="cuda",
+        max_wait_ms=200,
+        prepare_processes=prepare_processes,
+        model_streams=model_streams,
+    )
     try:
         results = run_jobs(engine, [{"path": clip} for clip in clips * 4])
         stats = engine.stats()
@@ -360,6 +371,8 @@ def test_cross_job_batching_on_cuda(model_cache_dir, tiny_engine, clips):
 
     assert stats["initial_batch_size"] >= 1
     assert stats["multi_job_batches"] >= 1
+    assert stats["prepare_processes"] == prepare_processes
+    assert stats["preparation_unavailable"] == 0
     for clip, result in zip(clips * 4, results, strict=True):
         assert wer(tiny_engine.transcribe(clip, ENGLISH).text, result.text) <= 0.1
         _assert_timestamps_sane(result)
