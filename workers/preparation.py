@@ -177,7 +177,16 @@ class PreparationPool:
         args = (os.fspath(path), vad, feature_kwargs, self.max_windows)
         executor = self._executor
         try:
-            return self._wait(executor.submit(self._target, *args), should_cancel)
+            try:
+                future = executor.submit(self._target, *args)
+            except RuntimeError:
+                # Broken (BrokenProcessPool is a RuntimeError) or shut down by another job's
+                # thread replacing it a moment ago: try the pool in place now, once.
+                if executor is self._executor:
+                    raise BrokenProcessPool("the pool was broken when the file came") from None
+                executor = self._executor
+                future = executor.submit(self._target, *args)
+            return self._wait(future, should_cancel)
         except BrokenProcessPool:
             self._replace(executor)
         logger.warning("a preparation process died; preparing %s again on its own", args[0])
