@@ -9,11 +9,13 @@ process, 1034x).
 ``PreparationPool`` runs ``prepare_for_batching`` in a pool of spawned processes: each returns a
 file's duration, its VAD clips, its <= 30 s windows and every window's features, which the job
 thread then feeds to the batch scheduler. A file longer than ``MAX_PREPARED_WINDOWS`` windows comes
-back without features and is prepared in its job's thread, window by window as its batches go,
-so that no job holds more than ~120 MB of features (about 1 MB per window). A preparation process
-that dies (a decoder crash, the kernel's OOM killer) breaks the pool and every file in it: the
-pool is replaced and each of those files prepared again in a process of its own, so that only a
-file that kills that process too fails its job.
+back with its speech clips only: its job thread decodes it again and makes windows from those
+clips (no second VAD pass) and features as its batches go, so that no job holds more than
+~120 MB of features (about 1 MB per window). A preparation process that dies (a decoder crash,
+the kernel's OOM killer) breaks the pool and every file in it: the pool is replaced and each of
+those files prepared again in a process of its own (at most as many at once as the pool has
+processes), so that only a file that kills that process too fails its job. One pool serves every
+engine of a worker process (``shared_pool``).
 
 This module imports NumPy and the engines only inside functions: a spawned process first imports
 it, limits BLAS/OpenMP to one thread (before NumPy loads), and only then does any work.
@@ -26,7 +28,7 @@ import multiprocessing
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -93,13 +95,21 @@ def window_features(extractor: Any, chunk: Any) -> Any:
     return pad_or_trim(extractor(chunk)[..., :-1])
 
 
-def prepare_audio(path: Any, vad: bool) -> PreparedAudio:
-    """Decode and split a file in the calling thread; features are made on demand."""
+def prepare_audio(path: Any, vad: bool, clips: list[dict[str, Any]] | None = None) -> PreparedAudio:
+    """Decode and split a file in the calling thread; features are made on demand. ``clips``
+    (speech found earlier, by a preparation process) skips the VAD, the costly part."""
+    from faster_whisper.vad import collect_chunks
+
     from workers.engines.audio import duration_of, load_audio
 
     audio = load_audio(path)
     prepared = PreparedAudio(duration=duration_of(audio), chunks=[])
-    if prepared.duration > 0:
+    if prepared.duration > 0 and clips is not None:
+        prepared.clips = clips
+        prepared.chunks, prepared.metadata = collect_chunks(
+            audio, clips, max_duration=CHUNK_SECONDS
+        )
+    elif prepared.duration > 0:
         prepared.clips, prepared.chunks, prepared.metadata = split_speech(audio, vad)
     return prepared
 
@@ -111,7 +121,8 @@ def prepare_for_batching(
     path: str, vad: bool, feature_kwargs: dict[str, Any], max_windows: int
 ) -> PreparedAudio:
     """In a preparation process: decode, split and make every window's features; a file of more
-    than ``max_windows`` windows comes back with neither features nor audio."""
+    than ``max_windows`` windows comes back with its clips and windows' metadata only (its job
+    thread decodes it again and makes features as it goes, without a second VAD pass)."""
     from faster_whisper.feature_extractor import FeatureExtractor
 
     prepared = prepare_audio(path, vad)
@@ -139,7 +150,7 @@ def _limit_threads() -> None:
 
 
 class PreparationPool:
-    """Spawned processes preparing audio for a ``BatchScheduler``; replaced when one dies."""
+    """Spawned processes preparing audio for ``BatchScheduler``s; replaced when one dies."""
 
     def __init__(
         self,
@@ -154,7 +165,12 @@ class PreparationPool:
         self._target = target
         self._lock = threading.Lock()
         self._executor = self._new_executor()
+        self._closed = False
+        # A dead process fails every file in its pool at once: their solo retries start at most
+        # this many processes at a time, not one per job thread.
+        self._solo_slots = threading.BoundedSemaphore(self.processes)
         self.replacements = 0
+        self.solo_preparations = 0
 
     def _new_executor(self, processes: int | None = None) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -182,25 +198,30 @@ class PreparationPool:
             except RuntimeError:
                 # Broken (BrokenProcessPool is a RuntimeError) or shut down by another job's
                 # thread replacing it a moment ago: try the pool in place now, once.
+                if self._closed:
+                    raise RuntimeError("The preparation pool is closed.") from None
                 if executor is self._executor:
-                    raise BrokenProcessPool("the pool was broken when the file came") from None
+                    self._replace(executor)
                 executor = self._executor
                 future = executor.submit(self._target, *args)
-            return self._wait(future, should_cancel)
+            return self._wait(future, should_cancel, executor)
         except BrokenProcessPool:
             self._replace(executor)
         logger.warning("a preparation process died; preparing %s again on its own", args[0])
-        solo = self._new_executor(processes=1)
-        try:
-            return self._wait(solo.submit(self._target, *args), should_cancel)
-        except BrokenProcessPool:
-            from workers.engines.errors import AudioDecodeError
+        with self._solo_slots:
+            with self._lock:
+                self.solo_preparations += 1
+            solo = self._new_executor(processes=1)
+            try:
+                return self._wait(solo.submit(self._target, *args), should_cancel)
+            except BrokenProcessPool:
+                from workers.engines.errors import AudioDecodeError
 
-            raise AudioDecodeError(
-                "Could not decode the audio file: its preparation process died."
-            ) from None
-        finally:
-            solo.shutdown(wait=False, cancel_futures=True)
+                raise AudioDecodeError(
+                    "Could not decode the audio file: its preparation process died."
+                ) from None
+            finally:
+                solo.shutdown(wait=False, cancel_futures=True)
 
     def check(self, timeout: float = 120.0) -> None:
         """Start one process and wait for it to answer; raise ``RuntimeError`` if it cannot (a
@@ -209,33 +230,67 @@ class PreparationPool:
         try:
             self._executor.submit(_ping).result(timeout=timeout)
         except (BrokenProcessPool, FutureTimeout, OSError) as exc:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.close(wait=False)
             raise RuntimeError(f"preparation processes could not start: {exc!r}") from exc
 
-    @staticmethod
-    def _wait(future: Future, should_cancel: Any) -> PreparedAudio:
+    def _wait(
+        self, future: Future, should_cancel: Any, pool: ProcessPoolExecutor | None = None
+    ) -> PreparedAudio:
+        """The future's result, polling ``should_cancel``; a future left behind in a pool that
+        was replaced meanwhile (a rare race inside ``ProcessPoolExecutor`` can leave it pending
+        for ever) counts as broken once it has waited a second without starting."""
+        stranded = 0
         while True:
+            done, _pending = wait([future], timeout=POLL_SECONDS)
+            if done:
+                try:
+                    return future.result()
+                except CancelledError:  # cancelled by the shutdown of a broken pool
+                    raise BrokenProcessPool("preparation cancelled by a pool shutdown") from None
             try:
-                return future.result(timeout=POLL_SECONDS)
-            except FutureTimeout:
                 if should_cancel is not None and should_cancel():
                     from workers.engines.errors import TranscriptionCancelled
 
-                    future.cancel()
-                    raise TranscriptionCancelled() from None
-            except CancelledError:
-                raise BrokenProcessPool("preparation cancelled by a pool shutdown") from None
+                    raise TranscriptionCancelled()
             except BaseException:
-                # A time limit raised while waiting: the process finishes, its result is dropped.
+                # Cancelled, or a time limit raised by the check: the file is not prepared for
+                # nothing if it has not started (one already running finishes, unread).
                 future.cancel()
                 raise
+            if pool is not None and pool is not self._executor and not future.running():
+                stranded += 1
+                if stranded * POLL_SECONDS >= 1.0:
+                    future.cancel()
+                    raise BrokenProcessPool("left behind in a replaced pool")
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:
+            if self._closed:
+                return
             if self._executor is broken:  # not already replaced by another job's thread
                 self._executor = self._new_executor()
                 self.replacements += 1
         broken.shutdown(wait=False, cancel_futures=True)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, wait: bool = True) -> None:
+        with self._lock:
+            self._closed = True
+        self._executor.shutdown(wait=wait, cancel_futures=True)
+
+
+_shared: dict[int, PreparationPool] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_pool(processes: int) -> tuple[PreparationPool, bool]:
+    """The process's preparation pool of this size (one for every engine of the process, so a
+    worker serving tiny.en and base runs ``processes`` processes, not twice as many), started
+    and checked on first use; and whether it was made by this call."""
+    with _shared_lock:
+        pool = _shared.get(processes)
+        if pool is not None and not pool._closed:
+            return pool, False
+        pool = PreparationPool(processes)
+        pool.check()  # raises RuntimeError: nothing is kept
+        _shared[processes] = pool
+        return pool, True

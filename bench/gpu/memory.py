@@ -162,7 +162,10 @@ def spawn(args: argparse.Namespace, batch_size: int, leave_mb: int | None = None
         command += ["--kit", args.kit]
     if leave_mb is not None:
         command += ["--leave-mb", str(leave_mb)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.child_timeout)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired as exc:  # one hung child must not lose the other probes
+        return {"batch_size_setting": batch_size, "timed_out_after_s": exc.timeout}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"batch_size_setting": batch_size, "returncode": done.returncode,

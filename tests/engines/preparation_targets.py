@@ -4,6 +4,7 @@ them by name, so they live in a module, not in the test."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,18 @@ def die_on_marked_files(
     path: str, vad: bool, feature_kwargs: dict[str, Any], max_windows: int
 ) -> PreparedAudio:
     """Kill this process (as a decoder crash would) for a file named ``*.die*``; ``*.die-once*``
-    kills only the first process that sees it (its marker file is removed first)."""
+    kills only the first process that sees it (its marker file is removed first);
+    ``*.die-always*`` kills every process, a second after it starts (so that files submitted with
+    it are in the pool when it breaks); ``*.slow*`` takes two seconds."""
     marker = Path(path + ".marker")
     if ".die-once" in path and marker.exists():
         marker.unlink()
         os._exit(3)
     if ".die-always" in path:
+        time.sleep(1.0)
         os._exit(3)
+    if ".slow" in path:  # still running when a die-always file kills the pool
+        time.sleep(2.0)
     return prepare_for_batching(path, vad, feature_kwargs, max_windows)
 
 

@@ -330,6 +330,12 @@ def test_batch_size_comes_from_the_setting_or_free_gpu_memory(
     assert choose_batch_size(setting, device=device, profile=profile, free_mb=free_mb) == expected
 
 
+def test_two_model_streams_share_the_memory_budget():
+    one = choose_batch_size(None, device="cuda", profile="tiny.en", free_mb=300)
+    two = choose_batch_size(None, device="cuda", profile="tiny.en", free_mb=300, streams=2)
+    assert (one, two) == (15, 7)
+
+
 def test_out_of_memory_errors_are_recognised():
     assert is_out_of_memory(RuntimeError(OOM))
     assert is_out_of_memory(MemoryError())

@@ -88,12 +88,13 @@ def test_an_undecodable_file_fails_only_its_job(pooled, clips, tmp_path):
 
 
 def test_a_file_longer_than_the_limit_is_prepared_in_its_thread(model_cache_dir, three_window_clip):
-    engine = new_scheduler(model_cache_dir, prepare_processes=1)
-    engine._preparation.max_windows = 2  # the clip has three windows
+    engine = new_scheduler(model_cache_dir)
+    engine._preparation = PreparationPool(1, max_windows=2)  # the clip has three windows
     try:
         result = engine.transcribe(three_window_clip, ENGLISH)
     finally:
         engine.close()
+        engine._preparation.close()
 
     assert engine.stats()["long_files_prepared_in_thread"] == 1
     assert len(result.text.split()) > 30
@@ -109,28 +110,39 @@ def _copy(source: Path, folder: Path, name: str) -> Path:
 def test_a_dead_preparation_process_is_replaced_and_its_job_prepared_again(
     model_cache_dir, clips, tmp_path
 ):
-    engine = new_scheduler(model_cache_dir, prepare_processes=2)
+    engine = new_scheduler(model_cache_dir)
     engine._preparation = PreparationPool(2, target=die_on_marked_files)
     once = _copy(clips[0], tmp_path, "first.die-once.wav")
     Path(f"{once}.marker").touch()
     always = _copy(clips[1], tmp_path, "second.die-always.wav")
+    innocent = _copy(clips[2], tmp_path, "third.slow.wav")
     try:
         # Its first process dies; prepared again in a process of its own, it completes.
         survived = engine.transcribe(once, ENGLISH)
         replaced_once = engine.stats()["preparation_pool_replacements"]
+        # Two slow files at once start both processes of the new pool (it spawns them lazily),
+        # so that the next two files run side by side.
+        warm = run_jobs(engine, [{"path": _copy(clips[3], tmp_path, f"warm-{i}.slow.wav")}
+                                 for i in range(2)])  # fmt: skip
         # A file that kills every process fails alone; a job in the pool it broke completes.
-        results = run_jobs(engine, [{"path": always}, {"path": clips[2]}])
+        results = run_jobs(engine, [{"path": always}, {"path": innocent}])
         after = engine.transcribe(clips[3], ENGLISH)  # the replaced pool keeps working
+        stats = engine.stats()
     finally:
         engine.close()
+        engine._preparation.close()
 
     assert wer(SENTENCES[0], survived.text) <= 0.25
     assert replaced_once == 1
+    assert all(wer(SENTENCES[3], result.text) <= 0.25 for result in warm)
     assert isinstance(results[0], AudioDecodeError)
     assert "preparation process died" in str(results[0])
     assert wer(SENTENCES[2], results[1].text) <= 0.25
     assert wer(SENTENCES[3], after.text) <= 0.25
-    assert engine.stats()["preparation_pool_replacements"] == 2
+    assert stats["preparation_pool_replacements"] == 2
+    # The innocent file was being prepared when the pool broke (it takes two seconds, the
+    # killer one): it was prepared again on its own too, as was the killer.
+    assert stats["solo_preparations"] == 3
 
 
 def test_a_cancel_while_a_file_is_prepared_stops_the_job(three_window_clip):
@@ -230,3 +242,21 @@ print(json.dumps({{"text": result.text, "stats": stats}}))
     assert report["stats"]["preparation_unavailable"] == 1
     assert report["stats"]["prepare_processes"] == 0
     assert "audio preparation stays in the job threads" in done.stderr
+
+
+def test_a_time_limit_raised_by_the_cancel_check_reaches_the_job(three_window_clip):
+    """The job's cancel check raises its time limit (threads pools have no Celery limits): the
+    exception reaches the job as itself, not as a cancel or a decode error."""
+
+    class Deadline(Exception):
+        pass
+
+    def past_deadline() -> bool:
+        raise Deadline("soft time limit")
+
+    pool = PreparationPool(1)
+    try:
+        with pytest.raises(Deadline):
+            pool.prepare(three_window_clip, True, {"feature_size": 80}, should_cancel=past_deadline)
+    finally:
+        pool.close()

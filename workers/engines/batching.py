@@ -57,7 +57,13 @@ from workers.engines.base import (
 )
 from workers.engines.faster import LoadedFasterWhisperModel, segment_from_faster
 from workers.engines.models import ModelFiles
-from workers.preparation import SAMPLE_RATE, PreparationPool, PreparedAudio, prepare_audio
+from workers.preparation import (
+    SAMPLE_RATE,
+    PreparationPool,
+    PreparedAudio,
+    prepare_audio,
+    shared_pool,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +127,16 @@ def free_gpu_memory_mb(device_index: int = 0) -> int | None:
 
 
 def choose_batch_size(
-    setting: int | None, *, device: str, profile: str, free_mb: int | None = None
+    setting: int | None,
+    *,
+    device: str,
+    profile: str,
+    free_mb: int | None = None,
+    streams: int = 1,
 ) -> int:
-    """The initial batch size: the setting when given (> 0); on CUDA, from free GPU memory; on
-    CPU (or when the free memory cannot be read) ``DEFAULT_CPU_BATCH_SIZE``."""
+    """The initial batch size: the setting when given (> 0); on CUDA, from free GPU memory
+    shared by ``streams`` batches in flight at once; on CPU (or when the free memory cannot be
+    read) ``DEFAULT_CPU_BATCH_SIZE``."""
     if setting:
         return max(1, int(setting))
     if device != "cuda":
@@ -133,7 +145,8 @@ def choose_batch_size(
     if free_mb is None:
         return DEFAULT_CPU_BATCH_SIZE
     per_window = GPU_MB_PER_WINDOW.get(profile, GPU_MB_PER_WINDOW_DEFAULT)
-    return max(1, min(MAX_AUTO_BATCH_SIZE, int(free_mb * GPU_MEMORY_SHARE // per_window)))
+    budget = free_mb * GPU_MEMORY_SHARE / max(1, streams)
+    return max(1, min(MAX_AUTO_BATCH_SIZE, int(budget // per_window)))
 
 
 @dataclass(frozen=True)
@@ -230,7 +243,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
         self.max_wait = max(max_wait_ms, 0.0) / 1000.0
         # Used only for generate_segment_batched, which keeps no state on the pipeline.
         self._pipeline = BatchedInferencePipeline(self._model)
-        self.initial_batch_size = choose_batch_size(batch_size, device=device, profile=self.profile)
+        self.initial_batch_size = choose_batch_size(
+            batch_size, device=device, profile=self.profile, streams=self.model_streams
+        )
         self.batch_size = self.initial_batch_size
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
@@ -308,9 +323,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
         logged and the job threads prepare audio (slower, but no job fails for it)."""
         if processes <= 0:
             return None
-        pool = PreparationPool(processes)
         try:
-            pool.check()
+            pool, _new = shared_pool(processes)
         except RuntimeError:
             logger.exception("audio preparation stays in the job threads")
             self._stats["preparation_unavailable"] += 1
@@ -328,7 +342,10 @@ class BatchScheduler(LoadedFasterWhisperModel):
             )
             if prepared.features is not None:
                 return prepared
+            # Too long to hold every window's features: decoded again here, windows made from
+            # the clips the process found (no second VAD pass), features as the job goes.
             self._count("long_files_prepared_in_thread")
+            return prepare_audio(audio_path, vad, clips=prepared.clips)
         return prepare_audio(audio_path, vad)
 
     def _detect_language(self, features: Any, reporter: ProgressReporter) -> tuple[str, float]:
@@ -642,7 +659,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
 
     def _out_of_memory(self, size: int, exc: BaseException) -> None:
         with self._cond:
-            self.batch_size = max(1, min(self.batch_size, size) // 2)
+            # Half the batch that failed; min() keeps two streams failing at once from halving
+            # twice for one shortage.
+            self.batch_size = max(1, min(self.batch_size, size // 2))
             self._stats["out_of_memory"] += 1
         logger.warning(
             "out of memory with a batch of %d windows; batch size now %d (%s)",
@@ -700,6 +719,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 "preparation_pool_replacements": (
                     self._preparation.replacements if self._preparation else 0
                 ),
+                "solo_preparations": (
+                    self._preparation.solo_preparations if self._preparation else 0
+                ),
                 "long_files_prepared_in_thread": self._stats["long_files_prepared_in_thread"],
                 "preparation_unavailable": self._stats["preparation_unavailable"],
                 "queued_windows": len(self._queue),
@@ -714,8 +736,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=30)
-        if self._preparation is not None:
-            self._preparation.close()
+        # The preparation pool is the process's, shared with its other engines: it stays.
 
     def _engine_info(self, options: TranscriptionOptions, duration_after_vad: float) -> dict:
         import ctranslate2
