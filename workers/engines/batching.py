@@ -9,7 +9,8 @@ of a worker (Celery ``--pool threads``). Work is split where it runs best:
   job threads it runs beside the model. With ``prepare_processes`` the decoding, VAD and features
   run in a pool of processes instead (``workers.preparation``): in threads they hold the GIL, and
   on a 16-core GPU node they fed the model at 650-750x real time against 2400-2600x in processes.
-* in the **scheduler thread**: only model work. It takes pending windows from the shared queue,
+* in the **scheduler thread** (``model_streams`` of them, each forming its own batches from the
+  one queue): only model work. It takes pending windows from the shared queue,
   groups those whose decoding options match (one prompt, one tokenizer per batch), waits at most
   ``max_wait_ms`` to fill a batch up to ``batch_size``, runs one batched encode + generate (and one
   alignment pass for word timestamps) and hands each window's output back to its job. Language
@@ -71,9 +72,10 @@ DEFAULT_CPU_BATCH_SIZE = 8
 DEFAULT_MAX_WAIT_MS = 10.0
 # Upper bound of the automatic (GPU memory) choice. Measured on an H200 with tiny.en (prepared
 # windows, the model alone, docs/benchmarks.md): batch 32 decoded 2114x real time, 64 1202x and
-# 256 343x, with the GPU mostly idle. Past 32 windows (x 5 beams) CTranslate2's per-step buffers
-# outgrow its caching allocator's largest bin (16 MiB by default) and every decoding step pays
-# for cudaMalloc/cudaFree; CT2_CUDA_CACHING_ALLOCATOR_CONFIG raises that bin (docs/gpu.md).
+# 256 343x, with the GPU mostly idle. The likely cause (not yet confirmed): past 32 windows x 5
+# beams CTranslate2's per-step buffers outgrow its caching allocator's largest bin (16 MiB by
+# default), so every decoding step pays for cudaMalloc/cudaFree; CT2_CUDA_CACHING_ALLOCATOR_CONFIG
+# raises that bin (docs/gpu.md).
 MAX_AUTO_BATCH_SIZE = 32
 # GPU memory one window needs in a batch (float16, beam 5, word timestamps). tiny.en: measured on
 # an H200, the sampled peak grew from 727 MiB at batch 1 to 1399 MiB at batch 64 (~11 MiB per
