@@ -188,6 +188,9 @@ def scheduler_activity(before: dict, after: dict, wall: float) -> dict[str, Any]
         "mean_windows_per_batch": round(windows / batches, 1) if batches else None,
         "model_busy_share": round(model_s / wall, 2) if wall else None,
         "out_of_memory": after["out_of_memory"] - before["out_of_memory"],
+        # What ran, not what was asked: 0 if the preparation processes could not start.
+        "prepare_processes_running": after["prepare_processes"],
+        "max_batches_in_flight": after["max_batches_in_flight"],
     }
 
 
