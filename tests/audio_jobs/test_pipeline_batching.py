@@ -103,11 +103,26 @@ def test_a_threads_pool_worker_batches_windows_of_concurrent_jobs(
         with urllib.request.urlopen(batching_worker.metrics_url, timeout=5) as response:
             return response.read().decode()
 
-    text = wait_for(
-        lambda: (body := scrape()) and "lexiscore_whisper_batches_total" in body and body,
-        timeout=10,
-        what="the batch scheduler's metrics",
+    # The task counter moves in task_postrun, after the job is already completed in the
+    # database: wait for it rather than race it.
+    tasks_done = re.compile(
+        r'^celery_tasks_total\{queue="transcription.cpu",state="SUCCESS",'
+        r'task="workers.transcription.transcribe_job"\} 4.0$',
+        re.M,
     )
+    scraped: list[str] = [""]
+
+    def ready() -> str | None:
+        scraped[0] = scrape()
+        body = scraped[0]
+        done = "lexiscore_whisper_batches_total" in body and tasks_done.search(body)
+        return body if done else None
+
+    try:
+        text = wait_for(ready, timeout=15, what="the scheduler's metrics and 4 task successes")
+    except TimeoutError as exc:
+        tasks = [line for line in scraped[0].splitlines() if line.startswith("celery_tasks")]
+        raise AssertionError(f"{exc}; the worker's task counters: {tasks}") from None
     windows = metric(text, "lexiscore_whisper_batch_windows_total")
     batches = metric(text, "lexiscore_whisper_batches_total")
     assert windows >= 2 * len(jobs)
@@ -120,9 +135,4 @@ def test_a_threads_pool_worker_batches_windows_of_concurrent_jobs(
     assert metric(text, "lexiscore_whisper_prepare_processes") == batching_worker.prepare_processes
     assert metric(text, "lexiscore_whisper_prepare_pool_replacements_total") == 0
     # The task counters of the multiprocess registry are served beside them.
-    assert re.search(
-        r'^celery_tasks_total\{queue="transcription.cpu",state="SUCCESS",'
-        r'task="workers.transcription.transcribe_job"\} 4.0$',
-        text,
-        re.M,
-    )
+    assert tasks_done.search(text)
