@@ -173,6 +173,9 @@ class PreparationPool:
         self.solo_preparations = 0
 
     def _new_executor(self, processes: int | None = None) -> ProcessPoolExecutor:
+        # No max_tasks_per_child: on Python 3.11-3.13 (before gh-115634's fix) a pool with a
+        # backlog stops spawning replacements and hangs. A process that leaks until the kernel
+        # kills it breaks the pool, which is then replaced like any dead process's.
         return ProcessPoolExecutor(
             max_workers=processes or self.processes,
             mp_context=multiprocessing.get_context("spawn"),
