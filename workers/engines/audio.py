@@ -1,11 +1,18 @@
 """Audio decoding shared by the engines: 16 kHz mono float32, as Whisper expects.
 
 Files reach the engines only after ``apps.audio_jobs.media`` has validated them; decoding here
-uses PyAV (bundled FFmpeg libraries, no subprocess) through faster-whisper's helper.
+uses PyAV (bundled FFmpeg libraries, no subprocess) as faster-whisper's ``decode_audio`` does,
+with the same frames, resampler and conversion (the same samples), but without the full garbage
+collection that function runs after every file. That ``gc.collect()`` freed resampler objects
+caught in reference cycles by the PyAV of 2023 (faster-whisper issue 390); with the pinned PyAV
+no decode leaves an unreachable object (``tests/engines/test_audio.py`` checks it), while a full
+collection costs ~20-100 ms per file in a process holding PyTorch or Django and Celery, with the
+GIL held: every job thread and the batch scheduler's thread stop meanwhile.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -21,17 +28,29 @@ AudioArray = npt.NDArray[np.float32]
 def load_audio(path: str | os.PathLike[str]) -> AudioArray:
     """Decode ``path`` to a 16 kHz mono float32 array; raise ``AudioDecodeError`` on failure."""
     import av
-    from faster_whisper.audio import decode_audio
 
     try:
-        audio = decode_audio(os.fspath(path), sampling_rate=SAMPLE_RATE)
+        audio = _decode(os.fspath(path))
     except (av.error.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as exc:
         # Only decoder failures: anything else (a Celery soft time limit raised inside the
         # decode, say) must reach the caller as itself.
         raise AudioDecodeError(f"Could not decode the audio file: {exc}") from exc
-    if not isinstance(audio, np.ndarray):  # split_stereo=False always returns one array
-        raise AudioDecodeError("Could not decode the audio file: unexpected decoder output.")
     return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _decode(path: str) -> AudioArray:
+    """``faster_whisper.audio.decode_audio(path)`` (mono, 16 kHz) without its ``gc.collect()``."""
+    import av
+    from faster_whisper.audio import _group_frames, _ignore_invalid_frames, _resample_frames
+
+    resampler = av.audio.resampler.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    raw = io.BytesIO()
+    with av.open(path, mode="r", metadata_errors="ignore") as container:
+        frames = _ignore_invalid_frames(container.decode(audio=0))
+        for frame in _resample_frames(_group_frames(frames, 500_000), resampler):
+            raw.write(frame.to_ndarray())
+    samples = np.frombuffer(raw.getbuffer(), dtype=np.int16)
+    return samples.astype(np.float32) / 32768.0
 
 
 def duration_of(audio: AudioArray) -> float:
