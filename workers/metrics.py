@@ -258,8 +258,9 @@ class BatchSchedulerCollector:
         )
         processes = GaugeMetricFamily(
             "lexiscore_whisper_prepare_processes",
-            "Processes preparing audio (decoding, VAD, features); 0: the job threads do it.",
-            labels=labels,
+            "Processes preparing audio (decoding, VAD, features); 0: the job threads do it. "
+            "vad: the VAD they run (torch or onnx).",
+            labels=[*labels, "vad"],
         )
         for engine in loaded_engines():
             if not isinstance(engine, BatchScheduler):
@@ -270,7 +271,7 @@ class BatchSchedulerCollector:
                 counters[name].add_metric(values, stats[key] * scale)
             size.add_metric(values, stats["batch_size"])
             queued.add_metric(values, stats["queued_windows"])
-            processes.add_metric(values, stats["prepare_processes"])
+            processes.add_metric([*values, stats["prepare_vad"]], stats["prepare_processes"])
         yield from counters.values()
         yield size
         yield queued

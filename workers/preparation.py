@@ -4,7 +4,9 @@ Measured on an H200 node (16 cores; docs/benchmarks.md), the model alone decodes
 at 1600-2100x real time, but 100 job threads preparing their own audio reach only 650-750x: the
 NumPy, PyAV and Python parts of preparation hold the GIL. The same work in 16 processes reached
 2400-2600x, with one BLAS thread per process (with the default, one thread per core in each
-process, 1034x).
+process, 1034x). Silero VAD was ~75-82 % of that work; the processes run it in PyTorch
+(``workers.engines.silero``, ~3x faster on a core than faster-whisper's ONNX Runtime session)
+where PyTorch is installed.
 
 ``PreparationPool`` runs ``prepare_for_batching`` in a pool of spawned processes: each returns a
 file's duration, its VAD clips, its <= 30 s windows and every window's features, which the job
@@ -18,7 +20,8 @@ processes), so that only a file that kills that process too fails its job. One p
 engine of a worker process (``shared_pool``).
 
 This module imports NumPy and the engines only inside functions: a spawned process first imports
-it, limits BLAS/OpenMP to one thread (before NumPy loads), and only then does any work.
+it, limits BLAS/OpenMP to one thread (before NumPy loads), loads its VAD, and only then does
+any work.
 """
 
 from __future__ import annotations
@@ -137,16 +140,31 @@ def prepare_for_batching(
     return prepared
 
 
-def _ping() -> int:
-    """What ``PreparationPool.check`` runs: a process that answers can import this module."""
-    return os.getpid()
+_vad_engine = "onnx"  # the VAD this process runs (set when a preparation process starts)
 
 
-def _limit_threads() -> None:
-    """Pool initializer: one BLAS/OpenMP thread per process (the pool is the parallelism). A
-    spawned process runs this before it imports NumPy (only this module is imported first)."""
+def _ping() -> tuple[int, str]:
+    """What ``PreparationPool.check`` runs: a process that answers can import this module; it
+    says which VAD it runs."""
+    return os.getpid(), _vad_engine
+
+
+def _start_process(vad_engine: str = "onnx", vad_device: str = "cpu") -> None:
+    """Pool initializer: one BLAS/OpenMP thread per process (the pool is the parallelism; a
+    spawned process runs this before it imports NumPy, as only this module is imported first),
+    then the VAD (``workers.engines.silero.install``: PyTorch's, ~3x faster on a core, or ONNX
+    Runtime's). It never raises (a failing initializer would break the pool): a VAD that cannot
+    load falls back to ONNX Runtime's, which ``check`` reports."""
+    global _vad_engine
     for name in THREAD_VARIABLES:
         os.environ[name] = "1"
+    try:
+        from workers.engines.silero import install
+
+        _vad_engine = install(vad_engine, vad_device)
+    except Exception:
+        logger.exception("preparation process: the %s VAD could not load", vad_engine)
+        _vad_engine = "onnx"
 
 
 class PreparationPool:
@@ -158,8 +176,19 @@ class PreparationPool:
         *,
         max_windows: int = MAX_PREPARED_WINDOWS,
         target: Callable[..., PreparedAudio] = prepare_for_batching,
+        vad_engine: str = "auto",
+        vad_device: str = "cpu",
     ) -> None:
+        from workers.engines.silero import VAD_ENGINES
+
+        if vad_engine not in VAD_ENGINES:
+            raise ValueError(
+                f"Unknown VAD engine {vad_engine!r}; choose one of {', '.join(VAD_ENGINES)}."
+            )
         self.processes = max(1, int(processes))
+        self.vad_engine = vad_engine
+        self.vad_device = vad_device
+        self.vad_in_use = "unknown"  # what the processes run, known once ``check`` has run
         self.max_windows = max_windows
         # What the processes run: a module-level function (spawned processes import it by name).
         self._target = target
@@ -179,7 +208,8 @@ class PreparationPool:
         return ProcessPoolExecutor(
             max_workers=processes or self.processes,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_limit_threads,
+            initializer=_start_process,
+            initargs=(self.vad_engine, self.vad_device),
         )
 
     def prepare(
@@ -231,10 +261,17 @@ class PreparationPool:
         main module that a spawned process cannot import, say), so the caller can prepare in
         threads instead of failing every job."""
         try:
-            self._executor.submit(_ping).result(timeout=timeout)
+            _pid, self.vad_in_use = self._executor.submit(_ping).result(timeout=timeout)
         except (BrokenProcessPool, FutureTimeout, OSError) as exc:
             self.close(wait=False)
             raise RuntimeError(f"preparation processes could not start: {exc!r}") from exc
+        if self.vad_engine not in ("auto", self.vad_in_use):
+            logger.error(
+                "preparation processes run the %s VAD: the %s VAD on %s could not load",
+                self.vad_in_use,
+                self.vad_engine,
+                self.vad_device,
+            )
 
     def _wait(
         self, future: Future, should_cancel: Any, pool: ProcessPoolExecutor | None = None
@@ -281,19 +318,22 @@ class PreparationPool:
         self._executor.shutdown(wait=wait, cancel_futures=True)
 
 
-_shared: dict[int, PreparationPool] = {}
+_shared: dict[tuple[int, str, str], PreparationPool] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_pool(processes: int) -> tuple[PreparationPool, bool]:
-    """The process's preparation pool of this size (one for every engine of the process, so a
-    worker serving tiny.en and base runs ``processes`` processes, not twice as many), started
-    and checked on first use; and whether it was made by this call."""
+def shared_pool(
+    processes: int, vad_engine: str = "auto", vad_device: str = "cpu"
+) -> tuple[PreparationPool, bool]:
+    """The process's preparation pool of this size and VAD (one for every engine of the process,
+    so a worker serving tiny.en and base runs ``processes`` processes, not twice as many),
+    started and checked on first use; and whether it was made by this call."""
+    key = (processes, vad_engine, vad_device)
     with _shared_lock:
-        pool = _shared.get(processes)
+        pool = _shared.get(key)
         if pool is not None and not pool._closed:
             return pool, False
-        pool = PreparationPool(processes)
+        pool = PreparationPool(processes, vad_engine=vad_engine, vad_device=vad_device)
         pool.check()  # raises RuntimeError: nothing is kept
-        _shared[processes] = pool
+        _shared[key] = pool
         return pool, True

@@ -192,6 +192,8 @@ def engine_from_settings(name: str, profile: str):
         max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
         prepare_processes=settings.WHISPER_PREPARE_PROCESSES,
         model_streams=settings.WHISPER_MODEL_STREAMS,
+        vad_engine=settings.WHISPER_VAD_ENGINE,
+        vad_device=settings.WHISPER_VAD_DEVICE,
     )
 
 

@@ -530,6 +530,12 @@ WHISPER_PREPARE_PROCESSES = env.int("WHISPER_PREPARE_PROCESSES", default=0)
 # Cross-job batching: scheduler threads running batches at once on the one model (CTranslate2
 # num_workers); 1 until a second stream is measured to pay on a GPU (docs/gpu.md).
 WHISPER_MODEL_STREAMS = env.int("WHISPER_MODEL_STREAMS", default=1)
+# Cross-job batching, preparation processes: the Silero VAD they run. "torch" (PyTorch, ~3x
+# faster on a core; workers.engines.silero), "onnx" (faster-whisper's own, ONNX Runtime) or
+# "auto" (torch where PyTorch is installed: the GPU image, not the CPU image). Device: "cpu" or
+# "cuda" (every preparation process then holds a CUDA context; not yet measured).
+WHISPER_VAD_ENGINE = env.str("WHISPER_VAD_ENGINE", default="auto")
+WHISPER_VAD_DEVICE = env.str("WHISPER_VAD_DEVICE", default="cpu")
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
 WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.

@@ -95,6 +95,8 @@ def test_the_profile_and_engine_settings_are_the_workers(fake_engine, clip, sett
         max_wait_ms=settings.WHISPER_BATCH_MAX_WAIT_MS,
         prepare_processes=settings.WHISPER_PREPARE_PROCESSES,
         model_streams=settings.WHISPER_MODEL_STREAMS,
+        vad_engine=settings.WHISPER_VAD_ENGINE,
+        vad_device=settings.WHISPER_VAD_DEVICE,
     )
     path, options = engines[0].calls[0]
     assert path == clip

@@ -90,6 +90,8 @@ def get_engine(
     max_wait_ms: float = 10.0,
     prepare_processes: int = 0,
     model_streams: int = 1,
+    vad_engine: str = "auto",
+    vad_device: str = "cpu",
     max_engines: int = DEFAULT_MAX_ENGINES,
 ) -> Engine:
     """Return a loaded engine, loading it on first use in this process.
@@ -105,7 +107,9 @@ def get_engine(
     ``max_wait_ms`` for a batch to fill. Its scheduler thread lives as long as the process. With
     ``prepare_processes`` > 0 it decodes, VAD-splits and makes features in that many spawned
     processes (``workers.preparation``) instead of in the job threads; with ``model_streams`` > 1
-    that many scheduler threads run batches at once on one model (CTranslate2 ``num_workers``).
+    that many scheduler threads run batches at once on one model (CTranslate2 ``num_workers``);
+    ``vad_engine``/``vad_device`` choose the preparation processes' VAD
+    (``workers.engines.silero``).
     """
     if name not in ENGINE_NAMES:
         raise ValueError(f"Unknown engine {name!r}; choose one of {', '.join(ENGINE_NAMES)}.")
@@ -124,6 +128,8 @@ def get_engine(
         max_wait_ms,
         prepare_processes,
         model_streams,
+        vad_engine,
+        vad_device,
     )
     with _lock:
         engine = _engines.get(key)
@@ -150,6 +156,8 @@ def get_engine(
                     max_wait_ms=max_wait_ms,
                     prepare_processes=prepare_processes,
                     model_streams=model_streams,
+                    vad_engine=vad_engine,
+                    vad_device=vad_device,
                     **faster,
                 )
             else:

@@ -230,6 +230,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
         max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
         prepare_processes: int = 0,
         model_streams: int = 1,
+        vad_engine: str = "auto",
+        vad_device: str = "cpu",
     ) -> None:
         from faster_whisper import BatchedInferencePipeline
 
@@ -261,7 +263,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
         self._max_in_flight = 0
         # Decoding, VAD and features in spawned processes (workers/preparation.py), or in the
         # job threads when 0.
-        self._preparation = self._start_preparation(prepare_processes)
+        self._preparation = self._start_preparation(prepare_processes, vad_engine, vad_device)
         # One scheduler thread per model stream: each forms and runs its own batches from the
         # shared queue, so one batch's host-side work (Python between model calls, CTranslate2's
         # decoding loop) overlaps another's GPU work.
@@ -320,13 +322,17 @@ class BatchScheduler(LoadedFasterWhisperModel):
             engine_info=self._engine_info(options, duration_after_vad),
         )
 
-    def _start_preparation(self, processes: int) -> PreparationPool | None:
+    def _start_preparation(
+        self, processes: int, vad_engine: str, vad_device: str
+    ) -> PreparationPool | None:
         """The preparation pool, checked by starting a process; when none can start, an error is
-        logged and the job threads prepare audio (slower, but no job fails for it)."""
+        logged and the job threads prepare audio (slower, but no job fails for it). The pool's
+        processes run ``vad_engine``'s VAD (``workers.engines.silero``); the job threads always
+        run faster-whisper's own (ONNX Runtime)."""
         if processes <= 0:
             return None
         try:
-            pool, _new = shared_pool(processes)
+            pool, _new = shared_pool(processes, vad_engine, vad_device)
         except RuntimeError:
             logger.exception("audio preparation stays in the job threads")
             self._stats["preparation_unavailable"] += 1
@@ -716,6 +722,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 "batch_size": self.batch_size,
                 "initial_batch_size": self.initial_batch_size,
                 "prepare_processes": self._preparation.processes if self._preparation else 0,
+                "prepare_vad": self._preparation.vad_in_use if self._preparation else "onnx",
                 "model_streams": self.model_streams,
                 "max_batches_in_flight": self._max_in_flight,
                 "preparation_pool_replacements": (
