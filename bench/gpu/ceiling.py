@@ -1,7 +1,10 @@
 """Where cross-job batching's time goes (issue #7): the CPU-side preparation and the model alone.
 
 1. **Preparation**: decoding, Silero VAD and log-mel features of every window of ``--jobs``
-   jobs, in ``--processes`` processes and then in as many threads (one Python process, the GIL).
+   jobs by the worker's own code: ``workers.preparation.PreparationPool`` with ``--processes``
+   processes running each VAD of ``--vad-engines`` (``torch``, ``onnx``) on ``--vad-device``, fed
+   by twice as many job threads; then ``prepare_audio`` and the features in as many threads as
+   processes (one Python process, the GIL: ``WHISPER_PREPARE_PROCESSES=0``).
 2. **Model ceiling**: the scheduler's own ``_decode_batch`` on the prepared windows, batch after
    batch with nothing else running, for each batch size of ``--batch-sizes`` and number of model
    streams of ``--streams`` (that many threads calling at once, CTranslate2 ``num_workers``), word
@@ -14,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -21,34 +25,22 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import ROOT, GpuSampler, make_jobs
 
-_extractor: Any = None
+if TYPE_CHECKING:
+    from workers.preparation import PreparedAudio
 
 
-def prepare(path: str) -> list[tuple[Any, dict]]:
-    """One job's windows as the scheduler's job threads make them: features and metadata."""
-    global _extractor
-    from faster_whisper.audio import decode_audio, pad_or_trim
-    from faster_whisper.feature_extractor import FeatureExtractor
-    from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+def prepare_in_threads(path: str, feature_kwargs: dict[str, Any]) -> PreparedAudio:
+    """What a job thread does without preparation processes (VAD: faster-whisper's own)."""
+    from workers.preparation import prepare_for_batching
 
-    if _extractor is None:
-        _extractor = FeatureExtractor(feature_size=80)
-    audio = decode_audio(path)
-    clips = get_speech_timestamps(
-        audio, VadOptions(max_speech_duration_s=30, min_silence_duration_ms=160)
-    )
-    chunks, metadata = collect_chunks(audio, clips, max_duration=30)
-    return [
-        (pad_or_trim(_extractor(chunk)[..., :-1]), meta)
-        for chunk, meta in zip(chunks, metadata, strict=True)
-    ]
+    return prepare_for_batching(path, True, feature_kwargs, max_windows=10_000)
 
 
 def main() -> int:
@@ -58,6 +50,9 @@ def main() -> int:
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--jobs", type=int, default=48)
     parser.add_argument("--processes", type=int, default=16)
+    parser.add_argument("--vad-engines", default="torch,onnx")
+    parser.add_argument("--vad-device", default="cpu")
+    parser.add_argument("--skip-model", action="store_true", help="preparation only")
     parser.add_argument("--batch-sizes", default="16,32,64")
     parser.add_argument("--streams", default="1,2")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -79,22 +74,57 @@ def main() -> int:
         print(json.dumps(row), flush=True)
         out.write_text(json.dumps(summary, indent=2))
 
+    from workers.preparation import PreparationPool
+
     paths = [str(job[0]) for job in jobs]
-    for kind, pool_class in (("processes", ProcessPoolExecutor), ("threads", ThreadPoolExecutor)):
+    feature_kwargs = {"feature_size": 128 if args.profile.startswith("large-v3") else 80}
+
+    def measure(kind: str, run: Any, **extra: Any) -> list[PreparedAudio]:
         started = time.monotonic()
-        with pool_class(max_workers=args.processes) as pool:
-            prepared = list(pool.map(prepare, paths))
+        prepared = run()
         wall = time.monotonic() - started
         record(
             {
                 "step": f"prepare-{args.processes}-{kind}",
+                **extra,
                 "audio_seconds": round(audio, 1),
-                "windows": sum(len(p) for p in prepared),
+                "windows": sum(len(p.metadata) for p in prepared),
                 "wall_seconds": round(wall, 2),
                 "throughput_x": round(audio / wall, 1),
             }
         )
-    windows = [window for job in prepared for window in job]
+        return prepared
+
+    for engine_name in args.vad_engines.split(","):
+        pool = PreparationPool(args.processes, vad_engine=engine_name, vad_device=args.vad_device)
+        prepare_one = functools.partial(pool.prepare, vad=True, feature_kwargs=feature_kwargs)
+        try:
+            pool.check()
+            # Start every process (and load its VAD) before the clock starts.
+            with ThreadPoolExecutor(max_workers=args.processes) as threads:
+                list(threads.map(prepare_one, paths[: args.processes]))
+            with ThreadPoolExecutor(max_workers=2 * args.processes) as threads:
+                prepared = measure(
+                    "processes",
+                    functools.partial(lambda t, f: list(t.map(f, paths)), threads, prepare_one),
+                    vad=pool.vad_in_use,
+                    vad_device=args.vad_device,
+                )
+        finally:
+            pool.close()
+    with ThreadPoolExecutor(max_workers=args.processes) as threads:
+        measure(
+            "threads",
+            lambda: list(threads.map(lambda p: prepare_in_threads(p, feature_kwargs), paths)),
+            vad="onnx",
+        )
+    if args.skip_model:
+        return 0
+    windows = [
+        (features, meta)
+        for job in prepared
+        for features, meta in zip(job.features or [], job.metadata, strict=True)
+    ]
     common: dict[str, Any] = {"cache_dir": ROOT / "var" / "models"}
     if kit is not None:
         common["model_dir"] = kit / "kit" / "models" / args.profile

@@ -190,6 +190,7 @@ def scheduler_activity(before: dict, after: dict, wall: float) -> dict[str, Any]
         "out_of_memory": after["out_of_memory"] - before["out_of_memory"],
         # What ran, not what was asked: 0 if the preparation processes could not start.
         "prepare_processes_running": after["prepare_processes"],
+        "prepare_vad": after["prepare_vad"],
         "max_batches_in_flight": after["max_batches_in_flight"],
     }
 
@@ -241,6 +242,13 @@ def main() -> int:
         default=1,
         help="cross-job batching: scheduler threads running batches at once on the model",
     )
+    parser.add_argument(
+        "--vad-engine",
+        default="auto",
+        choices=["auto", "torch", "onnx"],
+        help="the preparation processes' VAD (WHISPER_VAD_ENGINE)",
+    )
+    parser.add_argument("--vad-device", default="cpu", help="WHISPER_VAD_DEVICE: cpu or cuda")
     parser.add_argument("--baseline-threads", type=int, default=32)
     parser.add_argument(
         "--bare-jobs",
@@ -321,6 +329,8 @@ def main() -> int:
             max_wait_ms=args.max_wait_ms,
             prepare_processes=args.prepare_processes,
             model_streams=args.model_streams,
+            vad_engine=args.vad_engine,
+            vad_device=args.vad_device,
             **common,
         )
         bare = get_engine(
@@ -340,6 +350,7 @@ def main() -> int:
                 "word_timestamps": wt,
                 "device": args.device,
                 "prepare_processes": args.prepare_processes,
+                "vad_device": args.vad_device,
                 "model_streams": args.model_streams,
             }
             plain: dict[int, str] = {}  # the unbatched engine's transcript of job i, once
