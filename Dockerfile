@@ -132,10 +132,11 @@ HEALTHCHECK --interval=60s --timeout=30s --start-period=120s --retries=3 \
     CMD ["/bin/sh", "-c", "celery -A lexiscore inspect ping -d \"gpu@$HOSTNAME\" --timeout 10 > /dev/null || exit 1"]
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "/app/docker/worker_entrypoint.py"]
 # One model per GPU fed by 32 job threads (cross-job batching, docs/gpu.md), their audio decoded,
-# VAD-split and turned into features by 12 processes; jobs enforce their own deadline, since the
-# thread pool has no Celery time limits.
+# VAD-split (Silero in PyTorch) and turned into features by 12 processes; jobs enforce their own
+# deadline, since the thread pool has no Celery time limits.
 ENV WHISPER_CROSS_JOB_BATCHING=true \
-    WHISPER_PREPARE_PROCESSES=12
+    WHISPER_PREPARE_PROCESSES=12 \
+    WHISPER_VAD_ENGINE=torch
 CMD ["celery", "-A", "lexiscore", "worker", "-Q", "transcription.gpu", "--pool", "threads", \
      "--concurrency", "32", "--hostname", "gpu@%h", "--loglevel", "INFO"]
 
