@@ -262,11 +262,19 @@ class BatchSchedulerCollector:
             "vad: the VAD they run (torch or onnx).",
             labels=[*labels, "vad"],
         )
+        prepared = CounterMetricFamily(
+            "lexiscore_whisper_prepared_files",
+            "Files decoded and split for cross-job batching, by the VAD that split them "
+            "(torch, onnx, or none when the job asked for no VAD).",
+            labels=[*labels, "vad"],
+        )
         for engine in loaded_engines():
             if not isinstance(engine, BatchScheduler):
                 continue
             stats = engine.stats()
             values = [engine.profile, engine.device]
+            for vad, count in sorted(stats["prepared_files_by_vad"].items()):
+                prepared.add_metric([*values, vad], count)
             for name, _text, key, scale in _BATCH_COUNTERS:
                 counters[name].add_metric(values, stats[key] * scale)
             size.add_metric(values, stats["batch_size"])
@@ -276,6 +284,7 @@ class BatchSchedulerCollector:
         yield size
         yield queued
         yield processes
+        yield prepared
 
 
 @signals.worker_process_shutdown.connect

@@ -5,8 +5,8 @@ at 1600-2100x real time, but 100 job threads preparing their own audio reach onl
 NumPy, PyAV and Python parts of preparation hold the GIL. The same work in 16 processes reached
 2400-2600x, with one BLAS thread per process (with the default, one thread per core in each
 process, 1034x). Silero VAD was ~75-82 % of that work; the processes run it in PyTorch
-(``workers.engines.silero``, ~3x faster on a core than faster-whisper's ONNX Runtime session)
-where PyTorch is installed.
+(``workers.engines.silero``: the VAD ~2.5x and a process ~1.7x faster than with faster-whisper's
+ONNX Runtime session) where PyTorch is installed.
 
 ``PreparationPool`` runs ``prepare_for_batching`` in a pool of spawned processes: each returns a
 file's duration, its VAD clips, its <= 30 s windows and every window's features, which the job
@@ -58,6 +58,7 @@ class PreparedAudio:
     metadata: list[dict[str, Any]] = field(default_factory=list)
     chunks: list[Any] | None = None
     features: list[Any] | None = None
+    vad: str = "none"  # the VAD that found the clips: "torch", "onnx", or "none" (no VAD)
 
     @property
     def speech_seconds(self) -> float:
@@ -114,6 +115,7 @@ def prepare_audio(path: Any, vad: bool, clips: list[dict[str, Any]] | None = Non
         )
     elif prepared.duration > 0:
         prepared.clips, prepared.chunks, prepared.metadata = split_speech(audio, vad)
+        prepared.vad = _vad_engine if vad else "none"
     return prepared
 
 
@@ -152,7 +154,7 @@ def _ping() -> tuple[int, str]:
 def _start_process(vad_engine: str = "onnx", vad_device: str = "cpu") -> None:
     """Pool initializer: one BLAS/OpenMP thread per process (the pool is the parallelism; a
     spawned process runs this before it imports NumPy, as only this module is imported first),
-    then the VAD (``workers.engines.silero.install``: PyTorch's, ~3x faster on a core, or ONNX
+    then the VAD (``workers.engines.silero.install``: PyTorch's, ~2.5x faster on a core, or ONNX
     Runtime's). It never raises (a failing initializer would break the pool): a VAD that cannot
     load falls back to ONNX Runtime's, which ``check`` reports."""
     global _vad_engine

@@ -53,6 +53,9 @@ def main() -> int:
     parser.add_argument("--vad-engines", default="torch,onnx")
     parser.add_argument("--vad-device", default="cpu")
     parser.add_argument("--skip-model", action="store_true", help="preparation only")
+    parser.add_argument(
+        "--skip-threads", action="store_true", help="no preparation in threads (saves time)"
+    )
     parser.add_argument("--batch-sizes", default="16,32,64")
     parser.add_argument("--streams", default="1,2")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -113,11 +116,12 @@ def main() -> int:
         finally:
             pool.close()
     with ThreadPoolExecutor(max_workers=args.processes) as threads:
-        measure(
-            "threads",
-            lambda: list(threads.map(lambda p: prepare_in_threads(p, feature_kwargs), paths)),
-            vad="onnx",
-        )
+        if not args.skip_threads:
+            measure(
+                "threads",
+                lambda: list(threads.map(lambda p: prepare_in_threads(p, feature_kwargs), paths)),
+                vad="onnx",
+            )
     if args.skip_model:
         return 0
     windows = [

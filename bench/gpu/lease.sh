@@ -24,7 +24,8 @@ python3 bench/gpu/kit.py install 2>&1 | tail -5 || exit 1
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 run() {
   python3 bench/gpu/run.py --kit "$KIT" --profiles tiny.en --word-timestamps on --jobs 32,100 \
-    --prepare-processes 12 --model-streams "$1" --openai-jobs 0 --bare-jobs 0 --out "$OUT"
+    --prepare-processes 12 --vad-engine torch --model-streams "$1" --openai-jobs 0 --bare-jobs 0 \
+    --out "$OUT"
 }
 {
   for processes in 12 16; do
@@ -32,11 +33,12 @@ run() {
       --vad-engines torch,onnx --skip-model --out "$OUT"
   done
   python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 48 --processes 12 --vad-engines torch \
-    --vad-device cuda --skip-model --out "$OUT"
+    --vad-device cuda --skip-model --skip-threads --out "$OUT"
   run 2
   python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 24 --processes 12 --vad-engines torch \
-    --batch-sizes 16,32,64 --streams 1,2 --out "$OUT"
+    --skip-threads --batch-sizes 16,32,64 --streams 1,2 --out "$OUT"
   CT2_CUDA_CACHING_ALLOCATOR_CONFIG=4,3,14,4294967296 python3 bench/gpu/ceiling.py --kit "$KIT" \
-    --jobs 24 --processes 12 --vad-engines torch --batch-sizes 64,128 --streams 1 --out "$OUT"
+    --jobs 24 --processes 12 --vad-engines torch --skip-threads --batch-sizes 64,128 --streams 1 \
+    --out "$OUT"
   run 1
 } 2>&1 | tee "$LOG"

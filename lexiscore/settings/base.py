@@ -8,12 +8,14 @@ defaults (SQLite, local-memory cache, kombu's filesystem broker) so a fresh mach
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import environ
 from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # Runtime state of an embedded install (SQLite file, media, broker folders, model cache).
@@ -530,12 +532,21 @@ WHISPER_PREPARE_PROCESSES = env.int("WHISPER_PREPARE_PROCESSES", default=0)
 # Cross-job batching: scheduler threads running batches at once on the one model (CTranslate2
 # num_workers); 1 until a second stream is measured to pay on a GPU (docs/gpu.md).
 WHISPER_MODEL_STREAMS = env.int("WHISPER_MODEL_STREAMS", default=1)
-# Cross-job batching, preparation processes: the Silero VAD they run. "torch" (PyTorch, ~3x
-# faster on a core; workers.engines.silero), "onnx" (faster-whisper's own, ONNX Runtime) or
+# Cross-job batching, preparation processes: the Silero VAD they run. "torch" (PyTorch: ~1.7x a
+# process's throughput; workers.engines.silero), "onnx" (faster-whisper's own, ONNX Runtime) or
 # "auto" (torch where PyTorch is installed: the GPU image, not the CPU image). Device: "cpu" or
-# "cuda" (every preparation process then holds a CUDA context; not yet measured).
+# "cuda" (every preparation process then holds a CUDA context; not yet measured). Checked here:
+# a typo stops the process at start rather than failing jobs after the model has loaded.
 WHISPER_VAD_ENGINE = env.str("WHISPER_VAD_ENGINE", default="auto")
 WHISPER_VAD_DEVICE = env.str("WHISPER_VAD_DEVICE", default="cpu")
+if WHISPER_VAD_ENGINE not in ("auto", "onnx", "torch"):
+    raise ImproperlyConfigured(
+        f"WHISPER_VAD_ENGINE={WHISPER_VAD_ENGINE!r}: use auto, onnx or torch."
+    )
+if not re.fullmatch(r"cpu|cuda(:\d+)?", WHISPER_VAD_DEVICE):
+    raise ImproperlyConfigured(
+        f"WHISPER_VAD_DEVICE={WHISPER_VAD_DEVICE!r}: use cpu, cuda or cuda:<index>."
+    )
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
 WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.

@@ -139,6 +139,7 @@ def test_a_threads_pool_worker_batches_windows_of_concurrent_jobs(
         metric(text, "lexiscore_whisper_prepare_processes", f',vad="{vad}"')
         == batching_worker.prepare_processes
     )
+    assert metric(text, "lexiscore_whisper_prepared_files_total", f',vad="{vad}"') == len(jobs)
     assert metric(text, "lexiscore_whisper_prepare_pool_replacements_total") == 0
     # The task counters of the multiprocess registry are served beside them.
     assert tasks_done.search(text)

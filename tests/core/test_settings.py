@@ -73,6 +73,18 @@ def test_production_refuses_weak_or_shared_keys(variable, value, complaint):
         assert "bm90" not in result.stderr  # the message never shows a key
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("WHISPER_VAD_ENGINE", "pytorch"), ("WHISPER_VAD_DEVICE", "gpu")],
+)
+def test_a_misspelt_vad_setting_stops_the_process_at_start(variable, value):
+    result = run_django({**PRODUCTION_ENV, variable: value}, "check")
+
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    assert f"{variable}={value!r}" in result.stderr
+
+
 def test_local_mode_generates_one_field_encryption_key_per_machine(tmp_path):
     env = {
         "DJANGO_SETTINGS_MODULE": "lexiscore.settings.local",

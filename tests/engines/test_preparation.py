@@ -67,6 +67,11 @@ def test_jobs_prepared_in_processes_are_transcribed_like_the_others(
     stats = pooled.stats()
     assert stats["prepare_processes"] == 2
     assert stats["multi_job_batches"] >= 1
+    # Split by the processes' PyTorch VAD (installed here), the others by the library's.
+    assert stats["prepare_vad"] == "torch"
+    assert stats["prepared_files_by_vad"].get("torch", 0) >= len(jobs)
+    assert "onnx" not in stats["prepared_files_by_vad"]
+    assert scheduler_in_threads.stats()["prepared_files_by_vad"].get("onnx", 0) >= len(jobs)
 
 
 @pytest.fixture(scope="module")

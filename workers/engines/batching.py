@@ -348,13 +348,16 @@ class BatchScheduler(LoadedFasterWhisperModel):
             prepared = self._preparation.prepare(
                 audio_path, vad, self._model.feat_kwargs, should_cancel
             )
+            self._count(f"vad:{prepared.vad}")
             if prepared.features is not None:
                 return prepared
             # Too long to hold every window's features: decoded again here, windows made from
             # the clips the process found (no second VAD pass), features as the job goes.
             self._count("long_files_prepared_in_thread")
             return prepare_audio(audio_path, vad, clips=prepared.clips)
-        return prepare_audio(audio_path, vad)
+        prepared = prepare_audio(audio_path, vad)
+        self._count(f"vad:{prepared.vad}")
+        return prepared
 
     def _detect_language(self, features: Any, reporter: ProgressReporter) -> tuple[str, float]:
         """The language of the job's first window, detected in a batch with other jobs' first
@@ -733,6 +736,13 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 ),
                 "long_files_prepared_in_thread": self._stats["long_files_prepared_in_thread"],
                 "preparation_unavailable": self._stats["preparation_unavailable"],
+                # Files by the VAD that split them (a worker set to the PyTorch VAD counting
+                # onnx files has processes where it could not load).
+                "prepared_files_by_vad": {
+                    name.removeprefix("vad:"): count
+                    for name, count in self._stats.items()
+                    if name.startswith("vad:")
+                },
                 "queued_windows": len(self._queue),
                 "batch_sizes": dict(self._batch_sizes),
                 "jobs_per_batch": dict(self._jobs_per_batch),
