@@ -46,6 +46,9 @@ CHUNK_SECONDS = 30
 MAX_PREPARED_WINDOWS = 120
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 POLL_SECONDS = 0.2
+# The VAD this process runs: faster-whisper's own ("onnx") unless this is a preparation process
+# that loaded another (``_start_process``).
+_vad_engine = "onnx"
 
 
 @dataclass
@@ -140,9 +143,6 @@ def prepare_for_batching(
         extractor = _extractors[key] = FeatureExtractor(**feature_kwargs)
     prepared.features = [window_features(extractor, chunk) for chunk in chunks]
     return prepared
-
-
-_vad_engine = "onnx"  # the VAD this process runs (set when a preparation process starts)
 
 
 def _ping() -> tuple[int, str]:

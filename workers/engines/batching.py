@@ -259,6 +259,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
         self._stats: Counter[str] = Counter()
         self._batch_sizes: Counter[int] = Counter()
         self._jobs_per_batch: Counter[int] = Counter()
+        self._files_by_vad: Counter[str] = Counter()  # files prepared, by the VAD that split them
         self._in_flight = 0  # batches in a model call now (at most model_streams)
         self._max_in_flight = 0
         # Decoding, VAD and features in spawned processes (workers/preparation.py), or in the
@@ -348,7 +349,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
             prepared = self._preparation.prepare(
                 audio_path, vad, self._model.feat_kwargs, should_cancel
             )
-            self._count(f"vad:{prepared.vad}")
+            self._count_prepared(prepared)
             if prepared.features is not None:
                 return prepared
             # Too long to hold every window's features: decoded again here, windows made from
@@ -356,7 +357,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
             self._count("long_files_prepared_in_thread")
             return prepare_audio(audio_path, vad, clips=prepared.clips)
         prepared = prepare_audio(audio_path, vad)
-        self._count(f"vad:{prepared.vad}")
+        self._count_prepared(prepared)
         return prepared
 
     def _detect_language(self, features: Any, reporter: ProgressReporter) -> tuple[str, float]:
@@ -685,6 +686,10 @@ class BatchScheduler(LoadedFasterWhisperModel):
         with self._cond:
             self._stats[name] += 1
 
+    def _count_prepared(self, prepared: PreparedAudio) -> None:
+        with self._cond:
+            self._files_by_vad[prepared.vad] += 1
+
     def _record_batch(self, items: list[_Item], seconds: float, *, detecting: bool) -> None:
         jobs = len({id(item.job) for item in items})
         with self._cond:
@@ -738,11 +743,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 "preparation_unavailable": self._stats["preparation_unavailable"],
                 # Files by the VAD that split them (a worker set to the PyTorch VAD counting
                 # onnx files has processes where it could not load).
-                "prepared_files_by_vad": {
-                    name.removeprefix("vad:"): count
-                    for name, count in self._stats.items()
-                    if name.startswith("vad:")
-                },
+                "prepared_files_by_vad": dict(self._files_by_vad),
                 "queued_windows": len(self._queue),
                 "batch_sizes": dict(self._batch_sizes),
                 "jobs_per_batch": dict(self._jobs_per_batch),
