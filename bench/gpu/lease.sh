@@ -22,6 +22,8 @@ python3 bench/gpu/kit.py install 2>&1 | tail -5 || exit 1
 # shellcheck disable=SC1091
 . "$KIT/env.sh"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+# The host's CPUs bound preparation: how many cores, threads per core, which model.
+{ nproc; lscpu; } >"$OUT/lscpu.txt" 2>&1
 run() {
   python3 bench/gpu/run.py --kit "$KIT" --profiles tiny.en --word-timestamps on --jobs 32,100 \
     --prepare-processes 12 --vad-engine torch --model-streams "$1" --openai-jobs 0 --bare-jobs 0 \
