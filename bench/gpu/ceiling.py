@@ -4,7 +4,9 @@
    jobs by the worker's own code: ``workers.preparation.PreparationPool`` with ``--processes``
    processes running each VAD of ``--vad-engines`` (``torch``, ``onnx``) on ``--vad-device``, fed
    by twice as many job threads; then ``prepare_audio`` and the features in as many threads as
-   processes (one Python process, the GIL: ``WHISPER_PREPARE_PROCESSES=0``).
+   processes (one Python process, the GIL: ``WHISPER_PREPARE_PROCESSES=0``). Every process is
+   started, and its VAD loaded, before the clock starts, and files go longest first, so that the
+   rate is the pool's throughput rather than its start-up or the last long file.
 2. **Model ceiling**: the scheduler's own ``_decode_batch`` on the prepared windows, batch after
    batch with nothing else running, for each batch size of ``--batch-sizes`` and number of model
    streams of ``--streams`` (that many threads calling at once, CTranslate2 ``num_workers``), word
@@ -79,7 +81,9 @@ def main() -> int:
 
     from workers.preparation import PreparationPool
 
-    paths = [str(job[0]) for job in jobs]
+    # Longest first: with a few dozen jobs of 10 s to 10 min, a long file started last would leave
+    # the other processes idle and measure its length, not the pool's throughput.
+    paths = [str(job[0]) for job in sorted(jobs, key=lambda job: -job[2])]
     feature_kwargs = {"feature_size": 128 if args.profile.startswith("large-v3") else 80}
 
     def measure(kind: str, run: Any, **extra: Any) -> list[PreparedAudio]:

@@ -31,10 +31,10 @@ run() {
 }
 {
   for processes in 12 16; do
-    python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 48 --processes "$processes" \
+    python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 96 --processes "$processes" \
       --vad-engines torch,onnx --skip-model --out "$OUT"
   done
-  python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 48 --processes 12 --vad-engines torch \
+  python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 96 --processes 12 --vad-engines torch \
     --vad-device cuda --skip-model --skip-threads --out "$OUT"
   run 2
   python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 24 --processes 12 --vad-engines torch \
