@@ -15,9 +15,13 @@ from celery import Celery, signals
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
+from workers import broker
 from workers.queues import MODULE_ROUTES, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lexiscore.settings.local")
+# A lost Redis connection must reach kombu as an error, not be retried inside its event loop's
+# reads, where it can block the worker for ever (workers/broker.py).
+broker.install()
 
 app = Celery("lexiscore")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -7,6 +7,15 @@ This watchdog checks the process's resident memory and the GPU's used memory eve
 worker SIGTERM: a warm shutdown stops taking messages, lets the running jobs finish, and exits;
 the container's restart policy starts a fresh process. Messages are acknowledged late, so one
 that was reserved but not started goes back to the queue.
+
+A second watchdog, on every worker, looks for a broker consumer that has stopped delivering: the
+worker holds no task and has received none for `WORKER_STALL_CHECKS` checks in a row (every
+`WORKER_STALL_CHECK_SECONDS`) while its queues have messages waiting. Celery and kombu have had
+bugs of that shape after a Redis restart (celery#8030, celery#9054: the worker reconnects, logs
+nothing, and consumes nothing), and the container's healthcheck, a remote-control ping that
+travels on another connection, can still pass. The watchdog then stops the worker (warm shutdown;
+with nothing held, at once; a hard exit if that hangs, which loses nothing as the worker holds no
+message) and the container's restart policy starts a fresh one.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import signals
@@ -116,4 +126,131 @@ def _start_watchdog(**_kwargs: Any) -> None:
         "Memory watchdog on: rss <= %s MiB, gpu <= %s MiB",
         settings.WORKER_MAX_RSS_MB or "-",
         settings.WORKER_MAX_GPU_MEMORY_MB or "-",
+    )
+
+
+# ---- broker consumer stalls ------------------------------------------------------------------
+_received = 0  # tasks this worker process has received from the broker
+
+
+@signals.task_received.connect
+def _count_received(**_kwargs: Any) -> None:
+    global _received
+    _received += 1
+
+
+class ConsumerStallWatchdog:
+    """Stops a worker whose broker consumer delivers nothing while its queues have messages.
+
+    ``held`` says whether the worker holds a task (reserved, scheduled or running), ``waiting``
+    how many messages wait in the queues it consumes (None when the broker cannot be asked: no
+    verdict), ``received`` how many tasks it has received so far.
+    """
+
+    def __init__(
+        self,
+        *,
+        checks: int,
+        interval: float,
+        held: Callable[[], bool],
+        waiting: Callable[[], int | None],
+        received: Callable[[], int],
+        exit_grace: float = 30.0,
+    ) -> None:
+        self.checks = max(int(checks), 1)
+        self.interval = max(interval, 0.5)
+        self.exit_grace = exit_grace
+        self._held = held
+        self._waiting = waiting
+        self._received = received
+        self._last_received = received()
+        self._strikes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
+
+    def start(self) -> ConsumerStallWatchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> str | None:
+        """One observation; the reason to stop the worker once ``checks`` in a row stalled."""
+        received = self._received()
+        if received != self._last_received or self._held():
+            self._last_received = received
+            self._strikes = 0
+            return None
+        waiting = self._waiting()
+        if not waiting:
+            self._strikes = 0
+            return None
+        self._strikes += 1
+        if self._strikes < self.checks:
+            return None
+        return (
+            f"{waiting} message(s) wait in its queues, and for {self._strikes} checks "
+            f"({self._strikes * self.interval:.0f} s) it has held and received no task: its "
+            "broker consumer is not delivering"
+        )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            reason = self.check()
+            if reason:
+                logger.error("Restarting this worker (warm shutdown): %s", reason)
+                os.kill(os.getpid(), signal.SIGTERM)
+                # Nothing is held, so a shutdown that hangs on the broken consumer loses nothing
+                # if it is cut short.
+                if not self._stop.wait(self.exit_grace):
+                    logger.error("Warm shutdown did not finish in %.0f s: exiting", self.exit_grace)
+                    logging.shutdown()
+                    os._exit(70)
+                return
+
+
+def _waiting_messages(consumer: Any) -> int | None:
+    """Messages waiting in the queues ``consumer`` consumes now, asked on a connection of its own
+    (so a consumer connection in a bad state does not answer for itself)."""
+    try:
+        names = [queue.name for queue in consumer.task_consumer.queues]
+        with consumer.app.connection_for_read() as connection:
+            channel = connection.default_channel
+            total = 0
+            for name in names:
+                try:
+                    total += channel.queue_declare(queue=name, passive=True)[1]
+                except connection.channel_errors:  # Redis: an empty queue does not exist
+                    channel = connection.channel()
+            return total
+    except Exception:  # the broker is down or restarting: no verdict this time
+        logger.debug("stall watchdog: could not read the queues' depth", exc_info=True)
+        return None
+
+
+def _holds_a_task() -> bool:
+    from celery.worker import state
+
+    return bool(state.requests)
+
+
+@signals.worker_ready.connect
+def _start_stall_watchdog(sender: Any = None, **_kwargs: Any) -> None:
+    from django.conf import settings
+
+    if not settings.WORKER_STALL_CHECKS or sender is None:
+        return
+    ConsumerStallWatchdog(
+        checks=settings.WORKER_STALL_CHECKS,
+        interval=settings.WORKER_STALL_CHECK_SECONDS,
+        held=_holds_a_task,
+        waiting=lambda: _waiting_messages(sender),
+        received=lambda: _received,
+    ).start()
+    logger.info(
+        "Stall watchdog on: restart after %s checks %.0f s apart with messages waiting and none "
+        "received",
+        settings.WORKER_STALL_CHECKS,
+        settings.WORKER_STALL_CHECK_SECONDS,
     )

@@ -451,6 +451,12 @@ CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int(
 WORKER_MAX_RSS_MB = env.int("WORKER_MAX_RSS_MB", default=0)
 WORKER_MAX_GPU_MEMORY_MB = env.int("WORKER_MAX_GPU_MEMORY_MB", default=0)
 WORKER_MEMORY_CHECK_SECONDS = env.float("WORKER_MEMORY_CHECK_SECONDS", default=30.0)
+# Every worker: restart it (warm shutdown; the container starts a fresh one) when its queues have
+# had messages waiting for WORKER_STALL_CHECKS checks in a row, WORKER_STALL_CHECK_SECONDS apart,
+# while it held and received no task: a broker consumer that stopped delivering
+# (workers/watchdog.py). 0 checks: off.
+WORKER_STALL_CHECKS = env.int("WORKER_STALL_CHECKS", default=3)
+WORKER_STALL_CHECK_SECONDS = env.float("WORKER_STALL_CHECK_SECONDS", default=30.0)
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", default=30)
 CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
