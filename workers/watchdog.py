@@ -202,12 +202,15 @@ class ConsumerStallWatchdog:
                 logger.error("Restarting this worker (warm shutdown): %s", reason)
                 os.kill(os.getpid(), signal.SIGTERM)
                 # Nothing is held, so a shutdown that hangs on the broken consumer loses nothing
-                # if it is cut short.
-                if not self._stop.wait(self.exit_grace):
-                    logger.error("Warm shutdown did not finish in %.0f s: exiting", self.exit_grace)
-                    logging.shutdown()
-                    os._exit(70)
-                return
+                # if it is cut short; one that waits for a task received meanwhile is left alone.
+                if self._stop.wait(self.exit_grace):
+                    return
+                if self._held():
+                    logger.warning("Warm shutdown waits for a task received meanwhile")
+                    return
+                logger.error("Warm shutdown did not finish in %.0f s: exiting", self.exit_grace)
+                logging.shutdown()
+                os._exit(70)
 
 
 def _waiting_messages(consumer: Any) -> int | None:

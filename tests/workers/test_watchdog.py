@@ -152,3 +152,43 @@ def test_a_worker_whose_consumer_stopped_delivering_is_restarted_and_loses_nothi
     assert "its broker consumer is not delivering" in log
     assert "Restarting this worker (warm shutdown): 1 message(s) wait" in log
     assert depth == 1
+
+
+HANGING_SHUTDOWN = """
+import logging, signal, sys, time
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(message)s")
+held = {"now": False}
+def on_sigterm(*_args):  # a warm shutdown that does not end; maybe a task arrives meanwhile
+    print("SIGTERM: warm shutdown starts", flush=True)
+    held["now"] = "--task-arrives" in sys.argv
+signal.signal(signal.SIGTERM, on_sigterm)
+from workers.watchdog import ConsumerStallWatchdog
+ConsumerStallWatchdog(
+    checks=1, interval=0.5, exit_grace=1.0, received=lambda: 0, waiting=lambda: 1,
+    held=lambda: held["now"],
+).start()
+time.sleep(6)
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize("task_arrives", [False, True], ids=["stalled", "task-arrives"])
+def test_a_warm_shutdown_that_hangs_ends_in_an_exit_unless_a_task_arrived(task_arrives):
+    """With nothing held, a hard exit loses nothing; a task received meanwhile is let finish."""
+    import subprocess
+    import sys
+
+    from tests.support.processes import ROOT
+
+    args = [sys.executable, "-c", HANGING_SHUTDOWN] + (["--task-arrives"] if task_arrives else [])
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=30)
+
+    assert "its broker consumer is not delivering" in result.stdout
+    assert "SIGTERM: warm shutdown starts" in result.stdout
+    if task_arrives:
+        assert result.returncode == 0, result.stderr
+        assert "still running" in result.stdout
+    else:
+        assert result.returncode == 70, result.stderr
+        assert "did not finish in 1 s: exiting" in result.stdout
+        assert "still running" not in result.stdout
