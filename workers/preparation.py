@@ -5,7 +5,7 @@ at 1600-2100x real time, but 100 job threads preparing their own audio reach onl
 NumPy, PyAV and Python parts of preparation hold the GIL. The same work in 16 processes reached
 2400-2600x, with one BLAS thread per process (with the default, one thread per core in each
 process, 1034x). Silero VAD was ~75-82 % of that work; the processes run it in PyTorch
-(``workers.engines.silero``: the VAD ~2.5x and a process ~1.7x faster than with faster-whisper's
+(``workers.engines.silero``: the VAD ~2.5x and a process ~1.8x faster than with faster-whisper's
 ONNX Runtime session) where PyTorch is installed.
 
 ``PreparationPool`` runs ``prepare_for_batching`` in a pool of spawned processes: each returns a

@@ -538,7 +538,7 @@ WHISPER_PREPARE_PROCESSES = env.int("WHISPER_PREPARE_PROCESSES", default=0)
 # Cross-job batching: scheduler threads running batches at once on the one model (CTranslate2
 # num_workers); 1 until a second stream is measured to pay on a GPU (docs/gpu.md).
 WHISPER_MODEL_STREAMS = env.int("WHISPER_MODEL_STREAMS", default=1)
-# Cross-job batching, preparation processes: the Silero VAD they run. "torch" (PyTorch: ~1.7x a
+# Cross-job batching, preparation processes: the Silero VAD they run. "torch" (PyTorch: ~1.8x a
 # process's throughput; workers.engines.silero), "onnx" (faster-whisper's own, ONNX Runtime) or
 # "auto" (torch where PyTorch is installed: the GPU image, not the CPU image). Device: "cpu" or
 # "cuda" (every preparation process then holds a CUDA context; not yet measured). Checked here:

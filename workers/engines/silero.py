@@ -10,7 +10,7 @@ The model is small: a short-time Fourier transform written as a 1-D convolution 
 of 32 ms frames, a 1x1 convolution and a sigmoid. ``TorchSileroVAD`` runs the same weights, read
 from that ONNX file, in PyTorch, with the Fourier transform done by an FFT (``torch.fft.rfft``)
 instead of the convolution, which is most of the saving (measured on this project's 2-core VM:
-the VAD ~2.5x faster, a preparation process ~1.7x; docs/benchmarks.md). It returns what
+the VAD ~2.5x faster, a preparation process ~1.8x; docs/benchmarks.md). It returns what
 ``faster_whisper.vad.SileroVADModel`` returns (one speech probability per 512-sample frame) to
 within 2e-5 on the CPU, so ``get_speech_timestamps`` makes the same clips except where a frame's
 probability lies within that of a threshold (a clip boundary then moves by one 32 ms frame).
