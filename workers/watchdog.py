@@ -27,7 +27,7 @@ import signal
 import subprocess
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 from celery import signals
 
@@ -79,20 +79,45 @@ def over_limit(
     return None
 
 
-class MemoryWatchdog:
-    def __init__(self, *, max_rss_mb: int, max_gpu_mb: int, interval: float) -> None:
-        self.max_rss_mb = max_rss_mb
-        self.max_gpu_mb = max_gpu_mb
-        self.interval = max(interval, 1.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="memory-watchdog", daemon=True)
+class _Watchdog:
+    """A daemon thread calling ``check`` every ``interval`` seconds until it gives a reason to
+    stop the worker, then ``act(reason)`` once."""
 
-    def start(self) -> MemoryWatchdog:
+    name = "watchdog"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def start(self) -> Self:
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+
+    def check(self) -> str | None:
+        raise NotImplementedError
+
+    def act(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            reason = self.check()
+            if reason:
+                self.act(reason)
+                return
+
+
+class MemoryWatchdog(_Watchdog):
+    name = "memory-watchdog"
+
+    def __init__(self, *, max_rss_mb: int, max_gpu_mb: int, interval: float) -> None:
+        super().__init__(max(interval, 1.0))
+        self.max_rss_mb = max_rss_mb
+        self.max_gpu_mb = max_gpu_mb
 
     def check(self) -> str | None:
         return over_limit(
@@ -102,13 +127,9 @@ class MemoryWatchdog:
             max_gpu_mb=self.max_gpu_mb,
         )
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            reason = self.check()
-            if reason:
-                logger.warning("Recycling this worker (warm shutdown): %s", reason)
-                os.kill(os.getpid(), signal.SIGTERM)
-                return
+    def act(self, reason: str) -> None:
+        logger.warning("Recycling this worker (warm shutdown): %s", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @signals.worker_ready.connect
@@ -139,13 +160,15 @@ def _count_received(**_kwargs: Any) -> None:
     _received += 1
 
 
-class ConsumerStallWatchdog:
+class ConsumerStallWatchdog(_Watchdog):
     """Stops a worker whose broker consumer delivers nothing while its queues have messages.
 
     ``held`` says whether the worker holds a task (reserved, scheduled or running), ``waiting``
     how many messages wait in the queues it consumes (None when the broker cannot be asked: no
     verdict), ``received`` how many tasks it has received so far.
     """
+
+    name = "stall-watchdog"
 
     def __init__(
         self,
@@ -157,23 +180,14 @@ class ConsumerStallWatchdog:
         received: Callable[[], int],
         exit_grace: float = 30.0,
     ) -> None:
+        super().__init__(max(interval, 0.5))
         self.checks = max(int(checks), 1)
-        self.interval = max(interval, 0.5)
         self.exit_grace = exit_grace
         self._held = held
         self._waiting = waiting
         self._received = received
         self._last_received = received()
         self._strikes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stall-watchdog", daemon=True)
-
-    def start(self) -> ConsumerStallWatchdog:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
 
     def check(self) -> str | None:
         """One observation; the reason to stop the worker once ``checks`` in a row stalled."""
@@ -195,22 +209,19 @@ class ConsumerStallWatchdog:
             "broker consumer is not delivering"
         )
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            reason = self.check()
-            if reason:
-                logger.error("Restarting this worker (warm shutdown): %s", reason)
-                os.kill(os.getpid(), signal.SIGTERM)
-                # Nothing is held, so a shutdown that hangs on the broken consumer loses nothing
-                # if it is cut short; one that waits for a task received meanwhile is left alone.
-                if self._stop.wait(self.exit_grace):
-                    return
-                if self._held():
-                    logger.warning("Warm shutdown waits for a task received meanwhile")
-                    return
-                logger.error("Warm shutdown did not finish in %.0f s: exiting", self.exit_grace)
-                logging.shutdown()
-                os._exit(70)
+    def act(self, reason: str) -> None:
+        logger.error("Restarting this worker (warm shutdown): %s", reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+        # Nothing is held, so a shutdown that hangs on the broken consumer loses nothing if it is
+        # cut short; one that waits for a task received meanwhile is left alone.
+        if self._stop.wait(self.exit_grace):
+            return
+        if self._held():
+            logger.warning("Warm shutdown waits for a task received meanwhile")
+            return
+        logger.error("Warm shutdown did not finish in %.0f s: exiting", self.exit_grace)
+        logging.shutdown()
+        os._exit(70)
 
 
 def _waiting_messages(consumer: Any) -> int | None:
