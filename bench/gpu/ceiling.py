@@ -38,6 +38,40 @@ if TYPE_CHECKING:
     from workers.preparation import PreparedAudio
 
 
+class TimedModel:
+    """Stands in for a ``ctranslate2.models.Whisper``, adding up the seconds its threads spend in
+    ``encode``, ``generate`` and ``align`` (summed over streams); what a batch costs besides them
+    is Python around the model (splitting segments, decoding tokens, word timings)."""
+
+    TIMED = ("encode", "generate", "align", "detect_language")
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.seconds = dict.fromkeys(self.TIMED, 0.0)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in self.TIMED:
+            return attr
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            try:
+                return attr(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.seconds[name] += time.monotonic() - started
+
+        return timed
+
+    def take(self) -> dict[str, float]:
+        with self._lock:
+            taken = {f"{k}_s": round(v, 2) for k, v in self.seconds.items() if v}
+            self.seconds = dict.fromkeys(self.TIMED, 0.0)
+        return taken
+
+
 def prepare_in_threads(path: str, feature_kwargs: dict[str, Any]) -> PreparedAudio:
     """What a job thread does without preparation processes (VAD: faster-whisper's own)."""
     from workers.preparation import prepare_for_batching
@@ -60,6 +94,13 @@ def main() -> int:
     )
     parser.add_argument("--batch-sizes", default="16,32,64")
     parser.add_argument("--streams", default="1,2")
+    parser.add_argument(
+        "--configs",
+        help="BATCHxSTREAMS,... measured in this order instead of --batch-sizes x --streams",
+    )
+    parser.add_argument(
+        "--word-timestamps", default="off,on", help="model-only rows: off, on or off,on"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -136,19 +177,27 @@ def main() -> int:
     common: dict[str, Any] = {"cache_dir": ROOT / "var" / "models"}
     if kit is not None:
         common["model_dir"] = kit / "kit" / "models" / args.profile
-    sizes = [int(n) for n in args.batch_sizes.split(",")]
-    for streams, size in itertools.product((int(n) for n in args.streams.split(",")), sizes):
+    if args.configs:  # in the order given: the likeliest best first, for a run cut off early
+        configs = [tuple(int(n) for n in c.split("x")) for c in args.configs.split(",")]
+    else:
+        sizes = [int(n) for n in args.batch_sizes.split(",")]
+        streams_list = [int(n) for n in args.streams.split(",")]
+        configs = [(size, streams) for streams, size in itertools.product(streams_list, sizes)]
+    for size, streams in configs:
         engine = get_engine(
             "faster-whisper", args.profile, args.device, batch_size=size,
             cross_job_batching=True, model_streams=streams, **common,
         )  # fmt: skip
-        for wt in (False, True):
+        timed = TimedModel(engine._model.model)
+        engine._model.model = timed
+        for wt in (w == "on" for w in args.word_timestamps.split(",")):
             key = BatchKey("en", "transcribe", 5, wt, None)
             job = _Job(key=key, cond=threading.Condition())
             items = [_Item(job, i, f, m, 0.0) for i, (f, m) in enumerate(windows)]
             batches = [items[start : start + size] for start in range(0, len(items), size)]
             with ThreadPoolExecutor(max_workers=streams) as pool:
                 list(pool.map(engine._decode_batch, batches[:streams]))  # warm-up
+                timed.take()
                 started = time.monotonic()
                 with GpuSampler() as sampler:
                     list(pool.map(engine._decode_batch, batches))
@@ -165,8 +214,10 @@ def main() -> int:
                     "windows_per_second": round(len(items) / wall, 1),
                     "throughput_x": round(audio / wall, 1),
                     **sampler.summary(),
+                    "model_seconds": timed.take(),
                 }
             )
+        engine._model.model = timed._inner
         engine.close()
         clear_engine_cache()
     return 0

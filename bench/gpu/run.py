@@ -376,6 +376,12 @@ def main() -> int:
                     row["wer_batched"] = round(batched_wer, 4)
                     row["wer_unbatched"] = round(plain_wer, 4)
                 record(row)
+            # openai-whisper first: it is short, and a run cut off by its limit keeps it.
+            if args.openai_jobs:
+                openai = get_engine("openai-whisper", profile, args.device, **common)
+                result = drive(openai, all_jobs[: args.openai_jobs], options, threads=1)
+                result.pop("_texts")
+                record({**base_row, "mode": "openai-whisper-single", **result})
             bare_jobs = max(job_counts) if args.bare_jobs < 0 else args.bare_jobs
             if bare_jobs:
                 jobs = all_jobs[:bare_jobs]
@@ -383,11 +389,6 @@ def main() -> int:
                 result = drive(bare, jobs, options, threads=threads)
                 result.pop("_texts")
                 record({**base_row, "mode": f"bare-batched-{threads}-threads", **result})
-            if args.openai_jobs:
-                openai = get_engine("openai-whisper", profile, args.device, **common)
-                result = drive(openai, all_jobs[: args.openai_jobs], options, threads=1)
-                result.pop("_texts")
-                record({**base_row, "mode": "openai-whisper-single", **result})
 
     print(
         f"\n{'profile':8} {'wt':3} {'mode':28} {'jobs':>4} {'audio s':>8} {'x rt':>7} "
