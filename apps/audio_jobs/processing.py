@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.core.context import job_id_var
@@ -109,9 +109,23 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     return "claimed", job
 
 
+def release_connection() -> None:
+    """Give this thread's pooled database connection back while its job downloads and transcribes.
+
+    A GPU worker runs up to 100 jobs in threads; each would otherwise keep a pooled connection
+    through its whole transcription, using it once every 2 s, and the pool would need a connection
+    per thread. Handed back after each use, a pool of 40 serves them all (the next query checks
+    one out again). Only with a pool (without one, it would reconnect every 2 s) and never inside
+    a transaction (a caller's, or a test's)."""
+    if connection.in_atomic_block or not connection.settings_dict.get("OPTIONS", {}).get("pool"):
+        return
+    connection.close()
+
+
 def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     started = time.monotonic()
     tracker = _Tracker(job, deadline)
+    release_connection()
     try:
         with storage.local_copy(job.audio_key) as path:
             if not job.audio_validated:
@@ -216,6 +230,7 @@ class _Tracker:
         updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
             progress=round(min(percent, 99.9), 1), heartbeat_at=timezone.now()
         )
+        release_connection()
         if not updated:
             raise JobGone()
 
@@ -230,6 +245,7 @@ class _Tracker:
                 .values_list("cancel_requested", flat=True)
                 .first()
             )
+            release_connection()
             if flag is None:
                 raise JobGone()
             self._cancel = bool(flag)

@@ -1,0 +1,72 @@
+"""A running job hands its pooled database connection back between progress writes and cancel
+checks, so a GPU worker's many job threads share a pool smaller than their number
+(`processing.release_connection`)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection, transaction
+
+from apps.audio_jobs import processing
+from apps.audio_jobs.models import JobStatus, TranscriptionJob
+from tests.audio_jobs.factories import JobFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def pool_option(name: str) -> float:
+    return connection.settings_dict["OPTIONS"]["pool"][name]
+
+
+def test_progress_and_cancel_checks_return_the_connection_to_the_pool():
+    job = JobFactory(status=JobStatus.PROCESSING)
+    tracker = processing._Tracker(job)
+    tracker.progress(30.0, 60.0)
+    assert connection.connection is None
+    assert TranscriptionJob.objects.get(pk=job.pk).progress == 50.0
+    assert connection.connection is not None  # the read above checked one out again
+    assert tracker.cancelled() is False
+    assert connection.connection is None
+
+
+def test_inside_a_transaction_the_connection_stays():
+    job = JobFactory(status=JobStatus.PROCESSING)
+    with transaction.atomic():
+        processing._Tracker(job).progress(10.0, 20.0)
+        assert connection.connection is not None
+        assert TranscriptionJob.objects.get(pk=job.pk).progress == 50.0
+
+
+def test_three_times_as_many_job_threads_as_pooled_connections_all_make_progress():
+    """Each thread writes progress, then waits as a job does on its engine, three times, half the
+    pool's timeout each. Had each kept its connection while waiting (1.5 timeouts), the threads
+    beyond the pool's size would wait for one past the pool's timeout and fail."""
+    threads_count = 3 * int(pool_option("max_size"))
+    wait = pool_option("timeout") / 2
+    jobs = [JobFactory(status=JobStatus.PROCESSING) for _ in range(threads_count)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_count)
+
+    def run(job: TranscriptionJob) -> None:
+        try:
+            tracker = processing._Tracker(job)
+            start.wait()
+            for step in range(1, 4):
+                tracker._last_write = 0.0  # every call writes (the 2 s throttle is not tested here)
+                tracker.progress(step * 10.0, 40.0)
+                time.sleep(wait)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=run, args=(job,)) for job in jobs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+    assert errors == []
+    assert set(TranscriptionJob.objects.values_list("progress", flat=True)) == {75.0}
