@@ -131,14 +131,17 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=60s --timeout=30s --start-period=120s --retries=3 \
     CMD ["/bin/sh", "-c", "celery -A lexiscore inspect ping -d \"gpu@$HOSTNAME\" --timeout 10 > /dev/null || exit 1"]
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "/app/docker/worker_entrypoint.py"]
-# One model per GPU fed by 32 job threads (cross-job batching, docs/gpu.md), their audio decoded,
-# VAD-split (Silero in PyTorch) and turned into features by 12 processes; jobs enforce their own
-# deadline, since the thread pool has no Celery time limits.
+# One model per GPU fed by 100 job threads (cross-job batching, docs/gpu.md) through 4 model
+# streams, their audio decoded, VAD-split (Silero in PyTorch, on the GPU) and turned into features
+# by 12 processes: the settings measured for the targets (docs/benchmarks.md). Jobs enforce their
+# own deadline, since the thread pool has no Celery time limits.
 ENV WHISPER_CROSS_JOB_BATCHING=true \
     WHISPER_PREPARE_PROCESSES=12 \
-    WHISPER_VAD_ENGINE=torch
+    WHISPER_VAD_ENGINE=torch \
+    WHISPER_VAD_DEVICE=cuda \
+    WHISPER_MODEL_STREAMS=4
 CMD ["celery", "-A", "lexiscore", "worker", "-Q", "transcription.gpu", "--pool", "threads", \
-     "--concurrency", "32", "--hostname", "gpu@%h", "--loglevel", "INFO"]
+     "--concurrency", "100", "--hostname", "gpu@%h", "--loglevel", "INFO"]
 
 # ------------------------------------------------------------------------------------------------
 # runtime: the CPU image (default target)

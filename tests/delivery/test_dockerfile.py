@@ -135,8 +135,15 @@ def test_the_gpu_image_runs_a_thread_pool_worker_batching_across_jobs_on_the_gpu
     assert command[:4] == ["celery", "-A", "lexiscore", "worker"]
     assert command[command.index("-Q") + 1] == "transcription.gpu"
     assert command[command.index("--pool") + 1] == "threads"
-    assert int(command[command.index("--concurrency") + 1]) >= 8
-    assert "WHISPER_CROSS_JOB_BATCHING=true" in " ".join(BY_NAME["gpu"].all("ENV"))
+    assert int(command[command.index("--concurrency") + 1]) == 100
+    env = " ".join(BY_NAME["gpu"].all("ENV"))
+    for setting in (
+        "WHISPER_CROSS_JOB_BATCHING=true",
+        "WHISPER_PREPARE_PROCESSES=12",
+        "WHISPER_VAD_DEVICE=cuda",
+        "WHISPER_MODEL_STREAMS=4",
+    ):
+        assert setting in env
 
 
 def test_the_gpu_image_installs_openai_whisper_without_its_dependencies():
