@@ -58,7 +58,7 @@ def test_three_times_as_many_job_threads_as_pooled_connections_all_make_progress
                 tracker._last_write = 0.0  # every call writes (the 2 s throttle is not tested here)
                 tracker.progress(step * 10.0, 40.0)
                 time.sleep(wait)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
         finally:
             connection.close()
