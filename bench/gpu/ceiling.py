@@ -10,8 +10,12 @@
 2. **Model ceiling**: the scheduler's own ``_decode_batch`` on the prepared windows, batch after
    batch with nothing else running, for each batch size of ``--batch-sizes`` and number of model
    streams of ``--streams`` (that many threads calling at once, CTranslate2 ``num_workers``), word
-   timestamps on and off: the throughput the GPU could give if windows were always waiting.
-   ``CT2_CUDA_CACHING_ALLOCATOR_CONFIG`` in the environment changes CTranslate2's allocator.
+   timestamps on and off (``--word-timestamps``): the throughput the GPU could give if windows
+   were always waiting. ``--configs 32x4,64x2`` measures those batch x streams pairs in that
+   order instead. Each row also says how many seconds the streams' threads spent inside the
+   model's ``encode``, ``generate`` and ``align`` (summed over threads; the rest of a batch is
+   Python around the model). ``CT2_CUDA_CACHING_ALLOCATOR_CONFIG`` in the environment changes
+   CTranslate2's allocator.
 
     python3 bench/gpu/ceiling.py --kit /tmp/lexiscore-kit --out $OUT     # on a lent GPU machine
 """
