@@ -16,6 +16,7 @@ import hashlib
 import shutil
 import subprocess
 import threading
+import wave
 from pathlib import Path
 
 # ffmpeg arguments that produce each format; the key is also the file extension.
@@ -117,8 +118,23 @@ def convert(src: Path, dst: Path, fmt: str, *, sample_rate: int | None = None) -
 
 
 def concatenate(parts: list[Path], dst: Path) -> Path:
-    """Join WAV files of the same rate end to end (sox)."""
-    _run([_tool("sox"), *(str(p) for p in parts), str(dst)])
+    """Join audio files end to end: with the standard library where all are WAV files of one PCM
+    format (what this module makes; no sox needed), else with sox (which also converts)."""
+    params = set()
+    try:
+        for part in parts:
+            with wave.open(str(part), "rb") as reader:
+                params.add(reader.getparams()._replace(nframes=0))
+    except (wave.Error, EOFError):
+        params = set()
+    if len(params) != 1:
+        _run([_tool("sox"), *(str(p) for p in parts), str(dst)])
+        return dst
+    with wave.open(str(dst), "wb") as writer:
+        writer.setparams(params.pop())
+        for part in parts:
+            with wave.open(str(part), "rb") as reader:
+                writer.writeframes(reader.readframes(reader.getnframes()))
     return dst
 
 

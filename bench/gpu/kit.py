@@ -111,13 +111,32 @@ def gather_sentences(folder: Path) -> None:
     shutil.rmtree(folder / "espeak")
 
 
-def prepare(profiles: list[str], chunk_mb: int) -> None:
+def gather_test_speech(folder: Path) -> None:
+    """The clips the GPU tests' fixtures make with espeak-ng and sox, which the lent machine lacks:
+    made here by the CPU tests that use the same fixtures (``LEXISCORE_TEST_SPEECH_DIR``,
+    tests/engines/conftest.py), found there under the same names."""
+    folder.mkdir(parents=True)
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", "-q", "-p", "no:django", "-p", "no:randomly"),
+            *("-p", "no:cacheprovider", "--confcutdir=tests/engines", "-k", "not cuda"),
+            "tests/engines/test_silero.py",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "LEXISCORE_TEST_SPEECH_DIR": str(folder)},
+        check=True,
+    )
+
+
+def prepare(profiles: list[str], chunk_mb: int, with_tests: bool) -> None:
     shutil.rmtree(KIT, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix="lexiscore-kit-") as scratch:
         stage = Path(scratch) / "kit"
         gather_wheels(stage / "wheels")
         gather_models(stage / "models", profiles)
         gather_sentences(stage / "sentences")
+        if with_tests:
+            gather_test_speech(stage / "speech")
         tar_path = Path(scratch) / TAR
         with tarfile.open(tar_path, "w") as tar:
             tar.add(stage, arcname="kit")
@@ -215,6 +234,11 @@ def install() -> None:
     env = [f'export PYTHONPATH="{site}:{ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"']
     if links is not None:
         env.append(f'export LD_LIBRARY_PATH="{links}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"')
+    # What the GPU tests read instead of the model packages, espeak-ng and sox.
+    env.append(f'export LEXISCORE_TEST_MODEL_DIR="{TARGET / "kit" / "models"}"')
+    env.append(f'export LEXISCORE_TEST_MODEL_CACHE="{TARGET / "cache"}"')
+    if (TARGET / "kit" / "speech").is_dir():
+        env.append(f'export LEXISCORE_TEST_SPEECH_DIR="{TARGET / "kit" / "speech"}"')
     (TARGET / "env.sh").write_text("\n".join(env) + "\n")
     print(f"installed {len(wheels)} wheels into {site}; cuBLAS 12 names: {links or 'not found'}")
     print(f"models: {sorted(p.name for p in (TARGET / 'kit' / 'models').iterdir())}")
@@ -226,11 +250,16 @@ def main() -> int:
     make = sub.add_parser("prepare", help="here: build .gpu-kit/")
     make.add_argument("--profiles", default="tiny.en")
     make.add_argument("--chunk-mb", type=int, default=DEFAULT_CHUNK_MB)
+    make.add_argument(
+        "--with-tests",
+        action="store_true",
+        help="add the clips the GPU tests need (tests/engines, run there with pytest -m gpu)",
+    )
     sub.add_parser("receive", help="there: copy the carried chunks")
     sub.add_parser("install", help="there: join, verify, unpack, install")
     args = parser.parse_args()
     if args.step == "prepare":
-        prepare(args.profiles.split(","), args.chunk_mb)
+        prepare(args.profiles.split(","), args.chunk_mb, args.with_tests)
     elif args.step == "receive":
         receive()
     else:

@@ -3,6 +3,18 @@
 Models load once per test session (session fixtures) and the converted/assembled model files
 are kept in ``var/models`` (gitignored) between runs; set ``LEXISCORE_TEST_MODEL_CACHE`` to use
 another folder. Nothing here downloads anything: the weights come from the pinned packages.
+
+For a machine without the model packages, espeak-ng or sox (a lent GPU machine, where
+``bench/gpu/kit.py`` brings what the GPU tests need; docs/gpu.md):
+
+- ``LEXISCORE_TEST_MODEL_DIR``: a folder with one folder per profile (``tiny.en/model.bin`` and
+  its aux files), used instead of the packages; the pinned sha256 is still checked;
+- ``LEXISCORE_TEST_SPEECH_DIR``: a folder of clips made earlier by ``SpeechFactory`` (the same
+  arguments give the same file names), used and filled instead of a fresh temporary folder. One
+  process at a time: clips are written in place.
+
+None of these modules imports Django, so the GPU tests run there with
+``python3 -m pytest -p no:django --confcutdir=tests/engines -m gpu tests/engines``.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import pytest
 from tests.speech import SpeechFactory
 from workers.engines import get_engine
 from workers.engines.base import Engine
+from workers.engines.models import ModelFiles, prepare_model
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,9 +84,20 @@ def model_cache_dir() -> Path:
     return path
 
 
+def model_dir(profile: str) -> Path | None:
+    """``profile``'s folder under ``LEXISCORE_TEST_MODEL_DIR``, or None: the pinned package."""
+    folder = os.environ.get("LEXISCORE_TEST_MODEL_DIR")
+    return Path(folder) / profile if folder else None
+
+
+def model_files(profile: str, cache: Path) -> ModelFiles:
+    return prepare_model(profile, cache_dir=cache, model_dir=model_dir(profile))
+
+
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> SpeechFactory:
-    return SpeechFactory(tmp_path_factory.mktemp("speech"))
+    folder = os.environ.get("LEXISCORE_TEST_SPEECH_DIR")
+    return SpeechFactory(Path(folder) if folder else tmp_path_factory.mktemp("speech"))
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +135,15 @@ def three_window_clip(
 
 
 def _engine(name: str, profile: str, cache: Path, *, batch_size: int | None = None) -> Engine:
-    return get_engine(name, profile, "cpu", cache_dir=cache, batch_size=batch_size, max_engines=8)
+    return get_engine(
+        name,
+        profile,
+        "cpu",
+        cache_dir=cache,
+        model_dir=model_dir(profile),
+        batch_size=batch_size,
+        max_engines=8,
+    )
 
 
 @pytest.fixture(scope="session")

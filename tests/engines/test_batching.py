@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, SENTENCES, wer
+from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, SENTENCES, model_files, wer
 from tests.engines.test_faster import _assert_timestamps_sane
 from workers.engines import get_engine
 from workers.engines.audio import load_audio
 from workers.engines.base import TranscriptionOptions
 from workers.engines.batching import BatchScheduler, choose_batch_size, is_out_of_memory
 from workers.engines.errors import AudioDecodeError, ProfileError, TranscriptionCancelled
-from workers.engines.models import prepare_model
 from workers.preparation import split_speech, window_features
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("batching")]
@@ -30,7 +29,7 @@ OOM = "CUDA failed with error out of memory"
 
 
 def new_scheduler(model_cache_dir: Path, **kwargs: Any) -> BatchScheduler:
-    files = prepare_model("tiny.en", cache_dir=model_cache_dir)
+    files = model_files("tiny.en", model_cache_dir)
     return BatchScheduler(files, **{"batch_size": 4, "max_wait_ms": 400, **kwargs})
 
 
@@ -223,9 +222,7 @@ def test_unknown_languages_are_detected_in_batches_across_jobs(
         language: speech.say(text, voice=language, speed=speed)
         for language, (text, speed) in FOREIGN_SPEECH.items()
     }
-    engine = BatchScheduler(
-        prepare_model("base", cache_dir=model_cache_dir), batch_size=4, max_wait_ms=400
-    )
+    engine = BatchScheduler(model_files("base", model_cache_dir), batch_size=4, max_wait_ms=400)
     try:
         results = run_jobs(
             engine,
@@ -248,9 +245,7 @@ def test_unknown_languages_are_detected_in_batches_across_jobs(
 
 
 def test_a_failing_language_detection_fails_only_its_job(model_cache_dir, speech, english_clip):
-    engine = BatchScheduler(
-        prepare_model("base", cache_dir=model_cache_dir), batch_size=4, max_wait_ms=400
-    )
+    engine = BatchScheduler(model_files("base", model_cache_dir), batch_size=4, max_wait_ms=400)
     clips = [english_clip] + [
         speech.say(text, voice=language, speed=speed)
         for language, (text, speed) in FOREIGN_SPEECH.items()
@@ -361,7 +356,7 @@ def _cuda_devices() -> int:
 def test_cross_job_batching_on_cuda(
     model_cache_dir, tiny_engine, clips, prepare_processes, model_streams
 ):
-    files = prepare_model("tiny.en", cache_dir=model_cache_dir)
+    files = model_files("tiny.en", model_cache_dir)
     engine = BatchScheduler(
         files,
         device="cuda",
