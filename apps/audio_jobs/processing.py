@@ -131,6 +131,8 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
             if not job.audio_validated:
                 _validate(job, path)
             engine, options = _engine_for(job)
+            # Validating wrote to the database, and loading a model can take minutes at start.
+            release_connection()
             result = engine.transcribe(
                 path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
             )
