@@ -36,6 +36,8 @@ class JobLease:
             return True
         params = connection.get_connection_params()
         params["autocommit"] = True
+        # Told apart from pooled connections in pg_stat_activity: it stays idle for a whole job.
+        params["application_name"] = f"{params.get('application_name') or 'lexiscore'}-lease"
         self._conn = psycopg.connect(**params)
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
         if row and row[0]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.audio_jobs import processing, selectors, services
@@ -422,6 +422,18 @@ def test_a_lease_is_freed_when_its_connection_dies():
 
     assert second.acquire() is True
     second.release()
+
+
+def test_a_lease_connection_is_named_apart_from_the_pool_in_pg_stat_activity():
+    lease = JobLease(str(uuid.uuid4()))
+    with lease, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = %s",
+            [lease._conn.info.backend_pid],
+        )
+        (name,) = cursor.fetchone()
+
+    assert name == f"{connection.settings_dict['OPTIONS']['application_name']}-lease"
 
 
 # ---- cleanup of stored audio -------------------------------------------------------------------
