@@ -133,13 +133,15 @@ HEALTHCHECK --interval=60s --timeout=30s --start-period=120s --retries=3 \
 ENTRYPOINT ["/usr/bin/tini", "--", "python", "/app/docker/worker_entrypoint.py"]
 # One model per GPU fed by 100 job threads (cross-job batching, docs/gpu.md) through 4 model
 # streams, their audio decoded, VAD-split (Silero in PyTorch, on the GPU) and turned into features
-# by 12 processes: the settings measured for the targets (docs/benchmarks.md). Jobs enforce their
-# own deadline, since the thread pool has no Celery time limits.
+# by 12 processes: the settings measured for the targets (docs/benchmarks.md). The job threads
+# check pooled connections out briefly, so 40 serve them. Jobs enforce their own deadline, since
+# the thread pool has no Celery time limits.
 ENV WHISPER_CROSS_JOB_BATCHING=true \
     WHISPER_PREPARE_PROCESSES=12 \
     WHISPER_VAD_ENGINE=torch \
     WHISPER_VAD_DEVICE=cuda \
-    WHISPER_MODEL_STREAMS=4
+    WHISPER_MODEL_STREAMS=4 \
+    DB_POOL_MAX_SIZE=40
 CMD ["celery", "-A", "lexiscore", "worker", "-Q", "transcription.gpu", "--pool", "threads", \
      "--concurrency", "100", "--hostname", "gpu@%h", "--loglevel", "INFO"]
 

@@ -1,27 +1,29 @@
 #!/usr/bin/env bash
-# Issue #7's device-side checks in one call on a lent GPU machine (docs/gpu.md), after the kit's
-# first chunks were received: receive the last chunk and install the kit, then
-#   1. the model alone (ceiling.py, 48 jobs, word timestamps), batch x model streams
-#      32x1/2/4, 64x2/1, 128x2 with CTranslate2's caching allocator allowed bigger bins, then
-#      32x2/4 with its default bins (is the allocator what made batches above 32 slower?);
-#   2. preparation alone (96 jobs): 16 processes with the PyTorch VAD on the CPU, 12 with it on
-#      the GPU (12 on the CPU ran in step 1);
-#   3. the targets: run.py at 32 and 100 jobs with the best of steps 1 and 2 (bench/gpu/pick.py),
-#      word timestamps on, WER, then openai-whisper on one job and the bare library's batched
-#      pipeline on the same 100 jobs from 32 threads;
-#   4. if time is left, the same 100 jobs with word timestamps off.
+# Issue #7's device-side checks for the next lease, in one call on a lent GPU machine
+# (docs/gpu.md, "Running on a lent GPU machine"), after the kit's first chunks were received. The
+# kit: `kit.py prepare --profiles tiny.en,base --with-tests` (6 chunks). This receives the last
+# chunk, installs the kit, then, in order of what #7 still lacks:
+#   1. the GPU-marked tests (tests/engines, pytest -m gpu), without Django, espeak-ng or sox:
+#      the kit brings the models and the tests' clips;
+#   2. `base` with word timestamps: the matrix at 1/8/32/100 jobs with the settings the second
+#      lease measured best for tiny.en (batch 32, 4 model streams, 12 preparation processes, the
+#      VAD on the GPU), openai-whisper on one job and the bare pipeline on 32;
+#   3. WER of cross-job batching, the bare pipeline and the unbatched engine over 12 jobs of
+#      tiny.en on the GPU (bench/gpu/wer.py; measured on the CPU in session 6);
+#   4. `base` without word timestamps, as in 2;
+#   5. if time is left: tiny.en at 100 jobs with WHISPER_BATCH_MAX_WAIT_MS 10 (the default), 2
+#      and 50 (each process's first burst is a cold start; the second is the one to compare).
 # Every step has a deadline inside the call's limit (LEASE_SECONDS, from the script's start), and
 # each result is written to $OUT as soon as it exists, so a step cut off still brings back what
-# finished. The earlier leases' versions of this script are in git history; docs/benchmarks.md
-# has their numbers.
+# finished. The second lease ran `git show ea3344c:bench/gpu/lease.sh` (model ceiling,
+# preparation, pick.py, the tiny.en targets); docs/benchmarks.md has its numbers.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 KIT=/tmp/lexiscore-kit
 LOG="$OUT/lease.log"
-LEASE_SECONDS=${LEASE_SECONDS:-560}
-BIG_BINS=4,3,14,4294967296
+LEASE_SECONDS=${LEASE_SECONDS:-575}
 START=$(date +%s)
 mkdir -p "$OUT"
 python3 bench/gpu/kit.py receive || exit 1
@@ -29,7 +31,6 @@ python3 bench/gpu/kit.py install 2>&1 | tail -5 || exit 1
 # shellcheck disable=SC1091
 . "$KIT/env.sh"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
-# The host's CPUs bound preparation: how many cores, threads per core, which model.
 { nproc; lscpu; } >"$OUT/lscpu.txt" 2>&1
 
 # step SECONDS-AT-MOST COMMAND...: runs it until the sooner of its own limit and the lease's end
@@ -48,25 +49,21 @@ step() {
     pkill -9 -f spawn_main # preparation processes a killed step left behind
   fi
 }
+RUN=(python3 bench/gpu/run.py --kit "$KIT" --batch-size 32 --model-streams 4
+  --prepare-processes 12 --vad-engine torch --vad-device cuda --out "$OUT")
 {
-  step 150 env CT2_CUDA_CACHING_ALLOCATOR_CONFIG=$BIG_BINS \
-    python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 48 --processes 12 --vad-engines torch \
-    --skip-threads --word-timestamps on --configs 32x1,32x2,32x4,64x2,64x1,128x2 --out "$OUT"
-  step 60 python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 48 --processes 12 \
-    --vad-engines torch --skip-threads --word-timestamps on --configs 32x2,32x4 --out "$OUT"
-  step 45 python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 96 --processes 16 \
-    --vad-engines torch --skip-threads --skip-model --out "$OUT"
-  step 45 python3 bench/gpu/ceiling.py --kit "$KIT" --jobs 96 --processes 12 \
-    --vad-engines torch --vad-device cuda --skip-threads --skip-model --out "$OUT"
-  eval "$(python3 bench/gpu/pick.py "$OUT")"
-  echo "picked: batch $BATCH, streams $STREAMS, allocator $ALLOCATOR, $PROCESSES processes," \
-    "VAD on $VAD_DEVICE"
-  ALLOC_ENV=()
-  [[ $ALLOCATOR != default ]] && ALLOC_ENV=(CT2_CUDA_CACHING_ALLOCATOR_CONFIG="$ALLOCATOR")
-  RUN=(env "${ALLOC_ENV[@]}" python3 bench/gpu/run.py --kit "$KIT" --profiles tiny.en
-    --batch-size "$BATCH" --model-streams "$STREAMS" --prepare-processes "$PROCESSES"
-    --vad-engine torch --vad-device "$VAD_DEVICE" --out "$OUT")
-  step 300 "${RUN[@]}" --word-timestamps on --jobs 32,100 --openai-jobs 1 --bare-jobs 100
-  step 60 "${RUN[@]}" --word-timestamps off --jobs 100 --openai-jobs 0 --bare-jobs 0 --wer-jobs 0
+  step 120 python3 -m pytest -p no:django -p no:randomly -p no:cacheprovider \
+    --confcutdir=tests/engines -m gpu -v -rA --junitxml="$OUT/gpu-tests.xml" \
+    tests/engines/test_batching.py tests/engines/test_silero.py
+  step 200 "${RUN[@]}" --profiles base --word-timestamps on --jobs 1,8,32,100 \
+    --openai-jobs 1 --bare-jobs 32
+  step 90 python3 bench/gpu/wer.py --kit "$KIT" --jobs 12 --batch-size 32 --out "$OUT"
+  step 120 "${RUN[@]}" --profiles base --word-timestamps off --jobs 1,8,32,100 \
+    --openai-jobs 1 --bare-jobs 32
+  # Only if time is left: the default first, so a cut-off run keeps the baseline.
+  for wait_ms in 10 2 50; do
+    step 45 "${RUN[@]}" --profiles tiny.en --word-timestamps on --jobs 100,100 \
+      --max-wait-ms "$wait_ms" --openai-jobs 0 --bare-jobs 0 --wer-jobs 0
+  done
   echo "== done at $(($(date +%s) - START))s"
 } 2>&1 | tee "$LOG"

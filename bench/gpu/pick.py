@@ -5,7 +5,8 @@
 Reads every ``gpu-ceiling-*.json`` in the folder: the model-only row with word timestamps of the
 highest throughput gives the batch size, model streams and CTranslate2 allocator setting; the
 preparation row of the highest throughput gives the preparation processes and the VAD's device.
-Where a kind of row is missing (a step cut off by its time limit), the GPU image's defaults stand.
+Where a kind of row is missing (a step cut off by its time limit), the GPU image's settings
+(docker-compose.yml, Dockerfile) stand.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 
 DEFAULTS = {
     "BATCH": "32",
-    "STREAMS": "2",
+    "STREAMS": "4",
     "ALLOCATOR": "default",
     "PROCESSES": "12",
-    "VAD_DEVICE": "cpu",
+    "VAD_DEVICE": "cuda",
 }
 
 
