@@ -141,6 +141,7 @@ ENV WHISPER_CROSS_JOB_BATCHING=true \
     WHISPER_VAD_ENGINE=torch \
     WHISPER_VAD_DEVICE=cuda \
     WHISPER_MODEL_STREAMS=4 \
+    WHISPER_PRELOAD_PROFILES=tiny.en,base \
     DB_POOL_MAX_SIZE=40
 CMD ["celery", "-A", "lexiscore", "worker", "-Q", "transcription.gpu", "--pool", "threads", \
      "--concurrency", "100", "--hostname", "gpu@%h", "--loglevel", "INFO"]

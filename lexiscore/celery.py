@@ -72,6 +72,8 @@ def propagate_context(headers: dict | None = None, **_kwargs: Any) -> None:
 
 
 # Worker metrics (task counts, durations, failures, retries) hook into Celery's signals.
+# Thread-pool transcription workers load their models at start (WHISPER_PRELOAD_PROFILES).
 # Thread-pool workers (GPU) are recycled by a memory watchdog instead of max-memory-per-child.
 import workers.metrics  # noqa: E402
+import workers.preload  # noqa: E402
 import workers.watchdog  # noqa: E402,F401

@@ -29,12 +29,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -149,6 +152,18 @@ def _ping() -> tuple[int, str]:
     """What ``PreparationPool.check`` runs: a process that answers can import this module; it
     says which VAD it runs."""
     return os.getpid(), _vad_engine
+
+
+def _rendezvous(folder: str, count: int, timeout: float) -> int:
+    """What ``PreparationPool.start_all`` runs: check in under ``folder``, then wait until
+    ``count`` processes have (or ``timeout`` passes), so that no process answers for another
+    and every one of them has started; returns this process's pid."""
+    pid = os.getpid()
+    (Path(folder) / str(pid)).touch()
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
 
 
 def _start_process(vad_engine: str = "onnx", vad_device: str = "cpu") -> None:
@@ -274,6 +289,22 @@ class PreparationPool:
                 self.vad_engine,
                 self.vad_device,
             )
+
+    def start_all(self, timeout: float = 120.0) -> int:
+        """Start every process now, each loading its VAD, rather than as files arrive; returns
+        how many answered. ``ProcessPoolExecutor`` spawns a process for a submission only while
+        none is idle, so the first burst of jobs would otherwise wait for up to ``processes``
+        starts (imports, a CUDA context for the VAD). Here one task per process is submitted,
+        each holding its process until all have checked in (``_rendezvous``): every submission
+        but the first finds no idle process, so all are spawned, and each answers for itself."""
+        executor = self._executor
+        with tempfile.TemporaryDirectory(prefix="lexiscore-prepare-start-") as folder:
+            futures = [
+                executor.submit(_rendezvous, folder, self.processes, timeout)
+                for _ in range(self.processes)
+            ]
+            done, _pending = wait(futures, timeout=timeout + 5)
+            return len({f.result() for f in done if f.exception() is None})
 
     def _wait(
         self, future: Future, should_cancel: Any, pool: ProcessPoolExecutor | None = None

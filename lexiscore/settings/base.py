@@ -536,12 +536,13 @@ WHISPER_BATCH_MAX_WAIT_MS = env.float("WHISPER_BATCH_MAX_WAIT_MS", default=10.0)
 # the job threads, which hold the GIL; on a 16-core GPU node 16 processes fed ~3.5x more audio).
 WHISPER_PREPARE_PROCESSES = env.int("WHISPER_PREPARE_PROCESSES", default=0)
 # Cross-job batching: scheduler threads running batches at once on the one model (CTranslate2
-# num_workers); 1 until a second stream is measured to pay on a GPU (docs/gpu.md).
+# num_workers). On an H200 4 gave 2.6-3x the throughput of 1 (the GPU image sets 4); on 2 CPU
+# cores a second gains ~8 %, hence 1 here (docs/gpu.md).
 WHISPER_MODEL_STREAMS = env.int("WHISPER_MODEL_STREAMS", default=1)
 # Cross-job batching, preparation processes: the Silero VAD they run. "torch" (PyTorch: ~1.8x a
 # process's throughput; workers.engines.silero), "onnx" (faster-whisper's own, ONNX Runtime) or
 # "auto" (torch where PyTorch is installed: the GPU image, not the CPU image). Device: "cpu" or
-# "cuda" (every preparation process then holds a CUDA context; not yet measured). Checked here:
+# "cuda" (every preparation process then holds a CUDA context; the GPU image's). Checked here:
 # a typo stops the process at start rather than failing jobs after the model has loaded.
 WHISPER_VAD_ENGINE = env.str("WHISPER_VAD_ENGINE", default="auto")
 WHISPER_VAD_DEVICE = env.str("WHISPER_VAD_DEVICE", default="cpu")
@@ -553,6 +554,9 @@ if not re.fullmatch(r"cpu|cuda(:\d+)?", WHISPER_VAD_DEVICE):
     raise ImproperlyConfigured(
         f"WHISPER_VAD_DEVICE={WHISPER_VAD_DEVICE!r}: use cpu, cuda or cuda:<index>."
     )
+# Profiles a thread-pool transcription worker (the GPU worker) loads when it starts, with its
+# whole preparation pool, instead of with its first job (workers/preload.py); empty: none.
+WHISPER_PRELOAD_PROFILES = env_list("WHISPER_PRELOAD_PROFILES", default=[])
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
 WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.

@@ -217,6 +217,7 @@ def test_the_gpu_worker_feeds_one_model_from_many_job_threads(compose):
     assert environment["WHISPER_MODEL_STREAMS"] == "4"
     assert environment["WHISPER_PREPARE_PROCESSES"] == "12"
     assert environment["WHISPER_VAD_DEVICE"] == "cuda"
+    assert environment["WHISPER_PRELOAD_PROFILES"] == "tiny.en,base"
     # Job threads check pooled connections out only briefly (processing.release_connection).
     assert 16 <= int(environment["DB_POOL_MAX_SIZE"]) < 100
     assert int(environment["WORKER_MAX_RSS_MB"]) > 0

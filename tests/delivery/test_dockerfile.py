@@ -142,6 +142,7 @@ def test_the_gpu_image_runs_a_thread_pool_worker_batching_across_jobs_on_the_gpu
         "WHISPER_PREPARE_PROCESSES=12",
         "WHISPER_VAD_DEVICE=cuda",
         "WHISPER_MODEL_STREAMS=4",
+        "WHISPER_PRELOAD_PROFILES=tiny.en,base",
     ):
         assert setting in env
 

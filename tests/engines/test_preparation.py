@@ -265,3 +265,26 @@ def test_a_time_limit_raised_by_the_cancel_check_reaches_the_job(three_window_cl
             pool.prepare(three_window_clip, True, {"feature_size": 80}, should_cancel=past_deadline)
     finally:
         pool.close()
+
+
+def test_start_all_starts_every_process_before_any_file_arrives():
+    """Without it the pool has one process after ``check`` and spawns the rest as files come."""
+    pool = PreparationPool(3)
+    try:
+        pool.check()
+        assert pool.start_all() == 3
+    finally:
+        pool.close()
+
+
+def test_a_scheduler_warms_its_whole_preparation_pool(model_cache_dir):
+    engine = new_scheduler(model_cache_dir, prepare_processes=2)
+    try:
+        assert engine.warm() == 2
+    finally:
+        engine.close()
+    plain = new_scheduler(model_cache_dir)  # no preparation pool: nothing to start
+    try:
+        assert plain.warm() == 0
+    finally:
+        plain.close()

@@ -340,6 +340,11 @@ class BatchScheduler(LoadedFasterWhisperModel):
             return None
         return pool
 
+    def warm(self) -> int:
+        """Start every preparation process now (``PreparationPool.start_all``); how many run
+        (0 without a pool). The model itself is loaded when the scheduler is made."""
+        return self._preparation.start_all() if self._preparation is not None else 0
+
     def _prepare(
         self, audio_path: AudioPath, vad: bool, should_cancel: CancelCheck | None
     ) -> PreparedAudio:
