@@ -12,7 +12,9 @@
 #      tiny.en on the GPU (bench/gpu/wer.py; measured on the CPU in session 6);
 #   4. `base` without word timestamps, as in 2;
 #   5. if time is left: tiny.en at 100 jobs with WHISPER_BATCH_MAX_WAIT_MS 10 (the default), 2
-#      and 50 (each process's first burst is a cold start; the second is the one to compare).
+#      and 50, two bursts each. run.py now starts every preparation process before the first
+#      burst, as the worker's preload does, so the first burst against the second shows what
+#      of the second lease's cold-start gap (2568x against 3120-4220x) is left.
 # Every step has a deadline inside the call's limit (LEASE_SECONDS, from the script's start), and
 # each result is written to $OUT as soon as it exists, so a step cut off still brings back what
 # finished. The second lease ran `git show ea3344c:bench/gpu/lease.sh` (model ceiling,

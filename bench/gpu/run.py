@@ -249,6 +249,12 @@ def main() -> int:
         help="the preparation processes' VAD (WHISPER_VAD_ENGINE)",
     )
     parser.add_argument("--vad-device", default="cpu", help="WHISPER_VAD_DEVICE: cpu or cuda")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="do not start every preparation process before the first burst (the GPU worker "
+        "does, WHISPER_PRELOAD_PROFILES; without it the first burst spawns them)",
+    )
     parser.add_argument("--baseline-threads", type=int, default=32)
     parser.add_argument(
         "--bare-jobs",
@@ -333,6 +339,8 @@ def main() -> int:
             vad_device=args.vad_device,
             **common,
         )
+        if not args.cold:
+            scheduler.warm()  # as the worker's preload does (workers/preload.py)
         bare = get_engine(
             "faster-whisper",
             profile,
