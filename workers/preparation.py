@@ -155,14 +155,20 @@ def _ping() -> tuple[int, str]:
 
 
 def _rendezvous(folder: str, count: int, timeout: float) -> int:
-    """What ``PreparationPool.start_all`` runs: check in under ``folder``, then wait until
+    """What ``PreparationPool.wait_ready`` runs: check in under ``folder``, then wait until
     ``count`` processes have (or ``timeout`` passes), so that no process answers for another
     and every one of them has started; returns this process's pid."""
     pid = os.getpid()
-    (Path(folder) / str(pid)).touch()
+    try:
+        (Path(folder) / str(pid)).touch()
+    except FileNotFoundError:  # the caller stopped waiting and removed the folder
+        return pid
     deadline = time.monotonic() + timeout
-    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
+    try:
+        while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except FileNotFoundError:
+        pass
     return pid
 
 
@@ -290,21 +296,56 @@ class PreparationPool:
                 self.vad_device,
             )
 
-    def start_all(self, timeout: float = 120.0) -> int:
-        """Start every process now, each loading its VAD, rather than as files arrive; returns
-        how many answered. ``ProcessPoolExecutor`` spawns a process for a submission only while
-        none is idle, so the first burst of jobs would otherwise wait for up to ``processes``
-        starts (imports, a CUDA context for the VAD). Here one task per process is submitted,
-        each holding its process until all have checked in (``_rendezvous``): every submission
-        but the first finds no idle process, so all are spawned, and each answers for itself."""
+    def start_all(self) -> int:
+        """Spawn every process the pool may have now, rather than as files arrive; returns how
+        many it has. ``ProcessPoolExecutor`` spawns a process for a submission only while none
+        is idle, so without this the first burst of jobs waits for up to ``processes`` starts
+        (imports, a CUDA context for the VAD). Nothing waits here and no task is queued: the
+        processes start (and load their VAD) beside any job already running, and take files as
+        soon as they are ready. Safe to call again (it spawns only what is missing) and on a
+        pool in use; does nothing before ``check``.
+
+        Uses ``ProcessPoolExecutor._spawn_process`` (CPython 3.9 and later, what the executor
+        itself calls); where it is missing the pool keeps spawning on demand."""
+        with self._lock:
+            if self._closed:
+                return 0
+            executor = self._executor
+            spawn = getattr(executor, "_spawn_process", None)
+            processes = getattr(executor, "_processes", None)
+            if spawn is None or processes is None:
+                logger.warning("this Python's ProcessPoolExecutor cannot start processes ahead")
+                return len(processes or {})
+            if getattr(executor, "_executor_manager_thread", None) is None:
+                # Not checked yet: processes spawned before the executor's manager thread runs
+                # would not be watched, nor stopped at shutdown. ``check`` starts it.
+                return len(processes)
+            try:
+                while len(processes) < self.processes:
+                    spawn()
+            except (RuntimeError, OSError):
+                # A broken or shut-down executor: the next file replaces it as usual.
+                logger.warning("could not start every preparation process", exc_info=True)
+            return len(processes)
+
+    def wait_ready(self, timeout: float = 120.0) -> int:
+        """For benchmarks, on an idle pool: wait until every process has started and loaded its
+        VAD; returns how many answered. Each of ``processes`` tasks holds its process until all
+        have checked in (``_rendezvous``), so no process answers for another. Not for a pool
+        that is preparing jobs' files: theirs would wait behind it."""
+        self.start_all()
         executor = self._executor
-        with tempfile.TemporaryDirectory(prefix="lexiscore-prepare-start-") as folder:
+        with tempfile.TemporaryDirectory(
+            prefix="lexiscore-prepare-start-", ignore_cleanup_errors=True
+        ) as folder:
             futures = [
                 executor.submit(_rendezvous, folder, self.processes, timeout)
                 for _ in range(self.processes)
             ]
-            done, _pending = wait(futures, timeout=timeout + 5)
-            return len({f.result() for f in done if f.exception() is None})
+            done, pending = wait(futures, timeout=timeout + 5)
+            for future in pending:
+                future.cancel()
+            return len({f.result() for f in done if not f.cancelled() and f.exception() is None})
 
     def _wait(
         self, future: Future, should_cancel: Any, pool: ProcessPoolExecutor | None = None

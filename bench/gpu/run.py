@@ -339,8 +339,14 @@ def main() -> int:
             vad_device=args.vad_device,
             **common,
         )
-        if not args.cold:
-            scheduler.warm()  # as the worker's preload does (workers/preload.py)
+        if not args.cold and scheduler._preparation is not None:
+            # As the worker's preload does (workers/preload.py), and then wait for the processes
+            # to be ready, which the worker does not (it has time before jobs come).
+            started = time.monotonic()
+            ready = scheduler._preparation.wait_ready()
+            summary[f"{profile}_prepare_processes_ready"] = ready
+            summary[f"{profile}_prepare_ready_seconds"] = round(time.monotonic() - started, 1)
+            print(f"{profile}: {ready} preparation processes ready", flush=True)
         bare = get_engine(
             "faster-whisper",
             profile,

@@ -554,9 +554,12 @@ if not re.fullmatch(r"cpu|cuda(:\d+)?", WHISPER_VAD_DEVICE):
     raise ImproperlyConfigured(
         f"WHISPER_VAD_DEVICE={WHISPER_VAD_DEVICE!r}: use cpu, cuda or cuda:<index>."
     )
-# Profiles a thread-pool transcription worker (the GPU worker) loads when it starts, with its
-# whole preparation pool, instead of with its first job (workers/preload.py); empty: none.
-WHISPER_PRELOAD_PROFILES = env_list("WHISPER_PRELOAD_PROFILES", default=[])
+# Profiles a thread-pool transcription worker (the GPU worker) loads when it starts, in this
+# order, spawning its whole preparation pool, instead of with its first job (workers/preload.py);
+# empty: none. An unknown name is logged at start and skipped.
+WHISPER_PRELOAD_PROFILES = [
+    name.strip() for name in env_list("WHISPER_PRELOAD_PROFILES") if name.strip()
+]
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
 WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.

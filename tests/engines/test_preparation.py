@@ -4,10 +4,14 @@ long files prepared in their thread, cancellation while a file is prepared."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -267,12 +271,47 @@ def test_a_time_limit_raised_by_the_cancel_check_reaches_the_job(three_window_cl
         pool.close()
 
 
-def test_start_all_starts_every_process_before_any_file_arrives():
+def spawned_children() -> int:
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "spawn_main"], capture_output=True)
+    return len(out.stdout.split())
+
+
+def test_start_all_spawns_every_process_before_any_file_arrives():
     """Without it the pool has one process after ``check`` and spawns the rest as files come."""
     pool = PreparationPool(3)
     try:
+        assert pool.start_all() == 0  # before check: nothing would watch the processes
         pool.check()
+        before = spawned_children()
         assert pool.start_all() == 3
+        assert spawned_children() == before + 2
+        assert pool.start_all() == 3  # again: nothing more to spawn
+        assert spawned_children() == before + 2
+        assert pool.wait_ready() == 3  # each answers for itself
+    finally:
+        pool.close()
+
+
+def test_start_all_holds_back_no_file_of_a_busy_pool(three_window_clip, tmp_path):
+    """The worker's preload calls it while jobs arrive: it queues nothing and waits for nothing,
+    so a file being prepared, and the next ones, go on as before."""
+    slow = tmp_path / "clip.slow.wav"  # die_on_marked_files takes two seconds over it
+    shutil.copyfile(three_window_clip, slow)
+    pool = PreparationPool(2, target=die_on_marked_files)
+    try:
+        pool.check()
+        results: list[Any] = []
+        job = threading.Thread(
+            target=lambda: results.append(pool.prepare(slow, True, {"feature_size": 80}))
+        )
+        job.start()
+        started = time.monotonic()
+        assert pool.start_all() == 2
+        assert time.monotonic() - started < 1.0
+        quick = pool.prepare(three_window_clip, True, {"feature_size": 80})
+        job.join(timeout=60)
+        assert len(quick.metadata) == 3
+        assert len(results) == 1 and len(results[0].metadata) == 3
     finally:
         pool.close()
 

@@ -18,8 +18,6 @@ from tests.support.processes import CeleryWorker, free_port, wait_for
 from workers import preload
 from workers.engines import clear_engine_cache
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("batching")]
-
 
 @pytest.fixture
 def batching_settings(settings):
@@ -33,6 +31,8 @@ def batching_settings(settings):
     clear_engine_cache()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("batching")
 def test_preload_loads_the_engine_jobs_get_and_starts_its_preparation_processes(
     batching_settings,
 ):
@@ -44,15 +44,41 @@ def test_preload_loads_the_engine_jobs_get_and_starts_its_preparation_processes(
     assert engine is engine_from_settings("faster-whisper", "tiny.en")  # no second load
 
 
-def test_a_profile_that_cannot_load_is_reported_and_the_others_still_load(
-    batching_settings, caplog
-):
+@pytest.mark.slow
+@pytest.mark.xdist_group("batching")
+def test_an_unknown_profile_is_reported_and_the_others_still_load(batching_settings, caplog):
     with caplog.at_level(logging.ERROR, logger="workers.preload"):
-        outcome = preload.preload(["no-such-model", "tiny.en"])
+        outcome = preload.preload(["tiny-en", "tiny.en"])
 
-    assert outcome["no-such-model"].startswith("failed: ")
+    assert outcome["tiny-en"].startswith("unknown: ")
     assert outcome["tiny.en"].startswith("loaded in ")
-    assert "Could not preload no-such-model" in caplog.text
+    assert "WHISPER_PRELOAD_PROFILES: " in caplog.text
+
+
+def test_a_profile_whose_engine_fails_to_load_is_reported(settings, caplog):
+    with (
+        mock.patch(
+            "apps.audio_jobs.processing.engine_from_settings", side_effect=OSError("disk gone")
+        ),
+        caplog.at_level(logging.ERROR, logger="workers.preload"),
+    ):
+        outcome = preload.preload(["base"])
+
+    assert outcome == {"base": "failed: disk gone"}
+    assert "Could not preload base; it loads with its first job" in caplog.text
+
+
+def test_more_profiles_than_a_worker_keeps_are_warned_about(settings, caplog):
+    with (
+        mock.patch("apps.audio_jobs.processing.engine_from_settings") as load,
+        caplog.at_level(logging.WARNING, logger="workers.preload"),
+    ):
+        load.return_value = object()  # an engine without a preparation pool
+        outcome = preload.preload(["tiny.en", "base", "tiny.en"])  # only two profiles exist
+
+    assert load.call_count == 3
+    assert all(text.endswith(", 0 preparation processes") for text in outcome.values())
+    assert "names 3 profiles but a worker keeps 2 loaded" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -92,6 +118,8 @@ def spawned_children(pid: int) -> int:
     return len(out.stdout.split())
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("batching")
 def test_a_real_threads_worker_preloads_its_model_and_every_process_before_any_job(
     transactional_db, tmp_path
 ):

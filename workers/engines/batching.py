@@ -341,8 +341,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
         return pool
 
     def warm(self) -> int:
-        """Start every preparation process now (``PreparationPool.start_all``); how many run
-        (0 without a pool). The model itself is loaded when the scheduler is made."""
+        """Spawn every preparation process now (``PreparationPool.start_all``, which waits for
+        nothing); how many the pool has (0 without one). The model itself is loaded when the
+        scheduler is made."""
         return self._preparation.start_all() if self._preparation is not None else 0
 
     def _prepare(
