@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Self
 
@@ -79,7 +80,7 @@ def over_limit(
     return None
 
 
-class _Watchdog:
+class _Watchdog(ABC):
     """A daemon thread calling ``check`` every ``interval`` seconds until it gives a reason to
     stop the worker, then ``act(reason)`` once."""
 
@@ -97,11 +98,13 @@ class _Watchdog:
     def stop(self) -> None:
         self._stop.set()
 
+    @abstractmethod
     def check(self) -> str | None:
-        raise NotImplementedError
+        """Why the worker should be stopped now, or None."""
 
+    @abstractmethod
     def act(self, reason: str) -> None:
-        raise NotImplementedError
+        """Stop the worker for ``reason``."""
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, GpuSampler, make_jobs
+from run import ROOT, GpuSampler, make_jobs, word_error_rate
 
 
 def used_mb() -> float | None:
@@ -53,7 +53,6 @@ def used_mb() -> float | None:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One process: (optionally) take GPU memory, load the engine, run the jobs, report."""
-    import jiwer
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     hog = None
@@ -99,9 +98,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         texts = list(pool.map(one, jobs))
     wall = time.monotonic() - started
     after = used_mb()
-    clean = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces()]
-    )
     stats = engine.stats()
     del hog
     return {
@@ -117,8 +113,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "errors": errors[:3],
         "wer": round(
             statistics.fmean(
-                float(jiwer.wer(clean(job[1]).strip(), clean(text).strip()))
-                for job, text in zip(jobs, texts, strict=True)
+                word_error_rate(job[1], text) for job, text in zip(jobs, texts, strict=True)
             ),
             4,
         ),

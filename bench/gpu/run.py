@@ -143,6 +143,22 @@ class GpuSampler:
         }
 
 
+def normalise(text: str) -> str:
+    """Lower-cased, punctuation removed, spaces collapsed: the form every WER here is taken on."""
+    import jiwer
+
+    clean = jiwer.Compose(
+        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces()]
+    )
+    return str(clean(text)).strip()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    import jiwer
+
+    return float(jiwer.wer(normalise(reference), normalise(hypothesis)))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -286,8 +302,6 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    import jiwer
-
     from workers.engines import get_engine
     from workers.engines.base import TranscriptionOptions
 
@@ -302,12 +316,6 @@ def main() -> int:
     all_jobs = make_jobs(
         max(job_counts), args.min_seconds, args.max_seconds, folder, args.seed, kit
     )
-
-    def wer(reference: str, hypothesis: str) -> float:
-        clean = jiwer.Compose(
-            [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces()]
-        )
-        return float(jiwer.wer(clean(reference).strip(), clean(hypothesis).strip()))
 
     rows: list[dict[str, Any]] = []
     summary = {
@@ -382,11 +390,15 @@ def main() -> int:
                 }
                 k = min(args.wer_jobs, count)
                 if k:
-                    batched_wer = statistics.fmean(wer(jobs[i][1], texts[i]) for i in range(k))
+                    batched_wer = statistics.fmean(
+                        word_error_rate(jobs[i][1], texts[i]) for i in range(k)
+                    )
                     for i in range(k):
                         if i not in plain:
                             plain[i] = unbatched.transcribe(jobs[i][0], options).text
-                    plain_wer = statistics.fmean(wer(jobs[i][1], plain[i]) for i in range(k))
+                    plain_wer = statistics.fmean(
+                        word_error_rate(jobs[i][1], plain[i]) for i in range(k)
+                    )
                     row["wer_batched"] = round(batched_wer, 4)
                     row["wer_unbatched"] = round(plain_wer, 4)
                 record(row)

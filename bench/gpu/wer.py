@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, make_jobs
+from run import ROOT, make_jobs, normalise
 
 
 def main() -> int:
@@ -44,9 +44,6 @@ def main() -> int:
 
     kit = Path(args.kit) if args.kit else None
     jobs = make_jobs(args.jobs, 10, 600, Path(tempfile.mkdtemp(prefix="lexiscore-wer-")), 7, kit)
-    clean = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces()]
-    )
     common: dict[str, Any] = {"cache_dir": ROOT / "var" / "models", "max_engines": 8}
     if kit is not None:
         common["model_dir"] = kit / "kit" / "models" / args.profile
@@ -65,7 +62,7 @@ def main() -> int:
         "unbatched": get_engine("faster-whisper", args.profile, args.device, **common),
     }
     options = TranscriptionOptions(language="en", word_timestamps=args.word_timestamps == "on")
-    references = [clean(job[1]).strip() for job in jobs]
+    references = [normalise(job[1]) for job in jobs]
     summary: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": " ".join(sys.argv),
@@ -76,7 +73,7 @@ def main() -> int:
     texts: dict[str, list[str]] = {}
     for name, engine in engines.items():
         started = time.monotonic()
-        texts[name] = [clean(engine.transcribe(str(job[0]), options).text).strip() for job in jobs]
+        texts[name] = [normalise(engine.transcribe(str(job[0]), options).text) for job in jobs]
         per_file = [jiwer.wer(r, h) for r, h in zip(references, texts[name], strict=True)]
         summary["engines"][name] = {
             "aggregate_wer": round(jiwer.wer(references, texts[name]), 4),

@@ -19,6 +19,7 @@ import pytest
 from tests.engines.conftest import SENTENCES, wer
 from tests.engines.preparation_targets import die_on_marked_files, report_thread_limits
 from tests.engines.test_batching import ENGLISH, new_scheduler, run_jobs
+from tests.support.processes import spawned_children
 from workers.engines.batching import BatchScheduler
 from workers.engines.errors import AudioDecodeError, TranscriptionCancelled
 from workers.preparation import (
@@ -216,7 +217,6 @@ def test_when_no_preparation_process_can_start_the_job_threads_prepare(model_cac
     it can import, so no preparation process can start. The engine logs it and prepares audio in
     the job threads: every job is still transcribed."""
     import json
-    import subprocess
     import sys
 
     from tests.engines.conftest import REPO_ROOT
@@ -271,22 +271,17 @@ def test_a_time_limit_raised_by_the_cancel_check_reaches_the_job(three_window_cl
         pool.close()
 
 
-def spawned_children() -> int:
-    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "spawn_main"], capture_output=True)
-    return len(out.stdout.split())
-
-
 def test_start_all_spawns_every_process_before_any_file_arrives():
     """Without it the pool has one process after ``check`` and spawns the rest as files come."""
     pool = PreparationPool(3)
     try:
         assert pool.start_all() == 0  # before check: nothing would watch the processes
         pool.check()
-        before = spawned_children()
+        before = spawned_children(os.getpid())
         assert pool.start_all() == 3
-        assert spawned_children() == before + 2
+        assert spawned_children(os.getpid()) == before + 2
         assert pool.start_all() == 3  # again: nothing more to spawn
-        assert spawned_children() == before + 2
+        assert spawned_children(os.getpid()) == before + 2
         assert pool.wait_ready() == 3  # each answers for itself
     finally:
         pool.close()

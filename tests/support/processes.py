@@ -234,10 +234,7 @@ class CeleryWorker(_ProcessGroup):
 
     def child_pids(self) -> list[int]:
         assert self.process is not None
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True
-        ).stdout
-        return [int(pid) for pid in out.split()]
+        return child_pids(self.process.pid)
 
     def terminate(self, timeout: float = 60) -> int:
         """Warm shutdown (SIGTERM): the running task finishes first."""
@@ -251,6 +248,20 @@ class CeleryWorker(_ProcessGroup):
 
     def _cleanup(self) -> None:
         """The log (a file of its own) is kept: a failing test reads it afterwards."""
+
+
+def child_pids(parent: int, matching: str | None = None) -> list[int]:
+    """The processes whose parent is ``parent`` (whose command line contains ``matching``)."""
+    pattern = ["-f", matching] if matching else []
+    out = subprocess.run(
+        ["pgrep", "-P", str(parent), *pattern], capture_output=True, text=True
+    ).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def spawned_children(parent: int) -> int:
+    """How many processes ``parent`` started with multiprocessing's spawn (a preparation pool's)."""
+    return len(child_pids(parent, "spawn_main"))
 
 
 @contextlib.contextmanager

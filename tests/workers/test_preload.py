@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 from types import SimpleNamespace
 from unittest import mock
 
@@ -14,7 +13,7 @@ import pytest
 from django.db import connection
 
 from apps.audio_jobs.processing import engine_from_settings
-from tests.support.processes import CeleryWorker, free_port, wait_for
+from tests.support.processes import CeleryWorker, free_port, spawned_children, wait_for
 from workers import preload
 from workers.engines import clear_engine_cache
 
@@ -110,12 +109,6 @@ def test_nothing_is_loaded_without_the_setting(settings):
         preload._preload_on_start(sender=SimpleNamespace(pool=pool))
 
     load.assert_not_called()
-
-
-def spawned_children(pid: int) -> int:
-    """The worker's preparation processes: its children started by multiprocessing's spawn."""
-    out = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True)
-    return len(out.stdout.split())
 
 
 @pytest.mark.slow
