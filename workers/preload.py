@@ -8,10 +8,9 @@ loads those profiles' engines in a background thread as soon as it is ready, in 
 given (put the busiest first), and spawns every preparation process
 (``PreparationPool.start_all``, which waits for nothing and holds no process back).
 
-Jobs keep running meanwhile. ``get_engine`` loads one model at a time, under one lock, so a job
-that arrives while a model is loading waits until that load ends, even for a model already
-loaded. That is as with no preloading, when the first job needing ``base`` holds up the others
-the same way, but it now happens at start. A profile that fails to load is logged, and loads
+Jobs keep running meanwhile. ``get_engine`` has one load lock per configuration: a job for a
+model already loaded (or loading nothing) goes on while ``base`` loads; a job for the model being
+loaded waits for that one load and shares it. A profile that fails to load is logged, and loads
 (and fails) with its first job as before.
 
 Only for pools whose tasks run in the worker's own process (``threads``, ``solo``). In a

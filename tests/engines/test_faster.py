@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, REPO_ROOT, wer
 from workers.engines import clear_engine_cache, get_engine, loaded_engines
 from workers.engines.base import TranscriptionOptions
-from workers.engines.errors import ProfileError, TranscriptionCancelled
+from workers.engines.errors import ModelNotFoundError, ProfileError, TranscriptionCancelled
 from workers.engines.models import PROFILES
 
 pytestmark = pytest.mark.slow
@@ -247,6 +248,87 @@ def test_engine_cache_keeps_at_most_max_engines(model_cache_dir):
 
     assert loaded_engines() == [second]
     assert first is not second
+    clear_engine_cache()
+
+
+def test_a_slow_load_holds_up_no_other_configuration(model_cache_dir, monkeypatch):
+    """While one configuration loads (``base`` on a GPU: seconds), jobs needing another one,
+    loaded or not, get it at once; callers of the loading one wait and share its load."""
+    import workers.engines as engines
+
+    clear_engine_cache()
+    real_load = engines._load
+    release = threading.Event()
+    loads: list[str] = []
+
+    def load(*args, **kwargs):
+        compute_type = kwargs["faster"]["compute_type"]
+        loads.append(compute_type)
+        if compute_type == "float32":  # the slow one, held until released
+            assert release.wait(30)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(engines, "_load", load)
+
+    def get(compute_type):
+        return get_engine(
+            "faster-whisper",
+            "tiny.en",
+            cache_dir=model_cache_dir,
+            compute_type=compute_type,
+            max_engines=4,
+        )
+
+    loaded = get("int8")
+    slow: list[object] = []
+    waiters = [threading.Thread(target=lambda: slow.append(get("float32"))) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    try:
+        deadline = time.monotonic() + 10
+        while "float32" not in loads and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert loads == ["int8", "float32"]
+
+        assert get("int8") is loaded  # already loaded
+        other = get("int8_float32")  # loaded now, beside the held load
+        assert loads == ["int8", "float32", "int8_float32"]
+        assert not slow
+    finally:
+        release.set()
+        for waiter in waiters:
+            waiter.join(30)
+
+    assert len(slow) == 3
+    assert slow[0] is slow[1] is slow[2]
+    assert loads.count("float32") == 1
+    assert {id(e) for e in loaded_engines()} == {id(loaded), id(other), id(slow[0])}
+    clear_engine_cache()
+
+
+def test_a_failed_load_is_raised_and_tried_again_by_the_next_caller(model_cache_dir, monkeypatch):
+    import workers.engines as engines
+
+    clear_engine_cache()
+    real_load = engines._load
+    attempts = []
+
+    def load(*args, **kwargs):
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ModelNotFoundError("model.bin went missing")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(engines, "_load", load)
+
+    with pytest.raises(ModelNotFoundError):
+        get_engine("faster-whisper", "tiny.en", cache_dir=model_cache_dir, compute_type="int8")
+    assert loaded_engines() == []
+
+    engine = get_engine("faster-whisper", "tiny.en", cache_dir=model_cache_dir, compute_type="int8")
+
+    assert len(attempts) == 2
+    assert loaded_engines() == [engine]
     clear_engine_cache()
 
 

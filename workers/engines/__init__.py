@@ -71,7 +71,10 @@ ENGINE_NAMES = (FASTER_WHISPER, OPENAI_WHISPER)
 DEFAULT_MAX_ENGINES = 2
 
 _engines: OrderedDict[tuple[Any, ...], Engine] = OrderedDict()
+# Guards _engines and _loading; never held while a model loads.
 _lock = threading.Lock()
+# One load lock per configuration this process has asked for.
+_loading: dict[tuple[Any, ...], threading.Lock] = {}
 
 
 def get_engine(
@@ -97,7 +100,9 @@ def get_engine(
     """Return a loaded engine, loading it on first use in this process.
 
     Engines are cached per process by their full configuration (least recently used first out
-    beyond ``max_engines``); loading is serialised so concurrent callers share one model.
+    beyond ``max_engines``). Concurrent callers of one configuration share its one load; a load
+    holds up no caller of another configuration (a job for a loaded ``tiny.en`` goes on while
+    ``base`` loads).
     ``model_dir``/``expected_sha256`` override a profile's files (see ``models.locate_model``);
     ``compute_type``, ``num_workers`` and ``batch_size`` apply to faster-whisper only.
 
@@ -131,47 +136,85 @@ def get_engine(
         vad_engine,
         vad_device,
     )
+    engine = _cached(key)
+    if engine is not None:
+        return engine
+    # One lock per configuration: callers of one configuration share its single load, and a
+    # load (seconds for `base` on a GPU) holds up no caller of another configuration. The locks
+    # stay (a process sees a handful of configurations), so no caller can miss one being held.
     with _lock:
-        engine = _engines.get(key)
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:
+        engine = _cached(key)
         if engine is not None:
-            _engines.move_to_end(key)
             return engine
-        files = prepare_model(
-            profile, cache_dir=cache_dir, model_dir=model_dir, expected_sha256=expected_sha256
-        )
-        if name == FASTER_WHISPER:
-            from workers.engines.batching import BatchScheduler
-            from workers.engines.faster import FasterWhisperEngine
-
-            faster: dict[str, Any] = {
+        engine = _load(
+            name,
+            profile,
+            device,
+            cache_dir=cache_dir,
+            model_dir=model_dir,
+            expected_sha256=expected_sha256,
+            faster={
                 "device": device,
                 "compute_type": compute_type,
                 "cpu_threads": cpu_threads,
                 "num_workers": num_workers,
                 "batch_size": batch_size,
-            }
-            if cross_job_batching:
-                engine = BatchScheduler(
-                    files,
-                    max_wait_ms=max_wait_ms,
-                    prepare_processes=prepare_processes,
-                    model_streams=model_streams,
-                    vad_engine=vad_engine,
-                    vad_device=vad_device,
-                    **faster,
-                )
-            else:
-                engine = FasterWhisperEngine(files, **faster)
-        else:
-            from workers.engines.openai import OpenAIWhisperEngine
-
-            engine = OpenAIWhisperEngine(
-                files, cache_dir=cache_dir, device=device, cpu_threads=cpu_threads
-            )
-        _engines[key] = engine
-        while len(_engines) > max(max_engines, 1):
-            _engines.popitem(last=False)
+            },
+            batching=(
+                {
+                    "max_wait_ms": max_wait_ms,
+                    "prepare_processes": prepare_processes,
+                    "model_streams": model_streams,
+                    "vad_engine": vad_engine,
+                    "vad_device": vad_device,
+                }
+                if cross_job_batching
+                else None
+            ),
+            cpu_threads=cpu_threads,
+        )
+        with _lock:
+            _engines[key] = engine
+            while len(_engines) > max(max_engines, 1):
+                _engines.popitem(last=False)
         return engine
+
+
+def _cached(key: tuple[Any, ...]) -> Engine | None:
+    with _lock:
+        engine = _engines.get(key)
+        if engine is not None:
+            _engines.move_to_end(key)
+        return engine
+
+
+def _load(
+    name: str,
+    profile: str,
+    device: str,
+    *,
+    cache_dir: Path | str,
+    model_dir: Path | str | None,
+    expected_sha256: str | None,
+    faster: dict[str, Any],
+    batching: dict[str, Any] | None,
+    cpu_threads: int,
+) -> Engine:
+    files = prepare_model(
+        profile, cache_dir=cache_dir, model_dir=model_dir, expected_sha256=expected_sha256
+    )
+    if name == FASTER_WHISPER:
+        from workers.engines.batching import BatchScheduler
+        from workers.engines.faster import FasterWhisperEngine
+
+        if batching is not None:
+            return BatchScheduler(files, **batching, **faster)
+        return FasterWhisperEngine(files, **faster)
+    from workers.engines.openai import OpenAIWhisperEngine
+
+    return OpenAIWhisperEngine(files, cache_dir=cache_dir, device=device, cpu_threads=cpu_threads)
 
 
 def loaded_engines() -> list[Engine]:
