@@ -5,6 +5,8 @@
 # chunk, installs the kit, then, in order of what #7 still lacks:
 #   1. the GPU-marked tests (tests/engines, pytest -m gpu), without Django, espeak-ng or sox:
 #      the kit brings the models and the tests' clips;
+#   1b. on an H100 only: tiny.en's target row (100 jobs, word timestamps, two bursts) with both
+#      baselines. #7 states its targets for one H100; both earlier leases drew an H200;
 #   2. `base` with word timestamps: the matrix at 1/8/32/100 jobs with the settings the second
 #      lease measured best for tiny.en (batch 32, 4 model streams, 12 preparation processes, the
 #      VAD on the GPU), openai-whisper on one job and the bare pipeline on 32;
@@ -53,10 +55,16 @@ step() {
 }
 RUN=(python3 bench/gpu/run.py --kit "$KIT" --batch-size 32 --model-streams 4
   --prepare-processes 12 --vad-engine torch --vad-device cuda --out "$OUT")
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
 {
+  echo "== device: ${GPU_NAME:-unknown}"
   step 120 python3 -m pytest -p no:django -p no:randomly -p no:cacheprovider \
     --confcutdir=tests/engines -m gpu -v -rA --junitxml="$OUT/gpu-tests.xml" \
     tests/engines/test_batching.py tests/engines/test_silero.py
+  if [[ $GPU_NAME == *H100* ]]; then
+    step 150 "${RUN[@]}" --profiles tiny.en --word-timestamps on --jobs 100,100 \
+      --openai-jobs 1 --bare-jobs 32
+  fi
   step 200 "${RUN[@]}" --profiles base --word-timestamps on --jobs 1,8,32,100 \
     --openai-jobs 1 --bare-jobs 32
   step 90 python3 bench/gpu/wer.py --kit "$KIT" --jobs 12 --batch-size 32 --out "$OUT"
