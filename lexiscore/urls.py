@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth.views import LogoutView
 from django.urls import include, path
 from drf_spectacular.views import (
     SpectacularAPIView,
@@ -7,7 +8,7 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
-from apps.accounts.admin_login import guarded_admin_login
+from apps.accounts.session_login import guarded_admin_login, guarded_api_login
 from apps.core import health
 from apps.core.exceptions import json_error_view
 
@@ -24,13 +25,20 @@ api_v1 = [
     path("redoc/", SpectacularRedocView.as_view(url_name="v1:schema"), name="redoc"),
 ]
 
+browsable_api_auth = [
+    path("login/", guarded_api_login, name="login"),
+    path("logout/", LogoutView.as_view(), name="logout"),
+]
+
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path(f"{settings.ADMIN_URL}login/", guarded_admin_login, name="admin-login"),
     path(settings.ADMIN_URL, admin.site.urls),
     path("api/<version>/", include((api_v1, "api"), namespace="v1")),
-    path("api-auth/", include("rest_framework.urls", namespace="rest_framework")),
+    # The browsable API's login and logout, under the names its templates use; the login is
+    # guarded like the token sign-in (not DRF's unguarded `rest_framework.urls`).
+    path("api-auth/", include((browsable_api_auth, "rest_framework"), namespace="rest_framework")),
 ]
 
 handler400 = json_error_view(400, "bad_request", "The request could not be understood.")

@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 from apps.core.models import TimeStampedModel
 
@@ -94,6 +95,17 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def email_verified(self) -> bool:
         return self.email_verified_at is not None
+
+    def _get_session_auth_hash(self, secret: str | None = None) -> str:
+        # Django's hash covers the password only; with token_version in it, everything that
+        # revokes the user's tokens (sign out everywhere, deactivation, a new password) also
+        # ends their admin and browsable-API sessions.
+        return salted_hmac(
+            "apps.accounts.models.User.session_auth_hash",
+            f"{self.password}:{self.token_version}",
+            secret=secret,
+            algorithm="sha256",
+        ).hexdigest()
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         # A new password, whichever path set it (service, admin form, `changepassword`), revokes

@@ -32,9 +32,13 @@ def _valid_ip(value: str) -> str | None:
     elif value.count(":") == 1:  # "1.2.3.4:5678"
         value = value.split(":", 1)[0]
     try:
-        return str(ipaddress.ip_address(value))
+        address = ipaddress.ip_address(value)
     except ValueError:
         return None
+    # "::ffff:203.0.113.9" (a dual-stack listener or a proxy writing that form) is that IPv4
+    # client: it must not count per IPv6 /64, where every IPv4 client would share one bucket.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 def _is_trusted(ip: str, networks: tuple[IPNetwork, ...]) -> bool:

@@ -50,6 +50,8 @@ def ip_key(ip: str | None) -> str:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return f"ip:{ip}"
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # one IPv4 client, not the /64 every such client shares
     if address.version == 6:
         return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
     return f"ip:{address}"

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotAuthenticated, PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
@@ -78,7 +78,8 @@ def _resolve(request: Request) -> Tenant:
         return Tenant(organisation=key.organisation, role=key.role, api_key=key)
 
     if not isinstance(principal, User) or not principal.is_authenticated:
-        raise PermissionDenied()
+        # 401 with WWW-Authenticate, as on every endpoint: a client then signs in or refreshes.
+        raise NotAuthenticated()
     # JWT authentication loaded the memberships with the user (apps.accounts.principals).
     loaded = getattr(principal, "principal_memberships", None)
     memberships = Membership.objects.select_related("organisation").filter(user=principal)

@@ -284,6 +284,9 @@ SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = 60 * 60 * 8
+# The browsable API's session login (/api-auth/login/) lands on the signed-in user's own record.
+LOGIN_REDIRECT_URL = "/api/v1/me/"
+LOGOUT_REDIRECT_URL = "/api-auth/login/"
 # The proxy in front of the app must overwrite X-Forwarded-Proto; only then trust it.
 if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from django.db import connection
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 
 from apps.accounts.models import Membership, Organisation, Role, User
@@ -137,6 +138,27 @@ def test_deactivation_needs_the_password(api_client, db):
     )
 
     assert response.status_code == 400
+    user.refresh_from_db()
+    assert user.is_active
+
+
+@override_settings(LOGIN_RATE_PER_ACCOUNT="3/15m", LOGIN_RATE_PER_IP="100/15m")
+def test_deactivation_password_guesses_count_against_the_sign_in_guard(api_client, db):
+    """A stolen access token must not give unlimited guesses at the password."""
+    user = member(Role.MEMBER).user
+
+    wrong = [
+        api_client.post(
+            "/api/v1/me/deactivate/", {"password": "wrong"}, format="json", **bearer(user)
+        ).status_code
+        for _ in range(3)
+    ]
+    right = api_client.post(
+        "/api/v1/me/deactivate/", {"password": DEFAULT_PASSWORD}, format="json", **bearer(user)
+    )
+
+    assert wrong == [400, 400, 400]
+    assert right.status_code == 429
     user.refresh_from_db()
     assert user.is_active
 

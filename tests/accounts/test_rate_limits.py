@@ -368,6 +368,15 @@ def test_ipv6_clients_are_counted_per_64_prefix():
     assert ip_key("203.0.113.5") == "ip:203.0.113.5"
 
 
+def test_ipv4_mapped_clients_are_counted_as_their_ipv4_address():
+    """Behind a dual-stack listener every IPv4 client is "::ffff:a.b.c.d": one /64 for them all
+    would let one client lock every other out of signing in."""
+    from apps.accounts.ratelimit import ip_key
+
+    assert ip_key("::ffff:203.0.113.5") == "ip:203.0.113.5"
+    assert ip_key("::ffff:203.0.113.5") != ip_key("::ffff:198.51.100.7")
+
+
 @pytest.mark.parametrize(
     ("remote", "forwarded", "proxies", "count", "expected"),
     [
@@ -381,6 +390,8 @@ def test_ipv6_clients_are_counted_per_64_prefix():
         ("10.0.0.2", "198.51.100.9, 10.0.0.3", [], 2, "198.51.100.9"),
         ("10.0.0.2", "", [], 1, "10.0.0.2"),
         ("2001:db8::1", "", [], 0, "2001:db8::1"),
+        ("::ffff:203.0.113.5", "", [], 0, "203.0.113.5"),
+        ("10.0.0.2", "::ffff:198.51.100.9", ["10.0.0.0/8"], 0, "198.51.100.9"),
         ("", "", [], 0, "0.0.0.0"),
     ],
 )

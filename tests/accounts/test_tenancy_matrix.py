@@ -116,3 +116,14 @@ def test_choosing_another_organisation_by_header_is_not_found(
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "organisation_not_found"
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/reports/", "/api/v1/webhooks/endpoints/", "/api/v1/jobs", "/api/v1/members/"]
+)
+def test_anonymous_calls_get_401_with_a_challenge(api_client, url):
+    response = api_client.get(url)
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    assert response["WWW-Authenticate"].startswith("Bearer")

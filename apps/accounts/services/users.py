@@ -206,6 +206,15 @@ def password_reset_confirm(*, token: str, new_password: str, meta: RequestMeta) 
     return user
 
 
+def _confirm_password(user: User, password: str, *, field: str, meta: RequestMeta) -> None:
+    """Check a signed-in user's password under the sign-in guard: a stolen token must not give
+    unlimited guesses (wrong answers count against the account and the address)."""
+    guard_check(guard="login", account=user.email, ip=meta.ip)
+    if not user.check_password(password):
+        guard_hit(guard="login", account=user.email, ip=meta.ip)
+        raise DjangoValidationError({field: ["The password is wrong."]})
+
+
 def password_change(
     *,
     user: User,
@@ -215,10 +224,7 @@ def password_change(
     meta: RequestMeta,
 ) -> TokenPair:
     """Change the password; every other session ends and the caller gets a fresh pair."""
-    guard_check(guard="login", account=user.email, ip=meta.ip)
-    if not user.check_password(current_password):
-        guard_hit(guard="login", account=user.email, ip=meta.ip)
-        raise DjangoValidationError({"current_password": ["The current password is wrong."]})
+    _confirm_password(user, current_password, field="current_password", meta=meta)
     check_password_strength(new_password, user)
     with transaction.atomic():
         user.set_password(new_password)
@@ -284,8 +290,8 @@ def user_deactivate(
     A user deactivating themselves confirms with their password and must first hand over any
     organisation they alone own that has other members; operators (`force`) may skip both.
     """
-    if password is not None and not user.check_password(password):
-        raise DjangoValidationError({"password": ["The password is wrong."]})
+    if password is not None:
+        _confirm_password(user, password, field="password", meta=meta)
     if not force:
         blocked = _sole_owner_of_shared_organisations(user)
         if blocked:
