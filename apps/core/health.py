@@ -1,13 +1,18 @@
 """Liveness and readiness.
 
 `/healthz` answers as long as the process can serve a request (no I/O). `/readyz` checks every
-dependency a request or job needs and answers 503 with per-check detail when one fails, so a load
-balancer stops sending traffic and an operator sees which part is down.
+dependency a request or job needs and answers 503 with each check's status when one fails, so a
+load balancer stops sending traffic and an operator sees which part is down. Why a check failed
+(its error text names hosts, ports, buckets and packages) is logged, and shown only to a caller
+with the metrics token (`Authorization: Bearer <METRICS_TOKEN>`). Each process reuses its last
+answer for `HEALTH_CHECK_CACHE_SECONDS`, so probes or anonymous callers cannot turn the endpoint
+into a load on the database, storage and broker.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -98,10 +103,34 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+_last: tuple[float, bool, dict[str, Any]] | None = None
+_last_lock = threading.Lock()
+
+
+def cached_checks() -> tuple[bool, dict[str, Any]]:
+    """`run_checks`, at most once per `HEALTH_CHECK_CACHE_SECONDS` per process (one caller runs
+    them while concurrent callers wait for its answer)."""
+    global _last
+    ttl = float(settings.HEALTH_CHECK_CACHE_SECONDS)
+    with _last_lock:
+        if _last is not None and time.monotonic() - _last[0] < ttl:
+            return _last[1], _last[2]
+        healthy, results = run_checks()
+        _last = (time.monotonic(), healthy, results)
+        return healthy, results
+
+
 @never_cache
 @require_GET
 def readyz(request: HttpRequest) -> JsonResponse:
-    healthy, results = run_checks()
+    from apps.core.metrics import metrics_authorized
+
+    healthy, results = cached_checks()
+    if not metrics_authorized(request):
+        results = {
+            name: {k: v for k, v in check.items() if k != "error"}
+            for name, check in results.items()
+        }
     return JsonResponse(
         {"status": "ok" if healthy else "fail", "checks": results}, status=200 if healthy else 503
     )

@@ -190,8 +190,11 @@ class MetricsMiddleware:
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def _authorized(request: HttpRequest) -> bool:
+def metrics_authorized(request: HttpRequest) -> bool:
+    """The request carries the metrics token (never true when none is configured)."""
     token = settings.METRICS_TOKEN
+    if not token:
+        return False
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.encode())
@@ -200,7 +203,7 @@ def _authorized(request: HttpRequest) -> bool:
 def metrics_response(request: HttpRequest) -> HttpResponse:
     if not settings.METRICS_TOKEN:
         return HttpResponse(status=404)
-    if not _authorized(request):
+    if not metrics_authorized(request):
         response = HttpResponse("Unauthorized\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response

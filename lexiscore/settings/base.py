@@ -644,6 +644,9 @@ SENTRY_TRACES_SAMPLE_RATE = env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0)
 # Health
 # ------------------------------------------------------------------------------------------------
 HEALTH_CHECK_TIMEOUT = env.float("HEALTH_CHECK_TIMEOUT", default=2.0)
+# /readyz reuses its last answer this long per process (probes and anonymous callers cannot load
+# the database, storage and broker with it); 0: every call checks.
+HEALTH_CHECK_CACHE_SECONDS = env.float("HEALTH_CHECK_CACHE_SECONDS", default=2.0)
 
 ADMIN_URL = env.str("DJANGO_ADMIN_URL", default="admin/")
 

@@ -35,6 +35,8 @@ CACHES = {
 # Shared Redis cache, so authentication goes through the principal cache as in production.
 AUTH_PRINCIPAL_CACHE_SECONDS = env.int("AUTH_PRINCIPAL_CACHE_SECONDS", default=60)
 API_READ_CACHE_SECONDS = env.int("API_READ_CACHE_SECONDS", default=300)
+# Every /readyz call checks (tests change the dependencies between calls).
+HEALTH_CHECK_CACHE_SECONDS = 0
 
 # Tests that need a real worker start their own broker; the rest never reach a broker.
 CELERY_BROKER_URL = env.str("TEST_CELERY_BROKER_URL", default="memory://")
