@@ -691,6 +691,10 @@ PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT_MINUTES", default=60) *
 INVITATION_MAX_AGE = env.int("INVITATION_MAX_AGE_DAYS", default=7) * 24 * 3600
 # last_used_at of an API key (and its "api_key.used" audit event) is written at most this often.
 API_KEY_LAST_USED_INTERVAL = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
+# Every organisation starts with its plan's audio quota and each API key has its own rate windows:
+# caps keep either from multiplying without an operator (0: no cap).
+ORGANISATIONS_PER_USER_MAX = env.int("ORGANISATIONS_PER_USER_MAX", default=5)
+API_KEYS_PER_ORGANISATION_MAX = env.int("API_KEYS_PER_ORGANISATION_MAX", default=50)
 
 # Client IP: REMOTE_ADDR, unless the request comes through a proxy listed here (addresses or
 # CIDR networks), or the app sits behind exactly TRUSTED_PROXY_COUNT proxies that append to

@@ -221,6 +221,29 @@ def test_invitation_input_is_validated(api_client, db, body):
 
 
 # ---- API keys ---------------------------------------------------------------------------------
+@override_settings(API_KEYS_PER_ORGANISATION_MAX=2)
+def test_an_organisation_has_at_most_api_keys_per_organisation_max_usable_keys(api_client, db):
+    """Each key has its own rate windows: a cap bounds the organisation's total rate."""
+    admin = member(Role.ADMIN)
+
+    def create(name):
+        return api_client.post(
+            "/api/v1/api-keys/",
+            {"name": name, "role": "member"},
+            format="json",
+            **bearer(admin.user),
+        )
+
+    first, second, third = create("a"), create("b"), create("c")
+    api_client.delete(f"/api/v1/api-keys/{first.json()['id']}/", **bearer(admin.user))
+    after_revoking = create("d")
+
+    assert [first.status_code, second.status_code] == [201, 201]
+    assert third.status_code == 409
+    assert third.json()["error"]["code"] == "api_key_limit"
+    assert after_revoking.status_code == 201
+
+
 def test_an_api_key_is_shown_once_and_stored_hashed(api_client, db):
     admin = member(Role.ADMIN)
 

@@ -164,6 +164,20 @@ def test_deactivation_password_guesses_count_against_the_sign_in_guard(api_clien
 
 
 # ---- Organisations ----------------------------------------------------------------------------
+@override_settings(ORGANISATIONS_PER_USER_MAX=2)
+def test_an_account_owns_at_most_organisations_per_user_max(api_client, db):
+    """Each organisation starts with a fresh free quota: unlimited ones would be free minutes."""
+    user = member(Role.OWNER).user  # owns one already
+
+    second = api_client.post("/api/v1/organisations/", {"name": "B"}, format="json", **bearer(user))
+    third = api_client.post("/api/v1/organisations/", {"name": "C"}, format="json", **bearer(user))
+
+    assert second.status_code == 201
+    assert third.status_code == 409
+    assert third.json()["error"]["code"] == "organisation_limit"
+    assert Membership.objects.filter(user=user, role=Role.OWNER).count() == 2
+
+
 def test_creating_an_organisation_makes_the_caller_its_owner(api_client, db):
     user = member(Role.MEMBER).user
 

@@ -12,11 +12,13 @@ from django.utils import timezone
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
+from apps.core.exceptions import ConflictError
 
 from ..exceptions import Forbidden
 from ..models import (
     ApiKey,
     Membership,
+    Organisation,
     Role,
     role_at_least,
 )
@@ -43,6 +45,21 @@ def api_key_create(
         raise DjangoValidationError({"role": ["An API key is a member or a viewer."]})
     if expires_at is not None and expires_at <= timezone.now():
         raise DjangoValidationError({"expires_at": ["Choose a time in the future."]})
+    # Each key has its own rate windows: a cap keeps an organisation's rate from growing with
+    # the number of keys it mints. Revoked and expired keys do not count.
+    Organisation.objects.select_for_update().filter(pk=actor.organisation_id).first()
+    limit = settings.API_KEYS_PER_ORGANISATION_MAX
+    usable = ApiKey.objects.filter(
+        Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()),
+        organisation_id=actor.organisation_id,
+        revoked_at__isnull=True,
+    ).count()
+    if limit and usable >= limit:
+        raise ConflictError(
+            f"This organisation has {usable} API keys, the most it may have. Revoke one first.",
+            code="api_key_limit",
+            details={"limit": limit},
+        )
     raw, prefix, key_hash = api_key_new()
     api_key = ApiKey.objects.create(
         organisation=actor.organisation,

@@ -42,6 +42,20 @@ from ._common import (
 # ---- Organisations and memberships ------------------------------------------------------------
 @transaction.atomic
 def organisation_create(*, user: User, name: str, meta: RequestMeta) -> Organisation:
+    """A new organisation (on the default plan) owned by `user`.
+
+    A user owns at most `ORGANISATIONS_PER_USER_MAX`: every organisation starts with its plan's
+    monthly audio quota, so unlimited organisations would be unlimited free minutes.
+    """
+    User.objects.select_for_update().filter(pk=user.pk).first()  # one create at a time per user
+    limit = settings.ORGANISATIONS_PER_USER_MAX
+    owned = Membership.objects.filter(user=user, role=Role.OWNER).count()
+    if limit and owned >= limit:
+        raise ConflictError(
+            f"You already own {owned} organisations, the most one account may own.",
+            code="organisation_limit",
+            details={"limit": limit},
+        )
     organisation = Organisation.objects.create(name=name, plan=settings.RATE_LIMIT_DEFAULT_PLAN)
     Membership.objects.create(user=user, organisation=organisation, role=Role.OWNER)
     audit_record(
