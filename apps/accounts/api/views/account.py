@@ -170,7 +170,7 @@ class OrganisationListApi(UserApi):
         operation_id="organisations_create",
         summary="Create an organisation; the caller becomes its owner",
         request=InputSerializer,
-        responses={201: MembershipOrganisationOutput, **errors(400, 401, 403)},
+        responses={201: MembershipOrganisationOutput, **errors(400, 401, 403, 409)},
         tags=["organisations"],
     )
     def post(self, request: Request, version: str) -> Response:

@@ -352,7 +352,7 @@ class ApiKeyListApi(AdminApi):
         description="Use it as `Authorization: Api-Key <key>` or `X-API-Key: <key>`.",
         parameters=[ORGANISATION_PARAMETER],
         request=InputSerializer,
-        responses={201: CreatedOutputSerializer, **errors(400, 401, 403, 404)},
+        responses={201: CreatedOutputSerializer, **errors(400, 401, 403, 404, 409)},
         tags=["api-keys"],
     )
     def post(self, request: Request, version: str) -> Response:
