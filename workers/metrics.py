@@ -182,6 +182,12 @@ _BATCH_COUNTERS = (
         1,
     ),
     (
+        "lexiscore_whisper_batch_out_of_memory_waits",
+        "Single windows that ran out of memory and were tried again after a wait.",
+        "out_of_memory_waits",
+        1,
+    ),
+    (
         "lexiscore_whisper_batch_isolation_retries",
         "Failed batches retried window by window to find the job at fault.",
         "isolation_retries",

@@ -182,6 +182,62 @@ def test_out_of_memory_halves_the_batch_and_every_job_completes(model_cache_dir,
         assert wer(text, result.text) <= 0.25
 
 
+def test_a_single_window_out_of_memory_waits_and_its_job_completes(
+    model_cache_dir, clips, monkeypatch
+):
+    """A window that does not fit even alone (other streams hold the memory) is tried again
+    after a wait, not failed: the shortage passes when their batches end."""
+    monkeypatch.setattr("workers.engines.batching.OUT_OF_MEMORY_WAITS", (0.01, 0.01, 0.01))
+    engine = new_scheduler(model_cache_dir, batch_size=1)
+    real = engine._pipeline.generate_segment_batched
+    shortages = [2]  # the first two single-window calls run out of memory
+
+    def generate(features, tokenizer, options):
+        if shortages[0]:
+            shortages[0] -= 1
+            raise RuntimeError(OOM)
+        return real(features, tokenizer, options)
+
+    engine._pipeline.generate_segment_batched = generate
+    try:
+        [result] = run_jobs(engine, [{"path": clips[0]}])
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert wer(SENTENCES[0], result.text) <= 0.25
+    assert stats["out_of_memory_waits"] == 2
+    assert stats["failed_windows"] == 0
+
+
+def test_a_window_that_never_fits_fails_only_its_job_after_the_waits(
+    model_cache_dir, clips, monkeypatch
+):
+    monkeypatch.setattr("workers.engines.batching.OUT_OF_MEMORY_WAITS", (0.01, 0.01))
+    engine = new_scheduler(model_cache_dir)
+    _clips, chunks, _meta = split_speech(load_audio(clips[2]), True)
+    huge = window_features(engine._model.feature_extractor, chunks[0])
+    real = engine._pipeline.generate_segment_batched
+
+    def generate(features, tokenizer, options):
+        if any(np.array_equal(row, huge) for row in features):
+            raise RuntimeError(OOM)
+        return real(features, tokenizer, options)
+
+    engine._pipeline.generate_segment_batched = generate
+    try:
+        results = run_jobs(engine, [{"path": clip} for clip in clips])
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert is_out_of_memory(results[2])
+    for index in (0, 1, 3):
+        assert wer(SENTENCES[index], results[index].text) <= 0.25
+    assert stats["out_of_memory_waits"] == 2
+    assert stats["failed_windows"] == 1
+
+
 def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
     engine = new_scheduler(model_cache_dir)
     _clips, chunks, _meta = split_speech(load_audio(clips[2]), True)

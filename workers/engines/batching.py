@@ -89,6 +89,8 @@ GPU_MEMORY_SHARE = 0.6
 POLL_SECONDS = 0.2
 
 
+# Seconds a single window that ran out of memory waits before each new try (then its job fails).
+OUT_OF_MEMORY_WAITS = (0.5, 2.0, 5.0)
 OUT_OF_MEMORY_MESSAGES = ("out of memory", "cublas_status_alloc_failed", "memoryallocation")
 
 
@@ -563,7 +565,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                     return batch
                 self._cond.wait(remaining)
 
-    def _process(self, items: list[_Item]) -> None:
+    def _process(self, items: list[_Item], *, memory_waits: int = 0) -> None:
         items = [item for item in items if not item.job.done]
         if not items:
             return
@@ -577,6 +579,17 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 half = len(items) // 2
                 self._process(items[:half])
                 self._process(items[half:])
+            elif is_out_of_memory(exc) and memory_waits < len(OUT_OF_MEMORY_WAITS):
+                # One window that does not fit now: the other streams' batches (or another
+                # process on the GPU) hold the memory, and free it within a batch's time. Wait
+                # and try again rather than fail a job for a shortage that passes.
+                self._count("out_of_memory_waits")
+                logger.warning(
+                    "out of memory with one window; trying again in %.1f s",
+                    OUT_OF_MEMORY_WAITS[memory_waits],
+                )
+                time.sleep(OUT_OF_MEMORY_WAITS[memory_waits])
+                self._process(items, memory_waits=memory_waits + 1)
             elif len(items) > 1:
                 # Which window broke the batch is unknown: one at a time, so only its job fails.
                 logger.warning("batch of %d windows failed; retrying them one by one", len(items))
@@ -714,8 +727,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
     # ---- introspection and lifecycle -----------------------------------------------------------
     def stats(self) -> dict[str, Any]:
         """Counters since load: batches, windows, multi-job batches, out-of-memory halvings,
-        isolation retries, failed and dropped windows, language-detection batches and
-        detections, model time (both kinds), and the batch size now."""
+        single windows tried again after an out-of-memory wait, isolation retries, failed and
+        dropped windows, language-detection batches and detections, model time (both kinds),
+        and the batch size now."""
         with self._cond:
             return {
                 **{
@@ -725,6 +739,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                         "windows",
                         "multi_job_batches",
                         "out_of_memory",
+                        "out_of_memory_waits",
                         "isolation_retries",
                         "failed_windows",
                         "dropped_windows",
