@@ -66,6 +66,11 @@ class TranscriptionJob(TimeStampedModel):
     attempts = models.PositiveIntegerField(
         default=0, help_text="Deliveries that started processing (caps poison messages)."
     )
+    deliveries_ended = models.PositiveIntegerField(
+        default=0,
+        help_text="Deliveries that ended in the worker (returned, failed or retried); "
+        "attempts minus this is how many were interrupted (the worker died).",
+    )
     cancel_requested = models.BooleanField(default=False)
 
     # What was asked for.

@@ -7,10 +7,13 @@ times, concurrently or after a crash:
    duplicate delivery while the first worker lives is dropped, and a worker that died released its
    lock with its connection, so the redelivered message takes over.
 2. The claim, in one transaction, skips jobs that are no longer queued/processing, counts the
-   delivery in `attempts` and fails the job as poison past `JOB_MAX_DELIVERIES` (a message that
-   kills its worker every time cannot loop forever).
+   delivery in `attempts` and fails the job as poison once `JOB_MAX_DELIVERIES` earlier
+   deliveries were interrupted (a message that kills its worker every time cannot loop forever).
+   A delivery that ends in the worker, however (result, failure, deliberate retry), counts in
+   `deliveries_ended`; interrupted = attempts - deliveries_ended.
 3. The result is written in one transaction that re-checks the state: one `Transcript` per job,
-   and notifications are sent only after that commit.
+   and notifications are sent only after that commit (a notification that cannot be published
+   is logged and left to its sweep, never raised into the task: the job is completed).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from apps.core.context import job_id_var
@@ -54,8 +58,10 @@ def worker_name() -> str:
 def job_process(*, job_id: str, retries: int = 0, deadline: float | None = None) -> str:
     """Process one delivery of a job's message; returns what happened (for logs and tests).
 
-    `retries` is the task's deliberate retry count: those deliveries are not held against the
-    poison-message cap, only deliveries that ended without the task returning or retrying.
+    Only deliveries that ended without the task returning or retrying (the worker died) are held
+    against the poison-message cap: each delivery that gets back here is counted in
+    `deliveries_ended`, and `retries` (the task's deliberate retry count) is a floor for that
+    count should its write have failed (a database outage is a reason to retry).
     `deadline` (a `time.monotonic()` value) raises `JobTimeLimitExceeded` from the engine's
     cancellation check once passed: Celery's thread pool enforces no time limits itself.
     """
@@ -68,9 +74,24 @@ def job_process(*, job_id: str, retries: int = 0, deadline: float | None = None)
         outcome, job = _claim(job_id, retries)
         if job is None:
             return outcome
-        return _run(job, deadline)
+        try:
+            return _run(job, deadline)
+        finally:
+            _delivery_ended(job.pk)
     finally:
         lease.release()
+
+
+def _delivery_ended(job_id) -> None:
+    """Count a delivery that got back from `_run`, whatever its outcome or exception."""
+    try:
+        TranscriptionJob.objects.filter(pk=job_id).update(
+            deliveries_ended=F("deliveries_ended") + 1
+        )
+        release_connection()
+    except Exception:
+        # Never mask the outcome; the message's retry count still covers a retried delivery.
+        logger.warning("Job %s: could not count the ended delivery", job_id, exc_info=True)
 
 
 @transaction.atomic
@@ -84,15 +105,18 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     if job.cancel_requested:
         _finish(job, JobStatus.CANCELLED, now=now)
         return "cancelled", None
+    # Earlier deliveries that never got back to the worker's code (it died under them).
+    interrupted = job.attempts - max(job.deliveries_ended, retries)
     job.attempts += 1
-    if job.attempts - retries > settings.JOB_MAX_DELIVERIES:
+    if interrupted >= settings.JOB_MAX_DELIVERIES:
         _finish(
             job,
             JobStatus.FAILED,
             now=now,
+            attempts=job.attempts,
             error_code="too_many_attempts",
             error_message=(
-                f"Processing was interrupted {job.attempts - 1 - retries} times (the worker "
+                f"Processing was interrupted {interrupted} times (the worker "
                 "stopped each time); the job was stopped so it cannot block the queue. "
                 "Contact support if the file is valid."
             ),
@@ -352,4 +376,4 @@ def _dead_letter_poison(job: TranscriptionJob) -> None:
         "attempts": job.attempts - 1,
         "request_id": "",
     }
-    transaction.on_commit(lambda: dead_letter(payload))
+    transaction.on_commit(lambda: dead_letter(payload), robust=True)
