@@ -105,6 +105,8 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     if job.cancel_requested:
         _finish(job, JobStatus.CANCELLED, now=now)
         return "cancelled", None
+    # Never more ended than started: `attempts` was reset (an operator's retry) without it.
+    job.deliveries_ended = min(job.deliveries_ended, job.attempts)
     # Earlier deliveries that never got back to the worker's code (it died under them).
     interrupted = job.attempts - max(job.deliveries_ended, retries)
     job.attempts += 1
@@ -114,6 +116,7 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
             JobStatus.FAILED,
             now=now,
             attempts=job.attempts,
+            deliveries_ended=job.deliveries_ended,
             error_code="too_many_attempts",
             error_message=(
                 f"Processing was interrupted {interrupted} times (the worker "
@@ -128,7 +131,15 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     job.heartbeat_at = now
     job.worker = worker_name()
     job.save(
-        update_fields=["attempts", "status", "started_at", "heartbeat_at", "worker", "updated_at"]
+        update_fields=[
+            "attempts",
+            "deliveries_ended",
+            "status",
+            "started_at",
+            "heartbeat_at",
+            "worker",
+            "updated_at",
+        ]
     )
     return "claimed", job
 

@@ -100,6 +100,19 @@ def test_the_message_retry_count_covers_retries_whose_end_was_not_written(
     assert processing._claim(str(job.pk), retries)[0] == outcome
 
 
+def test_an_operator_reset_of_attempts_resets_the_ended_count_too(db, settings):
+    # A retried failed job gets attempts=0 (a fresh budget); its old ended count must not
+    # lift the cap for the new run.
+    settings.JOB_MAX_DELIVERIES = 3
+    job = JobFactory(status=JobStatus.QUEUED, attempts=0, deliveries_ended=5)
+    for _ in range(3):
+        assert processing._claim(str(job.pk), 0)[0] == "claimed"
+
+    outcome, _ = processing._claim(str(job.pk), 0)
+
+    assert outcome == "poison"
+
+
 def test_an_error_counting_the_ended_delivery_does_not_mask_its_outcome(db, caplog):
     job = JobFactory(status=JobStatus.QUEUED)
 
