@@ -1,4 +1,5 @@
-"""Tasks of the reports queue: build one report; create the weekly usage reports (beat)."""
+"""Tasks of the reports queue: build one report; create the weekly usage reports and republish
+reports whose message was lost (beat)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,9 @@ def generate_report(report_id: str) -> str | None:
 @shared_task(name="workers.reports.create_weekly_usage_reports", base=LexisTask)
 def create_weekly_usage_reports() -> int:
     return len(services.weekly_usage_reports_create())
+
+
+@shared_task(name="workers.reports.redispatch_stale_reports", base=LexisTask)
+def redispatch_stale_reports() -> dict[str, int]:
+    """Publish reports whose message was never sent (broker down) or may be lost."""
+    return services.reports_redispatch_stale()

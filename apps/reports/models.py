@@ -51,6 +51,11 @@ class ReportStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+# A report in these states still needs a worker (the claim and the sweeper accept both: a worker
+# that died leaves its report `running`).
+PENDING_STATUSES = (ReportStatus.QUEUED, ReportStatus.RUNNING)
+
+
 class Report(TimeStampedModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(
@@ -79,7 +84,13 @@ class Report(TimeStampedModel):
         max_length=16, choices=ReportStatus.choices, default=ReportStatus.QUEUED
     )
     attempts = models.PositiveIntegerField(default=0)
+    # Set when the report failed for good: `invalid_input`, `generation_failed` or
+    # `too_many_attempts` (the worker stopped during every try, e.g. killed for memory).
+    error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
+    # When its task was last published; null: never (the broker was down), so the sweeper
+    # publishes it (services.reports_redispatch_stale).
+    dispatched_at = models.DateTimeField(null=True, blank=True)
     file_key = models.CharField(max_length=500, blank=True)
     filename = models.CharField(max_length=255, blank=True)
     size_bytes = models.BigIntegerField(null=True, blank=True)
@@ -90,7 +101,15 @@ class Report(TimeStampedModel):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organisation", "-created_at"], name="report_org_created")]
+        indexes = [
+            models.Index(fields=["organisation", "-created_at"], name="report_org_created"),
+            # The sweeper's scan of reports still waiting for a worker.
+            models.Index(
+                fields=["status", "updated_at"],
+                name="report_pending",
+                condition=Q(status__in=["queued", "running"]),
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["organisation", "period_start", "period_end", "format"],

@@ -1,4 +1,18 @@
-"""Request, generate, retry and delete reports; the weekly usage report and its email."""
+"""Request, generate, retry and delete reports; the weekly usage report and its email.
+
+A report is built by `report_generate`, which is safe to run for the same report any number of
+times, concurrently or after a crash, as `apps.audio_jobs.processing` is for jobs:
+
+1. A lease (a PostgreSQL advisory lock on its own connection) admits one live worker per report;
+   a duplicate message (the sweeper's, a redelivery) is dropped while that worker lives.
+2. The claim counts the try in `attempts` and fails the report as `too_many_attempts` once
+   REPORT_MAX_ATTEMPTS tries were used up, so a report whose build kills its worker (OOM) is not
+   redelivered for ever.
+3. The result and a failure are written with conditional UPDATEs on a `running` row: a report
+   deleted meanwhile (by its user, or with its job) stays deleted and its file is discarded.
+
+A publish that fails (broker down) is logged; `reports_redispatch_stale` (beat) publishes it later.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +27,77 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
+from apps.audio_jobs.leases import JobLease
 from apps.core.exceptions import ApplicationError, ConflictError
 
 from . import rendering
-from .models import FORMATS_OF_KIND, Report, ReportFormat, ReportKind, ReportStatus
+from .models import (
+    FORMATS_OF_KIND,
+    PENDING_STATUSES,
+    Report,
+    ReportFormat,
+    ReportKind,
+    ReportStatus,
+)
 
 logger = logging.getLogger(__name__)
 
+# A report never published is published by the sweeper once it is this old (the request that
+# created it publishes it right after its commit).
+NEVER_DISPATCHED_GRACE_SECONDS = 15
+
+
+def _lease(report_id: str) -> JobLease:
+    """The advisory lock of one report (JobLease's mechanism, with keys apart from jobs')."""
+    return JobLease(f"report:{report_id}")
+
 
 def _enqueue(report_id: str) -> None:
-    def send() -> None:
-        from workers.reports import generate_report
+    transaction.on_commit(lambda: report_dispatch(report_id=report_id), robust=True)
 
-        generate_report.apply_async(args=[report_id])
 
-    transaction.on_commit(send)
+def report_dispatch(*, report_id: Any) -> bool:
+    """Publish the report's task. A broker failure is logged; the sweeper publishes it later."""
+    from workers.reports import generate_report
+
+    if not Report.objects.filter(pk=report_id, status__in=PENDING_STATUSES).exists():
+        return False
+    try:
+        generate_report.apply_async(args=[str(report_id)])
+    except Exception:
+        logger.warning(
+            "Could not publish report %s; the sweeper will retry", report_id, exc_info=True
+        )
+        return False
+    Report.objects.filter(pk=report_id).update(dispatched_at=timezone.now())
+    return True
+
+
+def reports_redispatch_stale(*, now=None) -> dict[str, int]:
+    """Sweeper: publish reports whose message was never sent, or may be lost.
+
+    That is a report queued and never published, or queued or running with no change for
+    REPORT_REDISPATCH_AFTER_SECONDS since it was last published (a worker lost with its node).
+    A duplicate is harmless: the report's lease drops it while a live worker builds the report.
+    """
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.REPORT_REDISPATCH_AFTER_SECONDS)
+    never = Report.objects.filter(
+        status=ReportStatus.QUEUED,
+        dispatched_at__isnull=True,
+        updated_at__lt=now - timedelta(seconds=NEVER_DISPATCHED_GRACE_SECONDS),
+    )
+    stale = Report.objects.filter(
+        status__in=PENDING_STATUSES,
+        dispatched_at__lt=stale_before,
+        updated_at__lt=stale_before,
+    )
+    republished = 0
+    for report_id in list(never.values_list("pk", flat=True)[:500]) + list(
+        stale.values_list("pk", flat=True)[:500]
+    ):
+        republished += report_dispatch(report_id=report_id)
+    return {"republished": republished}
 
 
 def report_request(
@@ -73,21 +143,37 @@ def report_request(
     return report
 
 
+@transaction.atomic
 def report_retry(*, report: Report) -> Report:
-    if report.status != ReportStatus.FAILED:
+    """Queue a failed report again (with all its tries) and publish it after commit."""
+    locked = Report.objects.select_for_update().filter(pk=report.pk).first()
+    if locked is None or locked.status != ReportStatus.FAILED:
         raise ConflictError("Only a failed report can be retried.", code="report_not_failed")
-    report.status = ReportStatus.QUEUED
-    report.attempts = 0
-    report.save(update_fields=["status", "attempts", "updated_at"])
-    _enqueue(str(report.pk))
-    return report
+    locked.status = ReportStatus.QUEUED
+    locked.attempts = 0
+    locked.error_code = ""
+    locked.dispatched_at = None
+    locked.save(update_fields=["status", "attempts", "error_code", "dispatched_at", "updated_at"])
+    _enqueue(str(locked.pk))
+    return locked
 
 
 def report_delete(*, report: Report) -> None:
-    key = report.file_key
-    report.delete()
-    if key:
-        transaction.on_commit(lambda: default_storage.delete(key))
+    """Delete a report, then its file after commit (a storage error is logged, never raised).
+
+    The row is locked and read again: a report that became ready since the caller loaded it is
+    deleted with the file it has now.
+    """
+    with transaction.atomic():
+        locked = Report.objects.select_for_update().filter(pk=report.pk).first()
+        if locked is None:
+            return
+        key = locked.file_key
+        locked.delete()
+        if key:
+            # TODO: switch to apps.core's durable pending storage deletions (being built) inside
+            # this block; until then a failed delete is logged and the file stays (an orphan).
+            transaction.on_commit(lambda: _delete_quietly(key, why="was deleted"))
 
 
 def _usage_period(report: Report) -> tuple[date, date]:
@@ -123,21 +209,62 @@ def report_generate(*, report_id: str) -> Report | None:
     """Build the file of a queued report. Raises on failure (the task decides on a retry).
 
     A failure is recorded on the report at once (reason visible while it is retried); after
-    REPORT_MAX_ATTEMPTS tries, or on an input error, the report is `failed`.
+    REPORT_MAX_ATTEMPTS tries, or on an input error, the report is `failed`. Returns None, without
+    building anything, for a duplicate message, a report that is no longer pending, one out of
+    tries (failed as `too_many_attempts`), or one deleted while it was built.
     """
-    with transaction.atomic():
-        report = (
-            Report.objects.select_for_update(skip_locked=True)
-            .filter(pk=report_id, status__in=[ReportStatus.QUEUED, ReportStatus.RUNNING])
-            .first()
+    lease = _lease(report_id)
+    if not lease.acquire():
+        logger.info(
+            "Report %s is being built by another live worker; dropping duplicate", report_id
         )
+        return None
+    try:
+        report = _claim(report_id)
         if report is None:
-            return None  # done, deleted, failed for good, or being built by another worker
-        report.status = ReportStatus.RUNNING
-        report.attempts += 1
-        report.save(update_fields=["status", "attempts", "updated_at"])
+            return None
+        return _build(report)
+    finally:
+        lease.release()
+
+
+@transaction.atomic
+def _claim(report_id: str) -> Report | None:
+    report = (
+        Report.objects.select_for_update().filter(pk=report_id, status__in=PENDING_STATUSES).first()
+    )
+    if report is None:
+        return None  # done, deleted or failed for good
+    if report.attempts >= settings.REPORT_MAX_ATTEMPTS:
+        # Every try was used up, and this message still finds the report pending: the last
+        # tries ended without recording anything (the worker was killed, e.g. for memory).
+        # Building it again would kill the next worker too.
+        _fail_for_good(
+            report,
+            code="too_many_attempts",
+            message=(
+                f"The report was tried {report.attempts} times without finishing (the worker "
+                "stopped during the last tries); it was stopped so it cannot block the queue. "
+                "Retry it; contact support if it keeps failing."
+            ),
+        )
+        report.save(
+            update_fields=["status", "error_code", "error_message", "finished_at", "updated_at"]
+        )
+        _publish_failed(report)
+        _dead_letter_poison(report)
+        logger.warning("Report %s failed: %s", report.pk, report.error_message)
+        return None
+    report.status = ReportStatus.RUNNING
+    report.attempts += 1
+    report.save(update_fields=["status", "attempts", "updated_at"])
+    return report
+
+
+def _build(report: Report) -> Report | None:
     started = time.monotonic()
     key = ""
+    committed: list[bool] = []
     try:
         content, filename = _render(report)
         # Storing the file and marking the report ready fail like rendering does: the failure
@@ -145,49 +272,126 @@ def report_generate(*, report_id: str) -> Report | None:
         key = default_storage.save(
             f"reports/{report.organisation_id}/{report.pk}/{filename}", ContentFile(content)
         )
+        now = timezone.now()
+        ready = {
+            "status": ReportStatus.READY,
+            "file_key": key,
+            "filename": filename,
+            "size_bytes": len(content),
+            "error_code": "",
+            "error_message": "",
+            "generation_seconds": round(time.monotonic() - started, 3),
+            "finished_at": now,
+            "updated_at": now,
+        }
         with transaction.atomic():
-            report.status = ReportStatus.READY
-            report.file_key = key
-            report.filename = filename
-            report.size_bytes = len(content)
-            report.error_message = ""
-            report.generation_seconds = round(time.monotonic() - started, 3)
-            report.finished_at = timezone.now()
-            report.save()
-            _notify_ready(report)
+            # A conditional UPDATE, not save(): save() would INSERT a report deleted meanwhile
+            # again (or fail on its deleted job).
+            marked = Report.objects.filter(pk=report.pk, status=ReportStatus.RUNNING).update(
+                **ready
+            )
+            if marked:
+                # Runs first after the commit, before the notification hooks _notify_ready adds.
+                transaction.on_commit(lambda: committed.append(True))
+                for name, value in ready.items():
+                    setattr(report, name, value)
+                _notify_ready(report)
     except Exception as exc:
+        if committed:
+            # The report is ready; a notification hook raised after the commit. Its file stays.
+            logger.error(
+                "Report %s is ready; a hook after its commit failed", report.pk, exc_info=True
+            )
+            return report
         if key:  # stored, but the report did not become ready: no orphan file
-            _delete_quietly(key)
-        final = isinstance(exc, rendering.ReportInputError) or (
-            report.attempts >= settings.REPORT_MAX_ATTEMPTS
-        )
-        report_record_failure(report=report, reason=f"{type(exc).__name__}: {exc}", final=final)
+            _delete_quietly(key, why="did not become ready")
+        invalid = isinstance(exc, rendering.ReportInputError)
+        if not report_record_failure(
+            report=report,
+            reason=f"{type(exc).__name__}: {exc}",
+            final=invalid or report.attempts >= settings.REPORT_MAX_ATTEMPTS,
+            code="invalid_input" if invalid else "generation_failed",
+        ):
+            return None  # deleted meanwhile: nothing to retry, nobody to tell
         raise
+    if not marked:
+        _delete_quietly(key, why="was deleted while it was built")
+        logger.info("Report %s was deleted while it was built; its file is discarded", report.pk)
+        return None
     return report
 
 
-def _delete_quietly(key: str) -> None:
+def _delete_quietly(key: str, *, why: str) -> None:
     try:
         default_storage.delete(key)
     except Exception:
-        logger.warning("Could not delete the file %s of a report that failed", key, exc_info=True)
+        logger.warning("Could not delete the file %s of a report that %s", key, why, exc_info=True)
 
 
-def report_record_failure(*, report: Report, reason: str, final: bool) -> None:
-    with transaction.atomic():
-        report.status = ReportStatus.FAILED if final else ReportStatus.QUEUED
+def report_record_failure(
+    *, report: Report, reason: str, final: bool, code: str = "generation_failed"
+) -> bool:
+    """Record a failed try of a report being built: queued for a retry, or failed for good
+    (with `code`).
+
+    Returns False, recording nothing, if the report is no longer being built (deleted meanwhile).
+    """
+    if final:
+        _fail_for_good(report, code=code, message=reason)
+    else:
+        report.status = ReportStatus.QUEUED
         report.error_message = reason[:2000]
-        report.finished_at = timezone.now() if final else None
-        report.save(update_fields=["status", "error_message", "finished_at", "updated_at"])
-        if final:
-            from apps.webhooks.services import event_publish
-
-            event_publish(
-                organisation=report.organisation,
-                event_type="report.failed",
-                data={**_report_data(report), "error": report.error_message},
-            )
+        report.finished_at = None
+    report.updated_at = timezone.now()
+    fields = ["status", "error_code", "error_message", "finished_at", "updated_at"]
+    with transaction.atomic():
+        recorded = Report.objects.filter(pk=report.pk, status=ReportStatus.RUNNING).update(
+            **{name: getattr(report, name) for name in fields}
+        )
+        if recorded and final:
+            _publish_failed(report)
+    if not recorded:
+        logger.info("Report %s was deleted while it was built; failure not recorded", report.pk)
+        return False
     logger.warning("Report %s failed (final=%s): %s", report.pk, final, reason)
+    return True
+
+
+def _fail_for_good(report: Report, *, code: str, message: str) -> None:
+    report.status = ReportStatus.FAILED
+    report.error_code = code
+    report.error_message = message[:2000]
+    report.finished_at = timezone.now()
+
+
+def _publish_failed(report: Report) -> None:
+    from apps.webhooks.services import event_publish
+
+    event_publish(
+        organisation=report.organisation,
+        event_type="report.failed",
+        data={**_report_data(report), "error": report.error_message},
+    )
+
+
+def _dead_letter_poison(report: Report) -> None:
+    """Store a dead letter for a report failed as `too_many_attempts` (as jobs do), after commit."""
+    from workers.base import dead_letter
+    from workers.queues import Queue
+
+    payload = {
+        "task_name": "workers.reports.generate_report",
+        "task_id": f"report-{report.pk}",
+        "queue": str(Queue.REPORTS),
+        "args": [str(report.pk)],
+        "kwargs": {},
+        "exception_type": "apps.reports.services.PoisonMessage",
+        "error": report.error_message,
+        "traceback": "",
+        "attempts": report.attempts,
+        "request_id": "",
+    }
+    transaction.on_commit(lambda: dead_letter(payload), robust=True)
 
 
 def _report_data(report: Report) -> dict[str, Any]:
@@ -256,10 +460,20 @@ def _notify_ready(report: Report) -> None:
         from workers.emails import send_email
 
         for email, template, context in emails:
-            send_email.apply_async(
-                args=[template, [email], context],
-                kwargs={"dedupe_key": f"report:{report.pk}:{email}"},
-            )
+            # The report is ready and committed: a broker failure must neither stop the other
+            # emails nor fail the task. The email is lost (logged); there is no email outbox yet.
+            try:
+                send_email.apply_async(
+                    args=[template, [email], context],
+                    kwargs={"dedupe_key": f"report:{report.pk}:{email}"},
+                )
+            except Exception:
+                logger.error(
+                    "Could not publish the %s email of report %s",
+                    template,
+                    report.pk,
+                    exc_info=True,
+                )
 
     if emails:
         transaction.on_commit(send)
@@ -277,23 +491,42 @@ def _organisation_admins(organisation) -> list:
 
 
 def weekly_usage_reports_create(*, today: date | None = None) -> list[Report]:
-    """One scheduled usage report (last 7 full days) per active organisation; idempotent."""
+    """One scheduled usage report (last 7 full days) per active organisation; idempotent.
+
+    Publishes every one of them still queued, new or not. One organisation's failure does not
+    stop the others; the first error is raised once all were tried.
+    """
     from apps.accounts.models import Organisation
 
     period_end = today or timezone.now().date()
     period_start = period_end - timedelta(days=7)
     created = []
+    errors: list[Exception] = []
     for organisation in Organisation.objects.filter(is_active=True):
-        with transaction.atomic():
-            report, new = Report.objects.get_or_create(
-                organisation=organisation,
-                scheduled=True,
-                period_start=period_start,
-                period_end=period_end,
-                format=settings.REPORT_WEEKLY_FORMAT,
-                defaults={"kind": ReportKind.USAGE},
+        try:
+            with transaction.atomic():
+                report, new = Report.objects.get_or_create(
+                    organisation=organisation,
+                    scheduled=True,
+                    period_start=period_start,
+                    period_end=period_end,
+                    format=settings.REPORT_WEEKLY_FORMAT,
+                    defaults={"kind": ReportKind.USAGE},
+                )
+                if report.status == ReportStatus.QUEUED:
+                    # New, or left queued by an earlier run whose publish failed.
+                    _enqueue(str(report.pk))
+        except Exception as exc:
+            logger.exception(
+                "Weekly usage report of organisation %s failed; going on with the others",
+                organisation.pk,
             )
-            if new:
-                _enqueue(str(report.pk))
-                created.append(report)
+            errors.append(exc)
+            continue
+        if new:
+            created.append(report)
+    if errors:
+        # After every organisation had its turn: the task's retry and dead-letter rules apply
+        # (a new run creates only what is missing).
+        raise errors[0]
     return created

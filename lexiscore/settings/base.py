@@ -745,6 +745,9 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
 # ------------------------------------------------------------------------------------------------
 # Tries of one report before it is `failed` (with its reason); each retry backs off with jitter.
 REPORT_MAX_ATTEMPTS = env.int("REPORT_MAX_ATTEMPTS", default=3)
+# The report sweeper republishes a report still queued or running, unchanged, this long after it
+# was published (a report never published, at once); the report lease makes a duplicate harmless.
+REPORT_REDISPATCH_AFTER_SECONDS = env.int("REPORT_REDISPATCH_AFTER_SECONDS", default=900)
 REPORT_WPM_BIN_SECONDS = env.int("REPORT_WPM_BIN_SECONDS", default=60)
 REPORT_LONG_PAUSE_SECONDS = env.float("REPORT_LONG_PAUSE_SECONDS", default=2.0)
 REPORT_LOW_CONFIDENCE_BELOW = env.float("REPORT_LOW_CONFIDENCE_BELOW", default=0.5)
@@ -780,6 +783,12 @@ CELERY_BEAT_SCHEDULE.update(
                 day_of_week=env.str("REPORT_WEEKLY_DAY", default="mon"),
             ),
             "options": {"expires": 3600},
+        },
+        # Reports whose message was never published (broker down) or may be lost.
+        "redispatch-stale-reports": {
+            "task": "workers.reports.redispatch_stale_reports",
+            "schedule": env.int("REPORT_SWEEP_INTERVAL_SECONDS", default=60),
+            "options": {"expires": 50},
         },
         # Due webhook retries: short delays only ever live in the database, never in countdowns.
         "send-due-webhook-deliveries": {

@@ -39,6 +39,10 @@ class ReportOutput(CompiledOutput, serializers.Serializer):
     period_start = serializers.DateField(allow_null=True)
     period_end = serializers.DateField(allow_null=True)
     attempts = serializers.IntegerField()
+    error_code = serializers.CharField(
+        help_text="Why a failed report failed: invalid_input, generation_failed or "
+        "too_many_attempts (empty otherwise)."
+    )
     error_message = serializers.CharField()
     filename = serializers.CharField()
     size_bytes = serializers.IntegerField(allow_null=True)
