@@ -21,14 +21,19 @@ logger = logging.getLogger(__name__)
 
 class TranscriptionTask(LexisTask):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        job_id = (args or [None])[0] or kwargs.get("job_id")
+        job_id = (args or [None])[0] or (kwargs or {}).get("job_id")
         if job_id:
-            processing.job_fail_unexpectedly(
-                job_id=job_id,
-                code="internal_error",
-                message="The transcription failed because of an internal error; it has been "
-                "reported and can be retried by an operator.",
-            )
+            try:
+                processing.job_fail_unexpectedly(
+                    job_id=job_id,
+                    code="internal_error",
+                    message="The transcription failed because of an internal error; it has been "
+                    "reported and can be retried by an operator.",
+                )
+            except Exception:
+                # The dead letter below must still be written (it falls back to its queue when
+                # the database is down); the stuck-job sweeper requeues the job itself later.
+                logger.exception("Job %s could not be marked failed", job_id)
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
 
