@@ -180,10 +180,17 @@ def temp_files_cleanup(*, older_than_seconds: int | None = None) -> int:
 def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
     """Delete stored audio of finished jobs older than AUDIO_RETENTION_DAYS; clear `audio_key`.
 
-    Transcripts stay; only the audio goes. 0 days keeps audio forever.
+    Transcripts stay; only the audio goes. 0 days keeps audio forever. `audio_key` is cleared
+    only once the storage confirmed the delete: a job whose delete failed keeps its key and is
+    tried again by the next hourly run (the job row is the durable record, so no PendingDeletion
+    row is needed). Each job is locked while its file is deleted, so an operator's retry of a
+    failed job cannot start on audio that is being deleted.
     """
-    from apps.audio_jobs import storage
+    from django.db import transaction
+
     from apps.audio_jobs.models import FINAL_STATUSES, TranscriptionJob
+
+    from .storage import storage_delete
 
     days = settings.AUDIO_RETENTION_DAYS if days is None else days
     if days <= 0:
@@ -192,13 +199,37 @@ def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
     expired = TranscriptionJob.objects.filter(
         status__in=FINAL_STATUSES, finished_at__lt=cutoff
     ).exclude(audio_key="")
-    deleted = 0
+    deleted = failed = 0
     for job_id, key in expired.values_list("pk", "audio_key")[:5000]:
-        storage.delete_quietly(key)
-        # Conditional: a job re-run meanwhile (new key) keeps its audio.
-        deleted += TranscriptionJob.objects.filter(pk=job_id, audio_key=key).update(
-            audio_key="", updated_at=timezone.now()
-        )
+        with transaction.atomic():
+            # Re-checked under the lock: retried, deleted or given new audio meanwhile: skip.
+            locked = (
+                expired.filter(pk=job_id, audio_key=key).select_for_update(skip_locked=True).first()
+            )
+            if locked is None:
+                continue
+            error = storage_delete(key)
+            if error is not None:
+                failed += 1
+                logger.warning(
+                    "Audio retention: could not delete %s of job %s (kept; retried next run): %s",
+                    key,
+                    job_id,
+                    error,
+                    extra={"job_id": str(job_id), "storage_key": key},
+                )
+                continue
+            deleted += TranscriptionJob.objects.filter(pk=job_id).update(
+                audio_key="", updated_at=timezone.now()
+            )
     if deleted:
         logger.info("Audio retention: deleted the audio of %d jobs", deleted)
+    if failed:
+        from .metrics import STORAGE_DELETE_FAILURES
+
+        STORAGE_DELETE_FAILURES.inc(failed)
+        logger.error(
+            "Audio retention: %d audio file(s) could not be deleted; they are kept and retried",
+            failed,
+        )
     return deleted

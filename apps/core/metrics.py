@@ -105,6 +105,10 @@ DEAD_LETTERS = Counter(
     "Messages dead-lettered (stored in DeadLetter), by task and queue.",
     ["task", "queue"],
 )
+STORAGE_DELETE_FAILURES = Counter(
+    "lexiscore_storage_delete_failures",
+    "Stored-file deletes that failed and wait in PendingDeletion for a retry (apps.core.storage).",
+)
 TRANSCRIPTION_AUDIO_SECONDS = Counter(
     "lexiscore_transcription_audio_seconds",
     "Seconds of audio transcribed, by engine and model.",
@@ -234,8 +238,8 @@ class _Delegate(Collector):
 
 
 class PlatformCollector(Collector):
-    """Gauges read at scrape time: dependencies up, queues, dead letters pending, disk space,
-    backups.
+    """Gauges read at scrape time: dependencies up, queues, dead letters pending, file deletes
+    pending, disk space, backups.
 
     Computed by the web process that answers the scrape (one Redis round trip per queue and a
     couple of cheap queries), so Prometheus sees them even when every worker is down.
@@ -263,6 +267,7 @@ class PlatformCollector(Collector):
         yield up
         yield from _queue_metrics()
         yield from _dead_letter_metrics()
+        yield from _pending_deletion_metrics()
         yield from _disk_metrics()
         yield from _backup_metrics()
 
@@ -318,6 +323,29 @@ def _dead_letter_metrics() -> Iterator[Any]:
         logger.warning("Metrics: cannot count dead letters: %s", exc)
         return
     yield pending
+
+
+def _pending_deletion_metrics() -> Iterator[Any]:
+    from .models import PendingDeletion
+    from .storage import ALERT_AFTER_ATTEMPTS
+
+    pending = GaugeMetricFamily(
+        "lexiscore_storage_deletions_pending",
+        "Stored files whose delete has not been confirmed yet (retried by the hourly sweep).",
+    )
+    failing = GaugeMetricFamily(
+        "lexiscore_storage_deletions_failing",
+        f"Pending file deletes that failed {ALERT_AFTER_ATTEMPTS} times or more: look at them.",
+    )
+    try:
+        rows = PendingDeletion.objects.order_by()
+        pending.add_metric([], rows.count())
+        failing.add_metric([], rows.filter(attempts__gte=ALERT_AFTER_ATTEMPTS).count())
+    except Exception as exc:
+        logger.warning("Metrics: cannot count pending deletions: %s", exc)
+        return
+    yield pending
+    yield failing
 
 
 def _count():

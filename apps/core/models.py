@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 
 from django.db import models
+from django.utils import timezone
 
 
 class TimeStampedModel(models.Model):
@@ -45,3 +46,26 @@ class DeadLetter(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"{self.task_name} [{self.task_id}] {self.status}"
+
+
+class PendingDeletion(models.Model):
+    """A stored file that must be deleted: the durable half of `apps.core.storage`.
+
+    Written in the transaction that removes the last row pointing at the file, so the file is
+    never forgotten: the row goes only once the storage confirmed the delete (a missing file
+    counts as deleted). Failed attempts wait `next_attempt_at` and are retried by the hourly
+    retention task.
+    """
+
+    key = models.CharField(max_length=500)
+    attempts = models.PositiveIntegerField(default=0, help_text="Failed delete attempts.")
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["next_attempt_at"]
+        indexes = [models.Index(fields=["next_attempt_at"], name="pendingdeletion_next")]
+
+    def __str__(self) -> str:
+        return f"{self.key} (attempts {self.attempts})"
