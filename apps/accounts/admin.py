@@ -133,6 +133,19 @@ class OrganisationAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organisation]:
         return super().get_queryset(request).annotate(_members=Count("memberships"))
 
+    # Deleting an organisation deletes its stored files too (jobs' audio, reports, unused
+    # uploads), durably after the commit; a plain cascade would leave them in storage.
+    def delete_model(self, request: HttpRequest, obj: Organisation) -> None:
+        from apps.audio_jobs.services import organisation_delete
+
+        organisation_delete(organisation=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:
+        from apps.audio_jobs.services import organisation_delete
+
+        for organisation in queryset:
+            organisation_delete(organisation=organisation)
+
     @admin.display(description="members", ordering="_members")
     def member_count(self, obj: Any) -> int:
         return obj._members

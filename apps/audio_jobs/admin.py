@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from apps.core.exceptions import ConflictError
+from apps.core.exceptions import ApplicationError, ConflictError
 
 from . import services
 from .models import JobStatus, Transcript, TranscriptionJob, Upload
@@ -33,10 +33,19 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
     list_select_related = ("organisation",)
     readonly_fields = [f.name for f in TranscriptionJob._meta.fields]
     inlines = [TranscriptInline]
-    actions = ["cancel_jobs", "redispatch_jobs"]
+    actions = ["cancel_jobs", "redispatch_jobs", "retry_jobs"]
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    # Deleting here is deleting through the API: the job's audio and report files go too
+    # (after the commit, durably), not only its rows.
+    def delete_model(self, request, obj) -> None:
+        services.job_delete(job=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for job in queryset:
+            services.job_delete(job=job)
 
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request, queryset) -> None:
@@ -57,9 +66,29 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         )
         self.message_user(request, f"Published {sent} job(s).", messages.SUCCESS)
 
+    @admin.action(description="Retry the selected failed jobs from the start")
+    def retry_jobs(self, request, queryset) -> None:
+        count = 0
+        for job in queryset.filter(status=JobStatus.FAILED):
+            try:
+                services.job_retry(job=job)
+            except ApplicationError as exc:
+                self.message_user(request, f"{job.pk}: {exc.message}", messages.WARNING)
+                continue
+            count += 1
+        self.message_user(request, f"Queued {count} job(s) again.", messages.SUCCESS)
+
 
 @admin.register(Upload)
 class UploadAdmin(admin.ModelAdmin):
     list_display = ("id", "organisation", "status", "created_at", "expires_at")
     list_filter = ("status",)
     readonly_fields = [f.name for f in Upload._meta.fields]
+
+    # A pending ticket's object goes with it; a consumed one's object is its job's audio and stays.
+    def delete_model(self, request, obj) -> None:
+        services.upload_delete(upload=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for upload in queryset:
+            services.upload_delete(upload=upload)

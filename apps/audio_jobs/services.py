@@ -21,6 +21,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.exceptions import ApplicationError, ConflictError
+from apps.core.storage import delete_files_on_commit, discard_file
 
 from . import media, selectors, storage
 from .models import ACTIVE_STATUSES, JobPriority, JobStatus, TranscriptionJob, Upload
@@ -144,12 +145,12 @@ def job_create_from_file(
             audio_validated=True,
         )
     except IntegrityError:
-        storage.delete_quietly(key)
+        discard_file(key)
         if existing := _replay(organisation, idempotency_key):
             return existing, False
         raise
     except BaseException:
-        storage.delete_quietly(key)
+        discard_file(key)
         raise
     return job, True
 
@@ -200,6 +201,14 @@ def _consume_upload(
         if existing := _replay(organisation, idempotency_key):
             return existing, False
         raise ConflictError("This upload has already been used by a job.", code="upload_used")
+    if timezone.now() > upload_usable_until(upload):
+        raise ApplicationError(
+            f"This upload ticket expired at {upload.expires_at.isoformat()}: ask for a new one "
+            "(POST /api/v1/uploads) and upload the file again.",
+            code="upload_expired",
+            status_code=410,
+            details={"expires_at": upload.expires_at.isoformat()},
+        )
     size = storage.stored_size(upload.key)
     if size is None:
         raise ApplicationError(
@@ -207,7 +216,9 @@ def _consume_upload(
             code="upload_missing",
         )
     if size == 0 or size > upload.max_size:
-        storage.delete_quietly(upload.key)
+        # The ticket stays pending (the client may upload again before it expires); should this
+        # delete fail, the abandoned-upload sweep deletes the object with the unused ticket.
+        discard_file(upload.key)
         raise ApplicationError(
             f"The uploaded object is {size} bytes; it must be between 1 and "
             f"{upload.max_size} bytes.",
@@ -285,6 +296,46 @@ def upload_create(*, organisation, user, filename: str, size_bytes: int) -> tupl
         expires_at=timezone.now() + timedelta(seconds=expires_in),
     )
     return upload, storage.presigned_post(key, max_size=limit, expires_in=expires_in)
+
+
+def upload_usable_until(upload: Upload):
+    """Until when a ticket may become a job: its expiry, plus a grace for an upload that started
+    in time but finished late. Past it, the ticket is refused and swept with its object."""
+    return upload.expires_at + timedelta(seconds=settings.PRESIGNED_UPLOAD_GRACE_SECONDS)
+
+
+@transaction.atomic
+def upload_delete(*, upload: Upload) -> None:
+    """Delete a ticket; an unused one's object too (after the commit). A consumed ticket's object
+    is its job's audio, which stays with the job."""
+    locked = Upload.objects.select_for_update().filter(pk=upload.pk).first()
+    if locked is None:
+        return
+    locked.delete()
+    if locked.status == Upload.Status.PENDING:
+        delete_files_on_commit([locked.key])
+
+
+def uploads_delete_abandoned(*, now=None, limit: int = 1000) -> int:
+    """Delete pending upload tickets past their usable time, and their objects (after commit).
+
+    Hourly, from the retention task. A ticket being consumed right now is locked and skipped;
+    once it is deleted, a late consume answers 404.
+    """
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.PRESIGNED_UPLOAD_GRACE_SECONDS)
+    with transaction.atomic():
+        abandoned = list(
+            Upload.objects.select_for_update(skip_locked=True)
+            .filter(status=Upload.Status.PENDING, expires_at__lt=cutoff)
+            .order_by()
+            .values_list("pk", "key")[:limit]
+        )
+        if not abandoned:
+            return 0
+        Upload.objects.filter(pk__in=[pk for pk, _key in abandoned]).delete()
+        delete_files_on_commit(key for _pk, key in abandoned)
+    logger.info("Deleted %d abandoned upload ticket(s) and their objects", len(abandoned))
+    return len(abandoned)
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
@@ -371,12 +422,87 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
     return locked
 
 
+@transaction.atomic
 def job_delete(*, job: TranscriptionJob) -> None:
-    """Delete a job, its transcript and its audio. A running transcription is stopped first."""
-    key = job.audio_key
-    with transaction.atomic():
-        locked = TranscriptionJob.objects.select_for_update().filter(pk=job.pk).first()
-        if locked is None:
-            return
-        locked.delete()
-        transaction.on_commit(lambda: storage.delete_quietly(key))
+    """Delete a job, its transcript, its reports and their stored files (audio, report files).
+
+    A running transcription is stopped first (its worker finds the job gone). The files are
+    deleted after the commit, durably (apps.core.storage): a rollback keeps them, a failed delete
+    is retried by the hourly sweep.
+    """
+    locked = TranscriptionJob.objects.select_for_update().filter(pk=job.pk).first()
+    if locked is None:
+        return
+    # Locked too, so a report finishing meanwhile waits and then finds its row gone.
+    report_keys = locked.reports.select_for_update().values_list("file_key", flat=True)
+    keys = [locked.audio_key, *report_keys]
+    locked.delete()
+    delete_files_on_commit(keys)
+
+
+@transaction.atomic
+def job_retry(*, job: TranscriptionJob) -> TranscriptionJob:
+    """Run a failed job again from the start (an operator's decision): queued, with its error and
+    delivery count reset, and published after the commit with its own priority and time limits.
+    """
+    locked = TranscriptionJob.objects.select_for_update().filter(pk=job.pk).first()
+    if locked is None:
+        raise ApplicationError("No such job.", code="job_not_found", status_code=404)
+    if locked.status != JobStatus.FAILED:
+        raise ConflictError(
+            f"The job is {locked.status}; only failed jobs can be retried.",
+            code="job_not_retryable",
+        )
+    if not locked.audio_key:
+        raise ConflictError(
+            "The job's audio was deleted (retention), so it cannot run again.",
+            code="job_audio_deleted",
+        )
+    now = timezone.now()
+    reset: dict[str, Any] = {
+        "status": JobStatus.QUEUED,
+        "queued_at": now,
+        "dispatched_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "heartbeat_at": None,
+        "worker": "",
+        "progress": 0.0,
+        # A fresh delivery budget: the poison cap counts from here.
+        "attempts": 0,
+        "deliveries_ended": 0,
+        "cancel_requested": False,
+        "error_code": "",
+        "error_message": "",
+        "processing_seconds": None,
+    }
+    for name, value in reset.items():
+        setattr(locked, name, value)
+    locked.save(update_fields=[*reset, "updated_at"])
+    transaction.on_commit(lambda: job_dispatch(job_id=locked.pk))
+    logger.info("Job %s queued again by an operator", locked.pk, extra={"job_id": str(locked.pk)})
+    return locked
+
+
+@transaction.atomic
+def organisation_delete(*, organisation) -> None:
+    """Delete an organisation with everything it owns, and its stored files after the commit.
+
+    For operators (the admin). The stored files are jobs' audio, reports and unused uploads, so
+    this lives beside `job_delete`. Locking the organisation first makes a job or upload created
+    meanwhile fail on its foreign key (and remove its own file).
+    """
+    from apps.accounts.models import Organisation
+
+    locked = Organisation.objects.select_for_update().filter(pk=organisation.pk).first()
+    if locked is None:
+        return
+    jobs = TranscriptionJob.objects.select_for_update().filter(organisation=locked).order_by()
+    keys = [
+        *jobs.exclude(audio_key="").values_list("audio_key", flat=True),
+        *locked.reports.select_for_update().exclude(file_key="").values_list("file_key", flat=True),
+        # A consumed upload's object is its job's audio, already listed.
+        *locked.uploads.filter(status=Upload.Status.PENDING).values_list("key", flat=True),
+    ]
+    locked.delete()
+    delete_files_on_commit(keys)

@@ -1,4 +1,4 @@
-"""Writes of the core app: the dead-letter store."""
+"""Writes of the core app: the dead-letter store (stored-file deletion: apps.core.storage)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from .exceptions import ConflictError
 from .models import DeadLetter
 
 
@@ -46,22 +47,56 @@ def dead_letter_record(
     return dead_letter
 
 
+TRANSCRIBE_TASK = "workers.transcription.transcribe_job"
+
+
 @transaction.atomic
 def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
-    """Send the message again, under a new task id, once this row's change is committed."""
+    """Send the message again, under a new task id, once this row's change is committed.
+
+    A transcription's dead letter retries its job instead (`job_retry`): the job was failed before
+    it was dead-lettered, so the bare message would only be skipped. Raises `ConflictError` (the
+    row stays pending) when the job finished or was deleted meanwhile: nothing to run again.
+    """
     from lexiscore.celery import app
 
     locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
+    if locked.task_name == TRANSCRIBE_TASK:
+        _requeue_transcription(locked)
+    else:
+        transaction.on_commit(
+            lambda: app.send_task(
+                locked.task_name, args=locked.args, kwargs=locked.kwargs, queue=locked.queue
+            )
+        )
     locked.status = DeadLetter.Status.REQUEUED
     locked.requeued_at = timezone.now()
     locked.requeue_count += 1
     locked.save(update_fields=["status", "requeued_at", "requeue_count", "updated_at"])
-    transaction.on_commit(
-        lambda: app.send_task(
-            locked.task_name, args=locked.args, kwargs=locked.kwargs, queue=locked.queue
-        )
-    )
     return locked
+
+
+def _requeue_transcription(dead_letter: DeadLetter) -> None:
+    from apps.audio_jobs import services as job_services
+    from apps.audio_jobs.models import ACTIVE_STATUSES, JobStatus, TranscriptionJob
+
+    job_id = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("job_id")
+    job = TranscriptionJob.objects.select_for_update().filter(pk=job_id).first() if job_id else None
+    if job is None:
+        raise ConflictError(
+            f"Job {job_id} no longer exists; purge this dead letter.", code="job_not_found"
+        )
+    if job.status == JobStatus.FAILED:
+        job_services.job_retry(job=job)
+    elif job.status in ACTIVE_STATUSES:
+        # Not failed (recording the failure failed too): publish it if it waits in the queue; a
+        # processing one is the stuck-job sweeper's.
+        transaction.on_commit(lambda: job_services.job_dispatch(job_id=job.pk))
+    else:
+        raise ConflictError(
+            f"Job {job.pk} is {job.status}: there is nothing to run again; purge this dead letter.",
+            code="job_not_retryable",
+        )
 
 
 def dead_letter_purge(*, older_than=None, status: str | None = None) -> int:

@@ -376,3 +376,57 @@ def test_an_uploaded_object_that_is_not_audio_fails_at_the_workers_validation(ap
     assert outcome == "failed"
     assert (job.status, job.error_code) == (JobStatus.FAILED, "unsupported_media_type")
     assert job.audio_validated is False
+
+
+# ---- expiry and abandoned tickets --------------------------------------------------------------
+def test_an_expired_ticket_is_refused_with_410_and_stays_for_the_sweep(
+    api_client, auth, s3, settings, clip_bytes
+):
+    settings.PRESIGNED_UPLOAD_GRACE_SECONDS = 3600
+    body = ticket(api_client, auth)
+    send(body, clip_bytes)
+    Upload.objects.filter(pk=body["id"]).update(
+        expires_at=timezone.now() - timedelta(hours=1, seconds=1)
+    )
+
+    response = create_job(api_client, auth, body["id"])
+
+    assert response.status_code == 410
+    assert error_code(response) == "upload_expired"
+    assert "ask for a new one (POST /api/v1/uploads)" in response.json()["error"]["message"]
+    assert TranscriptionJob.objects.count() == 0
+    assert exists(s3, Upload.objects.get(pk=body["id"]).key)
+
+
+def test_a_late_job_within_the_grace_still_uses_its_ticket(
+    api_client, auth, s3, settings, clip_bytes
+):
+    # The upload started before the ticket expired and finished after it.
+    settings.PRESIGNED_UPLOAD_GRACE_SECONDS = 3600
+    body = ticket(api_client, auth)
+    send(body, clip_bytes)
+    Upload.objects.filter(pk=body["id"]).update(expires_at=timezone.now() - timedelta(minutes=5))
+
+    response = create_job(api_client, auth, body["id"])
+
+    assert response.status_code == 201, response.json()
+
+
+def test_an_abandoned_ticket_and_its_object_are_deleted_by_the_sweep(
+    api_client, auth, s3, settings, clip_bytes, django_capture_on_commit_callbacks
+):
+    settings.PRESIGNED_UPLOAD_GRACE_SECONDS = 3600
+    abandoned, used = ticket(api_client, auth), ticket(api_client, auth)
+    for body in (abandoned, used):
+        send(body, clip_bytes)
+    create_job(api_client, auth, used["id"])
+    Upload.objects.update(expires_at=timezone.now() - timedelta(days=2))
+    keys = {u.pk: u.key for u in Upload.objects.all()}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deleted = services.uploads_delete_abandoned()
+
+    assert deleted == 1
+    assert list(Upload.objects.values_list("status", flat=True)) == [Upload.Status.CONSUMED]
+    assert not exists(s3, keys[uuid.UUID(abandoned["id"])])
+    assert exists(s3, keys[uuid.UUID(used["id"])])  # the job's audio

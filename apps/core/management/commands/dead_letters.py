@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from apps.core import selectors, services
+from apps.core.exceptions import ApplicationError
 from apps.core.models import DeadLetter
 
 
@@ -57,7 +58,11 @@ class Command(BaseCommand):
             raise CommandError("Name dead letter ids, or pass --all.")
         count = 0
         for row in rows:
-            services.dead_letter_requeue(dead_letter=row)
+            try:
+                services.dead_letter_requeue(dead_letter=row)
+            except ApplicationError as exc:
+                self.stderr.write(self.style.WARNING(f"{row.pk}: {exc.message}"))
+                continue
             count += 1
         self.stdout.write(self.style.SUCCESS(f"Requeued {count} message(s)"))
 
