@@ -431,3 +431,26 @@ def test_the_admin_retries_the_selected_failed_jobs(
 
 def published_ids(publish) -> list[str]:
     return [c.kwargs["args"][0] for c in publish.call_args_list]
+
+
+def test_the_dead_letters_command_reports_what_it_cannot_requeue_and_goes_on(
+    publish, capsys, django_capture_on_commit_callbacks
+):
+    from django.core.management import call_command
+
+    failed, completed = failed_job(), JobFactory(status=JobStatus.COMPLETED)
+    for job in (completed, failed):
+        DeadLetter.objects.create(
+            task_name="workers.transcription.transcribe_job",
+            task_id=f"t-{job.pk}",
+            queue="transcription.cpu",
+            args=[str(job.pk)],
+        )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("dead_letters", "requeue", "--all")
+
+    out, err = capsys.readouterr()
+    assert "Requeued 1 message(s)" in out
+    assert f"Job {completed.pk} is completed: there is nothing to run again" in err
+    assert published_ids(publish) == [str(failed.pk)]

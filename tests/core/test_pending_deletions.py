@@ -273,3 +273,24 @@ def test_retention_leaves_a_job_alone_while_another_transaction_holds_it(media_r
     job.refresh_from_db()
     assert deleted == 0
     assert files(media_root) == [job.audio_key]
+
+
+def test_an_operator_can_try_pending_deletes_now_but_not_delete_their_rows(
+    client, settings, media_root
+):
+    from apps.accounts.models import User
+
+    client.force_login(User.objects.create_superuser("root@example.com", "a-long-Passphrase-42"))
+    stored("a/stuck.wav")
+    row = PendingDeletion.objects.create(key="a/stuck.wav", attempts=7, last_error="AccessDenied")
+    url = f"/{settings.ADMIN_URL}core/pendingdeletion/"
+
+    refused = client.post(f"{url}{row.pk}/delete/", {"post": "yes"})
+    response = client.post(
+        url, {"action": "attempt_now", "_selected_action": [row.pk]}, follow=True
+    )
+
+    assert refused.status_code == 403
+    assert "Deleted 1 file(s); 0 still failing." in response.content.decode()
+    assert PendingDeletion.objects.count() == 0
+    assert files(media_root) == []
