@@ -230,6 +230,12 @@ _BATCH_COUNTERS = (
         1,
     ),
     (
+        "lexiscore_whisper_prepare_stuck_kills",
+        "Preparation processes killed because a file still ran long after its job gave up on it.",
+        "preparation_stuck_kills",
+        1,
+    ),
+    (
         "lexiscore_whisper_prepare_long_files",
         "Files too long to prepare at once, prepared in their job's thread instead.",
         "long_files_prepared_in_thread",

@@ -26,6 +26,7 @@ any work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -49,6 +50,10 @@ CHUNK_SECONDS = 30
 MAX_PREPARED_WINDOWS = 120
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 POLL_SECONDS = 0.2
+# A preparation still running this long after its job gave up on it (cancel, time limit) is
+# stuck (a decoder caught in a loop): its processes are killed, as if it had died, so it cannot
+# hold a process of the pool for ever. A four-hour file prepares in under a minute.
+STUCK_SECONDS = 300.0
 # The VAD this process runs: faster-whisper's own ("onnx") unless this is a preparation process
 # that loaded another (``_start_process``).
 _vad_engine = "onnx"
@@ -201,6 +206,7 @@ class PreparationPool:
         target: Callable[..., PreparedAudio] = prepare_for_batching,
         vad_engine: str = "auto",
         vad_device: str = "cpu",
+        stuck_seconds: float = STUCK_SECONDS,
     ) -> None:
         from workers.engines.silero import VAD_ENGINES
 
@@ -221,8 +227,10 @@ class PreparationPool:
         # A dead process fails every file in its pool at once: their solo retries start at most
         # this many processes at a time, not one per job thread.
         self._solo_slots = threading.BoundedSemaphore(self.processes)
+        self.stuck_seconds = stuck_seconds
         self.replacements = 0
         self.solo_preparations = 0
+        self.stuck_kills = 0
 
     def _new_executor(self, processes: int | None = None) -> ProcessPoolExecutor:
         # No max_tasks_per_child: on Python 3.11-3.13 (before gh-115634's fix) a pool with a
@@ -260,7 +268,7 @@ class PreparationPool:
                     self._replace(executor)
                 executor = self._executor
                 future = executor.submit(self._target, *args)
-            return self._wait(future, should_cancel, executor)
+            return self._wait(future, should_cancel, executor, shared=True)
         except BrokenProcessPool:
             self._replace(executor)
         logger.warning("a preparation process died; preparing %s again on its own", args[0])
@@ -269,7 +277,7 @@ class PreparationPool:
                 self.solo_preparations += 1
             solo = self._new_executor(processes=1)
             try:
-                return self._wait(solo.submit(self._target, *args), should_cancel)
+                return self._wait(solo.submit(self._target, *args), should_cancel, solo)
             except BrokenProcessPool:
                 from workers.engines.errors import AudioDecodeError
 
@@ -348,11 +356,17 @@ class PreparationPool:
             return len({f.result() for f in done if not f.cancelled() and f.exception() is None})
 
     def _wait(
-        self, future: Future, should_cancel: Any, pool: ProcessPoolExecutor | None = None
+        self,
+        future: Future,
+        should_cancel: Any,
+        executor: ProcessPoolExecutor,
+        *,
+        shared: bool = False,
     ) -> PreparedAudio:
         """The future's result, polling ``should_cancel``; a future left behind in a pool that
         was replaced meanwhile (a rare race inside ``ProcessPoolExecutor`` can leave it pending
-        for ever) counts as broken once it has waited a second without starting."""
+        for ever) counts as broken once it has waited a second without starting. A future
+        given up while it runs is watched (``_reap_if_stuck``)."""
         stranded = 0
         while True:
             done, _pending = wait([future], timeout=POLL_SECONDS)
@@ -368,14 +382,44 @@ class PreparationPool:
                     raise TranscriptionCancelled()
             except BaseException:
                 # Cancelled, or a time limit raised by the check: the file is not prepared for
-                # nothing if it has not started (one already running finishes, unread).
-                future.cancel()
+                # nothing if it has not started (one already running finishes, unread, unless
+                # it is stuck).
+                if not future.cancel():
+                    self._reap_if_stuck(future, executor)
                 raise
-            if pool is not None and pool is not self._executor and not future.running():
+            if shared and executor is not self._executor and not future.running():
                 stranded += 1
                 if stranded * POLL_SECONDS >= 1.0:
                     future.cancel()
                     raise BrokenProcessPool("left behind in a replaced pool")
+
+    def _reap_if_stuck(self, future: Future, executor: ProcessPoolExecutor) -> None:
+        """Its job gave up on ``future`` while it ran: if it still runs ``stuck_seconds`` later,
+        kill the processes of its executor. Which process runs it is not known; killing them
+        all breaks the pool as a dying process would, and the files prepared there meanwhile are
+        prepared again on their own (``prepare``), so only the stuck file is lost, and its job
+        had already ended."""
+
+        # Taken now: shutting an executor down (a solo one, at once) forgets its processes.
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+
+        def watch() -> None:
+            done, _pending = wait([future], timeout=self.stuck_seconds)
+            if done:
+                return
+            logger.error(
+                "a preparation still runs %.0f s after its job gave up on it: killing %d "
+                "preparation process(es)",
+                self.stuck_seconds,
+                len(processes),
+            )
+            with self._lock:
+                self.stuck_kills += 1
+            for process in processes:
+                with contextlib.suppress(OSError, ValueError):  # already gone
+                    process.kill()
+
+        threading.Thread(target=watch, name="preparation-reaper", daemon=True).start()
 
     def _replace(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

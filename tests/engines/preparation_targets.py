@@ -36,3 +36,13 @@ def report_thread_limits(
     """The thread-limit variables a preparation process sees, in the file name's place."""
     names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
     return PreparedAudio(duration=0.0, metadata=[{name: os.environ.get(name) for name in names}])
+
+
+def hang_on_marked_files(
+    path: str, vad: bool, feature_kwargs: dict[str, Any], max_windows: int
+) -> PreparedAudio:
+    """Never return for a file named ``*.hang*`` (a decoder caught in a loop)."""
+    if ".hang" in path:
+        while True:
+            time.sleep(1.0)
+    return prepare_for_batching(path, vad, feature_kwargs, max_windows)

@@ -17,9 +17,13 @@ import numpy as np
 import pytest
 
 from tests.engines.conftest import SENTENCES, wer
-from tests.engines.preparation_targets import die_on_marked_files, report_thread_limits
+from tests.engines.preparation_targets import (
+    die_on_marked_files,
+    hang_on_marked_files,
+    report_thread_limits,
+)
 from tests.engines.test_batching import ENGLISH, new_scheduler, run_jobs
-from tests.support.processes import spawned_children
+from tests.support.processes import child_pids, spawned_children
 from workers.engines.batching import BatchScheduler
 from workers.engines.errors import AudioDecodeError, TranscriptionCancelled
 from workers.preparation import (
@@ -251,6 +255,35 @@ print(json.dumps({{"text": result.text, "stats": stats}}))
     assert report["stats"]["preparation_unavailable"] == 1
     assert report["stats"]["prepare_processes"] == 0
     assert "audio preparation stays in the job threads" in done.stderr
+
+
+def test_a_preparation_stuck_after_its_job_gave_up_is_killed_and_the_pool_goes_on(
+    three_window_clip, tmp_path
+):
+    """A file whose decoding never ends must not hold a pool process for ever once its job has
+    given up (cancel, time limit): its processes are killed and the pool replaced."""
+    pool = PreparationPool(1, target=hang_on_marked_files, stuck_seconds=1.0)
+    stuck = _copy(three_window_clip, tmp_path, "stuck.hang.wav")
+    give_up = time.monotonic() + 3.0  # the first call also spawns the process
+    others = set(child_pids(os.getpid(), "spawn_main"))  # other tests' pools
+    try:
+        with pytest.raises(TranscriptionCancelled):
+            pool.prepare(stuck, True, {"feature_size": 80}, lambda: time.monotonic() > give_up)
+        hung = set(child_pids(os.getpid(), "spawn_main")) - others
+        deadline = time.monotonic() + 20
+        while pool.stuck_kills == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        killed = pool.stuck_kills
+        after = pool.prepare(three_window_clip, True, {"feature_size": 80})
+        still_there = hung & set(child_pids(os.getpid(), "spawn_main"))
+    finally:
+        pool.close()
+
+    assert len(hung) == 1
+    assert killed == 1
+    assert not still_there
+    assert after.duration > 0
+    assert pool.replacements == 1
 
 
 def test_a_time_limit_raised_by_the_cancel_check_reaches_the_job(three_window_clip):

@@ -760,6 +760,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 "solo_preparations": (
                     self._preparation.solo_preparations if self._preparation else 0
                 ),
+                "preparation_stuck_kills": (
+                    self._preparation.stuck_kills if self._preparation else 0
+                ),
                 "long_files_prepared_in_thread": self._stats["long_files_prepared_in_thread"],
                 "preparation_unavailable": self._stats["preparation_unavailable"],
                 # Files by the VAD that split them (a worker set to the PyTorch VAD counting
