@@ -1,15 +1,17 @@
 """What happens after a job reaches a final state: notifications, each on its own queue.
 
 Called inside the transaction that finished the job. Webhook deliveries (`job.completed` /
-`job.failed`) are written in that same transaction, one per subscribed active endpoint, and the
-email to the job's creator (unless they turned job emails off) is published only after commit,
-so a rolled-back finish notifies nobody and a committed one notifies exactly once.
+`job.failed`, one per subscribed active endpoint) and the email to the job's creator (unless they
+turned job emails off, in the email outbox) are written in that same transaction, so a
+rolled-back finish notifies nobody and a committed one notifies exactly once. Their tasks are
+published after commit, each on its own and never raising into the task that finished the job:
+what a broker blip fails to publish, beat's sweeps (`send_due_deliveries`, `send_due_emails`)
+publish later.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.db import transaction
 
 from .models import JobStatus, TranscriptionJob
 
@@ -51,7 +53,7 @@ def _publish_webhooks(job: TranscriptionJob) -> None:
 
 def _send_email(job: TranscriptionJob) -> None:
     from apps.notifications.models import NotificationKind
-    from apps.notifications.services import unsubscribe_url, wants
+    from apps.notifications.services import email_enqueue, unsubscribe_url, wants
 
     template = TEMPLATES.get(job.status)
     user = job.created_by
@@ -69,16 +71,10 @@ def _send_email(job: TranscriptionJob) -> None:
         "transcript_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}/transcript?format=txt",
         "unsubscribe_url": unsubscribe_url(user=user, kind=NotificationKind.JOB),
     }
-    email = user.email
-    dedupe_key = f"job:{job.pk}:{job.status}"
-
-    def send() -> None:
-        from workers.emails import send_email
-
-        send_email.apply_async(
-            args=[template, [email], context],
-            kwargs={"dedupe_key": dedupe_key},
-            headers={"job_id": str(job.pk)},
-        )
-
-    transaction.on_commit(send)
+    email_enqueue(
+        template=template,
+        to=[user.email],
+        context=context,
+        dedupe_key=f"job:{job.pk}:{job.status}",
+        headers={"job_id": str(job.pk)},
+    )

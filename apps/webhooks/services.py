@@ -38,6 +38,9 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
+# What a try returns when its endpoint was deleted meanwhile (the delivery went with it).
+DELETED = "deleted"
+
 
 class UnsafeWebhookURL(ApplicationError):
     code = "unsafe_webhook_url"
@@ -150,16 +153,33 @@ def _deliveries_create(
         for endpoint in endpoints
     )
     ids = [str(d.pk) for d in deliveries]
-
-    def enqueue() -> None:
-        from workers.webhooks import deliver
-
-        for delivery_id in ids:
-            deliver.apply_async(args=[delivery_id])
-
     if ids:
-        transaction.on_commit(enqueue)
+        transaction.on_commit(lambda: deliveries_publish(ids), robust=True)
     return deliveries
+
+
+def deliveries_publish(delivery_ids: list[str]) -> int:
+    """Ask the webhooks queue to try each delivery now; returns how many were published.
+
+    Never raises: a delivery whose publish fails (broker down) stays due in the database and
+    beat's `send_due_deliveries` sends it, so the caller (a job that just completed) goes on.
+    """
+    from workers.webhooks import deliver
+
+    published = 0
+    for delivery_id in delivery_ids:
+        try:
+            deliver.apply_async(args=[delivery_id])
+        except Exception:
+            logger.warning(
+                "Webhook delivery %s not published; the due-delivery sweep will send it",
+                delivery_id,
+                exc_info=True,
+                extra={"delivery_id": delivery_id},
+            )
+        else:
+            published += 1
+    return published
 
 
 def event_publish(*, organisation, event_type: str, data: dict[str, Any]) -> list[WebhookDelivery]:
@@ -246,7 +266,9 @@ def delivery_attempt(*, delivery_id: str) -> str:
     now = timezone.now()
     if not _claim(delivery_id, now):
         return "skipped"
-    delivery = WebhookDelivery.objects.select_related("endpoint").get(pk=delivery_id)
+    delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
+    if delivery is None:
+        return DELETED
     endpoint = delivery.endpoint
     if not endpoint.is_active:
         _finish(delivery, DeliveryStatus.FAILED, error="The endpoint is disabled.")
@@ -291,9 +313,21 @@ def delivery_attempt(*, delivery_id: str) -> str:
 def _record(
     delivery, endpoint, status_code, error, retry_after, duration_ms, *, receiver_failed=True
 ) -> str:
-    """Log the try and schedule the next; only a receiver's failure counts against its endpoint."""
+    """Log the try and schedule the next; only a receiver's failure counts against its endpoint.
+
+    Returns "deleted" when the endpoint (and with it the delivery) was deleted during the try.
+    """
     now = timezone.now()
-    endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    # The delivery first, then its endpoint: the order a cascading delete locks them in.
+    present = WebhookDelivery.objects.select_for_update().filter(pk=delivery.pk).exists()
+    endpoint = WebhookEndpoint.objects.select_for_update().filter(pk=endpoint.pk).first()
+    if endpoint is None or not present:
+        logger.info(
+            "Webhook delivery %s: its endpoint was deleted during the try; nothing recorded",
+            delivery.pk,
+            extra={"delivery_id": str(delivery.pk)},
+        )
+        return DELETED
     WebhookAttempt.objects.create(
         delivery=delivery,
         attempted_at=now,
@@ -352,20 +386,24 @@ def _finish(delivery: WebhookDelivery, status: str, *, error: str) -> None:
     delivery.status = status
     delivery.last_error = error
     delivery.next_attempt_at = None
-    delivery.save(update_fields=["status", "last_error", "next_attempt_at", "updated_at"])
+    # An UPDATE of nothing (deleted meanwhile) is fine: there is nothing left to finish.
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        status=status, last_error=error, next_attempt_at=None, updated_at=timezone.now()
+    )
 
 
 def _disable_and_notify(endpoint: WebhookEndpoint, reason: str) -> None:
+    """Disable the endpoint and queue an email to each owner and admin (in the outbox, in the
+    caller's transaction)."""
     from apps.accounts.models import Membership, Role
     from apps.notifications.models import NotificationKind
-    from apps.notifications.services import unsubscribe_url, wants
+    from apps.notifications.services import email_enqueue, unsubscribe_url, wants
 
     endpoint_disable(endpoint=endpoint, reason=reason)
     logger.warning("Webhook endpoint %s disabled: %s", endpoint.pk, reason)
     admins = Membership.objects.filter(
         organisation_id=endpoint.organisation_id, role__in=[Role.OWNER, Role.ADMIN]
     ).select_related("user", "organisation")
-    messages = []
     disabled_at = int(endpoint.disabled_at.timestamp()) if endpoint.disabled_at else 0
     for membership in admins:
         user = membership.user
@@ -380,18 +418,12 @@ def _disable_and_notify(endpoint: WebhookEndpoint, reason: str) -> None:
             ),
             "unsubscribe_url": unsubscribe_url(user=user, kind=NotificationKind.WEBHOOK_ALERTS),
         }
-        messages.append((user.email, context))
-
-    def send() -> None:
-        from workers.emails import send_email
-
-        for email, context in messages:
-            send_email.apply_async(
-                args=["webhook_disabled", [email], context],
-                kwargs={"dedupe_key": f"webhook-disabled:{endpoint.pk}:{disabled_at}:{email}"},
-            )
-
-    transaction.on_commit(send)
+        email_enqueue(
+            template="webhook_disabled",
+            to=[user.email],
+            context=context,
+            dedupe_key=f"webhook-disabled:{endpoint.pk}:{disabled_at}:{user.email}",
+        )
 
 
 def due_delivery_ids(*, limit: int = 1000) -> list[str]:

@@ -583,6 +583,11 @@ vars().update(EMAIL_CONFIG)
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="LexisCore <no-reply@localhost>")
 SERVER_EMAIL = DEFAULT_FROM_EMAIL
+# Email outbox (apps.notifications EmailOutbox, swept by beat): a pending email is published again
+# this long after it was queued or claimed; a try that failed transiently is retried with backoff
+# (1 min doubling to 1 h), and after EMAIL_OUTBOX_MAX_ATTEMPTS tries the email is `failed`.
+EMAIL_OUTBOX_RESEND_AFTER_SECONDS = env.int("EMAIL_OUTBOX_RESEND_AFTER_SECONDS", default=300)
+EMAIL_OUTBOX_MAX_ATTEMPTS = env.int("EMAIL_OUTBOX_MAX_ATTEMPTS", default=8)
 
 # ------------------------------------------------------------------------------------------------
 # Logging: every line carries the request id (and the job id inside tasks)
@@ -798,6 +803,12 @@ CELERY_BEAT_SCHEDULE.update(
             "task": "workers.webhooks.send_due_deliveries",
             "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=15.0),
             "options": {"expires": 14},
+        },
+        # Emails still pending in the outbox (publish lost, worker killed, transient failure).
+        "send-due-emails": {
+            "task": "workers.emails.send_due_emails",
+            "schedule": env.float("EMAIL_OUTBOX_SWEEP_INTERVAL_SECONDS", default=30.0),
+            "options": {"expires": 25},
         },
     }
 )

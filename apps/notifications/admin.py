@@ -1,0 +1,28 @@
+from django.contrib import admin, messages
+
+from . import services
+from .models import EmailOutbox, EmailStatus
+
+
+@admin.register(EmailOutbox)
+class EmailOutboxAdmin(admin.ModelAdmin):
+    """Queued emails: what is pending, what failed and why. Read-only; failed ones can be sent
+    again once the cause (SMTP settings, a template) is fixed."""
+
+    list_display = ("created_at", "template", "status", "attempts", "next_try_at", "sent_at")
+    list_filter = ("status", "template")
+    search_fields = ("id", "dedupe_key", "last_error")
+    readonly_fields = [f.name for f in EmailOutbox._meta.fields]
+    actions = ["requeue"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Send the selected failed emails again")
+    def requeue(self, request, queryset) -> None:
+        ids = queryset.filter(status=EmailStatus.FAILED).values_list("pk", flat=True)
+        count = services.email_requeue(outbox_ids=[str(pk) for pk in ids])
+        self.message_user(request, f"Published {count} email(s) again.", messages.SUCCESS)
