@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from apps.audio_jobs.leases import JobLease
 from apps.core.exceptions import ApplicationError, ConflictError
+from apps.core.storage import delete_files_on_commit, discard_file
 
 from . import rendering
 from .models import (
@@ -45,6 +46,11 @@ logger = logging.getLogger(__name__)
 # A report never published is published by the sweeper once it is this old (the request that
 # created it publishes it right after its commit).
 NEVER_DISPATCHED_GRACE_SECONDS = 15
+# Usage reports cover dates from here to a year ahead (earlier dates hold no usage, and date
+# arithmetic near year 1 overflows).
+EARLIEST_PERIOD_DATE = date(2000, 1, 1)
+# What viewers (and report.failed webhooks) read of a failure that is not their input's fault.
+GENERATION_FAILED_MESSAGE = "The report could not be generated (an internal error, logged)."
 
 
 def _lease(report_id: str) -> JobLease:
@@ -131,6 +137,13 @@ def report_request(
         fields["job"] = job
     else:
         today = timezone.now().date()
+        latest = today + timedelta(days=366)
+        for value in (period_start, period_end):
+            if value is not None and not EARLIEST_PERIOD_DATE <= value <= latest:
+                raise ApplicationError(
+                    f"Report periods lie between {EARLIEST_PERIOD_DATE} and {latest}.",
+                    code="invalid_period",
+                )
         period_end = period_end or today + timedelta(days=1)
         period_start = period_start or period_end - timedelta(days=7)
         if period_start >= period_end or (period_end - period_start).days > 366:
@@ -159,7 +172,8 @@ def report_retry(*, report: Report) -> Report:
 
 
 def report_delete(*, report: Report) -> None:
-    """Delete a report, then its file after commit (a storage error is logged, never raised).
+    """Delete a report, then its file after commit (`apps.core.storage`: a failed delete is kept
+    and retried, never raised).
 
     The row is locked and read again: a report that became ready since the caller loaded it is
     deleted with the file it has now.
@@ -170,10 +184,7 @@ def report_delete(*, report: Report) -> None:
             return
         key = locked.file_key
         locked.delete()
-        if key:
-            # TODO: switch to apps.core's durable pending storage deletions (being built) inside
-            # this block; until then a failed delete is logged and the file stays (an orphan).
-            transaction.on_commit(lambda: _delete_quietly(key, why="was deleted"))
+        delete_files_on_commit([key])  # durably: a failed delete is retried, never an orphan
 
 
 def _usage_period(report: Report) -> tuple[date, date]:
@@ -304,28 +315,25 @@ def _build(report: Report) -> Report | None:
             )
             return report
         if key:  # stored, but the report did not become ready: no orphan file
-            _delete_quietly(key, why="did not become ready")
+            discard_file(key)
         invalid = isinstance(exc, rendering.ReportInputError)
+        if not invalid:
+            # The reason stays in the logs: an exception's text names paths, buckets and hosts,
+            # and the report (and its report.failed webhook) is read by every viewer.
+            logger.warning("Report %s could not be generated", report.pk, exc_info=True)
         if not report_record_failure(
             report=report,
-            reason=f"{type(exc).__name__}: {exc}",
+            reason=str(exc) if invalid else GENERATION_FAILED_MESSAGE,
             final=invalid or report.attempts >= settings.REPORT_MAX_ATTEMPTS,
             code="invalid_input" if invalid else "generation_failed",
         ):
             return None  # deleted meanwhile: nothing to retry, nobody to tell
         raise
     if not marked:
-        _delete_quietly(key, why="was deleted while it was built")
+        discard_file(key)
         logger.info("Report %s was deleted while it was built; its file is discarded", report.pk)
         return None
     return report
-
-
-def _delete_quietly(key: str, *, why: str) -> None:
-    try:
-        default_storage.delete(key)
-    except Exception:
-        logger.warning("Could not delete the file %s of a report that %s", key, why, exc_info=True)
 
 
 def report_record_failure(

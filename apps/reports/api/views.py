@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from django.core.files.storage import default_storage
 from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
@@ -13,11 +15,13 @@ from rest_framework.views import APIView
 
 from apps.accounts.tenancy import TenantPermission, get_tenant
 from apps.core.drf import CompiledOutput, errors, page_of, paginated_response
-from apps.core.exceptions import ConflictError
+from apps.core.exceptions import ConflictError, ServiceUnavailableError
 from apps.core.http import attachment_header
 
 from .. import selectors, services
 from ..models import READ_CACHE, ReportFormat, ReportKind, ReportStatus
+
+logger = logging.getLogger(__name__)
 
 ERRORS = errors(400, 401, 403, 404)
 
@@ -132,7 +136,17 @@ class ReportDownloadView(_ReportView):
         operation_id="reports_download",
         responses={
             (200, "application/octet-stream"): OpenApiTypes.BINARY,
-            **errors(400, 401, 403, 404, descriptions={409: "Not ready."}),
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    409: "Not ready (`report_not_ready`), or its file is gone from storage "
+                    "(`report_file_missing`: ask for the report again).",
+                    503: "The storage cannot be reached now (`storage_unavailable`).",
+                },
+            ),
         },
     )
     def get(self, request: Request, version: str, report_id) -> FileResponse:
@@ -143,9 +157,22 @@ class ReportDownloadView(_ReportView):
                 code="report_not_ready",
                 details={"status": report.status},
             )
-        response = FileResponse(
-            default_storage.open(report.file_key, "rb"), content_type=report.content_type
-        )
+        try:
+            present = default_storage.exists(report.file_key)
+            handle = default_storage.open(report.file_key, "rb") if present else None
+        except Exception as exc:  # an unreachable storage (OSError, botocore errors)
+            logger.error("Storage unreachable for report %s", report.pk, exc_info=True)
+            raise ServiceUnavailableError(
+                "The report's storage cannot be reached now. Try again shortly.",
+                code="storage_unavailable",
+            ) from exc
+        if handle is None:
+            logger.error("Ready report %s has no file %s in storage", report.pk, report.file_key)
+            raise ConflictError(
+                "The report's file is missing from storage. Ask for the report again.",
+                code="report_file_missing",
+            )
+        response = FileResponse(handle, content_type=report.content_type)
         response["Content-Disposition"] = attachment_header(report.filename, fallback="report")
         response["X-Content-Type-Options"] = "nosniff"
         return response
