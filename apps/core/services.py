@@ -48,21 +48,25 @@ def dead_letter_record(
 
 
 TRANSCRIBE_TASK = "workers.transcription.transcribe_job"
+REPORT_TASK = "workers.reports.generate_report"
 
 
 @transaction.atomic
 def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
     """Send the message again, under a new task id, once this row's change is committed.
 
-    A transcription's dead letter retries its job instead (`job_retry`): the job was failed before
-    it was dead-lettered, so the bare message would only be skipped. Raises `ConflictError` (the
-    row stays pending) when the job finished or was deleted meanwhile: nothing to run again.
+    A transcription's dead letter retries its job instead (`job_retry`), and a report's its report
+    (`report_retry`): each was failed before it was dead-lettered, so the bare message would only
+    be skipped. Raises `ConflictError` (the row stays pending) when the job or report finished or
+    was deleted meanwhile: nothing to run again.
     """
     from lexiscore.celery import app
 
     locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
     if locked.task_name == TRANSCRIBE_TASK:
         _requeue_transcription(locked)
+    elif locked.task_name == REPORT_TASK:
+        _requeue_report(locked)
     else:
         transaction.on_commit(
             lambda: app.send_task(
@@ -96,6 +100,29 @@ def _requeue_transcription(dead_letter: DeadLetter) -> None:
         raise ConflictError(
             f"Job {job.pk} is {job.status}: there is nothing to run again; purge this dead letter.",
             code="job_not_retryable",
+        )
+
+
+def _requeue_report(dead_letter: DeadLetter) -> None:
+    from apps.reports import services as report_services
+    from apps.reports.models import PENDING_STATUSES, Report, ReportStatus
+
+    report_id = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("report_id")
+    report = Report.objects.select_for_update().filter(pk=report_id).first() if report_id else None
+    if report is None:
+        raise ConflictError(
+            f"Report {report_id} no longer exists; purge this dead letter.",
+            code="report_not_found",
+        )
+    if report.status == ReportStatus.FAILED:
+        report_services.report_retry(report=report)
+    elif report.status in PENDING_STATUSES:
+        transaction.on_commit(lambda: report_services.report_dispatch(report_id=report.pk))
+    else:
+        raise ConflictError(
+            f"Report {report.pk} is {report.status}: there is nothing to run again; purge this "
+            "dead letter.",
+            code="report_not_retryable",
         )
 
 
