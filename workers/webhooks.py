@@ -20,8 +20,9 @@ def deliver(delivery_id: str) -> str:
 
 @shared_task(name="workers.webhooks.send_due_deliveries", base=LexisTask, max_retries=0)
 def send_due_deliveries() -> int:
-    """Publish a try for every delivery whose `next_attempt_at` has come (claimed by the try)."""
-    ids = services.due_delivery_ids()
-    for delivery_id in ids:
-        deliver.apply_async(args=[delivery_id])
-    return len(ids)
+    """Publish a try for every delivery whose `next_attempt_at` has come (claimed by the try).
+
+    Returns how many were published; one the broker refused is logged and found again by the
+    next sweep, and stops none of the others.
+    """
+    return services.deliveries_publish(services.due_delivery_ids())

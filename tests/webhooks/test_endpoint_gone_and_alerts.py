@@ -97,3 +97,28 @@ def test_the_disabled_endpoint_email_survives_a_broker_blip(
     assert [m.to for m in mailoutbox] == [["admin@example.com"]]
     assert receiver.url in mailoutbox[0].body
     assert EmailOutbox.objects.get().status == EmailStatus.SENT
+
+
+def test_a_refused_publish_in_the_due_sweep_stops_none_of_the_others(admin, monkeypatch):
+    org = admin.organisation
+    for url in ("https://hooks.customer.test/a", "https://hooks.customer.test/b"):
+        WebhookEndpoint.objects.create(
+            organisation=org, url=url, event_types=["job.completed"], secret="whsec_AAAA"
+        )
+    services.event_publish(organisation=org, event_type="job.completed", data={})
+    outcomes = [KombuOperationalError("connection reset"), None]
+    published = []
+
+    def apply_async(args=None, **options):
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+        published.append(args[0])
+
+    monkeypatch.setattr(webhook_tasks.deliver, "apply_async", apply_async)
+
+    count = webhook_tasks.send_due_deliveries()
+
+    assert count == 1
+    assert len(published) == 1 and outcomes == []
+    assert WebhookDelivery.objects.filter(status="pending").count() == 2  # the next sweep
