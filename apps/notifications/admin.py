@@ -12,7 +12,9 @@ class EmailOutboxAdmin(admin.ModelAdmin):
     list_display = ("created_at", "template", "status", "attempts", "next_try_at", "sent_at")
     list_filter = ("status", "template")
     search_fields = ("id", "dedupe_key", "last_error")
-    readonly_fields = [f.name for f in EmailOutbox._meta.fields]
+    # The context is left out: it can hold signed links (password reset, unsubscribe).
+    exclude = ("context",)
+    readonly_fields = [f.name for f in EmailOutbox._meta.fields if f.name != "context"]
     actions = ["requeue"]
 
     def has_add_permission(self, request) -> bool:

@@ -164,8 +164,14 @@ def email_claim(*, outbox_id: str) -> EmailOutbox | None:
 
 
 def email_mark_sent(*, outbox_id: str) -> None:
+    """Mark it sent and drop its context: links with tokens (password reset, unsubscribe) are not
+    kept once they have left."""
     EmailOutbox.objects.filter(pk=outbox_id).update(
-        status=EmailStatus.SENT, sent_at=timezone.now(), claimed_until=None, last_error=""
+        status=EmailStatus.SENT,
+        sent_at=timezone.now(),
+        claimed_until=None,
+        last_error="",
+        context={},
     )
 
 

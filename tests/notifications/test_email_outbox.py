@@ -45,6 +45,7 @@ def test_a_queued_email_is_published_after_commit_and_sent_once(
     email.refresh_from_db()
     assert (email.status, email.attempts) == (EmailStatus.SENT, 1)
     assert email.sent_at is not None and email.claimed_until is None
+    assert email.context == {}  # links with tokens are not kept once sent
     # A redelivered or duplicated message sends nothing more.
     assert emails.send_email.apply(kwargs={"outbox_id": str(email.pk)}).get() == 0
     assert len(smtp.messages) == 1
@@ -210,3 +211,14 @@ def test_the_sweep_runs_on_the_email_queue_from_beat(settings):
 
     assert entry["task"] == emails.send_due_emails.name
     assert route_by_module(entry["task"], (), {}, {})["queue"] == "email"
+
+
+def test_the_admin_lists_queued_emails_without_their_context(admin_client, db):
+    email = queue(context={**CONTEXT, "reset_url": "https://x.example/reset?token=SECRET"})
+
+    listing = admin_client.get("/admin/notifications/emailoutbox/")
+    page = admin_client.get(f"/admin/notifications/emailoutbox/{email.pk}/change/")
+
+    assert listing.status_code == page.status_code == 200
+    assert "password_changed" in listing.content.decode()
+    assert "SECRET" not in page.content.decode()
