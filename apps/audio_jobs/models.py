@@ -192,7 +192,15 @@ class Upload(TimeStampedModel):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organisation", "-created_at"], name="upload_org_created")]
+        indexes = [
+            models.Index(fields=["organisation", "-created_at"], name="upload_org_created"),
+            # The hourly sweep of abandoned tickets reads only pending ones, by expiry.
+            models.Index(
+                fields=["expires_at"],
+                name="upload_pending_expiry",
+                condition=models.Q(status="pending"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Upload {self.id} ({self.status})"

@@ -24,6 +24,7 @@ REQUIRED_ALERTS = {
     "DiskFillingUp",
     "BackupTooOld",
     "BackupMissing",
+    "StoredFileDeletesFailing",
 }
 
 
@@ -81,7 +82,7 @@ def test_promtool_unit_tests_of_the_alert_rules_pass():
         timeout=120,
     )
 
-    assert {path.name for path in unit_tests} >= {"backups.test.yml"}
+    assert {path.name for path in unit_tests} >= {"backups.test.yml", "storage.test.yml"}
     assert result.returncode == 0, result.stdout + result.stderr
 
 

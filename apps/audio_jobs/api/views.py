@@ -124,6 +124,7 @@ class JobListCreateView(APIView):
                 descriptions={
                     402: "Monthly audio quota exhausted.",
                     409: "Upload already used.",
+                    410: "The presigned upload expired (`upload_expired`): ask for a new one.",
                     413: "File too large or too long.",
                     415: "Not a supported audio format.",
                 },
