@@ -415,7 +415,7 @@ def _report_data(report: Report) -> dict[str, Any]:
 
 def _notify_ready(report: Report) -> None:
     from apps.notifications.models import NotificationKind
-    from apps.notifications.services import unsubscribe_url, wants
+    from apps.notifications.services import email_enqueue, unsubscribe_url, wants
     from apps.webhooks.services import event_publish
 
     event_publish(
@@ -464,27 +464,12 @@ def _notify_ready(report: Report) -> None:
             )
         )
 
-    def send() -> None:
-        from workers.emails import send_email
-
-        for email, template, context in emails:
-            # The report is ready and committed: a broker failure must neither stop the other
-            # emails nor fail the task. The email is lost (logged); there is no email outbox yet.
-            try:
-                send_email.apply_async(
-                    args=[template, [email], context],
-                    kwargs={"dedupe_key": f"report:{report.pk}:{email}"},
-                )
-            except Exception:
-                logger.error(
-                    "Could not publish the %s email of report %s",
-                    template,
-                    report.pk,
-                    exc_info=True,
-                )
-
-    if emails:
-        transaction.on_commit(send)
+    # In the outbox, in the transaction that marks the report ready: published after commit, and
+    # sent by beat's sweep if the broker is down then (apps.notifications.services.email_enqueue).
+    for email, template, context in emails:
+        email_enqueue(
+            template=template, to=[email], context=context, dedupe_key=f"report:{report.pk}:{email}"
+        )
 
 
 def _organisation_admins(organisation) -> list:

@@ -279,9 +279,13 @@ def app_broker(url: str) -> Iterator[None]:
     from lexiscore.celery import app
 
     def reset_pool() -> None:
-        if app._pool is not None:
-            app._pool.force_close_all()
-            app._pool = None
+        from kombu import pools
+
+        # kombu keeps its pools in a registry keyed by connection: closing the app's pool alone
+        # would leave it there, closed, for the next test on the same broker URL ("Acquire on
+        # closed pool", even for an eager task's apply_async). reset() closes and forgets all.
+        pools.reset()
+        app._pool = None
         app.amqp._producer_pool = None
 
     previous = app.conf.broker_url

@@ -8,7 +8,6 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
@@ -24,15 +23,11 @@ def public_link(path: str, token: str) -> str:
 def enqueue_email(
     template: str, to: str, context: dict[str, Any], dedupe_key: str | None = None
 ) -> None:
-    """Send a templated email through the email queue once the transaction commits."""
-    from workers.emails import send_email
+    """Send a templated email through the outbox: written in the caller's transaction, published
+    once it commits, and sent by beat's sweep if the broker is down then."""
+    from apps.notifications.services import email_enqueue
 
-    def enqueue() -> None:
-        send_email.apply_async(
-            kwargs={"template": template, "to": [to], "context": context, "dedupe_key": dedupe_key}
-        )
-
-    transaction.on_commit(enqueue, robust=True)
+    email_enqueue(template=template, to=[to], context=context, dedupe_key=dedupe_key or "")
 
 
 def check_password_strength(password: str, user: User) -> None:
