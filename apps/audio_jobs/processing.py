@@ -37,6 +37,7 @@ from workers.metrics import observe_transcription
 from . import events, media, storage
 from .leases import JobLease
 from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
+from .services import QuotaExceeded
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     except JobGone:
         logger.info("Job %s was deleted while processing; result discarded", job.pk)
         return "deleted"
-    except media.MediaError as exc:
+    except (media.MediaError, QuotaExceeded) as exc:
         _fail(job, exc.code, exc.message)
         return "failed"
     except EngineError as exc:
@@ -189,17 +190,28 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
 
 
 def _validate(job: TranscriptionJob, path) -> None:
-    from .services import probe_audio
+    """Probe a file the web tier could not (a presigned upload), and hold it to the monthly quota
+    now that its duration is known (the web tier could only check that minutes were left).
+
+    The organisation's row is locked while its usage is read and this duration written, so jobs
+    validated at once cannot all fit in the same remaining minutes. Raises `QuotaExceeded`.
+    """
+    from apps.accounts.models import Organisation
+
+    from .services import probe_audio, quota_check
 
     probe = probe_audio(path)
-    job.container, job.codec = probe.format_name, probe.codec
-    job.duration_seconds, job.audio_validated = probe.duration_seconds, True
-    TranscriptionJob.objects.filter(pk=job.pk).update(
-        container=job.container,
-        codec=job.codec,
-        duration_seconds=job.duration_seconds,
-        audio_validated=True,
-    )
+    with transaction.atomic():
+        organisation = Organisation.objects.select_for_update().get(pk=job.organisation_id)
+        quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)
+        job.container, job.codec = probe.format_name, probe.codec
+        job.duration_seconds, job.audio_validated = probe.duration_seconds, True
+        TranscriptionJob.objects.filter(pk=job.pk).update(
+            container=job.container,
+            codec=job.codec,
+            duration_seconds=job.duration_seconds,
+            audio_validated=True,
+        )
 
 
 def _engine_for(job: TranscriptionJob):

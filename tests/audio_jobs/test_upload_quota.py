@@ -1,0 +1,83 @@
+"""A presigned upload's job is held to the monthly quota once the worker knows its duration: the
+web tier could only check that some minutes were left."""
+
+from __future__ import annotations
+
+import uuid
+from unittest import mock
+
+import pytest
+from django.core.files import File
+from django.core.files.storage import default_storage
+
+from apps.audio_jobs import processing
+from apps.audio_jobs.models import JobStatus, TranscriptionJob
+from tests.audio_jobs.factories import JobFactory
+from tests.factories import OrganisationFactory
+from workers.engines.base import TranscriptionOptions
+from workers.engines.errors import TranscriptionCancelled
+
+
+class _Engine:
+    """Stands in for Whisper: these tests are about what happens before it runs."""
+
+    def __init__(self):
+        self.ran = False
+
+    def transcribe(self, path, options, progress_callback, should_cancel):
+        self.ran = True
+        raise TranscriptionCancelled()
+
+
+@pytest.fixture
+def unvalidated(db, speech, settings):
+    settings.PLAN_AUDIO_MINUTES_PER_MONTH = {"free": 1, "team": 10, "enterprise": None}
+    organisation = OrganisationFactory(plan="free")
+    with speech.say("Hello there, this is a short clip.").open("rb") as handle:
+        key = default_storage.save(f"test/{uuid.uuid4()}.wav", File(handle))
+    job = JobFactory(
+        organisation=organisation,
+        status=JobStatus.PROCESSING,
+        audio_key=key,
+        audio_validated=False,
+        duration_seconds=None,
+    )
+    yield job
+    default_storage.delete(key)
+
+
+def _run(job):
+    engine = _Engine()
+    with mock.patch.object(
+        processing, "_engine_for", return_value=(engine, TranscriptionOptions())
+    ):
+        outcome = processing._run(job)
+    return outcome, engine
+
+
+def test_an_upload_longer_than_the_minutes_left_fails_with_quota_exceeded(unvalidated):
+    # 58 of the plan's 60 seconds used: the clip (a few seconds) does not fit.
+    JobFactory(
+        organisation=unvalidated.organisation, status=JobStatus.COMPLETED, duration_seconds=58.0
+    )
+
+    outcome, engine = _run(unvalidated)
+
+    job = TranscriptionJob.objects.get(pk=unvalidated.pk)
+    assert outcome == "failed"
+    assert not engine.ran
+    assert (job.status, job.error_code) == (JobStatus.FAILED, "quota_exceeded")
+    assert job.duration_seconds is None  # counts nothing against the quota
+
+
+def test_an_upload_within_the_minutes_left_runs(unvalidated):
+    JobFactory(
+        organisation=unvalidated.organisation, status=JobStatus.COMPLETED, duration_seconds=30.0
+    )
+
+    outcome, engine = _run(unvalidated)
+
+    job = TranscriptionJob.objects.get(pk=unvalidated.pk)
+    assert engine.ran
+    assert outcome == "cancelled"  # what the stand-in engine does
+    assert job.audio_validated and job.duration_seconds > 0
