@@ -227,7 +227,7 @@ def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
     if failed:
         from .metrics import STORAGE_DELETE_FAILURES
 
-        STORAGE_DELETE_FAILURES.inc(failed)
+        STORAGE_DELETE_FAILURES.labels("retention").inc(failed)
         logger.error(
             "Audio retention: %d audio file(s) could not be deleted; they are kept and retried",
             failed,

@@ -105,9 +105,13 @@ DEAD_LETTERS = Counter(
     "Messages dead-lettered (stored in DeadLetter), by task and queue.",
     ["task", "queue"],
 )
+# Labelled, like every metric here: an unlabelled one opens its multiprocess value file when this
+# module is imported, before a worker has made PROMETHEUS_MULTIPROC_DIR (workers.metrics).
 STORAGE_DELETE_FAILURES = Counter(
     "lexiscore_storage_delete_failures",
-    "Stored-file deletes that failed and wait in PendingDeletion for a retry (apps.core.storage).",
+    "Stored-file deletes that failed and are retried: by source (`discard`: a file no row points "
+    "at, `pending`: a PendingDeletion row, `retention`: audio past AUDIO_RETENTION_DAYS).",
+    ["source"],
 )
 TRANSCRIPTION_AUDIO_SECONDS = Counter(
     "lexiscore_transcription_audio_seconds",

@@ -71,7 +71,7 @@ def discard_file(key: str) -> bool:
         return True
     from .metrics import STORAGE_DELETE_FAILURES
 
-    STORAGE_DELETE_FAILURES.inc()
+    STORAGE_DELETE_FAILURES.labels("discard").inc()
     try:
         with transaction.atomic():  # a savepoint: a failure here must not break the caller's
             PendingDeletion.objects.create(key=key, attempts=1, last_error=error)
@@ -127,7 +127,7 @@ def pending_deletion_attempt(*, row: PendingDeletion, now=None) -> bool:
     )
     from .metrics import STORAGE_DELETE_FAILURES
 
-    STORAGE_DELETE_FAILURES.inc()
+    STORAGE_DELETE_FAILURES.labels("pending").inc()
     return False
 
 

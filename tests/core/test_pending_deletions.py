@@ -80,7 +80,7 @@ def test_a_failed_delete_stays_recorded_with_its_error_and_a_later_try(
     media_root, django_capture_on_commit_callbacks
 ):
     keys = stored("a/one.wav")
-    failures_before = metrics.STORAGE_DELETE_FAILURES._value.get()
+    failures_before = metrics.STORAGE_DELETE_FAILURES.labels("pending")._value.get()
 
     with (
         mock.patch(FAILING_DELETE, side_effect=OSError("S3 503 SlowDown")),
@@ -92,7 +92,7 @@ def test_a_failed_delete_stays_recorded_with_its_error_and_a_later_try(
     assert files(media_root) == ["a/one.wav"]
     assert (row.key, row.attempts, row.last_error) == ("a/one.wav", 1, "OSError: S3 503 SlowDown")
     assert row.next_attempt_at > timezone.now() + timedelta(minutes=29)
-    assert metrics.STORAGE_DELETE_FAILURES._value.get() == failures_before + 1
+    assert metrics.STORAGE_DELETE_FAILURES.labels("pending")._value.get() == failures_before + 1
 
 
 def test_a_file_already_gone_counts_as_deleted(media_root, django_capture_on_commit_callbacks):
