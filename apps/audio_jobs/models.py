@@ -66,7 +66,10 @@ class TranscriptionJob(TimeStampedModel):
     attempts = models.PositiveIntegerField(
         default=0, help_text="Deliveries that started processing (caps poison messages)."
     )
-    deliveries_ended = models.PositiveIntegerField(
+    # db_default: the release before it inserts jobs without the column while this one migrates;
+    # no CHECK (a PositiveIntegerField's), which PostgreSQL would validate by scanning every job.
+    deliveries_ended = models.IntegerField(
+        db_default=0,
         default=0,
         help_text="Deliveries that ended in the worker (returned, failed or retried); "
         "attempts minus this is how many were interrupted (the worker died).",

@@ -86,7 +86,8 @@ class Report(TimeStampedModel):
     attempts = models.PositiveIntegerField(default=0)
     # Set when the report failed for good: `invalid_input`, `generation_failed` or
     # `too_many_attempts` (the worker stopped during every try, e.g. killed for memory).
-    error_code = models.CharField(max_length=64, blank=True)
+    # db_default: the release before it inserts reports without the column while this one migrates.
+    error_code = models.CharField(max_length=64, blank=True, db_default="")
     error_message = models.TextField(blank=True)
     # When its task was last published; null: never (the broker was down), so the sweeper
     # publishes it (services.reports_redispatch_stale).

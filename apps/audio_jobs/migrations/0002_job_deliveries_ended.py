@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='transcriptionjob',
             name='deliveries_ended',
-            field=models.PositiveIntegerField(default=0, help_text='Deliveries that ended in the worker (returned, failed or retried); attempts minus this is how many were interrupted (the worker died).'),
+            field=models.IntegerField(db_default=0, default=0, help_text='Deliveries that ended in the worker (returned, failed or retried); attempts minus this is how many were interrupted (the worker died).'),
         ),
     ]
