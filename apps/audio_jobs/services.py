@@ -489,20 +489,39 @@ def organisation_delete(*, organisation) -> None:
     """Delete an organisation with everything it owns, and its stored files after the commit.
 
     For operators (the admin). The stored files are jobs' audio, reports and unused uploads, so
-    this lives beside `job_delete`. Locking the organisation first makes a job or upload created
-    meanwhile fail on its foreign key (and remove its own file).
+    this lives beside `job_delete`.
+
+    Locks are taken in the order the workers take them: a job, report or upload row first, the
+    organisation's row last (a worker finishing a job holds the job and then, inserting a webhook
+    delivery, a key-share lock on the organisation). Taking the organisation first would deadlock
+    with it. Every report is locked, being built or not, so one finishing meanwhile finds its row
+    gone and discards its file. Once the organisation is locked no child can be inserted (an
+    insert needs its row), so the files of children that appeared between the two steps are read
+    again then.
     """
     from apps.accounts.models import Organisation
+    from apps.reports.models import Report
 
+    def children(*, lock: bool) -> list[str]:
+        def rows(queryset):
+            return (queryset.select_for_update() if lock else queryset).order_by("pk")
+
+        jobs = rows(TranscriptionJob.objects.filter(organisation_id=organisation.pk))
+        reports = rows(Report.objects.filter(organisation_id=organisation.pk))
+        uploads = rows(
+            # A consumed upload's object is its job's audio, listed with the job.
+            Upload.objects.filter(organisation_id=organisation.pk, status=Upload.Status.PENDING)
+        )
+        return [
+            *jobs.values_list("audio_key", flat=True),
+            *reports.values_list("file_key", flat=True),
+            *uploads.values_list("key", flat=True),
+        ]
+
+    keys = children(lock=True)
     locked = Organisation.objects.select_for_update().filter(pk=organisation.pk).first()
     if locked is None:
         return
-    jobs = TranscriptionJob.objects.select_for_update().filter(organisation=locked).order_by()
-    keys = [
-        *jobs.exclude(audio_key="").values_list("audio_key", flat=True),
-        *locked.reports.select_for_update().exclude(file_key="").values_list("file_key", flat=True),
-        # A consumed upload's object is its job's audio, already listed.
-        *locked.uploads.filter(status=Upload.Status.PENDING).values_list("key", flat=True),
-    ]
+    keys += children(lock=False)
     locked.delete()
     delete_files_on_commit(keys)
