@@ -209,6 +209,44 @@ def email_requeue(*, outbox_ids: Iterable[str]) -> int:
     return sum(email_publish(outbox_id=pk) for pk in ids)
 
 
+def _fail_exhausted(*, now, limit: int) -> int:
+    """Fail emails whose every try was claimed and never ended (a worker killed while sending,
+    each time): without this they would be published again every resend interval, for ever.
+    Each gets a dead letter (`dead_letters requeue` gives it one more try) and an ERROR line."""
+    from apps.core.services import dead_letter_record
+
+    exhausted = (
+        EmailOutbox.objects.filter(
+            status=EmailStatus.PENDING,
+            next_try_at__lte=now,
+            attempts__gte=settings.EMAIL_OUTBOX_MAX_ATTEMPTS,
+        )
+        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
+        .values_list("pk", "template", "attempts")[:limit]
+    )
+    failed = 0
+    for pk, template, attempts in list(exhausted):
+        error = f"{attempts} tries were started and none finished (the worker stopped each time)."
+        with transaction.atomic():
+            if not EmailOutbox.objects.filter(pk=pk, status=EmailStatus.PENDING).update(
+                status=EmailStatus.FAILED, claimed_until=None, last_error=error
+            ):
+                continue
+            dead_letter_record(
+                task_name="workers.emails.send_email",
+                task_id=f"outbox-exhausted:{pk}",
+                queue="email",
+                args=[],
+                kwargs={"outbox_id": str(pk)},
+                exception_type="workers.emails.EmailNotSent",
+                error=error,
+                attempts=attempts,
+            )
+        failed += 1
+        logger.error("Email %s (%s) failed: %s", template, pk, error, extra={"outbox_id": str(pk)})
+    return failed
+
+
 def email_outbox_sweep(*, limit: int = 500) -> int:
     """Publish every pending email whose `next_try_at` has come; purge old sent ones.
 
@@ -216,6 +254,7 @@ def email_outbox_sweep(*, limit: int = 500) -> int:
     so a slow queue is not flooded with copies of the same email (a copy is skipped by the claim).
     """
     now = timezone.now()
+    _fail_exhausted(now=now, limit=limit)
     ids = [
         str(pk)
         for pk in EmailOutbox.objects.filter(status=EmailStatus.PENDING, next_try_at__lte=now)

@@ -222,3 +222,26 @@ def test_the_admin_lists_queued_emails_without_their_context(admin_client, db):
     assert listing.status_code == page.status_code == 200
     assert "password_changed" in listing.content.decode()
     assert "SECRET" not in page.content.decode()
+
+
+def test_an_email_whose_tries_never_end_fails_at_the_cap_with_a_dead_letter(db, settings):
+    """A worker killed mid-send each time records nothing: the sweep must stop publishing it."""
+    from apps.core.models import DeadLetter
+
+    settings.EMAIL_OUTBOX_MAX_ATTEMPTS = 3
+    email = queue()
+    published = []
+    with mock.patch.object(emails.send_email, "apply_async") as publish:
+        for _ in range(3):
+            assert services.email_claim(outbox_id=str(email.pk)) is not None
+            make_due(email)  # the worker died: its claim ran out, nothing recorded
+            published.append(services.email_outbox_sweep())
+        published.append(services.email_outbox_sweep())  # failed: nothing more
+
+    email.refresh_from_db()
+    assert published == [1, 1, 0, 0]
+    assert publish.call_count == 2
+    assert email.status == EmailStatus.FAILED
+    assert "none finished" in email.last_error
+    dead = DeadLetter.objects.get(task_name="workers.emails.send_email")
+    assert dead.kwargs == {"outbox_id": str(email.pk)}
