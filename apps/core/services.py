@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from .exceptions import ConflictError
+from .exceptions import ConflictError, ServiceUnavailableError
 from .models import DeadLetter
 
 
@@ -68,11 +69,18 @@ def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
     elif locked.task_name == REPORT_TASK:
         _requeue_report(locked)
     else:
-        transaction.on_commit(
-            lambda: app.send_task(
+        # Published now, inside the transaction: if the broker refuses, the row stays pending
+        # (rolled back) and the operator is told, rather than marked requeued with nothing sent.
+        # A commit failing after the publish leaves a pending row for a message that went out:
+        # a duplicate at worst, which every task tolerates.
+        try:
+            app.send_task(
                 locked.task_name, args=locked.args, kwargs=locked.kwargs, queue=locked.queue
             )
-        )
+        except Exception as exc:
+            raise ServiceUnavailableError(
+                f"The broker refused the message ({type(exc).__name__}); try again later."
+            ) from exc
     locked.status = DeadLetter.Status.REQUEUED
     locked.requeued_at = timezone.now()
     locked.requeue_count += 1
@@ -80,15 +88,24 @@ def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
     return locked
 
 
+def _uuid_or_none(value: Any) -> uuid.UUID | None:
+    """The id a dead letter names, or None when it names none (a malformed message)."""
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
 def _requeue_transcription(dead_letter: DeadLetter) -> None:
     from apps.audio_jobs import services as job_services
     from apps.audio_jobs.models import ACTIVE_STATUSES, JobStatus, TranscriptionJob
 
-    job_id = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("job_id")
+    named = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("job_id")
+    job_id = _uuid_or_none(named)
     job = TranscriptionJob.objects.select_for_update().filter(pk=job_id).first() if job_id else None
     if job is None:
         raise ConflictError(
-            f"Job {job_id} no longer exists; purge this dead letter.", code="job_not_found"
+            f"Job {named} no longer exists; purge this dead letter.", code="job_not_found"
         )
     if job.status == JobStatus.FAILED:
         job_services.job_retry(job=job)
@@ -107,11 +124,12 @@ def _requeue_report(dead_letter: DeadLetter) -> None:
     from apps.reports import services as report_services
     from apps.reports.models import PENDING_STATUSES, Report, ReportStatus
 
-    report_id = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("report_id")
+    named = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("report_id")
+    report_id = _uuid_or_none(named)
     report = Report.objects.select_for_update().filter(pk=report_id).first() if report_id else None
     if report is None:
         raise ConflictError(
-            f"Report {report_id} no longer exists; purge this dead letter.",
+            f"Report {named} no longer exists; purge this dead letter.",
             code="report_not_found",
         )
     if report.status == ReportStatus.FAILED:

@@ -454,3 +454,32 @@ def test_the_dead_letters_command_reports_what_it_cannot_requeue_and_goes_on(
     assert "Requeued 1 message(s)" in out
     assert f"Job {completed.pk} is completed: there is nothing to run again" in err
     assert published_ids(publish) == [str(failed.pk)]
+
+
+def test_a_dead_letter_the_broker_refuses_stays_pending_and_says_so():
+    from kombu.exceptions import OperationalError
+
+    from apps.core.exceptions import ServiceUnavailableError
+
+    dead_letter = DeadLetter.objects.create(
+        task_name="workers.webhooks.deliver", task_id="t-4", queue="webhooks", args=[7]
+    )
+
+    with (
+        mock.patch("lexiscore.celery.app.send_task", side_effect=OperationalError("refused")),
+        pytest.raises(ServiceUnavailableError, match="broker refused"),
+    ):
+        core_services.dead_letter_requeue(dead_letter=dead_letter)
+
+    dead_letter.refresh_from_db()
+    assert dead_letter.status == DeadLetter.Status.PENDING
+
+
+@pytest.mark.parametrize("task", ["transcription.transcribe_job", "reports.generate_report"])
+def test_a_dead_letter_naming_no_valid_id_is_refused_not_a_500(task):
+    dead_letter = DeadLetter.objects.create(
+        task_name=f"workers.{task}", task_id="t-5", queue="q", args=["not-a-uuid"]
+    )
+
+    with pytest.raises(ConflictError, match="not-a-uuid no longer exists"):
+        core_services.dead_letter_requeue(dead_letter=dead_letter)
