@@ -202,7 +202,11 @@ def _validate(job: TranscriptionJob, path) -> None:
 
     probe = probe_audio(path)
     with transaction.atomic():
-        organisation = Organisation.objects.select_for_update().get(pk=job.organisation_id)
+        organisation = (
+            Organisation.objects.select_for_update().filter(pk=job.organisation_id).first()
+        )
+        if organisation is None:  # deleted with its jobs meanwhile
+            raise JobGone()
         quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)
         job.container, job.codec = probe.format_name, probe.codec
         job.duration_seconds, job.audio_validated = probe.duration_seconds, True

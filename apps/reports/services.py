@@ -17,6 +17,7 @@ A publish that fails (broker down) is logged; `reports_redispatch_stale` (beat) 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from datetime import date, timedelta
 from typing import Any
@@ -280,8 +281,11 @@ def _build(report: Report) -> Report | None:
         content, filename = _render(report)
         # Storing the file and marking the report ready fail like rendering does: the failure
         # is recorded (queued for a retry, or failed), never left `running`.
+        # A name of its own for each try: a key is never reused, so a delete of an earlier try's
+        # file still pending (apps.core.storage) can never remove the file of a later one.
         key = default_storage.save(
-            f"reports/{report.organisation_id}/{report.pk}/{filename}", ContentFile(content)
+            f"reports/{report.organisation_id}/{report.pk}/{secrets.token_hex(6)}-{filename}",
+            ContentFile(content),
         )
         now = timezone.now()
         ready = {

@@ -11,6 +11,7 @@ from django.core.files import File
 from django.core.files.storage import default_storage
 
 from apps.audio_jobs import processing
+from apps.audio_jobs import services as job_services
 from apps.audio_jobs.models import JobStatus, TranscriptionJob
 from tests.audio_jobs.factories import JobFactory
 from tests.factories import OrganisationFactory
@@ -81,3 +82,20 @@ def test_an_upload_within_the_minutes_left_runs(unvalidated):
     assert engine.ran
     assert outcome == "cancelled"  # what the stand-in engine does
     assert job.audio_validated and job.duration_seconds > 0
+
+
+def test_an_organisation_deleted_while_its_upload_is_validated_ends_the_job_quietly(unvalidated):
+    from apps.accounts.models import Organisation
+
+    real_probe = job_services.probe_audio
+
+    def probe_then_delete(path):
+        result = real_probe(path)
+        Organisation.objects.filter(pk=unvalidated.organisation_id).delete()
+        return result
+
+    with mock.patch("apps.audio_jobs.services.probe_audio", side_effect=probe_then_delete):
+        outcome, engine = _run(unvalidated)
+
+    assert outcome == "deleted"
+    assert not engine.ran

@@ -98,3 +98,20 @@ def test_a_failure_caused_by_the_input_keeps_its_own_words(owner, monkeypatch, s
     report.refresh_from_db()
     assert report.status == ReportStatus.FAILED
     assert report.error_message == "The period holds more rows than a report may have."
+
+
+def test_each_try_stores_its_file_under_a_name_of_its_own(owner):
+    """A pending delete of an earlier try's file (apps.core.storage) must never hit a later one."""
+    from apps.core.models import PendingDeletion
+    from apps.core.storage import pending_deletion_attempt
+    from apps.reports.models import Report
+
+    first = _ready_report(owner)
+    Report.objects.filter(pk=first.pk).update(status=ReportStatus.RUNNING)
+    row = PendingDeletion.objects.create(key=first.file_key)  # the first try's, still pending
+    second = services._build(Report.objects.get(pk=first.pk))
+
+    assert pending_deletion_attempt(row=row)
+    assert second is not None and second.file_key != first.file_key
+    assert default_storage.exists(second.file_key)
+    assert not default_storage.exists(first.file_key)

@@ -219,7 +219,8 @@ def test_a_failure_to_store_the_file_is_recorded_and_retried_not_left_running(
     assert report.status == ReportStatus.READY  # the second try stored it
     assert report.attempts == 2
     assert report.error_message == ""
-    assert _report_files(report) == [report.filename]
+    assert _report_files(report) == [report.file_key.rsplit("/", 1)[1]]
+    assert report.file_key.endswith(f"-{report.filename}")  # a name of its own per try
     assert not DeadLetter.objects.exists()
 
 
