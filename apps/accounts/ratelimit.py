@@ -17,7 +17,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -202,6 +203,44 @@ def guard_check(*, guard: str, account: str, ip: str | None) -> None:
             )
         if usage["count"] >= usage["limit"]:
             raise Throttled(wait=_retry_after(usage))
+
+
+# How long one attempt may hold its account's slot (a password hash takes a fraction of a second;
+# the slot is freed at once when the attempt ends, this only bounds a crashed one).
+ATTEMPT_SLOT_SECONDS = 10
+
+
+@contextmanager
+def guard_attempt(*, guard: str, account: str, ip: str | None) -> Iterator[None]:
+    """`guard_check`, then one attempt at a time per account until the block ends.
+
+    The check reads the failures counted so far and a failure is counted only after the password
+    was tested: without this, a burst of parallel guesses would all pass the check before the first
+    failure is counted, and get far more tries than the window allows. A second attempt while one
+    runs is answered 429 (retry in a second).
+    """
+    from apps.core.exceptions import ServiceUnavailableError
+
+    guard_check(guard=guard, account=account, ip=ip)
+    store = caches[settings.RATELIMIT_USE_CACHE]
+    slot = f"guard:{guard}:attempt:{account}"
+    try:
+        taken = store.add(slot, 1, timeout=ATTEMPT_SLOT_SECONDS)
+    except (RedisError, ConnectionError, TimeoutError, OSError):
+        logger.warning("Rate-limit store unreachable for the %s guard", guard, exc_info=True)
+        raise ServiceUnavailableError(
+            "This is temporarily unavailable. Try again shortly.",
+            code="rate_limit_unavailable",
+        ) from None
+    if not taken:
+        raise Throttled(wait=1)
+    try:
+        yield
+    finally:
+        try:
+            store.delete(slot)
+        except (RedisError, ConnectionError, TimeoutError, OSError):
+            logger.warning("Could not free the %s guard's slot of an account", guard)
 
 
 def guard_hit(*, guard: str, account: str, ip: str | None) -> list[str]:

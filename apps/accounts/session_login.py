@@ -25,7 +25,7 @@ from apps.core.exceptions import ServiceUnavailableError
 
 from .models import normalise_email
 from .network import client_ip
-from .ratelimit import guard_check, guard_hit
+from .ratelimit import guard_attempt, guard_hit
 
 
 class VerifiedAuthenticationForm(AuthenticationForm):
@@ -46,7 +46,12 @@ def _guarded(login: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequ
         account = normalise_email(request.POST.get("username", ""))
         ip = client_ip(request)
         try:
-            guard_check(guard="login", account=account, ip=ip)
+            with guard_attempt(guard="login", account=account, ip=ip):
+                response = login(request)
+                # A successful login redirects; a failed one renders the form again.
+                if response.status_code == 200:
+                    guard_hit(guard="login", account=account, ip=ip)
+                return response
         except Throttled as exc:
             wait = int(exc.wait or 60)
             response = HttpResponse(
@@ -58,11 +63,6 @@ def _guarded(login: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequ
             return response
         except ServiceUnavailableError as exc:
             return HttpResponse(exc.message, status=503, content_type="text/plain; charset=utf-8")
-        response = login(request)
-        # A successful login redirects; a failed one renders the form again.
-        if response.status_code == 200:
-            guard_hit(guard="login", account=account, ip=ip)
-        return response
 
     return view
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -60,6 +61,47 @@ def test_an_account_locks_after_five_failures_even_from_many_ips(api_client, use
     assert_throttled(locked)
     assert AuditEvent.objects.filter(action=AuditAction.LOGIN_LOCKED).count() == 1
     assert AuditEvent.objects.filter(action=AuditAction.LOGIN_FAILED).count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_guesses_get_no_more_tries_than_the_window_allows():
+    """The check reads the failures counted so far; a failure is counted after the password was
+    tested. Twenty guesses at once would all pass the check without one attempt at a time per
+    account: here each waits in the password check until all twenty have arrived."""
+    import threading
+
+    from django.contrib.auth import authenticate as real_authenticate
+    from django.db import connections
+    from rest_framework.test import APIClient
+
+    user = member(Role.OWNER).user
+    arrived = threading.Barrier(20, timeout=3)
+    tested: list[int] = []
+
+    def slow_authenticate(*args, **kwargs):
+        tested.append(1)
+        with contextlib.suppress(threading.BrokenBarrierError):
+            arrived.wait()  # broken (after 3 s) when the others were turned away
+        return real_authenticate(*args, **kwargs)
+
+    codes: list[int] = []
+
+    def guess(n):
+        try:
+            codes.append(login(APIClient(), user.email, ip=f"198.51.100.{n}").status_code)
+        finally:
+            connections.close_all()
+
+    with mock.patch("apps.accounts.services.auth.authenticate", side_effect=slow_authenticate):
+        threads = [threading.Thread(target=guess, args=(n,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+    assert len(codes) == 20
+    assert len(tested) == codes.count(401) == 1  # one password tested; the rest turned away
+    assert codes.count(429) == 19
 
 
 def test_the_account_lock_does_not_depend_on_the_spelling_of_the_address(api_client, user):

@@ -26,7 +26,7 @@ from ..models import (
     normalise_email,
 )
 from ..network import RequestMeta
-from ..ratelimit import guard_check, guard_hit
+from ..ratelimit import guard_attempt, guard_hit
 from ..tokens import (
     ORGANISATION_CLAIM,
     VERSION_CLAIM,
@@ -51,10 +51,14 @@ def auth_login(
 ) -> TokenPair:
     """Check the credentials (behind the brute-force guard) and issue a token pair."""
     account = normalise_email(email)
-    guard_check(guard="login", account=account, ip=meta.ip)
-    user = authenticate(None, email=account, password=password)
+    with guard_attempt(guard="login", account=account, ip=meta.ip):
+        user = authenticate(None, email=account, password=password)
+        exhausted = (
+            guard_hit(guard="login", account=account, ip=meta.ip)
+            if user is None or not isinstance(user, User)
+            else []
+        )
     if user is None or not isinstance(user, User):
-        exhausted = guard_hit(guard="login", account=account, ip=meta.ip)
         audit_record(
             action=AuditAction.LOGIN_FAILED, meta=meta, target_type="account", target_repr=account
         )

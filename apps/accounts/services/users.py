@@ -23,7 +23,7 @@ from ..models import (
     normalise_email,
 )
 from ..network import RequestMeta
-from ..ratelimit import guard_check, guard_hit
+from ..ratelimit import guard_attempt, guard_check, guard_hit
 from ..tokens import (
     TokenPair,
     email_verification_read,
@@ -209,9 +209,11 @@ def password_reset_confirm(*, token: str, new_password: str, meta: RequestMeta) 
 def _confirm_password(user: User, password: str, *, field: str, meta: RequestMeta) -> None:
     """Check a signed-in user's password under the sign-in guard: a stolen token must not give
     unlimited guesses (wrong answers count against the account and the address)."""
-    guard_check(guard="login", account=user.email, ip=meta.ip)
-    if not user.check_password(password):
-        guard_hit(guard="login", account=user.email, ip=meta.ip)
+    with guard_attempt(guard="login", account=user.email, ip=meta.ip):
+        wrong = not user.check_password(password)
+        if wrong:
+            guard_hit(guard="login", account=user.email, ip=meta.ip)
+    if wrong:
         raise DjangoValidationError({field: ["The password is wrong."]})
 
 
