@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from apps.core.exceptions import ApplicationError, ConflictError
+from apps.core.admin import apply_each
 
 from . import services
 from .models import JobStatus, Transcript, TranscriptionJob, Upload
@@ -49,14 +49,14 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected jobs")
     def cancel_jobs(self, request, queryset) -> None:
-        count = 0
-        for job in queryset.filter(status__in=[JobStatus.QUEUED, JobStatus.PROCESSING]):
-            try:
-                services.job_cancel(job=job)
-            except ConflictError:
-                continue  # finished since the page was loaded
-            count += 1
-        self.message_user(request, f"Cancelled {count} job(s).", messages.SUCCESS)
+        # A job finished since the page was loaded is refused (ConflictError) and reported.
+        apply_each(
+            self,
+            request,
+            queryset.filter(status__in=[JobStatus.QUEUED, JobStatus.PROCESSING]),
+            lambda job: services.job_cancel(job=job),
+            done="Cancelled {count} job(s).",
+        )
 
     @admin.action(description="Publish the selected queued jobs again")
     def redispatch_jobs(self, request, queryset) -> None:
@@ -68,15 +68,13 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected failed jobs from the start")
     def retry_jobs(self, request, queryset) -> None:
-        count = 0
-        for job in queryset.filter(status=JobStatus.FAILED):
-            try:
-                services.job_retry(job=job)
-            except ApplicationError as exc:
-                self.message_user(request, f"{job.pk}: {exc.message}", messages.WARNING)
-                continue
-            count += 1
-        self.message_user(request, f"Queued {count} job(s) again.", messages.SUCCESS)
+        apply_each(
+            self,
+            request,
+            queryset.filter(status=JobStatus.FAILED),
+            lambda job: services.job_retry(job=job),
+            done="Queued {count} job(s) again.",
+        )
 
 
 @admin.register(Upload)

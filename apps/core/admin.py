@@ -1,8 +1,26 @@
+from collections.abc import Callable
+from typing import Any
+
 from django.contrib import admin, messages
 
 from . import services, storage
 from .exceptions import ApplicationError
 from .models import DeadLetter, PendingDeletion
+
+
+def apply_each(model_admin, request, rows, action: Callable[[Any], Any], *, done: str) -> int:
+    """An admin action's service call on each row: a row the service refuses (ApplicationError)
+    is reported and skipped, the others go on; `done` (with `{count}`) reports the rest."""
+    count = 0
+    for row in rows:
+        try:
+            action(row)
+        except ApplicationError as exc:
+            model_admin.message_user(request, f"{row.pk}: {exc.message}", messages.WARNING)
+            continue
+        count += 1
+    model_admin.message_user(request, done.format(count=count), messages.SUCCESS)
+    return count
 
 
 @admin.register(DeadLetter)
@@ -21,15 +39,13 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
     @admin.action(description="Requeue the selected messages")
     def requeue(self, request, queryset) -> None:
-        count = 0
-        for dead_letter in queryset.filter(status=DeadLetter.Status.PENDING):
-            try:
-                services.dead_letter_requeue(dead_letter=dead_letter)
-            except ApplicationError as exc:
-                self.message_user(request, f"{dead_letter.pk}: {exc.message}", messages.WARNING)
-                continue
-            count += 1
-        self.message_user(request, f"Requeued {count} message(s).", messages.SUCCESS)
+        apply_each(
+            self,
+            request,
+            queryset.filter(status=DeadLetter.Status.PENDING),
+            lambda dead_letter: services.dead_letter_requeue(dead_letter=dead_letter),
+            done="Requeued {count} message(s).",
+        )
 
 
 @admin.register(PendingDeletion)

@@ -100,47 +100,69 @@ def _requeue_transcription(dead_letter: DeadLetter) -> None:
     from apps.audio_jobs import services as job_services
     from apps.audio_jobs.models import ACTIVE_STATUSES, JobStatus, TranscriptionJob
 
-    named = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("job_id")
-    job_id = _uuid_or_none(named)
-    job = TranscriptionJob.objects.select_for_update().filter(pk=job_id).first() if job_id else None
-    if job is None:
-        raise ConflictError(
-            f"Job {named} no longer exists; purge this dead letter.", code="job_not_found"
-        )
-    if job.status == JobStatus.FAILED:
-        job_services.job_retry(job=job)
-    elif job.status in ACTIVE_STATUSES:
-        # Not failed (recording the failure failed too): publish it if it waits in the queue; a
-        # processing one is the stuck-job sweeper's.
-        transaction.on_commit(lambda: job_services.job_dispatch(job_id=job.pk))
-    else:
-        raise ConflictError(
-            f"Job {job.pk} is {job.status}: there is nothing to run again; purge this dead letter.",
-            code="job_not_retryable",
-        )
+    _requeue_row(
+        dead_letter,
+        model=TranscriptionJob,
+        id_name="job_id",
+        noun="Job",
+        code="job",
+        failed=JobStatus.FAILED,
+        # Active but not failed (recording the failure failed too): published again if it waits
+        # in the queue; a processing one is the stuck-job sweeper's.
+        pending=ACTIVE_STATUSES,
+        retry=lambda job: job_services.job_retry(job=job),
+        dispatch=lambda pk: job_services.job_dispatch(job_id=pk),
+    )
 
 
 def _requeue_report(dead_letter: DeadLetter) -> None:
     from apps.reports import services as report_services
     from apps.reports.models import PENDING_STATUSES, Report, ReportStatus
 
-    named = (dead_letter.args or [None])[0] or dead_letter.kwargs.get("report_id")
-    report_id = _uuid_or_none(named)
-    report = Report.objects.select_for_update().filter(pk=report_id).first() if report_id else None
-    if report is None:
+    _requeue_row(
+        dead_letter,
+        model=Report,
+        id_name="report_id",
+        noun="Report",
+        code="report",
+        failed=ReportStatus.FAILED,
+        pending=PENDING_STATUSES,
+        retry=lambda report: report_services.report_retry(report=report),
+        dispatch=lambda pk: report_services.report_dispatch(report_id=pk),
+    )
+
+
+def _requeue_row(
+    dead_letter: DeadLetter,
+    *,
+    model: Any,
+    id_name: str,
+    noun: str,
+    code: str,
+    failed: str,
+    pending: Any,
+    retry: Any,
+    dispatch: Any,
+) -> None:
+    """Run the job or report a dead letter names again: a failed one is retried through its
+    service, a pending one published again; a finished or deleted one is refused (ConflictError:
+    nothing to run again, the operator purges the dead letter)."""
+    named = (dead_letter.args or [None])[0] or dead_letter.kwargs.get(id_name)
+    pk = _uuid_or_none(named)
+    row = model.objects.select_for_update().filter(pk=pk).first() if pk else None
+    if row is None:
         raise ConflictError(
-            f"Report {named} no longer exists; purge this dead letter.",
-            code="report_not_found",
+            f"{noun} {named} no longer exists; purge this dead letter.", code=f"{code}_not_found"
         )
-    if report.status == ReportStatus.FAILED:
-        report_services.report_retry(report=report)
-    elif report.status in PENDING_STATUSES:
-        transaction.on_commit(lambda: report_services.report_dispatch(report_id=report.pk))
+    if row.status == failed:
+        retry(row)
+    elif row.status in pending:
+        transaction.on_commit(lambda: dispatch(row.pk))
     else:
         raise ConflictError(
-            f"Report {report.pk} is {report.status}: there is nothing to run again; purge this "
-            "dead letter.",
-            code="report_not_retryable",
+            f"{noun} {row.pk} is {row.status}: there is nothing to run again; purge this dead "
+            "letter.",
+            code=f"{code}_not_retryable",
         )
 
 

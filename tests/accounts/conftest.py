@@ -6,17 +6,14 @@ import pytest
 
 from apps.accounts.models import Role
 from tests.factories import member
+from tests.support.eager import eager_tasks
 
 
 @pytest.fixture
 def celery_eager():
     """Run tasks in-process (emails land in `mailoutbox`); pair with on-commit capture."""
-    from lexiscore.celery import app
-
-    saved = {key: app.conf.get(key) for key in ("task_always_eager", "task_eager_propagates")}
-    app.conf.update(task_always_eager=True, task_eager_propagates=True)
-    yield
-    app.conf.update(saved)
+    with eager_tasks(propagate=True):
+        yield
 
 
 @pytest.fixture

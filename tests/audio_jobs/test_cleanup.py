@@ -9,7 +9,6 @@ Storage is a FileSystemStorage in a temp folder; the broker is mocked at
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -30,18 +29,6 @@ from tests.factories import OrganisationFactory
 
 pytestmark = pytest.mark.django_db
 FAILING_DELETE = "django.core.files.storage.FileSystemStorage.delete"
-
-
-@pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
 
 
 @pytest.fixture

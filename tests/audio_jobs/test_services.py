@@ -438,18 +438,6 @@ def test_a_lease_connection_is_named_apart_from_the_pool_in_pg_stat_activity():
 
 # ---- cleanup of stored audio -------------------------------------------------------------------
 @pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
-
-
-@pytest.fixture
 def clip(speech) -> Path:
     return speech.say("Hello there, this is a short test.", fmt="mp3")
 

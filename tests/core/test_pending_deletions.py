@@ -28,18 +28,6 @@ pytestmark = pytest.mark.django_db
 FAILING_DELETE = "django.core.files.storage.FileSystemStorage.delete"
 
 
-@pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path)},
-        },
-    }
-    return tmp_path
-
-
 def stored(*keys: str) -> list[str]:
     return [default_storage.save(key, ContentFile(b"data")) for key in keys]
 

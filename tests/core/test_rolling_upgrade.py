@@ -40,4 +40,3 @@ def test_the_jobs_new_counter_has_no_check_constraint_to_validate_over_every_job
         [(checks,)] = cursor.fetchall()
 
     assert checks == 0
-

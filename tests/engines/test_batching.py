@@ -157,23 +157,45 @@ def test_an_undecodable_file_fails_only_its_job(scheduler, clips, tmp_path):
     assert wer(SENTENCES[1], results[2].text) <= 0.25
 
 
-def test_out_of_memory_halves_the_batch_and_every_job_completes(model_cache_dir, clips):
-    engine = new_scheduler(model_cache_dir)
+def run_with_failures(engine, jobs, fail) -> tuple[list[Any], dict[str, Any]]:
+    """Run `jobs` on `engine` (closed after) with its model raising `fail(features)` on the
+    batches for which that returns an exception; the jobs' results and the engine's stats."""
     real = engine._pipeline.generate_segment_batched
-    failed: list[int] = []
 
     def generate(features, tokenizer, options):
-        if not failed and features.shape[0] > 1:
-            failed.append(features.shape[0])
-            raise RuntimeError(OOM)
+        error = fail(features)
+        if error is not None:
+            raise error
         return real(features, tokenizer, options)
 
     engine._pipeline.generate_segment_batched = generate
     try:
-        results = run_jobs(engine, [{"path": clip} for clip in clips])
-        stats = engine.stats()
+        return run_jobs(engine, jobs), engine.stats()
     finally:
         engine.close()
+
+
+def first_window_of(engine, clip):
+    _clips, chunks, _meta = split_speech(load_audio(clip), True)
+    return window_features(engine._model.feature_extractor, chunks[0])
+
+
+def holds(window):
+    return lambda features: any(np.array_equal(row, window) for row in features)
+
+
+def test_out_of_memory_halves_the_batch_and_every_job_completes(model_cache_dir, clips):
+    failed: list[int] = []
+
+    def first_batch_of_several(features):
+        if not failed and features.shape[0] > 1:
+            failed.append(features.shape[0])
+            return RuntimeError(OOM)
+        return None
+
+    results, stats = run_with_failures(
+        new_scheduler(model_cache_dir), [{"path": clip} for clip in clips], first_batch_of_several
+    )
 
     assert failed and failed[0] >= 2
     assert stats["out_of_memory"] == 1
@@ -188,22 +210,17 @@ def test_a_single_window_out_of_memory_waits_and_its_job_completes(
     """A window that does not fit even alone (other streams hold the memory) is tried again
     after a wait, not failed: the shortage passes when their batches end."""
     monkeypatch.setattr("workers.engines.batching.OUT_OF_MEMORY_WAITS", (0.01, 0.01, 0.01))
-    engine = new_scheduler(model_cache_dir, batch_size=1)
-    real = engine._pipeline.generate_segment_batched
     shortages = [2]  # the first two single-window calls run out of memory
 
-    def generate(features, tokenizer, options):
+    def short_twice(features):
         if shortages[0]:
             shortages[0] -= 1
-            raise RuntimeError(OOM)
-        return real(features, tokenizer, options)
+            return RuntimeError(OOM)
+        return None
 
-    engine._pipeline.generate_segment_batched = generate
-    try:
-        [result] = run_jobs(engine, [{"path": clips[0]}])
-        stats = engine.stats()
-    finally:
-        engine.close()
+    [result], stats = run_with_failures(
+        new_scheduler(model_cache_dir, batch_size=1), [{"path": clips[0]}], short_twice
+    )
 
     assert wer(SENTENCES[0], result.text) <= 0.25
     assert stats["out_of_memory_waits"] == 2
@@ -215,21 +232,13 @@ def test_a_window_that_never_fits_fails_only_its_job_after_the_waits(
 ):
     monkeypatch.setattr("workers.engines.batching.OUT_OF_MEMORY_WAITS", (0.01, 0.01))
     engine = new_scheduler(model_cache_dir)
-    _clips, chunks, _meta = split_speech(load_audio(clips[2]), True)
-    huge = window_features(engine._model.feature_extractor, chunks[0])
-    real = engine._pipeline.generate_segment_batched
+    huge = holds(first_window_of(engine, clips[2]))
 
-    def generate(features, tokenizer, options):
-        if any(np.array_equal(row, huge) for row in features):
-            raise RuntimeError(OOM)
-        return real(features, tokenizer, options)
-
-    engine._pipeline.generate_segment_batched = generate
-    try:
-        results = run_jobs(engine, [{"path": clip} for clip in clips])
-        stats = engine.stats()
-    finally:
-        engine.close()
+    results, stats = run_with_failures(
+        engine,
+        [{"path": clip} for clip in clips],
+        lambda features: RuntimeError(OOM) if huge(features) else None,
+    )
 
     assert is_out_of_memory(results[2])
     for index in (0, 1, 3):
@@ -240,21 +249,13 @@ def test_a_window_that_never_fits_fails_only_its_job_after_the_waits(
 
 def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
     engine = new_scheduler(model_cache_dir)
-    _clips, chunks, _meta = split_speech(load_audio(clips[2]), True)
-    poison = window_features(engine._model.feature_extractor, chunks[0])
-    real = engine._pipeline.generate_segment_batched
+    poison = holds(first_window_of(engine, clips[2]))
 
-    def generate(features, tokenizer, options):
-        if any(np.array_equal(row, poison) for row in features):
-            raise ValueError("this window breaks the model")
-        return real(features, tokenizer, options)
-
-    engine._pipeline.generate_segment_batched = generate
-    try:
-        results = run_jobs(engine, [{"path": clip} for clip in clips])
-        stats = engine.stats()
-    finally:
-        engine.close()
+    results, stats = run_with_failures(
+        engine,
+        [{"path": clip} for clip in clips],
+        lambda features: ValueError("this window breaks the model") if poison(features) else None,
+    )
 
     assert isinstance(results[2], ValueError)
     for index in (0, 1, 3):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.reports.test_emails_smtp import RefusingSMTP, smtp
+from tests.support.eager import eager_tasks
 
 __all__ = ["eager", "refusing_smtp", "smtp"]
 
@@ -12,12 +13,8 @@ __all__ = ["eager", "refusing_smtp", "smtp"]
 @pytest.fixture
 def eager():
     """Run published tasks in-process (a publish becomes a send), as the email worker would."""
-    from lexiscore.celery import app
-
-    saved = {key: app.conf.get(key) for key in ("task_always_eager", "task_eager_propagates")}
-    app.conf.update(task_always_eager=True, task_eager_propagates=False)
-    yield
-    app.conf.update(saved)
+    with eager_tasks(propagate=False):
+        yield
 
 
 @pytest.fixture
