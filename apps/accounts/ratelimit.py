@@ -14,6 +14,7 @@ Over a limit the caller gets 429 with `Retry-After` and the error body.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import time
@@ -212,7 +213,7 @@ ATTEMPT_SLOT_SECONDS = 10
 
 @contextmanager
 def guard_attempt(*, guard: str, account: str, ip: str | None) -> Iterator[None]:
-    """`guard_check`, then one attempt at a time per account until the block ends.
+    """One attempt at a time per account until the block ends, then `guard_check`.
 
     The check reads the failures counted so far and a failure is counted only after the password
     was tested: without this, a burst of parallel guesses would all pass the check before the first
@@ -221,9 +222,9 @@ def guard_attempt(*, guard: str, account: str, ip: str | None) -> Iterator[None]
     """
     from apps.core.exceptions import ServiceUnavailableError
 
-    guard_check(guard=guard, account=account, ip=ip)
     store = caches[settings.RATELIMIT_USE_CACHE]
-    slot = f"guard:{guard}:attempt:{account}"
+    # Hashed: an address may hold characters a cache key must not.
+    slot = f"guard:{guard}:attempt:{hashlib.sha256(account.encode()).hexdigest()}"
     try:
         taken = store.add(slot, 1, timeout=ATTEMPT_SLOT_SECONDS)
     except (RedisError, ConnectionError, TimeoutError, OSError):
@@ -235,6 +236,9 @@ def guard_attempt(*, guard: str, account: str, ip: str | None) -> Iterator[None]
     if not taken:
         raise Throttled(wait=1)
     try:
+        # Checked holding the slot: no other attempt of this account can count a failure between
+        # the check and this attempt's password test.
+        guard_check(guard=guard, account=account, ip=ip)
         yield
     finally:
         try:

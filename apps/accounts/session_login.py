@@ -55,7 +55,7 @@ def _guarded(login: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequ
         except Throttled as exc:
             wait = int(exc.wait or 60)
             response = HttpResponse(
-                f"Too many failed sign-ins. Try again in {wait} seconds.",
+                f"Too many sign-in attempts. Try again in {wait} second{'s' if wait != 1 else ''}.",
                 status=429,
                 content_type="text/plain; charset=utf-8",
             )

@@ -194,7 +194,8 @@ def _validate(job: TranscriptionJob, path) -> None:
     now that its duration is known (the web tier could only check that minutes were left).
 
     The organisation's row is locked while its usage is read and this duration written, so jobs
-    validated at once cannot all fit in the same remaining minutes. Raises `QuotaExceeded`.
+    validated at once cannot all fit in the same remaining minutes (the job's row is locked
+    before it, in the order `organisation_delete` takes them). Raises `QuotaExceeded`.
     """
     from apps.accounts.models import Organisation
 
@@ -202,6 +203,9 @@ def _validate(job: TranscriptionJob, path) -> None:
 
     probe = probe_audio(path)
     with transaction.atomic():
+        # The job's row first, the organisation's last: the order organisation_delete takes them.
+        if not TranscriptionJob.objects.select_for_update().filter(pk=job.pk).exists():
+            raise JobGone()
         organisation = (
             Organisation.objects.select_for_update().filter(pk=job.organisation_id).first()
         )

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from apps.core.exceptions import ApplicationError, ConflictError
+from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.core.storage import delete_files_on_commit, discard_file
 
 from . import media, selectors, storage
@@ -406,7 +406,9 @@ def jobs_redispatch_stale() -> dict[str, int]:
 @transaction.atomic
 def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
     """Cancel a queued job at once; ask a processing job's worker to stop (it checks often)."""
-    locked = TranscriptionJob.objects.select_for_update().get(pk=job.pk)
+    locked = TranscriptionJob.objects.select_for_update().filter(pk=job.pk).first()
+    if locked is None:  # deleted since the caller read it
+        raise NotFoundError("This job no longer exists.", code="job_not_found")
     if locked.status not in ACTIVE_STATUSES:
         raise ConflictError(
             f"The job is already {locked.status}; only queued or processing jobs can be cancelled.",

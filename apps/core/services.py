@@ -64,6 +64,10 @@ def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
     from lexiscore.celery import app
 
     locked = DeadLetter.objects.select_for_update().get(pk=dead_letter.pk)
+    if locked.status != DeadLetter.Status.PENDING:  # another operator requeued it meanwhile
+        raise ConflictError(
+            f"Dead letter {locked.pk} is {locked.status} already.", code="dead_letter_not_pending"
+        )
     if locked.task_name == TRANSCRIBE_TASK:
         _requeue_transcription(locked)
     elif locked.task_name == REPORT_TASK:

@@ -215,20 +215,17 @@ def _fail_exhausted(*, now, limit: int) -> int:
     Each gets a dead letter (`dead_letters requeue` gives it one more try) and an ERROR line."""
     from apps.core.services import dead_letter_record
 
-    exhausted = (
-        EmailOutbox.objects.filter(
-            status=EmailStatus.PENDING,
-            next_try_at__lte=now,
-            attempts__gte=settings.EMAIL_OUTBOX_MAX_ATTEMPTS,
-        )
-        .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
-        .values_list("pk", "template", "attempts")[:limit]
-    )
+    exhausted = EmailOutbox.objects.filter(
+        status=EmailStatus.PENDING,
+        next_try_at__lte=now,
+        attempts__gte=settings.EMAIL_OUTBOX_MAX_ATTEMPTS,
+    ).filter(Q(claimed_until__isnull=True) | Q(claimed_until__lte=now))
     failed = 0
-    for pk, template, attempts in list(exhausted):
+    for pk, template, attempts in list(exhausted.values_list("pk", "template", "attempts")[:limit]):
         error = f"{attempts} tries were started and none finished (the worker stopped each time)."
         with transaction.atomic():
-            if not EmailOutbox.objects.filter(pk=pk, status=EmailStatus.PENDING).update(
+            # The whole condition again: a row a worker claimed since the listing is left alone.
+            if not exhausted.filter(pk=pk).update(
                 status=EmailStatus.FAILED, claimed_until=None, last_error=error
             ):
                 continue

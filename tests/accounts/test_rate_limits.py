@@ -104,6 +104,52 @@ def test_parallel_guesses_get_no_more_tries_than_the_window_allows():
     assert codes.count(429) == 19
 
 
+@pytest.mark.django_db(transaction=True)
+def test_no_password_is_tested_after_another_attempt_used_the_last_try():
+    """The failures are read holding the account's slot: an attempt finishing between another's
+    check and its password test could otherwise let one try too many through."""
+    from apps.accounts import ratelimit
+    from apps.accounts.network import RequestMeta
+    from apps.accounts.services import auth as auth_services
+
+    user = member(Role.OWNER).user
+    limit = int(settings.LOGIN_RATE_PER_ACCOUNT.split("/")[0])
+    for n in range(limit - 1):
+        with contextlib.suppress(Exception):
+            auth_services.auth_login(
+                email=user.email, password="wrong", meta=RequestMeta(ip=f"198.51.100.{n + 10}")
+            )
+    tested: list[int] = []
+    real_authenticate, real_check = auth_services.authenticate, ratelimit.guard_check
+    interleaved: list[BaseException] = []
+
+    def counting_authenticate(*args, **kwargs):
+        tested.append(1)
+        return real_authenticate(*args, **kwargs)
+
+    def check_then_another_attempt(**kwargs):
+        real_check(**kwargs)
+        if not interleaved:  # another attempt, meant to use the last try, runs now
+            try:
+                auth_services.auth_login(
+                    email=user.email, password="wrong2", meta=RequestMeta(ip="198.51.100.99")
+                )
+            except Exception as exc:
+                interleaved.append(exc)
+
+    with (
+        mock.patch.object(auth_services, "authenticate", side_effect=counting_authenticate),
+        mock.patch.object(ratelimit, "guard_check", side_effect=check_then_another_attempt),
+        contextlib.suppress(Exception),
+    ):
+        auth_services.auth_login(
+            email=user.email, password="wrong3", meta=RequestMeta(ip="198.51.100.1")
+        )
+
+    assert len(tested) == 1  # the other attempt was turned away: one at a time per account
+    assert interleaved and interleaved[0].__class__.__name__ == "Throttled"
+
+
 def test_the_account_lock_does_not_depend_on_the_spelling_of_the_address(api_client, user):
     for spelling in [user.email, user.email.upper(), f"  {user.email}", user.email.title()] * 2:
         login(api_client, spelling, ip="198.51.100.1")

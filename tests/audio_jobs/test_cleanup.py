@@ -470,3 +470,19 @@ def test_a_dead_letter_naming_no_valid_id_is_refused_not_a_500(task):
 
     with pytest.raises(ConflictError, match="not-a-uuid no longer exists"):
         core_services.dead_letter_requeue(dead_letter=dead_letter)
+
+
+def test_a_dead_letter_requeued_by_another_operator_meanwhile_is_not_published_twice():
+    dead_letter = DeadLetter.objects.create(
+        task_name="workers.webhooks.deliver", task_id="t-6", queue="webhooks", args=[7]
+    )
+    stale = DeadLetter.objects.get(pk=dead_letter.pk)  # a second operator's page or listing
+
+    with mock.patch("lexiscore.celery.app.send_task") as send_task:
+        core_services.dead_letter_requeue(dead_letter=dead_letter)
+        with pytest.raises(ConflictError, match="requeued already"):
+            core_services.dead_letter_requeue(dead_letter=stale)
+
+    dead_letter.refresh_from_db()
+    assert send_task.call_count == 1
+    assert dead_letter.requeue_count == 1

@@ -111,3 +111,33 @@ def test_a_report_finishing_during_the_delete_leaves_no_file(monkeypatch):
     assert leftovers == []
     folder = f"reports/{organisation.pk}/{report.pk}"
     assert not default_storage.exists(folder) or default_storage.listdir(folder)[1] == []
+
+
+def test_no_deadlock_with_a_worker_validating_an_upload_against_the_quota(monkeypatch):
+    """The worker locks the job, then the organisation (to read its usage): the delete's order."""
+    from types import SimpleNamespace
+
+    job = JobFactory(status=JobStatus.PROCESSING, audio_validated=False, duration_seconds=None)
+    organisation = job.organisation
+    probe = SimpleNamespace(format_name="wav", codec="pcm_s16le", duration_seconds=3.0)
+    monkeypatch.setattr(services, "probe_audio", lambda path: probe)
+    organisation_locked, go = threading.Event(), threading.Event()
+
+    def quota_pause(*, organisation, duration_seconds=0.0):
+        organisation_locked.set()  # the worker holds the job's and the organisation's rows
+        go.wait(10)
+
+    monkeypatch.setattr(services, "quota_check", quota_pause)
+    errors: dict[str, BaseException] = {}
+    worker = _in_thread(lambda: processing._validate(job, "/not-read"), errors, "worker")
+    assert organisation_locked.wait(10)
+    admin = _in_thread(
+        lambda: services.organisation_delete(organisation=organisation), errors, "admin"
+    )
+    time.sleep(1.0)  # the delete now waits for the job's row
+    go.set()
+    worker.join(30)
+    admin.join(30)
+
+    assert not errors, errors
+    assert not Organisation.objects.filter(pk=organisation.pk).exists()

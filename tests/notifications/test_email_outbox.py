@@ -245,3 +245,26 @@ def test_an_email_whose_tries_never_end_fails_at_the_cap_with_a_dead_letter(db, 
     assert "none finished" in email.last_error
     dead = DeadLetter.objects.get(task_name="workers.emails.send_email")
     assert dead.kwargs == {"outbox_id": str(email.pk)}
+
+
+def test_an_email_claimed_after_the_sweep_listed_it_is_not_failed(db, settings):
+    """A worker takes the email between the sweep's listing and its update: it is mid-send."""
+    settings.EMAIL_OUTBOX_MAX_ATTEMPTS = 3
+    email = queue()
+    past = timezone.now() - timedelta(seconds=1)
+    EmailOutbox.objects.filter(pk=email.pk).update(attempts=3, next_try_at=past, claimed_until=past)
+    real_atomic = services.transaction.atomic
+    claimed = []
+
+    def atomic_after_a_claim(*args, **kwargs):
+        if not claimed:
+            claimed.append(services.email_claim(outbox_id=str(email.pk)))
+        return real_atomic(*args, **kwargs)
+
+    with mock.patch.object(services.transaction, "atomic", side_effect=atomic_after_a_claim):
+        failed = services._fail_exhausted(now=timezone.now(), limit=10)
+
+    email.refresh_from_db()
+    assert claimed[0] is not None
+    assert failed == 0
+    assert email.status == EmailStatus.PENDING
