@@ -37,6 +37,22 @@ def _in_thread(target, errors: dict, name: str) -> threading.Thread:
     return thread
 
 
+def race_delete_against(worker, organisation, paused: threading.Event, go: threading.Event):
+    """Run `worker` until it pauses holding its locks (`paused`), start deleting `organisation`,
+    let the worker go on, and return what either side raised (a deadlock aborts one of them)."""
+    errors: dict[str, BaseException] = {}
+    working = _in_thread(worker, errors, "worker")
+    assert paused.wait(10)
+    admin = _in_thread(
+        lambda: services.organisation_delete(organisation=organisation), errors, "admin"
+    )
+    time.sleep(1.0)  # the delete now waits for the job's row
+    go.set()
+    working.join(30)
+    admin.join(30)
+    return errors
+
+
 def test_no_deadlock_with_a_worker_finishing_one_of_its_jobs(monkeypatch):
     """The worker holds the job, then inserts a webhook delivery (a key-share lock on the
     organisation); the delete must not hold the organisation while it waits for the job."""
@@ -58,17 +74,10 @@ def test_no_deadlock_with_a_worker_finishing_one_of_its_jobs(monkeypatch):
         return locked
 
     monkeypatch.setattr(processing, "_locked_active", locked_then_pause)
-    errors: dict[str, BaseException] = {}
 
-    worker = _in_thread(lambda: processing._fail(job, "engine_error", "boom"), errors, "worker")
-    assert job_locked.wait(10)
-    admin = _in_thread(
-        lambda: services.organisation_delete(organisation=organisation), errors, "admin"
+    errors = race_delete_against(
+        lambda: processing._fail(job, "engine_error", "boom"), organisation, job_locked, go
     )
-    time.sleep(1.0)  # the delete now waits for the job's row
-    go.set()
-    worker.join(30)
-    admin.join(30)
 
     assert not errors, errors
     assert not Organisation.objects.filter(pk=organisation.pk).exists()
@@ -128,16 +137,10 @@ def test_no_deadlock_with_a_worker_validating_an_upload_against_the_quota(monkey
         go.wait(10)
 
     monkeypatch.setattr(services, "quota_check", quota_pause)
-    errors: dict[str, BaseException] = {}
-    worker = _in_thread(lambda: processing._validate(job, "/not-read"), errors, "worker")
-    assert organisation_locked.wait(10)
-    admin = _in_thread(
-        lambda: services.organisation_delete(organisation=organisation), errors, "admin"
+
+    errors = race_delete_against(
+        lambda: processing._validate(job, "/not-read"), organisation, organisation_locked, go
     )
-    time.sleep(1.0)  # the delete now waits for the job's row
-    go.set()
-    worker.join(30)
-    admin.join(30)
 
     assert not errors, errors
     assert not Organisation.objects.filter(pk=organisation.pk).exists()
