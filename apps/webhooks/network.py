@@ -9,11 +9,13 @@ follows a redirect. Loopback is allowed only when `WEBHOOK_ALLOW_LOOPBACK` is se
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import re
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -140,26 +142,46 @@ def post(url: str, *, body: bytes, headers: dict[str, str]) -> Response:
     """
     target = check_url(url)
     started = time.monotonic()
-    deadline = started + settings.WEBHOOK_TOTAL_TIMEOUT
+    total = float(settings.WEBHOOK_TOTAL_TIMEOUT)
     cls = _PinnedHTTPSConnection if target.scheme == "https" else _PinnedHTTPConnection
     connection = cls(target, timeout=settings.WEBHOOK_CONNECT_TIMEOUT)
+    # One deadline for the whole try: a socket timeout bounds each read only, and a receiver
+    # sending a byte at a time would hold the try (and a webhooks worker) open for ever. At the
+    # deadline the socket is shut down, which ends any read or write blocked on it.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(total, expire)
+    timer.daemon = True
+    timer.start()
     try:
         connection.connect()
-        connection.sock.settimeout(max(0.1, deadline - time.monotonic()))
+        connection.sock.settimeout(max(0.1, total - (time.monotonic() - started)))
         connection.request("POST", target.path, body=body, headers=headers)
         response = connection.getresponse()
         read = 0
-        while read < MAX_RESPONSE_BYTES:
-            if time.monotonic() > deadline:
-                raise TimeoutError("The endpoint did not answer in time.")
+        while read < MAX_RESPONSE_BYTES and not expired.is_set():
             chunk = response.read(8192)
             if not chunk:
                 break
             read += len(chunk)
+        if expired.is_set():
+            raise TimeoutError(f"The endpoint did not answer within {total:g} s.")
         return Response(
             status=response.status,
             headers={k.lower(): v for k, v in response.getheaders()},
             duration_ms=int((time.monotonic() - started) * 1000),
         )
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(f"The endpoint did not answer within {total:g} s.") from exc
+        raise
     finally:
+        timer.cancel()
         connection.close()

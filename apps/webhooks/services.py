@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
@@ -306,6 +307,10 @@ def delivery_attempt(*, delivery_id: str) -> str:
         error = f"Refused: {exc}"
     except (TimeoutError, OSError, HTTPException) as exc:
         error = f"{type(exc).__name__}: {exc}"[:500] or "Connection failed"
+    except SoftTimeLimitExceeded:
+        # The task's own limit: logged as a failed try of this endpoint like a timeout, so the
+        # delivery keeps its schedule and the endpoint its failure count.
+        error = "The try ran past the task's time limit."
     return _record(delivery, endpoint, status_code, error, retry_after, duration_ms)
 
 
