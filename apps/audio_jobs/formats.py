@@ -11,13 +11,22 @@ from its word timestamps when present and by character count otherwise.
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 MAX_LINE_WIDTH = 42
 MAX_LINES = 2
+# "-->" (or "--->", which one replace would turn into it) inside SRT text reads as a timing line.
+_ARROW = re.compile(r"-{2,}>")
+# Timed words: a pause this long between two words starts a new cue (a batched engine's segment
+# can span a whole <= 30 s window, silences included), and a cue stays on screen this long after
+# its last word, never into the next cue or past its segment.
+PAUSE_SPLIT_SECONDS = 1.5
+HOLD_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -179,33 +188,48 @@ def segment_cues(
 ) -> list[Cue]:
     """Split one segment into cues of at most ``max_lines`` lines of ``max_line_width``.
 
-    A word wider than a line stays whole (timed words) or is cut (untimed text).
+    A word wider than a line stays whole (timed words) or is cut (untimed text). With timed words
+    a cue starts with its first word, a pause of ``PAUSE_SPLIT_SECONDS`` starts a new cue, and a
+    cue ends ``HOLD_SECONDS`` after its last word (so no text is shown over a silence); untimed
+    text is spread over the segment by character count.
     """
     start, end = float(segment["start"]), float(segment["end"])
     end = max(end, start)
     units = _units(segment, max_line_width)
     if not units:
         return []
+    if all(u.start is not None and u.end is not None for u in units):
+        return _timed_cues(units, end, max_line_width, max_lines)
     groups = _group_units(units, max_line_width, max_lines)
-
-    timed = all(u.start is not None for u in units)
     total_chars = sum(len(u.text) for u in units) or 1
     boundaries = [start]
-    used_units = used_chars = 0
+    used_chars = 0
     for group in groups[:-1]:
-        used_units += len(group)
         used_chars += sum(len(u.text) for u in group)
-        next_start = units[used_units].start
-        if timed and next_start is not None:
-            boundary = next_start  # the next cue starts with its first word
-        else:
-            boundary = start + (end - start) * used_chars / total_chars
+        boundary = start + (end - start) * used_chars / total_chars
         boundaries.append(min(max(boundary, boundaries[-1]), end))
     boundaries.append(end)
     return [
         Cue(boundaries[i], boundaries[i + 1], _wrap(group, max_line_width, max_lines))
         for i, group in enumerate(groups)
     ]
+
+
+def _timed_cues(units: list[_Unit], end: float, width: int, max_lines: int) -> list[Cue]:
+    runs: list[list[_Unit]] = [[units[0]]]
+    for previous, unit in itertools.pairwise(units):
+        if float(unit.start or 0.0) - float(previous.end or 0.0) >= PAUSE_SPLIT_SECONDS:
+            runs.append([])
+        runs[-1].append(unit)
+    groups = [group for run in runs for group in _group_units(run, width, max_lines)]
+    cues = []
+    for i, group in enumerate(groups):
+        cue_start = float(group[0].start or 0.0)
+        limit = float(groups[i + 1][0].start or 0.0) if i + 1 < len(groups) else end
+        last_word_end = float(group[-1].end or 0.0)
+        cue_end = min(max(last_word_end + HOLD_SECONDS, cue_start), max(limit, last_word_end))
+        cues.append(Cue(cue_start, max(cue_end, cue_start), _wrap(group, width, max_lines)))
+    return cues
 
 
 def build_cues(
@@ -243,7 +267,7 @@ def render_srt(
     cues = build_cues(result, max_line_width=max_line_width, max_lines=max_lines)
     for number, cue in enumerate(cues, start=1):
         # "-->" inside text would be read as a timing line by some players.
-        text = "\n".join(line.replace("-->", "->") for line in cue.lines)
+        text = "\n".join(_ARROW.sub("->", line) for line in cue.lines)
         timing = f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}"
         blocks.append(f"{number}\n{timing}\n{text}\n")
     return "\n".join(blocks)

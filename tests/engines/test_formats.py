@@ -85,7 +85,7 @@ This sentence is deliberately
 long so that it has
 
 3
-01:02:08,000 --> 01:02:13,900
+01:02:08,000 --> 01:02:12,900
 to be wrapped over more
 than two subtitle lines
 """
@@ -100,7 +100,7 @@ Hello &amp; welcome &lt;everyone&gt;.
 This sentence is deliberately
 long so that it has
 
-01:02:08.000 --> 01:02:13.900
+01:02:08.000 --> 01:02:12.900
 to be wrapped over more
 than two subtitle lines
 """
@@ -251,3 +251,37 @@ def test_render_transcript_gives_body_type_and_extension():
 def test_unknown_format_is_refused():
     with pytest.raises(ValueError, match="Unknown format 'docx'"):
         render(_result(), "docx")
+
+
+def test_a_pause_inside_a_segment_starts_a_new_cue_and_no_cue_spans_the_silence():
+    """A batched engine's segment can span a whole window, silences included (here 6 s): the
+    text before the pause leaves the screen shortly after it is spoken."""
+    words = [
+        Word(2.67, 3.2, " Hello", 0.9),
+        Word(3.2, 3.6, " world.", 0.9),
+        Word(12.61, 13.0, " Goodbye", 0.9),
+        Word(13.0, 13.4, " now.", 0.9),
+    ]
+    segment = Segment(0, 2.67, 16.59, " Hello world. Goodbye now.", -0.1, 0.01, words)
+    result = TranscriptionResult(
+        text=segment.text, language="en", language_probability=0.9, duration=20.0,
+        segments=[segment],
+    )  # fmt: skip
+
+    assert render_srt(result) == (
+        "1\n00:00:02,670 --> 00:00:04,100\nHello world.\n\n"
+        "2\n00:00:12,610 --> 00:00:13,900\nGoodbye now.\n"
+    )
+
+
+def test_no_arrow_survives_in_srt_text():
+    words = [Word(0.0, 1.0, " a--->b", 0.9), Word(1.0, 2.0, " c-->d", 0.9)]
+    segment = Segment(0, 0.0, 2.0, " a--->b c-->d", -0.1, 0.01, words)
+    result = TranscriptionResult(
+        text=segment.text, language="en", language_probability=0.9, duration=2.0,
+        segments=[segment],
+    )  # fmt: skip
+
+    text = render_srt(result).split("\n", 2)[2]
+    assert "-->" not in text
+    assert "a->b c->d" in text
