@@ -39,6 +39,8 @@ _PATTERNS = (
     re.compile(rf"(?i)([?&\s,({{]?[\w-]*{_SENSITIVE}[\w-]*=)([^&\s,;)'\"]+)"),
     # "key": "value" and 'key': 'value'
     re.compile(rf"(?i)([\"'][\w-]*{_SENSITIVE}[\w-]*[\"']\s*:\s*)([\"'])(.*?)\2"),
+    # a webhook signing secret, wherever it appears (a repr, a list of secrets)
+    re.compile(r"whsec_[A-Za-z0-9+/=_-]{8,}"),
 )
 _SENSITIVE_KEY = re.compile(rf"(?i){_SENSITIVE}")
 # Record attributes that are never secrets, whatever their name.
@@ -47,7 +49,7 @@ _SAFE_ATTRIBUTES = frozenset({"request_id", "job_id"})
 
 # Every pattern above needs one of these words: most lines (access log lines included) have
 # none, and one search then replaces three substitutions.
-_ANY_HINT = re.compile(rf"(?i)bearer|basic|api-key|{_SENSITIVE}")
+_ANY_HINT = re.compile(rf"(?i)bearer|basic|api-key|whsec_|{_SENSITIVE}")
 
 
 def redact(text: str) -> str:
@@ -55,7 +57,8 @@ def redact(text: str) -> str:
         return text
     text = _PATTERNS[0].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _PATTERNS[1].sub(lambda m: f"{m.group(1)}{REDACTED}", text)
-    return _PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    text = _PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}{m.group(2)}", text)
+    return _PATTERNS[3].sub(REDACTED, text)
 
 
 def _redact_value(key: str, value: Any) -> Any:

@@ -35,6 +35,15 @@ def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         request.pop("cookies", None)
     if "extra" in event:
         event["extra"] = _scrub(event["extra"])
+    # Local variables of the frames hold what no key name betrays (a webhook's signing secrets,
+    # a transcript): never sent, even if an integration or a future default turns them on.
+    for holder in (
+        (event.get("exception") or {}).get("values") or [],
+        (event.get("threads") or {}).get("values") or [],
+    ):
+        for value in holder:
+            for frame in (value.get("stacktrace") or {}).get("frames") or []:
+                frame.pop("vars", None)
     return event
 
 
@@ -51,6 +60,7 @@ def init_sentry() -> bool:
         release=settings.SENTRY_RELEASE or None,
         traces_sample_rate=settings.SENTRY_TRACES_SAMPLE_RATE,
         send_default_pii=False,
+        include_local_variables=False,  # frames' locals can hold secrets and transcripts
         integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
         before_send=before_send,
     )

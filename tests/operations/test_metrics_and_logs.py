@@ -164,6 +164,7 @@ def test_gunicorn_access_log_is_json_with_the_request_id(tmp_path):
         ("login failed password=hunter22hunter for alice", "hunter22hunter"),
         ('payload {"api_key": "lx_live_abcdef123456"}', "lx_live_abcdef123456"),
         ("GET /callback?signature=deadbeefcafe&x=1", "deadbeefcafe"),
+        ("signing with ['whsec_QUJDRUZHSElKS0xNTk9Q']", "whsec_QUJDRUZHSElKS0xNTk9Q"),
     ],
 )
 def test_redaction_removes_credentials_from_log_records(message, secret):
@@ -177,3 +178,28 @@ def test_redaction_removes_credentials_from_log_records(message, secret):
     assert secret not in record.getMessage()
     assert "[REDACTED]" in record.getMessage()
     assert record.password == "[REDACTED]"
+
+
+def test_sentry_events_carry_no_frame_locals():
+    """A frame's locals can hold what no key name betrays: a webhook's signing secrets."""
+    from apps.core.observability import before_send
+
+    event = {
+        "exception": {
+            "values": [
+                {
+                    "stacktrace": {
+                        "frames": [
+                            {"function": "delivery_attempt", "vars": {"secrets_": "['whsec_x']"}}
+                        ]
+                    }
+                }
+            ]
+        },
+        "threads": None,
+    }
+
+    sent = before_send(event, {})
+
+    frame = sent["exception"]["values"][0]["stacktrace"]["frames"][0]
+    assert frame == {"function": "delivery_attempt"}
