@@ -10,7 +10,6 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.parsers import JSONParser
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -21,6 +20,7 @@ from apps.accounts.tenancy import TenantPermission, get_tenant
 from apps.core.drf import errors, page_of, paginated_response
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
+from apps.core.parsers import JSONParser
 
 from .. import selectors, services, transcripts
 from ..models import READ_CACHE, JobPriority, JobStatus
