@@ -72,11 +72,15 @@ class AuditApi(APIView):
     permission_classes = [IsAuthenticated, TenantPermission, IsHumanUser]
     required_role = Role.ADMIN
 
-    def events(self, request: Request) -> Any:
+    def filters(self, request: Request) -> dict[str, Any]:
         filters = FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
+        return dict(filters.validated_data)
+
+    def events(self, request: Request, filters: dict[str, Any] | None = None) -> Any:
         return selectors.audit_event_list(
-            organisation_id=get_tenant(request).organisation.id, **filters.validated_data
+            organisation_id=get_tenant(request).organisation.id,
+            **(self.filters(request) if filters is None else filters),
         )
 
 
@@ -132,7 +136,8 @@ class AuditEventExportApi(AuditApi):
         tags=["audit"],
     )
     def get(self, request: Request, version: str) -> StreamingHttpResponse:
-        events = self.events(request)[: settings.AUDIT_EXPORT_MAX_ROWS]
+        filters = self.filters(request)
+        events = self.events(request, filters)[: settings.AUDIT_EXPORT_MAX_ROWS]
         tenant = get_tenant(request)
         audit_record(
             action=AuditAction.AUDIT_EXPORTED,
@@ -140,7 +145,9 @@ class AuditEventExportApi(AuditApi):
             organisation=tenant.organisation,
             target=tenant.organisation,
             meta=RequestMeta.from_request(request),
-            metadata={"filters": {k: str(v) for k, v in request.query_params.items()}},
+            # The validated filters only: the trail is append-only, and a query string can
+            # carry anything (undeclared names, NUL bytes PostgreSQL refuses).
+            metadata={"filters": {k: str(v) for k, v in filters.items()}},
         )
         name = f"audit-{tenant.organisation.id}-{timezone.now():%Y%m%dT%H%M%SZ}.csv"
         response = StreamingHttpResponse(
