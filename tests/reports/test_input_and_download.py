@@ -115,3 +115,21 @@ def test_each_try_stores_its_file_under_a_name_of_its_own(owner):
     assert second is not None and second.file_key != first.file_key
     assert default_storage.exists(second.file_key)
     assert not default_storage.exists(first.file_key)
+
+
+@pytest.mark.parametrize("kind", ["\x00", "nonsense"])
+def test_listing_reports_by_an_unknown_kind_is_a_400(client, auth, kind):
+    response = client.get("/api/v1/reports/", {"kind": kind}, **auth)
+
+    assert response.status_code == 400
+    assert "kind" in response.json()["error"]["details"]
+
+
+def test_listing_reports_by_kind(owner, client, auth):
+    _ready_report(owner)
+
+    usage = client.get("/api/v1/reports/", {"kind": "usage"}, **auth).json()
+    transcripts = client.get("/api/v1/reports/", {"kind": "transcript"}, **auth).json()
+
+    assert usage["count"] == 1
+    assert transcripts["count"] == 0

@@ -34,6 +34,10 @@ class ReportInput(serializers.Serializer):
     period_end = serializers.DateField(required=False, help_text="Exclusive.")
 
 
+class ReportFilter(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ReportKind.choices, required=False)
+
+
 class ReportOutput(CompiledOutput, serializers.Serializer):
     id = serializers.UUIDField()
     kind = serializers.CharField()
@@ -64,14 +68,17 @@ class ReportListCreateView(APIView):
     permission_classes = [TenantPermission]
 
     @extend_schema(
-        operation_id="reports_list", responses={200: page_of("Report", ReportOutput), **ERRORS}
+        operation_id="reports_list",
+        parameters=[ReportFilter],
+        responses={200: page_of("Report", ReportOutput), **ERRORS},
     )
     def get(self, request: Request, version: str) -> Response:
         organisation = get_tenant(request).organisation
+        filters = ReportFilter(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        kind = filters.validated_data.get("kind")
         return paginated_response(
-            queryset=lambda: selectors.report_list(
-                organisation=organisation, kind=request.query_params.get("kind")
-            ),
+            queryset=lambda: selectors.report_list(organisation=organisation, kind=kind),
             serializer_class=ReportOutput,
             request=request,
             view=self,
