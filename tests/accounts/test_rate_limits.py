@@ -150,6 +150,20 @@ def test_no_password_is_tested_after_another_attempt_used_the_last_try():
     assert interleaved and interleaved[0].__class__.__name__ == "Throttled"
 
 
+def test_a_failed_sign_in_keeps_the_typed_address_only_if_it_is_one(api_client, user):
+    """A password typed into the address field must not stay in the append-only trail."""
+    login(api_client, user.email)
+    login(api_client, "Tr0ub4dor&3-my-password")
+
+    kept = list(
+        AuditEvent.objects.filter(action=AuditAction.LOGIN_FAILED)
+        .order_by("occurred_at")
+        .values_list("target_repr", flat=True)
+    )
+
+    assert kept == [user.email, "(not an email address)"]
+
+
 def test_the_account_lock_does_not_depend_on_the_spelling_of_the_address(api_client, user):
     for spelling in [user.email, user.email.upper(), f"  {user.email}", user.email.title()] * 2:
         login(api_client, spelling, ip="198.51.100.1")

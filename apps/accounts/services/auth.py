@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import authenticate
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework_simplejwt.exceptions import TokenError
@@ -41,6 +42,14 @@ from ._common import (
 )
 
 
+def _looks_like_an_address(value: str) -> bool:
+    try:
+        validate_email(value)
+    except DjangoValidationError:
+        return False
+    return True
+
+
 # ---- Sign-in, refresh, sign-out ---------------------------------------------------------------
 def auth_login(
     *,
@@ -59,15 +68,18 @@ def auth_login(
             else []
         )
     if user is None or not isinstance(user, User):
+        # What was typed as the address goes into the append-only trail only if it is one: a
+        # password typed into the wrong field must not be kept for ever.
+        shown = account if _looks_like_an_address(account) else "(not an email address)"
         audit_record(
-            action=AuditAction.LOGIN_FAILED, meta=meta, target_type="account", target_repr=account
+            action=AuditAction.LOGIN_FAILED, meta=meta, target_type="account", target_repr=shown
         )
         if exhausted:  # recorded once, when the lockout starts, not for every refused attempt
             audit_record(
                 action=AuditAction.LOGIN_LOCKED,
                 meta=meta,
                 target_type="account",
-                target_repr=account,
+                target_repr=shown,
                 metadata={"counters": exhausted},
             )
         raise InvalidCredentials()
