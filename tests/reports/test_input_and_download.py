@@ -133,3 +133,15 @@ def test_listing_reports_by_kind(owner, client, auth):
 
     assert usage["count"] == 1
     assert transcripts["count"] == 0
+
+
+def test_fields_a_report_does_not_take_are_refused(client, auth):
+    response = client.post(
+        "/api/v1/reports/",
+        {"kind": "usage", "format": "csv", "organisation": "another"},
+        content_type="application/json",
+        **auth,
+    )
+
+    assert response.status_code == 400
+    assert list(response.json()["error"]["details"]) == ["organisation"]

@@ -115,6 +115,24 @@ def test_registration_shows_the_secret_once(client, admin_auth, monkeypatch):
     assert "secret" not in listed.json()["results"][0]
 
 
+def test_fields_an_endpoint_does_not_take_are_refused_not_dropped(client, admin_auth):
+    """A client that thinks it sets its own secret (or is_active) must learn it did not."""
+    response = client.post(
+        "/api/v1/webhooks/endpoints/",
+        {
+            "url": "https://hooks.customer.test/x",
+            "event_types": ["job.completed"],
+            "secret": "whsec_mine",
+            "is_active": False,
+        },
+        content_type="application/json",
+        **admin_auth,
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()["error"]["details"]) == {"secret", "is_active"}
+
+
 def test_an_unsafe_url_is_refused_by_the_api_with_the_error_body(client, admin_auth):
     response = client.post(
         "/api/v1/webhooks/endpoints/",

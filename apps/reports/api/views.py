@@ -14,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import CompiledOutput, errors, page_of, paginated_response
+from apps.core.drf import CompiledOutput, InputSerializer, errors, page_of, paginated_response
 from apps.core.exceptions import ConflictError, ServiceUnavailableError
 from apps.core.http import attachment_header
 
@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 ERRORS = errors(400, 401, 403, 404)
 
 
-class ReportInput(serializers.Serializer):
+class ReportInput(InputSerializer):
     kind = serializers.ChoiceField(choices=ReportKind.choices)
     format = serializers.ChoiceField(choices=ReportFormat.choices)
     job_id = serializers.UUIDField(required=False)

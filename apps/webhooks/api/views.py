@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import errors, page_of, paginated_response
+from apps.core.drf import InputSerializer, errors, page_of, paginated_response
 
 from .. import selectors, services
 from ..models import SUBSCRIBABLE_EVENTS
@@ -24,7 +24,7 @@ ERRORS = errors(
 )
 
 
-class EndpointInput(serializers.Serializer):
+class EndpointInput(InputSerializer):
     url = serializers.CharField(max_length=2000)
     event_types = serializers.ListField(
         child=serializers.ChoiceField(choices=SUBSCRIBABLE_EVENTS), min_length=1, max_length=20
