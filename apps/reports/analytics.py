@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
-_TOKEN = re.compile(r"[\w']+", re.UNICODE)
+# A number with its separators ("1,000,000", "3.5") is one token; a word keeps its inner
+# apostrophes ("don't") but not quotes around it ("'hello'").
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|\w+(?:'\w+)*", re.UNICODE)
+# Typographic apostrophes, as Whisper writes them in some languages and texts.
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 MTLD_THRESHOLD = 0.72
 FILLERS = {"um", "uh", "erm", "er", "ah", "hmm", "uhm", "mm", "mhm"}
 FILLER_PHRASES = {("you", "know"), ("i", "mean")}
@@ -45,7 +49,8 @@ class Word:
 
 
 def tokens_of(text: str) -> list[str]:
-    return [t.lower() for t in _TOKEN.findall(text or "")]
+    """Words of `text`, case-folded ("Straße" and "STRASSE" are one word)."""
+    return [t.casefold() for t in _TOKEN.findall((text or "").translate(_APOSTROPHES))]
 
 
 def words_from_segments(segments: Iterable[dict[str, Any]]) -> list[Word]:

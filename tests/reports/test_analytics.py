@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from apps.reports import analytics
-from apps.reports.analytics import Word
+from apps.reports.analytics import Word, tokens_of
 
 
 @pytest.mark.parametrize(
@@ -65,3 +65,16 @@ def test_segments_without_word_timings_are_spread_evenly():
         ("three", 2, 3),
         ("four", 3, 4),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("don\u2019t stop", ["don't", "stop"]),  # a typographic apostrophe keeps the word whole
+        ("'Hello,' she said", ["hello", "she", "said"]),  # quotes are not words
+        ("$1,000,000 raised", ["1,000,000", "raised"]),  # one number, one word
+        ("Stra\u00dfe STRASSE", ["strasse", "strasse"]),  # case-folded, not only lower-cased
+    ],
+)
+def test_words_are_counted_as_a_reader_would(text, tokens):
+    assert tokens_of(text) == tokens
