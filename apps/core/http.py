@@ -14,6 +14,17 @@ def attachment_header(filename: str, *, fallback: str) -> str:
     left), so no client can read a `;` or `=` of the name as another parameter; `filename*`
     carries the exact name percent-encoded.
     """
-    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
-    ascii_name = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name).strip("._") or fallback
+    stem, dot, extension = filename.rpartition(".")
+    if not dot:
+        stem, extension = filename, ""
+    # The stem and the extension apart: a name with no ASCII letters ("会议记录.srt") becomes
+    # "transcript.srt", not "srt".
+    ascii_stem = _ascii(stem) or fallback
+    ascii_extension = _ascii(extension)
+    ascii_name = f"{ascii_stem}.{ascii_extension}" if ascii_extension else ascii_stem
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+def _ascii(value: str) -> str:
+    value = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._")

@@ -1020,6 +1020,8 @@ def test_transcripts_render_without_the_cache(api_client, auth, transcript, sett
         ('a"; filename=x.html', "a_filename_x.srt", "a%3B%20filename%3Dx.srt"),
         ("réunion été.mp3", "reunion_ete.srt", "r%C3%A9union%20%C3%A9t%C3%A9.srt"),
         ("", "audio.srt", "audio.srt"),
+        # No ASCII letters: the fallback stem keeps the extension (not a file called "srt").
+        ("会议记录.mp3", "transcript.srt", "%E4%BC%9A%E8%AE%AE%E8%AE%B0%E5%BD%95.srt"),
     ],
 )
 def test_download_names_are_safe_in_the_content_disposition(
