@@ -55,6 +55,8 @@ RUN echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.as
         libharfbuzz0b \
         libharfbuzz-subset0 \
         fonts-dejavu-core \
+        fonts-noto-core \
+        fonts-noto-cjk \
  && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 lexiscore \
  && useradd --system --no-log-init --uid 10001 --gid 10001 \

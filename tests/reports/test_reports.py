@@ -335,3 +335,30 @@ def test_weekly_usage_reports_are_created_once_per_organisation_and_period(owner
     assert len(mine) == 1
     assert (mine[0].period_start, mine[0].period_end) == (date(2029, 12, 31), date(2030, 1, 7))
     assert again == []
+
+
+@pytest.mark.parametrize(
+    ("text", "font"),
+    [
+        (" 我们今天讨论预算。", "CJK"),
+        (" आज हम बजट पर चर्चा करेंगे।", "Devanagari"),
+        (" วันนี้เราคุยเรื่องงบ", "Thai"),
+    ],
+)
+def test_a_transcript_pdf_in_another_script_embeds_a_font_that_has_it(owner, text, font):
+    """DejaVu has no CJK, Devanagari or Thai: without a font for them the PDF shows boxes."""
+    from django.core.files.storage import default_storage
+
+    job = completed_job(owner.organisation, owner.user, words=[(text, 0.0, 2.0, 0.9)])
+    report = generate(
+        owner.organisation, owner.user, kind="transcript", format="pdf", job_id=job.pk
+    )
+
+    with default_storage.open(report.file_key, "rb") as handle:
+        fonts = {
+            str(entry.get_object()["/BaseFont"])
+            for page in PdfReader(handle).pages
+            for entry in (page["/Resources"].get_object().get("/Font") or {}).values()
+        }
+
+    assert any(font in name for name in fonts), fonts
