@@ -346,7 +346,8 @@ def _complete(
         language_probability=result.language_probability,
         duration=result.duration,
         segments=data["segments"],
-        word_count=len(result.words),
+        # Timed words when there are any; else the text's (word timestamps off).
+        word_count=len(result.words) or len(result.text.split()),
     )
     info = result.engine_info
     _finish(

@@ -122,3 +122,17 @@ def test_with_the_broker_down_the_job_completes_and_its_email_is_sent_later(job,
     assert message.to == ["creator@example.com"]
     assert message.subject == "Your transcript of meeting.wav is ready"
     assert EmailOutbox.objects.get().status == EmailStatus.SENT
+
+
+def test_a_transcript_without_word_timestamps_counts_the_words_of_its_text(job):
+    untimed = result()
+    untimed.text = "Hello there, this is five words and more"
+
+    with (
+        mock.patch("workers.emails.send_email.apply_async"),
+        mock.patch("workers.webhooks.deliver.apply_async"),
+    ):
+        processing._complete(job, untimed, processing_seconds=1.0)
+
+    job.refresh_from_db()
+    assert job.transcript.word_count == 8
