@@ -112,17 +112,22 @@ def wpm_over_time(words: list[Word], bin_seconds: int) -> list[dict[str, float]]
         return []
     last = max(w.end for w in words)
     bins = max(1, math.ceil(last / bin_seconds))
-    counts = Counter(int(w.start // bin_seconds) for w in words if tokens_of(w.text))
+    # Tokens, as the word count counts them; a word starting on the last boundary (or past it)
+    # belongs to the last bin rather than to none.
+    counts: Counter[int] = Counter()
+    for w in words:
+        counts[min(int(w.start // bin_seconds), bins - 1)] += len(tokens_of(w.text))
     out = []
     for index in range(bins):
         start = index * bin_seconds
-        length = min(bin_seconds, max(last - start, 0.001))
+        length = min(bin_seconds, max(last - start, 0.0))
         out.append(
             {
                 "start": float(start),
                 "end": round(start + length, 2),
                 "words": counts.get(index, 0),
-                "wpm": words_per_minute(counts.get(index, 0), length),
+                # A rate over less than a second is noise (words all at 0 s gave 120000 wpm).
+                "wpm": words_per_minute(counts.get(index, 0), length) if length >= 1 else 0.0,
             }
         )
     return out

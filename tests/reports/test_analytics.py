@@ -78,3 +78,16 @@ def test_segments_without_word_timings_are_spread_evenly():
 )
 def test_words_are_counted_as_a_reader_would(text, tokens):
     assert tokens_of(text) == tokens
+
+
+def test_wpm_bins_add_up_to_the_word_count_and_ignore_sub_second_spans():
+    words = [
+        Word("one two", 0.0, 1.0),
+        Word("three", 30.0, 31.0),
+        Word("four", 60.0, 60.0),  # starts on the last bin's boundary
+    ]
+
+    bins = analytics.wpm_over_time(words, 60)
+
+    assert sum(b["words"] for b in bins) == 4
+    assert analytics.wpm_over_time([Word("hi", 0.0, 0.0)], 60)[0]["wpm"] == 0.0
