@@ -10,14 +10,16 @@ from tests.factories import UserFactory, bearer, member
 pytestmark = pytest.mark.django_db
 
 
+def operator(email: str):
+    """A superuser who signs in to the admin with the tests' password."""
+    return UserFactory(
+        email=email, password="Correct-horse-battery-9", is_staff=True, is_superuser=True
+    )
+
+
 @override_settings(LOGIN_RATE_PER_ACCOUNT="3/15m", LOGIN_RATE_PER_IP="100/15m")
 def test_admin_login_locks_an_account_after_repeated_failures(client):
-    user = UserFactory(
-        email="ops@example.com",
-        password="Correct-horse-battery-9",
-        is_staff=True,
-        is_superuser=True,
-    )
+    user = operator("ops@example.com")
 
     failures = [
         client.post("/admin/login/", {"username": user.email, "password": "wrong"}).status_code
@@ -33,12 +35,7 @@ def test_admin_login_locks_an_account_after_repeated_failures(client):
 
 
 def test_admin_login_still_lets_the_right_password_in(client):
-    user = UserFactory(
-        email="ops2@example.com",
-        password="Correct-horse-battery-9",
-        is_staff=True,
-        is_superuser=True,
-    )
+    user = operator("ops2@example.com")
 
     response = client.post(
         "/admin/login/?next=/admin/",
@@ -106,9 +103,7 @@ def test_signing_out_everywhere_ends_sessions_too(client):
 
 
 def test_a_new_admin_session_survives_nothing_but_revocation(client):
-    user = UserFactory(
-        email="ops3@example.com", password=PASSWORD, is_staff=True, is_superuser=True
-    )
+    user = operator("ops3@example.com")
     client.post("/admin/login/", {"username": user.email, "password": PASSWORD, "next": "/admin/"})
     assert client.get("/admin/").status_code == 200
 
