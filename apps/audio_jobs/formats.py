@@ -27,6 +27,15 @@ _ARROW = re.compile(r"-{2,}>")
 # its last word, never into the next cue or past its segment.
 PAUSE_SPLIT_SECONDS = 1.5
 HOLD_SECONDS = 0.5
+# A cue is shown at least this long (players drop or flash a zero-length cue, as Whisper's last
+# word often is when its timestamps collapse onto the end of the audio), unless the next cue
+# starts sooner.
+MIN_CUE_SECONDS = 0.8
+# SubRip has no escaping, and players (VLC, mpv/libass, most TVs) read these as styling: <i>, <b>,
+# <u>, <s>, <font ...> and ASS override blocks "{\an8}". A zero-width space after the opening
+# character shows the text as spoken without the player taking it as markup.
+_SRT_MARKUP = re.compile(r"<(?=/?(?:[ibus]|font)\b[^>]*>)|\{(?=\\)", re.IGNORECASE)
+_ZERO_WIDTH_SPACE = "\u200b"
 
 
 @dataclass(frozen=True)
@@ -241,7 +250,20 @@ def build_cues(
     cues: list[Cue] = []
     for segment in _segments(_as_dict(result)):
         cues.extend(segment_cues(segment, max_line_width=max_line_width, max_lines=max_lines))
-    return cues
+    return _with_minimum_duration(cues)
+
+
+def _with_minimum_duration(cues: list[Cue]) -> list[Cue]:
+    """Lengthen each cue shorter than ``MIN_CUE_SECONDS``, up to the start of the next cue (or
+    past the end of the audio for the last one); a cue starting with the next keeps the minimum
+    and the two are shown together, as their words were spoken together."""
+    out = []
+    for i, cue in enumerate(cues):
+        end = max(cue.end, cue.start + MIN_CUE_SECONDS)
+        if i + 1 < len(cues) and cue.start < cues[i + 1].start:
+            end = max(cue.end, min(end, cues[i + 1].start))
+        out.append(cue if end == cue.end else Cue(cue.start, end, cue.lines))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,10 +289,14 @@ def render_srt(
     cues = build_cues(result, max_line_width=max_line_width, max_lines=max_lines)
     for number, cue in enumerate(cues, start=1):
         # "-->" inside text would be read as a timing line by some players.
-        text = "\n".join(_ARROW.sub("->", line) for line in cue.lines)
+        text = "\n".join(_srt_text(line) for line in cue.lines)
         timing = f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}"
         blocks.append(f"{number}\n{timing}\n{text}\n")
     return "\n".join(blocks)
+
+
+def _srt_text(line: str) -> str:
+    return _SRT_MARKUP.sub(lambda m: m.group(0) + _ZERO_WIDTH_SPACE, _ARROW.sub("->", line))
 
 
 def _vtt_escape(text: str) -> str:

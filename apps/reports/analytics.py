@@ -16,6 +16,13 @@ from typing import Any
 # A number with its separators ("1,000,000", "3.5") is one token; a word keeps its inner
 # apostrophes ("don't") but not quotes around it ("'hello'").
 _TOKEN = re.compile(r"\d+(?:[.,]\d+)*|\w+(?:'\w+)*", re.UNICODE)
+# Chinese and Japanese are written without spaces between words, and splitting them into words
+# needs a dictionary: each Han, kana or CJK-compatibility character counts as one token, so rates
+# are characters per minute, the usual measure of speaking rate in these languages.
+_CJK = re.compile(
+    "[\u3040-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f"
+    "\U00020000-\U0002fa1f]"
+)
 # Typographic apostrophes, as Whisper writes them in some languages and texts.
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 MTLD_THRESHOLD = 0.72
@@ -49,8 +56,10 @@ class Word:
 
 
 def tokens_of(text: str) -> list[str]:
-    """Words of `text`, case-folded ("Straße" and "STRASSE" are one word)."""
-    return [t.casefold() for t in _TOKEN.findall((text or "").translate(_APOSTROPHES))]
+    """Words of `text`, case-folded ("Straße" and "STRASSE" are one word); each CJK character is
+    a token of its own."""
+    text = _CJK.sub(r" \g<0> ", (text or "").translate(_APOSTROPHES))
+    return [t.casefold() for t in _TOKEN.findall(text)]
 
 
 def words_from_segments(segments: Iterable[dict[str, Any]]) -> list[Word]:

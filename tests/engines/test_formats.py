@@ -8,6 +8,7 @@ import pytest
 
 from apps.audio_jobs.formats import (
     FORMATS,
+    MIN_CUE_SECONDS,
     build_cues,
     format_timestamp,
     render,
@@ -285,3 +286,58 @@ def test_no_arrow_survives_in_srt_text():
     text = render_srt(result).split("\n", 2)[2]
     assert "-->" not in text
     assert "a->b c->d" in text
+
+
+def test_a_last_word_collapsed_onto_the_end_of_the_audio_still_gets_a_visible_cue():
+    """Whisper often stamps the last word start == end == the end of the audio; a zero-length
+    cue is dropped or flashed by players."""
+    words = [Word(0.0, 1.0, " Hello", 0.9), Word(3.0, 3.0, " bye.", 0.9)]
+    segment = Segment(0, 0.0, 3.0, " Hello bye.", -0.1, 0.01, words)
+    result = TranscriptionResult(
+        text=segment.text, language="en", language_probability=0.9, duration=3.0,
+        segments=[segment],
+    )  # fmt: skip
+
+    cues = build_cues(result)
+
+    assert [(c.start, c.end, c.lines) for c in cues] == [
+        (0.0, 1.5, ("Hello",)),
+        (3.0, 3.0 + MIN_CUE_SECONDS, ("bye.",)),
+    ]
+
+
+def test_a_short_cue_is_lengthened_only_up_to_the_next_cue():
+    stored = {
+        "segments": [
+            {"start": 1.0, "end": 1.0, "text": " one"},
+            {"start": 1.3, "end": 2.5, "text": " two"},
+            {"start": 5.0, "end": 5.0, "text": " three"},
+            {"start": 5.0, "end": 6.0, "text": " four"},
+        ]
+    }
+
+    cues = build_cues(stored)
+
+    assert [(c.start, c.end) for c in cues] == [
+        (1.0, 1.3),  # up to "two", never over it
+        (1.3, 2.5),  # already long enough: unchanged
+        (5.0, 5.0 + MIN_CUE_SECONDS),  # starts with "four": both are shown together
+        (5.0, 6.0),
+    ]
+    assert all(c.end > c.start for c in cues)
+
+
+@pytest.mark.parametrize(
+    ("spoken", "shown"),
+    [
+        ("<i>quoted</i>", "<\u200bi>quoted<\u200b/i>"),
+        ("<FONT color=red>x</font>", "<\u200bFONT color=red>x<\u200b/font>"),
+        ("{\\an8}top", "{\u200b\\an8}top"),
+        ("a < b > c {curly}", "a < b > c {curly}"),
+        ("<everyone>", "<everyone>"),
+    ],
+)
+def test_srt_text_that_players_read_as_styling_is_shown_as_text(spoken, shown):
+    stored = {"segments": [{"start": 0.0, "end": 1.0, "text": spoken}]}
+
+    assert render_srt(stored) == f"1\n00:00:00,000 --> 00:00:01,000\n{shown}\n"

@@ -74,6 +74,19 @@ def test_segments_without_word_timings_are_spread_evenly():
         ("'Hello,' she said", ["hello", "she", "said"]),  # quotes are not words
         ("$1,000,000 raised", ["1,000,000", "raised"]),  # one number, one word
         ("Stra\u00dfe STRASSE", ["strasse", "strasse"]),  # case-folded, not only lower-cased
+        # Chinese and Japanese have no spaces between words: one token per character
+        (
+            "\u4eca\u5929\u5929\u6c14\u5f88\u597d",
+            ["\u4eca", "\u5929", "\u5929", "\u6c14", "\u5f88", "\u597d"],
+        ),
+        (
+            "\u6771\u4eac\u3078\u884c\u304fGPU2\u53f0",
+            ["\u6771", "\u4eac", "\u3078", "\u884c", "\u304f", "gpu2", "\u53f0"],
+        ),
+        (
+            "\ud55c\uad6d\uc5b4 \ubb38\uc7a5",
+            ["\ud55c\uad6d\uc5b4", "\ubb38\uc7a5"],
+        ),  # Korean is spaced: words
     ],
 )
 def test_words_are_counted_as_a_reader_would(text, tokens):
