@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from celery import shared_task
+from typing import Any
+
+from celery import shared_task, signals
 
 from .base import LexisTask
 
@@ -66,3 +68,14 @@ def requeue_stuck_jobs() -> dict[str, int]:
 
     result = jobs_requeue_stuck()
     return {"requeued": len(result["requeued"]), "held": len(result["held"])}
+
+
+@signals.worker_ready.connect
+def _sweep_own_temp_folder(**_kwargs: Any) -> None:
+    """Every worker sweeps its own temp folder, at start and hourly: a transcription worker's
+    container has its own /tmp (spooled audio of a job whose process was killed stays there),
+    which the beat task above, run by whichever worker takes it, never sees."""
+    from apps.core.maintenance import temp_files_cleanup
+    from apps.core.tempfiles import start_sweeping
+
+    start_sweeping(temp_files_cleanup)

@@ -15,14 +15,16 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection
+from django.db import connection, connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -48,7 +50,9 @@ def check_broker() -> None:
     from lexiscore.celery import app
 
     with app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=settings.HEALTH_CHECK_TIMEOUT)
+        # One try: a refused connection fails at once (a retry would wait 2 s); the check as a
+        # whole is bounded by HEALTH_CHECK_TIMEOUT (run_checks).
+        conn.ensure_connection(max_retries=0, timeout=settings.HEALTH_CHECK_TIMEOUT)
 
 
 def check_storage() -> None:
@@ -80,20 +84,48 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-def run_checks() -> tuple[bool, dict[str, Any]]:
+# The checks run in threads of their own, at once, each given HEALTH_CHECK_TIMEOUT: a dependency
+# that hangs (storage behind a dead load balancer, a database that accepts connections and then
+# stalls) gives "fail" in time instead of holding the request, and every request waiting on the
+# answer, for its client library's own timeouts (a minute or more for boto). A hung check keeps
+# its thread; there is one thread per check, so hung checks can pile up no further.
+_executor = ThreadPoolExecutor(max_workers=len(CHECKS), thread_name_prefix="readyz")
+
+
+def _timed(check: Callable[[], None]) -> float:
+    started = time.monotonic()
+    try:
+        check()
+    finally:
+        # This thread's database connections go back (to the pool) between runs.
+        connections.close_all()
+    return time.monotonic() - started
+
+
+def run_checks(names: Iterable[str] | None = None) -> tuple[bool, dict[str, Any]]:
+    """Run the named checks (all by default) at once; each fails when it raises or takes longer
+    than ``HEALTH_CHECK_TIMEOUT`` seconds."""
+    timeout = float(settings.HEALTH_CHECK_TIMEOUT)
+    started = time.monotonic()
+    futures = {name: _executor.submit(_timed, CHECKS[name]) for name in (names or CHECKS)}
     results: dict[str, Any] = {}
     healthy = True
-    for name, check in CHECKS.items():
-        started = time.monotonic()
+    for name, future in futures.items():
         try:
-            check()
+            seconds = future.result(timeout=max(0.0, started + timeout - time.monotonic()))
+        except FutureTimeout:
+            healthy = False
+            logger.warning("Readiness check %s did not answer within %s s", name, timeout)
+            results[name] = {"status": "fail", "error": f"no answer within {timeout:g} s"}
+            seconds = timeout
         except Exception as exc:  # every failure is a "not ready" answer, never a 500
             healthy = False
             logger.warning("Readiness check %s failed: %s", name, exc)
             results[name] = {"status": "fail", "error": f"{type(exc).__name__}: {exc}"[:300]}
+            seconds = time.monotonic() - started
         else:
             results[name] = {"status": "ok"}
-        results[name]["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        results[name]["duration_ms"] = round(seconds * 1000, 1)
     return healthy, results
 
 

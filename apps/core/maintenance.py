@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
+
+from .tempfiles import sweep_temp_dir
 
 logger = logging.getLogger(__name__)
 
@@ -149,32 +150,12 @@ def jobs_requeue_stuck(*, dry_run: bool = False) -> dict[str, list[str]]:
 
 
 # ---- retention ---------------------------------------------------------------------------------
-TEMP_PREFIXES = ("lexiscore-audio-", "lexiscore-backup-")
-
-
 def temp_files_cleanup(*, older_than_seconds: int | None = None) -> int:
-    """Delete the platform's temp files and folders left behind by killed processes."""
+    """Delete this process's temp folder's platform files left behind by killed processes."""
     age = (
         older_than_seconds if older_than_seconds is not None else settings.TEMP_FILE_MAX_AGE_SECONDS
     )
-    root = Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir())
-    cutoff = time.time() - age
-    removed = 0
-    for entry in root.iterdir():
-        # Django's upload temp files are "tmp*.upload*"; ours carry a lexiscore- prefix.
-        if not (entry.name.startswith(TEMP_PREFIXES) or ".upload" in entry.name):
-            continue
-        try:
-            if entry.lstat().st_mtime >= cutoff:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            removed += 1
-        except OSError:
-            logger.warning("Could not remove temp entry %s", entry, exc_info=True)
-    return removed
+    return sweep_temp_dir(Path(settings.FILE_UPLOAD_TEMP_DIR or tempfile.gettempdir()), age)
 
 
 def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:

@@ -250,24 +250,17 @@ class PlatformCollector(Collector):
     """
 
     def collect(self) -> Iterator[Any]:
-        from .health import check_broker, check_cache, check_database
+        from .health import run_checks
 
         up = GaugeMetricFamily(
             "lexiscore_dependency_up",
-            "1 when the dependency answers, 0 when not.",
+            "1 when the dependency answers within HEALTH_CHECK_TIMEOUT, 0 when not.",
             labels=["dependency"],
         )
-        for name, check in (
-            ("database", check_database),
-            ("cache", check_cache),
-            ("broker", check_broker),
-        ):
-            try:
-                check()
-                up.add_metric([name], 1)
-            except Exception as exc:  # a failed check is a 0, never a failed scrape
-                logger.warning("Metrics: dependency %s unavailable: %s", name, exc)
-                up.add_metric([name], 0)
+        # A failed check is a 0 (run_checks logs why), never a failed scrape.
+        _, results = run_checks(("database", "cache", "broker"))
+        for name, result in results.items():
+            up.add_metric([name], 1 if result["status"] == "ok" else 0)
         yield up
         yield from _queue_metrics()
         yield from _dead_letter_metrics()

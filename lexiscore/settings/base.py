@@ -8,6 +8,7 @@ defaults (SQLite, local-memory cache, kombu's filesystem broker) so a fresh mach
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -17,11 +18,36 @@ import environ
 from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
+
+class Env(environ.Env):
+    """django-environ's reader with two of its behaviours changed, for every setting:
+
+    - an empty value is unset, so its default applies, as ``${NAME:-default}`` does in Compose: a
+      ``BACKUP_DIR=`` or ``RATE_LIMIT_PLANS=`` line copied from ``.env.example`` must not turn into
+      the working directory or a JSON error;
+    - a value is taken literally: django-environ reads one starting with ``$`` as the name of
+      another variable, so a generated secret starting with ``$`` would silently become another
+      value or the default.
+    """
+
+    def get_value(self, var, cast=None, default=environ.Env.NOTSET, parse_default=False):
+        value = os.environ.get(var, "")
+        if value == "":
+            if default is self.NOTSET:
+                raise ImproperlyConfigured(f"Set the {var} environment variable")
+            if parse_default and default is not None:
+                return self.parse_value(default, cast)
+            return default
+        if cast is None and default is not None and default is not self.NOTSET:
+            cast = type(default)
+        return self.parse_value(value, cast)
+
+
+env = Env()
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # Runtime state of an embedded install (SQLite file, media, broker folders, model cache).
-VAR_DIR = Path(environ.Env().str("LEXISCORE_VAR_DIR", default=str(BASE_DIR / "var")))
-
-env = environ.Env()
+VAR_DIR = Path(env.str("LEXISCORE_VAR_DIR", default=str(BASE_DIR / "var")))
 
 
 def env_list(name: str, default: list[str] | None = None) -> list[str]:

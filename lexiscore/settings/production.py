@@ -73,5 +73,4 @@ CSRF_COOKIE_SECURE = True
 SESSION_COOKIE_NAME = "__Host-sessionid"
 CSRF_COOKIE_NAME = "__Host-csrftoken"
 
-LOG_FORMAT = "json"
 SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", default="production")

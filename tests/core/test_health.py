@@ -140,3 +140,41 @@ def test_readyz_reports_a_missing_model(client, redis_broker, tmp_path):
 
     assert response.status_code == 503
     assert response.json()["checks"]["model"]["status"] == "fail"
+
+
+@pytest.mark.django_db
+@override_settings(HEALTH_CHECK_TIMEOUT=0.5, METRICS_TOKEN="ops-token-for-tests")
+def test_a_dependency_that_hangs_fails_its_check_in_time(client, redis_broker, monkeypatch):
+    """Storage behind a dead load balancer answers nothing: /readyz says so after
+    HEALTH_CHECK_TIMEOUT instead of holding the request for the client library's timeouts; the
+    other checks, run at once, still report."""
+    import threading
+    import time
+
+    from apps.core import health
+
+    release = threading.Event()
+    monkeypatch.setattr(health, "_last", None)
+    monkeypatch.setitem(health.CHECKS, "storage", lambda: release.wait(30))
+    try:
+        started = time.monotonic()
+        response = client.get("/readyz", HTTP_AUTHORIZATION="Bearer ops-token-for-tests")
+        elapsed = time.monotonic() - started
+    finally:
+        release.set()
+        monkeypatch.setattr(health, "_last", None)
+
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["storage"] == {
+        "status": "fail",
+        "error": "no answer within 0.5 s",
+        "duration_ms": 500.0,
+    }
+    assert {name for name, check in checks.items() if check["status"] == "ok"} == {
+        "database",
+        "cache",
+        "broker",
+        "model",
+    }
+    assert elapsed < 5

@@ -151,3 +151,67 @@ def test_production_settings_are_https_only():
         "True",
         "True",
     ]
+
+
+def _env_example() -> dict[str, str]:
+    """The variables `cp .env.example .env` gives every application container."""
+    lines = (ROOT / ".env.example").read_text().splitlines()
+    names_and_values = (line.partition("=") for line in lines if line[:1].isupper())
+    return {name: value for name, _, value in names_and_values}
+
+
+def test_production_starts_with_env_example_copied_and_its_secrets_filled():
+    """`cp .env.example .env`, fill in the secrets: the empty lines left in it (`BACKUP_DIR=`,
+    `SENTRY_DSN=`, ...) mean "the default", never the working directory or a JSON error."""
+    env = {**_env_example(), **PRODUCTION_ENV, "DATABASE_URL": PRODUCTION_ENV["DATABASE_URL"]}
+    assert env["SENTRY_DSN"] == "" and env["CORS_ALLOWED_ORIGINS"] == ""
+    code = (
+        "from django.conf import settings as s; "
+        "print(s.BACKUP_DIR.is_absolute(), s.MEDIA_ROOT != '', s.PLAN_RATE_LIMITS['free']['api'])"
+    )
+
+    result = run_django(env, "shell", "--no-imports", "-c", code)
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "300/m"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "expression", "default"),
+    [
+        ("RATE_LIMIT_PLANS", "s.PLAN_RATE_LIMITS['team']['api']", "1200/m"),
+        ("BACKUP_DIR", "s.BACKUP_DIR.name", "backups"),
+        ("QUOTA_FREE_MINUTES", "s.PLAN_AUDIO_MINUTES_PER_MONTH['free']", "120"),
+        ("RATE_LIMIT_ENABLED", "s.RATE_LIMIT_ENABLED", "True"),
+    ],
+)
+def test_an_empty_value_gives_the_default(variable, expression, default):
+    env = {**PRODUCTION_ENV, variable: ""}
+
+    result = run_django(
+        env,
+        "shell",
+        "--no-imports",
+        "-c",
+        f"from django.conf import settings as s; print({expression})",
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == default
+
+
+def test_a_secret_starting_with_a_dollar_sign_is_taken_literally():
+    """django-environ would read `$abc…` as the name of another variable."""
+    secret = "$" + PRODUCTION_ENV["JWT_SIGNING_KEY"]
+    env = {**PRODUCTION_ENV, "JWT_SIGNING_KEY": secret}
+
+    result = run_django(
+        env,
+        "shell",
+        "--no-imports",
+        "-c",
+        "from django.conf import settings as s; print(s.SIMPLE_JWT['SIGNING_KEY'])",
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == secret

@@ -18,6 +18,7 @@ REQUIRED_ALERTS = {
     "QueueOldestMessageTooOld",
     "DeadLettersAppeared",
     "WorkerDown",
+    "WorkerMissing",
     "WhisperBatchOutOfMemory",
     "DatabaseUnavailable",
     "RedisUnavailable",

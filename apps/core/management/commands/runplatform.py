@@ -23,14 +23,16 @@ class Command(BaseCommand):
     help = "Run web, worker and beat together (embedded mode or against configured services)."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--bind", default=os.environ.get("GUNICORN_BIND", "127.0.0.1:8000"))
+        parser.add_argument("--bind", default=os.environ.get("GUNICORN_BIND") or "127.0.0.1:8000")
         parser.add_argument("--web-workers", type=int, default=2)
         parser.add_argument("--worker-concurrency", type=int, default=1)
         parser.add_argument("--no-beat", action="store_true")
 
     def handle(self, *args, **options) -> None:
         env = {**os.environ, "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"]}
-        env.setdefault("GUNICORN_WORKERS", str(options["web_workers"]))
+        env["GUNICORN_WORKERS"] = env.get("GUNICORN_WORKERS") or str(options["web_workers"])
+        # gunicorn's own lines in the same format as the application's (text in local settings).
+        env["LOG_FORMAT"] = settings.LOG_FORMAT
         env["GUNICORN_BIND"] = options["bind"]
         python = sys.executable
         queues = ",".join(str(q) for q in Queue if q != Queue.TRANSCRIPTION_GPU)
