@@ -6,6 +6,10 @@ PostgreSQL releases the lock at once, so the redelivered message can take the jo
 the worker lives, a duplicate delivery fails to take the lock and is dropped. No long transaction
 stays open. SQLite (the embedded single-machine mode, one worker) has no advisory locks: there the
 lease always succeeds, and the job's status check guards re-runs.
+
+A lease that cannot be asked for (PostgreSQL refuses the connection: too many clients, starting
+up, unreachable) raises `LeaseUnavailable`, a `TransientError`: the delivery is retried later and
+the job is left as it is, never failed for it (another worker may be running it).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import logging
 import psycopg
 from django.db import connection
 
+from workers.base import TransientError
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,6 +31,10 @@ def lock_key(job_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+class LeaseUnavailable(TransientError):
+    """PostgreSQL could not be asked for the lease; whether another worker holds it is unknown."""
+
+
 class JobLease:
     def __init__(self, job_id: str) -> None:
         self.job_id = str(job_id)
@@ -32,18 +42,36 @@ class JobLease:
         self._conn: psycopg.Connection | None = None
 
     def acquire(self) -> bool:
+        """Take the job's lock: True when taken, False when another live session holds it.
+
+        Raises `LeaseUnavailable` when PostgreSQL cannot be asked (psycopg's own
+        OperationalError, which Django's wrappers never see, so the task's retry list would not
+        know it). A connection opened before the failure is closed, not leaked.
+        """
         if connection.vendor != "postgresql":
             return True
         params = connection.get_connection_params()
         params["autocommit"] = True
         # Told apart from pooled connections in pg_stat_activity: it stays idle for a whole job.
         params["application_name"] = f"{params.get('application_name') or 'lexiscore'}-lease"
-        self._conn = psycopg.connect(**params)
-        row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
+        conn: psycopg.Connection | None = None
+        try:
+            conn = psycopg.connect(**params)
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", [self.key]).fetchone()
+        except psycopg.OperationalError as exc:
+            if conn is not None:
+                conn.close()
+            raise LeaseUnavailable(
+                f"Could not ask PostgreSQL for the lease of job {self.job_id}: {exc}"
+            ) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
         if row and row[0]:
+            self._conn = conn
             return True
-        self._conn.close()
-        self._conn = None
+        conn.close()
         return False
 
     def release(self) -> None:

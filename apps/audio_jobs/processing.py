@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -56,7 +57,13 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def job_process(*, job_id: str, retries: int = 0, deadline: float | None = None) -> str:
+def job_process(
+    *,
+    job_id: str,
+    retries: int = 0,
+    deadline: float | None = None,
+    on_lease: Callable[[], None] | None = None,
+) -> str:
     """Process one delivery of a job's message; returns what happened (for logs and tests).
 
     Only deliveries that ended without the task returning or retrying (the worker died) are held
@@ -65,6 +72,10 @@ def job_process(*, job_id: str, retries: int = 0, deadline: float | None = None)
     count should its write have failed (a database outage is a reason to retry).
     `deadline` (a `time.monotonic()` value) raises `JobTimeLimitExceeded` from the engine's
     cancellation check once passed: Celery's thread pool enforces no time limits itself.
+    `on_lease` is called once this delivery holds the job's lease: only such a delivery may fail
+    the job after an error it could not handle (a duplicate that fails before taking the lease
+    would otherwise fail a job another worker is running). Raises `LeaseUnavailable` (transient)
+    when the lease cannot be asked for.
     """
     job_id_var.set(str(job_id))
     lease = JobLease(str(job_id))
@@ -72,6 +83,8 @@ def job_process(*, job_id: str, retries: int = 0, deadline: float | None = None)
         logger.info("Job %s is being processed by another live worker; dropping duplicate", job_id)
         return "duplicate"
     try:
+        if on_lease is not None:
+            on_lease()
         outcome, job = _claim(job_id, retries)
         if job is None:
             return outcome

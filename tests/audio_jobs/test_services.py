@@ -10,17 +10,19 @@ from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
+import psycopg
 import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from apps.audio_jobs import processing, selectors, services
+from apps.audio_jobs import leases, processing, selectors, services
 from apps.audio_jobs.leases import JobLease
 from apps.audio_jobs.models import JobStatus, TranscriptionJob
 from apps.core.models import DeadLetter
 from tests.audio_jobs.conftest import media_files
 from tests.audio_jobs.factories import JobFactory
 from tests.factories import OrganisationFactory
+from workers.base import TransientError
 
 pytestmark = pytest.mark.django_db
 REPO = Path(__file__).resolve().parents[2]
@@ -422,6 +424,29 @@ def test_a_lease_is_freed_when_its_connection_dies():
 
     assert second.acquire() is True
     second.release()
+
+
+def test_a_lease_connection_whose_lock_query_fails_is_closed_and_the_failure_is_transient():
+    real_connect = psycopg.connect
+    opened: list[psycopg.Connection] = []
+
+    def connect(*args, **kwargs):
+        conn = real_connect(*args, **kwargs)
+        opened.append(conn)
+        # The server goes away between the connection and the query (a restart, a failover).
+        conn.execute = mock.Mock(side_effect=psycopg.OperationalError("server closed"))
+        return conn
+
+    lease = JobLease(str(uuid.uuid4()))
+    with (
+        mock.patch.object(leases.psycopg, "connect", connect),
+        pytest.raises(leases.LeaseUnavailable) as raised,
+    ):
+        lease.acquire()
+
+    assert isinstance(raised.value, TransientError)
+    assert [conn.closed for conn in opened] == [True]
+    assert lease._conn is None
 
 
 def test_a_lease_connection_is_named_apart_from_the_pool_in_pg_stat_activity():
