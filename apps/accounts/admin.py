@@ -1,4 +1,5 @@
-"""The operators' admin: users, organisations, memberships, invitations and API keys."""
+"""The operators' admin: users, organisations, memberships, invitations, API keys, and the
+recorded refresh tokens (in place of simplejwt's admin pages)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from rest_framework_simplejwt.token_blacklist import admin as _simplejwt_admin  # noqa: F401
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from apps.core.exceptions import ApplicationError
 
@@ -257,3 +260,58 @@ class ApiKeyAdmin(admin.ModelAdmin):
             )
             count += 1
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+# ---- Refresh tokens ---------------------------------------------------------------------------
+# simplejwt registers admin pages of its own that show a recorded token's full text: to anyone
+# allowed to *view* them, a live credential of another user. New tokens are recorded without it
+# (and migration 0002 blanked the old ones), and these pages replace simplejwt's, read-only and
+# without the field, so neither a leftover value nor a future change brings the text back.
+for _model in (OutstandingToken, BlacklistedToken):
+    if admin.site.is_registered(_model):  # by simplejwt's admin module, imported above
+        admin.site.unregister(_model)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    actions = None
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(OutstandingToken)
+class OutstandingTokenAdmin(ReadOnlyAdmin):
+    list_display = ("jti", "user", "created_at", "expires_at")
+    search_fields = ("jti", "user__email", "user__public_id")
+    list_select_related = ("user",)
+    fields = readonly_fields = ("jti", "user", "created_at", "expires_at")
+    ordering = ("-created_at",)
+    show_full_result_count = False
+
+
+@admin.register(BlacklistedToken)
+class BlacklistedTokenAdmin(ReadOnlyAdmin):
+    list_display = ("jti", "user", "expires_at", "blacklisted_at")
+    search_fields = ("token__jti", "token__user__email", "token__user__public_id")
+    list_select_related = ("token__user",)
+    fields = readonly_fields = ("jti", "user", "expires_at", "blacklisted_at")
+    ordering = ("-blacklisted_at",)
+    show_full_result_count = False
+
+    @admin.display(description="jti", ordering="token__jti")
+    def jti(self, obj: BlacklistedToken) -> str:
+        return obj.token.jti
+
+    @admin.display(description="user", ordering="token__user")
+    def user(self, obj: BlacklistedToken) -> Any:
+        return obj.token.user
+
+    @admin.display(description="expires at", ordering="token__expires_at")
+    def expires_at(self, obj: BlacklistedToken) -> Any:
+        return obj.token.expires_at

@@ -2,6 +2,11 @@
 
 JWT claims added here: `ver` (the user's token version: raising it revokes every token of the
 user, access tokens included) and, optionally, `org` (the organisation chosen at login).
+
+A refresh token is recorded as an `OutstandingToken` by its jti, user and expiry, never by its text
+(`token` is stored empty): a live refresh token is a credential, and revocation, rotation, reuse
+detection and `flushexpiredtokens` all go by jti and expiry, so a copy in the table (and in its
+admin, in dumps and backups) would only be something to steal.
 """
 
 from __future__ import annotations
@@ -41,6 +46,25 @@ class LexisRefreshToken(RefreshToken):
         if BlacklistedToken.objects.filter(token__jti=jti).exists():
             raise TokenReusedError(_("Token is blacklisted"), self.payload)
 
+    # simplejwt's own `outstand()` and `blacklist()` record a token they have not seen with its
+    # full text; these record it as `token_pair_issue` does, without it.
+    def outstand(self) -> OutstandingToken:
+        user_id = self.payload.get(jwt_settings.USER_ID_CLAIM)
+        outstanding, _created = OutstandingToken.objects.get_or_create(
+            jti=self.payload[jwt_settings.JTI_CLAIM],
+            defaults={
+                "user": User.objects.filter(**{jwt_settings.USER_ID_FIELD: user_id}).first(),
+                "token": "",
+                "created_at": self.current_time,
+                "expires_at": datetime_from_epoch(self.payload["exp"]),
+            },
+        )
+        return outstanding
+
+    def blacklist(self) -> BlacklistedToken:
+        blacklisted, _created = BlacklistedToken.objects.get_or_create(token=self.outstand())
+        return blacklisted
+
 
 @dataclass(frozen=True)
 class TokenPair:
@@ -59,7 +83,7 @@ def token_pair_issue(*, user: User, organisation: Organisation | None = None) ->
     OutstandingToken.objects.create(
         user=user,
         jti=refresh[jwt_settings.JTI_CLAIM],
-        token=encoded,
+        token="",  # never the token itself (see the module's docstring)
         created_at=refresh.current_time,
         expires_at=datetime_from_epoch(refresh["exp"]),
     )
