@@ -110,7 +110,9 @@ def test_the_token_admin_pages_are_read_only_even_for_a_superuser(admin_client, 
 
 
 def test_the_migration_blanks_the_text_of_tokens_recorded_before_it(db, user):
-    migration = importlib.import_module("apps.accounts.migrations.0002_blank_outstanding_token_text")
+    migration = importlib.import_module(
+        "apps.accounts.migrations.0002_blank_outstanding_token_text"
+    )
     old = [
         OutstandingToken.objects.create(
             user=user,

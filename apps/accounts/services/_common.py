@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 from urllib.parse import urlencode
 
@@ -13,7 +14,7 @@ from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
 from .. import principals
-from ..models import Membership, Organisation, User
+from ..models import Membership, Organisation, Role, User
 
 
 def public_link(path: str, token: str) -> str:
@@ -62,3 +63,22 @@ def default_organisation(user: User) -> Organisation | None:
         Membership.objects.filter(user=user).select_related("organisation").order_by()[:2]
     )
     return memberships[0].organisation if len(memberships) == 1 else None
+
+
+def active_owners_locked(organisation_id: uuid.UUID) -> set[int]:
+    """Lock every owner membership of the organisation; return the user ids of the active ones.
+
+    A deactivated owner cannot sign in, so only active owners keep an organisation managed. Every
+    change that could leave it without one (demoting, removing or losing an owner, deactivating
+    one) takes these row locks first, in one order, so two such changes wait for each other. The
+    users are read after the lock, in a statement of their own: under READ COMMITTED it sees a
+    deactivation that committed while this transaction waited (a join locked with the rows would
+    re-check only the rows it locks).
+    """
+    owner_ids = list(
+        Membership.objects.select_for_update()
+        .filter(organisation_id=organisation_id, role=Role.OWNER)
+        .order_by("id")
+        .values_list("user_id", flat=True)
+    )
+    return set(User.objects.filter(pk__in=owner_ids, is_active=True).values_list("pk", flat=True))

@@ -32,6 +32,7 @@ from ..tokens import (
     token_pair_issue,
 )
 from ._common import (
+    active_owners_locked,
     check_password_strength,
     enqueue_email,
     public_link,
@@ -89,12 +90,9 @@ def organisation_update(
     return organisation
 
 
-def _lock_owners(organisation_id: uuid.UUID) -> list[Membership]:
-    return list(
-        Membership.objects.select_for_update()
-        .filter(organisation_id=organisation_id, role=Role.OWNER)
-        .order_by("id")
-    )
+def _another_active_owner(membership: Membership) -> bool:
+    """Whether the organisation keeps an active owner without `membership` (owner rows locked)."""
+    return bool(active_owners_locked(membership.organisation_id) - {membership.user_id})
 
 
 @transaction.atomic
@@ -109,10 +107,8 @@ def membership_change_role(
     old = membership.role
     if old == role:
         return membership
-    if old == Role.OWNER:
-        owners = _lock_owners(membership.organisation_id)
-        if len(owners) <= 1:
-            raise ConflictError("An organisation needs at least one owner.", code="last_owner")
+    if old == Role.OWNER and not _another_active_owner(membership):
+        raise ConflictError("An organisation needs at least one active owner.", code="last_owner")
     membership.role = role
     membership.save(update_fields=["role", "updated_at"])
     audit_record(
@@ -134,8 +130,10 @@ def membership_remove(*, actor: Membership, membership: Membership, meta: Reques
     if membership.role == Role.OWNER:
         if actor.role != Role.OWNER:
             raise Forbidden("Only owners can remove an owner.")
-        if len(_lock_owners(membership.organisation_id)) <= 1:
-            raise ConflictError("An organisation needs at least one owner.", code="last_owner")
+        if not _another_active_owner(membership):
+            raise ConflictError(
+                "An organisation needs at least one active owner.", code="last_owner"
+            )
     user = membership.user
     membership.delete()
     user_tokens_revoke(user=user)
@@ -151,9 +149,9 @@ def membership_remove(*, actor: Membership, membership: Membership, meta: Reques
 
 @transaction.atomic
 def membership_leave(*, membership: Membership, meta: RequestMeta) -> None:
-    if membership.role == Role.OWNER and len(_lock_owners(membership.organisation_id)) <= 1:
+    if membership.role == Role.OWNER and not _another_active_owner(membership):
         raise ConflictError(
-            "You are the only owner: make someone else an owner before leaving.",
+            "You are the only active owner: make someone else an owner before leaving.",
             code="last_owner",
         )
     membership.delete()

@@ -34,6 +34,7 @@ from ..tokens import (
     token_pair_issue,
 )
 from ._common import (
+    active_owners_locked,
     blacklist_refresh_tokens,
     check_password_strength,
     default_organisation,
@@ -268,12 +269,19 @@ def user_update_profile(*, user: User, full_name: str | None = None, meta: Reque
 
 
 def _sole_owner_of_shared_organisations(user: User) -> list[Organisation]:
-    owned = Organisation.objects.filter(memberships__user=user, memberships__role=Role.OWNER)
+    """The organisations with other members that would be left without an active owner.
+
+    Owner rows are locked (in organisation order) until the deactivation commits: two owners
+    deactivating at once would otherwise each see the other as the remaining owner.
+    """
+    owned = Organisation.objects.filter(
+        memberships__user=user, memberships__role=Role.OWNER
+    ).order_by("id")
     blocked = []
     for organisation in owned:
-        owners = Membership.objects.filter(organisation=organisation, role=Role.OWNER).count()
+        other_owners = active_owners_locked(organisation.id) - {user.pk}
         others = Membership.objects.filter(organisation=organisation).exclude(user=user).exists()
-        if owners == 1 and others:
+        if not other_owners and others:
             blocked.append(organisation)
     return blocked
 
