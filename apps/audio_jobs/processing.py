@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -282,7 +282,16 @@ def engine_from_settings(name: str, profile: str):
 
 
 class _Tracker:
-    """Writes progress and heartbeats, and reads the cancel flag, at most every 2 seconds."""
+    """Writes progress and heartbeats, and reads the cancel flag, at most every 2 seconds.
+
+    Both are best effort: a database error (PostgreSQL restarting, the pool exhausted) is logged
+    and the transcription goes on, the next write or read trying again 2 s later. Raised from the
+    engine's callback it would retry the task and transcribe the whole file again; only storing
+    the result (`_complete`, `_fail`) is worth a retry. A cancel request is then seen late, and a
+    heartbeat missing for `JOB_HEARTBEAT_TIMEOUT_SECONDS` lets the stuck-job sweeper requeue the
+    job if the lease went with the outage too (a PostgreSQL restart): it runs again, and the first
+    result stored wins, the other being discarded.
+    """
 
     def __init__(self, job: TranscriptionJob, deadline: float | None = None) -> None:
         self.job = job
@@ -297,10 +306,14 @@ class _Tracker:
             return
         self._last_write = now
         percent = 100.0 * min(seconds_done / total, 1.0) if total > 0 else 0.0
-        updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
-            progress=round(min(percent, 99.9), 1), heartbeat_at=timezone.now()
-        )
-        release_connection()
+        try:
+            updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
+                progress=round(min(percent, 99.9), 1), heartbeat_at=timezone.now()
+            )
+            release_connection()
+        except DatabaseError:
+            _database_blip(self.job, "write its progress and heartbeat")
+            return
         if not updated:
             raise JobGone()
 
@@ -310,16 +323,28 @@ class _Tracker:
             raise JobTimeLimitExceeded()
         if not self._cancel and now - self._last_read >= PROGRESS_INTERVAL_SECONDS:
             self._last_read = now
-            flag = (
-                TranscriptionJob.objects.filter(pk=self.job.pk)
-                .values_list("cancel_requested", flat=True)
-                .first()
-            )
-            release_connection()
+            try:
+                flag = (
+                    TranscriptionJob.objects.filter(pk=self.job.pk)
+                    .values_list("cancel_requested", flat=True)
+                    .first()
+                )
+                release_connection()
+            except DatabaseError:
+                _database_blip(self.job, "read its cancel flag")
+                return self._cancel
             if flag is None:
                 raise JobGone()
             self._cancel = bool(flag)
         return self._cancel
+
+
+def _database_blip(job: TranscriptionJob, what: str) -> None:
+    """Log a failed progress write or cancel read, and drop the connection if it is broken (the
+    next query opens, or checks out, a working one)."""
+    logger.warning("Job %s: could not %s; the transcription goes on", job.pk, what, exc_info=True)
+    if not connection.in_atomic_block:
+        connection.close_if_unusable_or_obsolete()
 
 
 def _finish(job: TranscriptionJob, status: str, *, now=None, **fields: Any) -> None:
