@@ -1,4 +1,5 @@
-"""Helpers shared by the accounts services: links, emails after commit, token revocation."""
+"""Helpers shared by the accounts services: links, emails after commit, token revocation, what a
+departing member leaves behind."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record
+
 from .. import principals
-from ..models import Membership, Organisation, Role, User
+from ..models import ApiKey, Invitation, Membership, Organisation, Role, User
+from ..network import RequestMeta
 
 
 def public_link(path: str, token: str) -> str:
@@ -82,3 +87,59 @@ def active_owners_locked(organisation_id: uuid.UUID) -> set[int]:
         .values_list("user_id", flat=True)
     )
     return set(User.objects.filter(pk__in=owner_ids, is_active=True).values_list("pk", flat=True))
+
+
+def departed_member_grants_revoke(
+    *,
+    user: User,
+    organisation_id: uuid.UUID | None,
+    actor: User | None,
+    reason: str,
+    meta: RequestMeta,
+) -> tuple[int, int]:
+    """Revoke the pending invitations `user` sent and the API keys they created, in one
+    organisation (they were removed or left it) or in all (their account was deactivated).
+
+    Both outlive their author otherwise: a removed admin could still read and write the
+    organisation's data with a key they made, or come back through an invitation they sent to an
+    address of their own. Each revocation is recorded (actor: who removed them, themselves, or
+    "system"; `metadata.reason` says why). Returns (invitations revoked, keys revoked).
+    """
+    invitations = Invitation.objects.select_for_update(of=("self",)).filter(
+        invited_by=user, status=Invitation.Status.PENDING
+    )
+    api_keys = ApiKey.objects.select_for_update(of=("self",)).filter(
+        created_by=user, revoked_at__isnull=True
+    )
+    if organisation_id is not None:
+        invitations = invitations.filter(organisation_id=organisation_id)
+        api_keys = api_keys.filter(organisation_id=organisation_id)
+    who = actor if actor is not None else "system"
+    author = {"reason": reason, "author": str(user.public_id)}
+    revoked_invitations = list(invitations.select_related("organisation").order_by("id"))
+    for invitation in revoked_invitations:
+        invitation.status = Invitation.Status.REVOKED
+        invitation.save(update_fields=["status", "updated_at"])
+        audit_record(
+            action=AuditAction.INVITATION_REVOKED,
+            actor=who,
+            organisation=invitation.organisation,
+            target=invitation,
+            target_repr=invitation.email,
+            meta=meta,
+            metadata=author,
+        )
+    revoked_keys = list(api_keys.select_related("organisation").order_by("id"))
+    for api_key in revoked_keys:
+        api_key.revoked_at = timezone.now()
+        api_key.revoked_by = actor
+        api_key.save(update_fields=["revoked_at", "revoked_by", "updated_at"])
+        audit_record(
+            action=AuditAction.API_KEY_REVOKED,
+            actor=who,
+            organisation=api_key.organisation,
+            target=api_key,
+            meta=meta,
+            metadata={"prefix": api_key.prefix, **author},
+        )
+    return len(revoked_invitations), len(revoked_keys)

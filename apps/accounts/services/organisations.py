@@ -34,6 +34,7 @@ from ..tokens import (
 from ._common import (
     active_owners_locked,
     check_password_strength,
+    departed_member_grants_revoke,
     enqueue_email,
     public_link,
     user_tokens_revoke,
@@ -124,7 +125,10 @@ def membership_change_role(
 
 @transaction.atomic
 def membership_remove(*, actor: Membership, membership: Membership, meta: RequestMeta) -> None:
-    """Remove someone from the organisation and end every session they have."""
+    """Remove someone from the organisation and end every session they have.
+
+    The API keys they created there and their pending invitations to it are revoked too.
+    """
     if not role_at_least(actor.role, Role.ADMIN):
         raise Forbidden("Only admins can remove members.")
     if membership.role == Role.OWNER:
@@ -145,10 +149,19 @@ def membership_remove(*, actor: Membership, membership: Membership, meta: Reques
         meta=meta,
         metadata={"role": membership.role},
     )
+    departed_member_grants_revoke(
+        user=user,
+        organisation_id=actor.organisation_id,
+        actor=actor.user,
+        reason="member_removed",
+        meta=meta,
+    )
 
 
 @transaction.atomic
 def membership_leave(*, membership: Membership, meta: RequestMeta) -> None:
+    """Leave an organisation: the API keys the member created there and their pending
+    invitations to it are revoked (the organisation can no longer ask its author about them)."""
     if membership.role == Role.OWNER and not _another_active_owner(membership):
         raise ConflictError(
             "You are the only active owner: make someone else an owner before leaving.",
@@ -160,6 +173,13 @@ def membership_leave(*, membership: Membership, meta: RequestMeta) -> None:
         actor=membership.user,
         organisation=membership.organisation,
         target=membership.user,
+        meta=meta,
+    )
+    departed_member_grants_revoke(
+        user=membership.user,
+        organisation_id=membership.organisation_id,
+        actor=membership.user,
+        reason="member_left",
         meta=meta,
     )
 

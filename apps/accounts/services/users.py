@@ -38,6 +38,7 @@ from ._common import (
     blacklist_refresh_tokens,
     check_password_strength,
     default_organisation,
+    departed_member_grants_revoke,
     enqueue_email,
     public_link,
     user_tokens_revoke,
@@ -295,7 +296,8 @@ def user_deactivate(
     force: bool = False,
     meta: RequestMeta,
 ) -> User:
-    """Deactivate an account: it can no longer sign in and every token of it stops working.
+    """Deactivate an account: it can no longer sign in and every token of it stops working; the
+    API keys it created and its pending invitations, in every organisation, are revoked.
 
     A user deactivating themselves confirms with their password and must first hand over any
     organisation they alone own that has other members; operators (`force`) may skip both.
@@ -319,5 +321,8 @@ def user_deactivate(
         target=user,
         meta=meta,
         metadata={"by_operator": bool(force)},
+    )
+    departed_member_grants_revoke(
+        user=user, organisation_id=None, actor=actor, reason="user_deactivated", meta=meta
     )
     return user
