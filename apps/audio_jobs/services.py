@@ -1,9 +1,10 @@
 """Writes of audio jobs in the web tier: create (multipart or presigned), cancel, delete, dispatch.
 
 A job is created only after its audio passed validation and was stored under a server-chosen key;
-if anything after storing fails, the stored file is deleted, so no orphan is left. The task is
-published only after the job's row is committed; if the broker is down then, the job stays
-`queued` with no `dispatched_at` and the sweeper publishes it later (nothing is lost).
+if anything fails after storing and before the job's row is committed, the stored file is
+deleted, so no orphan is left. The task is published only after the job's row is committed; if
+the broker (or the database) fails then, the job stays `queued` with no `dispatched_at` and the
+sweeper publishes it later (nothing is lost, the audio included).
 """
 
 from __future__ import annotations
@@ -121,7 +122,12 @@ def job_create_from_file(
     options: JobOptions,
     idempotency_key: str = "",
 ) -> tuple[TranscriptionJob, bool]:
-    """Validate, store and queue an uploaded file. Returns (job, created)."""
+    """Validate, store and queue an uploaded file. Returns (job, created).
+
+    The stored file is discarded when the job's row is not committed, and only then: once it is,
+    the file is the job's audio, whatever happens after (the publish hook is robust, and a job
+    it could not publish is published by the sweeper).
+    """
     if existing := _replay(organisation, idempotency_key):
         return existing, False
     quota_check(organisation=organisation)
@@ -129,28 +135,36 @@ def job_create_from_file(
     quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)
     job_id = uuid.uuid4()
     key = storage.store_file(path, storage.audio_key(organisation.pk, job_id, probe.format_name))
+    committed = False
+
+    def mark_committed() -> None:
+        nonlocal committed
+        committed = True
+
     try:
-        job = _create_job(
-            job_id=job_id,
-            organisation=organisation,
-            user=user,
-            options=options,
-            idempotency_key=idempotency_key,
-            audio_key=key,
-            original_filename=original_filename,
-            size_bytes=size_bytes,
-            container=probe.format_name,
-            codec=probe.codec,
-            duration_seconds=probe.duration_seconds,
-            audio_validated=True,
-        )
-    except IntegrityError:
+        with transaction.atomic():
+            # Registered before the job's publish hook, so it runs first after the commit.
+            transaction.on_commit(mark_committed)
+            job = _create_job(
+                job_id=job_id,
+                organisation=organisation,
+                user=user,
+                options=options,
+                idempotency_key=idempotency_key,
+                audio_key=key,
+                original_filename=original_filename,
+                size_bytes=size_bytes,
+                container=probe.format_name,
+                codec=probe.codec,
+                duration_seconds=probe.duration_seconds,
+                audio_validated=True,
+            )
+    except BaseException as exc:
+        if committed:
+            raise
         discard_file(key)
-        if existing := _replay(organisation, idempotency_key):
+        if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
             return existing, False
-        raise
-    except BaseException:
-        discard_file(key)
         raise
     return job, True
 
@@ -264,7 +278,10 @@ def _create_job(
         callback_url=options.callback_url,
         **fields,
     )
-    transaction.on_commit(lambda: job_dispatch(job_id=job.pk))
+    # Robust: the job is committed whatever the publish does (job_dispatch logs a broker
+    # failure; a database error raised by it is logged here), and beat's stale-queue sweeper
+    # publishes a job left without `dispatched_at`.
+    transaction.on_commit(lambda: job_dispatch(job_id=job.pk), robust=True)
     return job
 
 
@@ -481,7 +498,8 @@ def job_retry(*, job: TranscriptionJob) -> TranscriptionJob:
     for name, value in reset.items():
         setattr(locked, name, value)
     locked.save(update_fields=[*reset, "updated_at"])
-    transaction.on_commit(lambda: job_dispatch(job_id=locked.pk))
+    # Robust, as in _create_job: the stale-queue sweeper publishes what this could not.
+    transaction.on_commit(lambda: job_dispatch(job_id=locked.pk), robust=True)
     logger.info("Job %s queued again by an operator", locked.pk, extra={"job_id": str(locked.pk)})
     return locked
 

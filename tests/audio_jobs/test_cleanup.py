@@ -14,6 +14,7 @@ from unittest import mock
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import OperationalError
 from django.utils import timezone
 
 from apps.accounts.models import Organisation, User
@@ -326,6 +327,19 @@ def test_only_a_failed_job_can_be_retried(publish, status):
     assert refused.value.code == "job_not_retryable"
     job.refresh_from_db()
     assert job.status == status
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_retry_whose_publish_raises_after_the_commit_stays_queued_for_the_sweeper():
+    job = failed_job()
+
+    with mock.patch.object(
+        services, "job_dispatch", side_effect=OperationalError("server closed the connection")
+    ):
+        services.job_retry(job=job)
+
+    job.refresh_from_db()
+    assert (job.status, job.dispatched_at) == (JobStatus.QUEUED, None)
 
 
 def test_a_failed_job_whose_audio_was_deleted_cannot_be_retried(publish):

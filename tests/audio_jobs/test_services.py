@@ -12,7 +12,7 @@ from unittest import mock
 
 import psycopg
 import pytest
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from apps.audio_jobs import leases, processing, selectors, services
@@ -483,6 +483,77 @@ def test_the_stored_audio_is_removed_when_creating_the_job_fails(media_root, cli
             options=services.JobOptions(language="en"),
         )
 
+    assert media_files(media_root) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_publish_hook_that_raises_after_the_commit_keeps_the_jobs_audio(media_root, clip):
+    """The job is committed: its file is its audio. The sweeper publishes the job later."""
+    organisation = OrganisationFactory()
+
+    with mock.patch.object(
+        services, "job_dispatch", side_effect=OperationalError("server closed the connection")
+    ):
+        job, created = services.job_create_from_file(
+            organisation=organisation,
+            user=None,
+            path=clip,
+            original_filename="a.mp3",
+            size_bytes=clip.stat().st_size,
+            options=services.JobOptions(language="en"),
+        )
+
+    assert created
+    job.refresh_from_db()
+    assert (job.status, job.dispatched_at) == (JobStatus.QUEUED, None)
+    assert media_files(media_root) == [job.audio_key]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_interrupt_after_the_commit_keeps_the_jobs_audio(media_root, clip):
+    """What is raised past a robust hook (a worker's SystemExit) leaves the committed job whole."""
+    organisation = OrganisationFactory()
+
+    with (
+        mock.patch.object(services, "job_dispatch", side_effect=SystemExit(1)),
+        pytest.raises(SystemExit),
+    ):
+        services.job_create_from_file(
+            organisation=organisation,
+            user=None,
+            path=clip,
+            original_filename="a.mp3",
+            size_bytes=clip.stat().st_size,
+            options=services.JobOptions(language="en"),
+        )
+
+    job = TranscriptionJob.objects.get(organisation=organisation)
+    assert media_files(media_root) == [job.audio_key]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_row_that_cannot_be_written_discards_the_stored_audio(media_root, clip):
+    organisation = OrganisationFactory()
+    real_create = TranscriptionJob.objects.create
+
+    def create(**fields):
+        real_create(**fields)
+        raise OperationalError("server closed the connection")  # lost before the commit
+
+    with (
+        mock.patch.object(TranscriptionJob.objects, "create", side_effect=create),
+        pytest.raises(OperationalError),
+    ):
+        services.job_create_from_file(
+            organisation=organisation,
+            user=None,
+            path=clip,
+            original_filename="a.mp3",
+            size_bytes=clip.stat().st_size,
+            options=services.JobOptions(language="en"),
+        )
+
+    assert not TranscriptionJob.objects.filter(organisation=organisation).exists()
     assert media_files(media_root) == []
 
 
