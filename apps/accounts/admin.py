@@ -33,7 +33,6 @@ class UserChangeAdminForm(UserChangeForm):
             "email",
             "full_name",
             "password",
-            "is_active",
             "is_staff",
             "is_superuser",
             "groups",
@@ -88,13 +87,23 @@ class UserAdmin(DjangoUserAdmin):
         "date_joined",
     )
     search_fields = ("email", "full_name", "public_id", "memberships__organisation__name")
-    readonly_fields = ("public_id", "date_joined", "last_login", "token_version")
+    # `is_active` changes only through the actions below (the services): unticking it in the
+    # form revoked no token (a reactivation brought them back) and recorded nothing.
+    readonly_fields = ("public_id", "is_active", "date_joined", "last_login", "token_version")
     fieldsets = (
         (None, {"fields": ("public_id", "email", "password")}),
         ("Profile", {"fields": ("full_name", "email_verified_at")}),
         (
             "Access",
-            {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")},
+            {
+                "fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions"),
+                "description": (
+                    "To deactivate or reactivate an account, select it in the user list and "
+                    "use the action: deactivation ends every session and revokes the API keys "
+                    "and pending invitations the user created; both are recorded in the audit "
+                    "trail."
+                ),
+            },
         ),
         ("Sessions", {"fields": ("last_login", "date_joined", "token_version")}),
     )
@@ -108,7 +117,7 @@ class UserAdmin(DjangoUserAdmin):
         ),
     )
     inlines = [MembershipInline]
-    actions = ["deactivate_users"]
+    actions = ["deactivate_users", "reactivate_users"]
 
     def get_inlines(self, request: HttpRequest, obj: Any = None) -> list:
         return self.inlines if obj is not None else []
@@ -122,6 +131,16 @@ class UserAdmin(DjangoUserAdmin):
             )
             count += 1
         self.message_user(request, f"Deactivated {count} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Reactivate the selected users (their old sessions stay ended)")
+    def reactivate_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        count = 0
+        for user in queryset.filter(is_active=False):
+            services.user_reactivate(
+                user=user, actor=request.user, meta=RequestMeta.from_request(request)
+            )
+            count += 1
+        self.message_user(request, f"Reactivated {count} user(s).", messages.SUCCESS)
 
 
 @admin.register(Organisation)

@@ -49,6 +49,7 @@ class AuditAction(models.TextChoices):
     PASSWORD_RESET = "user.password_reset", "Password reset"
     PROFILE_UPDATED = "user.profile_updated", "Profile updated"
     USER_DEACTIVATED = "user.deactivated", "Account deactivated"
+    USER_REACTIVATED = "user.reactivated", "Account reactivated"
     ORGANISATION_CREATED = "organisation.created", "Organisation created"
     ORGANISATION_UPDATED = "organisation.updated", "Organisation updated"
     INVITATION_SENT = "invitation.sent", "Invitation sent"

@@ -326,3 +326,26 @@ def user_deactivate(
         user=user, organisation_id=None, actor=actor, reason="user_deactivated", meta=meta
     )
     return user
+
+
+@transaction.atomic
+def user_reactivate(*, user: User, actor: User | None, meta: RequestMeta) -> User:
+    """Let a deactivated account sign in again (an operator's decision).
+
+    Every token issued before now is revoked again, whichever way the account was deactivated:
+    one switched off outside `user_deactivate` (in SQL, in a shell) never had its tokens revoked,
+    and they must not come back to life with it. What deactivation revoked (API keys,
+    invitations) stays revoked.
+    """
+    if user.is_active:
+        return user
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    user_tokens_revoke(user=user)
+    audit_record(
+        action=AuditAction.USER_REACTIVATED,
+        actor=actor if actor is not None else "system",
+        target=user,
+        meta=meta,
+    )
+    return user
