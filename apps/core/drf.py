@@ -7,9 +7,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, inline_serializer
-from rest_framework import serializers
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    inline_serializer,
+)
+from rest_framework import exceptions, serializers
 from rest_framework.fields import SkipField
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.relations import PKOnlyObject
 
 from apps.core.generations import GenerationalCache
@@ -152,6 +158,15 @@ def errors(
     }
 
 
+# The query parameters of every paginated list (apps.core.pagination.StandardPagination).
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, required=False, description="Page number, from 1."),
+    OpenApiParameter(
+        "page_size", int, required=False, description="Rows per page (default 25, at most 100)."
+    ),
+]
+
+
 def page_of(name: str, item: type[serializers.Serializer]) -> Any:
     """Schema of a page of `item` as StandardPagination renders it."""
     return inline_serializer(
@@ -194,3 +209,18 @@ def paginated_response(
     if read_cache is None:
         return Response(render())
     return Response(read_cache.get_or_load(scope, request.build_absolute_uri(), render))
+
+
+class ContentNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, but an unknown `?format=` is 406 Not Acceptable (as a bad `Accept`
+    header is), not DRF's 404: the resource exists, only that representation does not."""
+
+    def filter_renderers(self, renderers: list[Any], format: str) -> list[Any]:
+        matching = [renderer for renderer in renderers if renderer.format == format]
+        if not matching:
+            raise exceptions.NotAcceptable(
+                f"Unknown format {format!r}; choose one of "
+                f"{', '.join(sorted({r.format for r in renderers}))}.",
+                code="not_acceptable",
+            )
+        return matching

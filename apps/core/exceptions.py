@@ -110,9 +110,20 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     }
 
 
+def _plain(detail: Any) -> Any:
+    """DRF's error details as plain lists, dicts and strs (every renderer writes them alike)."""
+    if isinstance(detail, dict):
+        return {str(key): _plain(value) for key, value in detail.items()}
+    if isinstance(detail, list | tuple):
+        return [_plain(item) for item in detail]
+    return str(detail) if isinstance(detail, str) else detail
+
+
 def _message_of(detail: Any, default: str) -> str:
+    # A plain str: DRF's ErrorDetail (a str subclass) is written as a mapping by the schema
+    # view's YAML renderer.
     if isinstance(detail, str):
-        return detail
+        return str(detail)
     if isinstance(detail, dict) and isinstance(detail.get("detail"), str):
         return str(detail["detail"])
     return default
@@ -144,7 +155,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         response = drf_exception_handler(exc, context)
         assert response is not None
         if isinstance(exc, exceptions.ValidationError):
-            body = error_body("validation_error", "The request is invalid.", exc.detail)
+            body = error_body("validation_error", "The request is invalid.", _plain(exc.detail))
         else:
             detail = exc.detail
             code = exc.default_code

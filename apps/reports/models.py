@@ -103,7 +103,9 @@ class Report(TimeStampedModel):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            models.Index(fields=["organisation", "-created_at"], name="report_org_created"),
+            models.Index(
+                fields=["organisation", "-created_at", "-id"], name="report_org_created_id"
+            ),
             # The sweeper's scan of reports still waiting for a worker.
             models.Index(
                 fields=["status", "updated_at"],

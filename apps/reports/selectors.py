@@ -13,7 +13,8 @@ def report_list(*, organisation, kind: str | None = None) -> QuerySet[Report]:
     queryset = Report.objects.filter(organisation=organisation)
     if kind:
         queryset = queryset.filter(kind=kind)
-    return queryset.order_by("-created_at")
+    # The id breaks ties: reports created in the same instant keep one order across pages.
+    return queryset.order_by("-created_at", "-id")
 
 
 def report_get(*, organisation, report_id) -> Report:

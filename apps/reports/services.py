@@ -130,6 +130,11 @@ def report_request(
 
         if job_id is None:
             raise ApplicationError("A transcript report needs a job_id.", code="job_required")
+        if period_start is not None or period_end is not None:
+            raise ApplicationError(
+                "A transcript report covers its job: leave out period_start and period_end.",
+                code="invalid_report_input",
+            )
         job = job_get(organisation=organisation, job_id=job_id)
         if job.status != JobStatus.COMPLETED:
             raise ConflictError(
@@ -137,6 +142,11 @@ def report_request(
             )
         fields["job"] = job
     else:
+        if job_id is not None:
+            raise ApplicationError(
+                f"A {kind} report covers a period, not a job: leave out job_id.",
+                code="invalid_report_input",
+            )
         today = timezone.now().date()
         latest = today + timedelta(days=366)
         for value in (period_start, period_end):

@@ -95,7 +95,9 @@ class WebhookDelivery(TimeStampedModel):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            models.Index(fields=["endpoint", "-created_at"], name="delivery_endpoint_created"),
+            models.Index(
+                fields=["endpoint", "-created_at", "-id"], name="delivery_endpoint_created_id"
+            ),
             models.Index(
                 fields=["next_attempt_at"],
                 name="delivery_due",

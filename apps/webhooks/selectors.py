@@ -10,7 +10,8 @@ from .models import WebhookDelivery, WebhookEndpoint
 
 
 def endpoint_list(*, organisation) -> QuerySet[WebhookEndpoint]:
-    return WebhookEndpoint.objects.filter(organisation=organisation).order_by("-created_at")
+    # The id breaks ties: rows created in the same instant keep one order across pages.
+    return WebhookEndpoint.objects.filter(organisation=organisation).order_by("-created_at", "-id")
 
 
 def endpoint_get(*, organisation, endpoint_id) -> WebhookEndpoint:
@@ -27,5 +28,5 @@ def delivery_list(*, organisation, endpoint_id) -> QuerySet[WebhookDelivery]:
     return (
         WebhookDelivery.objects.filter(organisation=organisation, endpoint=endpoint)
         .prefetch_related("log")
-        .order_by("-created_at")
+        .order_by("-created_at", "-id")
     )

@@ -111,6 +111,9 @@ MIDDLEWARE = [
     # First: times the whole request, and answers /metrics (token) before host/HTTPS checks.
     "apps.core.metrics.MetricsMiddleware",
     "apps.core.middleware.RequestIdMiddleware",
+    # Before CommonMiddleware: an API path with or without its trailing slash is served, never
+    # redirected (a followed 301 turns a POST into a GET).
+    "apps.core.middleware.ApiSlashMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -389,6 +392,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "apps.core.exceptions.exception_handler",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "apps.core.drf.ContentNegotiation",
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS: dict[str, Any] = {

@@ -31,6 +31,34 @@ def test_a_period_out_of_range_is_refused(client, auth, period):
     assert response.json()["error"]["code"] == "invalid_period"
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"kind": "usage", "format": "csv", "job_id": "5f0c8c4e-8a4b-4a57-9d6e-0d2a2c1d3b4a"},
+            "A usage report covers a period, not a job: leave out job_id.",
+        ),
+        (
+            {
+                "kind": "transcript",
+                "format": "pdf",
+                "job_id": "5f0c8c4e-8a4b-4a57-9d6e-0d2a2c1d3b4a",
+                "period_start": "2026-11-01",
+            },
+            "A transcript report covers its job: leave out period_start and period_end.",
+        ),
+    ],
+)
+def test_an_input_that_does_not_apply_to_the_kind_is_refused_not_ignored(
+    client, auth, body, message
+):
+    response = client.post("/api/v1/reports/", body, content_type="application/json", **auth)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_report_input"
+    assert response.json()["error"]["message"] == message
+
+
 def _ready_report(owner):
     report = services.report_request(
         organisation=owner.organisation, user=owner.user, kind="usage", format="csv"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -10,11 +10,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import IsHumanUser
+from apps.core.drf import InputSerializer, errors
 
 from .. import services
 
 
-class PreferenceSerializer(serializers.Serializer):
+class PreferenceSerializer(InputSerializer):
+    """The preferences; as input, a misspelt or unknown field is a 400, never silently dropped
+    (the user would believe a mail was turned off)."""
+
     job = serializers.BooleanField(required=False)
     report = serializers.BooleanField(required=False)
     weekly_usage = serializers.BooleanField(required=False)
@@ -25,7 +29,8 @@ class PreferenceView(APIView):
     permission_classes = [IsHumanUser]
 
     @extend_schema(
-        operation_id="notification_preferences_get", responses={200: PreferenceSerializer}
+        operation_id="notification_preferences_get",
+        responses={200: PreferenceSerializer, **errors(401, 403)},
     )
     def get(self, request: Request, version: str) -> Response:
         preference = services.preference_get(user=request.user)
@@ -34,7 +39,7 @@ class PreferenceView(APIView):
     @extend_schema(
         operation_id="notification_preferences_update",
         request=PreferenceSerializer,
-        responses={200: PreferenceSerializer},
+        responses={200: PreferenceSerializer, **errors(400, 401, 403)},
     )
     def patch(self, request: Request, version: str) -> Response:
         data = PreferenceSerializer(data=request.data)
@@ -52,7 +57,10 @@ class UnsubscribeView(APIView):
     @extend_schema(
         operation_id="notifications_unsubscribe",
         parameters=[OpenApiParameter("token", str, required=True)],
-        responses={200: PreferenceSerializer, 400: OpenApiResponse(description="Bad token")},
+        responses={
+            200: PreferenceSerializer,
+            **errors(400, descriptions={400: "The token is missing, malformed or forged."}),
+        },
     )
     def get(self, request: Request, version: str) -> Response:
         preference = services.unsubscribe(token=request.query_params.get("token", ""))
@@ -62,7 +70,10 @@ class UnsubscribeView(APIView):
         operation_id="notifications_unsubscribe_post",
         parameters=[OpenApiParameter("token", str, required=True)],
         request=None,
-        responses={200: PreferenceSerializer, 400: OpenApiResponse(description="Bad token")},
+        responses={
+            200: PreferenceSerializer,
+            **errors(400, descriptions={400: "The token is missing, malformed or forged."}),
+        },
     )
     def post(self, request: Request, version: str) -> Response:
         return self.get(request, version)

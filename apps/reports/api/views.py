@@ -14,7 +14,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import CompiledOutput, InputSerializer, errors, page_of, paginated_response
+from apps.core.drf import (
+    PAGE_PARAMETERS,
+    CompiledOutput,
+    InputSerializer,
+    errors,
+    page_of,
+    paginated_response,
+)
 from apps.core.exceptions import ConflictError, ServiceUnavailableError
 from apps.core.http import attachment_header
 
@@ -29,9 +36,17 @@ ERRORS = errors(400, 401, 403, 404)
 class ReportInput(InputSerializer):
     kind = serializers.ChoiceField(choices=ReportKind.choices)
     format = serializers.ChoiceField(choices=ReportFormat.choices)
-    job_id = serializers.UUIDField(required=False)
-    period_start = serializers.DateField(required=False)
-    period_end = serializers.DateField(required=False, help_text="Exclusive.")
+    job_id = serializers.UUIDField(
+        required=False, help_text="The completed job of a transcript report (only then)."
+    )
+    period_start = serializers.DateField(
+        required=False,
+        help_text="Usage reports: first day. Default: period_end minus 7 days.",
+    )
+    period_end = serializers.DateField(
+        required=False,
+        help_text="Usage reports: the day after the last (exclusive). Default: tomorrow.",
+    )
 
 
 class ReportFilter(serializers.Serializer):
@@ -69,7 +84,7 @@ class ReportListCreateView(APIView):
 
     @extend_schema(
         operation_id="reports_list",
-        parameters=[ReportFilter],
+        parameters=[ReportFilter, *PAGE_PARAMETERS],
         responses={200: page_of("Report", ReportOutput), **ERRORS},
     )
     def get(self, request: Request, version: str) -> Response:

@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 
 from apps.accounts.models import Role
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import InputSerializer, errors, page_of, paginated_response
+from apps.core.drf import PAGE_PARAMETERS, InputSerializer, errors, page_of, paginated_response
 
 from .. import selectors, services
 from ..models import SUBSCRIBABLE_EVENTS
@@ -39,7 +39,7 @@ class EndpointOutput(serializers.Serializer):
     event_types = serializers.ListField(child=serializers.CharField())
     is_active = serializers.BooleanField()
     disabled_reason = serializers.CharField()
-    disabled_at = serializers.DateTimeField()
+    disabled_at = serializers.DateTimeField(allow_null=True)
     consecutive_failures = serializers.IntegerField()
     created_at = serializers.DateTimeField()
 
@@ -61,10 +61,10 @@ class DeliveryOutput(serializers.Serializer):
     event_type = serializers.CharField()
     status = serializers.CharField()
     attempts = serializers.IntegerField()
-    next_attempt_at = serializers.DateTimeField()
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
     last_status_code = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField()
-    delivered_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
     log = AttemptOutput(many=True)
 
@@ -82,6 +82,7 @@ class _AdminView(APIView):
 class EndpointListCreateView(_AdminView):
     @extend_schema(
         operation_id="webhook_endpoints_list",
+        parameters=PAGE_PARAMETERS,
         responses={200: page_of("WebhookEndpoint", EndpointOutput), **ERRORS},
     )
     def get(self, request: Request, version: str) -> Response:
@@ -167,6 +168,7 @@ class EndpointTestView(_AdminView):
 class DeliveryListView(_AdminView):
     @extend_schema(
         operation_id="webhook_deliveries_list",
+        parameters=PAGE_PARAMETERS,
         responses={200: page_of("WebhookDelivery", DeliveryOutput), **ERRORS},
     )
     def get(self, request: Request, version: str, endpoint_id) -> Response:
