@@ -207,21 +207,17 @@ def _validate(job: TranscriptionJob, path) -> None:
     now that its duration is known (the web tier could only check that minutes were left).
 
     The organisation's row is locked while its usage is read and this duration written, so jobs
-    validated at once cannot all fit in the same remaining minutes (the job's row is locked
-    before it, in the order `organisation_delete` takes them). Raises `QuotaExceeded`.
+    validated (or created) at once cannot all fit in the same remaining minutes (the job's row is
+    locked before it, in the order `organisation_delete` takes them). Raises `QuotaExceeded`.
     """
-    from apps.accounts.models import Organisation
-
-    from .services import probe_audio, quota_check
+    from .services import organisation_lock_for_quota, probe_audio, quota_check
 
     probe = probe_audio(path)
     with transaction.atomic():
         # The job's row first, the organisation's last: the order organisation_delete takes them.
         if not TranscriptionJob.objects.select_for_update().filter(pk=job.pk).exists():
             raise JobGone()
-        organisation = (
-            Organisation.objects.select_for_update().filter(pk=job.organisation_id).first()
-        )
+        organisation = organisation_lock_for_quota(job.organisation_id)
         if organisation is None:  # deleted with its jobs meanwhile
             raise JobGone()
         quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)

@@ -73,6 +73,22 @@ def quota_check(*, organisation, duration_seconds: float = 0.0) -> None:
         )
 
 
+def organisation_lock_for_quota(organisation_id):
+    """Lock the organisation's row while its usage is read and a job's duration written, so jobs
+    created or validated at once cannot all fit in the same remaining minutes. Returns the row
+    (its plan as it is now), or None when the organisation was deleted meanwhile.
+
+    FOR NO KEY UPDATE: it serialises these quota checks with one another and waits for an
+    organisation being deleted (FOR UPDATE), but not for inserts that merely reference the
+    organisation (their foreign-key check takes KEY SHARE), nor they for it. Callers lock any
+    child row (the job, the upload ticket) before it and none after: the order
+    `organisation_delete` takes them.
+    """
+    from apps.accounts.models import Organisation
+
+    return Organisation.objects.select_for_update(no_key=True).filter(pk=organisation_id).first()
+
+
 def _next_month(start):
     return (start + timedelta(days=32)).replace(day=1)
 
@@ -262,6 +278,13 @@ def _consume_upload(
 def _create_job(
     *, job_id, organisation, user, options: JobOptions, **fields: Any
 ) -> TranscriptionJob:
+    """Insert a queued job, held to the quota under the organisation's lock: the caller's checks
+    ran before it, and requests checked at once would all fit in the same remaining minutes.
+    A presigned upload's duration is unknown here (the worker checks it once known)."""
+    locked = organisation_lock_for_quota(organisation.pk)
+    if locked is None:
+        raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
+    quota_check(organisation=locked, duration_seconds=fields.get("duration_seconds") or 0.0)
     now = timezone.now()
     job = TranscriptionJob.objects.create(
         id=job_id,
