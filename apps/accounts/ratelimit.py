@@ -6,8 +6,11 @@ share one count per key and window. Two layers:
 * DRF throttles (`ApiRateThrottle`, `ScopedRateThrottle`) for every API call: per user, per API
   key, or per client IP for anonymous calls, at the rate of the organisation's plan
   (`PLAN_RATE_LIMITS`). A view opts into a stricter scope with `throttle_scope = "uploads"`.
-* Brute-force guards for credentials (`login`, `password_reset`): per account and per client IP,
-  checked before the password is, so a locked account answers 429 even to the right password.
+* Brute-force guards for credentials (`login`): per account and per client IP, checked before
+  the password is, so a locked account answers 429 even to the right password.
+* Guards of the requests that email an address (`registration`, `verification_resend`,
+  `password_reset`), each with counters of its own: over the per-IP limit the client gets 429;
+  over the per-address limit the email is silently not sent (`guard_email_request`).
 
 Over a limit the caller gets 429 with `Retry-After` and the error body.
 """
@@ -179,6 +182,10 @@ GUARDS: dict[str, tuple[str, str]] = {
     # guard: (per-account rate setting, per-IP rate setting)
     "login": ("LOGIN_RATE_PER_ACCOUNT", "LOGIN_RATE_PER_IP"),
     "password_reset": ("PASSWORD_RESET_RATE_PER_ACCOUNT", "PASSWORD_RESET_RATE_PER_IP"),
+    # Counted apart from the resets, at the same rates: registering an address, or asking for its
+    # verification link, must never use up the resets its owner may need.
+    "registration": ("PASSWORD_RESET_RATE_PER_ACCOUNT", "PASSWORD_RESET_RATE_PER_IP"),
+    "verification_resend": ("PASSWORD_RESET_RATE_PER_ACCOUNT", "PASSWORD_RESET_RATE_PER_IP"),
 }
 
 
@@ -259,3 +266,34 @@ def guard_hit(*, guard: str, account: str, ip: str | None) -> list[str]:
         if usage is not None and usage["count"] == usage["limit"]:
             exhausted.append(group.rsplit(":", 1)[1])
     return exhausted
+
+
+def guard_email_request(*, guard: str, account: str, ip: str | None) -> bool:
+    """Count a request that emails `account` (registration, verification link, password reset);
+    return whether the email may be sent.
+
+    Over the client IP's limit the request is refused (429): that tells the client nothing about
+    the address. Over the address's limit it returns False and the caller answers exactly as
+    usual, sending nothing. The per-address counter only keeps one mailbox from being flooded: a
+    429 would show whoever used it up that they did (anyone can use up an address's counter from
+    many IPs), and tell its owner nothing they could act on.
+    """
+    from apps.core.exceptions import ServiceUnavailableError
+
+    usages = []
+    for group, key, rate in _guard_counters(guard, account, ip):
+        usage = _usage(None, group=group, key=key, rate=rate, increment=False)
+        if usage is None:  # fail closed, as for credentials: these requests send email
+            raise ServiceUnavailableError(
+                "This is temporarily unavailable. Try again shortly.",
+                code="rate_limit_unavailable",
+            )
+        usages.append(usage)
+    account_usage, ip_usage = usages
+    if ip_usage["count"] >= ip_usage["limit"]:
+        raise Throttled(wait=_retry_after(ip_usage))
+    guard_hit(guard=guard, account=account, ip=ip)
+    if account_usage["count"] >= account_usage["limit"]:
+        logger.info("An address's %s limit is used up; its email is not sent", guard)
+        return False
+    return True

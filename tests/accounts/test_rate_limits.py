@@ -244,20 +244,89 @@ def test_wrong_current_passwords_count_towards_the_account_lock(api_client, user
     assert_throttled(login(api_client, user.email, password=DEFAULT_PASSWORD))
 
 
-# ---- Brute force on password reset ------------------------------------------------------------
-def test_password_reset_requests_are_limited_per_account(api_client, user):
-    for n in range(3):
+# ---- Requests that email an address: password reset, registration, verification link ---------
+def reset(client, email, ip="192.0.2.77"):
+    return client.post(
+        "/api/v1/auth/password-reset/", {"email": email}, format="json", REMOTE_ADDR=ip
+    )
+
+
+def test_password_reset_emails_stop_at_the_address_limit_with_the_same_answer(
+    api_client, user, send_emails, mailoutbox
+):
+    with send_emails():
+        answers = [reset(api_client, user.email, ip=f"198.51.100.{n}") for n in range(4)]
+
+    assert [a.status_code for a in answers] == [202] * 4
+    assert answers[3].json() == answers[0].json()
+    assert len(mailoutbox) == 3  # the fourth is not sent, and nobody is told
+    requested = AuditEvent.objects.filter(action=AuditAction.PASSWORD_RESET_REQUESTED)
+    assert requested.count() == 3
+
+
+REGISTRATION = {"password": "Another-long-passphrase-1", "organisation_name": "x"}
+
+
+@pytest.mark.parametrize(
+    ("url", "extra"),
+    [
+        ("/api/v1/auth/register/", REGISTRATION),
+        ("/api/v1/auth/verify-email/resend/", {}),
+    ],
+    ids=["registration", "verification-resend"],
+)
+def test_other_requests_for_an_address_leave_its_password_resets_alone(
+    api_client, user, send_emails, mailoutbox, url, extra
+):
+    """Anyone may register an address or ask for its verification link: that must not use up
+    the resets its owner needs (they shared one counter)."""
+    for n in range(5):
         response = api_client.post(
-            "/api/v1/auth/password-reset/",
-            {"email": user.email},
-            format="json",
-            REMOTE_ADDR=f"198.51.100.{n}",
+            url, {"email": user.email, **extra}, format="json", REMOTE_ADDR=f"198.51.100.{n}"
         )
         assert response.status_code == 202
 
-    assert_throttled(
-        api_client.post("/api/v1/auth/password-reset/", {"email": user.email}, format="json")
-    )
+    with send_emails():
+        response = reset(api_client, user.email)
+
+    assert response.status_code == 202
+    assert [m.subject for m in mailoutbox][-1] == "Reset your LexisCore password"
+
+
+def test_account_exists_notices_stop_at_the_address_limit(
+    api_client, user, send_emails, mailoutbox
+):
+    with send_emails():
+        answers = [
+            api_client.post(
+                "/api/v1/auth/register/",
+                {"email": user.email, **REGISTRATION},
+                format="json",
+                REMOTE_ADDR=f"198.51.100.{n}",
+            )
+            for n in range(5)
+        ]
+
+    assert [a.status_code for a in answers] == [202] * 5
+    assert [m.subject for m in mailoutbox] == ["Your LexisCore account"] * 3
+
+
+def test_verification_links_stop_at_the_address_limit(api_client, db, send_emails, mailoutbox):
+    pending = member(Role.OWNER, email_verified_at=None).user
+
+    with send_emails():
+        answers = [
+            api_client.post(
+                "/api/v1/auth/verify-email/resend/",
+                {"email": pending.email},
+                format="json",
+                REMOTE_ADDR=f"198.51.100.{n}",
+            )
+            for n in range(5)
+        ]
+
+    assert [a.status_code for a in answers] == [202] * 5
+    assert len(mailoutbox) == 3
 
 
 @pytest.mark.django_db

@@ -23,7 +23,7 @@ from ..models import (
     normalise_email,
 )
 from ..network import RequestMeta
-from ..ratelimit import guard_attempt, guard_check, guard_hit
+from ..ratelimit import guard_attempt, guard_email_request, guard_hit
 from ..tokens import (
     TokenPair,
     email_verification_read,
@@ -65,19 +65,21 @@ def user_register(
     """Create an unverified user owning a new organisation, and email a verification link.
 
     An address that already has an account gets an email saying so and the same answer, so
-    the endpoint does not tell who has an account.
+    the endpoint does not tell who has an account. Registrations count per address on their own
+    (never against the address's password resets); over that limit the notice to an existing
+    account is not sent (a new account is created once, so its one email is not a flood).
     """
     account = normalise_email(email)
-    guard_check(guard="password_reset", account=account, ip=meta.ip)
-    guard_hit(guard="password_reset", account=account, ip=meta.ip)
+    notify = guard_email_request(guard="registration", account=account, ip=meta.ip)
     check_password_strength(password, User(email=account, full_name=full_name))
     if User.objects.filter(email=account).exists():
         make_password(password)  # the same work as creating an account: no timing oracle
-        enqueue_email(
-            "account_exists",
-            account,
-            {"email": account, "reset_url": f"{settings.PUBLIC_BASE_URL}/reset-password"},
-        )
+        if notify:
+            enqueue_email(
+                "account_exists",
+                account,
+                {"email": account, "reset_url": f"{settings.PUBLIC_BASE_URL}/reset-password"},
+            )
         return None
     try:
         with transaction.atomic():
@@ -107,9 +109,11 @@ def user_register(
 
 
 def email_verification_resend(*, email: str, meta: RequestMeta) -> None:
+    """Email a new verification link if the address has an unverified account (same answer if
+    not). Counted per address on its own; over that limit nothing is sent."""
     account = normalise_email(email)
-    guard_check(guard="password_reset", account=account, ip=meta.ip)
-    guard_hit(guard="password_reset", account=account, ip=meta.ip)
+    if not guard_email_request(guard="verification_resend", account=account, ip=meta.ip):
+        return
     user = User.objects.filter(email=account, is_active=True, email_verified_at=None).first()
     if user is not None:
         _send_verification(user)
@@ -152,10 +156,14 @@ def _notify_password_changed(user: User) -> None:
 
 
 def password_reset_request(*, email: str, meta: RequestMeta) -> None:
-    """Email a one-time reset link if the address has an active account; answer the same if not."""
+    """Email a one-time reset link if the address has an active account; answer the same if not.
+
+    Over the address's limit nothing is sent and the answer is the same (see
+    `guard_email_request`); over the client IP's, 429.
+    """
     account = normalise_email(email)
-    guard_check(guard="password_reset", account=account, ip=meta.ip)
-    guard_hit(guard="password_reset", account=account, ip=meta.ip)
+    if not guard_email_request(guard="password_reset", account=account, ip=meta.ip):
+        return
     user = User.objects.filter(email=account, is_active=True).first()
     if user is None or not user.has_usable_password():
         return

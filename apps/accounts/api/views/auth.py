@@ -208,7 +208,11 @@ class PasswordResetApi(PublicApi):
     @extend_schema(
         operation_id="auth_password_reset",
         summary="Email a password-reset link (same answer whether or not the address exists)",
-        description="Limited per address and per client IP.",
+        description=(
+            "Limited per client IP (429). Past the limit per address the answer is the same "
+            "and no email is sent: nobody can tell, or use up, the limit of someone's address "
+            "by registering it or asking for its verification link (each counts on its own)."
+        ),
         request=EmailRequestInput,
         responses={202: DetailOutputSerializer, **errors(400)},
         tags=["auth"],
