@@ -343,6 +343,9 @@ def test_fields_that_are_not_options_are_refused(api_client, auth, clip, media_r
     ("fields", "field", "message"),
     [
         ({"language": "xx"}, "language", "Language 'xx' is not supported"),
+        # A Whisper code (large-v3's) that the installed models' vocabularies lack.
+        ({"language": "yue"}, "language", "not supported by the model 'base'"),
+        ({"language": "yue", "model": "base"}, "language", "use 'zh'"),
         ({"language": "fr", "model": "tiny.en"}, "model", "cannot transcribe 'fr' audio"),
         ({"model": "tiny.en"}, "model", "cannot detect the language"),
         ({"model": "large-v3"}, "model", "is not a valid choice"),

@@ -17,7 +17,12 @@ from workers.engines import get_engine
 from workers.engines.audio import load_audio
 from workers.engines.base import TranscriptionOptions
 from workers.engines.batching import BatchScheduler, choose_batch_size, is_out_of_memory
-from workers.engines.errors import AudioDecodeError, ProfileError, TranscriptionCancelled
+from workers.engines.errors import (
+    AudioDecodeError,
+    ProfileError,
+    TranscriptionCancelled,
+    UnsupportedLanguageError,
+)
 from workers.preparation import split_speech, window_features
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("batching")]
@@ -267,6 +272,18 @@ def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
 def test_english_only_model_refuses_unknown_language(scheduler, clips):
     with pytest.raises(ProfileError):
         scheduler.transcribe(clips[0], TranscriptionOptions(language=None))
+
+
+def test_a_language_missing_from_the_vocabulary_is_refused(model_cache_dir, english_clip):
+    engine = BatchScheduler(model_files("base", model_cache_dir), batch_size=4, max_wait_ms=400)
+    try:
+        with pytest.raises(UnsupportedLanguageError, match="'yue'"):
+            engine.transcribe(english_clip, TranscriptionOptions(language="yue"))
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert (stats["windows"], stats["detections"]) == (0, 0)
 
 
 def test_unknown_languages_are_detected_in_batches_across_jobs(

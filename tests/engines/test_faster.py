@@ -12,7 +12,12 @@ import pytest
 from tests.engines.conftest import ENGLISH_TEXT, FOREIGN_SPEECH, REPO_ROOT, wer
 from workers.engines import clear_engine_cache, get_engine, loaded_engines
 from workers.engines.base import TranscriptionOptions
-from workers.engines.errors import ModelNotFoundError, ProfileError, TranscriptionCancelled
+from workers.engines.errors import (
+    ModelNotFoundError,
+    ProfileError,
+    TranscriptionCancelled,
+    UnsupportedLanguageError,
+)
 from workers.engines.models import PROFILES
 
 pytestmark = pytest.mark.slow
@@ -105,6 +110,20 @@ def test_text_without_words_when_word_timestamps_are_off(tiny_engine, english_cl
 def test_english_only_model_refuses_language_detection(tiny_engine, english_clip):
     with pytest.raises(ProfileError, match="English-only"):
         tiny_engine.transcribe(english_clip, TranscriptionOptions())
+
+
+def test_a_language_missing_from_the_vocabulary_is_refused_before_decoding(
+    base_engine, english_clip
+):
+    progress: list[float] = []
+
+    with pytest.raises(UnsupportedLanguageError, match="'yue'"):
+        base_engine.transcribe(
+            english_clip,
+            TranscriptionOptions(language="yue"),
+            progress_callback=lambda done, total: progress.append(done),
+        )
+    assert progress == []
 
 
 @pytest.mark.parametrize("language", ["fr", "de", "es"])

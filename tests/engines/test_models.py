@@ -4,12 +4,14 @@ and the rules for choosing a profile."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.engines.conftest import model_files
 from workers.engines import models
 from workers.engines.errors import (
     ModelIntegrityError,
@@ -20,11 +22,14 @@ from workers.engines.errors import (
 from workers.engines.models import (
     AUX_FILES,
     PROFILES,
+    ModelFiles,
+    check_vocabulary_language,
     choose_profile,
     locate_model,
     model_dir_env_var,
     normalise_language,
     prepare_model,
+    vocabulary_languages,
 )
 
 BASE_SIZE = 145_217_532
@@ -252,3 +257,38 @@ def test_normalise_language(given, expected):
 def test_unknown_languages_are_refused(given):
     with pytest.raises(UnsupportedLanguageError):
         normalise_language(given)
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_each_profiles_language_table_is_its_vocabularys(model_cache_dir, profile):
+    spec = PROFILES[profile]
+    vocabulary = vocabulary_languages(model_files(profile, model_cache_dir))
+
+    if spec.english_only:
+        assert spec.languages == {"en"} <= vocabulary
+    else:
+        assert spec.languages == vocabulary
+    # Cantonese is a Whisper code (large-v3) that neither model has a token for.
+    assert "yue" in models.WHISPER_LANGUAGES - vocabulary
+
+
+@pytest.mark.parametrize("requested", [None, "base"])
+def test_a_language_missing_from_the_models_vocabulary_is_refused(requested):
+    refused = r"not supported by the model 'base'.*use 'zh'"
+    with pytest.raises(UnsupportedLanguageError, match=refused):
+        choose_profile("yue", requested)
+    assert choose_profile("zh", requested) == "base"
+
+
+def test_the_engines_check_the_vocabulary_of_the_files_they_load(model_cache_dir, tmp_path):
+    """An operator's model directory may hold another vocabulary than the profile's table."""
+    base = model_files("base", model_cache_dir)
+    tokenizer = json.loads((base.path / "tokenizer.json").read_text(encoding="utf-8"))
+    tokenizer["added_tokens"] = [t for t in tokenizer["added_tokens"] if t["content"] != "<|sw|>"]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer), encoding="utf-8")
+    files = ModelFiles("base", tmp_path, base.sha256, english_only=False, source="model_dir")
+
+    with pytest.raises(UnsupportedLanguageError, match="'sw'"):
+        check_vocabulary_language(files, "sw")
+    check_vocabulary_language(files, "fr")
+    check_vocabulary_language(files, None)

@@ -19,7 +19,7 @@ from os import PathLike
 from typing import Any, Literal, Protocol, TypeGuard, runtime_checkable
 
 from workers.engines.errors import ProfileError, TranscriptionCancelled
-from workers.engines.models import ModelFiles, normalise_language
+from workers.engines.models import ModelFiles, check_vocabulary_language, normalise_language
 
 Task = Literal["transcribe", "translate"]
 TASKS: tuple[str, ...] = ("transcribe", "translate")
@@ -191,6 +191,13 @@ class Engine(Protocol):
         ...
 
 
+def check_files_language(model_files: ModelFiles, options: TranscriptionOptions) -> None:
+    """``check_model_language``, then the language against the model's own vocabulary (a model
+    prompted with a language token it lacks decodes garbage)."""
+    check_model_language(model_files.profile, model_files.english_only, options)
+    check_vocabulary_language(model_files, options.language)
+
+
 def check_model_language(profile: str, english_only: bool, options: TranscriptionOptions) -> None:
     """Refuse options that an English-only model would silently get wrong.
 
@@ -341,7 +348,7 @@ def begin_transcription(
     here). Returns (audio, duration in seconds, reporter)."""
     from workers.engines.audio import duration_of, load_audio
 
-    check_model_language(model_files.profile, model_files.english_only, options)
+    check_files_language(model_files, options)
     audio = load_audio(audio_path)
     duration = duration_of(audio)
     reporter = ProgressReporter(duration, progress_callback, should_cancel)

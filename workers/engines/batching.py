@@ -52,7 +52,7 @@ from workers.engines.base import (
     ProgressReporter,
     TranscriptionOptions,
     TranscriptionResult,
-    check_model_language,
+    check_files_language,
     finalize_segments,
     join_text,
 )
@@ -288,7 +288,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
     ) -> TranscriptionResult:
         from faster_whisper.transcribe import restore_speech_timestamps
 
-        check_model_language(self.model_files.profile, self.model_files.english_only, options)
+        check_files_language(self.model_files, options)
         prepared = self._prepare(audio_path, options.vad, should_cancel)
         reporter = ProgressReporter(prepared.duration, progress_callback, should_cancel)
         reporter.check_cancel()

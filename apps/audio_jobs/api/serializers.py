@@ -33,12 +33,16 @@ class JobOptionsInput(InputSerializer):
 
     def validate_language(self, value: str) -> str:
         from workers.engines.errors import ProfileError
-        from workers.engines.models import normalise_language
+        from workers.engines.models import choose_profile, normalise_language
 
         try:
-            return normalise_language(value) or ""
+            language = normalise_language(value)
+            # A Whisper code is not enough: the model the job would run on must have the
+            # language's token (Cantonese, "yue", is missing from the installed models').
+            choose_profile(language, None)
         except ProfileError as exc:
             raise serializers.ValidationError(exc.message) from exc
+        return language or ""
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
