@@ -203,6 +203,35 @@ def test_cancel_mid_way_stops_before_the_end(tiny_engine, long_clip):
     assert len(progress) == 1
 
 
+def test_a_cancelled_batched_call_leaves_no_word_timing_state_to_the_next(
+    tiny_batched_engine, three_window_clip, english_clip, monkeypatch
+):
+    """BatchedInferencePipeline keeps the last word's end on itself between batches, and resets
+    it only when a call runs to its end: after a cancel the next job started from it."""
+    engine = tiny_batched_engine
+    starts: list[float] = []
+    real = engine._model.add_word_timestamps
+
+    def add_word_timestamps(*args, **kwargs):
+        starts.append(args[-1])  # last_speech_timestamp, as the pipeline passes it
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine._model, "add_word_timestamps", add_word_timestamps)
+    checks: list[int] = []
+
+    def cancel_after_the_first_segment() -> bool:
+        checks.append(1)
+        return len(checks) > 1
+
+    with pytest.raises(TranscriptionCancelled):
+        engine.transcribe(three_window_clip, ENGLISH, should_cancel=cancel_after_the_first_segment)
+    assert engine._batched.last_speech_timestamp > 0.0  # what the cancelled call left behind
+    starts.clear()
+    engine.transcribe(english_clip, ENGLISH)
+
+    assert starts[0] == 0.0
+
+
 def test_replacement_characters_from_the_model_are_cleaned(tiny_engine, english_clip, monkeypatch):
     # Whisper can emit U+FFFD when byte-level tokens do not form valid UTF-8 (seen with base on
     # French); the real model is wrapped so its segments carry one.

@@ -158,6 +158,10 @@ class FasterWhisperEngine(LoadedFasterWhisperModel):
             if batched:
                 assert self._batched is not None
                 with self._batched_lock:
+                    # The pipeline carries the last word's end from batch to batch on itself and
+                    # resets it only when a call runs to its end: a cancelled or failed call left
+                    # its own, which would skew this job's first word timings.
+                    self._batched.last_speech_timestamp = 0.0
                     segments, info = self._batched.transcribe(
                         audio, batch_size=self.batch_size, **kwargs
                     )
