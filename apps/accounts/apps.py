@@ -10,7 +10,8 @@ class AccountsConfig(AppConfig):
         from auditlog.registry import auditlog
         from django.db.models.signals import post_delete, post_save
 
-        from . import checks, models, principals, schema  # noqa: F401  (checks, schema register)
+        # checks, schema and tasks register themselves (tasks: with Celery, for the workers)
+        from . import checks, models, principals, schema, tasks  # noqa: F401
 
         # Cached principals (apps.accounts.principals) go stale on any change to these.
         for model, receiver in (

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
+from apps.core import crypto
 from apps.core.exceptions import ConflictError
 
+from .. import tasks
 from ..exceptions import InvalidLink
 from ..models import (
     Membership,
@@ -44,8 +53,26 @@ from ._common import (
     user_tokens_revoke,
 )
 
+logger = logging.getLogger(__name__)
+
 
 # ---- Registration and email verification ------------------------------------------------------
+# The public requests that email an address answer the same for every address, and take the same
+# time: the request validates, counts and publishes; what depends on the account runs in the email
+# worker (apps/accounts/tasks.py), which the client does not wait for.
+def _hand_to_worker(task: Any, inline: Callable[[], object], **kwargs: Any) -> None:
+    """Publish the account-dependent half of a public request.
+
+    If the broker refuses, that half runs here instead: the request still does what it promised,
+    and only while the broker is down does its time depend on the address (a WARNING says so).
+    """
+    try:
+        task.apply_async(kwargs=kwargs, queue=tasks.QUEUE)
+    except (KombuOperationalError, RedisError, OSError):
+        logger.warning("%s not published: done in the request", task.name, exc_info=True)
+        inline()
+
+
 def _send_verification(user: User) -> None:
     enqueue_email(
         "verify_email",
@@ -61,60 +88,117 @@ def _send_verification(user: User) -> None:
 
 def user_register(
     *, email: str, password: str, full_name: str, organisation_name: str, meta: RequestMeta
-) -> User | None:
-    """Create an unverified user owning a new organisation, and email a verification link.
+) -> None:
+    """Register an address: a new, unverified user owning a new organisation, who is emailed a
+    verification link; an address that has an account is emailed a notice instead.
 
-    An address that already has an account gets an email saying so and the same answer, so
-    the endpoint does not tell who has an account. Registrations count per address on their own
-    (never against the address's password resets); over that limit the notice to an existing
-    account is not sent (a new account is created once, so its one email is not a flood).
+    The answer and its time are the same either way, so the endpoint does not tell who has an
+    account: the request checks the password and hashes it (the costly step) for every address,
+    then hands the rest to the email worker (`registration_complete`), sealed, since it holds the
+    password hash. Registrations count per address on their own (never against the address's
+    password resets); over that limit the notice is not sent (an account is created once, so its
+    one email is no flood).
     """
     account = normalise_email(email)
     notify = guard_email_request(guard="registration", account=account, ip=meta.ip)
     check_password_strength(password, User(email=account, full_name=full_name))
-    if User.objects.filter(email=account).exists():
-        make_password(password)  # the same work as creating an account: no timing oracle
-        if notify:
-            enqueue_email(
-                "account_exists",
-                account,
-                {"email": account, "reset_url": f"{settings.PUBLIC_BASE_URL}/reset-password"},
-            )
-        return None
-    try:
-        with transaction.atomic():
-            user = User.objects.create_user(email=account, password=password, full_name=full_name)
-            organisation = Organisation.objects.create(
-                name=organisation_name, plan=settings.RATE_LIMIT_DEFAULT_PLAN
-            )
-            Membership.objects.create(user=user, organisation=organisation, role=Role.OWNER)
-            audit_record(
-                action=AuditAction.USER_REGISTERED,
-                actor=user,
-                organisation=organisation,
-                target=user,
-                meta=meta,
-            )
-            audit_record(
-                action=AuditAction.ORGANISATION_CREATED,
-                actor=user,
-                organisation=organisation,
-                target=organisation,
-                meta=meta,
-            )
-            _send_verification(user)
-    except IntegrityError:  # registered concurrently with the same address
-        return None
-    return user
+    registration: dict[str, Any] = {
+        "email": account,
+        "password_hash": make_password(password),
+        "full_name": full_name,
+        "organisation_name": organisation_name,
+        "notify": notify,
+    }
+    _hand_to_worker(
+        tasks.register,
+        inline=lambda: registration_complete(**registration, meta=meta),
+        sealed=registration_seal(registration, meta=meta),
+    )
+
+
+def registration_seal(registration: dict[str, Any], *, meta: RequestMeta) -> str:
+    """The registration as the task carries it: encrypted (FIELD_ENCRYPTION_KEYS), so the broker,
+    a dead letter or a log line never holds the password hash or the address in the clear."""
+    return crypto.encrypt(json.dumps({**registration, "meta": dataclasses.asdict(meta)}))
+
+
+def registration_open(sealed: str) -> dict[str, Any]:
+    registration = json.loads(crypto.decrypt(sealed))
+    registration["meta"] = RequestMeta(**registration["meta"])
+    return registration
+
+
+def registration_complete(
+    *,
+    email: str,
+    password_hash: str,
+    full_name: str,
+    organisation_name: str,
+    notify: bool,
+    meta: RequestMeta,
+) -> User | None:
+    """The worker's half of `user_register`: create the account, or email its owner a notice.
+
+    Returns the new user (None when the address had an account). A message delivered twice finds
+    the account it created (the same salted password hash) and does nothing more.
+    """
+    existing = User.objects.filter(email=email).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                user = User(email=email, full_name=full_name, password=password_hash)
+                user.save()
+                organisation = Organisation.objects.create(
+                    name=organisation_name, plan=settings.RATE_LIMIT_DEFAULT_PLAN
+                )
+                Membership.objects.create(user=user, organisation=organisation, role=Role.OWNER)
+                audit_record(
+                    action=AuditAction.USER_REGISTERED,
+                    actor=user,
+                    organisation=organisation,
+                    target=user,
+                    meta=meta,
+                )
+                audit_record(
+                    action=AuditAction.ORGANISATION_CREATED,
+                    actor=user,
+                    organisation=organisation,
+                    target=organisation,
+                    meta=meta,
+                )
+                _send_verification(user)
+            return user
+        except IntegrityError:  # registered concurrently with the same address
+            existing = User.objects.filter(email=email).first()
+    if existing is not None and existing.password == password_hash:
+        return None  # this very registration, delivered again
+    if notify:
+        enqueue_email(
+            "account_exists",
+            email,
+            {"email": email, "reset_url": f"{settings.PUBLIC_BASE_URL}/reset-password"},
+        )
+    return None
 
 
 def email_verification_resend(*, email: str, meta: RequestMeta) -> None:
-    """Email a new verification link if the address has an unverified account (same answer if
-    not). Counted per address on its own; over that limit nothing is sent."""
+    """Email a new verification link if the address has an unverified account (same answer, and
+    time, if not: the email worker looks the address up). Counted per address on its own; over
+    that limit nothing is sent."""
     account = normalise_email(email)
     if not guard_email_request(guard="verification_resend", account=account, ip=meta.ip):
         return
-    user = User.objects.filter(email=account, is_active=True, email_verified_at=None).first()
+    _hand_to_worker(
+        tasks.send_verification,
+        inline=lambda: verification_send(email=account, meta=meta),
+        email=account,
+        meta=dataclasses.asdict(meta),
+    )
+
+
+def verification_send(*, email: str, meta: RequestMeta) -> None:
+    """The worker's half of `email_verification_resend`."""
+    user = User.objects.filter(email=email, is_active=True, email_verified_at=None).first()
     if user is not None:
         _send_verification(user)
 
@@ -156,7 +240,8 @@ def _notify_password_changed(user: User) -> None:
 
 
 def password_reset_request(*, email: str, meta: RequestMeta) -> None:
-    """Email a one-time reset link if the address has an active account; answer the same if not.
+    """Email a one-time reset link if the address has an active account; answer the same, in the
+    same time, if not (the email worker looks the address up: `password_reset_send`).
 
     Over the address's limit nothing is sent and the answer is the same (see
     `guard_email_request`); over the client IP's, 429.
@@ -164,7 +249,17 @@ def password_reset_request(*, email: str, meta: RequestMeta) -> None:
     account = normalise_email(email)
     if not guard_email_request(guard="password_reset", account=account, ip=meta.ip):
         return
-    user = User.objects.filter(email=account, is_active=True).first()
+    _hand_to_worker(
+        tasks.send_password_reset,
+        inline=lambda: password_reset_send(email=account, meta=meta),
+        email=account,
+        meta=dataclasses.asdict(meta),
+    )
+
+
+def password_reset_send(*, email: str, meta: RequestMeta) -> None:
+    """The worker's half of `password_reset_request`."""
+    user = User.objects.filter(email=email, is_active=True).first()
     if user is None or not user.has_usable_password():
         return
     enqueue_email(

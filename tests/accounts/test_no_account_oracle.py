@@ -1,0 +1,139 @@
+"""The public requests that email an address do the same work whether or not it has an account.
+
+Registration, a verification link and a password reset answer the same for every address, and
+must take the same time too: the request validates, counts and publishes one message, and what
+depends on the account runs in the email worker. These tests check the work, not the clock (the
+timings are measured by tests/accounts/bench_enumeration_timing.py).
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from kombu.exceptions import OperationalError as KombuOperationalError
+
+from apps.accounts import tasks
+from apps.accounts.models import Membership, User
+from apps.accounts.network import RequestMeta
+from apps.accounts.services import users as user_services
+from apps.audit.models import AuditAction, AuditEvent
+from apps.notifications.models import EmailOutbox
+from tests.factories import UserFactory
+
+PASSWORD = "Another-long-passphrase-1"
+KNOWN = "known@example.com"
+REQUESTS = {
+    "register": (
+        "/api/v1/auth/register/",
+        lambda email: {"email": email, "password": PASSWORD, "organisation_name": "Acme"},
+        tasks.register,
+    ),
+    "verification": (
+        "/api/v1/auth/verify-email/resend/",
+        lambda email: {"email": email},
+        tasks.send_verification,
+    ),
+    "password-reset": (
+        "/api/v1/auth/password-reset/",
+        lambda email: {"email": email},
+        tasks.send_password_reset,
+    ),
+}
+
+
+def request_work(client, url: str, body: dict, task) -> tuple[int, list[str], list[dict]]:
+    """(status, SQL run by the request, messages it published)."""
+    with (
+        mock.patch.object(task, "apply_async") as publish,
+        CaptureQueriesContext(connection) as queries,
+    ):
+        response = client.post(url, body, format="json")
+    return response.status_code, [q["sql"] for q in queries], [c.kwargs for c in publish.mock_calls]
+
+
+@pytest.mark.parametrize("name", sorted(REQUESTS))
+def test_the_request_does_the_same_work_with_or_without_an_account(api_client, db, name):
+    UserFactory(email=KNOWN, email_verified_at=None)
+    url, body, task = REQUESTS[name]
+
+    known = request_work(api_client, url, body(KNOWN), task)
+    unknown = request_work(api_client, url, body("nobody@example.com"), task)
+
+    assert known[0] == unknown[0] == 202
+    assert known[1] == unknown[1] == []  # not one query: nothing to time
+    assert len(known[2]) == len(unknown[2]) == 1
+    assert known[2][0].keys() == unknown[2][0].keys()
+    assert known[2][0]["queue"] == "email"
+
+
+def test_the_registration_message_is_sealed(api_client, db):
+    url, body, task = REQUESTS["register"]
+
+    _status, _sql, [message] = request_work(api_client, url, body("new@example.com"), task)
+
+    sealed = message["kwargs"]["sealed"]
+    assert "new@example.com" not in sealed
+    assert "argon2" not in sealed
+    opened = user_services.registration_open(sealed)
+    assert opened["email"] == "new@example.com"
+    assert opened["password_hash"].startswith("argon2$")
+    assert PASSWORD not in sealed and PASSWORD not in str(opened)
+    assert isinstance(opened["meta"], RequestMeta)
+    assert not User.objects.filter(email="new@example.com").exists()  # the worker creates it
+
+
+def test_the_worker_creates_the_account_once_even_if_the_message_comes_twice(
+    api_client, db, django_capture_on_commit_callbacks
+):
+    url, body, task = REQUESTS["register"]
+    _status, _sql, [message] = request_work(api_client, url, body("new@example.com"), task)
+
+    with django_capture_on_commit_callbacks():
+        tasks.register(**message["kwargs"])
+        tasks.register(**message["kwargs"])  # a redelivered message
+
+    user = User.objects.get(email="new@example.com")
+    assert user.check_password(PASSWORD)
+    assert Membership.objects.filter(user=user).count() == 1
+    assert AuditEvent.objects.filter(action=AuditAction.USER_REGISTERED).count() == 1
+    assert list(EmailOutbox.objects.values_list("template", flat=True)) == ["verify_email"]
+
+
+def test_a_second_registration_of_an_address_tells_its_owner(api_client, db):
+    url, body, task = REQUESTS["register"]
+    UserFactory(email=KNOWN)
+    _status, _sql, [message] = request_work(api_client, url, body(KNOWN), task)
+
+    tasks.register(**message["kwargs"])
+
+    assert User.objects.filter(email=KNOWN).count() == 1
+    assert list(EmailOutbox.objects.values_list("template", "recipients")) == [
+        ("account_exists", [KNOWN])
+    ]
+
+
+@pytest.mark.parametrize("name", sorted(REQUESTS))
+def test_with_the_broker_down_the_request_does_it_itself(api_client, db, name):
+    UserFactory(email=KNOWN, email_verified_at=None)
+    url, body, task = REQUESTS[name]
+    address = "new@example.com" if name == "register" else KNOWN
+
+    with mock.patch.object(task, "apply_async", side_effect=KombuOperationalError("down")):
+        response = api_client.post(url, body(address), format="json")
+
+    assert response.status_code == 202
+    sent = list(EmailOutbox.objects.values_list("recipients", flat=True))
+    assert sent == [[address]]
+    if name == "register":
+        assert User.objects.get(email=address).check_password(PASSWORD)
+
+
+def test_the_tasks_are_registered_with_celery_and_acknowledged_late():
+    from lexiscore.celery import app
+
+    for task in (tasks.register, tasks.send_verification, tasks.send_password_reset):
+        registered = app.tasks[task.name]
+        assert registered.acks_late and registered.reject_on_worker_lost
