@@ -10,6 +10,9 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
 from rest_framework_simplejwt.token_blacklist import admin as _simplejwt_admin  # noqa: F401
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
@@ -148,8 +151,10 @@ class OrganisationAdmin(admin.ModelAdmin):
     list_display = ("name", "plan", "is_active", "member_count", "created_at")
     list_filter = ("plan", "is_active", "created_at")
     search_fields = ("name", "id", "memberships__user__email")
-    readonly_fields = ("id", "created_at", "updated_at")
-    inlines = [MembershipInline]
+    # Members are listed (and their roles changed) on the membership pages, filtered to this
+    # organisation: an inline of them cost queries per member (65 at 61 members) and has no
+    # pages for an organisation of thousands.
+    readonly_fields = ("id", "members", "created_at", "updated_at")
     actions = ["deactivate_organisations"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organisation]:
@@ -171,6 +176,21 @@ class OrganisationAdmin(admin.ModelAdmin):
     @admin.display(description="members", ordering="_members")
     def member_count(self, obj: Any) -> int:
         return obj._members
+
+    @admin.display(description="members")
+    def members(self, obj: Organisation) -> str:
+        if obj.pk is None:
+            return "-"
+        count = getattr(obj, "_members", None)
+        if count is None:
+            count = obj.memberships.count()
+        url = reverse("admin:accounts_membership_changelist")
+        return format_html(
+            '<a href="{}?{}">{} member(s): list, change roles</a>',
+            url,
+            urlencode({"organisation": obj.pk}),
+            count,
+        )
 
     @admin.action(description="Deactivate the selected organisations")
     def deactivate_organisations(
@@ -218,10 +238,18 @@ class InvitationAdmin(admin.ModelAdmin):
         "created_at",
     )
     exclude = ("token_hash",)
-    actions = ["resend_invitations"]
+    autocomplete_fields = ("organisation",)  # one search box, not every organisation
+    actions = ["resend_invitations", "revoke_invitations"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # invitations are created by organisation admins through the API
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # The emailed link grants this address this role in this organisation: changing them
+        # would hand the same, still valid link to another address, role or organisation.
+        # Revoke the invitation and invite again instead.
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return (*fields, "organisation", "email", "role") if obj is not None else fields
 
     @admin.action(description="Resend the selected invitations (with a fresh link)")
     def resend_invitations(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
@@ -234,6 +262,23 @@ class InvitationAdmin(admin.ModelAdmin):
             else:
                 sent += 1
         self.message_user(request, f"Resent {sent} invitation(s).", messages.SUCCESS)
+
+    @admin.action(description="Revoke the selected invitations (their links stop working)")
+    def revoke_invitations(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
+        count = 0
+        pending = queryset.filter(status=Invitation.Status.PENDING).select_related("organisation")
+        for invitation in pending:
+            try:
+                services.invitation_revoke_by_operator(
+                    invitation=invitation,
+                    operator=request.user,
+                    meta=RequestMeta.from_request(request),
+                )
+            except ApplicationError as exc:  # accepted or revoked meanwhile
+                self.message_user(request, f"{invitation.email}: {exc.message}", messages.WARNING)
+            else:
+                count += 1
+        self.message_user(request, f"Revoked {count} invitation(s).", messages.SUCCESS)
 
 
 @admin.register(ApiKey)

@@ -304,6 +304,14 @@ def invitation_revoke(*, actor: Membership, invitation: Invitation, meta: Reques
     )
 
 
+def invitation_revoke_by_operator(
+    *, invitation: Invitation, operator: User, meta: RequestMeta
+) -> None:
+    """The admin site's "revoke" action: the operator acts with owner rights."""
+    actor = Membership(user=operator, organisation=invitation.organisation, role=Role.OWNER)
+    invitation_revoke(actor=actor, invitation=invitation, meta=meta)
+
+
 @transaction.atomic
 def invitation_accept(
     *,
