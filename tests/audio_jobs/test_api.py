@@ -946,6 +946,27 @@ def test_the_transcript_downloads_as_openai_verbose_json(api_client, auth, trans
     assert len(body["words"]) == 10
 
 
+def test_silence_of_unknown_language_is_transcribed_with_no_language(
+    api_client, auth, org, speech, media_root
+):
+    """No language was asked for and none was heard: "" with probability 0, not a guess."""
+    from django.core.files import File
+    from django.core.files.storage import default_storage
+
+    from workers.transcription import transcribe_job
+
+    with speech.silence(6).open("rb") as handle:
+        key = default_storage.save(f"org/{org.pk}/audio/silence.wav", File(handle))
+    job = JobFactory(organisation=org, audio_key=key, language="", duration_seconds=6.0)
+
+    assert transcribe_job.apply(args=[str(job.pk)]).get() == "completed"
+
+    body = get_transcript(api_client, auth, job, download="false").json()
+    assert (body["language"], body["text"], body["segments"]) == ("", "", [])
+    transcript = Transcript.objects.get(job=job)
+    assert (transcript.language, transcript.language_probability) == ("", 0.0)
+
+
 def test_the_transcript_is_json_by_default_and_inline_on_request(api_client, auth, transcript):
     response = get_transcript(api_client, auth, transcript.job, download="false")
 

@@ -76,6 +76,15 @@ def test_a_short_english_clip_is_transcribed_by_tiny_en_as_srt(clip):
     assert "mp3/mp3, 2.7 s" in err
 
 
+@pytest.mark.slow
+def test_silence_of_unknown_language_says_no_language_was_heard(speech):
+    out, err = transcribe(str(speech.silence(6)), "--format", "txt")
+
+    assert out == ""
+    assert "faster-whisper with base" in err
+    assert err.rstrip().endswith("; no speech, so no language.")
+
+
 def test_the_profile_and_engine_settings_are_the_workers(fake_engine, clip, settings):
     get_engine, engines = fake_engine
     settings.WHISPER_CPU_THREADS = 3

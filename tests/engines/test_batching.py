@@ -356,6 +356,17 @@ def test_silence_gives_an_empty_transcript(scheduler, speech):
     assert result.segments == []
 
 
+def test_silence_of_unknown_language_reports_no_language(model_cache_dir, speech):
+    engine = BatchScheduler(model_files("base", model_cache_dir), batch_size=4, max_wait_ms=400)
+    try:
+        result = engine.transcribe(speech.silence(8), TranscriptionOptions())
+    finally:
+        engine.close()
+
+    assert (result.text, result.segments) == ("", [])
+    assert (result.language, result.language_probability) == ("", 0.0)
+
+
 def test_settings_select_the_batching_engine(settings, model_cache_dir):
     from apps.audio_jobs.processing import engine_from_settings
 

@@ -92,6 +92,30 @@ def test_silence_gives_an_empty_transcript(tiny_engine, speech):
     assert result.duration == 8.0
 
 
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_silence_of_unknown_language_reports_no_language(model_cache_dir, speech, batch_size):
+    """Detection on silence is a guess about nothing (it said "en" at 0.56, batched at 1.0)."""
+    engine = get_engine(
+        "faster-whisper",
+        "base",
+        "cpu",
+        cache_dir=model_cache_dir,
+        batch_size=batch_size,
+        max_engines=8,
+    )
+
+    result = engine.transcribe(speech.silence(8), TranscriptionOptions())
+
+    assert (result.text, result.segments) == ("", [])
+    assert (result.language, result.language_probability) == ("", 0.0)
+
+
+def test_silence_of_a_requested_language_reports_that_language(tiny_batched_engine, speech):
+    result = tiny_batched_engine.transcribe(speech.silence(8), ENGLISH)
+
+    assert (result.text, result.language, result.language_probability) == ("", "en", 1.0)
+
+
 def test_a_steady_tone_gives_an_empty_transcript(base_engine, speech):
     result = base_engine.transcribe(speech.tone(6), TranscriptionOptions())
 

@@ -138,6 +138,16 @@ def test_openai_engine_gives_nothing_for_silence(openai_tiny_engine, speech):
     assert result.segments == []
 
 
+def test_openai_engine_reports_no_language_for_silence_of_unknown_language(model_cache_dir, speech):
+    from workers.engines import get_engine
+
+    engine = get_engine("openai-whisper", "base", "cpu", cache_dir=model_cache_dir, max_engines=8)
+
+    result = engine.transcribe(speech.silence(6), TranscriptionOptions())
+
+    assert (result.text, result.language, result.language_probability) == ("", "", 0.0)
+
+
 def test_openai_engine_reports_progress_and_can_be_cancelled(openai_tiny_engine, long_clip):
     progress = []
 

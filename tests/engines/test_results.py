@@ -16,6 +16,7 @@ from workers.engines.base import (
     clean_text,
     finalize_segments,
     join_text,
+    reported_language,
 )
 from workers.engines.errors import ProfileError, TranscriptionCancelled
 
@@ -146,3 +147,11 @@ def test_progress_reporter_raises_when_cancelled():
 
     assert caught.value.seconds_done == 3.0
     assert caught.value.code == "cancelled"
+
+
+def test_the_reported_language_is_the_requested_one_or_a_detection_that_heard_speech():
+    spoken = [Segment(0, 0.0, 1.0, " Hello.", -0.2, 0.1)]
+
+    assert reported_language("fr", "fr", 0.42, []) == ("fr", 1.0)
+    assert reported_language(None, "de", 0.93, spoken) == ("de", 0.93)
+    assert reported_language(None, "en", 0.56, []) == ("", 0.0)

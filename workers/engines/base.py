@@ -290,6 +290,24 @@ def finalize_segments(segments: Iterable[Segment], *, duration: float) -> list[S
     return result
 
 
+def reported_language(
+    requested: str | None, detected: str, probability: float, segments: list[Segment]
+) -> tuple[str, float]:
+    """The (language, probability) a result reports.
+
+    A requested language is reported as such (probability 1). A detected one only when speech was
+    transcribed: on silence, noise or music the detection is a guess about nothing (faster-whisper
+    said "en" at 0.56 for digital silence, and the batched paths, which detect on the first
+    speech window, reported their "en" default at 1.0), so no language is reported, "" with
+    probability 0.
+    """
+    if requested:
+        return requested, 1.0
+    if not segments:
+        return "", 0.0
+    return detected, float(probability)
+
+
 def join_text(segments: Iterable[Segment]) -> str:
     """Join segment texts into the transcript text (segments carry their own leading spaces)."""
     return " ".join("".join(segment.text for segment in segments).split())

@@ -55,6 +55,7 @@ from workers.engines.base import (
     check_files_language,
     finalize_segments,
     join_text,
+    reported_language,
 )
 from workers.engines.faster import LoadedFasterWhisperModel, segment_from_faster
 from workers.engines.models import ModelFiles
@@ -292,8 +293,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
         prepared = self._prepare(audio_path, options.vad, should_cancel)
         reporter = ProgressReporter(prepared.duration, progress_callback, should_cancel)
         reporter.check_cancel()
-        language = options.language or "en"
-        language_probability = 1.0
+        language, language_probability = options.language or "", 0.0
         duration_after_vad = prepared.speech_seconds
         segments: list[Any] = []
         if duration_after_vad > 0:
@@ -314,6 +314,9 @@ class BatchScheduler(LoadedFasterWhisperModel):
 
         final = finalize_segments(
             [segment_from_faster(s) for s in segments], duration=prepared.duration
+        )
+        language, language_probability = reported_language(
+            options.language, language, language_probability, final
         )
         return TranscriptionResult(
             text=join_text(final),

@@ -25,6 +25,7 @@ from workers.engines.base import (
     begin_transcription,
     finalize_segments,
     join_text,
+    reported_language,
 )
 from workers.engines.models import ModelFiles
 
@@ -151,8 +152,7 @@ class FasterWhisperEngine(LoadedFasterWhisperModel):
         # The batched pipeline needs VAD chunks; without VAD it only handles < 30 s of audio.
         batched = self._batched is not None and options.vad
         raw: list[Segment] = []
-        language = options.language or "en"
-        language_probability = 1.0
+        language, language_probability = "", 0.0
         duration_after_vad = 0.0
         if duration > 0:
             if batched:
@@ -175,6 +175,9 @@ class FasterWhisperEngine(LoadedFasterWhisperModel):
         reporter.finish()
 
         final = finalize_segments(raw, duration=duration)
+        language, language_probability = reported_language(
+            options.language, language, language_probability, final
+        )
         return TranscriptionResult(
             text=join_text(final),
             language=language,

@@ -40,6 +40,7 @@ from workers.engines.base import (
     begin_transcription,
     finalize_segments,
     join_text,
+    reported_language,
 )
 from workers.engines.ct2 import CT2Model, read_ct2_model
 from workers.engines.errors import ModelFormatError
@@ -396,8 +397,8 @@ class OpenAIWhisperEngine:
         )
 
         clips = to_mel_clips(speech_clips(audio) if options.vad else [(0.0, duration)], audio)
-        language = options.language or "en"
-        language_probability = 1.0
+        language = options.language or ""
+        language_probability = 0.0
         raw: list[Segment] = []
         if clips:
             with self._lock:
@@ -407,6 +408,9 @@ class OpenAIWhisperEngine:
         reporter.finish()
 
         final = finalize_segments(raw, duration=duration)
+        language, language_probability = reported_language(
+            options.language, language, language_probability, final
+        )
         speech = sum(end - start for start, end in clips)
         return TranscriptionResult(
             text=join_text(final),

@@ -81,10 +81,12 @@ class Command(BaseCommand):
             result = engine.transcribe(path, transcription)
         except EngineError as exc:
             raise CommandError(exc.message) from exc
-        self.stderr.write(
-            f"Done in {time.monotonic() - started:.1f} s; language {result.language} "
-            f"({result.language_probability:.2f})."
+        language = (
+            f"language {result.language} ({result.language_probability:.2f})"
+            if result.language
+            else "no speech, so no language"
         )
+        self.stderr.write(f"Done in {time.monotonic() - started:.1f} s; {language}.")
         body, _media_type, _extension = formats.render_transcript(
             result, options["output_format"], pretty=True
         )
