@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from apps.core.exceptions import NotFoundError
 
@@ -76,11 +77,14 @@ def invitation_get(*, organisation_id: uuid.UUID, invitation_id: uuid.UUID) -> I
 
 
 def api_key_list(*, organisation_id: uuid.UUID, active: bool | None = None) -> QuerySet[ApiKey]:
+    """The organisation's keys; `active` as the output's `active` (`ApiKey.is_usable`): true for
+    keys that work now (not revoked and not expired), false for revoked or expired ones."""
     queryset = ApiKey.objects.filter(organisation_id=organisation_id).select_related("created_by")
-    if active is True:
-        queryset = queryset.filter(revoked_at__isnull=True)
-    elif active is False:
-        queryset = queryset.filter(revoked_at__isnull=False)
+    if active is not None:
+        usable = Q(revoked_at__isnull=True) & (
+            Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+        )
+        queryset = queryset.filter(usable if active else ~usable)
     return queryset.order_by("-created_at", "id")
 
 

@@ -397,3 +397,38 @@ def test_keys_with_an_expiry_work_until_it(api_client, db):
     assert api_client.get("/api/v1/members/", **headers).status_code == 200
     active = api_client.get("/api/v1/api-keys/", {"active": "true"}, **bearer(admin.user))
     assert active.json()["count"] == 1
+
+
+def test_the_active_filter_matches_the_keys_active_field(api_client, db):
+    """`active` in the list is `is_usable` (not revoked, not expired): the filter must agree, both
+    ways, or an expired key is listed as active=false under ?active=true."""
+    admin = member(Role.ADMIN)
+    organisation = admin.organisation
+    now = timezone.now()
+    keys = {
+        "forever": ApiKeyFactory(organisation=organisation),
+        "until_tomorrow": ApiKeyFactory(
+            organisation=organisation, expires_at=now + timezone.timedelta(days=1)
+        ),
+        "expired": ApiKeyFactory(
+            organisation=organisation, expires_at=now - timezone.timedelta(seconds=1)
+        ),
+        "revoked": ApiKeyFactory(organisation=organisation, revoked_at=now),
+        "revoked_and_expired": ApiKeyFactory(
+            organisation=organisation, revoked_at=now, expires_at=now - timezone.timedelta(days=1)
+        ),
+    }
+    names = {str(key.id): name for name, key in keys.items()}
+
+    def listed(**params):
+        response = api_client.get("/api/v1/api-keys/", params, **bearer(admin.user))
+        assert response.status_code == 200
+        return {names[k["id"]]: k["active"] for k in response.json()["results"]}
+
+    assert listed(active="true") == {"forever": True, "until_tomorrow": True}
+    assert listed(active="false") == {
+        "expired": False,
+        "revoked": False,
+        "revoked_and_expired": False,
+    }
+    assert len(listed()) == 5

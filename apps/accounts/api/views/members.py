@@ -327,7 +327,12 @@ class ApiKeyListApi(AdminApi):
         summary="API keys of the organisation (admins); keys themselves are never shown again",
         parameters=[
             ORGANISATION_PARAMETER,
-            OpenApiParameter("active", bool, required=False),
+            OpenApiParameter(
+                "active",
+                bool,
+                required=False,
+                description="true: keys that work now; false: revoked or expired keys.",
+            ),
             *PAGE_PARAMETERS,
         ],
         responses={200: page_of("ApiKey", ApiKeyOutputSerializer), **errors(400, 401, 403, 404)},
