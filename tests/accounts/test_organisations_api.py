@@ -416,3 +416,21 @@ def test_removed_members_lose_access_immediately(api_client, db):
     response = api_client.get("/api/v1/members/", HTTP_AUTHORIZATION=f"Bearer {pair.access}")
     assert response.status_code == 401
     assert AuditEvent.objects.get(action=AuditAction.MEMBER_REMOVED).actor == owner.user
+
+
+def test_a_deactivated_organisation_cannot_be_renamed(api_client, db):
+    owner = member(Role.OWNER)
+    organisation = owner.organisation
+    Organisation.objects.filter(pk=organisation.pk).update(is_active=False)
+
+    response = api_client.patch(
+        f"/api/v1/organisations/{organisation.id}/",
+        {"name": "Renamed"},
+        format="json",
+        **bearer(owner.user),
+    )
+
+    assert response.status_code == 403
+    organisation.refresh_from_db()
+    assert organisation.name != "Renamed"
+    assert not AuditEvent.objects.filter(action=AuditAction.ORGANISATION_UPDATED).exists()

@@ -6,9 +6,9 @@ import pytest
 from django.test import override_settings
 from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
-from apps.accounts.models import Role
+from apps.accounts.models import Role, User
 from apps.accounts.network import RequestMeta
-from apps.accounts.services import user_deactivate
+from apps.accounts.services import password_change, user_deactivate
 from apps.accounts.tokens import password_reset_token
 from tests.factories import DEFAULT_PASSWORD, bearer, member, tokens_for
 
@@ -164,3 +164,22 @@ def test_a_hash_upgrade_at_sign_in_keeps_existing_tokens(api_client, user):
     assert response.status_code == 200
     assert "t=2" in user.password
     assert me(api_client, pair.access).status_code == 200
+
+
+def test_a_password_change_does_not_undo_a_deactivation_made_meanwhile(user):
+    """The user object of a request was loaded when it authenticated; saving all of its fields
+    would write `is_active` back as it was then."""
+    loaded = User.objects.get(pk=user.pk)  # as the request authenticated it
+    User.objects.filter(pk=user.pk).update(is_active=False, full_name="Changed meanwhile")
+
+    password_change(
+        user=loaded,
+        current_password=DEFAULT_PASSWORD,
+        new_password=NEW_PASSWORD,
+        meta=RequestMeta(),
+    )
+
+    user.refresh_from_db()
+    assert user.check_password(NEW_PASSWORD)
+    assert not user.is_active
+    assert user.full_name == "Changed meanwhile"

@@ -6,6 +6,7 @@ import datetime as dt
 import uuid
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -76,6 +77,8 @@ def organisation_update(
     if not role_at_least(membership.role, Role.ADMIN):
         raise Forbidden("Only admins can change the organisation.")
     organisation = membership.organisation
+    if not organisation.is_active:  # as every tenant endpoint answers (tenancy.get_tenant)
+        raise PermissionDenied("This organisation has been deactivated.")
     if name is not None and name != organisation.name:
         old = organisation.name
         organisation.name = name

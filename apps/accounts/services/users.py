@@ -298,7 +298,7 @@ def password_reset_confirm(*, token: str, new_password: str, meta: RequestMeta) 
     user.set_password(new_password)
     if user.email_verified_at is None:  # the link proved the address
         user.email_verified_at = timezone.now()
-    user.save()
+    user.save(update_fields=["password", "email_verified_at"])
     blacklist_refresh_tokens(user)
     audit_record(
         action=AuditAction.PASSWORD_RESET,
@@ -335,7 +335,10 @@ def password_change(
     check_password_strength(new_password, user)
     with transaction.atomic():
         user.set_password(new_password)
-        user.save()
+        # Only the password (User.save adds token_version): `user` was loaded when the request
+        # authenticated, and writing its other fields back would undo a change made since, such
+        # as an operator's deactivation.
+        user.save(update_fields=["password"])
         blacklist_refresh_tokens(user)
         organisation = (
             Organisation.objects.filter(id=organisation_id, memberships__user=user).first()
