@@ -125,6 +125,16 @@ class UserAdmin(DjangoUserAdmin):
     def get_inlines(self, request: HttpRequest, obj: Any = None) -> list:
         return self.inlines if obj is not None else []
 
+    # Through the service: the API keys and pending invitations of a deleted user are revoked
+    # (the delete alone would only clear their author).
+    def delete_model(self, request: HttpRequest, obj: User) -> None:
+        services.user_delete(user=obj, actor=request.user, meta=RequestMeta.from_request(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        meta = RequestMeta.from_request(request)
+        for user in queryset:
+            services.user_delete(user=user, actor=request.user, meta=meta)
+
     @admin.action(description="Deactivate the selected users and end their sessions")
     def deactivate_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         count = 0

@@ -162,3 +162,26 @@ def test_an_operators_deactivation_revokes_them_too(admin_client, api_client, te
     event = AuditEvent.objects.filter(action=AuditAction.API_KEY_REVOKED).first()
     assert event.actor.is_superuser
     assert team["key"].revoked_by == event.actor
+
+
+def test_deleting_a_user_in_the_admin_revokes_their_grants_first(admin_client, team):
+    user = team["admin"].user
+
+    response = admin_client.post(f"/admin/accounts/user/{user.pk}/delete/", {"post": "yes"})
+    bulk_target = team["owner"].user
+    bulk = admin_client.post(
+        "/admin/accounts/user/",
+        {"action": "delete_selected", "_selected_action": [bulk_target.pk], "post": "yes"},
+    )
+
+    assert response.status_code == bulk.status_code == 302
+    assert is_revoked(team["key"]) and is_revoked(team["key_elsewhere"])
+    assert status_of(team["invitation"]) == Invitation.Status.REVOKED
+    assert is_revoked(team["owners_key"])
+    assert status_of(team["owners_invitation"]) == Invitation.Status.REVOKED
+    reasons = set(
+        AuditEvent.objects.filter(action=AuditAction.API_KEY_REVOKED).values_list(
+            "metadata__reason", flat=True
+        )
+    )
+    assert reasons == {"user_deleted"}

@@ -455,3 +455,16 @@ def user_reactivate(*, user: User, actor: User | None, meta: RequestMeta) -> Use
         meta=meta,
     )
     return user
+
+
+@transaction.atomic
+def user_delete(*, user: User, actor: User | None, meta: RequestMeta) -> None:
+    """Delete an account (operators, in the admin).
+
+    The API keys it created and its pending invitations are revoked first: the delete itself only
+    clears their author, and they would go on working for whoever holds them.
+    """
+    departed_member_grants_revoke(
+        user=user, organisation_id=None, actor=actor, reason="user_deleted", meta=meta
+    )
+    user.delete()
