@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 from django.conf import settings
@@ -74,6 +75,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     # Not a column: JWT authentication attaches the memberships it loaded with the user, for
     # the tenancy of the same request (apps.accounts.principals); None when not loaded.
     principal_memberships: tuple[Membership, ...] | None = None
+    # Not a column: `is_active` as last read from or written to the database (see save()).
+    _stored_is_active: bool | None = None
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
@@ -107,16 +110,33 @@ class User(AbstractBaseUser, PermissionsMixin):
             algorithm="sha256",
         ).hexdigest()
 
+    @classmethod
+    def from_db(
+        cls, db: str | None, field_names: Collection[str], values: Collection[Any], **kwargs: Any
+    ) -> User:
+        user = super().from_db(db, field_names, values, **kwargs)
+        user._stored_is_active = user.__dict__.get("is_active")  # None when deferred
+        return user
+
     def save(self, *args: Any, **kwargs: Any) -> None:
-        # A new password, whichever path set it (service, admin form, `changepassword`), revokes
-        # every token issued before it. A hasher upgrade on login saves without `_password`
-        # and keeps tokens valid.
-        if getattr(self, "_password", None) is not None and self.pk is not None:
-            self.token_version += 1
+        # A new password or a deactivation, whichever path made it (a service, an admin form,
+        # `changepassword`, a shell), revokes every token issued before it. A hasher upgrade on
+        # login saves without `_password` and keeps tokens valid. The version is raised in SQL:
+        # `self` may have been loaded before another revocation, and writing its old version + 1
+        # back could bring the tokens issued since then back to life.
+        revoke = self.pk is not None and (
+            getattr(self, "_password", None) is not None
+            or (getattr(self, "_stored_is_active", None) is True and not self.is_active)
+        )
+        if revoke:
+            self.token_version = models.F("token_version") + 1
             update_fields = kwargs.get("update_fields")
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "token_version"}
         super().save(*args, **kwargs)
+        if revoke:
+            self.refresh_from_db(fields=["token_version"])
+        self._stored_is_active = self.is_active
 
 
 class Organisation(TimeStampedModel):

@@ -8,7 +8,7 @@ from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
 
 from apps.accounts.models import Role, User
 from apps.accounts.network import RequestMeta
-from apps.accounts.services import password_change, user_deactivate
+from apps.accounts.services import password_change, user_deactivate, user_tokens_revoke
 from apps.accounts.tokens import password_reset_token
 from tests.factories import DEFAULT_PASSWORD, bearer, member, tokens_for
 
@@ -183,3 +183,31 @@ def test_a_password_change_does_not_undo_a_deactivation_made_meanwhile(user):
     assert user.check_password(NEW_PASSWORD)
     assert not user.is_active
     assert user.full_name == "Changed meanwhile"
+
+
+def test_a_deactivation_saved_by_any_path_revokes_tokens_for_good(api_client, user):
+    """Unticking is_active outside the services (a shell, another form) still revokes: turning
+    it back on must not revive the tokens."""
+    pair = tokens_for(user)
+
+    user.is_active = False
+    user.save()
+    user.is_active = True
+    user.save()
+
+    assert_revoked(api_client, pair)
+    assert me(api_client, tokens_for(user).access).status_code == 200
+
+
+def test_a_new_password_saved_on_a_stale_user_still_revokes_newer_tokens(api_client, user):
+    """The version is raised in SQL: a user loaded before a "sign out everywhere" must not write
+    back its old version + 1, the version of the tokens issued since."""
+    loaded = User.objects.get(pk=user.pk)
+    user_tokens_revoke(user=user)  # elsewhere: version 0 -> 1
+    issued_since = tokens_for(user)
+
+    loaded.set_password(NEW_PASSWORD)
+    loaded.save()
+
+    assert loaded.token_version == 2
+    assert_revoked(api_client, issued_since)
