@@ -329,6 +329,20 @@ def test_an_export_records_only_its_validated_filters(api_client, trail):
     assert exported.metadata == {"filters": {"action": "test.*"}}
 
 
+def test_a_head_of_the_export_exports_nothing_and_records_no_export(api_client, trail):
+    admin, _ = trail
+
+    head = api_client.head("/api/v1/audit-events/export/", **bearer(admin.user))
+    bad = api_client.head("/api/v1/audit-events/export/?since=yesterday", **bearer(admin.user))
+
+    assert head.status_code == 200
+    assert head["Content-Type"] == "text/csv; charset=utf-8"
+    assert "attachment;" in head["Content-Disposition"]
+    assert b"".join(head.streaming_content) == b""
+    assert bad.status_code == 400
+    assert not AuditEvent.objects.filter(action=AuditAction.AUDIT_EXPORTED).exists()
+
+
 def test_an_event_of_the_organisation_can_be_read(api_client, trail):
     admin, _ = trail
     event = AuditEvent.objects.filter(organisation=admin.organisation).first()

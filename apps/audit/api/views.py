@@ -22,7 +22,7 @@ from apps.audit import selectors
 from apps.audit.export import csv_rows
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
-from apps.core.drf import errors, page_of, paginated_response
+from apps.core.drf import PAGE_PARAMETERS, errors, page_of, paginated_response
 
 ORGANISATION_PARAMETER = OpenApiParameter(
     ORGANISATION_HEADER, str, OpenApiParameter.HEADER, required=False
@@ -90,8 +90,7 @@ class AuditEventListApi(AuditApi):
         summary="The organisation's audit events, newest first (admins)",
         parameters=[
             *FILTER_PARAMETERS,
-            OpenApiParameter("page", int),
-            OpenApiParameter("page_size", int),
+            *PAGE_PARAMETERS,
         ],
         responses={
             200: page_of("AuditEvent", AuditEventOutputSerializer),
@@ -136,6 +135,10 @@ class AuditEventExportApi(AuditApi):
         tags=["audit"],
     )
     def get(self, request: Request, version: str) -> StreamingHttpResponse:
+        if request.method == "HEAD":
+            # DRF answers HEAD with `get`: a HEAD exports nothing, so it records no export and
+            # runs no query (only the headers a GET would send).
+            return self._headers_only(request)
         filters = self.filters(request)
         events = self.events(request, filters)[: settings.AUDIT_EXPORT_MAX_ROWS]
         tenant = get_tenant(request)
@@ -149,9 +152,15 @@ class AuditEventExportApi(AuditApi):
             # carry anything (undeclared names, NUL bytes PostgreSQL refuses).
             metadata={"filters": {k: str(v) for k, v in filters.items()}},
         )
+        return self._attachment(tenant, csv_rows(events.iterator(chunk_size=1000)))
+
+    def _headers_only(self, request: Request) -> StreamingHttpResponse:
+        self.filters(request)  # a bad filter is the same 400 as for GET
+        return self._attachment(get_tenant(request), iter(()))
+
+    @staticmethod
+    def _attachment(tenant, rows) -> StreamingHttpResponse:
         name = f"audit-{tenant.organisation.id}-{timezone.now():%Y%m%dT%H%M%SZ}.csv"
-        response = StreamingHttpResponse(
-            csv_rows(events.iterator(chunk_size=1000)), content_type="text/csv; charset=utf-8"
-        )
+        response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{name}"'
         return response

@@ -13,7 +13,14 @@ from apps.accounts import selectors, services
 from apps.accounts.models import ApiKey, ApiKeyRole, Invitation, Membership, Role, User
 from apps.accounts.network import RequestMeta
 from apps.accounts.tenancy import ORGANISATION_HEADER, IsHumanUser, TenantPermission, get_tenant
-from apps.core.drf import InputSerializer, NamedSerializer, errors, page_of, paginated_response
+from apps.core.drf import (
+    PAGE_PARAMETERS,
+    InputSerializer,
+    NamedSerializer,
+    errors,
+    page_of,
+    paginated_response,
+)
 
 from .auth import TokenPairOutputSerializer, password_field
 
@@ -24,10 +31,6 @@ ORGANISATION_PARAMETER = OpenApiParameter(
     required=False,
     description="The organisation to act for (needed when the caller belongs to several).",
 )
-PAGE_PARAMETERS = [
-    OpenApiParameter("page", int, required=False),
-    OpenApiParameter("page_size", int, required=False),
-]
 
 
 class TenantApi(APIView):
