@@ -121,6 +121,12 @@ class AuditEvent(models.Model):
                 fields=["organisation", "action", "-occurred_at"], name="audit_org_action_time"
             ),
             models.Index(fields=["actor", "-occurred_at"], name="audit_actor_time"),
+            # "What happened to this object": the trail filtered by target_type and target_id
+            # (without it, the organisation's whole trail is scanned).
+            models.Index(
+                fields=["organisation", "target_type", "target_id", "-occurred_at"],
+                name="audit_org_target_time",
+            ),
         ]
 
     def __str__(self) -> str:
