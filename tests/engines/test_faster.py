@@ -241,19 +241,116 @@ def test_a_cancelled_batched_call_leaves_no_word_timing_state_to_the_next(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine._model, "add_word_timestamps", add_word_timestamps)
-    checks: list[int] = []
 
-    def cancel_after_the_first_segment() -> bool:
-        checks.append(1)
-        return len(checks) > 1
-
+    # Stopped at its first segment, once a batch's words were timed.
     with pytest.raises(TranscriptionCancelled):
-        engine.transcribe(three_window_clip, ENGLISH, should_cancel=cancel_after_the_first_segment)
-    assert engine._batched.last_speech_timestamp > 0.0  # what the cancelled call left behind
+        engine.transcribe(three_window_clip, ENGLISH, should_cancel=lambda: bool(starts))
+    assert engine._batched.last_speech_timestamp == 0.0  # nothing left behind
     starts.clear()
     engine.transcribe(english_clip, ENGLISH)
 
     assert starts[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("profile", "language", "clip"),
+    [("tiny.en", "en", "three_window_clip"), ("base", None, "long_clip")],
+)
+def test_the_batched_engine_gives_the_pipelines_own_transcript(
+    model_cache_dir, request, profile, language, clip
+):
+    """Batch by batch, the transcript, word timings and language are those of
+    BatchedInferencePipeline.transcribe on the whole file (``long_clip``'s first window is short,
+    so the detection reads two windows' features)."""
+    from faster_whisper import BatchedInferencePipeline
+
+    from workers.engines.audio import load_audio
+    from workers.engines.base import finalize_segments
+    from workers.engines.faster import segment_from_faster
+
+    path = request.getfixturevalue(clip)
+    engine = get_engine(
+        "faster-whisper", profile, "cpu", cache_dir=model_cache_dir, batch_size=2, max_engines=8
+    )
+
+    ours = engine.transcribe(path, TranscriptionOptions(language=language))
+    segments, info = BatchedInferencePipeline(engine._model).transcribe(
+        load_audio(path), batch_size=2, language=language, word_timestamps=True, vad_filter=True
+    )
+    theirs = finalize_segments([segment_from_faster(s) for s in segments], duration=ours.duration)
+
+    assert ours.segments == theirs
+    assert ours.words
+    assert ours.language == info.language
+    assert ours.language_probability == round(info.language_probability, 4)
+    assert ours.engine_info["duration_after_vad"] == round(info.duration_after_vad, 3)
+
+
+class _Counting:
+    """The model's feature extractor, counting the windows it makes features for."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+        self.windows = 0
+
+    def __call__(self, *args, **kwargs):
+        self.windows += 1
+        return self._real(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+@pytest.fixture
+def one_window_batches(model_cache_dir, monkeypatch):
+    """A batched tiny.en engine of one window per batch, recording for each batch decoded how
+    many windows' features had been made by then."""
+    engine = get_engine(
+        "faster-whisper", "tiny.en", "cpu", cache_dir=model_cache_dir, batch_size=1, max_engines=8
+    )
+    extractor = _Counting(engine._model.feature_extractor)
+    monkeypatch.setattr(engine._model, "feature_extractor", extractor)
+    decoded: list[int] = []
+    real_forward = engine._batched.forward
+
+    def forward(features, *args, **kwargs):
+        decoded.append(extractor.windows)
+        return real_forward(features, *args, **kwargs)
+
+    monkeypatch.setattr(engine._batched, "forward", forward)
+    return engine, extractor, decoded
+
+
+def test_a_batchs_features_are_made_when_it_is_decoded(one_window_batches, three_window_clip):
+    """The pipeline made every window's features first: memory grew with the file's length."""
+    engine, _extractor, decoded = one_window_batches
+
+    engine.transcribe(three_window_clip, ENGLISH)
+
+    assert decoded == [1, 2, 3]
+
+
+def test_a_cancel_is_seen_after_the_vad_before_any_features(one_window_batches, three_window_clip):
+    engine, extractor, decoded = one_window_batches
+    checks: list[int] = []
+
+    def cancel_at_the_second_check() -> bool:
+        checks.append(1)
+        return len(checks) > 1
+
+    with pytest.raises(TranscriptionCancelled):
+        engine.transcribe(three_window_clip, ENGLISH, should_cancel=cancel_at_the_second_check)
+
+    assert (extractor.windows, decoded) == (0, [])
+
+
+def test_a_cancel_is_seen_between_batches(one_window_batches, three_window_clip):
+    engine, extractor, decoded = one_window_batches
+
+    with pytest.raises(TranscriptionCancelled):
+        engine.transcribe(three_window_clip, ENGLISH, should_cancel=lambda: bool(decoded))
+
+    assert (extractor.windows, decoded) == (1, [1])
 
 
 def test_replacement_characters_from_the_model_are_cleaned(tiny_engine, english_clip, monkeypatch):

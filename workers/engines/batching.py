@@ -31,7 +31,6 @@ batch size is halved (never below 1) and the batch retried.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import logging
 import shutil
@@ -57,7 +56,11 @@ from workers.engines.base import (
     join_text,
     reported_language,
 )
-from workers.engines.faster import LoadedFasterWhisperModel, segment_from_faster
+from workers.engines.faster import (
+    LoadedFasterWhisperModel,
+    batched_decode_setup,
+    segment_from_faster,
+)
 from workers.engines.models import ModelFiles
 from workers.preparation import (
     SAMPLE_RATE,
@@ -484,60 +487,21 @@ class BatchScheduler(LoadedFasterWhisperModel):
 
     def _setup(self, key: BatchKey) -> tuple[Any, Any]:
         """The tokenizer and faster-whisper options of a batch key, with the values
-        ``BatchedInferencePipeline.transcribe`` uses by default."""
-        from faster_whisper import BatchedInferencePipeline
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import TranscriptionOptions as FwOptions
-        from faster_whisper.transcribe import get_suppressed_tokens
-
+        ``BatchedInferencePipeline.transcribe`` uses by default (cached per key)."""
         with self._setup_lock:
             cached = self._setups.get(key)
             if cached is not None:
                 return cached
-            tokenizer = Tokenizer(
-                self._model.hf_tokenizer,
-                self._model.model.is_multilingual,
-                task=key.task,
+            setup = batched_decode_setup(
+                self._model,
                 language=key.language,
-            )
-            # The pipeline's own defaults, read from its signature rather than copied.
-            default = {
-                name: parameter.default
-                for name, parameter in inspect.signature(
-                    BatchedInferencePipeline.transcribe
-                ).parameters.items()
-            }
-            fw_options = FwOptions(
+                task=key.task,
                 beam_size=key.beam_size,
-                best_of=default["best_of"],
-                patience=default["patience"],
-                length_penalty=default["length_penalty"],
-                repetition_penalty=default["repetition_penalty"],
-                no_repeat_ngram_size=default["no_repeat_ngram_size"],
-                log_prob_threshold=default["log_prob_threshold"],
-                no_speech_threshold=default["no_speech_threshold"],
-                compression_ratio_threshold=default["compression_ratio_threshold"],
-                temperatures=list(default["temperature"])[:1],
-                initial_prompt=key.initial_prompt,
-                prefix=None,
-                suppress_blank=default["suppress_blank"],
-                suppress_tokens=get_suppressed_tokens(tokenizer, default["suppress_tokens"]),
-                prepend_punctuations=default["prepend_punctuations"],
-                append_punctuations=default["append_punctuations"],
-                max_new_tokens=None,
-                hotwords=None,
                 word_timestamps=key.word_timestamps,
-                # What BatchedInferencePipeline.transcribe fixes for batched decoding:
-                hallucination_silence_threshold=None,
-                condition_on_previous_text=False,
-                clip_timestamps=[],
-                prompt_reset_on_temperature=0.5,
-                multilingual=False,
-                without_timestamps=default["without_timestamps"],
-                max_initial_timestamp=0.0,
+                initial_prompt=key.initial_prompt,
             )
-            self._setups[key] = (tokenizer, fw_options)
-            return tokenizer, fw_options
+            self._setups[key] = setup
+            return setup
 
     # ---- scheduler side ------------------------------------------------------------------------
     def _run(self) -> None:
