@@ -1,7 +1,7 @@
-"""Benchmark, not a test (not collected: run it by path): do the public endpoints that take an
-email address answer in the same time whether or not the address has an account?
+"""Benchmark, driven by pytest for its test database (run it by path): do the public endpoints
+that take an email address answer in the same time whether or not the address has an account?
 
-    DATABASE_URL=... python -m pytest tests/accounts/bench_enumeration_timing.py -s -p no:randomly
+    DATABASE_URL=... python -m pytest bench/accounts/enumeration_timing.py -s -p no:randomly
 
 Each endpoint is called alternately for an address with an account and one without (fresh
 addresses, so no cache or counter favours either), in committed transactions as in production,
