@@ -48,6 +48,23 @@ def content_of(client, auth, report) -> tuple[bytes, object]:
     return b"".join(response.streaming_content), response
 
 
+def test_a_transcript_of_silence_reports_no_language_not_an_empty_probability(
+    owner, client, auth
+):
+    """A job of silence with no language asked for has language "" and probability 0."""
+    job = completed_job(owner.organisation, owner.user, words=[(" ", 0.0, 0.1, 0.0)])
+    job.transcript.language, job.transcript.language_probability = "", 0.0
+    job.transcript.save()
+
+    report = generate(
+        owner.organisation, owner.user, kind="transcript", format="pdf", job_id=job.pk
+    )
+    text = pdf_text(content_of(client, auth, report)[0])
+
+    assert "Language none (no speech)" in " ".join(text.split())
+    assert "(0.0)" not in text
+
+
 def test_transcript_pdf_holds_metadata_analytics_and_the_timed_transcript(owner, client, auth):
     job = completed_job(owner.organisation, owner.user)
 
