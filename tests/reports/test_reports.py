@@ -48,9 +48,7 @@ def content_of(client, auth, report) -> tuple[bytes, object]:
     return b"".join(response.streaming_content), response
 
 
-def test_a_transcript_of_silence_reports_no_language_not_an_empty_probability(
-    owner, client, auth
-):
+def test_a_transcript_of_silence_reports_no_language_not_an_empty_probability(owner, client, auth):
     """A job of silence with no language asked for has language "" and probability 0."""
     job = completed_job(owner.organisation, owner.user, words=[(" ", 0.0, 0.1, 0.0)])
     job.transcript.language, job.transcript.language_probability = "", 0.0
