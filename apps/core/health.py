@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
@@ -87,9 +87,13 @@ CHECKS: dict[str, Callable[[], None]] = {
 # The checks run in threads of their own, at once, each given HEALTH_CHECK_TIMEOUT: a dependency
 # that hangs (storage behind a dead load balancer, a database that accepts connections and then
 # stalls) gives "fail" in time instead of holding the request, and every request waiting on the
-# answer, for its client library's own timeouts (a minute or more for boto). A hung check keeps
-# its thread; there is one thread per check, so hung checks can pile up no further.
-_executor = ThreadPoolExecutor(max_workers=len(CHECKS), thread_name_prefix="readyz")
+# answer, for its client library's own timeouts (a minute or more for boto). At most one run of
+# each check is in flight per process: a call while one is still running waits for that run
+# (within its own deadline) instead of starting another, so a hung dependency holds one thread,
+# not one per call, and the other checks never queue behind it. The threads are daemons: a hung
+# check never holds up a process that is exiting (a gunicorn worker being recycled).
+_in_flight: dict[str, tuple[float, Future[float]]] = {}
+_in_flight_lock = threading.Lock()
 
 
 def _timed(check: Callable[[], None]) -> float:
@@ -102,21 +106,51 @@ def _timed(check: Callable[[], None]) -> float:
     return time.monotonic() - started
 
 
+def _run_in_thread(name: str, future: Future[float]) -> None:
+    try:
+        future.set_result(_timed(CHECKS[name]))
+    except BaseException as exc:  # handed to the caller, which reports it
+        future.set_exception(exc)
+
+
+def _start(name: str) -> tuple[float, Future[float]]:
+    """The run of check `name` in flight, started now if none is."""
+    with _in_flight_lock:
+        running = _in_flight.get(name)
+        if running is not None and not running[1].done():
+            return running
+        future: Future[float] = Future()
+        _in_flight[name] = (time.monotonic(), future)
+    threading.Thread(
+        target=_run_in_thread, args=(name, future), name=f"readyz-{name}", daemon=True
+    ).start()
+    return _in_flight[name]
+
+
 def run_checks(names: Iterable[str] | None = None) -> tuple[bool, dict[str, Any]]:
     """Run the named checks (all by default) at once; each fails when it raises or takes longer
     than ``HEALTH_CHECK_TIMEOUT`` seconds."""
     timeout = float(settings.HEALTH_CHECK_TIMEOUT)
     started = time.monotonic()
-    futures = {name: _executor.submit(_timed, CHECKS[name]) for name in (names or CHECKS)}
+    runs = {name: _start(name) for name in (names or CHECKS)}
     results: dict[str, Any] = {}
     healthy = True
-    for name, future in futures.items():
+    for name, (run_started, future) in runs.items():
         try:
             seconds = future.result(timeout=max(0.0, started + timeout - time.monotonic()))
         except FutureTimeout:
             healthy = False
-            logger.warning("Readiness check %s did not answer within %s s", name, timeout)
-            results[name] = {"status": "fail", "error": f"no answer within {timeout:g} s"}
+            running_for = time.monotonic() - run_started
+            logger.warning(
+                "Readiness check %s has not answered for %.1f s (limit %s s)",
+                name,
+                running_for,
+                timeout,
+            )
+            results[name] = {
+                "status": "fail",
+                "error": f"no answer within {timeout:g} s (running for {running_for:.0f} s)",
+            }
             seconds = timeout
         except Exception as exc:  # every failure is a "not ready" answer, never a 500
             healthy = False

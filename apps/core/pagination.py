@@ -18,7 +18,9 @@ def _whole_number(request: Any, name: str) -> None:
     raw = request.query_params.get(name)
     if raw is None:
         return
-    if not (raw.isascii() and raw.isdigit() and int(raw) >= 1):
+    # At most 9 digits: a page number that long is already past any list, and int() of a string
+    # of over 4300 digits raises (Python's limit on int conversion), which would be a 500.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9 and int(raw) >= 1):
         raise ValidationError({name: [f"Must be a whole number from 1; got {raw[:20]!r}."]})
 
 

@@ -73,7 +73,18 @@ def test_a_path_that_matches_nothing_either_way_is_still_404(client, auth):
 
 @pytest.mark.parametrize(
     "query",
-    ["page=0", "page=-1", "page=abc", "page=last", "page_size=0", "page_size=abc", "page=1.5"],
+    [
+        "page=0",
+        "page=-1",
+        "page=abc",
+        "page=last",
+        "page_size=0",
+        "page_size=abc",
+        "page=1.5",
+        "page=" + "9" * 4301,  # int() refuses over 4300 digits: it was a 500
+        "page_size=" + "9" * 4301,
+        "page=\uff11",  # a fullwidth digit: isdigit(), but not a number the API takes
+    ],
 )
 @pytest.mark.parametrize("path", ["/api/v1/reports/", "/api/v1/members/", "/api/v1/jobs"])
 def test_a_malformed_page_parameter_is_a_400_on_every_list(client, auth, path, query):
@@ -88,7 +99,7 @@ def test_a_malformed_page_parameter_is_a_400_on_every_list(client, auth, path, q
 def test_a_page_past_the_end_is_404_and_a_huge_page_size_is_capped(client, auth, owner):
     _reports(owner, 3, same_instant=False)
 
-    past = client.get("/api/v1/reports/?page=9", **auth)
+    past = client.get("/api/v1/reports/?page=999999999", **auth)
     capped = client.get("/api/v1/reports/?page_size=100000", **auth)
 
     assert past.status_code == 404 and past.json()["error"]["code"] == "not_found"

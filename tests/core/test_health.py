@@ -168,7 +168,7 @@ def test_a_dependency_that_hangs_fails_its_check_in_time(client, redis_broker, m
     checks = response.json()["checks"]
     assert checks["storage"] == {
         "status": "fail",
-        "error": "no answer within 0.5 s",
+        "error": "no answer within 0.5 s (running for 0 s)",
         "duration_ms": 500.0,
     }
     assert {name for name, check in checks.items() if check["status"] == "ok"} == {
@@ -178,3 +178,50 @@ def test_a_dependency_that_hangs_fails_its_check_in_time(client, redis_broker, m
         "model",
     }
     assert elapsed < 5
+
+
+@pytest.mark.django_db
+@override_settings(HEALTH_CHECK_TIMEOUT=0.2)
+def test_a_hung_check_runs_once_however_often_it_is_asked_for(redis_broker, monkeypatch):
+    """Probes and scrapes keep asking while storage hangs: they wait on its one run rather
+    than start more, so the hang holds one (daemon) thread and the other checks still answer."""
+    import threading
+
+    from apps.core import health
+
+    release = threading.Event()
+    calls = []
+
+    def hangs():
+        calls.append(threading.current_thread())
+        release.wait(30)
+
+    monkeypatch.setitem(health.CHECKS, "storage", hangs)
+    try:
+        answers = [health.run_checks() for _ in range(8)]
+        dependency_gauges = health.run_checks(("database", "cache", "broker"))
+    finally:
+        release.set()
+
+    assert len(calls) == 1 and calls[0].daemon
+    assert all(results["storage"]["status"] == "fail" for _, results in answers)
+    assert all(
+        results[name]["status"] == "ok"
+        for _, results in answers
+        for name in ("database", "cache", "broker", "model")
+    )
+    assert dependency_gauges[0] is True
+    assert "running for" in answers[-1][1]["storage"]["error"]
+
+
+@pytest.mark.django_db
+def test_a_check_that_answered_runs_afresh_next_time(monkeypatch):
+    from apps.core import health
+
+    calls = []
+    monkeypatch.setitem(health.CHECKS, "model", lambda: calls.append(1))
+
+    health.run_checks(("model",))
+    health.run_checks(("model",))
+
+    assert len(calls) == 2

@@ -19,6 +19,7 @@ REQUIRED_ALERTS = {
     "DeadLettersAppeared",
     "WorkerDown",
     "WorkerMissing",
+    "WebMissing",
     "WhisperBatchOutOfMemory",
     "DatabaseUnavailable",
     "RedisUnavailable",
