@@ -21,26 +21,42 @@ from workers.queues import Queue
 QUEUE = str(Queue.EMAIL)
 
 
-@shared_task(name="apps.accounts.tasks.register", base=LexisTask)
-def register(sealed: str) -> None:
+# A message sealed under a key this worker does not have yet (web restarted with a new
+# FIELD_ENCRYPTION_KEYS before the workers) is tried again every minute for half an hour, then
+# dead-lettered (requeue it once the worker has the key): the workers usually get it minutes later.
+KEY_WAIT_SECONDS = 60
+KEY_WAIT_TRIES = 30
+
+
+def _open(task: Any, sealed: str) -> dict[str, Any]:
+    from apps.core.crypto import DecryptionError
+
+    from .services.users import request_open
+
+    try:
+        return request_open(sealed)
+    except DecryptionError as exc:
+        raise task.retry(exc=exc, countdown=KEY_WAIT_SECONDS, max_retries=KEY_WAIT_TRIES) from exc
+
+
+@shared_task(name="apps.accounts.tasks.register", base=LexisTask, bind=True)
+def register(self: Any, sealed: str) -> None:
     """Create the account, or tell the address's owner one exists (`sealed`: the encrypted
     registration, see `services.users.user_register`)."""
-    from .services.users import registration_complete, registration_open
+    from .services.users import registration_complete
 
-    registration_complete(**registration_open(sealed))
+    registration_complete(**_open(self, sealed))
 
 
-@shared_task(name="apps.accounts.tasks.send_verification", base=LexisTask)
-def send_verification(email: str, meta: dict[str, Any]) -> None:
-    from .network import RequestMeta
+@shared_task(name="apps.accounts.tasks.send_verification", base=LexisTask, bind=True)
+def send_verification(self: Any, sealed: str) -> None:
     from .services.users import verification_send
 
-    verification_send(email=email, meta=RequestMeta(**meta))
+    verification_send(**_open(self, sealed))
 
 
-@shared_task(name="apps.accounts.tasks.send_password_reset", base=LexisTask)
-def send_password_reset(email: str, meta: dict[str, Any]) -> None:
-    from .network import RequestMeta
+@shared_task(name="apps.accounts.tasks.send_password_reset", base=LexisTask, bind=True)
+def send_password_reset(self: Any, sealed: str) -> None:
     from .services.users import password_reset_send
 
-    password_reset_send(email=email, meta=RequestMeta(**meta))
+    password_reset_send(**_open(self, sealed))

@@ -77,12 +77,49 @@ def test_the_registration_message_is_sealed(api_client, db):
     sealed = message["kwargs"]["sealed"]
     assert "new@example.com" not in sealed
     assert "argon2" not in sealed
-    opened = user_services.registration_open(sealed)
+    opened = user_services.request_open(sealed)
     assert opened["email"] == "new@example.com"
     assert opened["password_hash"].startswith("argon2$")
     assert PASSWORD not in sealed and PASSWORD not in str(opened)
     assert isinstance(opened["meta"], RequestMeta)
     assert not User.objects.filter(email="new@example.com").exists()  # the worker creates it
+
+
+@pytest.mark.parametrize("name", ["verification", "password-reset"])
+def test_reset_and_verification_messages_carry_no_address_or_ip_in_the_clear(api_client, db, name):
+    """Flower shows task arguments and dead letters keep them: who asked for a reset of which
+    address, from which IP, is not for everyone who can see those."""
+    UserFactory(email=KNOWN, email_verified_at=None)
+    url, body, task = REQUESTS[name]
+
+    _status, _sql, [message] = request_work(api_client, url, body(KNOWN), task)
+
+    assert set(message["kwargs"]) == {"sealed"}
+    assert KNOWN not in message["kwargs"]["sealed"] and "127.0.0.1" not in str(message)
+    assert user_services.request_open(message["kwargs"]["sealed"])["email"] == KNOWN
+
+
+def test_a_message_sealed_under_a_key_the_worker_lacks_is_retried_not_dead_lettered(
+    api_client, db, settings
+):
+    """Key rotation: web restarts with [new, old] before the workers, which still hold [old]."""
+    from celery.exceptions import Retry
+    from cryptography.fernet import Fernet
+
+    old = settings.FIELD_ENCRYPTION_KEYS[0]
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old]
+    url, body, task = REQUESTS["password-reset"]
+    _status, _sql, [message] = request_work(api_client, url, body(KNOWN), task)
+    settings.FIELD_ENCRYPTION_KEYS = [old]
+
+    with (
+        mock.patch.object(tasks.send_password_reset, "retry", side_effect=Retry) as retry,
+        pytest.raises(Retry),
+    ):
+        tasks.send_password_reset(**message["kwargs"])
+
+    assert retry.call_args.kwargs["countdown"] == tasks.KEY_WAIT_SECONDS == 60
+    assert retry.call_args.kwargs["max_retries"] == tasks.KEY_WAIT_TRIES == 30
 
 
 def test_the_worker_creates_the_account_once_even_if_the_message_comes_twice(
@@ -137,3 +174,20 @@ def test_the_tasks_are_registered_with_celery_and_acknowledged_late():
     for task in (tasks.register, tasks.send_verification, tasks.send_password_reset):
         registered = app.tasks[task.name]
         assert registered.acks_late and registered.reject_on_worker_lost
+
+
+def test_a_reset_whose_audit_write_fails_leaves_no_email_for_the_retry_to_repeat(db):
+    """The task is retried on a transient database error; an email queued before the failure
+    would be sent, and the retry would queue a second link."""
+    from django.db import OperationalError
+
+    UserFactory(email=KNOWN)
+
+    with (
+        mock.patch.object(user_services, "audit_record", side_effect=OperationalError("gone")),
+        pytest.raises(OperationalError),
+    ):
+        user_services.password_reset_send(email=KNOWN, meta=RequestMeta())
+    user_services.password_reset_send(email=KNOWN, meta=RequestMeta())
+
+    assert list(EmailOutbox.objects.values_list("template", flat=True)) == ["password_reset"]

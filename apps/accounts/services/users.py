@@ -112,20 +112,23 @@ def user_register(
     _hand_to_worker(
         tasks.register,
         inline=lambda: registration_complete(**registration, meta=meta),
-        sealed=registration_seal(registration, meta=meta),
+        sealed=request_seal(registration, meta=meta),
     )
 
 
-def registration_seal(registration: dict[str, Any], *, meta: RequestMeta) -> str:
-    """The registration as the task carries it: encrypted (FIELD_ENCRYPTION_KEYS), so the broker,
-    a dead letter or a log line never holds the password hash or the address in the clear."""
-    return crypto.encrypt(json.dumps({**registration, "meta": dataclasses.asdict(meta)}))
+def request_seal(fields: dict[str, Any], *, meta: RequestMeta) -> str:
+    """A public request's fields as its task carries them: encrypted (FIELD_ENCRYPTION_KEYS), so
+    the broker, Flower (which shows task arguments), a dead letter or a log line never holds the
+    address, the client's IP and user agent, or a registration's password hash in the clear."""
+    return crypto.encrypt(json.dumps({**fields, "meta": dataclasses.asdict(meta)}))
 
 
-def registration_open(sealed: str) -> dict[str, Any]:
-    registration = json.loads(crypto.decrypt(sealed))
-    registration["meta"] = RequestMeta(**registration["meta"])
-    return registration
+def request_open(sealed: str) -> dict[str, Any]:
+    """The fields `request_seal` sealed, `meta` as a RequestMeta. Raises
+    `apps.core.crypto.DecryptionError` if no key of this process opens it."""
+    fields = json.loads(crypto.decrypt(sealed))
+    fields["meta"] = RequestMeta(**fields["meta"])
+    return fields
 
 
 def registration_complete(
@@ -191,8 +194,7 @@ def email_verification_resend(*, email: str, meta: RequestMeta) -> None:
     _hand_to_worker(
         tasks.send_verification,
         inline=lambda: verification_send(email=account, meta=meta),
-        email=account,
-        meta=dataclasses.asdict(meta),
+        sealed=request_seal({"email": account}, meta=meta),
     )
 
 
@@ -252,13 +254,15 @@ def password_reset_request(*, email: str, meta: RequestMeta) -> None:
     _hand_to_worker(
         tasks.send_password_reset,
         inline=lambda: password_reset_send(email=account, meta=meta),
-        email=account,
-        meta=dataclasses.asdict(meta),
+        sealed=request_seal({"email": account}, meta=meta),
     )
 
 
+@transaction.atomic
 def password_reset_send(*, email: str, meta: RequestMeta) -> None:
-    """The worker's half of `password_reset_request`."""
+    """The worker's half of `password_reset_request`. One transaction: a failure after the email
+    was queued (its audit row) rolls the email back too, so the task's retry sends one link, not
+    two."""
     user = User.objects.filter(email=email, is_active=True).first()
     if user is None or not user.has_usable_password():
         return
