@@ -111,9 +111,6 @@ MIDDLEWARE = [
     # First: times the whole request, and answers /metrics (token) before host/HTTPS checks.
     "apps.core.metrics.MetricsMiddleware",
     "apps.core.middleware.RequestIdMiddleware",
-    # Before CommonMiddleware: an API path with or without its trailing slash is served, never
-    # redirected (a followed 301 turns a POST into a GET).
-    "apps.core.middleware.ApiSlashMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -406,6 +403,9 @@ SPECTACULAR_SETTINGS: dict[str, Any] = {
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "ENUM_NAME_OVERRIDES": {},
+    # Each API route is also served under its other spelling (lexiscore/urls.py); the schema
+    # lists it once, as written.
+    "PREPROCESSING_HOOKS": ["lexiscore.urls.exclude_other_spellings"],
 }
 
 # ------------------------------------------------------------------------------------------------

@@ -230,3 +230,14 @@ def test_the_schema_marks_unset_webhook_timestamps_nullable(client):
     }
     for operation_id in ("reports_list", "webhook_endpoints_list", "webhook_deliveries_list"):
         assert {"page", "page_size"} <= paged[operation_id]
+
+
+def test_the_other_spelling_is_served_but_reversed_and_documented_as_written(client):
+    from django.urls import reverse
+
+    paths = yaml.safe_load(client.get("/api/v1/schema/").content)["paths"]
+
+    assert reverse("v1:jobs", kwargs={"version": "v1"}) == "/api/v1/jobs"
+    assert reverse("v1:reports", kwargs={"version": "v1"}) == "/api/v1/reports/"
+    assert "/api/{version}/jobs" in paths and "/api/{version}/jobs/" not in paths
+    assert "/api/{version}/reports/" in paths and "/api/{version}/reports" not in paths
