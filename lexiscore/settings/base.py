@@ -597,7 +597,13 @@ WHISPER_PRELOAD_PROFILES = [
     name.strip() for name in env_list("WHISPER_PRELOAD_PROFILES") if name.strip()
 ]
 # Profiles a node must have: the English default and the multilingual model for auto-detection.
-WHISPER_REQUIRED_PROFILES = env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
+# "none": no model check (a web tier without the models). Empty means the default, as for every
+# variable.
+WHISPER_REQUIRED_PROFILES = [
+    name
+    for name in env_list("WHISPER_REQUIRED_PROFILES", default=["tiny.en", "base"])
+    if name.strip().lower() != "none"
+]
 # Optional local directories overriding a packaged model: WHISPER_MODEL_DIR_TINY_EN, ..._BASE.
 WHISPER_MODEL_DIRS = {
     profile: path

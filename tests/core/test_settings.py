@@ -183,6 +183,7 @@ def test_production_starts_with_env_example_copied_and_its_secrets_filled():
         ("BACKUP_DIR", "s.BACKUP_DIR.name", "backups"),
         ("QUOTA_FREE_MINUTES", "s.PLAN_AUDIO_MINUTES_PER_MONTH['free']", "120"),
         ("RATE_LIMIT_ENABLED", "s.RATE_LIMIT_ENABLED", "True"),
+        ("WHISPER_REQUIRED_PROFILES", "s.WHISPER_REQUIRED_PROFILES", "['tiny.en', 'base']"),
     ],
 )
 def test_an_empty_value_gives_the_default(variable, expression, default):
@@ -215,3 +216,18 @@ def test_a_secret_starting_with_a_dollar_sign_is_taken_literally():
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == secret
+
+
+def test_the_model_check_is_turned_off_with_none_not_with_an_empty_value():
+    env = {**PRODUCTION_ENV, "WHISPER_REQUIRED_PROFILES": "none"}
+
+    result = run_django(
+        env,
+        "shell",
+        "--no-imports",
+        "-c",
+        "from django.conf import settings as s; print(s.WHISPER_REQUIRED_PROFILES)",
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
