@@ -3,8 +3,13 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from apps.core.migration_operations import AddIndexOnline
+
 
 class Migration(migrations.Migration):
+    # Built CONCURRENTLY on PostgreSQL: writes to the table go on meanwhile.
+    atomic = False
+
 
     dependencies = [
         ('accounts', '0002_blank_outstanding_token_text'),
@@ -13,7 +18,7 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name='auditevent',
             index=models.Index(fields=['organisation', 'target_type', 'target_id', '-occurred_at'], name='audit_org_target_time'),
         ),

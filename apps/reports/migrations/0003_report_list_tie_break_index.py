@@ -3,8 +3,13 @@
 from django.conf import settings
 from django.db import migrations, models
 
+from apps.core.migration_operations import AddIndexOnline, RemoveIndexOnline
+
 
 class Migration(migrations.Migration):
+    # Built CONCURRENTLY on PostgreSQL: writes to the table go on meanwhile.
+    atomic = False
+
     dependencies = [
         ("accounts", "0001_initial"),
         ("audio_jobs", "0003_upload_pending_expiry_index"),
@@ -14,13 +19,13 @@ class Migration(migrations.Migration):
 
     operations = [
         # The new index first: the list's queries are never without one.
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name="report",
             index=models.Index(
                 fields=["organisation", "-created_at", "-id"], name="report_org_created_id"
             ),
         ),
-        migrations.RemoveIndex(
+        RemoveIndexOnline(
             model_name="report",
             name="report_org_created",
         ),

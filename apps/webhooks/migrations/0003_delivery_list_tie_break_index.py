@@ -2,8 +2,13 @@
 
 from django.db import migrations, models
 
+from apps.core.migration_operations import AddIndexOnline, RemoveIndexOnline
+
 
 class Migration(migrations.Migration):
+    # Built CONCURRENTLY on PostgreSQL: writes to the table go on meanwhile.
+    atomic = False
+
     dependencies = [
         ("accounts", "0001_initial"),
         ("webhooks", "0002_encrypt_secrets"),
@@ -11,13 +16,13 @@ class Migration(migrations.Migration):
 
     operations = [
         # The new index first: the list's queries are never without one.
-        migrations.AddIndex(
+        AddIndexOnline(
             model_name="webhookdelivery",
             index=models.Index(
                 fields=["endpoint", "-created_at", "-id"], name="delivery_endpoint_created_id"
             ),
         ),
-        migrations.RemoveIndex(
+        RemoveIndexOnline(
             model_name="webhookdelivery",
             name="delivery_endpoint_created",
         ),
