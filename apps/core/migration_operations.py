@@ -42,6 +42,4 @@ class RemoveIndexOnline(RemoveIndexConcurrently):
     def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
         if _on_postgresql(schema_editor):
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return RemoveIndex.database_backwards(
-            self, app_label, schema_editor, from_state, to_state
-        )
+        return RemoveIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
