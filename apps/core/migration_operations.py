@@ -5,12 +5,19 @@ on a large audit trail or delivery log, during which requests and workers that w
 (and time out). On PostgreSQL these operations build and drop indexes CONCURRENTLY instead:
 writes go on, at the cost of a slower build that cannot run in a transaction, so a migration
 using them sets `atomic = False`. Elsewhere (SQLite in embedded mode) they are the plain
-operations. If a concurrent build fails, PostgreSQL leaves an INVALID index of that name behind:
-drop it (`DROP INDEX CONCURRENTLY name`) and run `migrate` again (docs/operations.md).
+operations.
+
+A concurrent build waits for every transaction older than it, in the whole database (a backup's
+snapshot, a long worker transaction): it runs without the application's statement timeout (5 s),
+which would cancel it. A migration of several such operations is not atomic, so each one can be
+run again: an index already built and valid is kept, and one left INVALID by a failed build (a
+cancelled `migrate`) is dropped and built again; a drop is `IF EXISTS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
@@ -21,25 +28,69 @@ def _on_postgresql(schema_editor: Any) -> bool:
     return schema_editor.connection.vendor == "postgresql"
 
 
+@contextmanager
+def _without_statement_timeout(schema_editor: Any) -> Iterator[None]:
+    """The statement timeout off for this connection while the block runs (then back to the
+    connection's own setting: the connection may go back to a pool)."""
+    if schema_editor.collect_sql:  # sqlmigrate: print the statements, run nothing
+        yield
+        return
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 0")
+    try:
+        yield
+    finally:
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
+
+
+def _index_validity(schema_editor: Any, name: str) -> bool | None:
+    """Whether index `name` exists and is valid (None: it does not exist)."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s AND pg_table_is_visible(c.oid)",
+            [name],
+        )
+        row = cursor.fetchone()
+    return None if row is None else bool(row[0])
+
+
 class AddIndexOnline(AddIndexConcurrently):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if _on_postgresql(schema_editor):
+        if not _on_postgresql(schema_editor):
+            return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
+        self._ensure_not_in_transaction(schema_editor)
+        with _without_statement_timeout(schema_editor):
+            if not schema_editor.collect_sql:
+                valid = _index_validity(schema_editor, self.index.name)
+                if valid:
+                    return None
+                if valid is False:
+                    name = schema_editor.quote_name(self.index.name)
+                    schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if _on_postgresql(schema_editor):
+        if not _on_postgresql(schema_editor):
+            return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
+        with _without_statement_timeout(schema_editor):
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
 
 
 class RemoveIndexOnline(RemoveIndexConcurrently):
     def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if _on_postgresql(schema_editor):
+        if not _on_postgresql(schema_editor):
+            return RemoveIndex.database_forwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+        with _without_statement_timeout(schema_editor):
             return super().database_forwards(app_label, schema_editor, from_state, to_state)
-        return RemoveIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if _on_postgresql(schema_editor):
+        if not _on_postgresql(schema_editor):
+            return RemoveIndex.database_backwards(
+                self, app_label, schema_editor, from_state, to_state
+            )
+        with _without_statement_timeout(schema_editor):
             return super().database_backwards(app_label, schema_editor, from_state, to_state)
-        return RemoveIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)

@@ -52,3 +52,73 @@ def test_the_same_migrations_apply_and_unapply_on_sqlite(tmp_path):
     assert forwards.returncode == 0, forwards.stderr[-2000:]
     assert all(step.returncode == 0 for step in backwards), [s.stderr[-500:] for s in backwards]
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def _index_validity(name: str) -> bool | None:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname = %s",
+            [name],
+        )
+        row = cursor.fetchone()
+    return None if row is None else row[0]
+
+
+@pytest.fixture
+def reports_at_0002(transactional_db):
+    """The reports app one migration back (and forward again after the test)."""
+    call_command("migrate", "reports", "0002", verbosity=0)
+    yield
+    call_command("migrate", "reports", verbosity=0)
+
+
+def test_a_build_waits_for_an_old_transaction_instead_of_timing_out(reports_at_0002):
+    """CREATE INDEX CONCURRENTLY waits for every older transaction in the database (here a
+    snapshot held 7 s on an unrelated table, like a backup's): past the application's 5 s
+    statement timeout, which must not cancel it."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    holder = psycopg.connect(
+        dbname=params["dbname"], user=params.get("user"), host=params.get("host"),
+        port=params.get("port"), autocommit=True,
+    )  # fmt: skip
+    holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    holder.execute("SELECT count(*) FROM accounts_user")
+    threading.Timer(7, holder.execute, args=["COMMIT"]).start()
+    try:
+        call_command("migrate", "reports", "0003", verbosity=0)
+    finally:
+        holder.close()
+
+    assert _index_validity("report_org_created_id") is True
+    assert _index_validity("report_org_created") is None
+
+
+@pytest.mark.parametrize("left", ["valid", "invalid"])
+def test_a_half_applied_migration_completes_when_run_again(reports_at_0002, left):
+    """A cancelled `migrate` between the two operations (or during the build) left the new
+    index, valid or INVALID, and the old one, with the migration not recorded."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE INDEX report_org_created_id ON reports_report "
+            "(organisation_id, created_at DESC, id DESC)"
+        )
+        if left == "invalid":
+            cursor.execute(
+                "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+                "'report_org_created_id'::regclass"
+            )
+
+    call_command("migrate", "reports", "0003", verbosity=0)
+
+    assert _index_validity("report_org_created_id") is True
+    assert _index_validity("report_org_created") is None
