@@ -36,7 +36,15 @@ def _open(task: Any, sealed: str) -> dict[str, Any]:
     try:
         return request_open(sealed)
     except DecryptionError as exc:
-        raise task.retry(exc=exc, countdown=KEY_WAIT_SECONDS, max_retries=KEY_WAIT_TRIES) from exc
+        try:
+            raise task.retry(
+                exc=exc, countdown=KEY_WAIT_SECONDS, max_retries=KEY_WAIT_TRIES
+            ) from exc
+        finally:
+            # Celery keeps `max_retries` given to retry() on the shared task object, where its
+            # autoretry would use it for every later transient error of this task in this
+            # process (30 tries with backoff up to 10 min, instead of 5).
+            task.__dict__.pop("override_max_retries", None)
 
 
 @shared_task(name="apps.accounts.tasks.register", base=LexisTask, bind=True)

@@ -120,11 +120,11 @@ def _start(name: str) -> tuple[float, Future[float]]:
         if running is not None and not running[1].done():
             return running
         future: Future[float] = Future()
-        _in_flight[name] = (time.monotonic(), future)
+        run = _in_flight[name] = (time.monotonic(), future)
     threading.Thread(
         target=_run_in_thread, args=(name, future), name=f"readyz-{name}", daemon=True
     ).start()
-    return _in_flight[name]
+    return run
 
 
 def run_checks(names: Iterable[str] | None = None) -> tuple[bool, dict[str, Any]]:

@@ -144,11 +144,12 @@ GPU_MEMORY_RESERVED = Gauge(
 
 
 def view_label(request: HttpRequest) -> str:
-    """The URL name (bounded cardinality), never the raw path."""
+    """The URL name (bounded cardinality), never the raw path; a path's other spelling (with or
+    without its trailing slash, lexiscore/urls.py) counts under the written one."""
     match = getattr(request, "resolver_match", None)
     if match is None:
         return "<unresolved>"
-    return match.view_name or match.route or "<unnamed>"
+    return (match.view_name or match.route or "<unnamed>").removesuffix("~")
 
 
 class _QueryTimer:

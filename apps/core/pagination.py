@@ -18,9 +18,10 @@ def _whole_number(request: Any, name: str) -> None:
     raw = request.query_params.get(name)
     if raw is None:
         return
-    # At most 9 digits: a page number that long is already past any list, and int() of a string
-    # of over 4300 digits raises (Python's limit on int conversion), which would be a 500.
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9 and int(raw) >= 1):
+    # At most 100 digits: int() of a string of over 4300 raises (Python's limit on int
+    # conversion), which would be a 500. A page past the end is a 404, a page size past the
+    # maximum is served as the maximum.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 100 and int(raw) >= 1):
         raise ValidationError({name: [f"Must be a whole number from 1; got {raw[:20]!r}."]})
 
 

@@ -191,3 +191,23 @@ def test_a_reset_whose_audit_write_fails_leaves_no_email_for_the_retry_to_repeat
     user_services.password_reset_send(email=KNOWN, meta=RequestMeta())
 
     assert list(EmailOutbox.objects.values_list("template", flat=True)) == ["password_reset"]
+
+
+def test_waiting_for_a_key_leaves_the_tasks_own_retry_limit_as_it_was(api_client, db, settings):
+    """Celery keeps retry()'s max_retries on the shared task object, where the task's
+    autoretry of transient errors would use it ever after (30 tries instead of 5)."""
+    from cryptography.fernet import Fernet
+
+    from apps.core.crypto import DecryptionError
+
+    old = settings.FIELD_ENCRYPTION_KEYS[0]
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode(), old]
+    url, body, task = REQUESTS["password-reset"]
+    _status, _sql, [message] = request_work(api_client, url, body(KNOWN), task)
+    settings.FIELD_ENCRYPTION_KEYS = [old]
+
+    with pytest.raises(DecryptionError):  # called directly, retry() re-raises the error
+        tasks.send_password_reset(**message["kwargs"])
+
+    assert "override_max_retries" not in vars(tasks.send_password_reset)
+    assert tasks.send_password_reset.max_retries == 5

@@ -100,10 +100,12 @@ def test_a_page_past_the_end_is_404_and_a_huge_page_size_is_capped(client, auth,
     _reports(owner, 3, same_instant=False)
 
     past = client.get("/api/v1/reports/?page=999999999", **auth)
-    capped = client.get("/api/v1/reports/?page_size=100000", **auth)
+    capped = client.get("/api/v1/reports/?page_size=1000000000000", **auth)
+    padded = client.get("/api/v1/reports/?page_size=0000000003", **auth)
 
     assert past.status_code == 404 and past.json()["error"]["code"] == "not_found"
     assert capped.status_code == 200 and len(capped.json()["results"]) == 3
+    assert padded.status_code == 200 and len(padded.json()["results"]) == 3
 
 
 def test_reports_created_in_one_instant_page_through_without_repeats(client, auth, owner):
@@ -241,3 +243,17 @@ def test_the_other_spelling_is_served_but_reversed_and_documented_as_written(cli
     assert reverse("v1:reports", kwargs={"version": "v1"}) == "/api/v1/reports/"
     assert "/api/v1/jobs" in paths and "/api/v1/jobs/" not in paths
     assert "/api/v1/reports/" in paths and "/api/v1/reports" not in paths
+
+
+def test_both_spellings_count_under_the_written_name_and_show_one_breadcrumb(client, auth, owner):
+    from rest_framework.utils.breadcrumbs import get_breadcrumbs
+
+    from apps.core.metrics import view_label
+
+    report = next(iter(_reports(owner, 1, same_instant=False)))
+    written = client.get("/api/v1/reports/", **auth)
+    other = client.get("/api/v1/reports", **auth)
+
+    assert view_label(written.wsgi_request) == view_label(other.wsgi_request) == "v1:reports"
+    crumbs = [name for name, _url in get_breadcrumbs(f"/api/v1/reports/{report}/")]
+    assert len(crumbs) == len(set(crumbs))

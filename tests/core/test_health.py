@@ -155,6 +155,7 @@ def test_a_dependency_that_hangs_fails_its_check_in_time(client, redis_broker, m
 
     release = threading.Event()
     monkeypatch.setattr(health, "_last", None)
+    monkeypatch.setattr(health, "_in_flight", {})
     monkeypatch.setitem(health.CHECKS, "storage", lambda: release.wait(30))
     try:
         started = time.monotonic()
@@ -191,6 +192,7 @@ def test_a_hung_check_runs_once_however_often_it_is_asked_for(redis_broker, monk
 
     release = threading.Event()
     calls = []
+    monkeypatch.setattr(health, "_in_flight", {})  # no run left over from another test
 
     def hangs():
         calls.append(threading.current_thread())
@@ -219,6 +221,7 @@ def test_a_check_that_answered_runs_afresh_next_time(monkeypatch):
     from apps.core import health
 
     calls = []
+    monkeypatch.setattr(health, "_in_flight", {})
     monkeypatch.setitem(health.CHECKS, "model", lambda: calls.append(1))
 
     health.run_checks(("model",))
