@@ -35,6 +35,20 @@ def auth(owner):
     return bearer(owner.user, owner.organisation)
 
 
+def create_from_clip(organisation, clip: Path):
+    """`job_create_from_file` of an English clip with no user: (job, created)."""
+    from apps.audio_jobs import services
+
+    return services.job_create_from_file(
+        organisation=organisation,
+        user=None,
+        path=clip,
+        original_filename="a.mp3",
+        size_bytes=clip.stat().st_size,
+        options=services.JobOptions(language="en"),
+    )
+
+
 def media_files(root: str | os.PathLike) -> list[str]:
     """Every stored file under the media root (to prove nothing is left behind)."""
     return sorted(str(path.relative_to(root)) for path in Path(root).rglob("*") if path.is_file())

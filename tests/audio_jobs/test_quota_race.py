@@ -15,7 +15,7 @@ from django.db import connection
 from apps.accounts.models import Organisation
 from apps.audio_jobs import selectors, services
 from apps.audio_jobs.models import JobStatus, TranscriptionJob
-from tests.audio_jobs.conftest import media_files
+from tests.audio_jobs.conftest import create_from_clip, media_files
 from tests.audio_jobs.factories import JobFactory
 from tests.factories import OrganisationFactory
 
@@ -31,17 +31,6 @@ def clip(speech):
 def publish():
     with mock.patch("workers.transcription.transcribe_job.apply_async") as apply_async:
         yield apply_async
-
-
-def create(organisation, clip):
-    return services.job_create_from_file(
-        organisation=organisation,
-        user=None,
-        path=clip,
-        original_filename="a.mp3",
-        size_bytes=clip.stat().st_size,
-        options=services.JobOptions(language="en"),
-    )
 
 
 def in_threads(*targets) -> list[BaseException]:
@@ -81,7 +70,10 @@ def test_uploads_checked_at_once_cannot_share_the_last_minutes(settings, media_r
         return probe
 
     with mock.patch.object(services, "probe_upload", probe):
-        errors = in_threads(lambda: create(organisation, clip), lambda: create(organisation, clip))
+        errors = in_threads(
+            lambda: create_from_clip(organisation, clip),
+            lambda: create_from_clip(organisation, clip),
+        )
 
     assert [type(error) for error in errors] == [services.QuotaExceeded]
     [job] = TranscriptionJob.objects.filter(organisation=organisation, status=JobStatus.QUEUED)
@@ -127,7 +119,7 @@ def test_an_organisation_deleted_while_a_job_is_created_takes_the_job_and_its_au
 
     with mock.patch.object(services, "organisation_lock_for_quota", lock_then_wait):
         errors = in_threads(
-            lambda: create(organisation, clip), delete, release_once_the_delete_waits
+            lambda: create_from_clip(organisation, clip), delete, release_once_the_delete_waits
         )
 
     assert errors == []

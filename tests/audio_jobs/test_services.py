@@ -19,7 +19,7 @@ from apps.audio_jobs import leases, processing, selectors, services
 from apps.audio_jobs.leases import JobLease
 from apps.audio_jobs.models import JobStatus, TranscriptionJob
 from apps.core.models import DeadLetter
-from tests.audio_jobs.conftest import media_files
+from tests.audio_jobs.conftest import create_from_clip, media_files
 from tests.audio_jobs.factories import JobFactory
 from tests.factories import OrganisationFactory
 from workers.base import TransientError
@@ -474,14 +474,7 @@ def test_the_stored_audio_is_removed_when_creating_the_job_fails(media_root, cli
         mock.patch.object(services, "_create_job", side_effect=RuntimeError("database gone")),
         pytest.raises(RuntimeError, match="database gone"),
     ):
-        services.job_create_from_file(
-            organisation=organisation,
-            user=None,
-            path=clip,
-            original_filename="a.mp3",
-            size_bytes=clip.stat().st_size,
-            options=services.JobOptions(language="en"),
-        )
+        create_from_clip(organisation, clip)
 
     assert media_files(media_root) == []
 
@@ -494,14 +487,7 @@ def test_a_publish_hook_that_raises_after_the_commit_keeps_the_jobs_audio(media_
     with mock.patch.object(
         services, "job_dispatch", side_effect=OperationalError("server closed the connection")
     ):
-        job, created = services.job_create_from_file(
-            organisation=organisation,
-            user=None,
-            path=clip,
-            original_filename="a.mp3",
-            size_bytes=clip.stat().st_size,
-            options=services.JobOptions(language="en"),
-        )
+        job, created = create_from_clip(organisation, clip)
 
     assert created
     job.refresh_from_db()
@@ -518,14 +504,7 @@ def test_an_interrupt_after_the_commit_keeps_the_jobs_audio(media_root, clip):
         mock.patch.object(services, "job_dispatch", side_effect=SystemExit(1)),
         pytest.raises(SystemExit),
     ):
-        services.job_create_from_file(
-            organisation=organisation,
-            user=None,
-            path=clip,
-            original_filename="a.mp3",
-            size_bytes=clip.stat().st_size,
-            options=services.JobOptions(language="en"),
-        )
+        create_from_clip(organisation, clip)
 
     job = TranscriptionJob.objects.get(organisation=organisation)
     assert media_files(media_root) == [job.audio_key]
@@ -544,14 +523,7 @@ def test_a_job_row_that_cannot_be_written_discards_the_stored_audio(media_root, 
         mock.patch.object(TranscriptionJob.objects, "create", side_effect=create),
         pytest.raises(OperationalError),
     ):
-        services.job_create_from_file(
-            organisation=organisation,
-            user=None,
-            path=clip,
-            original_filename="a.mp3",
-            size_bytes=clip.stat().st_size,
-            options=services.JobOptions(language="en"),
-        )
+        create_from_clip(organisation, clip)
 
     assert not TranscriptionJob.objects.filter(organisation=organisation).exists()
     assert media_files(media_root) == []
@@ -560,14 +532,7 @@ def test_a_job_row_that_cannot_be_written_discards_the_stored_audio(media_root, 
 def test_a_deleted_jobs_audio_stays_until_the_delete_commits(
     media_root, clip, django_capture_on_commit_callbacks
 ):
-    job, _ = services.job_create_from_file(
-        organisation=OrganisationFactory(),
-        user=None,
-        path=clip,
-        original_filename="a.mp3",
-        size_bytes=clip.stat().st_size,
-        options=services.JobOptions(language="en"),
-    )
+    job, _ = create_from_clip(OrganisationFactory(), clip)
 
     with pytest.raises(RuntimeError), transaction.atomic():
         services.job_delete(job=job)
