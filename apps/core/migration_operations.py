@@ -56,41 +56,40 @@ def _index_validity(schema_editor: Any, name: str) -> bool | None:
     return None if row is None else bool(row[0])
 
 
-class AddIndexOnline(AddIndexConcurrently):
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+class _Online:
+    """On PostgreSQL the concurrent operation (next in the MRO) without the statement timeout;
+    elsewhere the plain one (`plain`)."""
+
+    plain: Any
+
+    def _run(self, method: str, schema_editor: Any, *args: Any) -> Any:
         if not _on_postgresql(schema_editor):
-            return AddIndex.database_forwards(self, app_label, schema_editor, from_state, to_state)
-        self._ensure_not_in_transaction(schema_editor)
+            return getattr(self.plain, method)(self, args[0], schema_editor, *args[1:])
         with _without_statement_timeout(schema_editor):
-            if not schema_editor.collect_sql:
-                valid = _index_validity(schema_editor, self.index.name)
-                if valid:
-                    return None
-                if valid is False:
-                    name = schema_editor.quote_name(self.index.name)
+            return getattr(super(), method)(args[0], schema_editor, *args[1:])
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        return self._run("database_forwards", schema_editor, app_label, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        return self._run("database_backwards", schema_editor, app_label, from_state, to_state)
+
+
+class AddIndexOnline(_Online, AddIndexConcurrently):
+    plain = AddIndex
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if _on_postgresql(schema_editor) and not schema_editor.collect_sql:
+            self._ensure_not_in_transaction(schema_editor)
+            valid = _index_validity(schema_editor, self.index.name)
+            if valid:
+                return None
+            if valid is False:
+                name = schema_editor.quote_name(self.index.name)
+                with _without_statement_timeout(schema_editor):
                     schema_editor.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if not _on_postgresql(schema_editor):
-            return AddIndex.database_backwards(self, app_label, schema_editor, from_state, to_state)
-        with _without_statement_timeout(schema_editor):
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+        return super().database_forwards(app_label, schema_editor, from_state, to_state)
 
 
-class RemoveIndexOnline(RemoveIndexConcurrently):
-    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if not _on_postgresql(schema_editor):
-            return RemoveIndex.database_forwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
-        with _without_statement_timeout(schema_editor):
-            return super().database_forwards(app_label, schema_editor, from_state, to_state)
-
-    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
-        if not _on_postgresql(schema_editor):
-            return RemoveIndex.database_backwards(
-                self, app_label, schema_editor, from_state, to_state
-            )
-        with _without_statement_timeout(schema_editor):
-            return super().database_backwards(app_label, schema_editor, from_state, to_state)
+class RemoveIndexOnline(_Online, RemoveIndexConcurrently):
+    plain = RemoveIndex
