@@ -7,7 +7,8 @@ while the platform keeps writing. The manifest also lists every stored file (aud
 and sha256, so the object store can be checked against it. With BACKUP_TO_STORAGE the two files
 are also copied to the storage backend under `backups/<name>/`.
 
-Restore runs `pg_restore --exit-on-error` into a named database and compares row counts.
+Restore runs `pg_restore --exit-on-error --single-transaction` into a named database (a failure
+leaves it as it was) and compares row counts.
 """
 
 from __future__ import annotations
@@ -236,21 +237,56 @@ def _connect(database_name: str) -> psycopg.Connection:
     return psycopg.connect(**params)
 
 
-def backup_restore(*, backup: Path, database_name: str, allow_live: bool = False) -> RestoreReport:
-    """Restore a backup into `database_name` (which must exist and be empty) and check counts."""
+def _database_name(name: str) -> str:
+    """A plain database name: libpq (so pg_restore's --dbname) would read a connection string
+    or URI as one, and could send the restore to the live database or another server past the
+    checks here."""
+    if not name or "=" in name or "://" in name:
+        raise BackupError(f"Give a database name, not a connection string: {name!r}")
+    return name
+
+
+def backup_check(backup: Path) -> dict[str, Any]:
+    """The backup's manifest, once its dump matches the manifest's sha256 (BackupError if not)."""
+    try:
+        manifest = json.loads((backup / MANIFEST_NAME).read_text())
+        expected_sha = manifest["dump"]["sha256"]
+        if not isinstance(manifest["row_counts"], dict):  # what the restore compares with
+            raise TypeError("row_counts is not a mapping")
+        with (backup / DUMP_NAME).open("rb") as handle:
+            actual_sha = _sha256(handle)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BackupError(f"{backup} is not a readable backup: {exc}") from exc
+    if actual_sha != expected_sha:
+        raise BackupError(f"{backup / DUMP_NAME} does not match the sha256 in its manifest.")
+    return manifest
+
+
+def backup_restore(
+    *,
+    backup: Path,
+    database_name: str,
+    allow_live: bool = False,
+    manifest: dict[str, Any] | None = None,
+) -> RestoreReport:
+    """Restore a backup into `database_name` (which must exist and be empty) and check counts.
+
+    The restore is one transaction: a failure leaves the target as it was, never half restored.
+    `manifest`: what `backup_check` returned for this backup (its dump is not hashed again).
+    """
+    _database_name(database_name)
     if database_name == connection.settings_dict["NAME"] and not allow_live:
         raise BackupError(
             f"Refusing to restore over the live database {database_name!r}; restore into a new "
             "database and switch DATABASE_URL, or pass --force-live."
         )
-    manifest = json.loads((backup / MANIFEST_NAME).read_text())
-    with (backup / DUMP_NAME).open("rb") as handle:
-        if _sha256(handle) != manifest["dump"]["sha256"]:
-            raise BackupError(f"{backup / DUMP_NAME} does not match the sha256 in its manifest.")
+    if manifest is None:
+        manifest = backup_check(backup)
     completed = subprocess.run(
         [
             "pg_restore",
             "--exit-on-error",
+            "--single-transaction",
             "--no-owner",
             "--no-privileges",
             f"--dbname={database_name}",
@@ -275,7 +311,13 @@ def backup_restore(*, backup: Path, database_name: str, allow_live: bool = False
 
 def database_create(name: str) -> None:
     with _connect(connection.settings_dict["NAME"]) as conn:
-        conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
+        try:
+            conn.execute(f'CREATE DATABASE "{_identifier(name)}"')
+        except psycopg.errors.DuplicateDatabase as exc:
+            raise BackupError(
+                f"Database {name!r} exists already: drop it, or restore into it without --create "
+                "(it must be empty)."
+            ) from exc
 
 
 def database_drop(name: str) -> None:

@@ -28,6 +28,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options) -> None:
+        if options["keep"] is not None and options["keep"] < 1:
+            # Checked before the dump: otherwise a backup is written and the command still fails.
+            raise CommandError("--keep must be at least 1.")
         try:
             path = backup_create(
                 directory=options["dir"],

@@ -8,9 +8,11 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.backups import (
     BackupError,
+    backup_check,
     backup_restore,
     backups_list,
     database_create,
+    database_drop,
 )
 
 
@@ -27,7 +29,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--dir", type=Path, help="Where to look for the newest backup.")
         parser.add_argument(
-            "--create", action="store_true", help="Create the target database first."
+            "--create",
+            action="store_true",
+            help="Create the target database first (dropped again if the restore fails).",
         )
         parser.add_argument(
             "--force-live",
@@ -42,13 +46,22 @@ class Command(BaseCommand):
             if not backups:
                 raise CommandError("No backup found.")
             backup = backups[-1]
+        created = False
         try:
+            # A backup that cannot be restored is refused before any database is created.
+            manifest = backup_check(backup)
             if options["create"]:
                 database_create(options["database"])
+                created = True
             report = backup_restore(
-                backup=backup, database_name=options["database"], allow_live=options["force_live"]
+                backup=backup,
+                database_name=options["database"],
+                allow_live=options["force_live"],
+                manifest=manifest,
             )
         except BackupError as exc:
+            if created:  # nothing useful in it; a second `--create` run would find it in the way
+                database_drop(options["database"])
             raise CommandError(str(exc)) from exc
         for table, (expected, actual) in report.mismatches.items():
             self.stderr.write(f"MISMATCH {table}: manifest {expected}, restored {actual}")

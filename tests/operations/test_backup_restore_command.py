@@ -1,0 +1,118 @@
+"""`manage.py restore` never leaves a half-restored or stray database, and refuses bad arguments
+with a CommandError (not a traceback) before it touches any database."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from apps.core import backups
+from apps.core.backups import database_create, database_drop
+
+
+def _tables(database: str) -> list[str]:
+    with backups._connect(database) as conn, conn.cursor() as cursor:
+        return backups._tables(cursor)
+
+
+def _exists(database: str) -> bool:
+    with backups._connect(connection.settings_dict["NAME"]) as conn:
+        row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone()
+    return row is not None
+
+
+@pytest.fixture
+def scratch_database():
+    name = f"lexiscore_restore_{uuid.uuid4().hex[:12]}"
+    yield name
+    database_drop(name)
+
+
+@pytest.fixture
+def backup_dir(transactional_db, tmp_path) -> Path:
+    call_command("backup", "--dir", str(tmp_path), "--no-file-checksums", "--keep", "1")
+    return tmp_path
+
+
+def test_a_failed_restore_leaves_the_target_as_it_was_not_half_restored(
+    backup_dir, scratch_database
+):
+    # A target that is not empty: the dump's last table is there already, so pg_restore fails
+    # late, after it has created every table before that one.
+    live_tables = _tables(connection.settings_dict["NAME"])
+    database_create(scratch_database)
+    with backups._connect(scratch_database) as conn:
+        conn.execute(f'CREATE TABLE "{live_tables[-1]}" (x int)')
+
+    with pytest.raises(CommandError, match="pg_restore failed"):
+        call_command("restore", "--dir", str(backup_dir), "--database", scratch_database)
+
+    assert _tables(scratch_database) == [live_tables[-1]]
+
+
+def test_restore_create_drops_the_database_it_created_when_the_restore_fails(
+    backup_dir, scratch_database, monkeypatch
+):
+    failed = subprocess.CompletedProcess(args=[], returncode=1, stdout="", stderr="disk full")
+    monkeypatch.setattr(backups.subprocess, "run", lambda *args, **kwargs: failed)
+
+    with pytest.raises(CommandError, match="disk full"):
+        call_command(
+            "restore", "--dir", str(backup_dir), "--database", scratch_database, "--create"
+        )
+
+    assert not _exists(scratch_database)  # so the drill can simply be run again
+
+
+def test_restore_of_a_missing_backup_is_refused_before_creating_anything(
+    transactional_db, tmp_path, scratch_database
+):
+    with pytest.raises(CommandError, match="not a readable backup"):
+        call_command(
+            "restore",
+            "--backup",
+            str(tmp_path / "lexiscore-nope"),
+            "--database",
+            scratch_database,
+            "--create",
+        )
+
+    assert not _exists(scratch_database)
+
+
+def test_restore_create_into_an_existing_database_is_a_command_error(backup_dir, scratch_database):
+    database_create(scratch_database)
+
+    with pytest.raises(CommandError, match="exists already"):
+        call_command(
+            "restore", "--dir", str(backup_dir), "--database", scratch_database, "--create"
+        )
+
+    assert _exists(scratch_database)  # not ours: left alone
+
+
+@pytest.mark.parametrize("form", ["dbname={name}", "postgresql:///{name}"])
+def test_restore_refuses_a_connection_string_that_would_reach_the_live_database(
+    backup_dir, form, monkeypatch
+):
+    ran = []
+    monkeypatch.setattr(backups.subprocess, "run", lambda *args, **kwargs: ran.append(args))
+    target = form.format(name=connection.settings_dict["NAME"])
+
+    with pytest.raises(CommandError, match="not a connection string"):
+        call_command("restore", "--dir", str(backup_dir), "--database", target)
+
+    assert ran == []  # pg_restore never started
+
+
+def test_backup_refuses_keep_zero_before_writing_a_backup(transactional_db, tmp_path):
+    with pytest.raises(CommandError, match="--keep must be at least 1"):
+        call_command("backup", "--dir", str(tmp_path), "--keep", "0", "--no-file-checksums")
+
+    assert list(tmp_path.iterdir()) == []
