@@ -63,6 +63,7 @@ api_v1 = with_other_spelling(
         path("", include("apps.accounts.api.urls")),
         path("", include("apps.audit.api.urls")),
         path("", include("apps.webhooks.api.urls")),
+        path("", include("apps.feed.api.urls")),
         path("", include("apps.notifications.api.urls")),
         path("schema/", SpectacularAPIView.as_view(), name="schema"),
         path("docs/", SpectacularSwaggerSplitView.as_view(url_name="v1:schema"), name="swagger-ui"),

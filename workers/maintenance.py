@@ -61,6 +61,14 @@ def retention_cleanup() -> dict[str, int]:
     return result
 
 
+@shared_task(name="workers.maintenance.prune_feed_events", base=LexisTask)
+def prune_feed_events() -> int:
+    """Hourly (beat): delete live-feed events older than FEED_RETENTION_HOURS."""
+    from apps.feed.services import feed_prune
+
+    return feed_prune()
+
+
 @shared_task(name="workers.maintenance.requeue_stuck_jobs", base=LexisTask)
 def requeue_stuck_jobs() -> dict[str, int]:
     """Requeue processing jobs past their hard limit or with a stale heartbeat."""

@@ -22,9 +22,52 @@ WEBHOOK_EVENTS: dict[str, str] = {
 }
 
 
+FEED_EVENTS: dict[str, str] = {
+    JobStatus.QUEUED: "job.queued",
+    JobStatus.PROCESSING: "job.processing",
+    JobStatus.COMPLETED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.CANCELLED: "job.cancelled",
+}
+
+
 def job_finished(job: TranscriptionJob) -> None:
     _publish_webhooks(job)
     _send_email(job)
+
+
+def job_changed(job: TranscriptionJob) -> None:
+    """Announce the job's new status on the live feed (in the transaction that changed it)."""
+    from apps.feed.services import feed_publish
+
+    feed_publish(
+        organisation_id=job.organisation_id,
+        type=FEED_EVENTS[job.status],
+        subject_id=job.pk,
+        data={**_job_data(job), "progress": job.progress},
+    )
+
+
+def job_progressed(job: TranscriptionJob, percent: float) -> None:
+    from apps.feed.services import feed_publish
+
+    feed_publish(
+        organisation_id=job.organisation_id,
+        type="job.progress",
+        subject_id=job.pk,
+        data={"job_id": str(job.pk), "status": JobStatus.PROCESSING, "progress": percent},
+    )
+
+
+def job_deleted(job: TranscriptionJob) -> None:
+    from apps.feed.services import feed_publish
+
+    feed_publish(
+        organisation_id=job.organisation_id,
+        type="job.deleted",
+        subject_id=job.pk,
+        data={"job_id": str(job.pk)},
+    )
 
 
 def _job_data(job: TranscriptionJob) -> dict:

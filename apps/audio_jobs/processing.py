@@ -155,6 +155,7 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
             "updated_at",
         ]
     )
+    events.job_changed(job)
     return "claimed", job
 
 
@@ -295,6 +296,7 @@ class _Tracker:
         self._last_write = 0.0
         self._last_read = 0.0
         self._cancel = False
+        self._announced_step = 0
 
     def progress(self, seconds_done: float, total: float) -> None:
         now = time.monotonic()
@@ -302,10 +304,18 @@ class _Tracker:
             return
         self._last_write = now
         percent = 100.0 * min(seconds_done / total, 1.0) if total > 0 else 0.0
+        progress = round(min(percent, 99.9), 1)
+        step = int(progress // max(1, settings.FEED_PROGRESS_STEP_PERCENT))
         try:
-            updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
-                progress=round(min(percent, 99.9), 1), heartbeat_at=timezone.now()
-            )
+            with transaction.atomic():
+                updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
+                    progress=progress, heartbeat_at=timezone.now()
+                )
+                # The live feed hears of each step passed (10 %, 20 %, ...), not of every write.
+                if updated and step > self._announced_step:
+                    events.job_progressed(self.job, progress)
+            if updated and step > self._announced_step:
+                self._announced_step = step
             release_connection()
         except DatabaseError:
             _database_blip(self.job, "write its progress and heartbeat")
@@ -352,6 +362,7 @@ def _finish(job: TranscriptionJob, status: str, *, now=None, **fields: Any) -> N
     for name, value in fields.items():
         setattr(job, name, value)
     job.save(update_fields=["status", "finished_at", "processing_seconds", "updated_at", *fields])
+    events.job_changed(job)
 
 
 def _locked_active(job: TranscriptionJob) -> TranscriptionJob | None:

@@ -24,7 +24,7 @@ from django.utils import timezone
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.core.storage import delete_files_on_commit, discard_file
 
-from . import media, selectors, storage
+from . import events, media, selectors, storage
 from .models import ACTIVE_STATUSES, JobPriority, JobStatus, TranscriptionJob, Upload
 
 logger = logging.getLogger(__name__)
@@ -301,6 +301,7 @@ def _create_job(
         callback_url=options.callback_url,
         **fields,
     )
+    events.job_changed(job)
     # Robust: the job is committed whatever the publish does (job_dispatch logs a broker
     # failure; a database error raised by it is logged here), and beat's stale-queue sweeper
     # publishes a job left without `dispatched_at`.
@@ -431,9 +432,12 @@ def jobs_redispatch_stale() -> dict[str, int]:
         if not lease.acquire():
             continue  # a live worker still holds it
         try:
-            updated = TranscriptionJob.objects.filter(
-                pk=job_id, status=JobStatus.PROCESSING
-            ).update(status=JobStatus.QUEUED, dispatched_at=None, worker="")
+            with transaction.atomic():
+                updated = TranscriptionJob.objects.filter(
+                    pk=job_id, status=JobStatus.PROCESSING
+                ).update(status=JobStatus.QUEUED, dispatched_at=None, worker="")
+                if updated:
+                    events.job_changed(TranscriptionJob.objects.get(pk=job_id))
         finally:
             lease.release()
         if updated:
@@ -461,6 +465,8 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
         locked.finished_at = timezone.now()
         fields += ["status", "finished_at"]
     locked.save(update_fields=fields)
+    if locked.status == JobStatus.CANCELLED:
+        events.job_changed(locked)
     return locked
 
 
@@ -478,6 +484,7 @@ def job_delete(*, job: TranscriptionJob) -> None:
     # Locked too, so a report finishing meanwhile waits and then finds its row gone.
     report_keys = locked.reports.select_for_update().values_list("file_key", flat=True)
     keys = [locked.audio_key, *report_keys]
+    events.job_deleted(locked)
     locked.delete()
     delete_files_on_commit(keys)
 
@@ -521,6 +528,7 @@ def job_retry(*, job: TranscriptionJob) -> TranscriptionJob:
     for name, value in reset.items():
         setattr(locked, name, value)
     locked.save(update_fields=[*reset, "updated_at"])
+    events.job_changed(locked)
     # Robust, as in _create_job: the stale-queue sweeper publishes what this could not.
     transaction.on_commit(lambda: job_dispatch(job_id=locked.pk), robust=True)
     logger.info("Job %s queued again by an operator", locked.pk, extra={"job_id": str(locked.pk)})

@@ -31,7 +31,7 @@ def _request_id_of(record: logging.LogRecord) -> str | None:
 
 
 REDACTED = "[REDACTED]"
-_SENSITIVE = r"(?:authorization|password|passwd|secret|token|api[_-]?key|signature|cookie)"
+_SENSITIVE = r"(?:authorization|password|passwd|secret|token|ticket|api[_-]?key|signature|cookie)"
 _PATTERNS = (
     # Authorization: Bearer abc / "authorization": "Bearer abc"
     re.compile(r"(?i)\b(bearer|basic|api-key)\s+[A-Za-z0-9._~+/=-]{8,}"),

@@ -389,10 +389,17 @@ def _fail_for_good(report: Report, *, code: str, message: str) -> None:
 def _publish_failed(report: Report) -> None:
     from apps.webhooks.services import event_publish
 
-    event_publish(
-        organisation=report.organisation,
-        event_type="report.failed",
-        data={**_report_data(report), "error": report.error_message},
+    data = {**_report_data(report), "error": report.error_message}
+    event_publish(organisation=report.organisation, event_type="report.failed", data=data)
+    _announce(report, "report.failed", data)
+
+
+def _announce(report: Report, event_type: str, data: dict[str, Any]) -> None:
+    """The report's outcome on the live feed (in the transaction that records it)."""
+    from apps.feed.services import feed_publish
+
+    feed_publish(
+        organisation_id=report.organisation_id, type=event_type, subject_id=report.pk, data=data
     )
 
 
@@ -435,6 +442,7 @@ def _notify_ready(report: Report) -> None:
     event_publish(
         organisation=report.organisation, event_type="report.ready", data=_report_data(report)
     )
+    _announce(report, "report.ready", _report_data(report))
     emails: list[tuple[str, str, dict[str, Any]]] = []
     download_url = _report_data(report)["download_url"]
     if report.scheduled:

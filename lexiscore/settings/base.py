@@ -104,6 +104,7 @@ LOCAL_APPS = [
     "apps.notifications",
     "apps.reports",
     "apps.webhooks",
+    "apps.feed",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -848,3 +849,30 @@ CELERY_BEAT_SCHEDULE.update(
         },
     }
 )
+
+# ------------------------------------------------------------------------------------------------
+# Live feed (apps.feed): GET /api/v1/events, /events/stream (server-sent events)
+# ------------------------------------------------------------------------------------------------
+# Events are kept this long; a client whose cursor is older gets `reset` and reads state again.
+FEED_RETENTION_HOURS = env.int("FEED_RETENTION_HOURS", default=72)
+# An open (ASGI) stream ends after this long; the client reconnects with Last-Event-ID and is
+# authenticated again. Keep it under the access token lifetime.
+FEED_STREAM_SECONDS = env.int("FEED_STREAM_SECONDS", default=300)
+# A `: keep-alive` comment when nothing was sent for this long (proxies close idle streams).
+FEED_HEARTBEAT_SECONDS = env.float("FEED_HEARTBEAT_SECONDS", default=15.0)
+# The reconnect delay given to clients (`retry:`) under WSGI, and how often an open stream reads
+# the table when it has no Redis wake-ups.
+FEED_POLL_SECONDS = env.float("FEED_POLL_SECONDS", default=2.0)
+# How often an open stream checks that its caller may still read the feed.
+FEED_ACCESS_RECHECK_SECONDS = env.float("FEED_ACCESS_RECHECK_SECONDS", default=30.0)
+# Streams one ASGI process holds at most; beyond, 503 with Retry-After.
+FEED_MAX_STREAMS_PER_PROCESS = env.int("FEED_MAX_STREAMS_PER_PROCESS", default=2000)
+# How long a stream ticket (POST /events/tickets, for EventSource) can open a stream.
+FEED_TICKET_SECONDS = env.int("FEED_TICKET_SECONDS", default=600)
+# A job's progress is announced each time it passes a multiple of this many percent.
+FEED_PROGRESS_STEP_PERCENT = env.int("FEED_PROGRESS_STEP_PERCENT", default=10)
+CELERY_BEAT_SCHEDULE["prune-feed-events"] = {
+    "task": "workers.maintenance.prune_feed_events",
+    "schedule": crontab(minute=29),
+    "options": {"expires": 1800},
+}

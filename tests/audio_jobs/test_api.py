@@ -169,9 +169,9 @@ def test_the_job_is_published_once_after_commit_with_limits_scaled_by_duration(
         response = post_file(api_client, auth, clip, language="en", priority="low")
 
     job = TranscriptionJob.objects.get(pk=response.json()["id"])
-    # One publishing hook; the others refresh cached reads (apps.core.generations) or note the
-    # commit (the stored audio is the job's from then on).
-    others = ("GenerationalCache", "mark_committed")
+    # One publishing hook; the others refresh cached reads (apps.core.generations), note the
+    # commit (the stored audio is the job's from then on) or wake the live feed's streams.
+    others = ("GenerationalCache", "mark_committed", "wake_streams")
     assert len([c for c in callbacks if not any(o in c.__qualname__ for o in others)]) == 1
     publish.assert_called_once_with(
         args=[str(job.pk)],

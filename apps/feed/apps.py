@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class FeedConfig(AppConfig):
+    name = "apps.feed"
+    label = "feed"
+    verbose_name = "Live feed"

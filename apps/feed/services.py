@@ -1,0 +1,82 @@
+"""Writing the live feed: an event per change, in the change's own transaction.
+
+After the commit, a Redis message on the organisation's channel wakes the streams open on it
+(`apps.feed.streams`). The wake-up is only a hint: a stream that misses it (Redis restarting)
+still reads the event on its next poll, from the table, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .models import FeedEvent
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_PREFIX = "lexiscore:feed:"
+_client_lock = threading.Lock()
+_client: Any = None
+
+
+def channel(organisation_id: Any) -> str:
+    return f"{CHANNEL_PREFIX}{organisation_id}"
+
+
+def feed_publish(
+    *, organisation_id: Any, type: str, subject_id: Any = None, data: dict[str, Any]
+) -> FeedEvent:
+    """Record `type` for the organisation; its streams are woken after the commit."""
+    event = FeedEvent.objects.create(
+        organisation_id=organisation_id, type=type, subject_id=subject_id, data=data
+    )
+
+    def wake_streams() -> None:
+        _wake(organisation_id, event.pk)
+
+    transaction.on_commit(wake_streams, robust=True)
+    return event
+
+
+def _redis() -> Any:
+    global _client
+    if _client is None:
+        import redis
+
+        with _client_lock:
+            if _client is None:
+                _client = redis.Redis.from_url(
+                    settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
+                )
+    return _client
+
+
+def _wake(organisation_id: Any, event_id: int) -> None:
+    if not settings.REDIS_URL:
+        return  # embedded mode: streams poll the table (FEED_POLL_SECONDS)
+    try:
+        _redis().publish(channel(organisation_id), str(event_id))
+    except Exception:
+        # Best effort: the streams find the event on their next poll of the table.
+        logger.warning("Could not wake the feed of %s", organisation_id, exc_info=True)
+
+
+def feed_prune(*, now=None, batch: int = 5000) -> int:
+    """Delete events older than FEED_RETENTION_HOURS, in batches (short transactions)."""
+    cutoff = (now or timezone.now()) - timedelta(hours=settings.FEED_RETENTION_HOURS)
+    deleted = 0
+    while True:
+        ids = list(
+            FeedEvent.objects.filter(created_at__lt=cutoff)
+            .order_by("id")
+            .values_list("id", flat=True)[:batch]
+        )
+        if not ids:
+            return deleted
+        deleted += FeedEvent.objects.filter(id__in=ids).delete()[0]

@@ -1,0 +1,283 @@
+"""Server-sent events (text/event-stream) of an organisation's feed.
+
+Two ways to serve the same URL, chosen by the server it runs under:
+
+* ASGI (`lexiscore.asgi`, the `web-events` service): the stream stays open up to
+  FEED_STREAM_SECONDS and pushes each event as it is committed. A process keeps one Redis
+  subscription for all its streams (`Hub`); a wake-up makes the streams of that organisation read
+  the table. Without Redis, or while it is unreachable, they read it every FEED_POLL_SECONDS.
+* WSGI (gunicorn's gthread workers, `make run`): a stream would hold a whole worker, so the
+  response carries what is there now and ends, with `retry: FEED_POLL_SECONDS`. A browser's
+  EventSource reconnects by itself after that, with `Last-Event-ID`: the same client code gets
+  the same events, a little later.
+
+Every response starts with `retry:` and `id: <cursor>` (an event with no data only moves the
+client's last event id), so a reconnect resumes exactly where the previous response stopped.
+Access is checked again every FEED_ACCESS_RECHECK_SECONDS: a removed member, a revoked key or
+a signed-out user loses the stream, and the reconnect is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+from django.utils import timezone
+
+from . import selectors
+from .models import FeedEvent
+from .services import CHANNEL_PREFIX
+
+logger = logging.getLogger(__name__)
+
+PAGE = 100
+# A poll-mode response stops after this many events (the client reconnects at once for more).
+POLL_MAX_EVENTS = 500
+RESET = "feed.reset"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who a stream is for, as it was when the stream was opened."""
+
+    organisation_id: Any
+    user_id: Any = None
+    token_version: int | None = None
+    api_key_id: Any = None
+
+    @classmethod
+    def of(cls, tenant: Any) -> Access:
+        if tenant.api_key is not None:
+            return cls(organisation_id=tenant.organisation.pk, api_key_id=tenant.api_key.pk)
+        return cls(
+            organisation_id=tenant.organisation.pk,
+            user_id=tenant.user.pk,
+            token_version=tenant.user.token_version,
+        )
+
+    def still_valid(self) -> bool:
+        """The caller may still read this organisation's feed (one query)."""
+        from django.db.models import Q
+
+        from apps.accounts.models import ApiKey, Membership
+
+        if self.api_key_id is not None:
+            return ApiKey.objects.filter(
+                Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now()),
+                pk=self.api_key_id,
+                organisation_id=self.organisation_id,
+                organisation__is_active=True,
+                revoked_at__isnull=True,
+            ).exists()
+        return Membership.objects.filter(
+            user_id=self.user_id,
+            organisation_id=self.organisation_id,
+            organisation__is_active=True,
+            user__is_active=True,
+            user__token_version=self.token_version,
+        ).exists()
+
+
+# ---- the text of the stream ---------------------------------------------------------------------
+def event_json(event: FeedEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "type": event.type,
+        "subject_id": str(event.subject_id) if event.subject_id else None,
+        "created_at": event.created_at.isoformat(),
+        "data": event.data,
+    }
+
+
+def _message(event_id: int, payload: dict[str, Any]) -> str:
+    # json.dumps escapes newlines, so the payload is one `data:` line.
+    return f"id: {event_id}\ndata: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+def _preamble(cursor: int) -> str:
+    return f"retry: {int(settings.FEED_POLL_SECONDS * 1000)}\nid: {cursor}\n\n"
+
+
+def _open(access: Access, cursor: int | None) -> tuple[str, int]:
+    """The first text of a stream and the cursor it continues from."""
+    try:
+        if cursor is None:
+            start = selectors.latest_id(organisation_id=access.organisation_id)
+            return _preamble(start), start
+        page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=1)
+        if not page.reset:
+            return _preamble(cursor), cursor
+        start = selectors.latest_id(organisation_id=access.organisation_id)
+        return _preamble(start) + _message(start, {"type": RESET, "cursor": start}), start
+    finally:
+        close_old_connections()
+
+
+def _read(access: Access, cursor: int) -> tuple[str, int, bool, int]:
+    """The events after `cursor` as stream text, the new cursor, whether more are waiting, and
+    how many events the text holds."""
+    try:
+        page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=PAGE)
+    finally:
+        close_old_connections()
+    text = "".join(_message(event.id, event_json(event)) for event in page.events)
+    return text, page.cursor, page.more, len(page.events)
+
+
+def _still_valid(access: Access) -> bool:
+    try:
+        return access.still_valid()
+    finally:
+        close_old_connections()
+
+
+# ---- WSGI: what is there now, then the client reconnects ---------------------------------------
+def poll_once(access: Access, cursor: int | None) -> Iterator[str]:
+    text, cursor = _open(access, cursor)
+    yield text
+    sent = 0
+    while sent < POLL_MAX_EVENTS:
+        text, cursor, more, count = _read(access, cursor)
+        if text:
+            yield text
+            sent += count
+        if not more:
+            return
+
+
+# ---- ASGI: one open stream, pushed to -----------------------------------------------------------
+class Hub:
+    """One Redis subscription per event loop, waking the streams of the organisation named."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = {}
+        self._task: asyncio.Task | None = None
+        self.connected = False
+
+    def register(self, organisation_id: Any) -> asyncio.Event:
+        event = asyncio.Event()
+        self._waiters.setdefault(str(organisation_id), set()).add(event)
+        if settings.REDIS_URL and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._listen())
+        return event
+
+    def unregister(self, organisation_id: Any, event: asyncio.Event) -> None:
+        waiters = self._waiters.get(str(organisation_id))
+        if waiters is not None:
+            waiters.discard(event)
+            if not waiters:
+                del self._waiters[str(organisation_id)]
+
+    def _wake(self, organisation_id: str) -> None:
+        for event in self._waiters.get(organisation_id, ()):
+            event.set()
+
+    async def _listen(self) -> None:
+        import redis.asyncio as aioredis
+
+        backoff = 0.5
+        while True:
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=None
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
+                self.connected = True
+                backoff = 0.5
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=settings.FEED_HEARTBEAT_SECONDS
+                    )
+                    if message is None:
+                        # Quiet: prove the connection is alive (a dead one raises here).
+                        await asyncio.wait_for(pubsub.ping(), timeout=5)
+                    elif message.get("type") == "pmessage":
+                        name = message["channel"]
+                        name = name.decode() if isinstance(name, bytes) else name
+                        self._wake(name.removeprefix(CHANNEL_PREFIX))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("Feed subscription to Redis lost; streams poll meanwhile")
+            finally:
+                self.connected = False
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:  # noqa: S110 (closing a connection already broken)
+                    pass
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
+_open_streams = 0
+_open_lock = threading.Lock()
+
+
+def hub() -> Hub:
+    loop = asyncio.get_running_loop()
+    found = _hubs.get(loop)
+    if found is None:
+        found = _hubs[loop] = Hub()
+    return found
+
+
+def open_streams() -> int:
+    return _open_streams
+
+
+def _count(delta: int) -> None:
+    global _open_streams
+    with _open_lock:
+        _open_streams += delta
+
+
+async def live(access: Access, cursor: int | None) -> AsyncIterator[str]:
+    _count(+1)
+    feed = hub()
+    woken = feed.register(access.organisation_id)
+    clock = time.monotonic
+    try:
+        text, cursor = await sync_to_async(_open)(access, cursor)
+        yield text
+        last_write = clock()
+        closes_at = last_write + settings.FEED_STREAM_SECONDS
+        recheck_at = last_write + settings.FEED_ACCESS_RECHECK_SECONDS
+        while True:
+            text, cursor, more, _ = await sync_to_async(_read)(access, cursor)
+            if text:
+                yield text
+                last_write = clock()
+            if more:
+                continue
+            now = clock()
+            if now >= closes_at:
+                return  # the client reconnects (retry) and is authenticated again
+            if now >= recheck_at:
+                if not await sync_to_async(_still_valid)(access):
+                    return
+                recheck_at = now + settings.FEED_ACCESS_RECHECK_SECONDS
+            wait = settings.FEED_HEARTBEAT_SECONDS if feed.connected else settings.FEED_POLL_SECONDS
+            wait = max(0.0, min(wait, closes_at - now, recheck_at - now))
+            try:
+                await asyncio.wait_for(woken.wait(), timeout=wait)
+            except TimeoutError:
+                if clock() - last_write >= settings.FEED_HEARTBEAT_SECONDS:
+                    yield ": keep-alive\n\n"
+                    last_write = clock()
+            woken.clear()
+    finally:
+        feed.unregister(access.organisation_id, woken)
+        _count(-1)

@@ -1,0 +1,53 @@
+"""Stream tickets: how a browser's EventSource, which cannot send an Authorization header,
+opens the feed.
+
+`POST /api/v1/events/tickets` (a signed-in user's token) returns a ticket; the browser opens
+`/api/v1/events/stream?ticket=...`. A ticket is signed (SECRET_KEY, its own salt), names the user,
+the organisation and the user's token version, and is good for FEED_TICKET_SECONDS. It opens the
+feed of that organisation only, nothing else: every other endpoint ignores it. Signing out
+everywhere, a new password, deactivation or removal from the organisation end it at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import signing
+from rest_framework import authentication
+from rest_framework.exceptions import AuthenticationFailed
+
+from apps.accounts.models import User
+
+SALT = "lexiscore.feed.ticket"
+PARAMETER = "ticket"
+
+
+def ticket_issue(*, user: User, organisation_id: Any) -> str:
+    return signing.dumps(
+        {"u": str(user.pk), "o": str(organisation_id), "v": user.token_version}, salt=SALT
+    )
+
+
+class FeedTicketAuthentication(authentication.BaseAuthentication):
+    """`?ticket=` on the stream endpoint. `request.auth` carries the organisation (`org`)."""
+
+    def authenticate(self, request) -> tuple[User, dict[str, str]] | None:
+        ticket = request.query_params.get(PARAMETER)
+        if not ticket:
+            return None
+        try:
+            claims = signing.loads(ticket, salt=SALT, max_age=settings.FEED_TICKET_SECONDS)
+            user = User.objects.get(pk=claims["u"], is_active=True)
+        except signing.SignatureExpired:
+            raise AuthenticationFailed(
+                "This stream ticket has expired; ask for a new one.", code="ticket_expired"
+            ) from None
+        except (signing.BadSignature, KeyError, TypeError, ValueError, User.DoesNotExist):
+            raise AuthenticationFailed("Invalid stream ticket.", code="invalid_ticket") from None
+        if claims.get("v") != user.token_version:
+            raise AuthenticationFailed("This stream ticket was revoked.", code="ticket_revoked")
+        return user, {"org": claims.get("o")}
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
