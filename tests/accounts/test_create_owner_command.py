@@ -32,3 +32,22 @@ def test_create_owner_refuses_a_weak_password(monkeypatch):
     with pytest.raises(CommandError, match="too short"):
         call_command("create_owner", "x@example.com", "Org")
     assert not User.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["not-an-email", "Org"], "valid email"),
+        (["x@example.com", "Org", "--plan", "platinum"], "not a valid choice"),
+        (["x@example.com", "O" * 151], "at most 150 characters"),
+        (["x@example.com", ""], "cannot be blank"),
+        (["x@example.com", "Org", "--full-name", "N" * 151], "at most 150 characters"),
+    ],
+)
+def test_create_owner_refuses_bad_values_before_writing_anything(monkeypatch, args, message):
+    monkeypatch.setenv("LEXISCORE_OWNER_PASSWORD", "Plenty-long-passphrase-42")
+
+    with pytest.raises(CommandError, match=message):
+        call_command("create_owner", *args)
+
+    assert not User.objects.exists()

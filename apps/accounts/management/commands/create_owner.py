@@ -16,7 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
-from apps.accounts.models import User, normalise_email
+from apps.accounts.models import Organisation, User, normalise_email
 from apps.accounts.network import RequestMeta
 from apps.accounts.services import organisation_create
 
@@ -32,6 +32,13 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         email = normalise_email(options["email"])
+        # Every value is checked before the password prompt and before anything is written: a
+        # bad one is a clear error, not a traceback (or an owner whose address receives nothing).
+        self._check(User, "email", email)
+        self._check(User, "full_name", options["full_name"])
+        self._check(Organisation, "name", options["organisation"])
+        if options["plan"]:
+            self._check(Organisation, "plan", options["plan"])
         if User.objects.filter(email=email).exists():
             raise CommandError(f"{email} already has an account.")
         password = os.environ.get("LEXISCORE_OWNER_PASSWORD") or getpass.getpass("Password: ")
@@ -54,3 +61,11 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"Created {organisation.name} ({organisation.pk}) owned by {email}")
         )
+
+    @staticmethod
+    def _check(model, field_name: str, value: str) -> None:
+        field = model._meta.get_field(field_name)
+        try:
+            field.clean(value, None)
+        except ValidationError as exc:
+            raise CommandError(f"{field.verbose_name} {value!r}: {' '.join(exc.messages)}") from exc
