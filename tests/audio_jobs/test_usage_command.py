@@ -25,3 +25,10 @@ def test_usage_sums_this_months_audio_per_organisation(org, capsys):
 def test_usage_refuses_a_malformed_month():
     with pytest.raises(Exception, match="--month must look like"):
         call_command("usage", "--month", "November")
+
+
+def test_usage_refuses_an_organisation_id_that_is_not_a_uuid():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="not an organisation id"):
+        call_command("usage", "--organisation", "acme")

@@ -6,7 +6,9 @@ drift), so the command shows operators exactly what the API enforces.
 
 from __future__ import annotations
 
+import argparse
 import json
+import uuid
 from datetime import datetime, timedelta
 
 from django.core.management.base import BaseCommand, CommandError
@@ -16,11 +18,20 @@ from apps.accounts.models import Organisation
 from apps.audio_jobs import selectors, services
 
 
+def _organisation_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an organisation id (a UUID): {value!r}") from None
+
+
 class Command(BaseCommand):
     help = "Show audio minutes used per organisation in a month, against the plan's quota."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--organisation", help="Organisation id (default: all).")
+        parser.add_argument(
+            "--organisation", type=_organisation_id, help="Organisation id (default: all)."
+        )
         parser.add_argument("--month", help="YYYY-MM (default: the current month).")
         parser.add_argument("--json", action="store_true", help="Print JSON lines.")
 

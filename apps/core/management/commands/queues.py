@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import redis
 from django.core.management.base import BaseCommand, CommandError
 
 from apps.core.maintenance import queue_stats
@@ -17,7 +18,10 @@ class Command(BaseCommand):
         parser.add_argument("--broker-url", help="Default: CELERY_BROKER_URL.")
 
     def handle(self, *args, **options) -> None:
-        stats = queue_stats(broker_url=options["broker_url"])
+        try:
+            stats = queue_stats(broker_url=options["broker_url"])
+        except redis.RedisError as exc:
+            raise CommandError(f"Cannot read the broker ({type(exc).__name__}: {exc}).") from exc
         if stats is None:
             raise CommandError("The broker is not Redis; queue inspection needs Redis.")
         if options["json"]:
