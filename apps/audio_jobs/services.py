@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
-from apps.core.storage import delete_files_on_commit, discard_file
+from apps.core.storage import delete_files_at, delete_files_on_commit, discard_file
 
 from . import events, media, selectors, storage
 from .models import ACTIVE_STATUSES, JobPriority, JobStatus, TranscriptionJob, Upload
@@ -198,28 +198,56 @@ def job_create_from_upload(
     The storage is asked for the object (HEAD) under the exact key the ticket allowed; a missing,
     empty or oversized object is refused. The worker decodes and validates the audio itself
     before transcribing (a decode in the web tier could take minutes for a large file).
+
+    The job's audio is a server-side copy under the job's own key, never the ticket's key: the
+    presigned form stays usable until its policy expires, so whatever the client POSTs to the
+    ticket's key after this cannot become (or replace) a job's audio. The ticket's object is
+    deleted after the commit and once more when the form can no longer be used. The copy is
+    discarded when the job's row is not committed, as in `job_create_from_file`.
     """
     if existing := _replay(organisation, idempotency_key):
         return existing, False
     quota_check(organisation=organisation)
+    job_id = uuid.uuid4()
+    key = storage.audio_key(organisation.pk, job_id, "")
+    committed = False
+
+    def mark_committed() -> None:
+        nonlocal committed
+        committed = True
+
     try:
-        return _consume_upload(
-            organisation=organisation,
-            user=user,
-            upload_id=upload_id,
-            options=options,
-            idempotency_key=idempotency_key,
-        )
-    except IntegrityError:
-        # A concurrent request with the same idempotency key (for another upload) won the race.
-        if existing := _replay(organisation, idempotency_key):
+        with transaction.atomic():
+            transaction.on_commit(mark_committed)
+            return _consume_upload(
+                job_id=job_id,
+                key=key,
+                organisation=organisation,
+                user=user,
+                upload_id=upload_id,
+                options=options,
+                idempotency_key=idempotency_key,
+            )
+    except BaseException as exc:
+        if committed:
+            raise
+        discard_file(key)  # a delete of a key never written is a no-op
+        if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
+            # A concurrent request with the same idempotency key (another upload) won the race.
             return existing, False
         raise
 
 
 @transaction.atomic
 def _consume_upload(
-    *, organisation, user, upload_id: Any, options: JobOptions, idempotency_key: str
+    *,
+    job_id: uuid.UUID,
+    key: str,
+    organisation,
+    user,
+    upload_id: Any,
+    options: JobOptions,
+    idempotency_key: str,
 ) -> tuple[TranscriptionJob, bool]:
     upload = (
         Upload.objects.select_for_update().filter(organisation=organisation, pk=upload_id).first()
@@ -255,15 +283,29 @@ def _consume_upload(
             code="upload_size_invalid",
             status_code=413 if size else 400,
         )
+    # What the job reads is this copy, checked again: the object may have been replaced since the
+    # HEAD (the form is still valid), and the copy is what was checked.
+    key = storage.copy_file(upload.key, key)
+    size = storage.stored_size(key) or 0
+    if size == 0 or size > upload.max_size:
+        raise ApplicationError(
+            "The uploaded object changed while it was being checked: upload it again.",
+            code="upload_changed",
+            status_code=409,
+        )
     upload.status = Upload.Status.CONSUMED
     upload.save(update_fields=["status", "updated_at"])
+    # The ticket's object now, and again once its form can no longer be used (a client may POST
+    # it again until then, and nothing would track that object otherwise).
+    delete_files_on_commit([upload.key])
+    delete_files_at([upload.key], at=upload_usable_until(upload))
     job = _create_job(
-        job_id=uuid.uuid4(),
+        job_id=job_id,
         organisation=organisation,
         user=user,
         options=options,
         idempotency_key=idempotency_key,
-        audio_key=upload.key,
+        audio_key=key,
         original_filename=upload.filename,
         size_bytes=size,
         container="",
@@ -348,7 +390,8 @@ def upload_usable_until(upload: Upload):
 @transaction.atomic
 def upload_delete(*, upload: Upload) -> None:
     """Delete a ticket; an unused one's object too (after the commit). A consumed ticket's object
-    is its job's audio, which stays with the job."""
+    was copied to its job's key and is deleted on its own schedule (`_consume_upload`); before
+    that copy existed it was the job's audio itself, which stays with the job."""
     locked = Upload.objects.select_for_update().filter(pk=upload.pk).first()
     if locked is None:
         return

@@ -89,6 +89,19 @@ def presigned_post(key: str, *, max_size: int, expires_in: int) -> dict[str, Any
     )
 
 
+def copy_file(source: str, target: str) -> str:
+    """Copy a stored file to another key and return the target's key: on S3 a server-side copy
+    (multipart for large objects; no byte passes through this process), elsewhere streamed."""
+    if supports_presigned_upload():
+        # Raw keys, as presigned_post signs them.
+        client = default_storage.connection.meta.client  # type: ignore[attr-defined]
+        bucket = default_storage.bucket_name  # type: ignore[attr-defined]
+        client.copy({"Bucket": bucket, "Key": source}, bucket, target)
+        return target
+    with default_storage.open(source, "rb") as handle:
+        return default_storage.save(target, File(handle))
+
+
 def stored_size(key: str) -> int | None:
     """The stored object's size (a HEAD request on S3), or None when it does not exist."""
     if not default_storage.exists(key):

@@ -60,6 +60,20 @@ def delete_files_on_commit(keys: Iterable[str]) -> list[PendingDeletion]:
     return rows
 
 
+def delete_files_at(keys: Iterable[str], *, at) -> list[PendingDeletion]:
+    """Delete these stored files at `at` (by the hourly sweep), whatever points at them then.
+
+    For a key that something outside this database may still write to until then (a presigned
+    POST's key until its policy expires), or that nothing may point at if a process dies before
+    its row commits. Written in the caller's transaction, like `delete_files_on_commit`; delete
+    the row (`PendingDeletion.objects.filter(pk=...)`) to call it off.
+    """
+    unique = [key for key in dict.fromkeys(keys) if key]
+    return PendingDeletion.objects.bulk_create(
+        [PendingDeletion(key=key, next_attempt_at=at) for key in unique]
+    )
+
+
 def discard_file(key: str) -> bool:
     """Delete a file that no row points at (stored for a row that was never written) now.
 

@@ -28,6 +28,8 @@ from rest_framework.test import APIClient
 from apps.accounts.models import Role
 from apps.audio_jobs import processing, services
 from apps.audio_jobs.models import JobStatus, TranscriptionJob, Upload
+from apps.core.models import PendingDeletion
+from apps.core.storage import pending_deletions_sweep
 from tests.factories import ApiKeyFactory, api_key_header, bearer, member
 
 BUCKET = "lexiscore-test-audio"
@@ -206,7 +208,7 @@ def test_an_uploaded_object_becomes_a_queued_job_checked_later_by_the_worker(
     assert job.status == JobStatus.QUEUED
     assert job.audio_validated is False
     assert (job.container, job.codec, job.duration_seconds) == ("", "", None)
-    assert job.audio_key == f"org/{org.pk}/uploads/{body['id']}"
+    assert job.audio_key == f"org/{org.pk}/audio/{job.pk}.bin"
     assert job.size_bytes == len(clip_bytes)
     assert job.original_filename == "talk.mp3"
     assert Upload.objects.get(pk=body["id"]).status == Upload.Status.CONSUMED
@@ -429,4 +431,63 @@ def test_an_abandoned_ticket_and_its_object_are_deleted_by_the_sweep(
     assert deleted == 1
     assert list(Upload.objects.values_list("status", flat=True)) == [Upload.Status.CONSUMED]
     assert not exists(s3, keys[uuid.UUID(abandoned["id"])])
-    assert exists(s3, keys[uuid.UUID(used["id"])])  # the job's audio
+    assert exists(s3, TranscriptionJob.objects.get().audio_key)
+
+
+# ---- the form stays valid after its ticket became a job ----------------------------------------
+def read(client, key: str) -> bytes:
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+
+
+def test_a_job_reads_a_copy_under_its_own_key_and_the_tickets_object_is_deleted(
+    api_client, auth, org, s3, clip_bytes, django_capture_on_commit_callbacks
+):
+    body = ticket(api_client, auth)
+    send(body, clip_bytes)
+    upload = Upload.objects.get(pk=body["id"])
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = create_job(api_client, auth, body["id"], language="en")
+
+    job = TranscriptionJob.objects.get(pk=response.json()["id"])
+    assert job.audio_key == f"org/{org.pk}/audio/{job.pk}.bin"
+    assert read(s3, job.audio_key) == clip_bytes
+    assert not exists(s3, upload.key)
+    # Deleted again once the form can no longer be used.
+    assert list(PendingDeletion.objects.values_list("key", "next_attempt_at")) == [
+        (upload.key, services.upload_usable_until(upload))
+    ]
+
+
+def test_the_form_sent_again_after_the_job_was_created_cannot_change_its_audio(
+    api_client, auth, s3, clip_bytes, django_capture_on_commit_callbacks
+):
+    body = ticket(api_client, auth)
+    send(body, clip_bytes)
+    with django_capture_on_commit_callbacks(execute=True):
+        job_id = create_job(api_client, auth, body["id"], language="en").json()["id"]
+
+    # An HLS playlist (ffmpeg would fetch its segments) sent with the same, still valid form.
+    hostile = b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://169.254.169.254/x.ts\n"
+    assert send(body, hostile).status_code == 204
+
+    assert read(s3, TranscriptionJob.objects.get(pk=job_id).audio_key) == clip_bytes
+
+
+def test_the_form_sent_again_after_the_job_was_deleted_leaves_no_object(
+    api_client, auth, s3, clip_bytes, django_capture_on_commit_callbacks
+):
+    body = ticket(api_client, auth)
+    send(body, clip_bytes)
+    key = Upload.objects.get(pk=body["id"]).key
+    with django_capture_on_commit_callbacks(execute=True):
+        job_id = create_job(api_client, auth, body["id"], language="en").json()["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api_client.delete(f"{JOBS}/{job_id}", **auth).status_code == 204
+    assert send(body, clip_bytes).status_code == 204
+
+    swept = pending_deletions_sweep(now=timezone.now() + timedelta(hours=2))
+
+    assert swept == {"deleted": 1, "failed": 0}
+    assert not exists(s3, key)
+    assert PendingDeletion.objects.count() == 0
