@@ -1,6 +1,8 @@
 from django.contrib import admin, messages
 
-from apps.core.admin import apply_each
+from apps.core.admin import apply_each, fixed_choices_filter
+from workers.engines import ENGINE_NAMES
+from workers.engines.models import PROFILES
 
 from . import services
 from .models import JobStatus, Transcript, TranscriptionJob, Upload
@@ -27,9 +29,18 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         "created_at",
         "finished_at",
     )
-    list_filter = ("status", "model_used", "engine", "task")
+    # The jobs table only grows: no filter or date drill-down may scan it whole on every page
+    # view (Django's defaults ran SELECT DISTINCT on model_used and engine, and MIN/MAX plus a
+    # DISTINCT date_trunc over created_at), and only the listed page is counted.
+    list_filter = (
+        "status",
+        fixed_choices_filter("model_used", "model used", [(p, p) for p in PROFILES]),
+        fixed_choices_filter("engine", "engine", [(e, e) for e in ENGINE_NAMES]),
+        "task",
+        "created_at",
+    )
     search_fields = ("id", "organisation__name", "original_filename", "error_code")
-    date_hierarchy = "created_at"
+    show_full_result_count = False
     list_select_related = ("organisation",)
     readonly_fields = [f.name for f in TranscriptionJob._meta.fields]
     inlines = [TranscriptInline]
