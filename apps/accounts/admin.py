@@ -8,6 +8,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
@@ -16,6 +17,8 @@ from django.utils.http import urlencode
 from rest_framework_simplejwt.token_blacklist import admin as _simplejwt_admin  # noqa: F401
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError
 
 from . import services
@@ -202,14 +205,41 @@ class OrganisationAdmin(admin.ModelAdmin):
             count,
         )
 
+    # What an operator changes here is recorded in the organisation's audit trail, as the
+    # API's own changes are (Django's admin log records no action, and no organisation sees it).
+    _AUDITED_FIELDS = ("name", "plan", "is_active")
+
+    def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            changes = {
+                field: [form.initial.get(field), form.cleaned_data[field]]
+                for field in self._AUDITED_FIELDS
+                if change and field in form.changed_data
+            }
+            if changes:
+                self._audit(request, obj, changes)
+
+    def _audit(self, request: HttpRequest, organisation: Organisation, changes: dict) -> None:
+        audit_record(
+            action=AuditAction.ORGANISATION_UPDATED,
+            actor=request.user,
+            organisation=organisation,
+            target=organisation,
+            meta=RequestMeta.from_request(request),
+            metadata={**changes, "via": "admin"},
+        )
+
     @admin.action(description="Deactivate the selected organisations")
     def deactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
         count = 0
         for organisation in queryset.filter(is_active=True):
-            organisation.is_active = False
-            organisation.save(update_fields=["is_active", "updated_at"])
+            with transaction.atomic():
+                organisation.is_active = False
+                organisation.save(update_fields=["is_active", "updated_at"])
+                self._audit(request, organisation, {"is_active": [True, False]})
             count += 1
         self.message_user(request, f"Deactivated {count} organisation(s).", messages.SUCCESS)
 
