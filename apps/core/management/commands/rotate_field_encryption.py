@@ -41,6 +41,14 @@ class Command(BaseCommand):
                 "FIELD_ENCRYPTION_KEYS (see the log for which rows): keep every key until the one "
                 "that encrypted them is found, or rotate the affected webhook secrets."
             )
+        changed = sum(count.changed_meanwhile for count in counts)
+        if changed and not dry_run:
+            # Rewritten by the application between the read and the write, so not checked here:
+            # a process still on the old key list may have written them under the old key.
+            raise CommandError(
+                f"{changed} value(s) changed while this ran and were not checked: run the command "
+                "again, and remove no key until it ends with exit status 0."
+            )
         pending = sum(count.rotated + count.encrypted_plaintext for count in counts)
         if dry_run:
             self.stdout.write(
