@@ -168,3 +168,12 @@ list_endpoint("/api/v1/invitations/", _invitation_of)
 list_endpoint("/api/v1/api-keys/", _api_key_of)
 list_endpoint("/api/v1/audit-events/", _audit_event_of)
 list_endpoint("/api/v1/organisations/", _organisation, scoped_by_header=False)
+
+
+def _feed_event_of(organisation: Organisation) -> str:
+    from apps.feed.services import feed_publish
+
+    return str(feed_publish(organisation_id=organisation.pk, type="job.queued", data={}).id)
+
+
+list_endpoint("/api/v1/events", _feed_event_of, query={"after": "0"})

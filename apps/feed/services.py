@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 CHANNEL_PREFIX = "lexiscore:feed:"
 _client_lock = threading.Lock()
-_client: Any = None
+_clients: dict[str, Any] = {}
 
 
 def channel(organisation_id: Any) -> str:
@@ -44,24 +44,26 @@ def feed_publish(
     return event
 
 
-def _redis() -> Any:
-    global _client
-    if _client is None:
+def _redis(url: str) -> Any:
+    """One client (and connection pool) per URL and process."""
+    client = _clients.get(url)
+    if client is None:
         import redis
 
         with _client_lock:
-            if _client is None:
-                _client = redis.Redis.from_url(
-                    settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1
+            client = _clients.get(url)
+            if client is None:
+                client = _clients[url] = redis.Redis.from_url(
+                    url, socket_connect_timeout=1, socket_timeout=1
                 )
-    return _client
+    return client
 
 
 def _wake(organisation_id: Any, event_id: int) -> None:
     if not settings.REDIS_URL:
         return  # embedded mode: streams poll the table (FEED_POLL_SECONDS)
     try:
-        _redis().publish(channel(organisation_id), str(event_id))
+        _redis(settings.REDIS_URL).publish(channel(organisation_id), str(event_id))
     except Exception:
         # Best effort: the streams find the event on their next poll of the table.
         logger.warning("Could not wake the feed of %s", organisation_id, exc_info=True)

@@ -110,33 +110,29 @@ def _preamble(cursor: int) -> str:
 
 def _open(access: Access, cursor: int | None) -> tuple[str, int]:
     """The first text of a stream and the cursor it continues from."""
-    try:
-        if cursor is None:
-            start = selectors.latest_id(organisation_id=access.organisation_id)
-            return _preamble(start), start
-        page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=1)
-        if not page.reset:
-            return _preamble(cursor), cursor
+    if cursor is None:
         start = selectors.latest_id(organisation_id=access.organisation_id)
-        return _preamble(start) + _message(start, {"type": RESET, "cursor": start}), start
-    finally:
-        close_old_connections()
+        return _preamble(start), start
+    page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=1)
+    if not page.reset:
+        return _preamble(cursor), cursor
+    start = selectors.latest_id(organisation_id=access.organisation_id)
+    return _preamble(start) + _message(start, {"type": RESET, "cursor": start}), start
 
 
 def _read(access: Access, cursor: int) -> tuple[str, int, bool, int]:
     """The events after `cursor` as stream text, the new cursor, whether more are waiting, and
     how many events the text holds."""
-    try:
-        page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=PAGE)
-    finally:
-        close_old_connections()
+    page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=PAGE)
     text = "".join(_message(event.id, event_json(event)) for event in page.events)
     return text, page.cursor, page.more, len(page.events)
 
 
-def _still_valid(access: Access) -> bool:
+def _released(function: Any, *args: Any) -> Any:
+    """`function(*args)`, then hand the thread's connection back if it is broken or too old (what
+    a request's end does; a stream's queries run in a thread that serves many streams)."""
     try:
-        return access.still_valid()
+        return function(*args)
     finally:
         close_old_connections()
 
@@ -250,13 +246,13 @@ async def live(access: Access, cursor: int | None) -> AsyncIterator[str]:
     woken = feed.register(access.organisation_id)
     clock = time.monotonic
     try:
-        text, cursor = await sync_to_async(_open)(access, cursor)
+        text, cursor = await sync_to_async(_released)(_open, access, cursor)
         yield text
         last_write = clock()
         closes_at = last_write + settings.FEED_STREAM_SECONDS
         recheck_at = last_write + settings.FEED_ACCESS_RECHECK_SECONDS
         while True:
-            text, cursor, more, _ = await sync_to_async(_read)(access, cursor)
+            text, cursor, more, _ = await sync_to_async(_released)(_read, access, cursor)
             if text:
                 yield text
                 last_write = clock()
@@ -266,7 +262,7 @@ async def live(access: Access, cursor: int | None) -> AsyncIterator[str]:
             if now >= closes_at:
                 return  # the client reconnects (retry) and is authenticated again
             if now >= recheck_at:
-                if not await sync_to_async(_still_valid)(access):
+                if not await sync_to_async(_released)(access.still_valid):
                     return
                 recheck_at = now + settings.FEED_ACCESS_RECHECK_SECONDS
             wait = settings.FEED_HEARTBEAT_SECONDS if feed.connected else settings.FEED_POLL_SECONDS

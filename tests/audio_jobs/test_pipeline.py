@@ -132,6 +132,17 @@ def test_english_upload_is_transcribed_by_a_real_worker(
     srt = client.get(f"/api/v1/jobs/{job.pk}/transcript?format=srt", **auth)
     assert srt.status_code == 200
     assert srt.content.decode().startswith("1\n00:00:0")
+    # The live feed told the organisation each step, in order (progress at least at the end).
+    feed = client.get("/api/v1/events", {"after": 0}, **auth).json()["results"]
+    steps = [e for e in feed if e["subject_id"] == str(job.pk)]
+    assert [e["type"] for e in steps if e["type"] != "job.progress"] == [
+        "job.queued",
+        "job.processing",
+        "job.completed",
+    ]
+    progress = [e["data"]["progress"] for e in steps if e["type"] == "job.progress"]
+    assert progress == sorted(progress) and progress and progress[-1] >= 90
+    assert steps[-1]["data"]["language"] == "en"
     sent = wait_for(lambda: mails(mail_dir), timeout=30, what="the completion email")
     assert len(sent) == 1
     assert "owner@example.com" in sent[0] and "is ready" in sent[0]

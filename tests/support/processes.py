@@ -335,6 +335,7 @@ class GunicornServer(_ProcessGroup):
         workers: int = 2,
         graceful_timeout: int = 30,
         env: dict[str, str] | None = None,
+        app: str = "lexiscore.wsgi:application",
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lexiscore-gunicorn-"))
         self.log_path = self.dir / "gunicorn.log"
@@ -374,7 +375,7 @@ class GunicornServer(_ProcessGroup):
         }
         self.command = [
             *(sys.executable, "-m", "gunicorn"),
-            *("--config", "lexiscore/gunicorn_conf.py", "lexiscore.wsgi:application"),
+            *("--config", "lexiscore/gunicorn_conf.py", app),
         ]
         self.process: subprocess.Popen | None = None
 

@@ -8,7 +8,6 @@ from typing import Any
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
 from django.http import StreamingHttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     OpenApiResponse,
@@ -21,8 +20,9 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from apps.accounts.models import Role
 from apps.accounts.tenancy import IsHumanUser, TenantPermission, get_tenant
-from apps.core.drf import InputSerializer, errors
+from apps.core.drf import errors
 from apps.core.exceptions import ApplicationError, NotFoundError
 
 from .. import selectors, streams
@@ -55,11 +55,10 @@ class FeedPageOutput(serializers.Serializer):
     )
 
 
-class FeedInput(InputSerializer):
+class FeedInput(serializers.Serializer):
+    # Other query parameters are ignored, as on every list (`format`, `organisation`, ...).
     after = serializers.IntegerField(required=False, min_value=0, max_value=CURSOR_MAX)
     limit = serializers.IntegerField(required=False, min_value=1, max_value=100, default=50)
-    # DRF's own `?format=` (json, api) is chosen by content negotiation.
-    format = serializers.CharField(required=False)
 
 
 def _cursor(value: str | None, name: str) -> int | None:
@@ -150,7 +149,19 @@ class FeedStreamView(APIView):
         ],
         responses={
             (200, "text/event-stream"): OpenApiResponse(
-                OpenApiTypes.STR,
+                # One server-sent event, as OpenAPI describes an event stream's items.
+                {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string", "description": "The event id (the cursor)."},
+                        "data": {
+                            "type": "string",
+                            "description": "The event as JSON, with the fields of GET /events.",
+                        },
+                        "event": {"type": "string"},
+                        "retry": {"type": "integer"},
+                    },
+                },
                 description=(
                     "Server-sent events: `id: <event id>` and `data: <event as JSON>` per event "
                     "(the fields of GET /events), `: keep-alive` comments, and a "
@@ -196,6 +207,8 @@ class FeedStreamView(APIView):
 
 class TicketView(APIView):
     permission_classes = [IsHumanUser, TenantPermission]
+    # A ticket only reads the feed: viewers may have one (a POST would need `member`).
+    required_role = Role.VIEWER
 
     @extend_schema(
         operation_id="events_ticket_create",

@@ -1,0 +1,148 @@
+"""The stream as deployed: gunicorn with uvicorn's ASGI worker (the `web-events` service),
+production settings, a Redis of its own. Events are committed by this test process, as a
+transcription worker commits them, and must reach the open stream through the Redis wake-up.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.accounts.models import ApiKey
+from apps.feed.services import feed_publish
+from tests.factories import ApiKeyFactory
+from tests.support.processes import GunicornServer, RedisServer, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Longer than any wait below: an event that arrives in time came through the wake-up, not a poll.
+HEARTBEAT = 30
+STREAM_SECONDS = 8
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer(appendonly=False).start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def events_server(redis_server, settings):
+    settings.REDIS_URL = redis_server.url
+    server = GunicornServer(
+        database_name=connection.settings_dict["NAME"],
+        redis_url=redis_server.url,
+        workers=1,
+        app="lexiscore.asgi:application",
+        env={
+            "GUNICORN_WORKER_CLASS": "uvicorn_worker.UvicornWorker",
+            "FEED_HEARTBEAT_SECONDS": str(HEARTBEAT),
+            "FEED_POLL_SECONDS": str(HEARTBEAT),
+            "FEED_STREAM_SECONDS": str(STREAM_SECONDS),
+            "FEED_ACCESS_RECHECK_SECONDS": "1",
+            "LOG_LEVEL": "WARNING",
+        },
+    ).start()
+    yield server
+    server.kill()
+
+
+class Stream:
+    """An open text/event-stream response, read message by message."""
+
+    def __init__(self, server: GunicornServer, key: ApiKey, last_event_id: str | None = None):
+        self.connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        headers = {"Authorization": f"Api-Key {key.raw_key}", "Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = last_event_id
+        self.connection.request("GET", "/api/v1/events/stream", headers=headers)
+        self.response = self.connection.getresponse()
+
+    def next(self, timeout: float) -> dict | None:
+        """The next message's fields (comments skipped); None when the server ended the stream."""
+        self.connection.sock.settimeout(timeout)
+        fields: dict = {}
+        while True:
+            line = self.response.readline()
+            if not line:
+                return None
+            line = line.decode().rstrip("\n")
+            if line == "":
+                if fields:
+                    return fields
+                continue
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            fields[name] = json.loads(value) if name == "data" else value
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def subscribed(redis_server: RedisServer) -> bool:
+    return redis_server.client().execute_command("PUBSUB", "NUMPAT") > 0
+
+
+def test_an_open_stream_gets_a_committed_event_through_the_wake_up(events_server, redis_server):
+    key = ApiKeyFactory()
+    stream = Stream(events_server, key)
+    try:
+        assert stream.response.status == 200
+        assert stream.response.getheader("Content-Type").startswith("text/event-stream")
+        assert stream.next(timeout=10) == {"retry": str(HEARTBEAT * 1000), "id": "0"}
+        wait_for(lambda: subscribed(redis_server), timeout=10, what="the stream's subscription")
+
+        started = time.monotonic()
+        event = feed_publish(organisation_id=key.organisation_id, type="job.queued", data={})
+        message = stream.next(timeout=10)
+
+        assert message["id"] == str(event.id)
+        assert message["data"]["type"] == "job.queued"
+        assert time.monotonic() - started < 5  # pushed, not found by a poll 30 s later
+    finally:
+        stream.close()
+
+
+def test_a_stream_ends_on_time_and_the_reconnect_misses_nothing(events_server, redis_server):
+    key = ApiKeyFactory()
+    first = Stream(events_server, key)
+    try:
+        cursor = first.next(timeout=10)["id"]
+        assert first.next(timeout=STREAM_SECONDS + 5) is None  # ended by the server
+    finally:
+        first.close()
+    # Committed while the client was away.
+    missed = feed_publish(organisation_id=key.organisation_id, type="job.failed", data={})
+
+    second = Stream(events_server, key, last_event_id=cursor)
+    try:
+        assert second.next(timeout=10) == {"retry": str(HEARTBEAT * 1000), "id": cursor}
+        assert second.next(timeout=10)["id"] == str(missed.id)
+    finally:
+        second.close()
+
+
+def test_revoking_the_key_ends_its_open_stream(events_server):
+    key = ApiKeyFactory()
+    stream = Stream(events_server, key)
+    try:
+        stream.next(timeout=10)
+        ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+
+        started = time.monotonic()
+        assert stream.next(timeout=10) is None
+        assert time.monotonic() - started < 5  # FEED_ACCESS_RECHECK_SECONDS=1, not the 8 s end
+    finally:
+        stream.close()
+    again = Stream(events_server, key)
+    try:
+        assert again.response.status == 401
+    finally:
+        again.close()
