@@ -207,3 +207,30 @@ class Upload(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Upload {self.id} ({self.status})"
+
+
+class AudioUsage(models.Model):
+    """Audio seconds counted against an organisation's monthly quota: one row per job, for good.
+
+    Written in the transaction that records the job's duration (the job's creation from a
+    multipart upload, the worker's validation of a presigned one), under the organisation's row
+    lock. No foreign key to the job: deleting a job keeps its row, so it gives no minutes back.
+    The only refund is a job cancelled before any worker started it (`job_cancel`). The month a
+    row counts in is its job's creation month.
+    """
+
+    job_id = models.UUIDField(primary_key=True)
+    organisation = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.CASCADE, related_name="audio_usage"
+    )
+    seconds = models.FloatField()
+    job_created_at = models.DateTimeField(help_text="When the job was created (its month).")
+    recorded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["organisation", "job_created_at"], name="usage_org_job_created")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.seconds:.0f} s of job {self.job_id}"

@@ -211,7 +211,7 @@ def _validate(job: TranscriptionJob, path) -> None:
     validated (or created) at once cannot all fit in the same remaining minutes (the job's row is
     locked before it, in the order `organisation_delete` takes them). Raises `QuotaExceeded`.
     """
-    from .services import organisation_lock_for_quota, probe_audio, quota_check
+    from .services import organisation_lock_for_quota, probe_audio, quota_check, usage_record
 
     probe = probe_audio(path)
     with transaction.atomic():
@@ -230,6 +230,7 @@ def _validate(job: TranscriptionJob, path) -> None:
             duration_seconds=job.duration_seconds,
             audio_validated=True,
         )
+        usage_record(job=job)
 
 
 def _engine_for(job: TranscriptionJob):

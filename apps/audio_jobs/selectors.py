@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apps.core.exceptions import NotFoundError
 
-from .models import JobStatus, TranscriptionJob, Upload
+from .models import AudioUsage, JobStatus, TranscriptionJob, Upload
 
 LIST_DEFERRED = (
     "audio_key",
@@ -80,11 +80,18 @@ def month_start(now: datetime | None = None) -> datetime:
 
 
 def audio_seconds_used(*, organisation, since: datetime, until: datetime | None = None) -> float:
-    """Audio seconds counted against the quota: every job not failed or cancelled before work."""
-    jobs = TranscriptionJob.objects.filter(organisation=organisation, created_at__gte=since)
+    """Audio seconds counted against the quota, by the job's creation month: the usage ledger
+    (`AudioUsage`: jobs deleted since still count), less the jobs that still exist and failed or
+    were cancelled before work started (nothing was transcribed)."""
+    rows = AudioUsage.objects.filter(organisation=organisation, job_created_at__gte=since)
     if until is not None:
-        jobs = jobs.filter(created_at__lt=until)
-    used = jobs.exclude(
-        status__in=[JobStatus.FAILED, JobStatus.CANCELLED], started_at__isnull=True
-    ).aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
+        rows = rows.filter(job_created_at__lt=until)
+    not_started = TranscriptionJob.objects.filter(
+        organisation=organisation,
+        status__in=[JobStatus.FAILED, JobStatus.CANCELLED],
+        started_at__isnull=True,
+    ).values("pk")
+    used = rows.exclude(job_id__in=not_started).aggregate(total=Coalesce(Sum("seconds"), 0.0))[
+        "total"
+    ]
     return float(used)

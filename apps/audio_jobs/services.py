@@ -25,7 +25,14 @@ from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.core.storage import delete_files_at, delete_files_on_commit, discard_file
 
 from . import events, media, selectors, storage
-from .models import ACTIVE_STATUSES, JobPriority, JobStatus, TranscriptionJob, Upload
+from .models import (
+    ACTIVE_STATUSES,
+    AudioUsage,
+    JobPriority,
+    JobStatus,
+    TranscriptionJob,
+    Upload,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +78,22 @@ def quota_check(*, organisation, duration_seconds: float = 0.0) -> None:
                 "resets_at": _next_month(selectors.month_start()).isoformat(),
             },
         )
+
+
+def usage_record(*, job: TranscriptionJob) -> None:
+    """Count the job's audio against its organisation's quota for good (`AudioUsage`: deleting
+    the job later gives nothing back). Call it in the transaction that writes the job's duration,
+    under `organisation_lock_for_quota`; a second call for the job replaces its row."""
+    if job.duration_seconds is None:
+        return
+    AudioUsage.objects.update_or_create(
+        job_id=job.pk,
+        defaults={
+            "organisation_id": job.organisation_id,
+            "seconds": job.duration_seconds,
+            "job_created_at": job.created_at,
+        },
+    )
 
 
 def organisation_lock_for_quota(organisation_id):
@@ -343,6 +366,7 @@ def _create_job(
         callback_url=options.callback_url,
         **fields,
     )
+    usage_record(job=job)
     events.job_changed(job)
     # Robust: the job is committed whatever the publish does (job_dispatch logs a broker
     # failure; a database error raised by it is logged here), and beat's stale-queue sweeper
@@ -507,6 +531,9 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
         locked.status = JobStatus.CANCELLED
         locked.finished_at = timezone.now()
         fields += ["status", "finished_at"]
+        if locked.started_at is None:
+            # Nothing was transcribed: its minutes go back, and stay back if it is deleted.
+            AudioUsage.objects.filter(job_id=locked.pk).delete()
     locked.save(update_fields=fields)
     if locked.status == JobStatus.CANCELLED:
         events.job_changed(locked)

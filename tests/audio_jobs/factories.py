@@ -57,6 +57,7 @@ TEXT = "The quarterly report is ready. Revenue grew <fast> & well."
 class JobFactory(factory.django.DjangoModelFactory):
     class Meta:
         model = TranscriptionJob
+        skip_postgeneration_save = True
 
     id = factory.LazyFunction(uuid.uuid4)
     organisation = factory.SubFactory(OrganisationFactory)
@@ -69,6 +70,14 @@ class JobFactory(factory.django.DjangoModelFactory):
     size_bytes = 48_000
     duration_seconds = 12.0
     audio_validated = True
+
+    @factory.post_generation
+    def usage(job, create, extracted, **kwargs):
+        """The quota usage the services record with a job's duration (`usage=False`: none)."""
+        if create and extracted is not False and job.duration_seconds is not None:
+            from apps.audio_jobs.services import usage_record
+
+            usage_record(job=job)
 
 
 class CompletedJobFactory(JobFactory):

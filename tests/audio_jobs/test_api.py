@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Role
 from apps.audio_jobs import services
-from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob
+from apps.audio_jobs.models import AudioUsage, JobStatus, Transcript, TranscriptionJob
 from tests.audio_jobs.conftest import media_files
 from tests.audio_jobs.factories import (
     CompletedJobFactory,
@@ -634,9 +634,9 @@ def test_failed_and_cancelled_jobs_that_never_started_do_not_count_against_the_q
     JobFactory(organisation=org, status=JobStatus.FAILED, duration_seconds=60.0)
     JobFactory(organisation=org, duration_seconds=50.0)
     old = JobFactory(organisation=org, status=JobStatus.COMPLETED, duration_seconds=600.0)
-    TranscriptionJob.objects.filter(pk=old.pk).update(
-        created_at=timezone.now().replace(day=1) - timedelta(days=1)
-    )
+    last_month = timezone.now().replace(day=1) - timedelta(days=1)
+    TranscriptionJob.objects.filter(pk=old.pk).update(created_at=last_month)
+    AudioUsage.objects.filter(job_id=old.pk).update(job_created_at=last_month)
 
     response = post_file(api_client, auth, clip, language="en")
 

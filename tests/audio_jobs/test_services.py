@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from apps.audio_jobs import leases, processing, selectors, services
 from apps.audio_jobs.leases import JobLease
-from apps.audio_jobs.models import JobStatus, TranscriptionJob
+from apps.audio_jobs.models import AudioUsage, JobStatus, TranscriptionJob
 from apps.core.models import DeadLetter
 from tests.audio_jobs.conftest import create_from_clip, media_files
 from tests.audio_jobs.factories import JobFactory
@@ -39,8 +39,10 @@ def published_ids(publish) -> list[str]:
 
 
 def age(job: TranscriptionJob, **fields) -> None:
-    """Set timestamps (auto_now_add ignores them on create)."""
+    """Set timestamps (auto_now_add ignores them on create), the usage ledger's month too."""
     TranscriptionJob.objects.filter(pk=job.pk).update(**fields)
+    if "created_at" in fields:
+        AudioUsage.objects.filter(job_id=job.pk).update(job_created_at=fields["created_at"])
 
 
 # ---- quota -------------------------------------------------------------------------------------
