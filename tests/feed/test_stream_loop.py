@@ -21,6 +21,18 @@ from tests.factories import bearer, member
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+def _closing(function):
+    """`function` for another thread, closing the connection it opened there."""
+
+    def run() -> None:
+        try:
+            function()
+        finally:
+            connections.close_all()
+
+    return run
+
+
 def collect(access: streams.Access, cursor, *, during: float, then=None) -> list[str]:
     """What the stream sends in `during` seconds; `then()` runs (in a thread) after its start."""
 
@@ -35,7 +47,7 @@ def collect(access: streams.Access, cursor, *, during: float, then=None) -> list
         reader = asyncio.ensure_future(read())
         await asyncio.sleep(0.2)
         if then is not None:
-            await sync_to_async(then, thread_sensitive=False)()
+            await sync_to_async(_closing(then), thread_sensitive=False)()
         done, _ = await asyncio.wait({reader}, timeout=during)
         if not done:
             reader.cancel()
