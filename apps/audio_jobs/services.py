@@ -22,7 +22,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
-from apps.core.storage import delete_files_at, delete_files_on_commit, discard_file
+from apps.core.storage import (
+    delete_files_at,
+    delete_files_on_commit,
+    discard_file,
+    guard_file,
+    unguard_file,
+)
 
 from . import events, media, selectors, storage
 from .models import (
@@ -165,7 +171,9 @@ def job_create_from_file(
 
     The stored file is discarded when the job's row is not committed, and only then: once it is,
     the file is the job's audio, whatever happens after (the publish hook is robust, and a job
-    it could not publish is published by the sweeper).
+    it could not publish is published by the sweeper). A process killed between storing and
+    committing runs no except clause: the deletion committed before storing (`guard_file`,
+    called off by the job's transaction) deletes the file an hour later.
     """
     if existing := _replay(organisation, idempotency_key):
         return existing, False
@@ -173,7 +181,8 @@ def job_create_from_file(
     probe = probe_upload(path)
     quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)
     job_id = uuid.uuid4()
-    key = storage.store_file(path, storage.audio_key(organisation.pk, job_id, probe.format_name))
+    key = storage.audio_key(organisation.pk, job_id, probe.format_name)
+    guard = guard_file(key)
     committed = False
 
     def mark_committed() -> None:
@@ -181,9 +190,11 @@ def job_create_from_file(
         committed = True
 
     try:
+        key = storage.store_file(path, key)
         with transaction.atomic():
             # Registered before the job's publish hook, so it runs first after the commit.
             transaction.on_commit(mark_committed)
+            unguard_file(guard)
             job = _create_job(
                 job_id=job_id,
                 organisation=organisation,
@@ -201,11 +212,22 @@ def job_create_from_file(
     except BaseException as exc:
         if committed:
             raise
-        discard_file(key)
+        _discard_guarded(key, guard)
         if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
             return existing, False
         raise
     return job, True
+
+
+def _discard_guarded(key: str, guard) -> None:
+    """Delete a stored file whose job was not committed, and then its guard (a failed delete
+    keeps the guard: the sweep deletes the file when it is due)."""
+    if not discard_file(key):
+        return
+    try:
+        unguard_file(guard)
+    except Exception:
+        logger.warning("Could not drop the pending deletion of %s (harmless)", key, exc_info=True)
 
 
 def job_create_from_upload(
@@ -233,6 +255,7 @@ def job_create_from_upload(
     quota_check(organisation=organisation)
     job_id = uuid.uuid4()
     key = storage.audio_key(organisation.pk, job_id, "")
+    guard = guard_file(key)  # the copy, should this process die before the job commits
     committed = False
 
     def mark_committed() -> None:
@@ -242,6 +265,7 @@ def job_create_from_upload(
     try:
         with transaction.atomic():
             transaction.on_commit(mark_committed)
+            unguard_file(guard)
             return _consume_upload(
                 job_id=job_id,
                 key=key,
@@ -254,7 +278,7 @@ def job_create_from_upload(
     except BaseException as exc:
         if committed:
             raise
-        discard_file(key)  # a delete of a key never written is a no-op
+        _discard_guarded(key, guard)  # a delete of a key never written is a no-op
         if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
             # A concurrent request with the same idempotency key (another upload) won the race.
             return existing, False

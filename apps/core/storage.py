@@ -33,6 +33,8 @@ ALERT_AFTER_ATTEMPTS = 5
 # a request does not spend minutes on storage calls.
 INLINE_LIMIT = 200
 SWEEP_LIMIT = 5000
+# How long a file may take to be stored and its row committed before `guard_file` deletes it.
+GUARD_DELAY = timedelta(hours=1)
 
 
 def storage_delete(key: str) -> str | None:
@@ -72,6 +74,20 @@ def delete_files_at(keys: Iterable[str], *, at) -> list[PendingDeletion]:
     return PendingDeletion.objects.bulk_create(
         [PendingDeletion(key=key, next_attempt_at=at) for key in unique]
     )
+
+
+def guard_file(key: str, *, delay: timedelta = GUARD_DELAY) -> PendingDeletion:
+    """Before storing a file whose row is written afterwards: record its deletion, due in `delay`,
+    and commit it (call this outside the transaction that writes the row). The transaction that
+    writes the row deletes this one (`unguard_file`); if the process dies before that commits
+    (SIGKILL at a deploy, the OOM killer), no except clause runs, and the sweep deletes the file
+    once it is due. `delay` must be longer than storing and committing can take."""
+    return PendingDeletion.objects.create(key=key, next_attempt_at=timezone.now() + delay)
+
+
+def unguard_file(guard: PendingDeletion) -> None:
+    """Call off a `guard_file` deletion: in the transaction that writes the file's row."""
+    PendingDeletion.objects.filter(pk=guard.pk).delete()
 
 
 def discard_file(key: str) -> bool:
