@@ -16,7 +16,7 @@ from .dockerfile import shell_words, stages
 
 ONE_SHOT = {"migrate", "minio-init"}
 WORKERS = {"worker-transcription-cpu", "worker-transcription-gpu", "worker-default"}
-APP_SERVICES = {"migrate", "web", "beat", "flower", *WORKERS}
+APP_SERVICES = {"migrate", "web", "web-events", "beat", "flower", *WORKERS}
 # Variable names whose values are credentials (or URLs that may carry them).
 SECRET_NAME = re.compile(
     r"SECRET|PASSWORD|TOKEN|SIGNING_KEY|ACCESS_KEY|ENCRYPTION_KEY|BASIC_AUTH|DSN|DATABASE_URL"
@@ -77,6 +77,7 @@ def test_docker_compose_resolves_the_file_with_every_profile(compose):
         "minio-init",
         "migrate",
         "web",
+        "web-events",
         "beat",
         "flower",
         *WORKERS,
@@ -343,12 +344,28 @@ def test_flower_requires_basic_auth_and_listens_on_localhost_only(compose):
     assert all(port["host_ip"] == "127.0.0.1" for port in flower["ports"])
 
 
-def test_only_web_flower_and_minio_publish_ports(compose):
+def test_only_web_web_events_flower_and_minio_publish_ports(compose):
     publishing = {name for name, service in compose["services"].items() if service.get("ports")}
 
-    assert publishing == {"web", "flower", "minio"}
-    for port in compose["services"]["web"]["ports"] + compose["services"]["minio"]["ports"]:
-        assert port["host_ip"] == "127.0.0.1"
+    assert publishing == {"web", "web-events", "flower", "minio"}
+    for name in ("web", "web-events", "minio"):
+        for port in compose["services"][name]["ports"]:
+            assert port["host_ip"] == "127.0.0.1", name
+
+
+def test_the_events_service_serves_the_asgi_application_with_uvicorns_worker(compose):
+    service = compose["services"]["web-events"]
+
+    assert service["command"] == [
+        "gunicorn",
+        "--config",
+        "lexiscore/gunicorn_conf.py",
+        "lexiscore.asgi:application",
+    ]
+    assert service["environment"]["GUNICORN_WORKER_CLASS"] == "uvicorn_worker.UvicornWorker"
+    assert seconds(service["stop_grace_period"]) > float(
+        service["environment"]["GUNICORN_GRACEFUL_TIMEOUT"]
+    )
 
 
 def test_third_party_images_are_pinned(compose):
