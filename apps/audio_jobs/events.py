@@ -59,14 +59,14 @@ def job_progressed(job: TranscriptionJob, percent: float) -> None:
     )
 
 
-def job_deleted(job: TranscriptionJob) -> None:
+def job_deleted(*, job_id, organisation_id) -> None:
     from apps.feed.services import feed_publish
 
     feed_publish(
-        organisation_id=job.organisation_id,
+        organisation_id=organisation_id,
         type="job.deleted",
-        subject_id=job.pk,
-        data={"job_id": str(job.pk)},
+        subject_id=job_id,
+        data={"job_id": str(job_id)},
     )
 
 

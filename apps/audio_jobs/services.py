@@ -578,8 +578,9 @@ def job_delete(*, job: TranscriptionJob) -> None:
     # Locked too, so a report finishing meanwhile waits and then finds its row gone.
     report_keys = locked.reports.select_for_update().values_list("file_key", flat=True)
     keys = [locked.audio_key, *report_keys]
-    events.job_deleted(locked)
+    job_id, organisation_id = locked.pk, locked.organisation_id
     locked.delete()
+    events.job_deleted(job_id=job_id, organisation_id=organisation_id)
     delete_files_on_commit(keys)
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from .models import FeedEvent
@@ -29,13 +30,40 @@ def channel(organisation_id: Any) -> str:
     return f"{CHANNEL_PREFIX}{organisation_id}"
 
 
+# The first key of the two-int advisory locks that order an organisation's events (the job and
+# report leases use the one-bigint form, a separate key space).
+ORDER_LOCK_NAMESPACE = 0x4C584644  # "LXFD"
+
+
+def _order_lock(organisation_id: Any) -> None:
+    """Hold the organisation's event-order lock until this transaction ends.
+
+    Ids come from one sequence, but transactions commit in their own order: without the lock a
+    reader could see event 12 committed, move its cursor past it, and never see event 11 that
+    committed a moment later. Taken right before the insert, the lock makes the next transaction
+    of the organisation wait for this one's commit before it draws its id, so within one
+    organisation ids become visible in order. SQLite (embedded mode) serialises writers anyway.
+    """
+    if connection.vendor != "postgresql":
+        return
+    key = int.from_bytes(uuid.UUID(str(organisation_id)).bytes[:4], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [ORDER_LOCK_NAMESPACE, key])
+
+
 def feed_publish(
     *, organisation_id: Any, type: str, subject_id: Any = None, data: dict[str, Any]
 ) -> FeedEvent:
-    """Record `type` for the organisation; its streams are woken after the commit."""
-    event = FeedEvent.objects.create(
-        organisation_id=organisation_id, type=type, subject_id=subject_id, data=data
-    )
+    """Record `type` for the organisation; its streams are woken after the commit.
+
+    Call it inside the transaction of the change, as late in it as possible: the organisation's
+    other changes wait at this point for this transaction to end.
+    """
+    with transaction.atomic():
+        _order_lock(organisation_id)
+        event = FeedEvent.objects.create(
+            organisation_id=organisation_id, type=type, subject_id=subject_id, data=data
+        )
 
     def wake_streams() -> None:
         _wake(organisation_id, event.pk)
