@@ -10,7 +10,7 @@ from django.core.exceptions import (
     TooManyFilesSent,
 )
 from django.core.files.uploadhandler import StopUpload, TemporaryFileUploadHandler
-from django.http import HttpRequest, QueryDict
+from django.http import HttpRequest, QueryDict, UnreadablePostError
 from django.utils.datastructures import MultiValueDict
 from rest_framework.parsers import MultiPartParser
 
@@ -81,13 +81,31 @@ class AudioMultiPartParser(MultiPartParser):
 
     Django raises `TooManyFilesSent` / `TooManyFieldsSent` (DATA_UPLOAD_MAX_NUMBER_FILES and
     _FIELDS) and `RequestDataTooBig` (form fields over DATA_UPLOAD_MAX_MEMORY_SIZE) while parsing;
-    DRF does not map them, so they would answer 500. Files already written are closed (deleted)
-    by Django's parser before the error reaches here.
+    DRF does not map them, so they would answer 500; nor `UnreadablePostError` (the client
+    disconnected mid-body), answered 400 `upload_incomplete`. Files already written are closed
+    (deleted) by Django's parser; the one being written when the error came, by this parser.
     """
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:
+            return self._parse(stream, media_type, parser_context)
+        except BaseException:
+            # Django closes the files it finished, not the one being written when the error came.
+            request = (parser_context or {}).get("request")
+            for handler in getattr(request, "upload_handlers", []):
+                handler.upload_interrupted()
+            raise
+
+    def _parse(self, stream, media_type, parser_context):
+        try:
             return super().parse(stream, media_type, parser_context)
+        except UnreadablePostError as exc:
+            # The client went away mid-body (or the proxy cut it off): nothing to answer, but a
+            # 500 and an ERROR line would be wrong.
+            raise ApplicationError(
+                "The upload ended before the whole request body arrived: send it again.",
+                code="upload_incomplete",
+            ) from exc
         except TooManyFilesSent as exc:
             raise ApplicationError(
                 "Send one audio file per request, in the `file` field.", code="too_many_files"
