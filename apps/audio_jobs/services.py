@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -429,6 +430,10 @@ def upload_create(*, organisation, user, filename: str, size_bytes: int) -> tupl
     return upload, storage.presigned_post(key, max_size=limit, expires_in=expires_in)
 
 
+# How long one run of the abandoned-ticket sweep may take (it runs hourly; the rest waits).
+ABANDONED_SWEEP_BUDGET_SECONDS = 300.0
+
+
 def upload_usable_until(upload: Upload):
     """Until when a ticket may become a job: its expiry, plus a grace for an upload that started
     in time but finished late. Past it, the ticket is refused and swept with its object."""
@@ -448,25 +453,40 @@ def upload_delete(*, upload: Upload) -> None:
         delete_files_on_commit([locked.key])
 
 
-def uploads_delete_abandoned(*, now=None, limit: int = 1000) -> int:
+def uploads_delete_abandoned(
+    *, now=None, batch: int = 1000, budget_seconds: float = ABANDONED_SWEEP_BUDGET_SECONDS
+) -> int:
     """Delete pending upload tickets past their usable time, and their objects (after commit).
 
-    Hourly, from the retention task. A ticket being consumed right now is locked and skipped;
-    once it is deleted, a late consume answers 404.
+    Hourly, from the retention task: batches of `batch` tickets, each its own transaction, until
+    none is left or `budget_seconds` have passed (the next run goes on). A ticket being consumed
+    right now is locked and skipped; once it is deleted, a late consume answers 404.
     """
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.PRESIGNED_UPLOAD_GRACE_SECONDS)
-    with transaction.atomic():
-        abandoned = list(
-            Upload.objects.select_for_update(skip_locked=True)
-            .filter(status=Upload.Status.PENDING, expires_at__lt=cutoff)
-            .order_by()
-            .values_list("pk", "key")[:limit]
-        )
-        if not abandoned:
-            return 0
-        Upload.objects.filter(pk__in=[pk for pk, _key in abandoned]).delete()
-        delete_files_on_commit(key for _pk, key in abandoned)
-    logger.info("Deleted %d abandoned upload ticket(s) and their objects", len(abandoned))
+    deadline = time.monotonic() + budget_seconds
+    total = 0
+    while True:
+        deleted = _uploads_delete_abandoned_batch(cutoff=cutoff, limit=batch)
+        total += deleted
+        if deleted < batch or time.monotonic() >= deadline:
+            break
+    if total:
+        logger.info("Deleted %d abandoned upload ticket(s) and their objects", total)
+    return total
+
+
+@transaction.atomic
+def _uploads_delete_abandoned_batch(*, cutoff, limit: int) -> int:
+    abandoned = list(
+        Upload.objects.select_for_update(skip_locked=True)
+        .filter(status=Upload.Status.PENDING, expires_at__lt=cutoff)
+        .order_by()
+        .values_list("pk", "key")[:limit]
+    )
+    if not abandoned:
+        return 0
+    Upload.objects.filter(pk__in=[pk for pk, _key in abandoned]).delete()
+    delete_files_on_commit(key for _pk, key in abandoned)
     return len(abandoned)
 
 

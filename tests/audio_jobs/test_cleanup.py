@@ -240,6 +240,34 @@ def test_the_sweep_deletes_unused_tickets_past_their_grace_with_their_objects(
     assert media_files(media_root) == sorted([in_grace.key, consumed.key])
 
 
+def abandoned_tickets(count: int) -> None:
+    organisation = OrganisationFactory()
+    expired = timezone.now() - timedelta(days=2)
+    Upload.objects.bulk_create(
+        UploadFactory.build(organisation=organisation, expires_at=expired) for _ in range(count)
+    )
+
+
+def test_the_sweep_deletes_every_abandoned_ticket_in_batches_not_only_the_first_thousand():
+    abandoned_tickets(1001)
+
+    deleted = services.uploads_delete_abandoned()
+
+    assert deleted == 1001
+    assert Upload.objects.count() == 0
+    assert PendingDeletion.objects.count() == 1001  # their objects, deleted after the commits
+
+
+def test_the_sweep_stops_after_its_time_budget_and_the_next_run_goes_on():
+    abandoned_tickets(5)
+
+    first = services.uploads_delete_abandoned(batch=2, budget_seconds=0)
+    second = services.uploads_delete_abandoned(batch=2)
+
+    assert (first, second) == (2, 3)
+    assert Upload.objects.count() == 0
+
+
 def test_an_expired_ticket_is_refused_with_410(settings):
     settings.PRESIGNED_UPLOAD_GRACE_SECONDS = 600
     upload = UploadFactory(expires_at=timezone.now() - timedelta(minutes=11))
