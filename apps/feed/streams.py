@@ -31,7 +31,7 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from . import selectors
@@ -128,13 +128,21 @@ def _read(access: Access, cursor: int) -> tuple[str, int, bool, int]:
     return text, page.cursor, page.more, len(page.events)
 
 
+def release_connection() -> None:
+    """Hand this thread's database connection back to the pool (CONN_MAX_AGE=0 closes it), as a
+    request's end would: a stream is one request that lasts minutes, and holding a connection
+    for its whole life would let only DB_POOL_MAX_SIZE streams be open at once. Not inside a
+    transaction (a test's)."""
+    if not connection.in_atomic_block:
+        close_old_connections()
+
+
 def _released(function: Any, *args: Any) -> Any:
-    """`function(*args)`, then hand the thread's connection back if it is broken or too old (what
-    a request's end does; a stream's queries run in a thread that serves many streams)."""
+    """`function(*args)`, then `release_connection()`."""
     try:
         return function(*args)
     finally:
-        close_old_connections()
+        release_connection()
 
 
 # ---- WSGI: what is there now, then the client reconnects ---------------------------------------

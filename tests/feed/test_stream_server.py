@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connection
@@ -32,10 +33,8 @@ def redis_server():
     server.kill()
 
 
-@pytest.fixture
-def events_server(redis_server, settings):
-    settings.REDIS_URL = redis_server.url
-    server = GunicornServer(
+def start_server(redis_server: RedisServer, **env: str) -> GunicornServer:
+    return GunicornServer(
         database_name=connection.settings_dict["NAME"],
         redis_url=redis_server.url,
         workers=1,
@@ -47,8 +46,15 @@ def events_server(redis_server, settings):
             "FEED_STREAM_SECONDS": str(STREAM_SECONDS),
             "FEED_ACCESS_RECHECK_SECONDS": "1",
             "LOG_LEVEL": "WARNING",
+            **env,
         },
     ).start()
+
+
+@pytest.fixture
+def events_server(redis_server, settings):
+    settings.REDIS_URL = redis_server.url
+    server = start_server(redis_server)
     yield server
     server.kill()
 
@@ -146,3 +152,27 @@ def test_revoking_the_key_ends_its_open_stream(events_server):
         assert again.response.status == 401
     finally:
         again.close()
+
+
+def test_many_streams_share_a_pool_of_two_database_connections(redis_server, settings):
+    """200 streams opened at once on a pool of two: each stream checks a connection out only for
+    its reads (the view hands its own back before the stream starts), so none is refused with
+    503 database_unavailable and each gets the event."""
+    settings.REDIS_URL = redis_server.url
+    server = start_server(
+        redis_server, DB_POOL_MIN_SIZE="1", DB_POOL_MAX_SIZE="2", DB_POOL_TIMEOUT="1"
+    )
+    key = ApiKeyFactory()
+    try:
+        with ThreadPoolExecutor(40) as pool:
+            opened = list(pool.map(lambda _: Stream(server, key), range(200)))
+        assert sorted({stream.response.status for stream in opened}) == [200]
+        for stream in opened:
+            assert stream.next(timeout=10)["id"] == "0"  # started, at the newest event (none)
+        event = feed_publish(organisation_id=key.organisation_id, type="job.queued", data={})
+        for stream in opened:
+            assert stream.next(timeout=10)["id"] == str(event.id)
+    finally:
+        for stream in opened:
+            stream.close()
+        server.kill()

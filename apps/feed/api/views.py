@@ -198,6 +198,9 @@ class FeedStreamView(APIView):
             body: Any = streams.live(access, cursor)
         else:
             body = streams.poll_once(access, cursor)
+        # The authentication and tenancy queries are done: the stream's own reads check out a
+        # connection each time.
+        streams.release_connection()
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         response["Cache-Control"] = "no-cache, no-store"
         # nginx and similar proxies would otherwise hold the events back in their buffers.
