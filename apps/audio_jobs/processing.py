@@ -309,19 +309,23 @@ class _Tracker:
         step = int(progress // max(1, settings.FEED_PROGRESS_STEP_PERCENT))
         try:
             with transaction.atomic():
-                updated = TranscriptionJob.objects.filter(pk=self.job.pk).update(
-                    progress=progress, heartbeat_at=timezone.now()
-                )
-                # The live feed hears of each step passed (10 %, 20 %, ...), not of every write.
+                # Only while processing: a duplicate delivery that lost the race (the job is
+                # completed, or queued again) must neither move its progress nor announce any.
+                updated = TranscriptionJob.objects.filter(
+                    pk=self.job.pk, status=JobStatus.PROCESSING
+                ).update(progress=progress, heartbeat_at=timezone.now())
+                # The live feed hears when progress reaches a higher step (10 %, 20 %, ...), not
+                # of every write.
                 if updated and step > self._announced_step:
                     events.job_progressed(self.job, progress)
+            gone = not updated and not TranscriptionJob.objects.filter(pk=self.job.pk).exists()
             if updated and step > self._announced_step:
                 self._announced_step = step
             release_connection()
         except DatabaseError:
             _database_blip(self.job, "write its progress and heartbeat")
             return
-        if not updated:
+        if gone:
             raise JobGone()
 
     def cancelled(self) -> bool:
@@ -354,7 +358,11 @@ def _database_blip(job: TranscriptionJob, what: str) -> None:
         connection.close_if_unusable_or_obsolete()
 
 
-def _finish(job: TranscriptionJob, status: str, *, now=None, **fields: Any) -> None:
+def _finish(
+    job: TranscriptionJob, status: str, *, now=None, announce: bool = True, **fields: Any
+) -> None:
+    """Record the job's final state; `announce=False` when the caller announces it on the live
+    feed itself, last in its transaction (the feed's order lock is held until the commit)."""
     now = now or timezone.now()
     job.status = status
     job.finished_at = now
@@ -363,7 +371,8 @@ def _finish(job: TranscriptionJob, status: str, *, now=None, **fields: Any) -> N
     for name, value in fields.items():
         setattr(job, name, value)
     job.save(update_fields=["status", "finished_at", "processing_seconds", "updated_at", *fields])
-    events.job_changed(job)
+    if announce:
+        events.job_changed(job)
 
 
 def _locked_active(job: TranscriptionJob) -> TranscriptionJob | None:
@@ -399,6 +408,7 @@ def _complete(
     _finish(
         locked,
         JobStatus.COMPLETED,
+        announce=False,
         progress=100.0,
         engine=str(info.get("engine", ""))[:32],
         model_used=str(info.get("model_profile", ""))[:32],
@@ -412,6 +422,7 @@ def _complete(
         locked.engine, locked.model_used, float(locked.duration_seconds or 0), processing_seconds
     )
     events.job_finished(locked)
+    events.job_changed(locked)
     return "completed"
 
 
@@ -420,8 +431,9 @@ def _fail(job: TranscriptionJob, code: str, message: str) -> None:
     locked = _locked_active(job)
     if locked is None:
         return
-    _finish(locked, JobStatus.FAILED, error_code=code[:64], error_message=message)
+    _finish(locked, JobStatus.FAILED, announce=False, error_code=code[:64], error_message=message)
     events.job_finished(locked)
+    events.job_changed(locked)
 
 
 @transaction.atomic

@@ -543,18 +543,25 @@ def jobs_redispatch_stale() -> dict[str, int]:
         if not lease.acquire():
             continue  # a live worker still holds it
         try:
-            with transaction.atomic():
-                updated = TranscriptionJob.objects.filter(
-                    pk=job_id, status=JobStatus.PROCESSING
-                ).update(status=JobStatus.QUEUED, dispatched_at=None, worker="")
-                if updated:
-                    events.job_changed(TranscriptionJob.objects.get(pk=job_id))
+            updated = job_requeue_abandoned(job_id=job_id)
         finally:
             lease.release()
         if updated:
             requeued += 1
             job_dispatch(job_id=job_id)
     return {"republished": republished, "requeued": requeued}
+
+
+@transaction.atomic
+def job_requeue_abandoned(*, job_id: Any) -> bool:
+    """Put a `processing` job whose worker is gone back in the queue (the caller holds its lease
+    and publishes it after), announced on the live feed. False if it was no longer processing."""
+    updated = TranscriptionJob.objects.filter(pk=job_id, status=JobStatus.PROCESSING).update(
+        status=JobStatus.QUEUED, dispatched_at=None, worker=""
+    )
+    if updated:
+        events.job_changed(TranscriptionJob.objects.get(pk=job_id))
+    return bool(updated)
 
 
 # ---- cancel and delete -------------------------------------------------------------------------

@@ -124,8 +124,7 @@ def jobs_requeue_stuck(*, dry_run: bool = False) -> dict[str, list[str]]:
     requeued message starts, so a job that keeps killing its worker ends FAILED, not in a loop.
     """
     from apps.audio_jobs.leases import JobLease
-    from apps.audio_jobs.models import JobStatus, TranscriptionJob
-    from apps.audio_jobs.services import job_dispatch
+    from apps.audio_jobs.services import job_dispatch, job_requeue_abandoned
 
     result: dict[str, list[str]] = {"requeued": [], "held": []}
     for job_id in list(stuck_jobs().values_list("pk", flat=True)[:1000]):
@@ -137,9 +136,7 @@ def jobs_requeue_stuck(*, dry_run: bool = False) -> dict[str, list[str]]:
             if dry_run:
                 result["requeued"].append(str(job_id))
                 continue
-            updated = TranscriptionJob.objects.filter(
-                pk=job_id, status=JobStatus.PROCESSING
-            ).update(status=JobStatus.QUEUED, dispatched_at=None, worker="")
+            updated = job_requeue_abandoned(job_id=job_id)
         finally:
             lease.release()
         if updated:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from django.db.models import BigIntegerField, ExpressionWrapper, F
+
 from .models import FeedEvent
 
 
@@ -18,6 +20,12 @@ class FeedPage:
     # The cursor's event is no longer kept (or never was this organisation's): events may have
     # been missed, so the client should read the current state of what it shows again.
     reset: bool
+
+
+# `ORDER BY id` lets PostgreSQL walk the primary key and filter by organisation, which reads
+# every other organisation's events past the cursor (70,000 rows for 3 in a review's EXPLAIN);
+# ordering by `id + 0` makes it use `feed_org_id` (organisation, id) and sort what it finds.
+_BY_ID = ExpressionWrapper(F("id") + 0, output_field=BigIntegerField())
 
 
 def latest_id(*, organisation_id: Any) -> int:
@@ -41,7 +49,7 @@ def feed_read(*, organisation_id: Any, after: int | None, limit: int) -> FeedPag
     if after:
         reset = not events.filter(id=after).exists()
     if after is None or reset:
-        newest = list(events.order_by("-id")[:limit])
+        newest = list(events.order_by(_BY_ID.desc())[:limit])
         newest.reverse()
         return FeedPage(
             events=newest,
@@ -49,7 +57,7 @@ def feed_read(*, organisation_id: Any, after: int | None, limit: int) -> FeedPag
             more=False,
             reset=reset,
         )
-    rows = list(events.filter(id__gt=after).order_by("id")[: limit + 1])
+    rows = list(events.filter(id__gt=after).order_by(_BY_ID)[: limit + 1])
     more = len(rows) > limit
     rows = rows[:limit]
     return FeedPage(events=rows, cursor=rows[-1].id if rows else after, more=more, reset=False)

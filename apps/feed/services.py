@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -82,18 +83,28 @@ def _redis(url: str) -> Any:
             client = _clients.get(url)
             if client is None:
                 client = _clients[url] = redis.Redis.from_url(
-                    url, socket_connect_timeout=1, socket_timeout=1
+                    url, socket_connect_timeout=0.5, socket_timeout=0.5
                 )
     return client
 
 
+# After a failed publish, wake-ups are skipped this long: with Redis unreachable every commit
+# would otherwise wait for a connect timeout (the streams poll the table meanwhile).
+_PAUSE_AFTER_FAILURE_SECONDS = 5.0
+_paused_until = 0.0
+
+
 def _wake(organisation_id: Any, event_id: int) -> None:
+    global _paused_until
     if not settings.REDIS_URL:
         return  # embedded mode: streams poll the table (FEED_POLL_SECONDS)
+    if time.monotonic() < _paused_until:
+        return
     try:
         _redis(settings.REDIS_URL).publish(channel(organisation_id), str(event_id))
     except Exception:
         # Best effort: the streams find the event on their next poll of the table.
+        _paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE_SECONDS
         logger.warning("Could not wake the feed of %s", organisation_id, exc_info=True)
 
 

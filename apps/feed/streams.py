@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,10 +187,16 @@ class Hub:
         for event in self._waiters.get(organisation_id, ()):
             event.set()
 
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
     async def _listen(self) -> None:
         import redis.asyncio as aioredis
 
         backoff = 0.5
+        quiet = settings.FEED_HEARTBEAT_SECONDS
         while True:
             client = aioredis.Redis.from_url(
                 settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=None
@@ -199,17 +206,24 @@ class Hub:
                 await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
                 self.connected = True
                 backoff = 0.5
+                # Wake-ups sent while there was no subscription are lost: every stream reads.
+                self._wake_all()
+                heard = time.monotonic()
                 while True:
                     message = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=settings.FEED_HEARTBEAT_SECONDS
+                        ignore_subscribe_messages=True, timeout=quiet
                     )
-                    if message is None:
-                        # Quiet: prove the connection is alive (a dead one raises here).
-                        await asyncio.wait_for(pubsub.ping(), timeout=5)
-                    elif message.get("type") == "pmessage":
-                        name = message["channel"]
-                        name = name.decode() if isinstance(name, bytes) else name
-                        self._wake(name.removeprefix(CHANNEL_PREFIX))
+                    if message is not None:
+                        heard = time.monotonic()  # a wake-up, or the pong of our ping
+                        if message.get("type") == "pmessage":
+                            name = message["channel"]
+                            name = name.decode() if isinstance(name, bytes) else name
+                            self._wake(name.removeprefix(CHANNEL_PREFIX))
+                        continue
+                    if time.monotonic() - heard > 2 * quiet + 5:
+                        # A half-open connection: the ping sent before got no pong.
+                        raise ConnectionError("no answer from Redis to the feed's ping")
+                    await asyncio.wait_for(pubsub.ping(), timeout=5)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -228,6 +242,28 @@ class Hub:
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Hub] = weakref.WeakKeyDictionary()
 _open_streams = 0
 _open_lock = threading.Lock()
+# The streams' reads, from every stream of the process, in a few threads: a wake-up of a busy
+# organisation queues its streams' reads here rather than at the connection pool, whose
+# DB_POOL_TIMEOUT would cut them. (The request of each stream also keeps an idle thread of
+# Django's ASGI handler for its life.)
+_read_threads: ThreadPoolExecutor | None = None
+
+
+def _reader() -> ThreadPoolExecutor:
+    global _read_threads
+    if _read_threads is None:
+        with _open_lock:
+            if _read_threads is None:
+                _read_threads = ThreadPoolExecutor(
+                    settings.FEED_READ_THREADS, thread_name_prefix="feed-read"
+                )
+    return _read_threads
+
+
+async def _in_reader(function: Any, *args: Any) -> Any:
+    return await sync_to_async(_released, thread_sensitive=False, executor=_reader())(
+        function, *args
+    )
 
 
 def hub() -> Hub:
@@ -242,37 +278,58 @@ def open_streams() -> int:
     return _open_streams
 
 
-def _count(delta: int) -> None:
-    global _open_streams
-    with _open_lock:
-        _open_streams += delta
+class Slot:
+    """A stream's place under FEED_MAX_STREAMS_PER_PROCESS, taken by the view before it answers
+    (so a burst of opens cannot overshoot) and given back once, by the stream's end or by the
+    response's close when the body was never started."""
+
+    def __init__(self) -> None:
+        self._held = False
+
+    def take(self) -> bool:
+        global _open_streams
+        with _open_lock:
+            if _open_streams >= settings.FEED_MAX_STREAMS_PER_PROCESS:
+                return False
+            _open_streams += 1
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        global _open_streams
+        with _open_lock:
+            if self._held:
+                self._held = False
+                _open_streams -= 1
 
 
-async def live(access: Access, cursor: int | None) -> AsyncIterator[str]:
-    _count(+1)
+async def live(access: Access, cursor: int | None, slot: Slot | None = None) -> AsyncIterator[str]:
+    if slot is None:
+        slot = Slot()
+        slot.take()
     feed = hub()
     woken = feed.register(access.organisation_id)
     clock = time.monotonic
     try:
-        text, cursor = await sync_to_async(_released)(_open, access, cursor)
+        text, cursor = await _in_reader(_open, access, cursor)
         yield text
         last_write = clock()
         closes_at = last_write + settings.FEED_STREAM_SECONDS
         recheck_at = last_write + settings.FEED_ACCESS_RECHECK_SECONDS
         while True:
-            text, cursor, more, _ = await sync_to_async(_released)(_read, access, cursor)
+            text, cursor, more, _ = await _in_reader(_read, access, cursor)
             if text:
                 yield text
                 last_write = clock()
-            if more:
-                continue
             now = clock()
             if now >= closes_at:
                 return  # the client reconnects (retry) and is authenticated again
             if now >= recheck_at:
-                if not await sync_to_async(_released)(access.still_valid):
+                if not await _in_reader(access.still_valid):
                     return
                 recheck_at = now + settings.FEED_ACCESS_RECHECK_SECONDS
+            if more:
+                continue
             wait = settings.FEED_HEARTBEAT_SECONDS if feed.connected else settings.FEED_POLL_SECONDS
             wait = max(0.0, min(wait, closes_at - now, recheck_at - now))
             try:
@@ -284,4 +341,4 @@ async def live(access: Access, cursor: int | None) -> AsyncIterator[str]:
             woken.clear()
     finally:
         feed.unregister(access.organisation_id, woken)
-        _count(-1)
+        slot.release()

@@ -442,7 +442,6 @@ def _notify_ready(report: Report) -> None:
     event_publish(
         organisation=report.organisation, event_type="report.ready", data=_report_data(report)
     )
-    _announce(report, "report.ready", _report_data(report))
     emails: list[tuple[str, str, dict[str, Any]]] = []
     download_url = _report_data(report)["download_url"]
     if report.scheduled:
@@ -492,6 +491,8 @@ def _notify_ready(report: Report) -> None:
         email_enqueue(
             template=template, to=[email], context=context, dedupe_key=f"report:{report.pk}:{email}"
         )
+    # Last in the transaction: the feed's order lock is held from here to the commit.
+    _announce(report, "report.ready", _report_data(report))
 
 
 def _organisation_admins(organisation) -> list:

@@ -866,6 +866,8 @@ FEED_POLL_SECONDS = env.float("FEED_POLL_SECONDS", default=2.0)
 FEED_ACCESS_RECHECK_SECONDS = env.float("FEED_ACCESS_RECHECK_SECONDS", default=30.0)
 # Streams one ASGI process holds at most; beyond, 503 with Retry-After.
 FEED_MAX_STREAMS_PER_PROCESS = env.int("FEED_MAX_STREAMS_PER_PROCESS", default=2000)
+# Threads of an ASGI process running its streams' reads (at most this many connections at once).
+FEED_READ_THREADS = env.int("FEED_READ_THREADS", default=4)
 # How long a stream ticket (POST /events/tickets, for EventSource) can open a stream.
 FEED_TICKET_SECONDS = env.int("FEED_TICKET_SECONDS", default=600)
 # A job's progress is announced each time it passes a multiple of this many percent.

@@ -148,3 +148,16 @@ def test_over_the_per_process_cap_the_asgi_stream_is_503(settings):
     assert response.status_code == 503
     assert response["Retry-After"]
     assert b'"feed_busy"' in response.content
+
+
+def test_a_busy_organisation_cannot_keep_a_stream_open_past_its_time(settings, access):
+    settings.REDIS_URL = ""
+    settings.FEED_POLL_SECONDS = 0.1
+    settings.FEED_STREAM_SECONDS = 0
+    for _ in range(250):
+        feed_publish(organisation_id=access.organisation_id, type="job.progress", data={})
+
+    chunks = collect(access, 0, during=5.0)
+
+    # One page, then the stream ended (its time was up) although more events were waiting.
+    assert "".join(chunks).count("\ndata: ") == streams.PAGE

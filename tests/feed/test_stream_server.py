@@ -176,3 +176,26 @@ def test_many_streams_share_a_pool_of_two_database_connections(redis_server, set
         for stream in opened:
             stream.close()
         server.kill()
+
+
+def test_an_event_committed_while_redis_was_down_arrives_once_it_is_back(
+    events_server, redis_server
+):
+    key = ApiKeyFactory()
+    stream = Stream(events_server, key)
+    try:
+        assert stream.next(timeout=10)["id"] == "0"
+        wait_for(lambda: subscribed(redis_server), timeout=10, what="the stream's subscription")
+        redis_server.kill()
+        # Committed while the wake-up cannot be sent (the publish fails, quietly).
+        event = feed_publish(organisation_id=key.organisation_id, type="job.failed", data={})
+        redis_server.start()
+        started = time.monotonic()
+
+        message = stream.next(timeout=20)
+
+        assert message["id"] == str(event.id)
+        # The subscription came back and woke every stream, well before a 30 s poll.
+        assert time.monotonic() - started < 15
+    finally:
+        stream.close()

@@ -3,6 +3,7 @@ for a browser's EventSource. Any member of the organisation (viewer and up) and 
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from django.conf import settings
@@ -189,19 +190,26 @@ class FeedStreamView(APIView):
             # A ticket opens the feed of its own organisation only (whatever X-Organisation says).
             raise NotFoundError("No such organisation.", code="organisation_not_found")
         access = streams.Access.of(tenant)
+        slot = None
         if isinstance(request._request, ASGIRequest):
-            if streams.open_streams() >= settings.FEED_MAX_STREAMS_PER_PROCESS:
+            slot = streams.Slot()
+            if not slot.take():
                 raise FeedUnavailable(
                     "This server holds as many streams as it may; retry later.",
                     headers={"Retry-After": str(max(1, round(settings.FEED_POLL_SECONDS)))},
                 )
-            body: Any = streams.live(access, cursor)
+            body: Any = streams.live(access, cursor, slot)
         else:
             body = streams.poll_once(access, cursor)
         # The authentication and tenancy queries are done: the stream's own reads check out a
         # connection each time.
         streams.release_connection()
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
+        if slot is not None:
+            # The slot is given back by the stream's end; by the response's close if the body
+            # never started; or, if the client left before even that, when the body is collected.
+            response._resource_closers.append(slot.release)
+            weakref.finalize(body, slot.release)
         response["Cache-Control"] = "no-cache, no-store"
         # nginx and similar proxies would otherwise hold the events back in their buffers.
         response["X-Accel-Buffering"] = "no"
