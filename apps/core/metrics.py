@@ -129,6 +129,11 @@ TRANSCRIPTION_SPEED = Histogram(
     ["engine", "model"],
     buckets=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
 )
+FEED_OPEN_STREAMS = Gauge(
+    "lexiscore_feed_open_streams",
+    "Live-feed streams held open by this server (web-events; summed over its processes).",
+    multiprocess_mode="livesum",
+)
 GPU_MEMORY_ALLOCATED = Gauge(
     "lexiscore_gpu_memory_allocated_bytes",
     "CUDA memory held by tensors in a worker process, by device.",

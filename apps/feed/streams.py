@@ -35,6 +35,8 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
+from apps.core.metrics import FEED_OPEN_STREAMS
+
 from . import selectors
 from .models import FeedEvent
 from .services import CHANNEL_PREFIX
@@ -293,14 +295,17 @@ class Slot:
                 return False
             _open_streams += 1
             self._held = True
-            return True
+        FEED_OPEN_STREAMS.inc()
+        return True
 
     def release(self) -> None:
         global _open_streams
         with _open_lock:
-            if self._held:
-                self._held = False
-                _open_streams -= 1
+            if not self._held:
+                return
+            self._held = False
+            _open_streams -= 1
+        FEED_OPEN_STREAMS.dec()
 
 
 async def live(access: Access, cursor: int | None, slot: Slot | None = None) -> AsyncIterator[str]:

@@ -161,3 +161,23 @@ def test_a_busy_organisation_cannot_keep_a_stream_open_past_its_time(settings, a
 
     # One page, then the stream ended (its time was up) although more events were waiting.
     assert "".join(chunks).count("\ndata: ") == streams.PAGE
+
+
+def test_a_slot_counts_once_in_the_gauge_however_often_it_is_given_back(settings):
+    from prometheus_client import REGISTRY
+
+    def gauge() -> float:
+        return REGISTRY.get_sample_value("lexiscore_feed_open_streams") or 0.0
+
+    settings.FEED_MAX_STREAMS_PER_PROCESS = streams.open_streams() + 1
+    before = gauge()
+    slot, over = streams.Slot(), streams.Slot()
+
+    assert slot.take() is True
+    assert over.take() is False  # the cap
+    assert gauge() == before + 1
+    slot.release()
+    slot.release()  # the stream's end and the response's close both give it back
+
+    assert gauge() == before
+    assert streams.open_streams() == settings.FEED_MAX_STREAMS_PER_PROCESS - 1
