@@ -2,6 +2,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.utils import timezone
 
 from . import services, storage
 from .exceptions import ApplicationError
@@ -88,9 +89,20 @@ class PendingDeletionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Try to delete the selected files now")
     def attempt_now(self, request, queryset) -> None:
-        results = [storage.pending_deletion_attempt(row=row) for row in queryset]
+        # Rows written ahead of time (attempts 0, due in the future) guard files still in use:
+        # an upload whose job has not committed yet, a presigned form that can still be sent.
+        # Deleting those now would take audio from under a job; they are left to come due.
+        now = timezone.now()
+        ahead = [row for row in queryset if row.attempts == 0 and row.next_attempt_at > now]
+        results = [
+            storage.pending_deletion_attempt(row=row) for row in queryset if row not in ahead
+        ]
+        text = f"Deleted {sum(results)} file(s); {results.count(False)} still failing."
+        if ahead:
+            text += (
+                f" {len(ahead)} not tried: written ahead of time, they guard files still in use"
+                " and are deleted when due."
+            )
         self.message_user(
-            request,
-            f"Deleted {sum(results)} file(s); {results.count(False)} still failing.",
-            messages.SUCCESS if all(results) else messages.WARNING,
+            request, text, messages.SUCCESS if all(results) and not ahead else messages.WARNING
         )

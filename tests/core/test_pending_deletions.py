@@ -282,3 +282,28 @@ def test_an_operator_can_try_pending_deletes_now_but_not_delete_their_rows(
     assert "Deleted 1 file(s); 0 still failing." in response.content.decode()
     assert PendingDeletion.objects.count() == 0
     assert files(media_root) == []
+
+
+def test_the_admin_leaves_rows_written_ahead_of_time_to_come_due(client, settings, media_root):
+    """A row due in the future with no attempt guards a file still in use (an upload whose job is
+    being created, a presigned form still valid): trying it now would delete that audio."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from apps.accounts.models import User
+
+    client.force_login(User.objects.create_superuser("root@example.com", "a-long-Passphrase-42"))
+    stored("a/in-use.wav")
+    guard = PendingDeletion.objects.create(
+        key="a/in-use.wav", next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
+    url = f"/{settings.ADMIN_URL}core/pendingdeletion/"
+
+    response = client.post(
+        url, {"action": "attempt_now", "_selected_action": [guard.pk]}, follow=True
+    )
+
+    assert "1 not tried: written ahead of time" in response.content.decode()
+    assert PendingDeletion.objects.filter(pk=guard.pk).exists()
+    assert files(media_root) == ["a/in-use.wav"]
