@@ -40,10 +40,10 @@ class Disconnecting(io.RawIOBase):
 def test_an_upload_cut_off_by_the_client_is_a_400_and_leaves_no_temp_file(
     api_client,
     auth,
-    clip,
-    media_root,
-    upload_tmp,
-    caplog,  # noqa: F811
+    clip,  # noqa: F811 (the fixture imported above)
+    media_root,  # noqa: F811
+    upload_tmp,  # noqa: F811
+    caplog,
 ):
     body = multipart("a.mp3", clip.read_bytes() * 20, language="en")
 
