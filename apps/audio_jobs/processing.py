@@ -38,7 +38,7 @@ from workers.metrics import observe_transcription
 from . import events, media, storage
 from .leases import JobLease
 from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
-from .services import QuotaExceeded
+from .services import QuotaExceeded, usage_refund_if_never_started
 
 logger = logging.getLogger(__name__)
 
@@ -371,6 +371,8 @@ def _finish(
     for name, value in fields.items():
         setattr(job, name, value)
     job.save(update_fields=["status", "finished_at", "processing_seconds", "updated_at", *fields])
+    if status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        usage_refund_if_never_started(job)
     if announce:
         events.job_changed(job)
 

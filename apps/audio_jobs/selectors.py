@@ -94,4 +94,15 @@ def audio_seconds_used(*, organisation, since: datetime, until: datetime | None 
     used = rows.exclude(job_id__in=not_started).aggregate(total=Coalesce(Sum("seconds"), 0.0))[
         "total"
     ]
+    # Jobs with a duration and no ledger row: written by a release from before the ledger while
+    # an upgrade ran (the documented upgrade migrates while the old release still serves). They
+    # count as they did then, for as long as they exist.
+    unrecorded = TranscriptionJob.objects.filter(
+        organisation=organisation, created_at__gte=since, duration_seconds__isnull=False
+    ).exclude(pk__in=AudioUsage.objects.filter(organisation=organisation).values("job_id"))
+    if until is not None:
+        unrecorded = unrecorded.filter(created_at__lt=until)
+    used += unrecorded.exclude(
+        status__in=[JobStatus.FAILED, JobStatus.CANCELLED], started_at__isnull=True
+    ).aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
     return float(used)

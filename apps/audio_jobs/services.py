@@ -195,7 +195,7 @@ def job_create_from_file(
         with transaction.atomic():
             # Registered before the job's publish hook, so it runs first after the commit.
             transaction.on_commit(mark_committed)
-            unguard_file(guard)
+            _unguard_or_refuse(guard)
             job = _create_job(
                 job_id=job_id,
                 organisation=organisation,
@@ -218,6 +218,18 @@ def job_create_from_file(
             return existing, False
         raise
     return job, True
+
+
+def _unguard_or_refuse(guard) -> None:
+    """Call off the stored file's guard in the job's transaction, or refuse the job if the guard
+    came due meanwhile (storing and committing took longer than GUARD_DELAY) and the sweep
+    deleted the file: a job must never point at audio that is gone."""
+    if not unguard_file(guard):
+        raise ApplicationError(
+            "Storing the audio took too long and it was discarded: send it again.",
+            code="upload_interrupted",
+            status_code=503,
+        )
 
 
 def _discard_guarded(key: str, guard) -> None:
@@ -266,7 +278,7 @@ def job_create_from_upload(
     try:
         with transaction.atomic():
             transaction.on_commit(mark_committed)
-            unguard_file(guard)
+            _unguard_or_refuse(guard)
             return _consume_upload(
                 job_id=job_id,
                 key=key,
@@ -565,6 +577,13 @@ def job_requeue_abandoned(*, job_id: Any) -> bool:
 
 
 # ---- cancel and delete -------------------------------------------------------------------------
+def usage_refund_if_never_started(job: TranscriptionJob) -> None:
+    """A job that ended (failed, cancelled) before any worker started it transcribed nothing: its
+    minutes go back to the quota, and stay back if it is deleted (its ledger row goes)."""
+    if job.started_at is None:
+        AudioUsage.objects.filter(job_id=job.pk).delete()
+
+
 @transaction.atomic
 def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
     """Cancel a queued job at once; ask a processing job's worker to stop (it checks often)."""
@@ -582,9 +601,7 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
         locked.status = JobStatus.CANCELLED
         locked.finished_at = timezone.now()
         fields += ["status", "finished_at"]
-        if locked.started_at is None:
-            # Nothing was transcribed: its minutes go back, and stay back if it is deleted.
-            AudioUsage.objects.filter(job_id=locked.pk).delete()
+        usage_refund_if_never_started(locked)
     locked.save(update_fields=fields)
     if locked.status == JobStatus.CANCELLED:
         events.job_changed(locked)

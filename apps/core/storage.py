@@ -85,9 +85,14 @@ def guard_file(key: str, *, delay: timedelta = GUARD_DELAY) -> PendingDeletion:
     return PendingDeletion.objects.create(key=key, next_attempt_at=timezone.now() + delay)
 
 
-def unguard_file(guard: PendingDeletion) -> None:
-    """Call off a `guard_file` deletion: in the transaction that writes the file's row."""
-    PendingDeletion.objects.filter(pk=guard.pk).delete()
+def unguard_file(guard: PendingDeletion) -> bool:
+    """Call off a `guard_file` deletion: first in the transaction that writes the file's row.
+
+    False when the guard is gone: it came due and the sweep deleted the file (the sweep locks
+    the row, so this waits for it and then finds nothing). The caller must then not write its
+    row: the file it would point at no longer exists.
+    """
+    return PendingDeletion.objects.filter(pk=guard.pk).delete()[0] > 0
 
 
 def discard_file(key: str) -> bool:
@@ -133,11 +138,20 @@ def _attempt_after_commit(ids: list[int]) -> None:
 
 
 def pending_deletion_attempt(*, row: PendingDeletion, now=None) -> bool:
-    """Try one pending deletion: drop its row on success, else record the failure and back off."""
-    error = storage_delete(row.key)
-    if error is None:
-        PendingDeletion.objects.filter(pk=row.pk).delete()
-        return True
+    """Try one pending deletion: drop its row on success, else record the failure and back off.
+
+    The row is locked first (skipping it if another transaction holds it): a guard that a job's
+    transaction is deleting right now (`unguard_file`, not yet committed) must not delete the
+    file that job is about to commit. True when the file is gone, or the row already was.
+    """
+    with transaction.atomic():
+        claimed = PendingDeletion.objects.select_for_update(skip_locked=True).filter(pk=row.pk)
+        if not claimed.exists():
+            return True  # called off or done meanwhile, or being called off now
+        error = storage_delete(row.key)
+        if error is None:
+            claimed.delete()
+            return True
     now = now or timezone.now()
     attempts = row.attempts + 1
     delay = min(RETRY_BASE_DELAY * 2 ** (attempts - 1), RETRY_MAX_DELAY)

@@ -85,3 +85,31 @@ def test_a_job_that_failed_to_commit_leaves_neither_file_nor_pending_deletion(me
 
     assert media_files(media_root) == []
     assert PendingDeletion.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_guard_that_came_due_before_the_job_committed_refuses_the_job(
+    media_root, speech, monkeypatch
+):
+    """Storing took longer than GUARD_DELAY and the sweep deleted the file: the job must not be
+    committed pointing at audio that is gone; the client is told to send it again."""
+    from apps.core.exceptions import ApplicationError
+
+    organisation = OrganisationFactory(plan="enterprise")
+    store = services.storage.store_file
+
+    def slow_store(path, key):
+        stored = store(path, key)
+        pending_deletions_sweep(now=timezone.now() + GUARD_DELAY + timedelta(minutes=1))
+        return stored
+
+    monkeypatch.setattr(services.storage, "store_file", slow_store)
+
+    with pytest.raises(ApplicationError) as refused:
+        create_from_clip(organisation, speech.say("Hello there, this is a test."))
+
+    assert refused.value.code == "upload_interrupted"
+    assert refused.value.status_code == 503
+    assert not TranscriptionJob.objects.filter(organisation=organisation).exists()
+    assert media_files(media_root) == []
+    assert not PendingDeletion.objects.exists()

@@ -9,6 +9,7 @@ from unittest import mock
 import pytest
 from django.core.files import File
 from django.core.files.storage import default_storage
+from django.utils import timezone
 
 from apps.audio_jobs import processing
 from apps.audio_jobs import services as job_services
@@ -39,6 +40,7 @@ def unvalidated(db, speech, settings):
     job = JobFactory(
         organisation=organisation,
         status=JobStatus.PROCESSING,
+        started_at=timezone.now(),  # as the worker's claim sets it
         audio_key=key,
         audio_validated=False,
         duration_seconds=None,

@@ -101,3 +101,33 @@ def test_the_ledger_is_filled_from_the_jobs_that_exist(db):
     row = AudioUsage.objects.get()
     assert (row.job_id, row.seconds, row.job_created_at) == (counted.pk, 40, counted.created_at)
     assert used(organisation) == 40
+
+
+def test_a_job_that_failed_before_any_worker_started_it_stays_refunded_once_deleted(
+    db, quota, django_capture_on_commit_callbacks
+):
+    from apps.audio_jobs.processing import job_fail_unexpectedly
+
+    organisation = OrganisationFactory(plan="free")
+    job = JobFactory(organisation=organisation, status=JobStatus.QUEUED, duration_seconds=50)
+    assert used(organisation) == 50
+
+    job_fail_unexpectedly(job_id=str(job.pk), code="broker_lost", message="x")
+    refunded = used(organisation)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.job_delete(job=job)
+
+    assert refunded == 0
+    assert used(organisation) == 0
+
+
+def test_a_job_an_older_release_wrote_without_a_ledger_row_still_counts(db, quota):
+    """During an upgrade the old release serves while the new one migrates: its jobs get a
+    duration and no ledger row, and must count all the same."""
+    organisation = OrganisationFactory(plan="free")
+    job = JobFactory(organisation=organisation, status=JobStatus.COMPLETED, duration_seconds=600)
+    AudioUsage.objects.filter(job_id=job.pk).delete()
+
+    assert used(organisation) == 600
+    with pytest.raises(services.QuotaExceeded):
+        services.quota_check(organisation=organisation)

@@ -70,6 +70,22 @@ def test_restore_create_drops_the_database_it_created_when_the_restore_fails(
     assert not _exists(scratch_database)  # so the drill can simply be run again
 
 
+def test_restore_create_drops_its_database_when_pg_restore_times_out(
+    backup_dir, scratch_database, monkeypatch
+):
+    def too_slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(cmd="pg_restore", timeout=3600)
+
+    monkeypatch.setattr(backups.subprocess, "run", too_slow)
+
+    with pytest.raises(CommandError, match="did not finish in 3600 s"):
+        call_command(
+            "restore", "--dir", str(backup_dir), "--database", scratch_database, "--create"
+        )
+
+    assert not _exists(scratch_database)
+
+
 def test_restore_of_a_missing_backup_is_refused_before_creating_anything(
     transactional_db, tmp_path, scratch_database
 ):

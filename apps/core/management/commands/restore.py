@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from apps.core.backups import (
     BackupError,
@@ -59,14 +61,31 @@ class Command(BaseCommand):
                 allow_live=options["force_live"],
                 manifest=manifest,
             )
-        except BackupError as exc:
-            if created:  # nothing useful in it; a second `--create` run would find it in the way
+        except BaseException as exc:
+            # Whatever stopped it (pg_restore failing or timing out, a database error while
+            # counting rows, Ctrl-C): a database this run created holds nothing useful, and a
+            # second `--create` run would find it in the way.
+            if created:
                 database_drop(options["database"])
-            raise CommandError(str(exc)) from exc
+            if isinstance(exc, BackupError):
+                raise CommandError(str(exc)) from exc
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise CommandError(f"pg_restore did not finish in {exc.timeout:.0f} s.") from exc
+            if isinstance(exc, DatabaseError):
+                raise CommandError(f"The restored database could not be read: {exc}") from exc
+            raise
         for table, (expected, actual) in report.mismatches.items():
             self.stderr.write(f"MISMATCH {table}: manifest {expected}, restored {actual}")
         if not report.ok:
-            raise CommandError(f"Restored {backup.name} into {report.database}: row counts differ.")
+            kept = (
+                f" The database {report.database} is kept for inspection; drop it before running"
+                " the same `--create` again."
+                if created
+                else ""
+            )
+            raise CommandError(
+                f"Restored {backup.name} into {report.database}: row counts differ.{kept}"
+            )
         self.stdout.write(
             f"Restored {backup.name} into {report.database}: "
             f"{len(report.actual)} tables, row counts match the manifest."
