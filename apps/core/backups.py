@@ -189,6 +189,12 @@ def backups_list(directory: Path | None = None) -> list[Path]:
     )
 
 
+def _ignore_missing(function: Any, path: str, exc_info: Any) -> None:
+    """`shutil.rmtree`'s error handler: a file or folder already gone is what was wanted."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
 def backups_prune(*, keep: int | None = None, directory: Path | None = None) -> list[str]:
     """Delete all but the newest `keep` backups (local, and their copies in storage)."""
     keep = settings.BACKUP_KEEP if keep is None else keep
@@ -196,7 +202,10 @@ def backups_prune(*, keep: int | None = None, directory: Path | None = None) -> 
         raise BackupError("Keep at least one backup.")
     removed = []
     for path in backups_list(directory)[:-keep]:
-        shutil.rmtree(path)
+        # Two prunes at once (the nightly task and a `manage.py backup` by hand) list the same
+        # folders: what the other one already deleted, the whole folder or part of it, counts as
+        # pruned here too.
+        shutil.rmtree(path, onerror=_ignore_missing)
         removed.append(path.name)
     try:
         folders, _ = default_storage.listdir(STORAGE_PREFIX)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import uuid
 
 import pytest
@@ -11,6 +13,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.core.management import call_command
 
+from apps.core import backups
 from apps.core.backups import backups_list, backups_prune, database_drop
 from apps.core.models import DeadLetter
 
@@ -73,3 +76,53 @@ def test_prune_keeps_the_newest_backups(tmp_path):
         "lexiscore-20260102T000000Z",
         "lexiscore-20260103T000000Z",
     ]
+
+
+def _backup_folders(root, *names):
+    for name in names:
+        (root / name).mkdir()
+        (root / name / "manifest.json").write_text("{}")
+        (root / name / "database.dump").write_bytes(b"PGDMP")
+
+
+def test_prune_counts_a_folder_another_prune_already_deleted_as_pruned(tmp_path, monkeypatch):
+    _backup_folders(
+        tmp_path,
+        "lexiscore-20260101T000000Z",
+        "lexiscore-20260102T000000Z",
+        "lexiscore-20260103T000000Z",
+    )
+    listed = backups_list(tmp_path)
+
+    def listed_then_pruned_elsewhere(directory=None):
+        # The other prune deletes the oldest folder after this one listed it.
+        shutil.rmtree(listed[0])
+        return listed
+
+    monkeypatch.setattr(backups, "backups_list", listed_then_pruned_elsewhere)
+
+    removed = backups_prune(keep=2, directory=tmp_path)
+
+    assert removed == ["lexiscore-20260101T000000Z"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lexiscore-20260102T000000Z",
+        "lexiscore-20260103T000000Z",
+    ]
+
+
+def test_prune_finishes_a_folder_another_prune_is_halfway_through(tmp_path, monkeypatch):
+    _backup_folders(tmp_path, "lexiscore-20260101T000000Z", "lexiscore-20260102T000000Z")
+    oldest = tmp_path / "lexiscore-20260101T000000Z"
+    real_unlink = os.unlink
+
+    def unlink_raced(path, *args, **kwargs):
+        if str(path).endswith("database.dump") or path == "database.dump":
+            real_unlink(path, *args, **kwargs)  # the other prune got there first
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink_raced)
+
+    removed = backups_prune(keep=1, directory=tmp_path)
+
+    assert removed == ["lexiscore-20260101T000000Z"]
+    assert not oldest.exists()
