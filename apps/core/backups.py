@@ -42,6 +42,17 @@ class BackupError(Exception):
     pass
 
 
+class BackupUploadError(BackupError):
+    """The local backup is complete, but copying it to the storage backend failed."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        self.path = path
+        super().__init__(
+            f"The local backup is complete at {path}, but copying it to storage failed: "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
 def _pg_env(database: dict[str, Any]) -> dict[str, str]:
     """libpq variables for the pg tools: the password never appears on a command line."""
     env = {**os.environ}
@@ -165,9 +176,7 @@ def backup_create(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if settings.BACKUP_TO_STORAGE if to_storage is None else to_storage:
-        for file_name in (DUMP_NAME, MANIFEST_NAME):
-            with (final / file_name).open("rb") as handle:
-                default_storage.save(f"{STORAGE_PREFIX}/{name}/{file_name}", File(handle))
+        _copy_to_storage(final)
     logger.info(
         "Backup %s written (%d tables, %d stored files)",
         name,
@@ -175,6 +184,27 @@ def backup_create(
         len(manifest["stored_files"]),
     )
     return final
+
+
+def _copy_to_storage(backup: Path) -> None:
+    """Copy a complete local backup to `backups/<name>/` in the storage backend (the manifest
+    last). Raises `BackupUploadError` if it fails, after trying to delete what was copied: a
+    storage folder without its manifest would count as the newest copy when copies are pruned.
+    """
+    keys = [
+        f"{STORAGE_PREFIX}/{backup.name}/{file_name}" for file_name in (DUMP_NAME, MANIFEST_NAME)
+    ]
+    try:
+        for key in keys:
+            with (backup / key.rsplit("/", 1)[1]).open("rb") as handle:
+                default_storage.save(key, File(handle))
+    except Exception as exc:
+        for key in keys:
+            try:
+                default_storage.delete(key)
+            except Exception:
+                logger.warning("Could not delete %s from storage", key, exc_info=True)
+        raise BackupUploadError(backup, exc) from exc
 
 
 def backups_list(directory: Path | None = None) -> list[Path]:
@@ -195,8 +225,11 @@ def _ignore_missing(function: Any, path: str, exc_info: Any) -> None:
         raise exc_info[1]
 
 
-def backups_prune(*, keep: int | None = None, directory: Path | None = None) -> list[str]:
-    """Delete all but the newest `keep` backups (local, and their copies in storage)."""
+def backups_prune(
+    *, keep: int | None = None, directory: Path | None = None, storage: bool = True
+) -> list[str]:
+    """Delete all but the newest `keep` backups (local, and unless `storage` is false their
+    copies in storage)."""
     keep = settings.BACKUP_KEEP if keep is None else keep
     if keep < 1:
         raise BackupError("Keep at least one backup.")
@@ -207,6 +240,8 @@ def backups_prune(*, keep: int | None = None, directory: Path | None = None) -> 
         # pruned here too.
         shutil.rmtree(path, onerror=_ignore_missing)
         removed.append(path.name)
+    if not storage:
+        return sorted(removed)
     try:
         folders, _ = default_storage.listdir(STORAGE_PREFIX)
     except (FileNotFoundError, NotADirectoryError):

@@ -8,6 +8,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage, default_storage
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
@@ -132,3 +134,45 @@ def test_backup_refuses_keep_zero_before_writing_a_backup(transactional_db, tmp_
         call_command("backup", "--dir", str(tmp_path), "--keep", "0", "--no-file-checksums")
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_backup_whose_upload_fails_says_the_local_backup_is_complete_and_still_prunes(
+    transactional_db, tmp_path_factory, media_root, monkeypatch, capsys
+):
+    backup_root = tmp_path_factory.mktemp("local") / "backups"  # not under the storage's folder
+    old = backup_root / "lexiscore-20200101T000000000000Z"
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text("{}")
+    stored_old = default_storage.save(
+        "backups/lexiscore-20200101T000000000000Z/manifest.json", ContentFile(b"{}")
+    )
+    real_save = FileSystemStorage.save
+
+    def save_refused_for_the_manifest(storage, name, content, **kwargs):
+        if name.endswith("manifest.json"):
+            raise OSError("storage unreachable")
+        return real_save(storage, name, content, **kwargs)
+
+    monkeypatch.setattr(FileSystemStorage, "save", save_refused_for_the_manifest)
+
+    with pytest.raises(CommandError) as raised:
+        call_command(
+            "backup",
+            "--dir",
+            str(backup_root),
+            "--to-storage",
+            "--keep",
+            "1",
+            "--no-file-checksums",
+        )
+
+    new = backups.backups_list(backup_root)
+    assert len(new) == 1 and new[0] != old  # the old one was pruned
+    message = str(raised.value)
+    assert f"The local backup is complete at {new[0]}" in message
+    assert "OSError: storage unreachable" in message
+    assert "copies in storage were left as they were" in message
+    assert capsys.readouterr().out.splitlines() == [str(new[0]), f"pruned {old.name}"]
+    # The half-copied backup was taken back out of storage; the older copy is kept.
+    assert not default_storage.exists(f"backups/{new[0].name}/database.dump")
+    assert default_storage.exists(stored_old)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.core.backups import BackupError, backup_create, backups_prune
+from apps.core.backups import BackupError, BackupUploadError, backup_create, backups_prune
 
 
 class Command(BaseCommand):
@@ -37,9 +37,25 @@ class Command(BaseCommand):
                 to_storage=options["to_storage"],
                 file_checksums=not options["no_file_checksums"],
             )
-            removed = backups_prune(keep=options["keep"], directory=options["dir"])
+        except BackupUploadError as exc:
+            # The local backup is usable: prune the local ones as after any backup (else a
+            # storage outage fills the disk), but leave the copies in storage alone: the newest
+            # backup is not among them, so they are the only backups off this host until an
+            # upload succeeds (the next successful run prunes them).
+            self.stdout.write(str(exc.path))
+            self._prune(keep=options["keep"], directory=options["dir"], storage=False)
+            raise CommandError(
+                f"{exc} Local backups were pruned; the copies in storage were left as they were."
+            ) from exc
         except BackupError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(str(path))
+        self._prune(keep=options["keep"], directory=options["dir"], storage=True)
+
+    def _prune(self, *, keep: int | None, directory: Path | None, storage: bool) -> None:
+        try:
+            removed = backups_prune(keep=keep, directory=directory, storage=storage)
+        except BackupError as exc:
+            raise CommandError(str(exc)) from exc
         for name in removed:
             self.stdout.write(f"pruned {name}")
