@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from apps.core.admin import apply_each, fixed_choices_filter
+from apps.core.admin import EstimatedCountPaginator, apply_each, fixed_choices_filter
 from workers.engines import ENGINE_NAMES
 from workers.engines.models import PROFILES
 
@@ -41,6 +41,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
     )
     search_fields = ("id", "organisation__name", "original_filename", "error_code")
     show_full_result_count = False
+    paginator = EstimatedCountPaginator  # no COUNT(*) over the whole table per page view
     list_select_related = ("organisation",)
     readonly_fields = [f.name for f in TranscriptionJob._meta.fields]
     inlines = [TranscriptInline]

@@ -8,7 +8,7 @@ from django.contrib import admin
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
-from apps.core.admin import fixed_choices_filter
+from apps.core.admin import EstimatedCountPaginator, fixed_choices_filter
 
 from .export import csv_rows
 from .models import AuditAction, AuditEvent
@@ -47,6 +47,7 @@ class AuditEventAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in AuditEvent._meta.fields]
     actions = ["export_csv"]
     show_full_result_count = False
+    paginator = EstimatedCountPaginator  # no COUNT(*) over the whole trail per page view
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -2,7 +2,10 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.paginator import Paginator
+from django.db import connections
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from . import services, storage
 from .exceptions import ApplicationError
@@ -22,6 +25,44 @@ def apply_each(model_admin, request, rows, action: Callable[[Any], Any], *, done
         count += 1
     model_admin.message_user(request, done.format(count=count), messages.SUCCESS)
     return count
+
+
+class EstimatedCountPaginator(Paginator):
+    """The admin's paginator for tables that only grow (the audit trail, jobs, the live feed).
+
+    The changelist counts its queryset on every page view; unfiltered, that is a COUNT(*) over
+    the whole table, a scan that grows with it. On PostgreSQL an unfiltered list is counted from
+    the planner's estimate (`pg_class.reltuples`, kept by autovacuum's ANALYZE) once that is
+    above `estimate_threshold`; below it, filtered, or on another database, exactly. The
+    estimate drifts from the truth between ANALYZE runs: the last page link may then show an
+    empty page, or the very last rows may be reached only by filtering or sorting.
+    """
+
+    estimate_threshold = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        estimate = self._estimate()
+        if estimate is not None and estimate > self.estimate_threshold:
+            return estimate
+        return super().count
+
+    def _estimate(self) -> int | None:
+        queryset = self.object_list
+        query = getattr(queryset, "query", None)
+        if query is None or query.where or query.is_sliced or query.combinator or query.distinct:
+            return None  # not a whole table: filtered, searched, sliced or combined
+        connection = connections[queryset.db]
+        if connection.vendor != "postgresql":
+            return None
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)",
+                [connection.ops.quote_name(queryset.model._meta.db_table)],
+            )
+            row = cursor.fetchone()
+        # -1: never analysed (PostgreSQL 14+); None: no such relation.
+        return int(row[0]) if row is not None and row[0] is not None and row[0] >= 0 else None
 
 
 def fixed_choices_filter(field_name: str, title: str, choices) -> type[admin.SimpleListFilter]:
