@@ -167,8 +167,10 @@ class OrganisationAdmin(admin.ModelAdmin):
     # Members are listed (and their roles changed) on the membership pages, filtered to this
     # organisation: an inline of them cost queries per member (65 at 61 members) and has no
     # pages for an organisation of thousands.
-    readonly_fields = ("id", "members", "created_at", "updated_at")
-    actions = ["deactivate_organisations"]
+    # `is_active` changes only through the actions below (the services), which stop the
+    # organisation's jobs and record organisation.deactivated / .reactivated.
+    readonly_fields = ("id", "is_active", "members", "created_at", "updated_at")
+    actions = ["deactivate_organisations", "reactivate_organisations"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Organisation]:
         return super().get_queryset(request).annotate(_members=Count("memberships"))
@@ -207,7 +209,7 @@ class OrganisationAdmin(admin.ModelAdmin):
 
     # What an operator changes here is recorded in the organisation's audit trail, as the
     # API's own changes are (Django's admin log records no action, and no organisation sees it).
-    _AUDITED_FIELDS = ("name", "plan", "is_active")
+    _AUDITED_FIELDS = ("name", "plan")
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
         with transaction.atomic():
@@ -230,18 +232,36 @@ class OrganisationAdmin(admin.ModelAdmin):
             metadata={**changes, "via": "admin"},
         )
 
-    @admin.action(description="Deactivate the selected organisations")
+    @admin.action(
+        description="Deactivate the selected organisations (their queued and running jobs are "
+        "cancelled)"
+    )
     def deactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
         count = 0
         for organisation in queryset.filter(is_active=True):
-            with transaction.atomic():
-                organisation.is_active = False
-                organisation.save(update_fields=["is_active", "updated_at"])
-                self._audit(request, organisation, {"is_active": [True, False]})
+            services.organisation_deactivate(
+                organisation=organisation,
+                actor=request.user,
+                meta=RequestMeta.from_request(request),
+            )
             count += 1
         self.message_user(request, f"Deactivated {count} organisation(s).", messages.SUCCESS)
+
+    @admin.action(description="Reactivate the selected organisations (cancelled jobs stay so)")
+    def reactivate_organisations(
+        self, request: HttpRequest, queryset: QuerySet[Organisation]
+    ) -> None:
+        count = 0
+        for organisation in queryset.filter(is_active=False):
+            services.organisation_reactivate(
+                organisation=organisation,
+                actor=request.user,
+                meta=RequestMeta.from_request(request),
+            )
+            count += 1
+        self.message_user(request, f"Reactivated {count} organisation(s).", messages.SUCCESS)
 
 
 @admin.register(Membership)

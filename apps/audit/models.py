@@ -52,6 +52,8 @@ class AuditAction(models.TextChoices):
     USER_REACTIVATED = "user.reactivated", "Account reactivated"
     ORGANISATION_CREATED = "organisation.created", "Organisation created"
     ORGANISATION_UPDATED = "organisation.updated", "Organisation updated"
+    ORGANISATION_DEACTIVATED = "organisation.deactivated", "Organisation deactivated"
+    ORGANISATION_REACTIVATED = "organisation.reactivated", "Organisation reactivated"
     INVITATION_SENT = "invitation.sent", "Invitation sent"
     INVITATION_ACCEPTED = "invitation.accepted", "Invitation accepted"
     INVITATION_REVOKED = "invitation.revoked", "Invitation revoked"

@@ -25,6 +25,8 @@ from .organisations import (
     membership_leave,
     membership_remove,
     organisation_create,
+    organisation_deactivate,
+    organisation_reactivate,
     organisation_update,
 )
 from .users import (
@@ -62,6 +64,8 @@ __all__ = [
     "membership_leave",
     "membership_remove",
     "organisation_create",
+    "organisation_deactivate",
+    "organisation_reactivate",
     "organisation_update",
     "password_change",
     "password_reset_confirm",

@@ -94,6 +94,91 @@ def organisation_update(
     return organisation
 
 
+@transaction.atomic
+def organisation_deactivate(
+    *, organisation: Organisation, actor: User | None, meta: RequestMeta | None = None
+) -> Organisation:
+    """Switch an organisation off (an operator's decision): every request for it is refused
+    (403) and its queued and running jobs are cancelled.
+
+    Nothing else is revoked, so that a reactivation restores the organisation as it was: its API
+    keys, its members' sessions (they may use other organisations) and pending invitations stay,
+    and are refused for this organisation because each checks `is_active` on use (API keys on
+    every request, JWTs through the members' principals, which the save makes stale, invitations
+    when accepted, open feed streams within FEED_ACCESS_RECHECK_SECONDS). Jobs are not kept
+    waiting: a switched-off tenant should use no transcription capacity, and nobody can read
+    results until a reactivation. A queued job is cancelled at once (its minutes refunded); a
+    running one is asked to stop, as the API's cancel does.
+
+    The jobs are locked before the organisation's row, the order the workers take them.
+    """
+    from apps.audio_jobs.models import ACTIVE_STATUSES, JobStatus, TranscriptionJob
+    from apps.audio_jobs.services import job_cancel
+
+    current = Organisation.objects.filter(pk=organisation.pk).values_list("is_active", flat=True)
+    if not current:
+        raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
+    if not current[0]:  # already off
+        organisation.is_active = False
+        return organisation
+    cancelled = stopping = 0
+    active = TranscriptionJob.objects.filter(
+        organisation_id=organisation.pk, status__in=ACTIVE_STATUSES
+    ).order_by("pk")
+    for job in active:
+        try:
+            job = job_cancel(job=job)
+        except ApplicationError:  # finished or deleted since it was listed
+            continue
+        if job.status == JobStatus.CANCELLED:
+            cancelled += 1
+        else:
+            stopping += 1
+    locked = Organisation.objects.select_for_update(no_key=True).filter(pk=organisation.pk).first()
+    if locked is None:
+        raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
+    if not locked.is_active:  # deactivated meanwhile
+        organisation.is_active = False
+        return organisation
+    organisation.is_active = False
+    organisation.save(update_fields=["is_active", "updated_at"])  # stales every member's principal
+    audit_record(
+        action=AuditAction.ORGANISATION_DEACTIVATED,
+        actor=actor if actor is not None else "system",
+        organisation=organisation,
+        target=organisation,
+        meta=meta,
+        metadata={"jobs_cancelled": cancelled, "jobs_stopping": stopping},
+    )
+    return organisation
+
+
+@transaction.atomic
+def organisation_reactivate(
+    *, organisation: Organisation, actor: User | None, meta: RequestMeta | None = None
+) -> Organisation:
+    """Let an organisation's members and API keys use it again (an operator's decision).
+
+    What the deactivation cancelled stays cancelled: clients send those jobs again.
+    """
+    locked = Organisation.objects.select_for_update(no_key=True).filter(pk=organisation.pk).first()
+    if locked is None:
+        raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
+    if locked.is_active:
+        organisation.is_active = True
+        return organisation
+    organisation.is_active = True
+    organisation.save(update_fields=["is_active", "updated_at"])
+    audit_record(
+        action=AuditAction.ORGANISATION_REACTIVATED,
+        actor=actor if actor is not None else "system",
+        organisation=organisation,
+        target=organisation,
+        meta=meta,
+    )
+    return organisation
+
+
 def _another_active_owner(membership: Membership) -> bool:
     """Whether the organisation keeps an active owner without `membership` (owner rows locked)."""
     return bool(active_owners_locked(membership.organisation_id) - {membership.user_id})
