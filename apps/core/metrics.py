@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -129,11 +130,26 @@ TRANSCRIPTION_SPEED = Histogram(
     ["engine", "model"],
     buckets=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
 )
-FEED_OPEN_STREAMS = Gauge(
-    "lexiscore_feed_open_streams",
-    "Live-feed streams held open by this server (web-events; summed over its processes).",
-    multiprocess_mode="livesum",
-)
+_feed_open_streams: Gauge | None = None
+_feed_open_streams_lock = threading.Lock()
+
+
+def feed_open_streams() -> Gauge:
+    """Live-feed streams held open (web-events). Made on first use: a gauge without labels opens
+    its multiprocess file when created, and most processes (workers, web) never hold a stream,
+    some importing this module before PROMETHEUS_MULTIPROC_DIR exists."""
+    global _feed_open_streams
+    with _feed_open_streams_lock:
+        if _feed_open_streams is None:
+            _feed_open_streams = Gauge(
+                "lexiscore_feed_open_streams",
+                "Live-feed streams held open by this server (web-events; summed over its "
+                "processes).",
+                multiprocess_mode="livesum",
+            )
+    return _feed_open_streams
+
+
 GPU_MEMORY_ALLOCATED = Gauge(
     "lexiscore_gpu_memory_allocated_bytes",
     "CUDA memory held by tensors in a worker process, by device.",

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 from django.utils import timezone
 
-from apps.core.metrics import FEED_OPEN_STREAMS
+from apps.core.metrics import feed_open_streams
 
 from . import selectors
 from .models import FeedEvent
@@ -295,7 +295,7 @@ class Slot:
                 return False
             _open_streams += 1
             self._held = True
-        FEED_OPEN_STREAMS.inc()
+        feed_open_streams().inc()
         return True
 
     def release(self) -> None:
@@ -305,7 +305,7 @@ class Slot:
                 return
             self._held = False
             _open_streams -= 1
-        FEED_OPEN_STREAMS.dec()
+        feed_open_streams().dec()
 
 
 async def live(access: Access, cursor: int | None, slot: Slot | None = None) -> AsyncIterator[str]:
