@@ -24,7 +24,8 @@ def ready(port: int):
         return None
 
 
-def run_platform(env: dict[str, str]) -> tuple[int, dict, str]:
+def run_platform(env: dict[str, str], interact=None) -> tuple[int, dict, str]:
+    """Migrate, start `runplatform`, wait for /readyz, run `interact(port)` if given, stop it."""
     port = free_port()
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
@@ -53,6 +54,8 @@ def run_platform(env: dict[str, str]) -> tuple[int, dict, str]:
     )
     try:
         status, body = wait_for(lambda: ready(port), timeout=90, what="/readyz")
+        if interact is not None:
+            interact(port)
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=90)
@@ -102,3 +105,80 @@ def test_configured_mode_uses_postgresql_and_redis(tmp_path):
 
     assert status == 200, body
     assert "database=postgresql broker=redis storage=local" in output
+
+
+def test_embedded_mode_transcribes_an_upload_and_tells_the_live_feed(tmp_path):
+    """The README's first command does the platform's main job on embedded defaults: an owner
+    signs in, uploads speech, the embedded worker transcribes it, and the live feed (a stream,
+    served under WSGI as one poll) tells the organisation."""
+    import requests
+
+    from tests.speech import SpeechFactory
+
+    env = local_env(tmp_path, LEXISCORE_OWNER_PASSWORD="a-long-Passphrase-42")
+    clip = SpeechFactory(tmp_path / "speech").say("The quarterly report is ready.", fmt="mp3")
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=300,
+    )
+    subprocess.run(
+        [sys.executable, "manage.py", "create_owner", "owner@example.com", "Acme"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    seen: dict = {}
+
+    def use(port: int) -> None:
+        base = f"http://127.0.0.1:{port}/api/v1"
+        token = requests.post(
+            f"{base}/auth/token/",
+            json={"email": "owner@example.com", "password": "a-long-Passphrase-42"},
+            timeout=30,
+        ).json()["access"]
+        auth = {"Authorization": f"Bearer {token}"}
+        with clip.open("rb") as handle:
+            created = requests.post(
+                f"{base}/jobs",
+                headers=auth,
+                files={"file": handle},
+                data={"language": "en"},
+                timeout=60,
+            )
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+
+        def finished():
+            job = requests.get(f"{base}/jobs/{job_id}", headers=auth, timeout=10).json()
+            return job if job["status"] in ("completed", "failed") else None
+
+        seen["job"] = wait_for(finished, timeout=180, what="the job to finish")
+        seen["stream"] = requests.get(
+            f"{base}/events/stream", headers={**auth, "Last-Event-ID": "0"}, timeout=30
+        )
+        seen["srt"] = requests.get(
+            f"{base}/jobs/{job_id}/transcript?format=srt", headers=auth, timeout=30
+        )
+
+    status, body, output = run_platform(env, interact=use)
+
+    assert status == 200, body
+    assert seen["job"]["status"] == "completed", (seen["job"], output[-3000:])
+    assert "quarterly" in seen["srt"].text.lower()
+    stream = seen["stream"]
+    assert stream.headers["Content-Type"].startswith("text/event-stream")
+    types = [
+        json.loads(line[len("data: ") :])["type"]
+        for line in stream.text.splitlines()
+        if line.startswith("data: ")
+    ]
+    assert [t for t in types if t != "job.progress"] == [
+        "job.queued",
+        "job.processing",
+        "job.completed",
+    ]
