@@ -34,9 +34,17 @@ def flush_expired_tokens() -> int:
 @shared_task(name="workers.maintenance.backup_database", base=LexisTask, max_retries=2)
 def backup_database() -> str:
     """Daily (beat): dump the database with its manifest, then keep the newest BACKUP_KEEP."""
-    from apps.core.backups import backup_create, backups_prune
+    from apps.core.backups import BackupUploadError, backup_create, backups_prune
 
-    path = backup_create()
+    try:
+        path = backup_create()
+    except BackupUploadError:
+        # The local backup is complete but its copy to storage failed: prune the local ones as
+        # after any backup (a storage outage must not fill the disk), leave the copies in storage
+        # (the newest is not among them), and fail the task for the alerts. Not a transient
+        # error: a retry would write a whole new backup.
+        backups_prune(storage=False)
+        raise
     backups_prune()
     return path.name
 

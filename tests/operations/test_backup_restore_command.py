@@ -176,3 +176,31 @@ def test_backup_whose_upload_fails_says_the_local_backup_is_complete_and_still_p
     # The half-copied backup was taken back out of storage; the older copy is kept.
     assert not default_storage.exists(f"backups/{new[0].name}/database.dump")
     assert default_storage.exists(stored_old)
+
+
+def test_the_daily_backup_task_prunes_local_backups_when_the_upload_fails_and_fails_itself(
+    transactional_db, tmp_path_factory, media_root, monkeypatch, settings
+):
+    from workers.maintenance import backup_database
+
+    backup_root = tmp_path_factory.mktemp("local") / "backups"
+    old = backup_root / "lexiscore-20200101T000000000000Z"
+    old.mkdir(parents=True)
+    (old / "manifest.json").write_text("{}")
+    settings.BACKUP_DIR = str(backup_root)
+    settings.BACKUP_KEEP = 1
+    settings.BACKUP_TO_STORAGE = True
+    real_save = FileSystemStorage.save
+
+    def save_refused_for_the_manifest(storage, name, content, **kwargs):
+        if name.endswith("manifest.json"):
+            raise OSError("storage unreachable")
+        return real_save(storage, name, content, **kwargs)
+
+    monkeypatch.setattr(FileSystemStorage, "save", save_refused_for_the_manifest)
+
+    with pytest.raises(backups.BackupUploadError):
+        backup_database()
+
+    remaining = backups.backups_list(backup_root)
+    assert len(remaining) == 1 and remaining[0] != old  # pruned as after any backup
