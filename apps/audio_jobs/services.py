@@ -49,6 +49,14 @@ class QuotaExceeded(ApplicationError):
     code = "quota_exceeded"
 
 
+class OrganisationInactive(QuotaExceeded):
+    """The organisation was deactivated (its use refused like an exhausted quota: a job created
+    meanwhile is refused, a job validated meanwhile fails)."""
+
+    status_code = 403
+    code = "organisation_inactive"
+
+
 @dataclass(frozen=True)
 class JobOptions:
     language: str = ""
@@ -68,7 +76,11 @@ def quota_minutes(organisation) -> int | None:
 
 
 def quota_check(*, organisation, duration_seconds: float = 0.0) -> None:
-    """Refuse work that would take the organisation past its monthly audio minutes."""
+    """Refuse work that would take the organisation past its monthly audio minutes, and any
+    work of a deactivated organisation (checked again here, under the organisation's lock: a
+    request past its access check when an operator deactivated it must not add a job)."""
+    if not organisation.is_active:
+        raise OrganisationInactive("This organisation has been deactivated.")
     limit = quota_minutes(organisation)
     if limit is None:
         return

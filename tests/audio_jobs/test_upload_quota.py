@@ -101,3 +101,31 @@ def test_an_organisation_deleted_while_its_upload_is_validated_ends_the_job_quie
 
     assert outcome == "deleted"
     assert not engine.ran
+
+
+def test_a_job_validated_after_its_organisation_was_deactivated_fails(unvalidated):
+    type(unvalidated.organisation).objects.filter(pk=unvalidated.organisation_id).update(
+        is_active=False
+    )
+
+    outcome, engine = _run(unvalidated)
+
+    unvalidated.refresh_from_db()
+    assert outcome == "failed"
+    assert unvalidated.error_code == "organisation_inactive"
+    assert engine.ran is False
+
+
+def test_no_job_is_created_for_a_deactivated_organisation(db, media_root, speech):
+    from apps.audio_jobs import services
+    from apps.audio_jobs.models import TranscriptionJob
+    from tests.audio_jobs.conftest import create_from_clip, media_files
+
+    organisation = OrganisationFactory(plan="enterprise", is_active=False)
+
+    with pytest.raises(services.OrganisationInactive) as refused:
+        create_from_clip(organisation, speech.say("Hello there, this is a test."))
+
+    assert refused.value.status_code == 403
+    assert not TranscriptionJob.objects.filter(organisation=organisation).exists()
+    assert media_files(media_root) == []
