@@ -267,12 +267,20 @@ def delivery_attempt(*, delivery_id: str) -> str:
     now = timezone.now()
     if not _claim(delivery_id, now):
         return "skipped"
-    delivery = WebhookDelivery.objects.select_related("endpoint").filter(pk=delivery_id).first()
+    delivery = (
+        WebhookDelivery.objects.select_related("endpoint", "organisation")
+        .filter(pk=delivery_id)
+        .first()
+    )
     if delivery is None:
         return DELETED
     endpoint = delivery.endpoint
     if not endpoint.is_active:
         _finish(delivery, DeliveryStatus.FAILED, error="The endpoint is disabled.")
+        return delivery.status
+    if not delivery.organisation.is_active:
+        # Nothing leaves on behalf of a deactivated organisation (not even what was queued).
+        _finish(delivery, DeliveryStatus.FAILED, error="The organisation is deactivated.")
         return delivery.status
     try:
         secrets_ = _signing_secrets(endpoint)

@@ -186,6 +186,21 @@ def test_a_disabled_endpoint_gets_no_request(admin, loopback, receiver):
     assert receiver.requests == []
 
 
+def test_nothing_is_sent_for_a_deactivated_organisation(admin, loopback, receiver):
+    endpoint_for(admin.organisation, receiver.url)
+    delivery = services.event_publish(
+        organisation=admin.organisation, event_type="job.completed", data={}
+    )[0]
+    type(admin.organisation).objects.filter(pk=admin.organisation.pk).update(is_active=False)
+
+    status = services.delivery_attempt(delivery_id=str(delivery.pk))
+
+    delivery.refresh_from_db()
+    assert status == DeliveryStatus.FAILED
+    assert delivery.last_error == "The organisation is deactivated."
+    assert receiver.requests == []
+
+
 def test_a_rotated_secret_signs_with_both_secrets_during_the_overlap(
     admin, loopback, receiver, documented_verify
 ):
