@@ -30,6 +30,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from apps.accounts.models import Organisation
 from apps.core.context import job_id_var
 from workers.engines.base import TranscriptionOptions, TranscriptionResult, parse_task
 from workers.engines.errors import EngineError, TranscriptionCancelled
@@ -118,6 +119,18 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     now = timezone.now()
     if job.cancel_requested:
         _finish(job, JobStatus.CANCELLED, now=now)
+        return "cancelled", None
+    if not Organisation.objects.filter(pk=job.organisation_id, is_active=True).exists():
+        # Deactivated after the job was queued (its deactivation cancels the jobs it finds; one
+        # committed just before it is stopped here). A plain read, no lock: the job's row is
+        # locked, and the organisation's is only ever locked after it.
+        _finish(
+            job,
+            JobStatus.CANCELLED,
+            now=now,
+            error_code="organisation_inactive",
+            error_message="The organisation was deactivated.",
+        )
         return "cancelled", None
     # Never more ended than started: `attempts` was reset (an operator's retry) without it.
     job.deliveries_ended = min(job.deliveries_ended, job.attempts)

@@ -129,3 +129,19 @@ def test_no_job_is_created_for_a_deactivated_organisation(db, media_root, speech
     assert refused.value.status_code == 403
     assert not TranscriptionJob.objects.filter(organisation=organisation).exists()
     assert media_files(media_root) == []
+
+
+def test_a_queued_job_of_a_deactivated_organisation_is_cancelled_when_a_worker_claims_it(db):
+    from apps.audio_jobs.models import AudioUsage, TranscriptionJob
+
+    organisation = OrganisationFactory(plan="free")
+    job = JobFactory(organisation=organisation, status=JobStatus.QUEUED, duration_seconds=30)
+    type(organisation).objects.filter(pk=organisation.pk).update(is_active=False)
+
+    outcome, claimed = processing._claim(str(job.pk), 0)
+
+    job = TranscriptionJob.objects.get(pk=job.pk)
+    assert (outcome, claimed) == ("cancelled", None)
+    assert job.status == JobStatus.CANCELLED
+    assert job.error_code == "organisation_inactive"
+    assert not AudioUsage.objects.filter(job_id=job.pk).exists()  # nothing was transcribed

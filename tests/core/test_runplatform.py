@@ -24,16 +24,21 @@ def ready(port: int):
         return None
 
 
-def run_platform(env: dict[str, str], interact=None) -> tuple[int, dict, str]:
-    """Migrate, start `runplatform`, wait for /readyz, run `interact(port)` if given, stop it."""
-    port = free_port()
+def manage(env: dict[str, str], *args: str) -> None:
     subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env=env,
         check=True,
         timeout=300,
+        capture_output=True,
     )
+
+
+def run_platform(env: dict[str, str], interact=None) -> tuple[int, dict, str]:
+    """Migrate, start `runplatform`, wait for /readyz, run `interact(port)` if given, stop it."""
+    port = free_port()
+    manage(env, "migrate", "--noinput", "-v0")
     process = subprocess.Popen(
         [
             sys.executable,
@@ -117,21 +122,8 @@ def test_embedded_mode_transcribes_an_upload_and_tells_the_live_feed(tmp_path):
 
     env = local_env(tmp_path, LEXISCORE_OWNER_PASSWORD="a-long-Passphrase-42")
     clip = SpeechFactory(tmp_path / "speech").say("The quarterly report is ready.", fmt="mp3")
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=300,
-    )
-    subprocess.run(
-        [sys.executable, "manage.py", "create_owner", "owner@example.com", "Acme"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=120,
-        capture_output=True,
-    )
+    manage(env, "migrate", "--noinput", "-v0")
+    manage(env, "create_owner", "owner@example.com", "Acme")
     seen: dict = {}
 
     def use(port: int) -> None:

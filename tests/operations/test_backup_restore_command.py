@@ -136,6 +136,19 @@ def test_backup_refuses_keep_zero_before_writing_a_backup(transactional_db, tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+def refuse_manifest_uploads(monkeypatch) -> None:
+    """The storage refuses a backup's manifest (the last file copied): the upload fails after
+    the local backup is complete."""
+    real_save = FileSystemStorage.save
+
+    def save_refused_for_the_manifest(storage, name, content, **kwargs):
+        if name.endswith("manifest.json"):
+            raise OSError("storage unreachable")
+        return real_save(storage, name, content, **kwargs)
+
+    monkeypatch.setattr(FileSystemStorage, "save", save_refused_for_the_manifest)
+
+
 def test_backup_whose_upload_fails_says_the_local_backup_is_complete_and_still_prunes(
     transactional_db, tmp_path_factory, media_root, monkeypatch, capsys
 ):
@@ -146,14 +159,7 @@ def test_backup_whose_upload_fails_says_the_local_backup_is_complete_and_still_p
     stored_old = default_storage.save(
         "backups/lexiscore-20200101T000000000000Z/manifest.json", ContentFile(b"{}")
     )
-    real_save = FileSystemStorage.save
-
-    def save_refused_for_the_manifest(storage, name, content, **kwargs):
-        if name.endswith("manifest.json"):
-            raise OSError("storage unreachable")
-        return real_save(storage, name, content, **kwargs)
-
-    monkeypatch.setattr(FileSystemStorage, "save", save_refused_for_the_manifest)
+    refuse_manifest_uploads(monkeypatch)
 
     with pytest.raises(CommandError) as raised:
         call_command(
@@ -190,14 +196,7 @@ def test_the_daily_backup_task_prunes_local_backups_when_the_upload_fails_and_fa
     settings.BACKUP_DIR = str(backup_root)
     settings.BACKUP_KEEP = 1
     settings.BACKUP_TO_STORAGE = True
-    real_save = FileSystemStorage.save
-
-    def save_refused_for_the_manifest(storage, name, content, **kwargs):
-        if name.endswith("manifest.json"):
-            raise OSError("storage unreachable")
-        return real_save(storage, name, content, **kwargs)
-
-    monkeypatch.setattr(FileSystemStorage, "save", save_refused_for_the_manifest)
+    refuse_manifest_uploads(monkeypatch)
 
     with pytest.raises(backups.BackupUploadError):
         backup_database()
