@@ -19,6 +19,7 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
+from apps.core.admin import ReadOnlyAdminMixin, apply_each
 from apps.core.exceptions import ApplicationError
 
 from . import services
@@ -239,29 +240,31 @@ class OrganisationAdmin(admin.ModelAdmin):
     def deactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
-        count = 0
-        for organisation in queryset.filter(is_active=True):
-            services.organisation_deactivate(
-                organisation=organisation,
-                actor=request.user,
-                meta=RequestMeta.from_request(request),
-            )
-            count += 1
-        self.message_user(request, f"Deactivated {count} organisation(s).", messages.SUCCESS)
+        meta = RequestMeta.from_request(request)
+        apply_each(
+            self,
+            request,
+            queryset.filter(is_active=True),
+            lambda organisation: services.organisation_deactivate(
+                organisation=organisation, actor=request.user, meta=meta
+            ),
+            done="Deactivated {count} organisation(s).",
+        )
 
     @admin.action(description="Reactivate the selected organisations (cancelled jobs stay so)")
     def reactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
-        count = 0
-        for organisation in queryset.filter(is_active=False):
-            services.organisation_reactivate(
-                organisation=organisation,
-                actor=request.user,
-                meta=RequestMeta.from_request(request),
-            )
-            count += 1
-        self.message_user(request, f"Reactivated {count} organisation(s).", messages.SUCCESS)
+        meta = RequestMeta.from_request(request)
+        apply_each(
+            self,
+            request,
+            queryset.filter(is_active=False),
+            lambda organisation: services.organisation_reactivate(
+                organisation=organisation, actor=request.user, meta=meta
+            ),
+            done="Reactivated {count} organisation(s).",
+        )
 
 
 @admin.register(Membership)
@@ -396,17 +399,8 @@ for _model in (OutstandingToken, BlacklistedToken):
         admin.site.unregister(_model)
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
+class ReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     actions = None
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(OutstandingToken)

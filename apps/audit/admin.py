@@ -8,14 +8,14 @@ from django.contrib import admin
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
-from apps.core.admin import EstimatedCountPaginator, fixed_choices_filter
+from apps.core.admin import EstimatedCountPaginator, ReadOnlyAdminMixin, fixed_choices_filter
 
 from .export import csv_rows
 from .models import AuditAction, AuditEvent
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = (
         "occurred_at",
         "action",
@@ -48,15 +48,6 @@ class AuditEventAdmin(admin.ModelAdmin):
     actions = ["export_csv"]
     show_full_result_count = False
     paginator = EstimatedCountPaginator  # no COUNT(*) over the whole trail per page view
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.action(description="Export the selected events as CSV")
     def export_csv(self, request: HttpRequest, queryset: Any) -> StreamingHttpResponse:

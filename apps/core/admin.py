@@ -4,6 +4,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
 from django.db import connections
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.functional import cached_property
 
@@ -25,6 +26,20 @@ def apply_each(model_admin, request, rows, action: Callable[[Any], Any], *, done
         count += 1
     model_admin.message_user(request, done.format(count=count), messages.SUCCESS)
     return count
+
+
+class ReadOnlyAdminMixin:
+    """Rows operators may read but never add, edit or delete in the admin (written by services:
+    an edit would rewrite a record, a delete forget it)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 class EstimatedCountPaginator(Paginator):

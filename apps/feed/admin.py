@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.contrib import admin
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 
-from apps.core.admin import EstimatedCountPaginator, fixed_choices_filter
+from apps.core.admin import EstimatedCountPaginator, ReadOnlyAdminMixin, fixed_choices_filter
 
 from .models import FeedEvent, FeedEventType
 
 
 @admin.register(FeedEvent)
-class FeedEventAdmin(admin.ModelAdmin):
+class FeedEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    # Events are written by the services that make the changes and pruned by beat after
+    # FEED_RETENTION_HOURS: an edited or deleted row would rewrite what clients were told.
+
     list_display = ("id", "created_at", "type", "organisation", "subject_id")
     # The table takes an event per job change (progress included): no filter may scan it whole
     # (the type filter's options are the known types), and it is not counted whole per page view.
@@ -40,14 +42,3 @@ class FeedEventAdmin(admin.ModelAdmin):
         except ValueError:
             return queryset.none(), False
         return queryset.filter(Q(subject_id=key) | Q(organisation_id=key)), False
-
-    # Events are written by the services that make the changes and pruned by beat after
-    # FEED_RETENTION_HOURS: an edited or deleted row would rewrite what clients were told.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
