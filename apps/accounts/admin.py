@@ -240,14 +240,10 @@ class OrganisationAdmin(admin.ModelAdmin):
     def deactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
-        meta = RequestMeta.from_request(request)
-        apply_each(
-            self,
+        self._each_through(
             request,
             queryset.filter(is_active=True),
-            lambda organisation: services.organisation_deactivate(
-                organisation=organisation, actor=request.user, meta=meta
-            ),
+            services.organisation_deactivate,
             done="Deactivated {count} organisation(s).",
         )
 
@@ -255,15 +251,22 @@ class OrganisationAdmin(admin.ModelAdmin):
     def reactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
+        self._each_through(
+            request,
+            queryset.filter(is_active=False),
+            services.organisation_reactivate,
+            done="Reactivated {count} organisation(s).",
+        )
+
+    def _each_through(self, request: HttpRequest, organisations, service, *, done: str) -> None:
+        """`service(organisation=..., actor=..., meta=...)` on each row, as the operator."""
         meta = RequestMeta.from_request(request)
         apply_each(
             self,
             request,
-            queryset.filter(is_active=False),
-            lambda organisation: services.organisation_reactivate(
-                organisation=organisation, actor=request.user, meta=meta
-            ),
-            done="Reactivated {count} organisation(s).",
+            organisations,
+            lambda organisation: service(organisation=organisation, actor=request.user, meta=meta),
+            done=done,
         )
 
 
