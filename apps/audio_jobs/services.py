@@ -620,6 +620,46 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
     return locked
 
 
+def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> tuple[int, int]:
+    """Cancel every queued job of an organisation and ask its running ones to stop; returns how
+    many of each. In batches, each its own short transaction: the job rows are locked first (in
+    id order) and the feed events written last, the order a worker's claim and progress writes
+    take them, so none of them deadlocks with this, and no transaction outlives a statement
+    timeout however long the queue is."""
+    cancelled = stopping = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                TranscriptionJob.objects.select_for_update()
+                .filter(
+                    organisation_id=organisation_id,
+                    status__in=ACTIVE_STATUSES,
+                    cancel_requested=False,
+                )
+                .order_by("pk")[:batch]
+            )
+            if not rows:
+                return cancelled, stopping
+            now = timezone.now()
+            queued = [job for job in rows if job.status == JobStatus.QUEUED]
+            running = [job for job in rows if job.status != JobStatus.QUEUED]
+            TranscriptionJob.objects.filter(pk__in=[job.pk for job in queued]).update(
+                status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now
+            )
+            TranscriptionJob.objects.filter(pk__in=[job.pk for job in running]).update(
+                cancel_requested=True, updated_at=now
+            )
+            # Nothing was transcribed for these: their minutes go back (usage_refund_...).
+            AudioUsage.objects.filter(
+                job_id__in=[job.pk for job in queued if job.started_at is None]
+            ).delete()
+            for job in queued:
+                job.status, job.cancel_requested, job.finished_at = JobStatus.CANCELLED, True, now
+                events.job_changed(job)
+        cancelled += len(queued)
+        stopping += len(running)
+
+
 @transaction.atomic
 def job_delete(*, job: TranscriptionJob) -> None:
     """Delete a job, its transcript, its reports and their stored files (audio, report files).

@@ -115,3 +115,58 @@ def test_the_change_form_shows_active_read_only_and_ignores_it(admin_client, own
     organisation.refresh_from_db()
     assert (organisation.name, organisation.is_active) == ("Renamed", True)
     assert not AuditEvent.objects.filter(action=AuditAction.ORGANISATION_DEACTIVATED).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_work_that_meets_a_deactivation_is_refused_or_cancelled_and_nothing_deadlocks(
+    monkeypatch,
+):
+    """Between the committed flag and the cancelling of the jobs: a job creation is refused and
+    a worker's claim cancels its job; then the queue is cancelled in batches, the feed told."""
+    import threading
+
+    from django.db import connections
+
+    from apps.audio_jobs import processing
+    from apps.audio_jobs import services as job_services
+    from apps.audio_jobs.services import OrganisationInactive, _create_job
+    from apps.feed.models import FeedEvent
+
+    organisation = OrganisationFactory(plan="enterprise")
+    queue = [JobFactory(organisation=organisation) for _ in range(7)]
+    cancel_all = job_services.jobs_cancel_for_organisation
+    seen: dict = {}
+
+    def in_between(**kwargs):
+        def other_work() -> None:
+            try:
+                try:
+                    _create_job(
+                        job_id=None,
+                        organisation=organisation,
+                        user=None,
+                        options=job_services.JobOptions(),
+                    )
+                except OrganisationInactive as exc:
+                    seen["create"] = exc.code
+                seen["claim"] = processing._claim(str(queue[0].pk), 0)[0]
+            finally:
+                connections.close_all()
+
+        worker = threading.Thread(target=other_work)
+        worker.start()
+        worker.join(20)
+        assert not worker.is_alive()
+        return cancel_all(**{**kwargs, "batch": 3})
+
+    monkeypatch.setattr(job_services, "jobs_cancel_for_organisation", in_between)
+
+    organisation_deactivate(organisation=organisation, actor=None)
+
+    assert seen == {"create": "organisation_inactive", "claim": "cancelled"}
+    statuses = set(
+        TranscriptionJob.objects.filter(organisation=organisation).values_list("status", flat=True)
+    )
+    assert statuses == {JobStatus.CANCELLED}
+    announced = FeedEvent.objects.filter(organisation=organisation, type="job.cancelled")
+    assert announced.count() == 7

@@ -94,7 +94,6 @@ def organisation_update(
     return organisation
 
 
-@transaction.atomic
 def organisation_deactivate(
     *, organisation: Organisation, actor: User | None, meta: RequestMeta | None = None
 ) -> Organisation:
@@ -107,49 +106,50 @@ def organisation_deactivate(
     every request, JWTs through the members' principals, which the save makes stale, invitations
     when accepted, open feed streams within FEED_ACCESS_RECHECK_SECONDS). Jobs are not kept
     waiting: a switched-off tenant should use no transcription capacity, and nobody can read
-    results until a reactivation. A queued job is cancelled at once (its minutes refunded); a
-    running one is asked to stop, as the API's cancel does.
+    results until a reactivation. A queued job is cancelled (its minutes refunded); a running
+    one is asked to stop, as the API's cancel does.
 
-    The jobs are locked before the organisation's row, the order the workers take them.
+    Two steps, so that it neither races nor deadlocks with the organisation's own work:
+    1. one short transaction under the organisation's row lock: the flag and the audit record.
+       From its commit on no job can be created for it (`quota_check` reads the flag under the
+       same lock) and a worker cancels any job of it it claims;
+    2. then its jobs, in batches, each its own transaction (`jobs_cancel_for_organisation`:
+       job rows first, feed events last, the order the workers take them). Should this step be
+       cut short (the process killed), the workers' claim check cancels what is left.
+    Not inside an outer transaction: step 1 must be committed before step 2 reads the jobs.
     """
     from apps.audio_jobs.models import ACTIVE_STATUSES, JobStatus, TranscriptionJob
-    from apps.audio_jobs.services import job_cancel
+    from apps.audio_jobs.services import jobs_cancel_for_organisation
 
-    current = Organisation.objects.filter(pk=organisation.pk).values_list("is_active", flat=True)
-    if not current:
-        raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
-    if not current[0]:  # already off
-        organisation.is_active = False
-        return organisation
-    cancelled = stopping = 0
-    active = TranscriptionJob.objects.filter(
-        organisation_id=organisation.pk, status__in=ACTIVE_STATUSES
-    ).order_by("pk")
-    for job in active:
-        try:
-            job = job_cancel(job=job)
-        except ApplicationError:  # finished or deleted since it was listed
-            continue
-        if job.status == JobStatus.CANCELLED:
-            cancelled += 1
-        else:
-            stopping += 1
-    locked = Organisation.objects.select_for_update(no_key=True).filter(pk=organisation.pk).first()
-    if locked is None:
-        raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
-    if not locked.is_active:  # deactivated meanwhile
-        organisation.is_active = False
-        return organisation
+    with transaction.atomic():
+        locked = (
+            Organisation.objects.select_for_update(no_key=True).filter(pk=organisation.pk).first()
+        )
+        if locked is None:
+            raise NotFoundError(
+                "This organisation no longer exists.", code="organisation_not_found"
+            )
+        if not locked.is_active:  # already off
+            organisation.is_active = False
+            return organisation
+        locked.is_active = False
+        locked.save(update_fields=["is_active", "updated_at"])  # stales every member's principal
+        active = TranscriptionJob.objects.filter(
+            organisation_id=organisation.pk, status__in=ACTIVE_STATUSES
+        )
+        audit_record(
+            action=AuditAction.ORGANISATION_DEACTIVATED,
+            actor=actor if actor is not None else "system",
+            organisation=locked,
+            target=locked,
+            meta=meta,
+            metadata={
+                "jobs_cancelled": active.filter(status=JobStatus.QUEUED).count(),
+                "jobs_stopping": active.filter(status=JobStatus.PROCESSING).count(),
+            },
+        )
     organisation.is_active = False
-    organisation.save(update_fields=["is_active", "updated_at"])  # stales every member's principal
-    audit_record(
-        action=AuditAction.ORGANISATION_DEACTIVATED,
-        actor=actor if actor is not None else "system",
-        organisation=organisation,
-        target=organisation,
-        meta=meta,
-        metadata={"jobs_cancelled": cancelled, "jobs_stopping": stopping},
-    )
+    jobs_cancel_for_organisation(organisation_id=organisation.pk)
     return organisation
 
 
