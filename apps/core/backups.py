@@ -246,7 +246,15 @@ def backups_prune(
         folders, _ = default_storage.listdir(STORAGE_PREFIX)
     except (FileNotFoundError, NotADirectoryError):
         folders = []
-    for folder in sorted(f for f in folders if f.startswith("lexiscore-"))[:-keep]:
+    # Only complete copies (their manifest, written last, is there) count towards `keep`: a
+    # half-written copy left by a failed upload must not push out a good one. Folders older than
+    # the oldest copy kept go, complete or not; newer incomplete ones may be uploading now.
+    names = sorted(f for f in folders if f.startswith("lexiscore-"))
+    complete = [f for f in names if default_storage.exists(f"{STORAGE_PREFIX}/{f}/{MANIFEST_NAME}")]
+    if not complete:
+        return sorted(set(removed))
+    oldest_kept = complete[-keep:][0]
+    for folder in (f for f in names if f < oldest_kept):
         for file_name in (DUMP_NAME, MANIFEST_NAME):
             default_storage.delete(f"{STORAGE_PREFIX}/{folder}/{file_name}")
         removed.append(folder)

@@ -126,3 +126,38 @@ def test_prune_finishes_a_folder_another_prune_is_halfway_through(tmp_path, monk
 
     assert removed == ["lexiscore-20260101T000000Z"]
     assert not oldest.exists()
+
+
+def test_a_half_written_copy_in_storage_does_not_push_out_a_complete_one(
+    tmp_path_factory, media_root
+):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from apps.core.backups import DUMP_NAME, MANIFEST_NAME, STORAGE_PREFIX
+
+    def copy(name: str, *, complete: bool = True) -> None:
+        default_storage.save(f"{STORAGE_PREFIX}/{name}/{DUMP_NAME}", ContentFile(b"dump"))
+        if complete:
+            default_storage.save(f"{STORAGE_PREFIX}/{name}/{MANIFEST_NAME}", ContentFile(b"{}"))
+
+    copy("lexiscore-20260101T000000Z")
+    copy("lexiscore-20260102T000000Z")
+    copy("lexiscore-20260103T000000Z", complete=False)  # its upload failed half-way
+    copy("lexiscore-20260104T000000Z")
+
+    removed = backups_prune(keep=2, directory=tmp_path_factory.mktemp("local"))
+
+    def stored(name: str) -> list[str]:
+        return [
+            file
+            for file in (DUMP_NAME, MANIFEST_NAME)
+            if default_storage.exists(f"{STORAGE_PREFIX}/{name}/{file}")
+        ]
+
+    assert removed == ["lexiscore-20260101T000000Z"]
+    assert stored("lexiscore-20260101T000000Z") == []
+    # Two complete copies are kept; the half-written one, newer than them, is left alone.
+    assert stored("lexiscore-20260102T000000Z") == [DUMP_NAME, MANIFEST_NAME]
+    assert stored("lexiscore-20260103T000000Z") == [DUMP_NAME]
+    assert stored("lexiscore-20260104T000000Z") == [DUMP_NAME, MANIFEST_NAME]
