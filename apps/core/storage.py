@@ -145,19 +145,22 @@ def pending_deletion_attempt(*, row: PendingDeletion, now=None) -> bool:
     file that job is about to commit. True when the file is gone, or the row already was.
     """
     with transaction.atomic():
-        claimed = PendingDeletion.objects.select_for_update(skip_locked=True).filter(pk=row.pk)
-        if not claimed.exists():
+        locked = (
+            PendingDeletion.objects.select_for_update(skip_locked=True).filter(pk=row.pk).first()
+        )
+        if locked is None:
             return True  # called off or done meanwhile, or being called off now
-        error = storage_delete(row.key)
+        error = storage_delete(locked.key)
         if error is None:
-            claimed.delete()
+            locked.delete()
             return True
-    now = now or timezone.now()
-    attempts = row.attempts + 1
-    delay = min(RETRY_BASE_DELAY * 2 ** (attempts - 1), RETRY_MAX_DELAY)
-    PendingDeletion.objects.filter(pk=row.pk).update(
-        attempts=attempts, last_error=error, next_attempt_at=now + delay
-    )
+        # Recorded under the lock, from the row as it is: two tries at once count twice.
+        now = now or timezone.now()
+        attempts = locked.attempts + 1
+        delay = min(RETRY_BASE_DELAY * 2 ** (attempts - 1), RETRY_MAX_DELAY)
+        PendingDeletion.objects.filter(pk=row.pk).update(
+            attempts=attempts, last_error=error, next_attempt_at=now + delay
+        )
     row.attempts, row.last_error, row.next_attempt_at = attempts, error, now + delay
     level = logging.ERROR if attempts >= ALERT_AFTER_ATTEMPTS else logging.WARNING
     logger.log(
