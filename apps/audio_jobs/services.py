@@ -339,6 +339,8 @@ def _consume_upload(
             status_code=410,
             details={"expires_at": upload.expires_at.isoformat()},
         )
+    # The version checked here is the one copied (its ETag pins every part of the copy).
+    etag = storage.object_etag(upload.key)
     size = storage.stored_size(upload.key)
     if size is None:
         raise ApplicationError(
@@ -357,14 +359,18 @@ def _consume_upload(
         )
     # What the job reads is this copy, checked again: the object may have been replaced since the
     # HEAD (the form is still valid), and the copy is what was checked.
-    key = storage.copy_file(upload.key, key)
+    changed = ApplicationError(
+        "The uploaded object changed while it was being checked: upload it again.",
+        code="upload_changed",
+        status_code=409,
+    )
+    try:
+        key = storage.copy_file(upload.key, key, if_match=etag)
+    except storage.SourceChanged:
+        raise changed from None
     size = storage.stored_size(key) or 0
     if size == 0 or size > upload.max_size:
-        raise ApplicationError(
-            "The uploaded object changed while it was being checked: upload it again.",
-            code="upload_changed",
-            status_code=409,
-        )
+        raise changed
     upload.status = Upload.Status.CONSUMED
     upload.save(update_fields=["status", "updated_at"])
     # The ticket's object now, and again once its form can no longer be used (a client may POST

@@ -89,14 +89,43 @@ def presigned_post(key: str, *, max_size: int, expires_in: int) -> dict[str, Any
     )
 
 
-def copy_file(source: str, target: str) -> str:
+class SourceChanged(Exception):
+    """The object was replaced after it was checked (its ETag is not the one checked)."""
+
+
+def object_etag(key: str) -> str | None:
+    """The stored object's ETag on S3 (a HEAD request); None elsewhere or when it is missing."""
+    if not supports_presigned_upload():
+        return None
+    from botocore.exceptions import ClientError
+
+    client = default_storage.connection.meta.client  # type: ignore[attr-defined]
+    try:
+        return client.head_object(Bucket=default_storage.bucket_name, Key=key)["ETag"]  # type: ignore[attr-defined]
+    except ClientError:
+        return None
+
+
+def copy_file(source: str, target: str, *, if_match: str | None = None) -> str:
     """Copy a stored file to another key and return the target's key: on S3 a server-side copy
-    (multipart for large objects; no byte passes through this process), elsewhere streamed."""
+    (multipart for large objects; no byte passes through this process), elsewhere streamed.
+
+    `if_match`: the source's ETag as it was checked. Every part of the copy is then made from
+    that version, or the copy fails with `SourceChanged` (a presigned form sent again during the
+    copy would otherwise give an object made of two uploads)."""
     if supports_presigned_upload():
+        from botocore.exceptions import ClientError
+
         # Raw keys, as presigned_post signs them.
         client = default_storage.connection.meta.client  # type: ignore[attr-defined]
         bucket = default_storage.bucket_name  # type: ignore[attr-defined]
-        client.copy({"Bucket": bucket, "Key": source}, bucket, target)
+        extra = {"CopySourceIfMatch": if_match} if if_match else None
+        try:
+            client.copy({"Bucket": bucket, "Key": source}, bucket, target, ExtraArgs=extra)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                raise SourceChanged(source) from exc
+            raise
         return target
     with default_storage.open(source, "rb") as handle:
         return default_storage.save(target, File(handle))

@@ -491,3 +491,24 @@ def test_the_form_sent_again_after_the_job_was_deleted_leaves_no_object(
     assert swept == {"deleted": 1, "failed": 0}
     assert not exists(s3, key)
     assert PendingDeletion.objects.count() == 0
+
+
+def test_an_object_replaced_between_its_check_and_its_copy_is_refused(
+    api_client, auth, s3, clip_bytes, monkeypatch
+):
+    """The copy is pinned to the ETag of the version checked: one sent again meanwhile (the form
+    is still valid) fails the copy rather than becoming, even partly, the job's audio."""
+    from apps.audio_jobs import storage
+
+    body = ticket(api_client, auth)
+    send(body, clip_bytes)
+    checked = storage.object_etag(Upload.objects.get(pk=body["id"]).key)
+    send(body, clip_bytes + b"\\0")  # replaced after the check
+    monkeypatch.setattr(storage, "object_etag", lambda key: checked)
+
+    response = create_job(api_client, auth, body["id"], language="en")
+
+    assert response.status_code == 409, response.json()
+    assert response.json()["error"]["code"] == "upload_changed"
+    assert not TranscriptionJob.objects.exists()
+    assert Upload.objects.get(pk=body["id"]).status == Upload.Status.PENDING
