@@ -240,9 +240,11 @@ class OrganisationAdmin(admin.ModelAdmin):
     def deactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
+        # Already deactivated ones too: the service then finishes cancelling their jobs (what an
+        # interrupted run left).
         self._each_through(
             request,
-            queryset.filter(is_active=True),
+            queryset,
             services.organisation_deactivate,
             done="Deactivated {count} organisation(s).",
         )

@@ -120,7 +120,7 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
     if job.cancel_requested:
         _finish(job, JobStatus.CANCELLED, now=now)
         return "cancelled", None
-    if not Organisation.objects.filter(pk=job.organisation_id, is_active=True).exists():
+    if not _organisation_active(job):
         # Deactivated after the job was queued (its deactivation cancels the jobs it finds; one
         # committed just before it is stopped here). A plain read, no lock: the job's row is
         # locked, and the organisation's is only ever locked after it.
@@ -390,6 +390,11 @@ def _finish(
         events.job_changed(job)
 
 
+def _organisation_active(job: TranscriptionJob) -> bool:
+    """A plain read (no lock): the job's row is locked, the organisation's only ever after it."""
+    return Organisation.objects.filter(pk=job.organisation_id, is_active=True).exists()
+
+
 def _locked_active(job: TranscriptionJob) -> TranscriptionJob | None:
     return (
         TranscriptionJob.objects.select_for_update()
@@ -405,7 +410,7 @@ def _complete(
     locked = _locked_active(job)
     if locked is None:
         return "discarded"
-    if locked.cancel_requested:
+    if locked.cancel_requested or not _organisation_active(locked):
         _finish(locked, JobStatus.CANCELLED)
         return "cancelled"
     data = result.to_dict()

@@ -120,8 +120,14 @@ def copy_file(source: str, target: str, *, if_match: str | None = None) -> str:
         client = default_storage.connection.meta.client  # type: ignore[attr-defined]
         bucket = default_storage.bucket_name  # type: ignore[attr-defined]
         extra = {"CopySourceIfMatch": if_match} if if_match else None
+        from s3transfer.exceptions import S3CopyFailedError
+
         try:
             client.copy({"Bucket": bucket, "Key": source}, bucket, target, ExtraArgs=extra)
+        except S3CopyFailedError as exc:
+            # How s3transfer reports a part whose source no longer matched the ETag (a
+            # multipart copy, above its 8 MiB threshold).
+            raise SourceChanged(source) from exc
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 raise SourceChanged(source) from exc

@@ -1,9 +1,10 @@
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
 from django.core.paginator import Paginator
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.functional import cached_property
@@ -11,6 +12,8 @@ from django.utils.functional import cached_property
 from . import services, storage
 from .exceptions import ApplicationError
 from .models import DeadLetter, PendingDeletion
+
+logger = logging.getLogger(__name__)
 
 
 def apply_each(model_admin, request, rows, action: Callable[[Any], Any], *, done: str) -> int:
@@ -22,6 +25,17 @@ def apply_each(model_admin, request, rows, action: Callable[[Any], Any], *, done
             action(row)
         except ApplicationError as exc:
             model_admin.message_user(request, f"{row.pk}: {exc.message}", messages.WARNING)
+            continue
+        except DatabaseError:
+            # A lock wait past the statement timeout, a restarting database: the page says so
+            # (instead of a 500 after the rows before it were done), and the action can be run
+            # again on the same rows.
+            logger.warning("Admin action stopped at %s", row.pk, exc_info=True)
+            model_admin.message_user(
+                request,
+                f"{row.pk}: the database did not answer in time; run the action again.",
+                messages.ERROR,
+            )
             continue
         count += 1
     model_admin.message_user(request, done.format(count=count), messages.SUCCESS)

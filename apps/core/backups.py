@@ -248,13 +248,16 @@ def backups_prune(
         folders = []
     # Only complete copies (their manifest, written last, is there) count towards `keep`: a
     # half-written copy left by a failed upload must not push out a good one. Folders older than
-    # the oldest copy kept go, complete or not; newer incomplete ones may be uploading now.
+    # the oldest copy kept go, complete or not, and so do incomplete ones older than the newest
+    # complete copy (a later backup finished after them: they are not being uploaded). An
+    # incomplete folder newer than every complete one may be uploading now, and stays.
     names = sorted(f for f in folders if f.startswith("lexiscore-"))
     complete = [f for f in names if default_storage.exists(f"{STORAGE_PREFIX}/{f}/{MANIFEST_NAME}")]
     if not complete:
         return sorted(set(removed))
-    oldest_kept = complete[-keep:][0]
-    for folder in (f for f in names if f < oldest_kept):
+    oldest_kept, newest = complete[-keep:][0], complete[-1]
+    doomed = [f for f in names if f < oldest_kept or (f not in complete and f < newest)]
+    for folder in doomed:
         for file_name in (DUMP_NAME, MANIFEST_NAME):
             default_storage.delete(f"{STORAGE_PREFIX}/{folder}/{file_name}")
         removed.append(folder)

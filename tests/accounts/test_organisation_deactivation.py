@@ -21,7 +21,9 @@ def owner(db):
     return member(Role.OWNER)
 
 
-def test_deactivation_cancels_queued_jobs_and_stops_running_ones(owner, admin_user):
+def test_deactivation_cancels_queued_jobs_and_stops_running_ones(
+    owner, admin_user, django_capture_on_commit_callbacks
+):
     organisation = owner.organisation
     queued = JobFactory(organisation=organisation)
     assert AudioUsage.objects.filter(job_id=queued.pk).exists()
@@ -29,7 +31,9 @@ def test_deactivation_cancels_queued_jobs_and_stops_running_ones(owner, admin_us
     done = CompletedJobFactory(organisation=organisation)
     elsewhere = JobFactory()
 
-    organisation_deactivate(organisation=organisation, actor=admin_user)
+    # The jobs are cancelled after the flag's commit.
+    with django_capture_on_commit_callbacks(execute=True):
+        organisation_deactivate(organisation=organisation, actor=admin_user)
 
     statuses = dict(TranscriptionJob.objects.values_list("pk", "status"))
     assert statuses == {
@@ -76,15 +80,18 @@ def test_members_and_keys_are_refused_at_once_and_let_back_in_by_reactivation(ap
     ) == [AuditAction.ORGANISATION_DEACTIVATED, AuditAction.ORGANISATION_REACTIVATED]
 
 
-def test_the_admin_actions_go_through_the_services(admin_client, owner):
+def test_the_admin_actions_go_through_the_services(
+    admin_client, owner, django_capture_on_commit_callbacks
+):
     organisation = owner.organisation
     queued = JobFactory(organisation=organisation)
     inactive = OrganisationFactory(is_active=False)
 
-    deactivated = admin_client.post(
-        "/admin/accounts/organisation/",
-        {"action": "deactivate_organisations", "_selected_action": [organisation.pk]},
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        deactivated = admin_client.post(
+            "/admin/accounts/organisation/",
+            {"action": "deactivate_organisations", "_selected_action": [organisation.pk]},
+        )
     reactivated = admin_client.post(
         "/admin/accounts/organisation/",
         {"action": "reactivate_organisations", "_selected_action": [inactive.pk]},
@@ -170,3 +177,37 @@ def test_work_that_meets_a_deactivation_is_refused_or_cancelled_and_nothing_dead
     assert statuses == {JobStatus.CANCELLED}
     announced = FeedEvent.objects.filter(organisation=organisation, type="job.cancelled")
     assert announced.count() == 7
+
+
+def test_deactivating_again_finishes_cancelling_what_an_interrupted_run_left(
+    owner, django_capture_on_commit_callbacks
+):
+    """Step 2 was cut short (a lock wait past the statement timeout, a killed process): the
+    organisation is off, a job still runs without a stop request. Deactivating again asks it."""
+    organisation = owner.organisation
+    running = JobFactory(organisation=organisation, status=JobStatus.PROCESSING)
+    Organisation.objects.filter(pk=organisation.pk).update(is_active=False)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        organisation_deactivate(organisation=organisation, actor=None)
+
+    assert TranscriptionJob.objects.get(pk=running.pk).cancel_requested
+    assert not AuditEvent.objects.filter(action=AuditAction.ORGANISATION_DEACTIVATED).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_finishing_after_its_organisation_was_deactivated_is_cancelled_not_completed():
+    from apps.audio_jobs import processing
+    from workers.engines.base import TranscriptionResult
+
+    organisation = OrganisationFactory()
+    job = JobFactory(organisation=organisation, status=JobStatus.PROCESSING)
+    Organisation.objects.filter(pk=organisation.pk).update(is_active=False)
+    result = TranscriptionResult(
+        text="x", language="en", language_probability=1.0, duration=1.0, segments=[]
+    )
+
+    outcome = processing._complete(job, result, processing_seconds=0.1)
+
+    assert outcome == "cancelled"
+    assert TranscriptionJob.objects.get(pk=job.pk).status == JobStatus.CANCELLED

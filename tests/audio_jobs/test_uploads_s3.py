@@ -512,3 +512,22 @@ def test_an_object_replaced_between_its_check_and_its_copy_is_refused(
     assert response.json()["error"]["code"] == "upload_changed"
     assert not TranscriptionJob.objects.exists()
     assert Upload.objects.get(pk=body["id"]).status == Upload.Status.PENDING
+
+
+def test_a_multipart_copy_whose_part_no_longer_matches_is_source_changed(s3, monkeypatch):
+    """Above 8 MiB s3transfer copies in parts and reports a part's failed precondition as its
+    own S3CopyFailedError, not a ClientError."""
+    from django.core.files.storage import default_storage
+    from s3transfer.exceptions import S3CopyFailedError
+
+    from apps.audio_jobs import storage
+
+    client = default_storage.connection.meta.client
+
+    def part_changed(*args, **kwargs):
+        raise S3CopyFailedError('Contents of stored object "a" did not match expected ETag.')
+
+    monkeypatch.setattr(client, "copy", part_changed)
+
+    with pytest.raises(storage.SourceChanged):
+        storage.copy_file("uploads/a", "org/x/audio/y.bin", if_match='"abc"')

@@ -155,9 +155,29 @@ def test_a_half_written_copy_in_storage_does_not_push_out_a_complete_one(
             if default_storage.exists(f"{STORAGE_PREFIX}/{name}/{file}")
         ]
 
-    assert removed == ["lexiscore-20260101T000000Z"]
+    assert removed == ["lexiscore-20260101T000000Z", "lexiscore-20260103T000000Z"]
     assert stored("lexiscore-20260101T000000Z") == []
-    # Two complete copies are kept; the half-written one, newer than them, is left alone.
+    # Two complete copies are kept; the half-written one, older than the newest complete copy
+    # (so not being uploaded), goes.
     assert stored("lexiscore-20260102T000000Z") == [DUMP_NAME, MANIFEST_NAME]
-    assert stored("lexiscore-20260103T000000Z") == [DUMP_NAME]
+    assert stored("lexiscore-20260103T000000Z") == []
     assert stored("lexiscore-20260104T000000Z") == [DUMP_NAME, MANIFEST_NAME]
+
+
+def test_a_copy_being_uploaded_now_is_left_alone(tmp_path_factory, media_root):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from apps.core.backups import DUMP_NAME, MANIFEST_NAME, STORAGE_PREFIX
+
+    default_storage.save(
+        f"{STORAGE_PREFIX}/lexiscore-20260101T000000Z/{DUMP_NAME}", ContentFile(b"d")
+    )
+    default_storage.save(
+        f"{STORAGE_PREFIX}/lexiscore-20260101T000000Z/{MANIFEST_NAME}", ContentFile(b"{}")
+    )
+    uploading = f"{STORAGE_PREFIX}/lexiscore-20260102T000000Z/{DUMP_NAME}"
+    default_storage.save(uploading, ContentFile(b"d"))  # no manifest yet: newest of all
+
+    assert backups_prune(keep=1, directory=tmp_path_factory.mktemp("local")) == []
+    assert default_storage.exists(uploading)

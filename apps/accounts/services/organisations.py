@@ -112,11 +112,12 @@ def organisation_deactivate(
     Two steps, so that it neither races nor deadlocks with the organisation's own work:
     1. one short transaction under the organisation's row lock: the flag and the audit record.
        From its commit on no job can be created for it (`quota_check` reads the flag under the
-       same lock) and a worker cancels any job of it it claims;
-    2. then its jobs, in batches, each its own transaction (`jobs_cancel_for_organisation`:
-       job rows first, feed events last, the order the workers take them). Should this step be
-       cut short (the process killed), the workers' claim check cancels what is left.
-    Not inside an outer transaction: step 1 must be committed before step 2 reads the jobs.
+       same lock), a worker cancels any job of it it claims, and a finishing job of it is
+       cancelled instead of completed;
+    2. after that commit, its jobs, in batches, each its own transaction
+       (`jobs_cancel_for_organisation`: job rows first, feed events last, the order the workers
+       take them). Called again on an organisation already off, it runs this step again, which
+       finishes what an interrupted run left (a timeout, a killed process).
     """
     from apps.audio_jobs.models import ACTIVE_STATUSES, JobStatus, TranscriptionJob
     from apps.audio_jobs.services import jobs_cancel_for_organisation
@@ -129,8 +130,11 @@ def organisation_deactivate(
             raise NotFoundError(
                 "This organisation no longer exists.", code="organisation_not_found"
             )
-        if not locked.is_active:  # already off
+        if not locked.is_active:  # already off: only finish cancelling its jobs (step 2)
             organisation.is_active = False
+            transaction.on_commit(
+                lambda: jobs_cancel_for_organisation(organisation_id=organisation.pk)
+            )
             return organisation
         locked.is_active = False
         locked.save(update_fields=["is_active", "updated_at"])  # stales every member's principal
@@ -149,7 +153,8 @@ def organisation_deactivate(
             },
         )
     organisation.is_active = False
-    jobs_cancel_for_organisation(organisation_id=organisation.pk)
+    # After the flag's commit: inside a caller's transaction this waits for its commit.
+    transaction.on_commit(lambda: jobs_cancel_for_organisation(organisation_id=organisation.pk))
     return organisation
 
 
