@@ -627,7 +627,8 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
 
 
 def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> tuple[int, int]:
-    """Cancel every queued job of an organisation and ask its running ones to stop; returns how
+    """Cancel every queued job of a deactivated organisation (`organisation_inactive`, as a
+    worker's claim would) and ask its running ones to stop; returns how
     many of each. In batches, each its own short transaction: the job rows are locked first (in
     id order) and the feed events written last, the order a worker's claim and progress writes
     take them, so none of them deadlocks with this, and no transaction outlives a statement
@@ -649,8 +650,16 @@ def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> t
             now = timezone.now()
             queued = [job for job in rows if job.status == JobStatus.QUEUED]
             running = [job for job in rows if job.status != JobStatus.QUEUED]
+            reason = {
+                "error_code": "organisation_inactive",
+                "error_message": "The organisation was deactivated.",
+            }
             TranscriptionJob.objects.filter(pk__in=[job.pk for job in queued]).update(
-                status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now
+                status=JobStatus.CANCELLED,
+                cancel_requested=True,
+                finished_at=now,
+                updated_at=now,
+                **reason,
             )
             TranscriptionJob.objects.filter(pk__in=[job.pk for job in running]).update(
                 cancel_requested=True, updated_at=now
@@ -661,6 +670,7 @@ def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> t
             ).delete()
             for job in queued:
                 job.status, job.cancel_requested, job.finished_at = JobStatus.CANCELLED, True, now
+                job.error_code, job.error_message = reason["error_code"], reason["error_message"]
                 events.job_changed(job)
         cancelled += len(queued)
         stopping += len(running)

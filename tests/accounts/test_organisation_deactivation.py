@@ -43,6 +43,7 @@ def test_deactivation_cancels_queued_jobs_and_stops_running_ones(
         elsewhere.pk: JobStatus.QUEUED,
     }
     assert TranscriptionJob.objects.get(pk=running.pk).cancel_requested
+    assert TranscriptionJob.objects.get(pk=queued.pk).error_code == "organisation_inactive"
     assert not AudioUsage.objects.filter(job_id=queued.pk).exists()  # never started: refunded
     assert not Organisation.objects.get(pk=organisation.pk).is_active
     event = AuditEvent.objects.get(action=AuditAction.ORGANISATION_DEACTIVATED)
