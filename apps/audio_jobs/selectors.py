@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections import defaultdict
+from datetime import UTC, date, datetime
 
 from django.db.models import QuerySet, Sum
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from apps.core.exceptions import NotFoundError
@@ -79,30 +80,55 @@ def month_start(now: datetime | None = None) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def audio_seconds_used(*, organisation, since: datetime, until: datetime | None = None) -> float:
-    """Audio seconds counted against the quota, by the job's creation month: the usage ledger
+def _counted_usage(organisation, since: datetime, until: datetime | None):
+    """What counts against the quota, by the job's creation time: the usage ledger
     (`AudioUsage`: jobs deleted since still count), less the jobs that still exist and failed or
-    were cancelled before work started (nothing was transcribed)."""
+    were cancelled before work started (nothing was transcribed); and the jobs with a duration
+    and no ledger row, which a release from before the ledger wrote while an upgrade ran (the
+    documented upgrade migrates while the old release still serves). Those count as they did
+    then, for as long as they exist. Returns (ledger rows, unrecorded jobs)."""
     rows = AudioUsage.objects.filter(organisation=organisation, job_created_at__gte=since)
+    unrecorded = TranscriptionJob.objects.filter(
+        organisation=organisation, created_at__gte=since, duration_seconds__isnull=False
+    ).exclude(pk__in=AudioUsage.objects.filter(organisation=organisation).values("job_id"))
     if until is not None:
         rows = rows.filter(job_created_at__lt=until)
+        unrecorded = unrecorded.filter(created_at__lt=until)
     not_started = TranscriptionJob.objects.filter(
         organisation=organisation,
         status__in=[JobStatus.FAILED, JobStatus.CANCELLED],
         started_at__isnull=True,
     ).values("pk")
-    used = rows.exclude(job_id__in=not_started).aggregate(total=Coalesce(Sum("seconds"), 0.0))[
-        "total"
-    ]
-    # Jobs with a duration and no ledger row: written by a release from before the ledger while
-    # an upgrade ran (the documented upgrade migrates while the old release still serves). They
-    # count as they did then, for as long as they exist.
-    unrecorded = TranscriptionJob.objects.filter(
-        organisation=organisation, created_at__gte=since, duration_seconds__isnull=False
-    ).exclude(pk__in=AudioUsage.objects.filter(organisation=organisation).values("job_id"))
-    if until is not None:
-        unrecorded = unrecorded.filter(created_at__lt=until)
-    used += unrecorded.exclude(
+    rows = rows.exclude(job_id__in=not_started)
+    unrecorded = unrecorded.exclude(
         status__in=[JobStatus.FAILED, JobStatus.CANCELLED], started_at__isnull=True
-    ).aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
+    )
+    return rows, unrecorded
+
+
+def audio_seconds_used(*, organisation, since: datetime, until: datetime | None = None) -> float:
+    """Audio seconds counted against the quota for jobs created from `since` (to `until`)."""
+    rows, unrecorded = _counted_usage(organisation, since, until)
+    used = rows.aggregate(total=Coalesce(Sum("seconds"), 0.0))["total"]
+    used += unrecorded.aggregate(total=Coalesce(Sum("duration_seconds"), 0.0))["total"]
     return float(used)
+
+
+def audio_seconds_used_by_day(
+    *, organisation, since: datetime, until: datetime
+) -> dict[date, float]:
+    """`audio_seconds_used` per UTC day of the jobs' creation (days with none are left out)."""
+    rows, unrecorded = _counted_usage(organisation, since, until)
+    days: dict[date, float] = defaultdict(float)
+    for queryset, created, seconds in (
+        (rows, "job_created_at", "seconds"),
+        (unrecorded, "created_at", "duration_seconds"),
+    ):
+        for row in (
+            queryset.annotate(day=TruncDate(created, tzinfo=UTC))
+            .values("day")
+            .annotate(total=Sum(seconds))
+            .order_by()
+        ):
+            days[row["day"]] += row["total"] or 0.0
+    return dict(days)

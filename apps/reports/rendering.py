@@ -128,6 +128,7 @@ def _aggregate(queryset, *group: str) -> list[dict[str, Any]]:
 
 
 def usage_data(organisation, period_start: date, period_end: date) -> dict[str, Any]:
+    from apps.audio_jobs import selectors
     from apps.audio_jobs.models import TranscriptionJob
 
     start = timezone.make_aware(datetime.combine(period_start, time.min), UTC)
@@ -142,6 +143,16 @@ def usage_data(organisation, period_start: date, period_end: date) -> dict[str, 
     for row in by_member:
         row["member"] = row["member"] or "(deleted user or API key)"
     total = _aggregate(jobs.annotate(all=F("organisation_id")), "all")
+    total = total[0] if total else dict.fromkeys(USAGE_COLUMNS, 0)
+    # What the plan's quota counted for the period (the usage ledger): it keeps jobs deleted
+    # since, and leaves out jobs that failed or were cancelled before any worker started them.
+    counted = selectors.audio_seconds_used_by_day(organisation=organisation, since=start, until=end)
+    by_day = {row["day"]: row for row in _aggregate(jobs, "day")}
+    for day in counted.keys() - by_day.keys():
+        by_day[day] = {"day": day, **dict.fromkeys(USAGE_COLUMNS, 0)}
+    for day, row in by_day.items():
+        row["quota_minutes"] = round(counted.get(day, 0.0) / 60, 2)
+    total["quota_minutes"] = round(sum(counted.values()) / 60, 2)
     return {
         "organisation": organisation.name,
         "period_start": period_start,
@@ -149,8 +160,8 @@ def usage_data(organisation, period_start: date, period_end: date) -> dict[str, 
         "last_day": period_end - timedelta(days=1),
         "by_day_member": by_day_member,
         "by_member": by_member,
-        "by_day": _aggregate(jobs, "day"),
-        "total": total[0] if total else dict.fromkeys(USAGE_COLUMNS, 0),
+        "by_day": [by_day[day] for day in sorted(by_day)],
+        "total": total,
     }
 
 
@@ -163,7 +174,15 @@ def usage_csv(data: dict[str, Any]) -> bytes:
             [row["day"].isoformat(), _cell(row["member"]), *[row[c] for c in USAGE_COLUMNS]]
         )
     writer.writerow(["total", "", *[data["total"][c] for c in USAGE_COLUMNS]])
+    writer.writerow(_quota_row(data))
     return out.getvalue().encode()
+
+
+def _quota_row(data: dict[str, Any]) -> list[Any]:
+    """The period's minutes counted against the quota, under the audio_minutes column."""
+    cells: list[Any] = ["counted_against_quota", "", *[""] * len(USAGE_COLUMNS)]
+    cells[2 + USAGE_COLUMNS.index("audio_minutes")] = data["total"]["quota_minutes"]
+    return cells
 
 
 def _cell(value: str) -> str:
@@ -176,20 +195,22 @@ def usage_xlsx(data: dict[str, Any]) -> bytes:
 
     book = Workbook()
     sheets = [
-        ("By day and member", ["day", "member"], data["by_day_member"]),
-        ("By member", ["member"], data["by_member"]),
-        ("By day", ["day"], data["by_day"]),
+        ("By day and member", ["day", "member"], data["by_day_member"], USAGE_COLUMNS),
+        ("By member", ["member"], data["by_member"], USAGE_COLUMNS),
+        ("By day", ["day"], data["by_day"], [*USAGE_COLUMNS, "quota_minutes"]),
     ]
-    for index, (title, keys, rows) in enumerate(sheets):
+    for index, (title, keys, rows, columns) in enumerate(sheets):
         sheet = book.active if index == 0 else book.create_sheet()
         sheet.title = title
-        sheet.append([*keys, *USAGE_COLUMNS])
+        sheet.append([*keys, *columns])
         for row in rows:
             sheet.append(
                 [_cell(str(row[k])) if k == "member" else row[k] for k in keys]
-                + [row[c] for c in USAGE_COLUMNS]
+                + [row[c] for c in columns]
             )
-    book["By day and member"].append(["total", "", *[data["total"][c] for c in USAGE_COLUMNS]])
+    first = book["By day and member"]
+    first.append(["total", "", *[data["total"][c] for c in USAGE_COLUMNS]])
+    first.append(_quota_row(data))
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()

@@ -153,8 +153,71 @@ def test_usage_csv_has_one_row_per_day_and_member_and_a_total(owner, client, aut
     day = usage_jobs.isoformat()
     assert [r[1] for r in rows[1:-1] if r[1].startswith("'")] == ["'=cmd@example.com"]
     assert [day, "owner@example.com", "2", "1", "1", "3.0", "18.0"] in rows
-    assert rows[-1] == ["total", "", "3", "2", "1", "3.5", "21.0"]
+    assert rows[-2] == ["total", "", "3", "2", "1", "3.5", "21.0"]
+    # The failed job never started: the plan's quota does not count its minute.
+    assert rows[-1] == ["counted_against_quota", "", "", "", "", "2.5", ""]
     assert response["Content-Type"].startswith("text/csv")
+
+
+def test_usage_report_counts_deleted_jobs_against_the_quota_as_the_ledger_does(
+    owner, client, auth
+):
+    """The jobs' columns describe the jobs that exist; the quota's minutes come from the usage
+    ledger, so a deleted job still counts, on its own day, even when no job of that day is left."""
+    from apps.audio_jobs import selectors, services as jobs
+
+    today = timezone.now()
+    kept = TranscriptionJob.objects.create(
+        organisation=owner.organisation,
+        created_by=owner.user,
+        status=JobStatus.COMPLETED,
+        duration_seconds=60,
+    )
+    gone_today = TranscriptionJob.objects.create(
+        organisation=owner.organisation,
+        created_by=owner.user,
+        status=JobStatus.COMPLETED,
+        duration_seconds=30,
+    )
+    gone_earlier = TranscriptionJob.objects.create(
+        organisation=owner.organisation,
+        created_by=owner.user,
+        status=JobStatus.COMPLETED,
+        duration_seconds=90,
+    )
+    earlier = today - timedelta(days=2)
+    TranscriptionJob.objects.filter(pk=gone_earlier.pk).update(created_at=earlier)
+    for job in (kept, gone_today, gone_earlier):
+        job.refresh_from_db()
+        jobs.usage_record(job=job)
+    gone_today.delete()
+    gone_earlier.delete()
+
+    report = services.report_request(
+        organisation=owner.organisation,
+        user=owner.user,
+        kind="usage",
+        format="xlsx",
+        period_start=(today - timedelta(days=6)).date(),
+        period_end=(today + timedelta(days=1)).date(),
+    )
+    services.report_generate(report_id=str(report.pk))
+    report.refresh_from_db()
+    content, _ = content_of(client, auth, report)
+
+    book = load_workbook(io.BytesIO(content))
+    header, *days = book["By day"].iter_rows(values_only=True)
+    assert header[-1] == "quota_minutes"
+    assert [(row[0].date(), *row[1:]) for row in days] == [
+        (earlier.date(), 0, 0, 0, 0, 0, 1.5),
+        (today.date(), 1, 1, 0, 1.0, 0.0, 1.5),
+    ]
+    last = list(book["By day and member"].iter_rows(values_only=True))[-1]
+    assert last == ("counted_against_quota", None, None, None, None, 3.0, None)
+    used = selectors.audio_seconds_used(
+        organisation=owner.organisation, since=today - timedelta(days=6)
+    )
+    assert used == 180.0
 
 
 def test_usage_xlsx_has_sheets_by_day_member_and_day(owner, client, auth, usage_jobs):
@@ -168,7 +231,7 @@ def test_usage_xlsx_has_sheets_by_day_member_and_day(owner, client, auth, usage_
     }
     assert by_member["owner@example.com"] == (2, 1, 1, 3.0, 18.0)
     first_day = next(book["By day"].iter_rows(min_row=2, values_only=True))
-    assert first_day[1:] == (3, 2, 1, 3.5, 21.0)
+    assert first_day[1:] == (3, 2, 1, 3.5, 21.0, 2.5)
 
 
 def test_usage_pdf_lists_members_and_totals(owner, client, auth, usage_jobs):
@@ -177,6 +240,7 @@ def test_usage_pdf_lists_members_and_totals(owner, client, auth, usage_jobs):
 
     text = pdf_text(content)
     assert f"Usage report: {owner.organisation.name}" in text
+    assert "Minutes counted against the plan" in text and "2.5" in text
     assert "owner@example.com" in text
     assert "Per day" in text and "3.5" in text
 
