@@ -9,6 +9,7 @@ sweeper publishes it later (nothing is lost, the audio included).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.audit.services import history_record_updates
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.core.storage import (
     delete_files_at,
@@ -647,6 +649,7 @@ def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> t
             )
             if not rows:
                 return cancelled, stopping
+            before = [copy.copy(job) for job in rows]
             now = timezone.now()
             queued = [job for job in rows if job.status == JobStatus.QUEUED]
             running = [job for job in rows if job.status != JobStatus.QUEUED]
@@ -669,8 +672,13 @@ def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> t
                 job_id__in=[job.pk for job in queued if job.started_at is None]
             ).delete()
             for job in queued:
-                job.status, job.cancel_requested, job.finished_at = JobStatus.CANCELLED, True, now
+                job.status, job.finished_at = JobStatus.CANCELLED, now
                 job.error_code, job.error_message = reason["error_code"], reason["error_message"]
+            for job in rows:
+                job.cancel_requested, job.updated_at = True, now
+            # The updates sent no signal: the jobs' field history is written here.
+            history_record_updates(list(zip(before, rows, strict=True)))
+            for job in queued:
                 events.job_changed(job)
         cancelled += len(queued)
         stopping += len(running)

@@ -66,3 +66,42 @@ def audit_record(
         "audit %s", action, extra={"audit_action": action, "audit_target": target_id or None}
     )
     return event
+
+
+def history_record_updates(changed: list[tuple[models.Model, models.Model]]) -> None:
+    """django-auditlog history for rows a queryset `update()` changed (it sends no signal, so
+    the registered models' post_save receiver writes nothing): one UPDATE entry per (before,
+    after) pair that differs in a logged field, as a `save()` would write, in one insert. Each
+    entry is sent LogEntry's `pre_save`, as a save would, so that auditlog's `set_actor` context
+    (the request's actor and address), where one is open, fills it in."""
+    from auditlog.cid import get_cid
+    from auditlog.context import auditlog_disabled
+    from auditlog.diff import model_instance_diff
+    from auditlog.models import LogEntry
+    from django.conf import settings
+    from django.contrib.contenttypes.models import ContentType
+    from django.db.models.signals import pre_save
+    from django.utils.encoding import smart_str
+
+    if auditlog_disabled.get():
+        return
+    entries = []
+    for before, after in changed:
+        diff = model_instance_diff(
+            before, after, use_json_for_changes=settings.AUDITLOG_STORE_JSON_CHANGES
+        )
+        if not diff:
+            continue
+        pk = after.pk
+        entry = LogEntry(
+            content_type=ContentType.objects.get_for_model(after),
+            object_pk=smart_str(pk),
+            object_id=pk if isinstance(pk, int) else None,
+            object_repr=smart_str(after),
+            action=LogEntry.Action.UPDATE,
+            changes=diff,
+            cid=get_cid(),
+        )
+        pre_save.send(sender=LogEntry, instance=entry, raw=False, using=None, update_fields=None)
+        entries.append(entry)
+    LogEntry.objects.bulk_create(entries)

@@ -51,6 +51,38 @@ def test_deactivation_cancels_queued_jobs_and_stops_running_ones(
     assert event.metadata == {"jobs_cancelled": 1, "jobs_stopping": 1}
 
 
+def test_the_cancelled_and_stopping_jobs_get_their_field_history_with_the_actor(
+    owner, admin_user, django_capture_on_commit_callbacks
+):
+    """The jobs are changed by queryset updates (no signal): their django-auditlog history is
+    written by the service itself, as a save would, with the request's actor."""
+    from auditlog.context import set_actor
+    from auditlog.models import LogEntry
+
+    queued = JobFactory(organisation=owner.organisation)
+    running = JobFactory(organisation=owner.organisation, status=JobStatus.PROCESSING)
+    LogEntry.objects.all().delete()
+
+    with set_actor(admin_user), django_capture_on_commit_callbacks(execute=True):
+        organisation_deactivate(organisation=owner.organisation, actor=admin_user)
+
+    def history(job):
+        return [
+            (entry.action, entry.actor_id, entry.changes_dict)
+            for entry in LogEntry.objects.get_for_object(job)
+        ]
+
+    [(action, actor, changes)] = history(queued)
+    assert (action, actor) == (LogEntry.Action.UPDATE, admin_user.pk)
+    assert changes["status"] == ["queued", "cancelled"]
+    assert changes["error_code"] == ["", "organisation_inactive"]
+    assert changes["cancel_requested"] == ["False", "True"]
+    assert "updated_at" not in changes  # excluded from the jobs' history, as on save
+    assert history(running) == [
+        (LogEntry.Action.UPDATE, admin_user.pk, {"cancel_requested": ["False", "True"]})
+    ]
+
+
 def test_deactivating_twice_records_it_once(owner):
     organisation_deactivate(organisation=owner.organisation, actor=None)
     organisation_deactivate(organisation=owner.organisation, actor=None)
