@@ -588,12 +588,21 @@ def jobs_redispatch_stale() -> dict[str, int]:
 def job_requeue_abandoned(*, job_id: Any) -> bool:
     """Put a `processing` job whose worker is gone back in the queue (the caller holds its lease
     and publishes it after), announced on the live feed. False if it was no longer processing."""
-    updated = TranscriptionJob.objects.filter(pk=job_id, status=JobStatus.PROCESSING).update(
+    job = (
+        TranscriptionJob.objects.select_for_update()
+        .filter(pk=job_id, status=JobStatus.PROCESSING)
+        .first()
+    )
+    if job is None:
+        return False
+    before = copy.copy(job)
+    job.status, job.dispatched_at, job.worker = JobStatus.QUEUED, None, ""
+    TranscriptionJob.objects.filter(pk=job_id).update(
         status=JobStatus.QUEUED, dispatched_at=None, worker=""
     )
-    if updated:
-        events.job_changed(TranscriptionJob.objects.get(pk=job_id))
-    return bool(updated)
+    history_record_updates([(before, job)])
+    events.job_changed(job)
+    return True
 
 
 # ---- cancel and delete -------------------------------------------------------------------------

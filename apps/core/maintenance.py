@@ -197,9 +197,10 @@ def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
                     extra={"job_id": str(job_id), "storage_key": key},
                 )
                 continue
-            deleted += TranscriptionJob.objects.filter(pk=job_id).update(
-                audio_key="", updated_at=timezone.now()
-            )
+            # A save, not an update: the job's history records when its audio went.
+            locked.audio_key = ""
+            locked.save(update_fields=["audio_key", "updated_at"])
+            deleted += 1
     if deleted:
         logger.info("Audio retention: deleted the audio of %d jobs", deleted)
     if failed:

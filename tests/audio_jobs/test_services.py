@@ -305,6 +305,12 @@ def test_the_sweeper_requeues_a_processing_job_whose_worker_stopped_beating(publ
     assert abandoned.dispatched_at is not None
     alive.refresh_from_db()
     assert alive.status == JobStatus.PROCESSING
+    # The job's history shows the requeue (an update, which sends no signal, wrote it itself).
+    from auditlog.models import LogEntry
+
+    latest = LogEntry.objects.get_for_object(abandoned).order_by("-pk").first()
+    assert latest.changes_dict["status"] == ["processing", "queued"]
+    assert latest.changes_dict["worker"] == ["gone:1", ""]
 
 
 def test_the_sweeper_leaves_a_silent_job_alone_while_a_live_worker_holds_its_lease(

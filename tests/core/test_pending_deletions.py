@@ -215,6 +215,10 @@ def test_retention_deletes_old_audio_and_clears_the_key(media_root):
     assert deleted == 1
     assert job.audio_key == ""
     assert files(media_root) == [recent.audio_key]
+    from auditlog.models import LogEntry
+
+    latest = LogEntry.objects.get_for_object(job).order_by("-pk").first()
+    assert latest.changes_dict["audio_key"][1] == ""  # the history says when the audio went
 
 
 def test_retention_keeps_the_key_of_audio_it_could_not_delete_and_retries_next_run(media_root):
