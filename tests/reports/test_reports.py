@@ -159,12 +159,11 @@ def test_usage_csv_has_one_row_per_day_and_member_and_a_total(owner, client, aut
     assert response["Content-Type"].startswith("text/csv")
 
 
-def test_usage_report_counts_deleted_jobs_against_the_quota_as_the_ledger_does(
-    owner, client, auth
-):
+def test_usage_report_counts_deleted_jobs_against_the_quota_as_the_ledger_does(owner, client, auth):
     """The jobs' columns describe the jobs that exist; the quota's minutes come from the usage
     ledger, so a deleted job still counts, on its own day, even when no job of that day is left."""
-    from apps.audio_jobs import selectors, services as jobs
+    from apps.audio_jobs import selectors
+    from apps.audio_jobs import services as jobs
 
     today = timezone.now()
     kept = TranscriptionJob.objects.create(
