@@ -47,8 +47,9 @@ def _padded(audio: np.ndarray) -> np.ndarray:
 
 
 def _onnx(audio: np.ndarray) -> np.ndarray:
-    """ONNX Runtime's probabilities, on a copy: the library zeroes part of its input in place."""
-    return library_vad.get_vad_model()(audio.copy())
+    """The library's own model's probabilities (ONNX Runtime), on a copy: it zeroes part of its
+    input in place. Not ``get_vad_model()``, which a loaded engine makes ``StreamingOnnxVAD``."""
+    return library_vad.SileroVADModel(str(silero.default_model_path()))(audio.copy())
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +137,12 @@ def test_installed_it_gives_the_librarys_speech_clips(recording, restore_library
     assert clips == expected
 
 
-def test_install_choices(restore_library_vad, caplog):
+def test_install_choices(restore_library_vad, caplog, monkeypatch):
     original = library_vad.get_vad_model
 
     assert silero.install("onnx") == "onnx"
-    assert library_vad.get_vad_model is original
+    assert isinstance(library_vad.get_vad_model(), silero.StreamingOnnxVAD)
+    monkeypatch.setattr(library_vad, "get_vad_model", original)
     with pytest.raises(ValueError, match="Unknown VAD engine"):
         silero.install("webrtc")
     if not _cuda_available():
@@ -148,7 +150,8 @@ def test_install_choices(restore_library_vad, caplog):
         with caplog.at_level(logging.ERROR, logger="workers.engines.silero"):
             assert silero.install("auto", device="cuda") == "onnx"
         assert "could not load on cuda" in caplog.text
-        assert library_vad.get_vad_model is original
+        assert isinstance(library_vad.get_vad_model(), silero.StreamingOnnxVAD)
+        monkeypatch.setattr(library_vad, "get_vad_model", original)
         with pytest.raises(Exception):  # noqa: B017 - whatever torch raises without CUDA
             silero.install("torch", device="cuda")
         assert library_vad.get_vad_model is original

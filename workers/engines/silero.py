@@ -165,6 +165,71 @@ def _reorder_gates(array: np.ndarray) -> np.ndarray:
     return np.concatenate([i, f, c, o], axis=0)
 
 
+def framed(audio: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Frames ``start``..``stop`` of ``audio`` as the model takes them, (n, 576) float32: as
+    ``faster_whisper.vad.SileroVADModel`` builds them for the whole file, each 512-sample frame
+    is preceded by the last 64 samples of the one before (zeros for the first), and the file's
+    last frame has its own last 64 samples zeroed (the library zeroes them in place, through a
+    view, before rolling). Built a slice at a time, the VAD holds one slice beside the audio
+    instead of two framed copies of the whole file (~0.5 GB per audio hour)."""
+    total = audio.shape[0] // FRAME
+    frames = np.asarray(audio[start * FRAME : stop * FRAME], dtype=np.float32).reshape(-1, FRAME)
+    out = np.empty((frames.shape[0], CONTEXT + FRAME), dtype=np.float32)
+    out[:, CONTEXT:] = frames
+    out[1:, :CONTEXT] = frames[:-1, -CONTEXT:]
+    out[0, :CONTEXT] = audio[start * FRAME - CONTEXT : start * FRAME] if start else 0.0
+    if stop == total:
+        out[-1, -CONTEXT:] = 0.0
+    return out
+
+
+class StreamingOnnxVAD:
+    """faster-whisper's own VAD (``SileroVADModel``: the same ONNX session, the same 10,000-frame
+    batches with the LSTM state carried between them, so the same probabilities bit for bit),
+    with each batch's input built when it runs (``framed``) instead of for the whole file."""
+
+    BATCH_FRAMES = 10000  # SileroVADModel's encoder_batch_size: the state is carried across
+
+    def __init__(self, path: Path | None = None) -> None:
+        from faster_whisper.vad import SileroVADModel
+
+        self.session = SileroVADModel(str(path or default_model_path())).session
+
+    def __call__(
+        self, audio: np.ndarray, num_samples: int = FRAME, context_size_samples: int = CONTEXT
+    ) -> np.ndarray:
+        if (num_samples, context_size_samples) != (FRAME, CONTEXT):
+            raise ValueError("the model takes frames of 512 samples with 64 of context")
+        if audio.ndim != 1 or audio.shape[0] % num_samples:
+            raise ValueError("audio must be one-dimensional, a multiple of 512 samples long")
+        total = audio.shape[0] // FRAME
+        h = np.zeros((1, 1, 128), dtype="float32")
+        c = np.zeros((1, 1, 128), dtype="float32")
+        outputs = []
+        for start in range(0, total, self.BATCH_FRAMES):
+            batch = framed(audio, start, min(start + self.BATCH_FRAMES, total))
+            output, h, c = self.session.run(None, {"input": batch, "h": h, "c": c})
+            outputs.append(output)
+            del batch  # before the next is built: one batch at a time
+        if not outputs:
+            return np.zeros((0, 1), np.float32)
+        return np.concatenate(outputs, axis=0)
+
+
+def use_streaming_onnx() -> None:
+    """Make this process's ``get_speech_timestamps`` run ``StreamingOnnxVAD`` where it would run
+    the library's own model (it leaves an ``install``ed PyTorch VAD in place). Same results, less
+    memory; safe in any process (ONNX Runtime sessions are thread-safe)."""
+    import faster_whisper.vad as library_vad
+
+    if getattr(library_vad.get_vad_model, "_lexiscore_vad", None) is not None:
+        return
+    model = StreamingOnnxVAD()
+    get = functools.lru_cache(lambda: model)
+    get._lexiscore_vad = "onnx"  # type: ignore[attr-defined]
+    library_vad.get_vad_model = get
+
+
 class TorchSileroVAD:
     """Speech probabilities per 512-sample frame, as ``faster_whisper.vad.SileroVADModel``."""
 
@@ -228,21 +293,15 @@ class TorchSileroVAD:
             raise ValueError("audio must be one-dimensional, a multiple of 512 samples long")
         if not audio.shape[0]:
             return np.zeros(0, np.float32)
+        total = audio.shape[0] // FRAME
         with torch.inference_mode():
-            # Built on the CPU (a copy: the caller's array is left alone); moved to the device a
-            # chunk at a time.
-            frames = torch.from_numpy(np.asarray(audio, dtype=np.float32)).reshape(-1, FRAME)
-            # As SileroVADModel does: each frame is preceded by the last 64 samples of the one
-            # before (zeros for the first), and the last frame's own last 64 samples are zeroed
-            # (the library zeroes them in place, through a view, before rolling).
-            context = torch.roll(frames[:, -CONTEXT:], 1, 0)
-            context[0] = 0
-            frames = torch.cat([context, frames], 1)
-            frames[-1, -CONTEXT:] = 0
+            # Each chunk framed on the CPU when it runs (``framed``: the caller's array is left
+            # alone), then moved to the device.
             state = None
             outputs = []
-            for start in range(0, frames.shape[0], CHUNK_FRAMES):
-                chunk = frames[start : start + CHUNK_FRAMES].to(self.device)
+            for start in range(0, total, CHUNK_FRAMES):
+                stop = min(start + CHUNK_FRAMES, total)
+                chunk = torch.from_numpy(framed(audio, start, stop)).to(self.device)
                 encoded = self._encode(chunk)
                 hidden, state = self.lstm(encoded.unsqueeze(1), state)
                 logits = F.conv1d(F.relu(hidden).permute(1, 2, 0), self.out_weight, self.out_bias)
@@ -270,6 +329,7 @@ def install(engine: str = "auto", device: str = "cpu") -> str:
     if engine not in VAD_ENGINES:
         raise ValueError(f"Unknown VAD engine {engine!r}; choose one of {', '.join(VAD_ENGINES)}.")
     if engine == "onnx" or (engine == "auto" and not torch_available()):
+        use_streaming_onnx()
         return "onnx"
     try:
         model = TorchSileroVAD(device=device)
@@ -277,6 +337,9 @@ def install(engine: str = "auto", device: str = "cpu") -> str:
         if engine == "torch":
             raise
         logger.exception("the PyTorch VAD could not load on %s; using ONNX Runtime's", device)
+        use_streaming_onnx()
         return "onnx"
-    library_vad.get_vad_model = functools.lru_cache(lambda: model)
+    get = functools.lru_cache(lambda: model)
+    get._lexiscore_vad = "torch"  # type: ignore[attr-defined]
+    library_vad.get_vad_model = get
     return "torch"
