@@ -84,7 +84,11 @@ def test_promtool_unit_tests_of_the_alert_rules_pass():
         timeout=120,
     )
 
-    assert {path.name for path in unit_tests} >= {"backups.test.yml", "storage.test.yml"}
+    assert {path.name for path in unit_tests} >= {
+        "backups.test.yml",
+        "deadletters.test.yml",
+        "storage.test.yml",
+    }
     assert result.returncode == 0, result.stdout + result.stderr
 
 
