@@ -47,8 +47,8 @@ forwarded_allow_ips = _env("GUNICORN_FORWARDED_ALLOW_IPS", "127.0.0.1")
 # default path, ~/.gunicorn/gunicorn.ctl, is shared by every gunicorn of one user on a host.
 control_socket = _env("GUNICORN_CONTROL_SOCKET", "")
 control_socket_disable = not control_socket
-worker_tmp_dir = os.environ.get(
-    "GUNICORN_WORKER_TMP_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else None
+worker_tmp_dir = _env("GUNICORN_WORKER_TMP_DIR", "") or (
+    "/dev/shm" if os.path.isdir("/dev/shm") else None
 )
 
 # Logs: the same JSON (or text) lines as the application, with the request id on access lines

@@ -13,6 +13,7 @@ import contextlib
 import http.client
 import io
 import math
+import os
 import socket
 import time
 import wave
@@ -201,3 +202,12 @@ def test_the_control_socket_is_off_unless_a_path_is_given(monkeypatch, tmp_path)
 
     assert conf["control_socket_disable"] is False
     assert conf["control_socket"] == str(tmp_path / "g.ctl")
+
+
+def test_an_empty_worker_tmp_dir_means_the_default(monkeypatch, tmp_path):
+    """Empty counts as unset, as for every variable: not gunicorn's cwd-relative ''."""
+    default = _gunicorn_conf(monkeypatch, GUNICORN_WORKER_TMP_DIR="")["worker_tmp_dir"]
+    chosen = _gunicorn_conf(monkeypatch, GUNICORN_WORKER_TMP_DIR=str(tmp_path))["worker_tmp_dir"]
+
+    assert default == ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+    assert chosen == str(tmp_path)

@@ -115,3 +115,16 @@ def test_an_unreachable_broker_is_unhealthy(monkeypatch):
 
 def test_an_unknown_check_is_a_usage_error():
     assert healthcheck.main(["nope"]) == 2
+
+
+def test_empty_variables_mean_their_defaults_as_everywhere(monkeypatch):
+    """A copied .env.example leaves values empty: the check must not crash on them."""
+    monkeypatch.setenv("HEALTHCHECK_TIMEOUT_SECONDS", "")
+    monkeypatch.setenv("GUNICORN_BIND", "")
+    monkeypatch.setenv("FLOWER_PORT", "")
+
+    spec.loader.exec_module(healthcheck)  # the timeout is read at import
+
+    assert healthcheck.TIMEOUT_SECONDS == 4.0
+    assert healthcheck.env("GUNICORN_BIND", "0.0.0.0:8000") == "0.0.0.0:8000"
+    assert healthcheck.bind_port(healthcheck.env("GUNICORN_BIND", "0.0.0.0:8000"), 8000) == 8000
