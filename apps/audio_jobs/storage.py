@@ -10,6 +10,7 @@ import contextlib
 import logging
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,40 @@ def supports_presigned_upload() -> bool:
     return hasattr(default_storage, "bucket") and hasattr(default_storage, "connection")
 
 
-def presigned_post(key: str, *, max_size: int, expires_in: int) -> dict[str, Any]:
-    """A presigned POST whose policy fixes the exact key and a size range."""
+_signing = threading.local()
+
+
+def _presigning_client() -> Any:
+    """The client that signs presigned POSTs: the storage's own, or, with
+    AWS_S3_PUBLIC_ENDPOINT_URL, one for the address clients reach the store at (compose's
+    MinIO is `http://minio:9000` to the platform, a name no browser resolves). A POST policy's
+    signature covers the policy, not the host, so the store accepts what this client signs
+    whichever way the request reaches it. One client per thread, as django-storages keeps its
+    connections (boto3 clients are not shared across threads)."""
     # django-storages' S3Storage (checked by supports_presigned_upload) has these attributes;
     # django-stubs type default_storage as the base Storage.
-    client = default_storage.connection.meta.client  # type: ignore[attr-defined]
+    public = settings.AWS_S3_PUBLIC_ENDPOINT_URL
+    if not public:
+        return default_storage.connection.meta.client  # type: ignore[attr-defined]
+    storage: Any = default_storage
+    key = (public, storage.endpoint_url, storage.access_key, storage.region_name)
+    cached = getattr(_signing, "client", None)
+    if cached is None or cached[0] != key:
+        client = storage._create_session().client(
+            "s3",
+            region_name=storage.region_name,
+            use_ssl=storage.use_ssl,
+            endpoint_url=public,
+            config=storage.client_config,
+            verify=storage.verify,
+        )
+        cached = _signing.client = (key, client)
+    return cached[1]
+
+
+def presigned_post(key: str, *, max_size: int, expires_in: int) -> dict[str, Any]:
+    """A presigned POST whose policy fixes the exact key and a size range."""
+    client = _presigning_client()
     return client.generate_presigned_post(
         Bucket=default_storage.bucket_name,  # type: ignore[attr-defined]
         Key=key,

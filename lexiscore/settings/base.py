@@ -264,6 +264,9 @@ MEDIA_URL = "/media/"
 MEDIA_ROOT = Path(env.str("MEDIA_ROOT", default=str(VAR_DIR / "media")))
 
 STORAGE_BACKEND = env.str("STORAGE_BACKEND", default="local")
+# Where clients reach the S3-compatible store, when the platform reaches it at another address
+# (compose's MinIO: http://minio:9000): presigned uploads are signed for this one.
+AWS_S3_PUBLIC_ENDPOINT_URL = env.str("AWS_S3_PUBLIC_ENDPOINT_URL", default="")
 if STORAGE_BACKEND == "s3":
     default_storage = {
         "BACKEND": "storages.backends.s3.S3Storage",

@@ -216,6 +216,33 @@ def test_an_uploaded_object_becomes_a_queued_job_checked_later_by_the_worker(
     assert (replay.status_code, replay.json()["id"]) == (200, str(job.pk))
 
 
+def test_tickets_name_the_public_endpoint_when_the_store_is_reached_at_another_address(
+    api_client, auth, s3, s3_endpoint, settings, clip_bytes
+):
+    """Compose's MinIO is http://minio:9000 to the platform: AWS_S3_PUBLIC_ENDPOINT_URL names
+    where browsers reach it. The form goes there; its signature (SigV4 over the policy, not the
+    host) is valid for the store whichever address forwards it."""
+    import hashlib
+    import hmac
+
+    settings.AWS_S3_PUBLIC_ENDPOINT_URL = "https://uploads.example.test"
+
+    body = ticket(api_client, auth)
+
+    assert body["url"] == f"https://uploads.example.test/{BUCKET}"
+    fields = body["fields"]
+    access_key, day, region, service, _ = fields["x-amz-credential"].split("/")
+    signing = b"AWS4testing"
+    for part in (day, region, service, "aws4_request"):
+        signing = hmac.new(signing, part.encode(), hashlib.sha256).digest()
+    expected = hmac.new(signing, fields["policy"].encode(), hashlib.sha256).hexdigest()
+    assert (access_key, fields["x-amz-signature"]) == ("testing", expected)
+    # What the public address forwards to the store (here moto, straight).
+    stored = send({**body, "url": f"{s3_endpoint}/{BUCKET}"}, clip_bytes)
+    response = create_job(api_client, auth, body["id"], language="en")
+    assert (stored.status_code, response.status_code) == (204, 201)
+
+
 def test_an_api_key_can_upload_directly(api_client, org, s3, clip_bytes):
     headers = api_key_header(ApiKeyFactory(organisation=org, role=Role.MEMBER))
     body = ticket(api_client, headers)
