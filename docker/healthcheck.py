@@ -15,12 +15,12 @@ import os
 import sys
 
 
-def env(name: str, default: str) -> str:
+def _env(name: str, default: str) -> str:
     """An environment variable; empty counts as unset (as `lexiscore.settings.base.Env` does)."""
     return os.environ.get(name) or default
 
 
-TIMEOUT_SECONDS = float(env("HEALTHCHECK_TIMEOUT_SECONDS", "4"))
+TIMEOUT_SECONDS = float(_env("HEALTHCHECK_TIMEOUT_SECONDS", "4"))
 
 
 def allowed_host() -> str:
@@ -52,13 +52,13 @@ def http_ok(port: int, path: str, host: str) -> tuple[bool, str]:
 
 
 def check_web() -> tuple[bool, str]:
-    port = bind_port(env("GUNICORN_BIND", "0.0.0.0:8000"), 8000)
+    port = bind_port(_env("GUNICORN_BIND", "0.0.0.0:8000"), 8000)
     return http_ok(port, "/healthz", allowed_host())
 
 
 def check_flower() -> tuple[bool, str]:
     # /healthcheck is the one Flower page that needs no credentials.
-    port = int(env("FLOWER_PORT", "5555"))
+    port = int(_env("FLOWER_PORT", "5555"))
     return http_ok(port, "/healthcheck", "localhost")
 
 

@@ -126,5 +126,5 @@ def test_empty_variables_mean_their_defaults_as_everywhere(monkeypatch):
     spec.loader.exec_module(healthcheck)  # the timeout is read at import
 
     assert healthcheck.TIMEOUT_SECONDS == 4.0
-    assert healthcheck.env("GUNICORN_BIND", "0.0.0.0:8000") == "0.0.0.0:8000"
-    assert healthcheck.bind_port(healthcheck.env("GUNICORN_BIND", "0.0.0.0:8000"), 8000) == 8000
+    assert healthcheck._env("GUNICORN_BIND", "0.0.0.0:8000") == "0.0.0.0:8000"
+    assert healthcheck.bind_port(healthcheck._env("GUNICORN_BIND", "0.0.0.0:8000"), 8000) == 8000
