@@ -475,7 +475,10 @@ CELERY_TASK_ACKS_ON_FAILURE_OR_TIMEOUT = True
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# A broker blip (Redis restart, failover) lets running tasks finish: cancelling threw away hours
+# of transcription and left the job `processing` until the stuck-job sweep. The unacknowledged
+# message comes back after the visibility timeout, and the job lease makes that a no-op.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_WORKER_MAX_TASKS_PER_CHILD", default=200)
 # KiB; a child over this after a task is replaced (contains leaks in native libraries).
 CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int(

@@ -21,15 +21,21 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     worker_soft_shutdown_timeout=float(os.environ.get("PROBE_SOFT_SHUTDOWN_TIMEOUT", "2")),
     worker_enable_soft_shutdown_on_idle=True,
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # LexisCore's workers let a running task finish across a broker restart (settings/base.py).
+    worker_cancel_long_running_tasks_on_connection_loss=os.environ.get(
+        "PROBE_CANCEL_ON_CONNECTION_LOSS", "0"
+    )
+    == "1",
     broker_transport_options={"visibility_timeout": 3600},
     broker_connection_retry_on_startup=True,
 )
 
 
 @app.task(name="probe.sleep")
-def sleep(seconds: float, marker: str) -> None:
+def sleep(seconds: float, marker: str, done: str = "") -> None:
     Path(marker).write_text("started")
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         time.sleep(0.1)
+    if done:
+        Path(done).write_text("finished")

@@ -30,7 +30,9 @@ def probe_env(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1", **extra}
 
 
-def start_worker(broker_url: str, queue: str, warm_seconds: str, log: Path) -> subprocess.Popen:
+def start_worker(
+    broker_url: str, queue: str, warm_seconds: str, log: Path, **extra: str
+) -> subprocess.Popen:
     command = [
         sys.executable,
         str(ROOT / "docker" / "worker_entrypoint.py"),
@@ -54,7 +56,10 @@ def start_worker(broker_url: str, queue: str, warm_seconds: str, log: Path) -> s
         "INFO",
     ]
     env = probe_env(
-        PROBE_BROKER_URL=broker_url, PROBE_QUEUE=queue, WORKER_WARM_SHUTDOWN_SECONDS=warm_seconds
+        PROBE_BROKER_URL=broker_url,
+        PROBE_QUEUE=queue,
+        WORKER_WARM_SHUTDOWN_SECONDS=warm_seconds,
+        **extra,
     )
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -165,3 +170,49 @@ def test_a_killed_worker_strands_its_task_until_the_visibility_timeout(tmp_path,
     time.sleep(0.2)
     assert client.llen(queue) == 0
     assert client.hlen("unacked") == 1
+
+
+@pytest.mark.parametrize(
+    ("cancel_on_loss", "finishes"),
+    [
+        ("0", True),  # LexisCore's setting: the task goes on and finishes
+        ("1", False),  # the control: Celery's cancel throws the running task away
+    ],
+)
+def test_a_broker_restart_lets_a_running_task_finish(tmp_path, cancel_on_loss, finishes):
+    """A Redis blip (restart, failover) must not throw away hours of transcription: the task
+    finishes; its message, unacknowledged on the old connection, comes back only after the
+    visibility timeout, and the job lease makes that delivery a no-op (tests/audio_jobs)."""
+    from tests.delivery.shutdown_probe import app
+
+    server = RedisServer(appendonly=True).start()
+    queue = f"probe-{uuid.uuid4().hex[:8]}"
+    log, marker, done = tmp_path / "worker.log", tmp_path / "started", tmp_path / "done"
+    worker = start_worker(
+        server.url, queue, "30", log, PROBE_CANCEL_ON_CONNECTION_LOSS=cancel_on_loss
+    )
+    try:
+        wait_for(lambda: "ready." in log.read_text(errors="replace"), timeout=60, what="worker")
+        with app.connection_for_write(server.url) as connection:
+            app.send_task(
+                "probe.sleep",
+                args=[8, str(marker), str(done)],
+                queue=queue,
+                connection=connection,
+            )
+        wait_for(marker.exists, timeout=30, what="task start")
+        port = server.port
+        server.restart()
+        assert server.port == port  # the worker reconnects to the same address
+
+        if finishes:
+            wait_for(done.exists, timeout=40, what="the task to finish")
+        else:
+            time.sleep(15)
+            assert not done.exists()
+            assert "Terminating it instead" in log.read_text(errors="replace")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=10)
+        server.kill()
