@@ -11,6 +11,8 @@ share one count per key and window. Two layers:
 * Guards of the requests that email an address (`registration`, `verification_resend`,
   `password_reset`), each with counters of its own: over the per-IP limit the client gets 429;
   over the per-address limit the email is silently not sent (`guard_email_request`).
+* Invitation emails per address, across organisations (`guard_invitation_address`): the
+  inviter is a signed-in admin of a known organisation, so past the limit they get 429.
 
 Over a limit the caller gets 429 with `Retry-After` and the error body.
 """
@@ -297,3 +299,44 @@ def guard_email_request(*, guard: str, account: str, ip: str | None) -> bool:
         logger.info("An address's %s limit is used up; its email is not sent", guard)
         return False
     return True
+
+
+def guard_invitation_address(*, address: str, enforce: bool = True) -> None:
+    """Count one invitation email to `address`, whichever organisation sends it; past
+    `INVITATION_RATE_PER_ADDRESS` raise 429 `invitation_address_limit` (with Retry-After).
+
+    Counted before the email is queued, with one atomic increment, so parallel invitations from
+    many organisations cannot all pass a check before any is counted (a refused attempt counts
+    too, which changes nothing: the window is fixed). Unlike `guard_email_request` the caller is
+    told: an inviter is a signed-in admin of a known organisation, and an invitation answered as
+    sent but never emailed would leave a pending row nobody received. `enforce=False` (an
+    operator's resend) counts the email without refusing it.
+    """
+    from apps.core.exceptions import ApplicationError, ServiceUnavailableError
+
+    rate = settings.INVITATION_RATE_PER_ADDRESS
+    if not rate:
+        return
+    usage = _usage(
+        None,
+        group="guard:invitation:address",
+        key=f"account:{address}",
+        rate=rate,
+        increment=True,
+    )
+    if usage is None:  # fail closed, as the other guards of requests that send email
+        if not enforce:
+            return
+        raise ServiceUnavailableError(
+            "This is temporarily unavailable. Try again shortly.",
+            code="rate_limit_unavailable",
+        )
+    if enforce and usage["should_limit"]:
+        wait = _retry_after(usage)
+        raise ApplicationError(
+            "This address has received too many invitations recently. Try again later.",
+            code="invitation_address_limit",
+            status_code=429,
+            details={"retry_after_seconds": wait},
+            headers={"Retry-After": str(wait)},
+        )

@@ -743,6 +743,12 @@ INVITATION_MAX_AGE = env.int("INVITATION_MAX_AGE_DAYS", default=7) * 24 * 3600
 API_KEY_LAST_USED_INTERVAL = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
 # Every organisation starts with its plan's audio quota and each API key has its own rate windows:
 # caps keep either from multiplying without an operator (0: no cap).
+# Invitation emails (apps.accounts.services.organisations): a resend waits this long after the
+# last send, one invitation is sent at most this many times (the first send included; 0: no cap),
+# and one address receives at most this many invitation emails, across organisations ("": off).
+INVITATION_RESEND_COOLDOWN_SECONDS = env.int("INVITATION_RESEND_COOLDOWN_SECONDS", default=300)
+INVITATION_SENDS_MAX = env.int("INVITATION_SENDS_MAX", default=5)
+INVITATION_RATE_PER_ADDRESS = env.str("INVITATION_RATE_PER_ADDRESS", default="10/d")
 ORGANISATIONS_PER_USER_MAX = env.int("ORGANISATIONS_PER_USER_MAX", default=5)
 API_KEYS_PER_ORGANISATION_MAX = env.int("API_KEYS_PER_ORGANISATION_MAX", default=50)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import uuid
 
 from django.conf import settings
@@ -26,6 +27,7 @@ from ..models import (
     role_at_least,
 )
 from ..network import RequestMeta
+from ..ratelimit import guard_invitation_address
 from ..tokens import (
     TokenPair,
     invitation_token_new,
@@ -278,6 +280,37 @@ def membership_leave(*, membership: Membership, meta: RequestMeta) -> None:
 
 
 # ---- Invitations ------------------------------------------------------------------------------
+# Anyone can register, own an organisation, name it anything and invite any address, so the
+# platform's invitation emails are bounded three ways: a resend waits
+# INVITATION_RESEND_COOLDOWN_SECONDS after the last send (429 `invitation_resend_too_soon`), an
+# invitation is sent at most INVITATION_SENDS_MAX times (409 `invitation_send_limit`: waiting
+# does not help), and an address receives at most INVITATION_RATE_PER_ADDRESS invitation emails
+# whichever organisations send them (429 `invitation_address_limit`; revoking and inviting again
+# is counted there too). Operators' resends (the admin site) are exempt but still counted.
+def _resend_limits_check(invitation: Invitation) -> None:
+    """Refuse a resend that comes too soon after the last send, or past the invitation's cap."""
+    limit = settings.INVITATION_SENDS_MAX
+    if limit and invitation.sent_count >= limit:
+        raise ConflictError(
+            f"This invitation has been sent {invitation.sent_count} times, the most it may be. "
+            "Revoke it and invite again if the address is right.",
+            code="invitation_send_limit",
+            details={"limit": limit},
+        )
+    cooldown = settings.INVITATION_RESEND_COOLDOWN_SECONDS
+    if cooldown > 0 and invitation.last_sent_at is not None:
+        next_allowed = invitation.last_sent_at + dt.timedelta(seconds=cooldown)
+        wait = math.ceil((next_allowed - timezone.now()).total_seconds())
+        if wait > 0:
+            raise ApplicationError(
+                f"This invitation was sent recently: it can be sent again in {wait} seconds.",
+                code="invitation_resend_too_soon",
+                status_code=429,
+                details={"retry_after_seconds": wait},
+                headers={"Retry-After": str(wait)},
+            )
+
+
 def _send_invitation(invitation: Invitation, token: str, inviter: User | None) -> None:
     enqueue_email(
         "invitation",
@@ -326,6 +359,7 @@ def invitation_create(*, actor: Membership, email: str, role: str, meta: Request
             )
         pending.status = Invitation.Status.REVOKED
         pending.save(update_fields=["status", "updated_at"])
+    guard_invitation_address(address=address)  # last check before the email: it counts one
     invitation = Invitation(
         id=uuid.uuid4(), organisation=organisation, email=address, role=role, invited_by=actor.user
     )
@@ -346,9 +380,18 @@ def invitation_create(*, actor: Membership, email: str, role: str, meta: Request
 
 @transaction.atomic
 def invitation_resend(
-    *, actor: Membership, invitation: Invitation | None, meta: RequestMeta | None = None
+    *,
+    actor: Membership,
+    invitation: Invitation | None,
+    meta: RequestMeta | None = None,
+    enforce_limits: bool = True,
 ) -> Invitation:
-    """Send a pending invitation again with a new link (older links stop working)."""
+    """Send a pending invitation again with a new link (older links stop working).
+
+    Checked under the invitation's row lock, so parallel resends see each other's sends: the
+    cooldown and the per-invitation cap (`_resend_limits_check`), then the address's limit across
+    organisations. `enforce_limits=False` (an operator) skips them; the email is still counted.
+    """
     if invitation is None:
         raise NotFoundError("No such invitation.")
     if not role_at_least(actor.role, Role.ADMIN):
@@ -358,6 +401,9 @@ def invitation_resend(
     )
     if invitation.status != Invitation.Status.PENDING:
         raise ConflictError("Only pending invitations can be resent.", code="not_pending")
+    if enforce_limits:
+        _resend_limits_check(invitation)
+    guard_invitation_address(address=invitation.email, enforce=enforce_limits)
     token = _issue_invitation_token(invitation)
     invitation.save()
     _send_invitation(invitation, token, actor.user)
@@ -374,9 +420,12 @@ def invitation_resend(
 
 
 def invitation_resend_by_operator(*, invitation: Invitation, operator: User) -> Invitation:
-    """The admin site's "resend" action: the operator acts with owner rights."""
+    """The admin site's "resend" action: the operator acts with owner rights, and is not held to
+    the resend limits (a deliberate, audited decision); the email still counts for the address."""
     actor = Membership(user=operator, organisation=invitation.organisation, role=Role.OWNER)
-    return invitation_resend(actor=actor, invitation=invitation, meta=RequestMeta())
+    return invitation_resend(
+        actor=actor, invitation=invitation, meta=RequestMeta(), enforce_limits=False
+    )
 
 
 @transaction.atomic

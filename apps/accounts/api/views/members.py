@@ -199,7 +199,21 @@ class InvitationListApi(AdminApi):
         summary="Invite someone by email (admins; only owners invite owners)",
         parameters=[ORGANISATION_PARAMETER],
         request=InputSerializer,
-        responses={201: InvitationOutputSerializer, **errors(400, 401, 403, 404, 409)},
+        responses={
+            201: InvitationOutputSerializer,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                409,
+                descriptions={
+                    429: "`invitation_address_limit` (the address received "
+                    "INVITATION_RATE_PER_ADDRESS invitations, from any organisation) or the "
+                    "general rate: wait `Retry-After` seconds.",
+                },
+            ),
+        },
         tags=["invitations"],
     )
     def post(self, request: Request, version: str) -> Response:
@@ -251,7 +265,22 @@ class InvitationResendApi(AdminApi):
         summary="Send a pending invitation again with a fresh link (admins)",
         parameters=[ORGANISATION_PARAMETER],
         request=None,
-        responses={200: InvitationOutputSerializer, **errors(401, 403, 404, 409)},
+        responses={
+            200: InvitationOutputSerializer,
+            **errors(
+                401,
+                403,
+                404,
+                descriptions={
+                    409: "`not_pending`, or `invitation_send_limit`: sent INVITATION_SENDS_MAX "
+                    "times already (revoke it and invite again).",
+                    429: "`invitation_resend_too_soon` (within INVITATION_RESEND_COOLDOWN_SECONDS "
+                    "of the last send), `invitation_address_limit` (the address received "
+                    "INVITATION_RATE_PER_ADDRESS invitations) or the general rate: wait "
+                    "`Retry-After` seconds.",
+                },
+            ),
+        },
         tags=["invitations"],
     )
     def post(self, request: Request, version: str, invitation_id) -> Response:
