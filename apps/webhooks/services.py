@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -25,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.core import crypto
-from apps.core.exceptions import ApplicationError
+from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 
 from . import network, signing
 from .models import (
@@ -67,15 +68,36 @@ def _checked_events(event_types: list[str]) -> list[str]:
     return sorted(set(event_types))
 
 
+@transaction.atomic
 def endpoint_create(
     *, organisation, user, url: str, event_types: list[str], description: str = ""
 ) -> WebhookEndpoint:
-    """Register an endpoint; the returned instance carries the secret (shown to the caller once)."""
+    """Register an endpoint; the returned instance carries the secret (shown to the caller once).
+
+    Every event fans out to every subscribed endpoint, so an organisation has at most
+    `WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX` (disabled ones count: they can be enabled again).
+    The count is read under the organisation's row lock (`FOR NO KEY UPDATE`, the first lock
+    taken here), so parallel creates wait for each other and cannot both take the last place.
+    """
+    from apps.accounts.models import Organisation
+
+    url = _checked_url(url)
+    event_types = _checked_events(event_types)
+    Organisation.objects.select_for_update(no_key=True).filter(pk=organisation.pk).first()
+    limit = settings.WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX
+    count = WebhookEndpoint.objects.filter(organisation_id=organisation.pk).count()
+    if limit and count >= limit:
+        raise ConflictError(
+            f"This organisation has {count} webhook endpoints, the most it may have. "
+            "Delete one first.",
+            code="webhook_endpoint_limit",
+            details={"limit": limit},
+        )
     return WebhookEndpoint.objects.create(
         organisation=organisation,
         created_by=user,
-        url=_checked_url(url),
-        event_types=_checked_events(event_types),
+        url=url,
+        event_types=event_types,
         description=description,
         secret=signing.secret_new(),
     )
@@ -115,11 +137,48 @@ def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
     endpoint.delete()
 
 
+TEST_SENDS_WINDOW = timedelta(hours=1)
+
+
+@transaction.atomic
 def endpoint_send_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
-    if not endpoint.is_active:
+    """Queue a test event to the endpoint: at most `WEBHOOK_TEST_SENDS_PER_HOUR` in any hour.
+
+    Each is a delivery on the shared webhooks queue (with its retries), so past the limit the
+    answer is 429 `webhook_test_limit` with Retry-After (when the oldest test of the hour leaves
+    the window). Counted from the endpoint's test deliveries under its row lock: parallel sends
+    wait for each other, and nothing depends on the cache.
+    """
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+    if locked is None:
+        raise NotFoundError("This webhook endpoint no longer exists.")
+    if not locked.is_active:
         raise ApplicationError("The endpoint is disabled.", code="endpoint_disabled")
+    limit = settings.WEBHOOK_TEST_SENDS_PER_HOUR
+    if limit:
+        now = timezone.now()
+        recent = list(
+            WebhookDelivery.objects.filter(
+                endpoint_id=locked.pk,
+                event_type=EventType.TEST,
+                created_at__gt=now - TEST_SENDS_WINDOW,
+            )
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)[:limit]
+        )
+        if len(recent) >= limit:
+            # Room for one more once the limit-th most recent test leaves the hour.
+            wait = max(math.ceil((recent[-1] + TEST_SENDS_WINDOW - now).total_seconds()), 1)
+            raise ApplicationError(
+                f"This endpoint was sent {limit} test events in the last hour, the most it may "
+                f"be. Try again in {wait} seconds.",
+                code="webhook_test_limit",
+                status_code=429,
+                details={"limit": limit, "retry_after_seconds": wait},
+                headers={"Retry-After": str(wait)},
+            )
     data = {"message": "This is a test event from LexisCore."}
-    return _deliveries_create([endpoint], EventType.TEST, data)[0]
+    return _deliveries_create([locked], EventType.TEST, data)[0]
 
 
 # ---- Events -------------------------------------------------------------------------------------

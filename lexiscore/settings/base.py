@@ -829,6 +829,12 @@ WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS = env.int(
 # WEBHOOK_ALLOW_LOOPBACK explicitly (it is deliberately not read from the environment).
 WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=True)
 WEBHOOK_ALLOW_LOOPBACK = False
+# Every event fans out to every subscribed endpoint, and each test send is a delivery on the shared
+# webhooks queue: endpoints per organisation and test sends per endpoint per hour (0: no cap).
+WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX = env.int(
+    "WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX", default=20
+)
+WEBHOOK_TEST_SENDS_PER_HOUR = env.int("WEBHOOK_TEST_SENDS_PER_HOUR", default=10)
 CELERY_BEAT_SCHEDULE.update(
     {
         "weekly-usage-reports": {

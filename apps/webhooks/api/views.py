@@ -22,6 +22,30 @@ ERRORS = errors(
     404,
     descriptions={400: "Invalid input or unsafe URL.", 403: "Admins and owners only."},
 )
+CREATE_ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    descriptions={
+        400: "Invalid input or unsafe URL.",
+        403: "Admins and owners only.",
+        409: "`webhook_endpoint_limit`: the organisation has the most endpoints it may have "
+        "(WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX).",
+    },
+)
+TEST_ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    descriptions={
+        400: "`endpoint_disabled`: the endpoint is disabled.",
+        403: "Admins and owners only.",
+        429: "`webhook_test_limit`: WEBHOOK_TEST_SENDS_PER_HOUR test events were sent to this "
+        "endpoint in the last hour; wait `Retry-After` seconds (or the API's general rate).",
+    },
+)
 
 
 class EndpointInput(InputSerializer):
@@ -96,7 +120,7 @@ class EndpointListCreateView(_AdminView):
     @extend_schema(
         operation_id="webhook_endpoints_create",
         request=EndpointInput,
-        responses={201: EndpointWithSecretOutput, **ERRORS},
+        responses={201: EndpointWithSecretOutput, **CREATE_ERRORS},
     )
     def post(self, request: Request, version: str) -> Response:
         data = EndpointInput(data=request.data)
@@ -158,7 +182,7 @@ class EndpointTestView(_AdminView):
     @extend_schema(
         operation_id="webhook_endpoints_test",
         request=None,
-        responses={202: DeliveryOutput, **ERRORS},
+        responses={202: DeliveryOutput, **TEST_ERRORS},
     )
     def post(self, request: Request, version: str, endpoint_id) -> Response:
         delivery = services.endpoint_send_test(endpoint=self.endpoint(request, endpoint_id))
