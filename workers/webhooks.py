@@ -6,6 +6,8 @@ countdown, so nothing depends on Redis keeping a delayed message past its visibi
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from celery import shared_task
 
 from apps.webhooks import services
@@ -14,8 +16,10 @@ from .base import LexisTask
 
 
 @shared_task(name="workers.webhooks.deliver", base=LexisTask)
-def deliver(delivery_id: str) -> str:
-    return services.delivery_attempt(delivery_id=delivery_id)
+def deliver(delivery_id: str, due_at: str | None = None) -> str:
+    """One try; `due_at`: the mark of the sweep that published it (absent from older messages)."""
+    mark = datetime.fromisoformat(due_at) if due_at else None
+    return services.delivery_attempt(delivery_id=delivery_id, due_at=mark)
 
 
 @shared_task(name="workers.webhooks.send_due_deliveries", base=LexisTask, max_retries=0)
@@ -25,4 +29,5 @@ def send_due_deliveries() -> int:
     Returns how many were published; one the broker refused is logged and found again by the
     next sweep, and stops none of the others.
     """
-    return services.deliveries_publish(services.due_delivery_ids())
+    ids, mark = services.due_deliveries_take()
+    return services.deliveries_publish(ids, due_at=mark)

@@ -22,7 +22,8 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import transaction
+from django.db import DatabaseError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.core import crypto
@@ -218,18 +219,23 @@ def _deliveries_create(
     return deliveries
 
 
-def deliveries_publish(delivery_ids: list[str]) -> int:
+def deliveries_publish(delivery_ids: list[str], *, due_at: datetime | None = None) -> int:
     """Ask the webhooks queue to try each delivery now; returns how many were published.
 
-    Never raises: a delivery whose publish fails (broker down) stays due in the database and
-    beat's `send_due_deliveries` sends it, so the caller (a job that just completed) goes on.
+    `due_at`: the sweep's mark (`due_deliveries_take`), which the try accepts as due. Never
+    raises: a delivery whose publish fails (broker down) stays due in the database (the sweep's
+    mark is taken back) and beat's `send_due_deliveries` sends it, so the caller (a job that just
+    completed) goes on.
     """
     from workers.webhooks import deliver
 
     published = 0
     for delivery_id in delivery_ids:
         try:
-            deliver.apply_async(args=[delivery_id])
+            if due_at is None:
+                deliver.apply_async(args=[delivery_id])
+            else:
+                deliver.apply_async(args=[delivery_id], kwargs={"due_at": due_at.isoformat()})
         except Exception:
             logger.warning(
                 "Webhook delivery %s not published; the due-delivery sweep will send it",
@@ -237,9 +243,21 @@ def deliveries_publish(delivery_ids: list[str]) -> int:
                 exc_info=True,
                 extra={"delivery_id": delivery_id},
             )
+            if due_at is not None:
+                _unmark(delivery_id, due_at)
         else:
             published += 1
     return published
+
+
+def _unmark(delivery_id: str, due_at: datetime) -> None:
+    """Make a delivery the sweep marked but could not publish due again at once."""
+    try:
+        WebhookDelivery.objects.filter(
+            pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at=due_at
+        ).update(next_attempt_at=timezone.now())
+    except DatabaseError:
+        logger.warning("Webhook delivery %s: could not clear the sweep's mark", delivery_id)
 
 
 def event_publish(*, organisation, event_type: str, data: dict[str, Any]) -> list[WebhookDelivery]:
@@ -273,12 +291,17 @@ def _retry_after(headers: dict[str, str]) -> float | None:
             return None
 
 
-def _claim(delivery_id: str, now: datetime) -> bool:
+def _claim(delivery_id: str, now: datetime, due_at: datetime | None = None) -> bool:
+    """Take a due delivery for one try (`WEBHOOK_CLAIM_LEASE_SECONDS`). Due: its time has come,
+    or it still carries the mark of the sweep that published this message (`due_at`)."""
     lease = now + timedelta(seconds=settings.WEBHOOK_CLAIM_LEASE_SECONDS)
+    due = Q(next_attempt_at__lte=now)
+    if due_at is not None:
+        due |= Q(next_attempt_at=due_at)
     return bool(
-        WebhookDelivery.objects.filter(
-            pk=delivery_id, status=DeliveryStatus.PENDING, next_attempt_at__lte=now
-        ).update(next_attempt_at=lease)
+        WebhookDelivery.objects.filter(due, pk=delivery_id, status=DeliveryStatus.PENDING).update(
+            next_attempt_at=lease
+        )
     )
 
 
@@ -321,10 +344,10 @@ def _headers(secrets_: list[str], delivery: WebhookDelivery, body: bytes) -> dic
     }
 
 
-def delivery_attempt(*, delivery_id: str) -> str:
+def delivery_attempt(*, delivery_id: str, due_at: datetime | None = None) -> str:
     """Try one due delivery; returns its status afterwards ("skipped" if not due or claimed)."""
     now = timezone.now()
-    if not _claim(delivery_id, now):
+    if not _claim(delivery_id, now, due_at):
         return "skipped"
     delivery = (
         WebhookDelivery.objects.select_related("endpoint", "organisation")
@@ -498,13 +521,21 @@ def _disable_and_notify(endpoint: WebhookEndpoint, reason: str) -> None:
         )
 
 
-def due_delivery_ids(*, limit: int = 1000) -> list[str]:
+def due_deliveries_take(*, limit: int = 1000) -> tuple[list[str], datetime]:
+    """The deliveries whose time has come, marked as published: their `next_attempt_at` is moved
+    `WEBHOOK_CLAIM_LEASE_SECONDS` ahead, to a mark their message carries (`_claim` accepts it).
+    So while the webhooks queue is backed up (or its workers are down) the sweep publishes each
+    delivery once per lease, not once per run: it added up to 1,000 copies every 15 s, filling
+    the Redis the broker shares. A message that was lost is published again after the lease.
+    Returns (ids, mark)."""
     now = timezone.now()
-    return [
-        str(pk)
-        for pk in WebhookDelivery.objects.filter(
-            status=DeliveryStatus.PENDING, next_attempt_at__lte=now
+    mark = now + timedelta(seconds=settings.WEBHOOK_CLAIM_LEASE_SECONDS)
+    with transaction.atomic():
+        ids = list(
+            WebhookDelivery.objects.select_for_update(skip_locked=True)
+            .filter(status=DeliveryStatus.PENDING, next_attempt_at__lte=now)
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
         )
-        .order_by("next_attempt_at")
-        .values_list("pk", flat=True)[:limit]
-    ]
+        WebhookDelivery.objects.filter(pk__in=ids).update(next_attempt_at=mark)
+    return [str(pk) for pk in ids], mark

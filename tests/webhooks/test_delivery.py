@@ -249,8 +249,73 @@ def test_the_beat_sweep_publishes_due_deliveries_without_countdowns(
     count = webhook_tasks.send_due_deliveries()
 
     assert count == 1
-    assert published[0][1] == {}
+    assert set(published[0][1]) == {"kwargs"}  # the sweep's mark; no countdown, no eta
     assert "countdown" not in published[0][1] and "eta" not in published[0][1]
+
+
+def capture_publishes(monkeypatch) -> list:
+    published: list = []
+    monkeypatch.setattr(
+        webhook_tasks.deliver,
+        "apply_async",
+        lambda args=None, kwargs=None, **options: published.append((args, kwargs or {})),
+    )
+    return published
+
+
+def test_a_backed_up_queue_gets_each_delivery_once_per_lease_not_once_per_sweep(
+    admin, loopback, receiver, monkeypatch, settings
+):
+    """Nothing consumes the queue (workers down): the sweep runs every 15 s, but a delivery is
+    published again only after WEBHOOK_CLAIM_LEASE_SECONDS (its message may have been lost)."""
+    endpoint_for(admin.organisation, receiver.url)
+    settings.WEBHOOK_CLAIM_LEASE_SECONDS = 300
+    services.event_publish(organisation=admin.organisation, event_type="job.completed", data={})
+    published = capture_publishes(monkeypatch)
+
+    counts = [webhook_tasks.send_due_deliveries() for _ in range(4)]
+    WebhookDelivery.objects.update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    again = webhook_tasks.send_due_deliveries()
+
+    assert counts == [1, 0, 0, 0]
+    assert again == 1
+    assert len(published) == 2
+
+
+def test_the_swept_message_is_delivered_once_and_a_stale_copy_is_skipped(
+    admin, loopback, receiver, monkeypatch
+):
+    endpoint_for(admin.organisation, receiver.url)
+    delivery = services.event_publish(
+        organisation=admin.organisation, event_type="job.completed", data={}
+    )[0]
+    published = capture_publishes(monkeypatch)
+    webhook_tasks.send_due_deliveries()
+    [(args, kwargs)] = published
+
+    # The event's own message (no mark) comes late, after the sweep marked the delivery.
+    stale = webhook_tasks.deliver.run(str(delivery.pk))
+    swept = webhook_tasks.deliver.run(*args, **kwargs)
+    again = webhook_tasks.deliver.run(*args, **kwargs)
+
+    assert (stale, swept, again) == ("skipped", DeliveryStatus.SUCCEEDED, "skipped")
+    assert len(receiver.requests) == 1
+
+
+def test_a_delivery_the_broker_refused_is_due_again_at_once(admin, loopback, receiver, monkeypatch):
+    endpoint_for(admin.organisation, receiver.url)
+    delivery = services.event_publish(
+        organisation=admin.organisation, event_type="job.completed", data={}
+    )[0]
+
+    def refuse(*args, **kwargs):
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(webhook_tasks.deliver, "apply_async", refuse)
+    assert webhook_tasks.send_due_deliveries() == 0
+
+    delivery.refresh_from_db()
+    assert delivery.next_attempt_at <= timezone.now()  # the next sweep publishes it
 
 
 def test_payload_is_json_with_id_type_timestamp_and_data(admin, loopback, receiver):

@@ -52,8 +52,8 @@ def test_an_endpoint_deleted_right_after_the_claim_ends_the_try_quietly(admin, l
     delivery = published_delivery(admin.organisation, receiver.url)
     real_claim = services._claim
 
-    def claim_then_the_user_deletes(delivery_id, now):
-        claimed = real_claim(delivery_id, now)
+    def claim_then_the_user_deletes(delivery_id, now, due_at=None):
+        claimed = real_claim(delivery_id, now, due_at)
         services.endpoint_delete(endpoint=WebhookEndpoint.objects.get())
         return claimed
 
