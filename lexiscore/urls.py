@@ -11,7 +11,11 @@ from drf_spectacular.views import (
     SpectacularSwaggerSplitView,
 )
 
-from apps.accounts.session_login import guarded_admin_login, guarded_api_login
+from apps.accounts.session_login import (
+    guarded_admin_login,
+    guarded_admin_password_change,
+    guarded_api_login,
+)
 from apps.core import health
 from apps.core.exceptions import json_error_view
 
@@ -80,6 +84,12 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path(f"{settings.ADMIN_URL}login/", guarded_admin_login, name="admin-login"),
+    # Before the admin's own route: the current password is checked under the sign-in guard.
+    path(
+        f"{settings.ADMIN_URL}password_change/",
+        guarded_admin_password_change,
+        name="admin-password-change",
+    ),
     path(settings.ADMIN_URL, admin.site.urls),
     path(API_PREFIX, include((api_v1, "api"), namespace="v1")),
     # The browsable API's login and logout, under the names its templates use; the login is

@@ -139,7 +139,9 @@ class UserAdmin(DjangoUserAdmin):
         for user in queryset:
             services.user_delete(user=user, actor=request.user, meta=meta)
 
-    @admin.action(description="Deactivate the selected users and end their sessions")
+    @admin.action(
+        description="Deactivate the selected users and end their sessions", permissions=["change"]
+    )
     def deactivate_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         count = 0
         for user in queryset.filter(is_active=True):
@@ -149,7 +151,10 @@ class UserAdmin(DjangoUserAdmin):
             count += 1
         self.message_user(request, f"Deactivated {count} user(s).", messages.SUCCESS)
 
-    @admin.action(description="Reactivate the selected users (their old sessions stay ended)")
+    @admin.action(
+        description="Reactivate the selected users (their old sessions stay ended)",
+        permissions=["change"],
+    )
     def reactivate_users(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
         count = 0
         for user in queryset.filter(is_active=False):
@@ -235,7 +240,8 @@ class OrganisationAdmin(admin.ModelAdmin):
 
     @admin.action(
         description="Deactivate the selected organisations (their queued and running jobs are "
-        "cancelled)"
+        "cancelled)",
+        permissions=["change"],
     )
     def deactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
@@ -249,7 +255,10 @@ class OrganisationAdmin(admin.ModelAdmin):
             done="Deactivated {count} organisation(s).",
         )
 
-    @admin.action(description="Reactivate the selected organisations (cancelled jobs stay so)")
+    @admin.action(
+        description="Reactivate the selected organisations (cancelled jobs stay so)",
+        permissions=["change"],
+    )
     def reactivate_organisations(
         self, request: HttpRequest, queryset: QuerySet[Organisation]
     ) -> None:
@@ -319,7 +328,9 @@ class InvitationAdmin(admin.ModelAdmin):
         fields = tuple(super().get_readonly_fields(request, obj))
         return (*fields, "organisation", "email", "role") if obj is not None else fields
 
-    @admin.action(description="Resend the selected invitations (with a fresh link)")
+    @admin.action(
+        description="Resend the selected invitations (with a fresh link)", permissions=["change"]
+    )
     def resend_invitations(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
         sent = 0
         for invitation in queryset.select_related("organisation"):
@@ -331,7 +342,10 @@ class InvitationAdmin(admin.ModelAdmin):
                 sent += 1
         self.message_user(request, f"Resent {sent} invitation(s).", messages.SUCCESS)
 
-    @admin.action(description="Revoke the selected invitations (their links stop working)")
+    @admin.action(
+        description="Revoke the selected invitations (their links stop working)",
+        permissions=["change"],
+    )
     def revoke_invitations(self, request: HttpRequest, queryset: QuerySet[Invitation]) -> None:
         count = 0
         pending = queryset.filter(status=Invitation.Status.PENDING).select_related("organisation")
@@ -382,7 +396,7 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a key is shown once to the organisation admin who creates it
 
-    @admin.action(description="Revoke the selected API keys")
+    @admin.action(description="Revoke the selected API keys", permissions=["change"])
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = 0
         for api_key in queryset.filter(revoked_at__isnull=True).select_related("organisation"):

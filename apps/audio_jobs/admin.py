@@ -59,7 +59,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         for job in queryset:
             services.job_delete(job=job)
 
-    @admin.action(description="Cancel the selected jobs")
+    @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request, queryset) -> None:
         # A job finished since the page was loaded is refused (ConflictError) and reported.
         apply_each(
@@ -70,7 +70,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
             done="Cancelled {count} job(s).",
         )
 
-    @admin.action(description="Publish the selected queued jobs again")
+    @admin.action(description="Publish the selected queued jobs again", permissions=["change"])
     def redispatch_jobs(self, request, queryset) -> None:
         sent = sum(
             services.job_dispatch(job_id=pk)
@@ -78,7 +78,9 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         )
         self.message_user(request, f"Published {sent} job(s).", messages.SUCCESS)
 
-    @admin.action(description="Retry the selected failed jobs from the start")
+    @admin.action(
+        description="Retry the selected failed jobs from the start", permissions=["change"]
+    )
     def retry_jobs(self, request, queryset) -> None:
         apply_each(
             self,

@@ -49,7 +49,8 @@ class AuditEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     show_full_result_count = False
     paginator = EstimatedCountPaginator  # no COUNT(*) over the whole trail per page view
 
-    @admin.action(description="Export the selected events as CSV")
+    # Reads only: whoever may view the trail may export what they select.
+    @admin.action(description="Export the selected events as CSV", permissions=["view"])
     def export_csv(self, request: HttpRequest, queryset: Any) -> StreamingHttpResponse:
         events = queryset.select_related("actor", "api_key").order_by("-occurred_at")
         response = StreamingHttpResponse(

@@ -3,6 +3,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.auth import get_permission_codename
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connections
 from django.http import HttpRequest
@@ -54,6 +55,23 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class ModelChangeActionsMixin:
+    """For an admin whose form is read-only for everyone (`has_change_permission` is False) but
+    whose actions change rows through a service (requeue a dead letter, send an email again).
+
+    Django offers and runs an action to anyone who may view the list unless the action names
+    the permissions it needs, and `permissions=["change"]` would hide it from everyone here:
+    such actions declare `@admin.action(permissions=["model_change"])`, which asks for the
+    user's own change permission on the model (`<app>.change_<model>`; a superuser has it).
+    """
+
+    opts: Any
+
+    def has_model_change_permission(self, request: HttpRequest) -> bool:
+        codename = get_permission_codename("change", self.opts)
+        return request.user.has_perm(f"{self.opts.app_label}.{codename}")
 
 
 class EstimatedCountPaginator(Paginator):
@@ -115,7 +133,7 @@ def fixed_choices_filter(field_name: str, title: str, choices) -> type[admin.Sim
 
 
 @admin.register(DeadLetter)
-class DeadLetterAdmin(admin.ModelAdmin):
+class DeadLetterAdmin(ModelChangeActionsMixin, admin.ModelAdmin):
     list_display = ("created_at", "task_name", "queue", "status", "attempts", "exception_type")
     list_filter = ("status", "queue", "task_name")
     search_fields = ("task_id", "task_name", "error", "request_id")
@@ -128,7 +146,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.action(description="Requeue the selected messages")
+    @admin.action(description="Requeue the selected messages", permissions=["model_change"])
     def requeue(self, request, queryset) -> None:
         apply_each(
             self,
@@ -140,7 +158,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
 
 
 @admin.register(PendingDeletion)
-class PendingDeletionAdmin(admin.ModelAdmin):
+class PendingDeletionAdmin(ModelChangeActionsMixin, admin.ModelAdmin):
     """Stored files waiting to be deleted (apps.core.storage); rows leave when the file is gone."""
 
     list_display = ("key", "attempts", "next_attempt_at", "created_at", "last_error")
@@ -157,7 +175,8 @@ class PendingDeletionAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None) -> bool:
         return False  # deleting a row would forget its file
 
-    @admin.action(description="Try to delete the selected files now")
+    # Its deletions were decided already: it only brings their time forward (change, not delete).
+    @admin.action(description="Try to delete the selected files now", permissions=["model_change"])
     def attempt_now(self, request, queryset) -> None:
         # Rows written ahead of time (attempts 0, due in the future) guard files still in use:
         # an upload whose job has not committed yet, a presigned form that can still be sent.

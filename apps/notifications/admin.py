@@ -1,11 +1,13 @@
 from django.contrib import admin, messages
 
+from apps.core.admin import ModelChangeActionsMixin
+
 from . import services
 from .models import EmailOutbox, EmailStatus
 
 
 @admin.register(EmailOutbox)
-class EmailOutboxAdmin(admin.ModelAdmin):
+class EmailOutboxAdmin(ModelChangeActionsMixin, admin.ModelAdmin):
     """Queued emails: what is pending, what failed and why. Read-only; failed ones can be sent
     again once the cause (SMTP settings, a template) is fixed."""
 
@@ -23,7 +25,7 @@ class EmailOutboxAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
-    @admin.action(description="Send the selected failed emails again")
+    @admin.action(description="Send the selected failed emails again", permissions=["model_change"])
     def requeue(self, request, queryset) -> None:
         ids = queryset.filter(status=EmailStatus.FAILED).values_list("pk", flat=True)
         count = services.email_requeue(outbox_ids=[str(pk) for pk in ids])

@@ -32,6 +32,7 @@ from .organisations import (
 from .users import (
     email_verification_resend,
     password_change,
+    password_change_in_session,
     password_reset_confirm,
     password_reset_request,
     user_deactivate,
@@ -68,6 +69,7 @@ __all__ = [
     "organisation_reactivate",
     "organisation_update",
     "password_change",
+    "password_change_in_session",
     "password_reset_confirm",
     "password_reset_request",
     "tokens_flush_expired",

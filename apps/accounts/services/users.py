@@ -338,27 +338,46 @@ def password_change(
     _confirm_password(user, current_password, field="current_password", meta=meta)
     check_password_strength(new_password, user)
     with transaction.atomic():
-        user.set_password(new_password)
-        # Only the password (User.save adds token_version): `user` was loaded when the request
-        # authenticated, and writing its other fields back would undo a change made since, such
-        # as an operator's deactivation.
-        user.save(update_fields=["password"])
-        blacklist_refresh_tokens(user)
         organisation = (
             Organisation.objects.filter(id=organisation_id, memberships__user=user).first()
             if organisation_id
             else None
         )
+        _password_replace(user, new_password, organisation=organisation, meta=meta)
         pair = token_pair_issue(user=user, organisation=organisation)
-        audit_record(
-            action=AuditAction.PASSWORD_CHANGED,
-            actor=user,
-            organisation=organisation or default_organisation(user),
-            target=user,
-            meta=meta,
-        )
-        _notify_password_changed(user)
     return pair
+
+
+def password_change_in_session(
+    *, user: User, current_password: str, new_password: str, meta: RequestMeta
+) -> User:
+    """The admin's own password change (`/admin/password_change/`), as the API's: the current
+    password is checked under the sign-in guard, and every token and session of the user ends
+    (the view keeps the caller's own session with `update_session_auth_hash`)."""
+    _confirm_password(user, current_password, field="current_password", meta=meta)
+    check_password_strength(new_password, user)
+    with transaction.atomic():
+        _password_replace(user, new_password, organisation=None, meta=meta)
+    return user
+
+
+def _password_replace(
+    user: User, new_password: str, *, organisation: Organisation | None, meta: RequestMeta
+) -> None:
+    user.set_password(new_password)
+    # Only the password (User.save adds token_version): `user` was loaded when the request
+    # authenticated, and writing its other fields back would undo a change made since, such
+    # as an operator's deactivation.
+    user.save(update_fields=["password"])
+    blacklist_refresh_tokens(user)
+    audit_record(
+        action=AuditAction.PASSWORD_CHANGED,
+        actor=user,
+        organisation=organisation or default_organisation(user),
+        target=user,
+        meta=meta,
+    )
+    _notify_password_changed(user)
 
 
 # ---- Profile and deactivation -----------------------------------------------------------------
