@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,11 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.db import close_old_connections, connection
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from apps.core.metrics import feed_open_streams
 
@@ -283,10 +287,12 @@ def open_streams() -> int:
 class Slot:
     """A stream's place under FEED_MAX_STREAMS_PER_PROCESS, taken by the view before it answers
     (so a burst of opens cannot overshoot) and given back once, by the stream's end or by the
-    response's close when the body was never started."""
+    response's close when the body was never started. The stream's `Lease` (its place under
+    the per-caller and per-organisation limits), if any, is given back with it."""
 
-    def __init__(self) -> None:
+    def __init__(self, lease: Lease | None = None) -> None:
         self._held = False
+        self.lease = lease
 
     def take(self) -> bool:
         global _open_streams
@@ -300,12 +306,193 @@ class Slot:
 
     def release(self) -> None:
         global _open_streams
+        if self.lease is not None:
+            self.lease.release()
         with _open_lock:
             if not self._held:
                 return
             self._held = False
             _open_streams -= 1
         feed_open_streams().dec()
+
+
+# ---- streams per caller and per organisation, counted across processes --------------------------
+# One sorted set per caller (user or API key) and one per organisation in the shared cache
+# (Redis): a member per open stream, scored with its deadline. The stream moves its deadline on
+# while it lives (`Lease.refresh`); every take first drops the members whose deadline has passed,
+# so the streams of a process that died (SIGKILL, OOM, a lost host) stop counting after at most
+# `lease_seconds()`, without anyone giving them back. Redis' own clock scores them: the
+# processes' clocks may differ.
+_TAKE = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local lease = tonumber(ARGV[1])
+for i = 1, 2 do
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+end
+for i = 1, 2 do
+    local limit = tonumber(ARGV[2 + i])
+    if limit > 0 and redis.call('ZCARD', KEYS[i]) >= limit then
+        return i
+    end
+end
+for i = 1, 2 do
+    redis.call('ZADD', KEYS[i], now + lease, ARGV[2])
+    redis.call('EXPIRE', KEYS[i], math.ceil(lease) + 1)
+end
+return 0
+"""
+# A stream whose member was dropped meanwhile (it could not refresh in time) counts again.
+_REFRESH = """
+local now = redis.call('TIME')
+now = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local lease = tonumber(ARGV[1])
+for i = 1, 2 do
+    redis.call('ZADD', KEYS[i], now + lease, ARGV[2])
+    redis.call('EXPIRE', KEYS[i], math.ceil(lease) + 1)
+end
+return 0
+"""
+_STORE_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
+# After a failure the shared count is skipped this long (as the wake-ups are, `services._wake`):
+# with Redis unreachable every open would otherwise wait for a connect timeout. Only the
+# per-process cap holds meanwhile.
+_PAUSE_AFTER_FAILURE_SECONDS = 5.0
+_shared_paused_until = 0.0
+_scripts: dict[tuple[int, str], Any] = {}
+
+PRINCIPAL = "principal"
+ORGANISATION = "organisation"
+
+
+def lease_seconds() -> float:
+    """How long a stream's place outlives its last refresh. A live stream refreshes it every
+    third of this (its loop wakes at least every FEED_HEARTBEAT_SECONDS)."""
+    return max(10.0, 3 * settings.FEED_HEARTBEAT_SECONDS)
+
+
+def _shared_store() -> RedisCache | None:
+    """The shared cache, when it is Redis and was not failing a moment ago."""
+    if time.monotonic() < _shared_paused_until:
+        return None
+    store = caches[settings.RATELIMIT_USE_CACHE]
+    return store if isinstance(store, RedisCache) else None
+
+
+def _store_failed(action: str) -> None:
+    global _shared_paused_until
+    _shared_paused_until = time.monotonic() + _PAUSE_AFTER_FAILURE_SECONDS
+    logger.warning(
+        "Could not %s a feed stream in the shared count; only the per-process cap holds for %ss",
+        action,
+        _PAUSE_AFTER_FAILURE_SECONDS,
+        exc_info=True,
+    )
+
+
+def _script(client: Any, source: str) -> Any:
+    found = _scripts.get((id(client), source))
+    if found is None:
+        found = _scripts[(id(client), source)] = client.register_script(source)
+    return found
+
+
+class Lease:
+    """A stream's place under FEED_MAX_STREAMS_PER_PRINCIPAL (per user or API key) and
+    FEED_MAX_STREAMS_PER_ORGANISATION, shared by every process (0: no such limit).
+
+    Fails open: without a Redis cache (embedded mode), or while it cannot be reached, nothing is
+    counted and only FEED_MAX_STREAMS_PER_PROCESS holds (logged). Given back once; `release`
+    may be called from any thread, the event loop's included (it does not block the loop).
+    """
+
+    def __init__(self, access: Access) -> None:
+        self.access = access
+        self.member = uuid.uuid4().hex
+        self._held = False
+        self._lock = threading.Lock()
+
+    def _keys(self, store: RedisCache) -> list[str]:
+        access = self.access
+        principal = (
+            f"key:{access.api_key_id}"
+            if access.api_key_id is not None
+            else f"user:{access.user_id}"
+        )
+        return [
+            store.make_and_validate_key(f"feed:streams:{principal}"),
+            store.make_and_validate_key(f"feed:streams:organisation:{access.organisation_id}"),
+        ]
+
+    def take(self) -> str | None:
+        """None when the stream may open (its place is taken, or nothing is counted); else the
+        limit that is reached: PRINCIPAL or ORGANISATION."""
+        per_principal = settings.FEED_MAX_STREAMS_PER_PRINCIPAL
+        per_organisation = settings.FEED_MAX_STREAMS_PER_ORGANISATION
+        if per_principal <= 0 and per_organisation <= 0:
+            return None
+        store = _shared_store()
+        if store is None:
+            return None
+        try:
+            keys = self._keys(store)
+            client = store._cache.get_client(keys[0], write=True)
+            refused = _script(client, _TAKE)(
+                keys=keys,
+                args=[lease_seconds(), self.member, per_principal, per_organisation],
+            )
+        except _STORE_ERRORS:
+            _store_failed("count")
+            return None
+        if refused == 1:
+            return PRINCIPAL
+        if refused == 2:
+            return ORGANISATION
+        self._held = True
+        return None
+
+    def refresh(self) -> None:
+        """Move the deadline on (the stream lives). Blocking: call it off the event loop."""
+        if not self._held:
+            return
+        store = _shared_store()
+        if store is None:
+            return
+        try:
+            keys = self._keys(store)
+            client = store._cache.get_client(keys[0], write=True)
+            _script(client, _REFRESH)(keys=keys, args=[lease_seconds(), self.member])
+        except _STORE_ERRORS:
+            _store_failed("refresh")
+
+    def release(self) -> None:
+        with self._lock:
+            if not self._held:
+                return
+            self._held = False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._forget()
+            return
+        try:  # on the event loop: a Redis round trip must not hold every stream of the process
+            _reader().submit(self._forget)
+        except RuntimeError:  # the pool is shut down (the process is ending)
+            self._forget()
+
+    def _forget(self) -> None:
+        store = _shared_store()
+        if store is None:
+            return  # its deadline passes without refreshes: it stops counting by itself
+        try:
+            keys = self._keys(store)
+            client = store._cache.get_client(keys[0], write=True)
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.zrem(key, self.member)
+            pipe.execute()
+        except _STORE_ERRORS:
+            _store_failed("give back")
 
 
 async def live(access: Access, cursor: int | None, slot: Slot | None = None) -> AsyncIterator[str]:
@@ -315,12 +502,15 @@ async def live(access: Access, cursor: int | None, slot: Slot | None = None) -> 
     feed = hub()
     woken = feed.register(access.organisation_id)
     clock = time.monotonic
+    lease = slot.lease
+    refresh_every = lease_seconds() / 3
     try:
         text, cursor = await _in_reader(_open, access, cursor)
         yield text
         last_write = clock()
         closes_at = last_write + settings.FEED_STREAM_SECONDS
         recheck_at = last_write + settings.FEED_ACCESS_RECHECK_SECONDS
+        refresh_at = last_write + refresh_every
         while True:
             text, cursor, more, _ = await _in_reader(_read, access, cursor)
             if text:
@@ -333,10 +523,13 @@ async def live(access: Access, cursor: int | None, slot: Slot | None = None) -> 
                 if not await _in_reader(access.still_valid):
                     return
                 recheck_at = now + settings.FEED_ACCESS_RECHECK_SECONDS
+            if lease is not None and now >= refresh_at:
+                await _in_reader(lease.refresh)
+                refresh_at = now + refresh_every
             if more:
                 continue
             wait = settings.FEED_HEARTBEAT_SECONDS if feed.connected else settings.FEED_POLL_SECONDS
-            wait = max(0.0, min(wait, closes_at - now, recheck_at - now))
+            wait = max(0.0, min(wait, closes_at - now, recheck_at - now, refresh_at - now))
             try:
                 await asyncio.wait_for(woken.wait(), timeout=wait)
             except TimeoutError:

@@ -891,6 +891,10 @@ FEED_TICKET_SECONDS = env.int("FEED_TICKET_SECONDS", default=600)
 # A job's progress is announced each time it passes a multiple of this many percent.
 FEED_PROGRESS_STEP_PERCENT = env.int("FEED_PROGRESS_STEP_PERCENT", default=10)
 CELERY_BEAT_SCHEDULE["prune-feed-events"] = {
+# Streams one user or API key, and one organisation, hold at once across every process (counted
+# in the Redis cache); beyond, 429 `feed_streams_limit`. 0: no such limit.
+FEED_MAX_STREAMS_PER_PRINCIPAL = env.int("FEED_MAX_STREAMS_PER_PRINCIPAL", default=10)
+FEED_MAX_STREAMS_PER_ORGANISATION = env.int("FEED_MAX_STREAMS_PER_ORGANISATION", default=100)
     "task": "workers.maintenance.prune_feed_events",
     "schedule": crontab(minute=29),
     "options": {"expires": 1800},

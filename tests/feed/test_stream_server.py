@@ -160,7 +160,13 @@ def test_many_streams_share_a_pool_of_two_database_connections(redis_server, set
     503 database_unavailable and each gets the event."""
     settings.REDIS_URL = redis_server.url
     server = start_server(
-        redis_server, DB_POOL_MIN_SIZE="1", DB_POOL_MAX_SIZE="2", DB_POOL_TIMEOUT="1"
+        redis_server,
+        DB_POOL_MIN_SIZE="1",
+        DB_POOL_MAX_SIZE="2",
+        DB_POOL_TIMEOUT="1",
+        # One API key holds them all here (test_stream_limits.py tests these limits).
+        FEED_MAX_STREAMS_PER_PRINCIPAL="0",
+        FEED_MAX_STREAMS_PER_ORGANISATION="0",
     )
     key = ApiKeyFactory()
     try:
@@ -199,3 +205,42 @@ def test_an_event_committed_while_redis_was_down_arrives_once_it_is_back(
         assert time.monotonic() - started < 15
     finally:
         stream.close()
+
+
+def test_a_callers_streams_are_limited_and_a_killed_servers_free_themselves(redis_server, settings):
+    """FEED_MAX_STREAMS_PER_PRINCIPAL over the deployed server; its count lives in Redis, so a
+    server killed with its streams open gives nothing back: their places lapse with the lease."""
+    settings.REDIS_URL = redis_server.url
+    # The lease is max(10, 3 x heartbeat) = 15 s.
+    limits = {"FEED_MAX_STREAMS_PER_PRINCIPAL": "2", "FEED_HEARTBEAT_SECONDS": "5"}
+    key = ApiKeyFactory()
+    opened: list[Stream] = []
+
+    def status_of_one_more() -> int:
+        stream = Stream(server, key)
+        stream.close()
+        return stream.response.status
+
+    server = start_server(redis_server, **limits)
+    try:
+        opened = [Stream(server, key) for _ in range(2)]
+        refused = Stream(server, key)
+        body = json.loads(refused.response.read())
+        refused.close()
+        assert [stream.response.status for stream in opened] == [200, 200]
+        assert refused.response.status == 429
+        assert body["error"]["code"] == "feed_streams_limit"
+        assert int(refused.response.getheader("Retry-After")) == 15
+    finally:
+        server.kill()  # SIGKILL: its two streams are never given back
+        killed_at = time.monotonic()
+        for stream in opened:
+            stream.close()
+    server = start_server(redis_server, **limits)
+    try:
+        if time.monotonic() - killed_at < 10:
+            assert status_of_one_more() == 429  # still counted
+        wait_for(lambda: status_of_one_more() == 200, timeout=30, what="the lapsed places")
+        assert time.monotonic() - killed_at < 25
+    finally:
+        server.kill()

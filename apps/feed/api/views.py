@@ -3,6 +3,7 @@ for a browser's EventSource. Any member of the organisation (viewer and up) and 
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -37,6 +38,32 @@ CURSOR_MAX = 2**63 - 1
 class FeedUnavailable(ApplicationError):
     status_code = 503
     code = "feed_busy"
+
+
+class FeedStreamsLimit(ApplicationError):
+    """The caller (user or API key), or its organisation, holds as many streams as it may."""
+
+    status_code = 429
+    code = "feed_streams_limit"
+
+
+def _streams_limit(reached: str) -> FeedStreamsLimit:
+    if reached == streams.PRINCIPAL:
+        limit = settings.FEED_MAX_STREAMS_PER_PRINCIPAL
+        message = f"You have {limit} streams open, as many as you may; close one or retry later."
+    else:
+        limit = settings.FEED_MAX_STREAMS_PER_ORGANISATION
+        message = (
+            f"This organisation has {limit} streams open, as many as it may; close one or "
+            "retry later."
+        )
+    # A place held by a process that died is free after this at the latest.
+    wait = math.ceil(streams.lease_seconds())
+    return FeedStreamsLimit(
+        message,
+        details={"limit": limit, "per": reached, "retry_after_seconds": wait},
+        headers={"Retry-After": str(wait)},
+    )
 
 
 class EventOutput(serializers.Serializer):
@@ -175,7 +202,14 @@ class FeedStreamView(APIView):
                 401,
                 403,
                 404,
-                descriptions={503: "This server holds as many streams as it may; retry later."},
+                descriptions={
+                    429: (
+                        "Rate limited, or `feed_streams_limit`: the caller (user or API key) or "
+                        "its organisation holds as many streams as it may; wait `Retry-After` "
+                        "seconds or close one."
+                    ),
+                    503: "This server holds as many streams as it may; retry later.",
+                },
             ),
         },
     )
@@ -190,26 +224,37 @@ class FeedStreamView(APIView):
             # A ticket opens the feed of its own organisation only (whatever X-Organisation says).
             raise NotFoundError("No such organisation.", code="organisation_not_found")
         access = streams.Access.of(tenant)
-        slot = None
+        # Every open response of this endpoint holds a place under the caller's and the
+        # organisation's limits, shared by all processes (under WSGI only while it is written).
+        lease = streams.Lease(access)
+        slot: streams.Slot | None = None
         if isinstance(request._request, ASGIRequest):
-            slot = streams.Slot()
+            slot = streams.Slot(lease)
             if not slot.take():
                 raise FeedUnavailable(
                     "This server holds as many streams as it may; retry later.",
                     headers={"Retry-After": str(max(1, round(settings.FEED_POLL_SECONDS)))},
                 )
+            reached = lease.take()
+            if reached is not None:
+                slot.release()
+                raise _streams_limit(reached)
             body: Any = streams.live(access, cursor, slot)
+            release = slot.release
         else:
+            reached = lease.take()
+            if reached is not None:
+                raise _streams_limit(reached)
             body = streams.poll_once(access, cursor)
+            release = lease.release
         # The authentication and tenancy queries are done: the stream's own reads check out a
         # connection each time.
         streams.release_connection()
         response = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
-        if slot is not None:
-            # The slot is given back by the stream's end; by the response's close if the body
-            # never started; or, if the client left before even that, when the body is collected.
-            response._resource_closers.append(slot.release)
-            weakref.finalize(body, slot.release)
+        # The places are given back by the stream's end; by the response's close if the body
+        # never started; or, if the client left before even that, when the body is collected.
+        response._resource_closers.append(release)
+        weakref.finalize(body, release)
         response["Cache-Control"] = "no-cache, no-store"
         # nginx and similar proxies would otherwise hold the events back in their buffers.
         response["X-Accel-Buffering"] = "no"
