@@ -6,22 +6,33 @@ import hmac
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from rest_framework import authentication
+from django.conf import settings
+from django.utils.translation import gettext_lazy as _
+from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication as SimpleJWTAuthentication
-from rest_framework_simplejwt.exceptions import AuthenticationFailed, InvalidToken
+from rest_framework_simplejwt.exceptions import (
+    AuthenticationFailed,
+    ExpiredTokenError,
+    InvalidToken,
+    TokenError,
+)
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import Token
 
 from apps.audit.context import bind_request_actor
 
 from .models import ApiKey
-from .network import RequestMeta
+from .network import RequestMeta, client_ip
 from .principals import principal_get
+from .ratelimit import _retry_after, _usage, ip_key
 from .tokens import VERSION_CLAIM, api_key_split, sha256_hex
+
+T = TypeVar("T")
 
 
 class _ValidatedTokens:
@@ -70,6 +81,125 @@ def _leeway_seconds() -> float:
 validated_tokens = _ValidatedTokens()
 
 
+# ---- failed authentications per client IP ------------------------------------------------------
+# DRF authenticates before any throttle runs: without this, a request with a made-up API key or
+# token gets its 401 (after a database or cache lookup) however often it is sent. Failures are
+# counted per client IP (`client_ip`: proxy-aware; IPv6 per /64) in the shared cache; past
+# RATE_LIMIT_AUTH_FAILURES the address gets 429 with Retry-After, before its credential is looked
+# up. An expired access token (validly signed, so no guess) is not counted: every client sends one
+# now and then.
+AUTH_FAILURES_GROUP = "guard:auth_failures:ip"
+
+
+class _OverTheLimit:
+    """The addresses this process saw go over the limit, until their window ends (LRU).
+
+    Only a hint, so that a request whose address failed nothing costs no extra cache round trip:
+    a hinted address is confirmed in the shared counter before it is refused (a cleared or lost
+    counter frees it). Another process learns of the address at its first failure there, which
+    is then answered 429 instead of 401.
+    """
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._until: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def mark(self, key: str, seconds: float) -> None:
+        with self._lock:
+            self._until[key] = time.monotonic() + seconds
+            self._until.move_to_end(key)
+            while len(self._until) > self._size:
+                self._until.popitem(last=False)
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            until = self._until.get(key)
+            if until is None:
+                return False
+            if until <= time.monotonic():
+                del self._until[key]
+                return False
+            return True
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._until.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._until.clear()
+
+
+over_the_limit = _OverTheLimit()
+
+
+def _auth_failures_rate() -> str | None:
+    if not settings.RATE_LIMIT_ENABLED:
+        return None
+    return settings.RATE_LIMIT_AUTH_FAILURES or None
+
+
+def _refusal(usage: dict[str, Any]) -> exceptions.Throttled:
+    return exceptions.Throttled(
+        wait=_retry_after(usage),
+        detail="Too many failed authentications from this address.",
+    )
+
+
+def auth_failures_check(request: Any) -> None:
+    """Before a credential is looked up: 429 if the client's address is over the limit."""
+    rate = _auth_failures_rate()
+    if rate is None:
+        return
+    key = ip_key(client_ip(request))
+    if key not in over_the_limit:
+        return
+    usage = _usage(None, group=AUTH_FAILURES_GROUP, key=key, rate=rate, increment=False)
+    if usage is not None and usage["count"] >= usage["limit"]:
+        raise _refusal(usage)
+    over_the_limit.forget(key)  # a new window (or the store is down: fail open)
+
+
+def auth_failure_count(request: Any) -> exceptions.Throttled | None:
+    """Count one failed authentication of the client's address; the 429 to answer instead of
+    the 401 when the address was already over the limit. Fails open without the cache."""
+    rate = _auth_failures_rate()
+    if rate is None:
+        return None
+    key = ip_key(client_ip(request))
+    usage = _usage(None, group=AUTH_FAILURES_GROUP, key=key, rate=rate, increment=True)
+    if usage is None:
+        return None
+    if usage["count"] >= usage["limit"]:
+        over_the_limit.mark(key, _retry_after(usage))
+    if usage["count"] > usage["limit"]:
+        return _refusal(usage)
+    return None
+
+
+class ExpiredAccessToken(InvalidToken):
+    """A validly signed token past its `exp`: answered 401 like any other, but not counted."""
+
+    # A failure that is no guess (the credential was genuine once): `guard_authentication` does
+    # not count an AuthenticationFailed that says so.
+    not_a_guess = True
+
+
+def guard_authentication(request: Any, authenticate: Callable[[], T]) -> T:
+    """`authenticate()` for a request that carries a credential, under the failure limit."""
+    auth_failures_check(request)
+    try:
+        return authenticate()
+    except exceptions.AuthenticationFailed as error:
+        if getattr(error, "not_a_guess", False):
+            raise
+        refusal = auth_failure_count(request)
+        if refusal is not None:
+            raise refusal from None
+        raise
+
+
 class JWTAuthentication(SimpleJWTAuthentication):
     """simplejwt's authentication plus the token version check.
 
@@ -81,9 +211,32 @@ class JWTAuthentication(SimpleJWTAuthentication):
     def get_validated_token(self, raw_token: bytes) -> Token:
         token = validated_tokens.get(raw_token)
         if token is None:
-            token = super().get_validated_token(raw_token)
+            token = self._validate(raw_token)
             validated_tokens.put(raw_token, token)
         return token
+
+    def _validate(self, raw_token: bytes) -> Token:
+        """simplejwt's validation (same error), telling an expired token from any other failure:
+        an expired token's signature was verified first, so it is no guess and is not counted
+        against the client's address."""
+        messages = []
+        expired = False
+        for token_class in jwt_settings.AUTH_TOKEN_CLASSES:
+            try:
+                return token_class(raw_token)
+            except TokenError as error:
+                expired = expired or isinstance(error, ExpiredTokenError)
+                messages.append(
+                    {
+                        "token_class": token_class.__name__,
+                        "token_type": token_class.token_type,
+                        "message": error.args[0],
+                    }
+                )
+        failure = ExpiredAccessToken if expired else InvalidToken
+        raise failure(
+            {"detail": _("Given token not valid for any token type"), "messages": messages}
+        )
 
     def get_user(self, validated_token: Token) -> Any:
         """simplejwt's lookup (unknown or inactive user: 401), through the principal cache.
@@ -109,7 +262,11 @@ class JWTAuthentication(SimpleJWTAuthentication):
         return user
 
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
-        result = super().authenticate(request)
+        if self.get_header(request) is None:
+            return None  # no credential: nothing to count
+        result = guard_authentication(
+            request, lambda: super(JWTAuthentication, self).authenticate(request)
+        )
         if result is not None:
             bind_request_actor(request, result[0])
         return result
@@ -155,6 +312,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return request.META.get("HTTP_X_API_KEY") or None
 
     def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
+        if not request.META.get("HTTP_AUTHORIZATION") and not request.META.get("HTTP_X_API_KEY"):
+            return None  # no credential: nothing to count
+        # The failure limit is checked before the key is looked up (one query per request).
+        return guard_authentication(request, lambda: self._authenticate(request))
+
+    def _authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
         from .services import api_key_mark_used
 
         raw = self._raw_key(request)

@@ -17,6 +17,7 @@ from django.core import signing
 from rest_framework import authentication
 from rest_framework.exceptions import AuthenticationFailed
 
+from apps.accounts.authentication import guard_authentication
 from apps.accounts.models import User
 
 SALT = "lexiscore.feed.ticket"
@@ -29,18 +30,29 @@ def ticket_issue(*, user: User, organisation_id: Any) -> str:
     )
 
 
+class TicketExpired(AuthenticationFailed):
+    # Validly signed, so no guess: not counted against the client's address.
+    not_a_guess = True
+
+
 class FeedTicketAuthentication(authentication.BaseAuthentication):
-    """`?ticket=` on the stream endpoint. `request.auth` carries the organisation (`org`)."""
+    """`?ticket=` on the stream endpoint. `request.auth` carries the organisation (`org`).
+
+    A bad ticket counts as a failed authentication of the client's address
+    (RATE_LIMIT_AUTH_FAILURES), as a bad token or API key does."""
 
     def authenticate(self, request) -> tuple[User, dict[str, str]] | None:
         ticket = request.query_params.get(PARAMETER)
         if not ticket:
             return None
+        return guard_authentication(request, lambda: self._authenticate(ticket))
+
+    def _authenticate(self, ticket: str) -> tuple[User, dict[str, str]]:
         try:
             claims = signing.loads(ticket, salt=SALT, max_age=settings.FEED_TICKET_SECONDS)
             user = User.objects.get(pk=claims["u"], is_active=True)
         except signing.SignatureExpired:
-            raise AuthenticationFailed(
+            raise TicketExpired(
                 "This stream ticket has expired; ask for a new one.", code="ticket_expired"
             ) from None
         except (signing.BadSignature, KeyError, TypeError, ValueError, User.DoesNotExist):

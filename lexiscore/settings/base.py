@@ -766,6 +766,9 @@ RATE_LIMIT_DEFAULT_PLAN = env.str("RATE_LIMIT_DEFAULT_PLAN", default="free")
 # Per user and per API key, by the organisation's plan: "api" for every call, "uploads" for
 # views with throttle_scope = "uploads". RATE_LIMIT_PLANS (JSON) overrides or adds plans.
 PLAN_RATE_LIMITS: dict[str, dict[str, str]] = {
+# Failed authentications (unknown API key, bad or revoked token) per client IP; beyond, 429 before
+# the credential is looked up. Empty: no such limit.
+RATE_LIMIT_AUTH_FAILURES = env.str("RATE_LIMIT_AUTH_FAILURES", default="30/m")
     "free": {"api": "300/m", "uploads": "20/h"},
     "team": {"api": "1200/m", "uploads": "200/h"},
     "enterprise": {"api": "6000/m", "uploads": "2000/h"},
