@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from workers.engines import get_engine, silero
+from workers.engines import silero
 from workers.engines.audio import load_audio
 
 FRAME = silero.FRAME
@@ -103,12 +103,14 @@ def test_it_leaves_an_installed_pytorch_vad_in_place(restore_library_vad):
     assert library_vad.get_vad_model() is sentinel
 
 
-def test_loading_an_engine_installs_it(restore_library_vad, model_cache_dir):
-    """A worker that loads an engine runs every VAD (faster-whisper's pipelines, the openai
-    engine's split) with the streaming model."""
+def test_constructing_an_engine_installs_it(restore_library_vad, model_cache_dir):
+    """Every engine's VAD (faster-whisper's pipelines, the cross-job scheduler, the openai
+    engine's split) is the streaming one once the engine exists, however it is built."""
+    from workers.engines.faster import FasterWhisperEngine
+    from workers.engines.models import prepare_model
+
     library_vad.get_vad_model = lambda: "the library's model"
 
-    # cpu_threads=1: a configuration no other test loads, so this loads a model.
-    get_engine("faster-whisper", "tiny.en", cache_dir=model_cache_dir, cpu_threads=1)
+    FasterWhisperEngine(prepare_model("tiny.en", cache_dir=model_cache_dir), cpu_threads=1)
 
     assert isinstance(library_vad.get_vad_model(), silero.StreamingOnnxVAD)

@@ -205,9 +205,6 @@ def _load(
     files = prepare_model(
         profile, cache_dir=cache_dir, model_dir=model_dir, expected_sha256=expected_sha256
     )
-    from workers.engines.silero import use_streaming_onnx
-
-    use_streaming_onnx()  # every engine's VAD: the same probabilities in bounded memory
     if name == FASTER_WHISPER:
         from workers.engines.batching import BatchScheduler
         from workers.engines.faster import FasterWhisperEngine

@@ -49,8 +49,15 @@ def _decode(path: str) -> AudioArray:
         frames = _ignore_invalid_frames(container.decode(audio=0))
         for frame in _resample_frames(_group_frames(frames, 500_000), resampler):
             raw.write(frame.to_ndarray())
-    samples = np.frombuffer(raw.getbuffer(), dtype=np.int16)
-    return samples.astype(np.float32) / 32768.0
+    # One float32 array (0.23 GB per audio hour), scaled in place: `astype(...) / 32768.0` held
+    # two beside the 16-bit samples at the decode's peak. Dividing by a power of two is exact,
+    # so the samples are the library's to the bit.
+    samples = raw.getbuffer()
+    audio = np.frombuffer(samples, dtype=np.int16).astype(np.float32)
+    samples.release()
+    raw.close()
+    np.divide(audio, 32768.0, out=audio)
+    return audio
 
 
 def duration_of(audio: AudioArray) -> float:

@@ -131,8 +131,11 @@ class LoadedFasterWhisperModel:
     ) -> None:
         from faster_whisper import WhisperModel
 
+        from workers.engines.silero import use_streaming_onnx
+
         if device not in DEFAULT_COMPUTE_TYPES:
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}.")
+        use_streaming_onnx()  # the library's VAD, the same probabilities in bounded memory
         self.profile = model_files.profile
         self.model_files = model_files
         self.device = device

@@ -357,8 +357,11 @@ class OpenAIWhisperEngine:
         import torch
         import whisper
 
+        from workers.engines.silero import use_streaming_onnx
+
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', not {device!r}.")
+        use_streaming_onnx()  # the VAD that splits long files: bounded memory
         if device == "cpu":
             # A process-wide setting; workers run one engine each.
             torch.set_num_threads(cpu_threads)
