@@ -85,6 +85,9 @@ class TranscriptionJob(TimeStampedModel):
     priority = models.PositiveSmallIntegerField(
         choices=JobPriority.choices, default=JobPriority.NORMAL
     )
+    # Unused: earlier releases stored it and never called it; the API now refuses it. Kept so an
+    # older release still writing it during a rolling upgrade does not fail; a later release
+    # drops the column.
     callback_url = models.URLField(max_length=2000, blank=True)
     idempotency_key = models.CharField(max_length=200, blank=True)
 

@@ -67,7 +67,6 @@ class JobOptions:
     word_timestamps: bool = True
     initial_prompt: str = ""
     priority: int = JobPriority.NORMAL
-    callback_url: str = ""
 
 
 # ---- quota -------------------------------------------------------------------------------------
@@ -420,7 +419,6 @@ def _create_job(
         word_timestamps=options.word_timestamps,
         initial_prompt=options.initial_prompt,
         priority=options.priority,
-        callback_url=options.callback_url,
         **fields,
     )
     usage_record(job=job)

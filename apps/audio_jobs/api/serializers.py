@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from rest_framework import serializers
 
 from apps.core.drf import CompiledOutput, InputSerializer
@@ -12,6 +14,12 @@ MODEL_CHOICES = [
     ("tiny.en", "tiny.en (English only)"),
     ("base", "base (multilingual)"),
 ]
+
+
+CALLBACK_URL_REFUSED = (
+    "Per-job callback URLs are not supported: subscribe a webhook endpoint to job.completed and "
+    "job.failed (POST /api/v1/webhooks/endpoints), signed and retried."
+)
 
 
 class JobOptionsInput(InputSerializer):
@@ -28,8 +36,13 @@ class JobOptionsInput(InputSerializer):
         help_text="Vocabulary hints / context for the model.",
     )
     priority = serializers.ChoiceField(choices=["high", "normal", "low"], default="normal")
-    callback_url = serializers.URLField(required=False, allow_blank=True, max_length=2000)
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=200)
+
+    def to_internal_value(self, data):
+        # Accepted and stored by earlier releases, never called: say what to use instead.
+        if isinstance(data, Mapping) and "callback_url" in data:
+            raise serializers.ValidationError({"callback_url": [CALLBACK_URL_REFUSED]})
+        return super().to_internal_value(data)
 
     def validate_language(self, value: str) -> str:
         from workers.engines.errors import ProfileError
@@ -96,7 +109,6 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "word_timestamps",
             "initial_prompt",
             "priority",
-            "callback_url",
             "idempotency_key",
             "original_filename",
             "size_bytes",

@@ -45,7 +45,6 @@ def _options(data: dict) -> services.JobOptions:
         word_timestamps=data["word_timestamps"],
         initial_prompt=data.get("initial_prompt", ""),
         priority=PRIORITIES[data["priority"]],
-        callback_url=data.get("callback_url", ""),
     )
 
 
