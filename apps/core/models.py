@@ -43,6 +43,15 @@ class DeadLetter(TimeStampedModel):
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["status", "-created_at"], name="deadletter_status_created")]
+        constraints = [
+            # One pending letter per message: two deliveries of one task failing at once would
+            # otherwise both insert, and every later record of it raised MultipleObjectsReturned.
+            models.UniqueConstraint(
+                fields=["task_id"],
+                condition=models.Q(status="pending"),
+                name="deadletter_one_pending_per_task",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.task_name} [{self.task_id}] {self.status}"
