@@ -3,6 +3,7 @@ non-zero exit when a message could not be requeued."""
 
 from __future__ import annotations
 
+import uuid
 from io import StringIO
 from unittest import mock
 
@@ -17,7 +18,12 @@ pytestmark = pytest.mark.django_db
 
 def dead_letter(**fields) -> DeadLetter:
     return DeadLetter.objects.create(
-        **{"task_name": "tests.support.tasks.x", "task_id": "t", "queue": "email", **fields}
+        **{
+            "task_name": "tests.support.tasks.x",
+            "task_id": uuid.uuid4().hex,  # one pending letter per task id
+            "queue": "email",
+            **fields,
+        }
     )
 
 
