@@ -87,9 +87,9 @@ def history_record_updates(changed: list[tuple[models.Model, models.Model]]) -> 
         return
     entries = []
     for before, after in changed:
-        diff = model_instance_diff(
-            before, after, use_json_for_changes=settings.AUDITLOG_STORE_JSON_CHANGES
-        )
+        # auditlog.conf sets the default on django's settings, which django-stubs cannot see.
+        json_changes = settings.AUDITLOG_STORE_JSON_CHANGES  # type: ignore[misc]
+        diff = model_instance_diff(before, after, use_json_for_changes=json_changes)
         if not diff:
             continue
         pk = after.pk

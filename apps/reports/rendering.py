@@ -142,8 +142,8 @@ def usage_data(organisation, period_start: date, period_end: date) -> dict[str, 
     by_member = _aggregate(jobs, "member")
     for row in by_member:
         row["member"] = row["member"] or "(deleted user or API key)"
-    total = _aggregate(jobs.annotate(all=F("organisation_id")), "all")
-    total = total[0] if total else dict.fromkeys(USAGE_COLUMNS, 0)
+    totals = _aggregate(jobs.annotate(all=F("organisation_id")), "all")
+    total: dict[str, Any] = totals[0] if totals else dict.fromkeys(USAGE_COLUMNS, 0)
     # What the plan's quota counted for the period (the usage ledger): it keeps jobs deleted
     # since, and leaves out jobs that failed or were cancelled before any worker started them.
     counted = selectors.audio_seconds_used_by_day(organisation=organisation, since=start, until=end)
