@@ -31,9 +31,43 @@ def flush_expired_tokens() -> int:
     return tokens_flush_expired()
 
 
-@shared_task(name="workers.maintenance.backup_database", base=LexisTask, max_retries=2)
+class BackupTask(LexisTask):
+    """A backup runs for hours, not under Celery's default limits (CELERY_DEFAULT_TIME_LIMIT,
+    10 min): its time limits are `apps.core.backups.backup_time_limits()`, read from the settings
+    when asked for. Beat's `apply_async` puts them (from its settings) in the message; a message
+    without limits (`send_task`, `dead_letters requeue`) gets the worker's, read when it starts.
+    The `time_limit` remote-control command can still set others on a running worker."""
+
+    abstract = True
+
+    @property
+    def soft_time_limit(self) -> int:
+        from apps.core.backups import backup_time_limits
+
+        return self.__dict__.get("_soft_time_limit") or backup_time_limits()[0]
+
+    @soft_time_limit.setter
+    def soft_time_limit(self, value: int | None) -> None:
+        self.__dict__["_soft_time_limit"] = value
+
+    @property
+    def time_limit(self) -> int:
+        from apps.core.backups import backup_time_limits
+
+        return self.__dict__.get("_time_limit") or backup_time_limits()[1]
+
+    @time_limit.setter
+    def time_limit(self, value: int | None) -> None:
+        self.__dict__["_time_limit"] = value
+
+
+@shared_task(name="workers.maintenance.backup_database", base=BackupTask, max_retries=2)
 def backup_database() -> str:
-    """Daily (beat): dump the database with its manifest, then keep the newest BACKUP_KEEP."""
+    """Daily (beat): dump the database with its manifest, then keep the newest BACKUP_KEEP.
+
+    Its soft time limit raises inside `backup_create`, which kills pg_dump and deletes the
+    half-written folder; a hard-killed backup's folder is deleted by a later prune.
+    """
     from apps.core.backups import BackupUploadError, backup_create, backups_prune
 
     try:

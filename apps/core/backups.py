@@ -9,6 +9,11 @@ are also copied to the storage backend under `backups/<name>/`.
 
 Restore runs `pg_restore --exit-on-error --single-transaction` into a named database (a failure
 leaves it as it was) and compares row counts.
+
+The nightly task (`workers.maintenance.backup_database`) runs under `backup_time_limits()`, not
+Celery's 10-minute default. Its soft time limit raises inside `backup_create`, which kills pg_dump
+and deletes the half-written `.partial` folder; what a hard kill leaves (no Python code runs) is
+deleted by `backups_prune` once no backup can still be writing it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,10 @@ DUMP_NAME = "database.dump"
 MANIFEST_NAME = "manifest.json"
 STORAGE_PREFIX = "backups"
 MANIFEST_VERSION = 1
+# The task's hard time limit comes this long after its soft one (time for the soft one's cleanup).
+TIME_LIMIT_GRACE_SECONDS = 60
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".lexiscore-", ".partial"
+NAME_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 
 
 class BackupError(Exception):
@@ -51,6 +60,20 @@ class BackupUploadError(BackupError):
             f"The local backup is complete at {path}, but copying it to storage failed: "
             f"{type(cause).__name__}: {cause}"
         )
+
+
+def backup_time_limits() -> tuple[int, int]:
+    """(soft, hard) time limits in seconds of the backup task.
+
+    pg_dump may take BACKUP_TIMEOUT_SECONDS; hashing the dump and every stored file for the
+    manifest, and the copy to storage, BACKUP_MANIFEST_TIMEOUT_SECONDS more. Capped, as every
+    task is, by CELERY_MAX_TASK_TIME_LIMIT (the broker's visibility timeout is above it, so a
+    running backup is never handed to a second worker).
+    """
+    soft = settings.BACKUP_TIMEOUT_SECONDS + settings.BACKUP_MANIFEST_TIMEOUT_SECONDS
+    ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
+    grace = min(TIME_LIMIT_GRACE_SECONDS, ceiling // 2)  # a tiny ceiling (tests) still has both
+    return min(soft, ceiling - grace), min(soft + grace, ceiling)
 
 
 def _pg_env(database: dict[str, Any]) -> dict[str, str]:
@@ -123,8 +146,8 @@ def backup_create(
     root = Path(directory or settings.BACKUP_DIR)
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = datetime.now(UTC)
-    name = f"lexiscore-{started:%Y%m%dT%H%M%S%fZ}"
-    partial = root / f".{name}.partial"
+    name = f"lexiscore-{started.strftime(NAME_TIME_FORMAT)}"
+    partial = root / f".{name}{PARTIAL_SUFFIX}"
     partial.mkdir(mode=0o700)
     database = connection.settings_dict
     try:
@@ -173,6 +196,8 @@ def backup_create(
         final = root / name
         partial.rename(final)  # a backup folder exists only once complete
     except BaseException:
+        # Also the task's soft time limit (SoftTimeLimitExceeded): `subprocess.run` has killed a
+        # pg_dump still running, and the half-written folder goes.
         shutil.rmtree(partial, ignore_errors=True)
         raise
     if settings.BACKUP_TO_STORAGE if to_storage is None else to_storage:
@@ -225,14 +250,42 @@ def _ignore_missing(function: Any, path: str, exc_info: Any) -> None:
         raise exc_info[1]
 
 
+def partials_remove_stale(
+    directory: Path | None = None, *, now: datetime | None = None
+) -> list[str]:
+    """Delete the `.partial` folders of backups that were killed (the task's hard time limit, a
+    SIGKILL, the OOM killer: no cleanup ran), once they started longer ago than the task's hard
+    time limit: no backup task can still be writing them then."""
+    root = Path(directory or settings.BACKUP_DIR)
+    if not root.exists():
+        return []
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=backup_time_limits()[1])
+    removed = []
+    for path in root.iterdir():
+        name = path.name
+        if not (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)):
+            continue
+        stamp = name[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)]
+        try:
+            started = datetime.strptime(stamp, NAME_TIME_FORMAT).replace(tzinfo=UTC)
+        except ValueError:
+            continue  # not a name backup_create writes: leave it to a person
+        if started < cutoff and path.is_dir():
+            shutil.rmtree(path, onerror=_ignore_missing)
+            logger.warning("Deleted %s, left by a backup that was killed", path)
+            removed.append(name)
+    return sorted(removed)
+
+
 def backups_prune(
     *, keep: int | None = None, directory: Path | None = None, storage: bool = True
 ) -> list[str]:
     """Delete all but the newest `keep` backups (local, and unless `storage` is false their
-    copies in storage)."""
+    copies in storage), and what killed backups left (`partials_remove_stale`)."""
     keep = settings.BACKUP_KEEP if keep is None else keep
     if keep < 1:
         raise BackupError("Keep at least one backup.")
+    partials_remove_stale(directory)
     removed = []
     for path in backups_list(directory)[:-keep]:
         # Two prunes at once (the nightly task and a `manage.py backup` by hand) list the same

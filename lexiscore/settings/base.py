@@ -678,6 +678,10 @@ BACKUP_DIR = Path(env.str("BACKUP_DIR", default=str(VAR_DIR / "backups")))
 BACKUP_KEEP = env.int("BACKUP_KEEP", default=14)
 BACKUP_TO_STORAGE = env.bool("BACKUP_TO_STORAGE", default=False)
 BACKUP_TIMEOUT_SECONDS = env.int("BACKUP_TIMEOUT_SECONDS", default=3 * 60 * 60)
+# The rest of a backup after pg_dump: hashing the dump and every stored file for the manifest,
+# and the copy to storage. The backup task's soft time limit is the sum of the two (capped by
+# CELERY_MAX_TASK_TIME_LIMIT; apps.core.backups.backup_time_limits).
+BACKUP_MANIFEST_TIMEOUT_SECONDS = env.int("BACKUP_MANIFEST_TIMEOUT_SECONDS", default=2 * 60 * 60)
 # Audio of finished jobs is deleted this many days after the job ended (0: keep forever).
 AUDIO_RETENTION_DAYS = env.int("AUDIO_RETENTION_DAYS", default=30)
 TEMP_FILE_MAX_AGE_SECONDS = env.int("TEMP_FILE_MAX_AGE_SECONDS", default=24 * 60 * 60)
