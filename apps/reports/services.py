@@ -12,6 +12,11 @@ times, concurrently or after a crash, as `apps.audio_jobs.processing` is for job
    deleted meanwhile (by its user, or with its job) stays deleted and its file is discarded.
 
 A publish that fails (broker down) is logged; `reports_redispatch_stale` (beat) publishes it later.
+
+The file is guarded as a job's audio is (`apps.core.storage.guard_file`): its deletion, due in
+GUARD_DELAY, is committed before it is stored and called off by the transaction that marks the
+report ready. A worker killed in between (hard time limit, OOM) leaves no file behind for good:
+the retry stores its own under a new key, and the sweep deletes the first once it is due.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ from django.utils import timezone
 
 from apps.audio_jobs.leases import JobLease
 from apps.core.exceptions import ApplicationError, ConflictError
-from apps.core.storage import delete_files_on_commit, discard_file
+from apps.core.storage import (
+    delete_files_on_commit,
+    discard_file,
+    guard_file,
+    unguard_file,
+)
 
 from . import rendering
 from .models import (
@@ -283,9 +293,15 @@ def _claim(report_id: str) -> Report | None:
     return report
 
 
+class StoredFileLost(Exception):
+    """The report's file was deleted by the sweep before the report could point at it (storing
+    and committing took longer than GUARD_DELAY): the try failed, a retry stores it again."""
+
+
 def _build(report: Report) -> Report | None:
     started = time.monotonic()
     key = ""
+    guard = None
     committed: list[bool] = []
     try:
         content, filename = _render(report)
@@ -293,10 +309,12 @@ def _build(report: Report) -> Report | None:
         # is recorded (queued for a retry, or failed), never left `running`.
         # A name of its own for each try: a key is never reused, so a delete of an earlier try's
         # file still pending (apps.core.storage) can never remove the file of a later one.
-        key = default_storage.save(
-            f"reports/{report.organisation_id}/{report.pk}/{secrets.token_hex(6)}-{filename}",
-            ContentFile(content),
-        )
+        wanted = f"reports/{report.organisation_id}/{report.pk}/{secrets.token_hex(6)}-{filename}"
+        # Committed before storing (this runs outside any transaction): should the worker be
+        # killed before the report is marked ready, no except clause runs, and the sweep deletes
+        # the file once this is due. The transaction that marks it ready calls it off.
+        guard = guard_file(wanted)
+        key = default_storage.save(wanted, ContentFile(content))
         now = timezone.now()
         ready = {
             "status": ReportStatus.READY,
@@ -316,6 +334,9 @@ def _build(report: Report) -> Report | None:
                 **ready
             )
             if marked:
+                if not unguard_file(guard):
+                    # The guard came due and the sweep deleted the file: never point at it.
+                    raise StoredFileLost(f"Report {report.pk}: its stored file was swept")
                 # Runs first after the commit, before the notification hooks _notify_ready adds.
                 transaction.on_commit(lambda: committed.append(True))
                 for name, value in ready.items():
@@ -328,8 +349,8 @@ def _build(report: Report) -> Report | None:
                 "Report %s is ready; a hook after its commit failed", report.pk, exc_info=True
             )
             return report
-        if key:  # stored, but the report did not become ready: no orphan file
-            discard_file(key)
+        if guard is not None:  # stored (or being stored), but the report did not become ready
+            _discard_guarded(key or guard.key, guard)
         invalid = isinstance(exc, rendering.ReportInputError)
         if not invalid:
             # The reason stays in the logs: an exception's text names paths, buckets and hosts,
@@ -344,10 +365,21 @@ def _build(report: Report) -> Report | None:
             return None  # deleted meanwhile: nothing to retry, nobody to tell
         raise
     if not marked:
-        discard_file(key)
+        _discard_guarded(key, guard)
         logger.info("Report %s was deleted while it was built; its file is discarded", report.pk)
         return None
     return report
+
+
+def _discard_guarded(key: str, guard) -> None:
+    """Delete a stored file no report points at, then its guard (a failed delete keeps the guard:
+    the sweep deletes the file when it is due)."""
+    if not discard_file(key):
+        return
+    try:
+        unguard_file(guard)
+    except Exception:
+        logger.warning("Could not drop the pending deletion of %s (harmless)", key, exc_info=True)
 
 
 def report_record_failure(
