@@ -142,6 +142,7 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
             job,
             JobStatus.FAILED,
             now=now,
+            announce=False,
             attempts=job.attempts,
             deliveries_ended=job.deliveries_ended,
             error_code="too_many_attempts",
@@ -151,6 +152,10 @@ def _claim(job_id: str, retries: int) -> tuple[str, TranscriptionJob | None]:
                 "Contact support if the file is valid."
             ),
         )
+        # Notified as any failure is (`_fail`): the job.failed webhook and the email, in this
+        # transaction; the live feed last (its order lock is held until the commit).
+        events.job_finished(job)
+        events.job_changed(job)
         _dead_letter_poison(job)
         return "poison", None
     job.status = JobStatus.PROCESSING
