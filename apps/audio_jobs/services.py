@@ -472,7 +472,8 @@ def upload_usable_until(upload: Upload):
 
 @transaction.atomic
 def upload_delete(*, upload: Upload) -> None:
-    """Delete a ticket; an unused one's object too (after the commit). A consumed ticket's object
+    """Delete a ticket; an unused one's object too (after the commit, and again once its form can
+    no longer be used: `_delete_ticket_objects_again`). A consumed ticket's object
     was copied to its job's key and is deleted on its own schedule (`_consume_upload`); before
     that copy existed it was the job's audio itself, which stays with the job."""
     locked = Upload.objects.select_for_update().filter(pk=upload.pk).first()
@@ -481,6 +482,18 @@ def upload_delete(*, upload: Upload) -> None:
     locked.delete()
     if locked.status == Upload.Status.PENDING:
         delete_files_on_commit([locked.key])
+        _delete_ticket_objects_again([locked])
+
+
+def _delete_ticket_objects_again(uploads) -> None:
+    """Pending tickets being deleted (their objects go after the commit): delete their keys
+    again once their forms can no longer be used, as `_consume_upload` does. A client may still
+    POST a form until then (or finish one started before), and nothing would track that object
+    otherwise. A ticket already past that time needs nothing more."""
+    now = timezone.now()
+    for upload in uploads:
+        if (usable_until := upload_usable_until(upload)) > now:
+            delete_files_at([upload.key], at=usable_until)
 
 
 def uploads_delete_abandoned(
@@ -796,5 +809,12 @@ def organisation_delete(*, organisation) -> None:
     if locked is None:
         return
     keys += children(lock=False)
+    # Their forms may still be POSTed: deleted again once they cannot be.
+    pending = list(
+        Upload.objects.filter(organisation_id=organisation.pk, status=Upload.Status.PENDING).only(
+            "key", "expires_at"
+        )
+    )
     locked.delete()
     delete_files_on_commit(keys)
+    _delete_ticket_objects_again(pending)
