@@ -743,16 +743,16 @@ JWT_REVOKE_ON_REFRESH_REUSE = env.bool("JWT_REVOKE_ON_REFRESH_REUSE", default=Tr
 EMAIL_VERIFICATION_MAX_AGE = env.int("EMAIL_VERIFICATION_MAX_AGE_HOURS", default=48) * 3600
 PASSWORD_RESET_TIMEOUT = env.int("PASSWORD_RESET_TIMEOUT_MINUTES", default=60) * 60
 INVITATION_MAX_AGE = env.int("INVITATION_MAX_AGE_DAYS", default=7) * 24 * 3600
-# last_used_at of an API key (and its "api_key.used" audit event) is written at most this often.
-API_KEY_LAST_USED_INTERVAL = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
-# Every organisation starts with its plan's audio quota and each API key has its own rate windows:
-# caps keep either from multiplying without an operator (0: no cap).
 # Invitation emails (apps.accounts.services.organisations): a resend waits this long after the
 # last send, one invitation is sent at most this many times (the first send included; 0: no cap),
 # and one address receives at most this many invitation emails, across organisations ("": off).
 INVITATION_RESEND_COOLDOWN_SECONDS = env.int("INVITATION_RESEND_COOLDOWN_SECONDS", default=300)
 INVITATION_SENDS_MAX = env.int("INVITATION_SENDS_MAX", default=5)
 INVITATION_RATE_PER_ADDRESS = env.str("INVITATION_RATE_PER_ADDRESS", default="10/d")
+# last_used_at of an API key (and its "api_key.used" audit event) is written at most this often.
+API_KEY_LAST_USED_INTERVAL = env.int("API_KEY_LAST_USED_INTERVAL_SECONDS", default=300)
+# Every organisation starts with its plan's audio quota and each API key has its own rate windows:
+# caps keep either from multiplying without an operator (0: no cap).
 ORGANISATIONS_PER_USER_MAX = env.int("ORGANISATIONS_PER_USER_MAX", default=5)
 API_KEYS_PER_ORGANISATION_MAX = env.int("API_KEYS_PER_ORGANISATION_MAX", default=50)
 
@@ -766,13 +766,13 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
 # "<count>/<period>" with period s, m, h, d, optionally multiplied ("5/15m").
 RATE_LIMIT_ENABLED = env.bool("RATE_LIMIT_ENABLED", default=True)
 RATE_LIMIT_ANON = env.str("RATE_LIMIT_ANON", default="60/m")  # per client IP
+# Failed authentications (unknown API key, bad or revoked token) per client IP; beyond, 429 before
+# the credential is looked up. Empty: no such limit.
+RATE_LIMIT_AUTH_FAILURES = env.str("RATE_LIMIT_AUTH_FAILURES", default="30/m")
 RATE_LIMIT_DEFAULT_PLAN = env.str("RATE_LIMIT_DEFAULT_PLAN", default="free")
 # Per user and per API key, by the organisation's plan: "api" for every call, "uploads" for
 # views with throttle_scope = "uploads". RATE_LIMIT_PLANS (JSON) overrides or adds plans.
 PLAN_RATE_LIMITS: dict[str, dict[str, str]] = {
-# Failed authentications (unknown API key, bad or revoked token) per client IP; beyond, 429 before
-# the credential is looked up. Empty: no such limit.
-RATE_LIMIT_AUTH_FAILURES = env.str("RATE_LIMIT_AUTH_FAILURES", default="30/m")
     "free": {"api": "300/m", "uploads": "20/h"},
     "team": {"api": "1200/m", "uploads": "200/h"},
     "enterprise": {"api": "6000/m", "uploads": "2000/h"},
@@ -829,6 +829,12 @@ WEBHOOK_MAX_RETRY_AFTER_SECONDS = env.int("WEBHOOK_MAX_RETRY_AFTER_SECONDS", def
 WEBHOOK_CLAIM_LEASE_SECONDS = env.int("WEBHOOK_CLAIM_LEASE_SECONDS", default=300)
 WEBHOOK_DISABLE_AFTER_FAILURES = env.int("WEBHOOK_DISABLE_AFTER_FAILURES", default=50)
 WEBHOOK_DISABLE_AFTER_SECONDS = env.int("WEBHOOK_DISABLE_AFTER_SECONDS", default=5 * 86_400)
+# Every event fans out to every subscribed endpoint, and each test send is a delivery on the shared
+# webhooks queue: endpoints per organisation and test sends per endpoint per hour (0: no cap).
+WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX = env.int(
+    "WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX", default=20
+)
+WEBHOOK_TEST_SENDS_PER_HOUR = env.int("WEBHOOK_TEST_SENDS_PER_HOUR", default=10)
 WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS = env.int(
     "WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS", default=86_400
 )
@@ -836,12 +842,6 @@ WEBHOOK_SECRET_ROTATION_OVERLAP_SECONDS = env.int(
 # WEBHOOK_ALLOW_LOOPBACK explicitly (it is deliberately not read from the environment).
 WEBHOOK_REQUIRE_HTTPS = env.bool("WEBHOOK_REQUIRE_HTTPS", default=True)
 WEBHOOK_ALLOW_LOOPBACK = False
-# Every event fans out to every subscribed endpoint, and each test send is a delivery on the shared
-# webhooks queue: endpoints per organisation and test sends per endpoint per hour (0: no cap).
-WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX = env.int(
-    "WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX", default=20
-)
-WEBHOOK_TEST_SENDS_PER_HOUR = env.int("WEBHOOK_TEST_SENDS_PER_HOUR", default=10)
 CELERY_BEAT_SCHEDULE.update(
     {
         "weekly-usage-reports": {
@@ -891,6 +891,10 @@ FEED_POLL_SECONDS = env.float("FEED_POLL_SECONDS", default=2.0)
 FEED_ACCESS_RECHECK_SECONDS = env.float("FEED_ACCESS_RECHECK_SECONDS", default=30.0)
 # Streams one ASGI process holds at most; beyond, 503 with Retry-After.
 FEED_MAX_STREAMS_PER_PROCESS = env.int("FEED_MAX_STREAMS_PER_PROCESS", default=2000)
+# Streams one user or API key, and one organisation, hold at once across every process (counted
+# in the Redis cache); beyond, 429 `feed_streams_limit`. 0: no such limit.
+FEED_MAX_STREAMS_PER_PRINCIPAL = env.int("FEED_MAX_STREAMS_PER_PRINCIPAL", default=10)
+FEED_MAX_STREAMS_PER_ORGANISATION = env.int("FEED_MAX_STREAMS_PER_ORGANISATION", default=100)
 # Threads of an ASGI process running its streams' reads (at most this many connections at once).
 FEED_READ_THREADS = env.int("FEED_READ_THREADS", default=4)
 # How long a stream ticket (POST /events/tickets, for EventSource) can open a stream.
@@ -898,10 +902,6 @@ FEED_TICKET_SECONDS = env.int("FEED_TICKET_SECONDS", default=600)
 # A job's progress is announced each time it passes a multiple of this many percent.
 FEED_PROGRESS_STEP_PERCENT = env.int("FEED_PROGRESS_STEP_PERCENT", default=10)
 CELERY_BEAT_SCHEDULE["prune-feed-events"] = {
-# Streams one user or API key, and one organisation, hold at once across every process (counted
-# in the Redis cache); beyond, 429 `feed_streams_limit`. 0: no such limit.
-FEED_MAX_STREAMS_PER_PRINCIPAL = env.int("FEED_MAX_STREAMS_PER_PRINCIPAL", default=10)
-FEED_MAX_STREAMS_PER_ORGANISATION = env.int("FEED_MAX_STREAMS_PER_ORGANISATION", default=100)
     "task": "workers.maintenance.prune_feed_events",
     "schedule": crontab(minute=29),
     "options": {"expires": 1800},
