@@ -147,18 +147,20 @@ def _refusal(usage: dict[str, Any]) -> exceptions.Throttled:
     )
 
 
-def auth_failures_check(request: Any) -> None:
-    """Before a credential is looked up: 429 if the client's address is over the limit."""
+def auth_failures_refusal(request: Any) -> exceptions.Throttled | None:
+    """Before a credential is looked up: the 429 to answer if the client's address is over the
+    limit, else None."""
     rate = _auth_failures_rate()
     if rate is None:
-        return
+        return None
     key = ip_key(client_ip(request))
     if key not in over_the_limit:
-        return
+        return None
     usage = _usage(None, group=AUTH_FAILURES_GROUP, key=key, rate=rate, increment=False)
     if usage is not None and usage["count"] >= usage["limit"]:
-        raise _refusal(usage)
+        return _refusal(usage)
     over_the_limit.forget(key)  # a new window (or the store is down: fail open)
+    return None
 
 
 def auth_failure_count(request: Any) -> exceptions.Throttled | None:
@@ -186,9 +188,65 @@ class ExpiredAccessToken(InvalidToken):
     not_a_guess = True
 
 
-def guard_authentication(request: Any, authenticate: Callable[[], T]) -> T:
-    """`authenticate()` for a request that carries a credential, under the failure limit."""
-    auth_failures_check(request)
+class RevokedCredential(AuthenticationFailed):
+    """A credential whose signature checked out but which no longer works (its user was deleted
+    or deactivated, signed out everywhere, changed password): answered 401, not counted."""
+
+    not_a_guess = True
+
+
+class _KnownKeys:
+    """Digests of API keys that authenticated in this process lately (LRU, `KNOWN_KEY_SECONDS`):
+    a key proven genuine is let through an address's failure limit, so one client behind a
+    shared address sending bad keys does not lock out the others' valid ones."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            self._seen[digest] = time.monotonic() + KNOWN_KEY_SECONDS
+            self._seen.move_to_end(digest)
+            while len(self._seen) > self._size:
+                self._seen.popitem(last=False)
+
+    def discard(self, digest: str) -> None:
+        with self._lock:
+            self._seen.pop(digest, None)
+
+    def __contains__(self, digest: str) -> bool:
+        with self._lock:
+            until = self._seen.get(digest)
+            return until is not None and until > time.monotonic()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+
+KNOWN_KEY_SECONDS = 600
+known_keys = _KnownKeys()
+
+
+def guard_authentication(
+    request: Any, authenticate: Callable[[], T], *, genuine: Callable[[], bool] | None = None
+) -> T:
+    """`authenticate()` for a request that carries a credential, under the failure limit.
+
+    `genuine()`: whether the credential can be shown authentic without a database lookup (a
+    token's or ticket's signature, an API key this process saw authenticate lately). Such a
+    credential is let through when its address is over the limit: the limit stops guessing, and
+    a shared address (an office's NAT, a campus) must not lock out every valid client because
+    one of them sends bad credentials."""
+    refusal = auth_failures_refusal(request)
+    if refusal is not None and not (genuine is not None and genuine()):
+        raise refusal
     try:
         return authenticate()
     except exceptions.AuthenticationFailed as error:
@@ -250,22 +308,40 @@ class JWTAuthentication(SimpleJWTAuthentication):
             user_id = validated_token[jwt_settings.USER_ID_CLAIM]
         except KeyError:
             raise InvalidToken("Token contained no recognizable user identification") from None
+        # Past the signature check: whatever fails now is no guess (RevokedCredential).
         principal = principal_get(user_id)
         if principal is None:
-            raise AuthenticationFailed("User not found", code="user_not_found")
+            raise RevokedCredential("User not found", code="user_not_found")
         user = principal.user
         if not user.is_active:
-            raise AuthenticationFailed("User is inactive", code="user_inactive")
+            raise RevokedCredential("User is inactive", code="user_inactive")
         if validated_token.get(VERSION_CLAIM) != user.token_version:
-            raise AuthenticationFailed("Token has been revoked.", code="token_revoked")
+            raise RevokedCredential("Token has been revoked.", code="token_revoked")
         user.principal_memberships = principal.memberships
         return user
 
+    def _signed(self, request: Request) -> bool:
+        """The token's signature checks out (expired or not): no database, no cache."""
+        header = self.get_header(request)
+        raw = self.get_raw_token(header) if header is not None else None
+        if raw is None:
+            return False
+        try:
+            self.get_validated_token(raw)
+        except ExpiredAccessToken:
+            return True
+        except InvalidToken:
+            return False
+        return True
+
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
-        if self.get_header(request) is None:
-            return None  # no credential: nothing to count
+        header = self.get_header(request)
+        if header is None or self.get_raw_token(header) is None:
+            return None  # no bearer token (none, or another scheme's): nothing to count
         result = guard_authentication(
-            request, lambda: super(JWTAuthentication, self).authenticate(request)
+            request,
+            lambda: super(JWTAuthentication, self).authenticate(request),
+            genuine=lambda: self._signed(request),
         )
         if result is not None:
             bind_request_actor(request, result[0])
@@ -314,8 +390,18 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
         if not request.META.get("HTTP_AUTHORIZATION") and not request.META.get("HTTP_X_API_KEY"):
             return None  # no credential: nothing to count
-        # The failure limit is checked before the key is looked up (one query per request).
-        return guard_authentication(request, lambda: self._authenticate(request))
+        # The failure limit is checked before the key is looked up (one query per request); a
+        # key that authenticated here lately is let through it.
+        return guard_authentication(
+            request, lambda: self._authenticate(request), genuine=lambda: self._known(request)
+        )
+
+    def _known(self, request: Request) -> bool:
+        try:
+            raw = self._raw_key(request)
+        except AuthenticationFailed:
+            return False
+        return raw is not None and sha256_hex(raw.strip()) in known_keys
 
     def _authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
         from .services import api_key_mark_used
@@ -327,11 +413,16 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         prefix = api_key_split(raw)
         if prefix is None:
             raise failure
+        digest = sha256_hex(raw.strip())
         key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
-        if key is None or not hmac.compare_digest(key.key_hash, sha256_hex(raw.strip())):
+        if key is None or not hmac.compare_digest(key.key_hash, digest):
+            known_keys.discard(digest)
             raise failure
         if not key.is_usable or not key.organisation.is_active:
-            raise failure
+            known_keys.discard(digest)
+            # The key was genuine: a revoked or expired one is no guess.
+            raise RevokedCredential("Invalid API key.", code="invalid_api_key")
+        known_keys.add(digest)
         api_key_mark_used(api_key=key, meta=RequestMeta.from_request(request))
         bind_request_actor(request, None)
         return ApiKeyPrincipal(key), key

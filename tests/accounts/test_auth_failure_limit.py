@@ -29,8 +29,10 @@ def _limit(settings):
     settings.RATE_LIMIT_AUTH_FAILURES = "5/m"
     settings.RATE_LIMIT_ANON = "1000/m"
     authentication.over_the_limit.clear()
+    authentication.known_keys.clear()
     yield
     authentication.over_the_limit.clear()
+    authentication.known_keys.clear()
 
 
 def get(api_client, ip: str, **headers):
@@ -81,23 +83,66 @@ def test_the_counted_address_is_the_proxy_aware_client_ip(api_client, settings):
     assert via_proxy("203.0.113.8") == 401  # another client behind the same proxy
 
 
-def test_bad_and_revoked_tokens_count_but_expired_ones_do_not(api_client):
+def test_bad_tokens_count_but_validly_signed_ones_do_not(api_client):
+    """Expired and revoked tokens were issued here (their signature checks out): no guess."""
     owner = member(Role.OWNER)
     expired = AccessToken.for_user(owner.user)
     expired[VERSION_CLAIM] = owner.user.token_version
     expired.set_exp(lifetime=-timedelta(hours=1))
     stale = {"HTTP_AUTHORIZATION": f"Bearer {expired}"}
+    revoked = bearer(owner.user)
+    owner.user.token_version += 1  # signed out everywhere
+    owner.user.save(update_fields=["token_version"])
 
     expired_codes = [get(api_client, "203.0.113.9", **stale).status_code for _ in range(10)]
+    revoked_codes = [get(api_client, "203.0.113.9", **revoked).status_code for _ in range(10)]
     bad_codes = [
         get(api_client, "203.0.113.9", HTTP_AUTHORIZATION="Bearer not.a.token").status_code
         for _ in range(6)
     ]
 
-    assert expired_codes == [401] * 10
+    assert expired_codes == revoked_codes == [401] * 10
     assert bad_codes == [401] * 5 + [429]
-    # Over the limit, the address is refused before its credential is read at all.
-    assert get(api_client, "203.0.113.9", **stale).status_code == 429
+    # Over the limit, a validly signed token still gets its own answer (its 401), a forged one
+    # is refused before anything is looked up.
+    assert get(api_client, "203.0.113.9", **stale).status_code == 401
+    assert get(api_client, "203.0.113.9", HTTP_AUTHORIZATION="Bearer x.y.z").status_code == 429
+
+
+def test_one_client_sending_bad_credentials_does_not_lock_out_the_others_behind_its_address(
+    api_client,
+):
+    """A shared address (an office's NAT): the limit stops the guesses, not the valid tokens,
+    the API keys this process saw authenticate, or valid stream tickets."""
+    owner = member(Role.OWNER)
+    key, unseen = (ApiKeyFactory(organisation=owner.organisation) for _ in range(2))
+    shared = "203.0.113.20"
+    assert get(api_client, shared, **api_key_header(key)).status_code == 200
+    ticket = ticket_issue(user=owner.user, organisation_id=owner.organisation.pk)
+    for _ in range(8):
+        get(api_client, shared, HTTP_X_API_KEY=BOGUS_KEY)
+
+    assert get(api_client, shared, HTTP_X_API_KEY=BOGUS_KEY).status_code == 429
+    assert get(api_client, shared, **bearer(owner.user)).status_code == 200
+    assert get(api_client, shared, **api_key_header(key)).status_code == 200
+    stream = api_client.get("/api/v1/events", {"ticket": ticket}, REMOTE_ADDR=shared)
+    assert stream.status_code != 429
+    # A key this process has not seen authenticate cannot be told from a guess without a lookup.
+    assert get(api_client, shared, **api_key_header(unseen)).status_code == 429
+
+
+def test_a_revoked_api_key_is_no_guess_and_is_forgotten(api_client):
+    owner = member(Role.OWNER)
+    key = ApiKeyFactory(organisation=owner.organisation)
+    headers = api_key_header(key)
+    assert get(api_client, "203.0.113.21", **headers).status_code == 200
+    key.revoked_at = key.created_at
+    key.save(update_fields=["revoked_at"])
+
+    codes = [get(api_client, "203.0.113.21", **headers).status_code for _ in range(8)]
+
+    assert codes == [401] * 8  # counted as no guess: never 429
+    assert len(authentication.known_keys) == 0  # no longer let through a blocked address
 
 
 def test_a_bad_stream_ticket_counts_too(api_client):
