@@ -143,13 +143,17 @@ TEST_SENDS_WINDOW = timedelta(hours=1)
 
 @transaction.atomic
 def endpoint_send_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
-    """Queue a test event to the endpoint: at most `WEBHOOK_TEST_SENDS_PER_HOUR` in any hour.
+    """Queue a test event to the endpoint: an organisation's endpoints get at most
+    `WEBHOOK_TEST_SENDS_PER_HOUR` test events per hour, together.
 
     Each is a delivery on the shared webhooks queue (with its retries), so past the limit the
-    answer is 429 `webhook_test_limit` with Retry-After (when the oldest test of the hour leaves
-    the window). Counted from the endpoint's test deliveries under its row lock: parallel sends
-    wait for each other, and nothing depends on the cache.
+    answer is 429 `webhook_test_limit` with Retry-After. Counted per organisation in the shared
+    cache (one atomic increment per send; a fixed hourly window), so deleting and creating
+    endpoints again does not reset it. Without the cache, the endpoint's own test deliveries of
+    the last hour are counted instead (under its row lock).
     """
+    from apps.accounts.ratelimit import _retry_after, _usage
+
     locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
     if locked is None:
         raise NotFoundError("This webhook endpoint no longer exists.")
@@ -157,29 +161,48 @@ def endpoint_send_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
         raise ApplicationError("The endpoint is disabled.", code="endpoint_disabled")
     limit = settings.WEBHOOK_TEST_SENDS_PER_HOUR
     if limit:
-        now = timezone.now()
-        recent = list(
-            WebhookDelivery.objects.filter(
-                endpoint_id=locked.pk,
-                event_type=EventType.TEST,
-                created_at__gt=now - TEST_SENDS_WINDOW,
-            )
-            .order_by("-created_at")
-            .values_list("created_at", flat=True)[:limit]
+        usage = _usage(
+            None,
+            group="guard:webhook_test:organisation",
+            key=f"org:{locked.organisation_id}",
+            rate=f"{limit}/h",
+            increment=True,
         )
-        if len(recent) >= limit:
-            # Room for one more once the limit-th most recent test leaves the hour.
-            wait = max(math.ceil((recent[-1] + TEST_SENDS_WINDOW - now).total_seconds()), 1)
-            raise ApplicationError(
-                f"This endpoint was sent {limit} test events in the last hour, the most it may "
-                f"be. Try again in {wait} seconds.",
-                code="webhook_test_limit",
-                status_code=429,
-                details={"limit": limit, "retry_after_seconds": wait},
-                headers={"Retry-After": str(wait)},
-            )
+        if usage is None:
+            _endpoint_test_sends_check(locked, limit)
+        elif usage["should_limit"]:
+            _test_limit_refusal(limit, _retry_after(usage))
     data = {"message": "This is a test event from LexisCore."}
     return _deliveries_create([locked], EventType.TEST, data)[0]
+
+
+def _test_limit_refusal(limit: int, wait: int) -> None:
+    raise ApplicationError(
+        f"This organisation's endpoints were sent {limit} test events this hour, the most they "
+        f"may be. Try again in {wait} seconds.",
+        code="webhook_test_limit",
+        status_code=429,
+        details={"limit": limit, "retry_after_seconds": wait},
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def _endpoint_test_sends_check(endpoint: WebhookEndpoint, limit: int) -> None:
+    """The fallback without the cache: the endpoint's test deliveries of the last hour."""
+    now = timezone.now()
+    recent = list(
+        WebhookDelivery.objects.filter(
+            endpoint_id=endpoint.pk,
+            event_type=EventType.TEST,
+            created_at__gt=now - TEST_SENDS_WINDOW,
+        )
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:limit]
+    )
+    if len(recent) >= limit:
+        # Room for one more once the limit-th most recent test leaves the hour.
+        wait = max(math.ceil((recent[-1] + TEST_SENDS_WINDOW - now).total_seconds()), 1)
+        _test_limit_refusal(limit, wait)
 
 
 # ---- Events -------------------------------------------------------------------------------------

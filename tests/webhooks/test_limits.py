@@ -12,9 +12,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.accounts.models import Role
 from apps.webhooks import services
 from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
-from tests.factories import OrganisationFactory
+from tests.factories import OrganisationFactory, bearer, member
 
 BASE = "/api/v1/webhooks/endpoints/"
 
@@ -72,27 +73,49 @@ def test_no_endpoint_cap_when_zero(client, admin_auth, settings):
     assert {create(client, admin_auth, n).status_code for n in range(25)} == {201}
 
 
-def test_test_sends_are_limited_per_endpoint_per_hour(client, admin, admin_auth, settings):
+def test_test_sends_are_limited_per_organisation_per_hour(client, admin, admin_auth, settings):
     settings.WEBHOOK_TEST_SENDS_PER_HOUR = 3
     first = create(client, admin_auth).json()["id"]
     second = create(client, admin_auth, 1).json()["id"]
 
-    answers = [client.post(f"{BASE}{first}/test/", **admin_auth) for _ in range(5)]
-    other = client.post(f"{BASE}{second}/test/", **admin_auth)
+    answers = [client.post(f"{BASE}{first}/test/", **admin_auth) for _ in range(2)]
+    answers += [client.post(f"{BASE}{second}/test/", **admin_auth) for _ in range(2)]
 
-    assert [a.status_code for a in answers] == [202, 202, 202, 429, 429]
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
     error = answers[3].json()["error"]
     assert error["code"] == "webhook_test_limit"
     assert error["details"]["limit"] == 3
     assert 0 < error["details"]["retry_after_seconds"] <= 3600
     assert answers[3]["Retry-After"] == str(error["details"]["retry_after_seconds"])
-    assert other.status_code == 202
-    assert WebhookDelivery.objects.filter(endpoint_id=first).count() == 3
+    assert WebhookDelivery.objects.filter(event_type="webhook.test").count() == 3
+    # Another organisation has its own allowance.
+    other = member(Role.ADMIN, email="other-admin@example.com")
+    other_auth = bearer(other.user, other.organisation)
+    theirs = create(client, other_auth).json()["id"]
+    assert client.post(f"{BASE}{theirs}/test/", **other_auth).status_code == 202
 
 
-def test_a_test_send_is_allowed_again_once_the_oldest_leaves_the_hour(
+def test_deleting_and_creating_endpoints_does_not_reset_the_limit(
     client, admin, admin_auth, settings
 ):
+    settings.WEBHOOK_TEST_SENDS_PER_HOUR = 3
+    codes = []
+    for n in range(3):
+        endpoint = create(client, admin_auth, n).json()["id"]
+        codes += [
+            client.post(f"{BASE}{endpoint}/test/", **admin_auth).status_code for _ in range(2)
+        ]
+        assert client.delete(f"{BASE}{endpoint}/", **admin_auth).status_code == 204
+
+    assert codes == [202, 202, 202, 429, 429, 429]
+
+
+def test_without_the_cache_the_endpoints_own_tests_of_the_hour_count(
+    client, admin, admin_auth, settings, monkeypatch
+):
+    from apps.accounts import ratelimit
+
+    monkeypatch.setattr(ratelimit, "_usage", lambda *args, **kwargs: None)
     settings.WEBHOOK_TEST_SENDS_PER_HOUR = 2
     endpoint = create(client, admin_auth).json()["id"]
     for _ in range(2):
