@@ -301,6 +301,15 @@ def guard_email_request(*, guard: str, account: str, ip: str | None) -> bool:
     return True
 
 
+def mailbox(address: str) -> str:
+    """The inbox an address reaches, for counting: lower case, without a `+tag` (most providers
+    deliver `victim+1@`, `victim+2@` ... to `victim@`, so tags must not multiply a limit)."""
+    local, _, domain = address.strip().lower().rpartition("@")
+    if not local:
+        return address.strip().lower()
+    return f"{local.split('+', 1)[0] or local}@{domain}"
+
+
 def guard_invitation_address(*, address: str, enforce: bool = True) -> None:
     """Count one invitation email to `address`, whichever organisation sends it; past
     `INVITATION_RATE_PER_ADDRESS` raise 429 `invitation_address_limit` (with Retry-After).
@@ -320,7 +329,7 @@ def guard_invitation_address(*, address: str, enforce: bool = True) -> None:
     usage = _usage(
         None,
         group="guard:invitation:address",
-        key=f"account:{address}",
+        key=f"account:{mailbox(address)}",
         rate=rate,
         increment=True,
     )

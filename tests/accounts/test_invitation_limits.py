@@ -114,6 +114,21 @@ def test_an_address_gets_at_most_its_invitations_across_organisations(api_client
 
 
 @override_settings(INVITATION_RATE_PER_ADDRESS="2/d")
+def test_plus_tags_and_capitals_reach_the_same_inbox_and_count_together(api_client):
+    owners = [member(Role.OWNER) for _ in range(3)]
+    answers = [
+        invite(api_client, owner.user, email=address)
+        for owner, address in zip(
+            owners,
+            ["victim+1@example.org", "Victim+news@Example.org", "victim@example.org"],
+            strict=True,
+        )
+    ]
+
+    assert [a.status_code for a in answers] == [201, 201, 429]
+
+
+@override_settings(INVITATION_RATE_PER_ADDRESS="2/d")
 def test_resends_count_against_the_address(api_client):
     owner = member(Role.OWNER)
     invitation_id = invite(api_client, owner.user).json()["id"]
