@@ -18,12 +18,15 @@ deleted by `backups_prune` once no backup can still be writing it.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -171,6 +174,7 @@ def backup_create(
                 capture_output=True,
                 text=True,
                 timeout=settings.BACKUP_TIMEOUT_SECONDS,
+                preexec_fn=die_with_parent,
             )
             if completed.returncode != 0:
                 raise BackupError(f"pg_dump failed: {completed.stderr.strip()[-2000:]}")
@@ -315,6 +319,18 @@ def backups_prune(
             default_storage.delete(f"{STORAGE_PREFIX}/{folder}/{file_name}")
         removed.append(folder)
     return sorted(set(removed))
+
+
+# Loaded in the parent: the child, between fork and exec, only makes the call.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: be killed when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG). A worker killed outright (hard time limit, OOM) runs no cleanup, and its
+    pg_dump went on for hours, holding a snapshot and writing into a folder nothing would use."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass

@@ -166,3 +166,46 @@ def test_a_tiny_ceiling_still_gives_a_soft_limit_before_the_hard_one(settings):
     settings.CELERY_MAX_TASK_TIME_LIMIT = 24
 
     assert backups.backup_time_limits() == (12, 24)
+
+
+def test_pg_dump_dies_with_a_worker_killed_outright(tmp_path):
+    """A hard time limit or the OOM killer runs no cleanup: the child started with
+    `die_with_parent` (as pg_dump is) is killed with its parent instead of running on."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, pathlib;"
+            "from apps.core.backups import die_with_parent;"
+            "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent);"
+            f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid));"
+            "child.wait()",
+        ],
+        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "lexiscore.settings.test"},
+    )
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"  # a zombie is dead, waiting for its reaper
+    except FileNotFoundError:
+        return False
