@@ -3,11 +3,16 @@ recorded refresh tokens (in place of simplejwt's admin pages)."""
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.contrib.auth.forms import (
+    AdminPasswordChangeForm,
+    AdminUserCreationForm,
+    UserChangeForm,
+)
 from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest
@@ -71,10 +76,41 @@ class EmailVerifiedFilter(admin.SimpleListFilter):
         return queryset
 
 
+# The request of the admin view that saves an operator's password form (the form has none).
+_operator_request: ContextVar[HttpRequest | None] = ContextVar("operator_request", default=None)
+
+
+class OperatorPasswordForm(AdminPasswordChangeForm):
+    """The admin's "Change password" form of another account, saved through the service: it
+    ended the user's tokens (User.save) but blacklisted no refresh token, recorded nothing and
+    told the user nothing."""
+
+    def save(self, commit: bool = True) -> Any:
+        request = _operator_request.get()
+        if request is None:  # pragma: no cover - only UserAdmin.user_change_password saves it
+            raise RuntimeError("OperatorPasswordForm is saved by UserAdmin.user_change_password")
+        usable = self.cleaned_data.get("set_usable_password", True)
+        return services.password_set_by_operator(
+            user=self.user,
+            new_password=self.cleaned_data["password1"] if usable else None,
+            actor=request.user,  # type: ignore[arg-type]
+            meta=RequestMeta.from_request(request),
+        )
+
+
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     form = UserChangeAdminForm
     add_form = UserCreationAdminForm
+    change_password_form = OperatorPasswordForm
+
+    def user_change_password(self, request: HttpRequest, id: str, form_url: str = "") -> Any:
+        token = _operator_request.set(request)
+        try:
+            return super().user_change_password(request, id, form_url)
+        finally:
+            _operator_request.reset(token)
+
     ordering = ("email",)
     list_display = (
         "email",

@@ -104,3 +104,53 @@ def test_the_page_still_renders(client):
 
     assert response.status_code == 200
     assert b'name="old_password"' in response.content
+
+
+def set_password(client: Client, user: User, **fields):
+    return client.post(f"/admin/accounts/user/{user.pk}/password/", fields)
+
+
+def test_an_operator_setting_a_users_password_ends_their_tokens_and_is_recorded_and_told(
+    client, admin_user, django_capture_on_commit_callbacks
+):
+    """The admin's "Change password" form of another account goes through the service: it used
+    to end the tokens (User.save) but blacklisted no refresh token, recorded and told nothing."""
+    user = UserFactory(email="member@example.com", password=PASSWORD)
+    pair = tokens_for(user)
+    client.force_login(admin_user)
+
+    with django_capture_on_commit_callbacks(execute=False):
+        response = set_password(
+            client, user, usable_password="true", password1=NEW_PASSWORD, password2=NEW_PASSWORD
+        )
+
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert user.check_password(NEW_PASSWORD)
+    assert client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {pair.access}").status_code == 401
+    assert OutstandingToken.objects.get(user=user).blacklistedtoken is not None
+    event = AuditEvent.objects.get(
+        action=AuditAction.PASSWORD_CHANGED, target_id=str(user.public_id)
+    )
+    assert event.actor_id == admin_user.pk
+    assert event.metadata == {"via": "admin", "password_sign_in": True}
+    assert EmailOutbox.objects.filter(
+        template="password_changed", recipients__contains=[user.email]
+    ).exists()
+    # The operator's own session goes on.
+    assert client.get("/admin/").status_code == 200
+
+
+def test_an_operator_can_turn_password_sign_in_off(client, admin_user):
+    user = UserFactory(email="member@example.com", password=PASSWORD)
+    client.force_login(admin_user)
+
+    response = set_password(client, user, **{"usable_password": "false", "unset-password": "1"})
+
+    assert response.status_code == 302
+    user.refresh_from_db()
+    assert not user.has_usable_password()
+    event = AuditEvent.objects.get(
+        action=AuditAction.PASSWORD_CHANGED, target_id=str(user.public_id)
+    )
+    assert event.metadata["password_sign_in"] is False

@@ -361,6 +361,35 @@ def password_change_in_session(
     return user
 
 
+def password_set_by_operator(
+    *, user: User, new_password: str | None, actor: User, meta: RequestMeta
+) -> User:
+    """An operator sets another account's password in the admin (`None`: password sign-in
+    disabled). As any password change: every session and token of the user ends (User.save
+    raises the token version), refresh tokens are blacklisted, the change is recorded with the
+    operator as actor and the user is emailed. `user` is updated in place (the admin's view
+    keeps the operator's own session when it was their own account)."""
+    with transaction.atomic():
+        locked = User.objects.select_for_update().get(pk=user.pk)
+        if new_password is None:
+            locked.set_unusable_password()
+        else:
+            locked.set_password(new_password)
+        locked.save(update_fields=["password"])
+        blacklist_refresh_tokens(locked)
+        audit_record(
+            action=AuditAction.PASSWORD_CHANGED,
+            actor=actor,
+            organisation=default_organisation(locked),
+            target=locked,
+            meta=meta,
+            metadata={"via": "admin", "password_sign_in": new_password is not None},
+        )
+        _notify_password_changed(locked)
+    user.password, user.token_version = locked.password, locked.token_version
+    return user
+
+
 def _password_replace(
     user: User, new_password: str, *, organisation: Organisation | None, meta: RequestMeta
 ) -> None:
