@@ -73,7 +73,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
     @admin.action(description="Publish the selected queued jobs again", permissions=["change"])
     def redispatch_jobs(self, request, queryset) -> None:
         sent = sum(
-            services.job_dispatch(job_id=pk)
+            services.job_dispatch(job_id=pk, again=True)
             for pk in queryset.filter(status=JobStatus.QUEUED).values_list("pk", flat=True)
         )
         self.message_user(request, f"Published {sent} job(s).", messages.SUCCESS)

@@ -39,7 +39,7 @@ from workers.metrics import observe_transcription
 from . import events, media, storage
 from .leases import JobLease
 from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
-from .services import QuotaExceeded, usage_refund_if_never_started
+from .services import QuotaExceeded, dispatch_waiting_on_commit, usage_refund_if_never_started
 
 logger = logging.getLogger(__name__)
 
@@ -391,6 +391,7 @@ def _finish(
     job.save(update_fields=["status", "finished_at", "processing_seconds", "updated_at", *fields])
     if status in (JobStatus.FAILED, JobStatus.CANCELLED):
         usage_refund_if_never_started(job)
+    dispatch_waiting_on_commit(job.organisation_id)  # its place goes to a waiting job
     if announce:
         events.job_changed(job)
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from apps.audit.services import history_record_updates
@@ -534,13 +535,76 @@ def _uploads_delete_abandoned_batch(*, cutoff, limit: int) -> int:
 
 
 # ---- dispatch ----------------------------------------------------------------------------------
-def job_dispatch(*, job_id: Any) -> bool:
-    """Publish the job's task. A broker failure is logged; the sweeper publishes it later."""
+# Fair use of the shared transcription queue: an organisation has at most its plan's
+# PLAN_ACTIVE_JOBS jobs published (on the queue or running) at once. The others stay `queued`
+# and unpublished ("waiting") until one of its jobs ends (`dispatch_waiting`, after the commit of
+# the job's end) or the sweeper finds room: one organisation sending 10,000 files cannot put
+# them ahead of everybody else's, and `priority` orders an organisation's own jobs.
+DISPATCH_LOCK_NAMESPACE = 0x4C584450  # "LXDP": pg_advisory_xact_lock(namespace, organisation)
+
+
+def active_jobs_limit(plan: str) -> int:
+    """Jobs of an organisation on `plan` that may be published at once (0: no limit)."""
+    limits = settings.PLAN_ACTIVE_JOBS
+    return int(limits.get(plan, limits.get("free", 0)) or 0)
+
+
+def _dispatch_lock(organisation_id: Any) -> None:
+    """Serialise the organisation's dispatch decisions until the transaction ends, so that two
+    dispatches cannot both take its last place. SQLite (embedded mode) serialises writers."""
+    if connection.vendor != "postgresql":
+        return
+    key = int.from_bytes(uuid.UUID(str(organisation_id)).bytes[:4], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [DISPATCH_LOCK_NAMESPACE, key])
+
+
+def jobs_published(organisation_id: Any) -> QuerySet[TranscriptionJob]:
+    """The organisation's jobs that hold a place: published and waiting on the queue, or
+    running."""
+    return TranscriptionJob.objects.filter(organisation_id=organisation_id).filter(
+        Q(status=JobStatus.PROCESSING) | Q(status=JobStatus.QUEUED, dispatched_at__isnull=False)
+    )
+
+
+PUBLISHED, WAITING, GONE, NOT_PUBLISHED = "published", "waiting", "gone", "not_published"
+
+
+def _dispatch(job_id: Any, *, again: bool) -> str:
+    """Take a place for the job under its organisation's dispatch lock (`dispatched_at` set,
+    committed), then publish after the commit (no task is published inside a transaction);
+    a publish that fails gives the place back."""
     from workers.transcription import transcribe_job
 
-    job = TranscriptionJob.objects.filter(pk=job_id, status=JobStatus.QUEUED).first()
-    if job is None:
-        return False
+    with transaction.atomic():
+        job = (
+            TranscriptionJob.objects.select_related("organisation")
+            .filter(pk=job_id, status=JobStatus.QUEUED)
+            .first()
+        )
+        if job is None:
+            return GONE
+        limit = active_jobs_limit(job.organisation.plan)
+        if job.dispatched_at is None:
+            if limit:
+                _dispatch_lock(job.organisation_id)
+                job.refresh_from_db(fields=["status", "dispatched_at"])
+                if job.status != JobStatus.QUEUED:
+                    return GONE
+            if job.dispatched_at is None:
+                if limit and jobs_published(job.organisation_id).count() >= limit:
+                    return WAITING
+                mark = timezone.now()
+                TranscriptionJob.objects.filter(pk=job.pk).update(dispatched_at=mark)
+                taken = True
+            elif not again:
+                return PUBLISHED  # another dispatch published it meanwhile
+            else:
+                mark, taken = job.dispatched_at, False
+        elif not again:
+            return PUBLISHED
+        else:
+            mark, taken = job.dispatched_at, False
     soft, hard = time_limits(job.duration_seconds)
     try:
         transcribe_job.apply_async(
@@ -553,9 +617,66 @@ def job_dispatch(*, job_id: Any) -> bool:
         )
     except Exception:
         logger.warning("Could not publish job %s; the sweeper will retry", job.pk, exc_info=True)
+        if taken:  # give the place back: the job is "never published" for the sweeper again
+            TranscriptionJob.objects.filter(pk=job.pk, dispatched_at=mark).update(
+                dispatched_at=None
+            )
+        return NOT_PUBLISHED
+    if not taken:
+        TranscriptionJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
+    return PUBLISHED
+
+
+def job_dispatch(*, job_id: Any, again: bool = False) -> bool:
+    """Publish the job's task; True if it was published.
+
+    A job that was never published waits instead while its organisation has its plan's
+    PLAN_ACTIVE_JOBS published (`dispatch_waiting` publishes it when one ends). `again`:
+    publish a job that was published already once more (a message that may have been lost, an
+    operator's decision), without taking a new place. A broker or database failure is logged;
+    the sweeper publishes the job later.
+    """
+    try:
+        return _dispatch(job_id, again=again) == PUBLISHED
+    except DatabaseError:
+        logger.warning("Could not dispatch job %s; the sweeper will retry", job_id, exc_info=True)
         return False
-    TranscriptionJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
-    return True
+
+
+def dispatch_waiting(*, organisation_id: Any) -> int:
+    """Publish the organisation's waiting jobs while it has room (highest priority, then oldest
+    first); returns how many. Called after the commit of a job's end, and by the sweeper."""
+    published = 0
+    tried: set[Any] = set()
+    while True:
+        waiting = (
+            TranscriptionJob.objects.filter(
+                organisation_id=organisation_id,
+                status=JobStatus.QUEUED,
+                dispatched_at__isnull=True,
+            )
+            .exclude(pk__in=tried)
+            .order_by("priority", "created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if waiting is None:
+            return published
+        tried.add(waiting)
+        try:
+            outcome = _dispatch(waiting, again=False)
+        except DatabaseError:
+            logger.warning("Could not dispatch the waiting jobs of %s", organisation_id)
+            return published
+        if outcome == PUBLISHED:
+            published += 1
+        elif outcome in (WAITING, NOT_PUBLISHED):
+            return published  # no room (or no broker): the next end or the sweeper goes on
+
+
+def dispatch_waiting_on_commit(organisation_id: Any) -> None:
+    """After this transaction commits (a job of the organisation ended), fill the place."""
+    transaction.on_commit(lambda: dispatch_waiting(organisation_id=organisation_id), robust=True)
 
 
 def jobs_redispatch_stale() -> dict[str, int]:
@@ -564,19 +685,26 @@ def jobs_redispatch_stale() -> dict[str, int]:
 
     now = timezone.now()
     republished = requeued = 0
-    never = TranscriptionJob.objects.filter(
-        status=JobStatus.QUEUED,
-        dispatched_at__isnull=True,
-        created_at__lt=now - timedelta(seconds=15),
+    # Never published: a publish lost to a broker failure, or jobs waiting for room in their
+    # organisation (PLAN_ACTIVE_JOBS), each organisation's filled in its own order.
+    never = (
+        TranscriptionJob.objects.filter(
+            status=JobStatus.QUEUED,
+            dispatched_at__isnull=True,
+            created_at__lt=now - timedelta(seconds=15),
+        )
+        .order_by("organisation_id")
+        .values_list("organisation_id", flat=True)
+        .distinct()
     )
+    for organisation_id in list(never[:500]):
+        republished += dispatch_waiting(organisation_id=organisation_id)
     stale = TranscriptionJob.objects.filter(
         status=JobStatus.QUEUED,
         dispatched_at__lt=now - timedelta(seconds=settings.JOB_REDISPATCH_AFTER_SECONDS),
     )
-    for job_id in list(never.values_list("pk", flat=True)[:500]) + list(
-        stale.values_list("pk", flat=True)[:500]
-    ):
-        republished += job_dispatch(job_id=job_id)
+    for job_id in list(stale.values_list("pk", flat=True)[:500]):
+        republished += job_dispatch(job_id=job_id, again=True)
     abandoned = TranscriptionJob.objects.filter(
         status=JobStatus.PROCESSING,
         heartbeat_at__lt=now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS),
@@ -644,6 +772,7 @@ def job_cancel(*, job: TranscriptionJob) -> TranscriptionJob:
         usage_refund_if_never_started(locked)
     locked.save(update_fields=fields)
     if locked.status == JobStatus.CANCELLED:
+        dispatch_waiting_on_commit(locked.organisation_id)
         events.job_changed(locked)
     return locked
 
@@ -719,6 +848,8 @@ def job_delete(*, job: TranscriptionJob) -> None:
     report_keys = locked.reports.select_for_update().values_list("file_key", flat=True)
     keys = [locked.audio_key, *report_keys]
     job_id, organisation_id = locked.pk, locked.organisation_id
+    if locked.status in ACTIVE_STATUSES:
+        dispatch_waiting_on_commit(organisation_id)
     locked.delete()
     events.job_deleted(job_id=job_id, organisation_id=organisation_id)
     delete_files_on_commit(keys)

@@ -115,7 +115,7 @@ def _requeue_transcription(dead_letter: DeadLetter) -> None:
         # in the queue; a processing one is the stuck-job sweeper's.
         pending=ACTIVE_STATUSES,
         retry=lambda job: job_services.job_retry(job=job),
-        dispatch=lambda pk: job_services.job_dispatch(job_id=pk),
+        dispatch=lambda pk: job_services.job_dispatch(job_id=pk, again=True),
     )
 
 

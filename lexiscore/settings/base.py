@@ -547,6 +547,13 @@ PLAN_AUDIO_MINUTES_PER_MONTH: dict[str, int | None] = {
     "team": env.int("QUOTA_TEAM_MINUTES", default=6_000),
     "enterprise": None,
 }
+# Fair use of the shared transcription queue: jobs of one organisation published at once (on
+# the queue or running), by plan; the others wait, queued, until one of them ends (0: no limit).
+PLAN_ACTIVE_JOBS: dict[str, int] = {
+    "free": env.int("ACTIVE_JOBS_FREE", default=3),
+    "team": env.int("ACTIVE_JOBS_TEAM", default=25),
+    "enterprise": env.int("ACTIVE_JOBS_ENTERPRISE", default=100),
+}
 TRANSCRIPTION_QUEUE = env.str("TRANSCRIPTION_QUEUE", default="transcription.cpu")
 # A message that started processing this many times without finishing is poison: the job fails.
 JOB_MAX_DELIVERIES = env.int("JOB_MAX_DELIVERIES", default=3)
