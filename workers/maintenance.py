@@ -66,10 +66,18 @@ def backup_database() -> str:
     """Daily (beat): dump the database with its manifest, then keep the newest BACKUP_KEEP.
 
     Its soft time limit raises inside `backup_create`, which kills pg_dump and deletes the
-    half-written folder; a hard-killed backup's folder is deleted by a later prune.
+    half-written folder; a hard-killed backup's folder is deleted when the next one starts.
     """
-    from apps.core.backups import BackupUploadError, backup_create, backups_prune
+    from apps.core.backups import (
+        BackupUploadError,
+        backup_create,
+        backups_prune,
+        partials_remove_stale,
+    )
 
+    # First: what killed backups left goes even if this one fails too (night after night, their
+    # folders would fill the disk, and then every backup would fail for want of space).
+    partials_remove_stale()
     try:
         path = backup_create()
     except BackupUploadError:

@@ -18,15 +18,13 @@ deleted by `backups_prune` once no backup can still be writing it.
 
 from __future__ import annotations
 
-import ctypes
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +45,7 @@ MANIFEST_VERSION = 1
 # The task's hard time limit comes this long after its soft one (time for the soft one's cleanup).
 TIME_LIMIT_GRACE_SECONDS = 60
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".lexiscore-", ".partial"
+LOCK_SUFFIX = ".lock"
 NAME_TIME_FORMAT = "%Y%m%dT%H%M%S%fZ"
 
 
@@ -152,6 +151,49 @@ def backup_create(
     name = f"lexiscore-{started.strftime(NAME_TIME_FORMAT)}"
     partial = root / f".{name}{PARTIAL_SUFFIX}"
     partial.mkdir(mode=0o700)
+    # Held while the folder is written: a prune never deletes a backup still being written (a
+    # `manage.py backup` has no time limit); the kernel lets go when the process dies.
+    writing = _writer_lock(partial)
+    try:
+        return _backup_write(partial, name, started, root, to_storage, file_checksums)
+    finally:
+        writing.close()
+        _lock_path(partial).unlink(missing_ok=True)
+
+
+def _lock_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + LOCK_SUFFIX)
+
+
+def _writer_lock(partial: Path) -> Any:
+    handle = _lock_path(partial).open("a")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _being_written(partial: Path) -> bool:
+    """Whether a live process holds the partial folder's writer lock."""
+    try:
+        handle = _lock_path(partial).open("r")
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
+
+def _backup_write(
+    partial: Path,
+    name: str,
+    started: datetime,
+    root: Path,
+    to_storage: bool | None,
+    file_checksums: bool,
+) -> Path:
     database = connection.settings_dict
     try:
         with transaction.atomic(), connection.cursor() as cursor:
@@ -161,20 +203,21 @@ def backup_create(
             snapshot = cursor.fetchone()[0]
             # The dump sees exactly this transaction's snapshot, so the counts below match it.
             completed = subprocess.run(
-                [
-                    "pg_dump",
-                    "--format=custom",
-                    "--no-owner",
-                    "--no-privileges",
-                    f"--snapshot={snapshot}",
-                    f"--file={partial / DUMP_NAME}",
-                    database["NAME"],
-                ],
+                dying_with_parent(
+                    [
+                        "pg_dump",
+                        "--format=custom",
+                        "--no-owner",
+                        "--no-privileges",
+                        f"--snapshot={snapshot}",
+                        f"--file={partial / DUMP_NAME}",
+                        database["NAME"],
+                    ]
+                ),
                 env=_pg_env(database),
                 capture_output=True,
                 text=True,
                 timeout=settings.BACKUP_TIMEOUT_SECONDS,
-                preexec_fn=die_with_parent,
             )
             if completed.returncode != 0:
                 raise BackupError(f"pg_dump failed: {completed.stderr.strip()[-2000:]}")
@@ -258,8 +301,10 @@ def partials_remove_stale(
     directory: Path | None = None, *, now: datetime | None = None
 ) -> list[str]:
     """Delete the `.partial` folders of backups that were killed (the task's hard time limit, a
-    SIGKILL, the OOM killer: no cleanup ran), once they started longer ago than the task's hard
-    time limit: no backup task can still be writing them then."""
+    SIGKILL, the OOM killer: no cleanup ran): those whose writer lock no process holds. A
+    folder being written (its writer holds the lock, however long it runs) is left alone; one
+    without a lock file (an older release's) only once it started longer ago than the task's hard
+    time limit."""
     root = Path(directory or settings.BACKUP_DIR)
     if not root.exists():
         return []
@@ -274,8 +319,13 @@ def partials_remove_stale(
             started = datetime.strptime(stamp, NAME_TIME_FORMAT).replace(tzinfo=UTC)
         except ValueError:
             continue  # not a name backup_create writes: leave it to a person
-        if started < cutoff and path.is_dir():
+        if not path.is_dir() or _being_written(path):
+            continue
+        # A writer's lock file without its lock: that writer died. No lock file (a backup of an
+        # older release): only once no backup task can still be writing it.
+        if _lock_path(path).exists() or started < cutoff:
             shutil.rmtree(path, onerror=_ignore_missing)
+            _lock_path(path).unlink(missing_ok=True)
             logger.warning("Deleted %s, left by a backup that was killed", path)
             removed.append(name)
     return sorted(removed)
@@ -321,16 +371,14 @@ def backups_prune(
     return sorted(set(removed))
 
 
-# Loaded in the parent: the child, between fork and exec, only makes the call.
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: be killed when the process that started it dies (Linux's
-    PR_SET_PDEATHSIG). A worker killed outright (hard time limit, OOM) runs no cleanup, and its
-    pg_dump went on for hours, holding a snapshot and writing into a folder nothing would use."""
-    if _prctl is not None:
-        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def dying_with_parent(command: list[str]) -> list[str]:
+    """`command`, killed when the process that started it dies (Linux's PR_SET_PDEATHSIG, set by
+    util-linux's `setpriv` before it execs the command; no Python code runs between fork and
+    exec, which is unsafe in a process with threads). A worker killed outright (hard time limit,
+    OOM) runs no cleanup, and its pg_dump went on for hours, holding a snapshot and writing into
+    a folder nothing would use. Without `setpriv` the command runs as it is."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", *command] if setpriv else command
 
 
 @dataclass

@@ -4,6 +4,7 @@ backup stopped by its time limit leaves no half-written folder behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -132,6 +133,59 @@ def test_prune_deletes_what_a_hard_killed_backup_left_once_no_backup_can_be_writ
     assert running.exists() and complete.exists() and stranger.exists()
 
 
+def test_a_partial_folder_is_deleted_only_once_its_writer_is_gone_however_long_it_ran(
+    tmp_path, settings
+):
+    """A writer holds a lock while it writes: a `manage.py backup` running longer than the task's
+    hard limit keeps its folder; a killed one's (its lock file left, no holder) goes at once."""
+    import fcntl
+
+    now = datetime.now(UTC)
+    hard = backups.backup_time_limits()[1]
+
+    def partial(started: datetime) -> Path:
+        path = tmp_path / f".lexiscore-{started.strftime(backups.NAME_TIME_FORMAT)}.partial"
+        path.mkdir()
+        return path
+
+    slow_manual = partial(now - timedelta(seconds=hard + 3600))
+    writer = backups._writer_lock(slow_manual)  # a live writer, past every time limit
+    killed_just_now = partial(now - timedelta(seconds=30))
+    backups._lock_path(killed_just_now).write_text("")  # its writer died holding nothing
+    try:
+        removed = backups.partials_remove_stale(tmp_path)
+        assert slow_manual.exists()
+        assert not killed_just_now.exists()
+        assert not backups._lock_path(killed_just_now).exists()
+        assert removed == [killed_just_now.name]
+    finally:
+        fcntl.flock(writer, fcntl.LOCK_UN)
+        writer.close()
+    assert backups.partials_remove_stale(tmp_path) == [slow_manual.name]  # once its writer ends
+
+
+def test_the_nightly_task_clears_killed_backups_first_even_when_its_own_backup_fails(
+    tmp_path, settings, monkeypatch
+):
+    """Night after night a backup killed at its hard limit left a near-full dump: cleared only
+    after a success, they would fill the disk, and then no backup could succeed."""
+    from workers import maintenance
+
+    settings.BACKUP_DIR = str(tmp_path)
+    left = tmp_path / ".lexiscore-20260101T000000000000Z.partial"
+    left.mkdir()
+    backups._lock_path(left).write_text("")
+
+    def fails(**kwargs):
+        raise backups.BackupError("pg_dump failed: disk full")
+
+    monkeypatch.setattr(backups, "backup_create", fails)
+    with pytest.raises(backups.BackupError):
+        maintenance.backup_database.run()
+
+    assert not left.exists()
+
+
 def _fake_pg_dump(fakebin: Path, pid_file: Path, *, seconds: int) -> None:
     """A pg_dump that waits first (a large database), then runs the real one in its place."""
     script = fakebin / "pg_dump"
@@ -169,30 +223,31 @@ def test_a_tiny_ceiling_still_gives_a_soft_limit_before_the_hard_one(settings):
 
 
 def test_pg_dump_dies_with_a_worker_killed_outright(tmp_path):
-    """A hard time limit or the OOM killer runs no cleanup: the child started with
-    `die_with_parent` (as pg_dump is) is killed with its parent instead of running on."""
+    """A hard time limit or the OOM killer runs no cleanup: a command started through
+    `dying_with_parent` (as pg_dump is) is killed with its parent instead of running on."""
     import signal
     import subprocess
     import sys
     import time
 
     pid_file = tmp_path / "child.pid"
+    command = backups.dying_with_parent(["sleep", "60"])
+    assert command[:3] == [shutil.which("setpriv"), "--pdeathsig", "KILL"]
     parent = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import subprocess, sys, pathlib;"
-            "from apps.core.backups import die_with_parent;"
-            "child = subprocess.Popen(['sleep', '60'], preexec_fn=die_with_parent);"
+            "import subprocess, pathlib;"
+            f"child = subprocess.Popen({command!r});"
             f"pathlib.Path({str(pid_file)!r}).write_text(str(child.pid));"
             "child.wait()",
-        ],
-        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "lexiscore.settings.test"},
+        ]
     )
     deadline = time.monotonic() + 30
     while not pid_file.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     child = int(pid_file.read_text())
+    time.sleep(0.3)  # setpriv has set the signal and become `sleep`
 
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
@@ -201,11 +256,3 @@ def test_pg_dump_dies_with_a_worker_killed_outright(tmp_path):
         time.sleep(0.05)
 
     assert not _alive(child)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"  # a zombie is dead, waiting for its reaper
-    except FileNotFoundError:
-        return False
