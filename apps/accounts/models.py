@@ -118,6 +118,12 @@ class User(AbstractBaseUser, PermissionsMixin):
         user._stored_is_active = user.__dict__.get("is_active")  # None when deferred
         return user
 
+    def set_unusable_password(self) -> None:
+        # Password sign-in turned off is a password change too (Django's leaves `_password`
+        # unset, so the tokens issued before would have lived on).
+        super().set_unusable_password()
+        self._password_disabled = True
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         # A new password or a deactivation, whichever path made it (a service, an admin form,
         # `changepassword`, a shell), revokes every token issued before it. A hasher upgrade on
@@ -126,8 +132,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         # back could bring the tokens issued since then back to life.
         revoke = self.pk is not None and (
             getattr(self, "_password", None) is not None
+            or getattr(self, "_password_disabled", False)
             or (getattr(self, "_stored_is_active", None) is True and not self.is_active)
         )
+        self._password_disabled = False
         if revoke:
             self.token_version = models.F("token_version") + 1
             update_fields = kwargs.get("update_fields")

@@ -301,13 +301,20 @@ def guard_email_request(*, guard: str, account: str, ip: str | None) -> bool:
     return True
 
 
+GMAIL_DOMAINS = {"gmail.com", "googlemail.com"}
+
+
 def mailbox(address: str) -> str:
     """The inbox an address reaches, for counting: lower case, without a `+tag` (most providers
-    deliver `victim+1@`, `victim+2@` ... to `victim@`, so tags must not multiply a limit)."""
+    deliver `victim+1@`, `victim+2@` ... to `victim@`, so tags must not multiply a limit), and
+    for Gmail without dots and on one domain (`v.ictim@googlemail.com` is `victim@gmail.com`)."""
     local, _, domain = address.strip().lower().rpartition("@")
     if not local:
         return address.strip().lower()
-    return f"{local.split('+', 1)[0] or local}@{domain}"
+    local = local.split("+", 1)[0] or local
+    if domain in GMAIL_DOMAINS:
+        local, domain = local.replace(".", "") or local, "gmail.com"
+    return f"{local}@{domain}"
 
 
 def guard_invitation_address(*, address: str, enforce: bool = True) -> None:

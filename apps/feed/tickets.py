@@ -63,13 +63,19 @@ class FeedTicketAuthentication(authentication.BaseAuthentication):
     def _authenticate(self, ticket: str) -> tuple[User, dict[str, str]]:
         try:
             claims = signing.loads(ticket, salt=SALT, max_age=settings.FEED_TICKET_SECONDS)
-            user = User.objects.get(pk=claims["u"], is_active=True)
         except signing.SignatureExpired:
             raise TicketExpired(
                 "This stream ticket has expired; ask for a new one.", code="ticket_expired"
             ) from None
-        except (signing.BadSignature, KeyError, TypeError, ValueError, User.DoesNotExist):
+        except (signing.BadSignature, TypeError, ValueError):
             raise AuthenticationFailed("Invalid stream ticket.", code="invalid_ticket") from None
+        try:
+            user = User.objects.get(pk=claims["u"], is_active=True)
+        except (KeyError, TypeError, ValueError, User.DoesNotExist):
+            # Signed here: its user was deleted or deactivated since. No guess.
+            raise RevokedCredential(
+                "This stream ticket was revoked.", code="ticket_revoked"
+            ) from None
         if claims.get("v") != user.token_version:
             raise RevokedCredential("This stream ticket was revoked.", code="ticket_revoked")
         return user, {"org": claims.get("o")}

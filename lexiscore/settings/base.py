@@ -837,7 +837,7 @@ WEBHOOK_CLAIM_LEASE_SECONDS = env.int("WEBHOOK_CLAIM_LEASE_SECONDS", default=300
 WEBHOOK_DISABLE_AFTER_FAILURES = env.int("WEBHOOK_DISABLE_AFTER_FAILURES", default=50)
 WEBHOOK_DISABLE_AFTER_SECONDS = env.int("WEBHOOK_DISABLE_AFTER_SECONDS", default=5 * 86_400)
 # Every event fans out to every subscribed endpoint, and each test send is a delivery on the shared
-# webhooks queue: endpoints per organisation and test sends per endpoint per hour (0: no cap).
+# webhooks queue: endpoints per organisation and test sends per organisation per hour (0: no cap).
 WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX = env.int(
     "WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX", default=20
 )

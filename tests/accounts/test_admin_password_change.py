@@ -143,6 +143,7 @@ def test_an_operator_setting_a_users_password_ends_their_tokens_and_is_recorded_
 
 def test_an_operator_can_turn_password_sign_in_off(client, admin_user):
     user = UserFactory(email="member@example.com", password=PASSWORD)
+    pair = tokens_for(user)
     client.force_login(admin_user)
 
     response = set_password(client, user, **{"usable_password": "false", "unset-password": "1"})
@@ -150,6 +151,8 @@ def test_an_operator_can_turn_password_sign_in_off(client, admin_user):
     assert response.status_code == 302
     user.refresh_from_db()
     assert not user.has_usable_password()
+    # Its tokens end as with any password change.
+    assert client.get("/api/v1/me/", HTTP_AUTHORIZATION=f"Bearer {pair.access}").status_code == 401
     event = AuditEvent.objects.get(
         action=AuditAction.PASSWORD_CHANGED, target_id=str(user.public_id)
     )

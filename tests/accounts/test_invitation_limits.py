@@ -113,6 +113,22 @@ def test_an_address_gets_at_most_its_invitations_across_organisations(api_client
     assert other_address.status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("address", "inbox"),
+    [
+        ("Victim+news@Example.org", "victim@example.org"),
+        ("v.ic.tim+1@googlemail.com", "victim@gmail.com"),
+        ("V.ictim@gmail.com", "victim@gmail.com"),
+        ("first.last@example.org", "first.last@example.org"),  # dots count elsewhere
+        ("+only@example.org", "+only@example.org"),
+    ],
+)
+def test_the_inbox_an_address_reaches(address, inbox):
+    from apps.accounts.ratelimit import mailbox
+
+    assert mailbox(address) == inbox
+
+
 @override_settings(INVITATION_RATE_PER_ADDRESS="2/d")
 def test_plus_tags_and_capitals_reach_the_same_inbox_and_count_together(api_client):
     owners = [member(Role.OWNER) for _ in range(3)]

@@ -150,6 +150,21 @@ def test_a_password_set_outside_the_api_also_revokes_tokens(api_client, user):
     assert_revoked(api_client, pair)
 
 
+def test_turning_password_sign_in_off_revokes_tokens_too(api_client, user):
+    pair = tokens_for(user)
+    version = user.token_version
+
+    user.set_unusable_password()  # Django leaves `_password` unset for this one
+    user.save(update_fields=["password"])
+
+    assert_revoked(api_client, pair)
+    user.refresh_from_db()
+    assert user.token_version == version + 1
+    user.save()  # a later save of the same instance revokes nothing more
+    user.refresh_from_db()
+    assert user.token_version == version + 1
+
+
 def test_a_hash_upgrade_at_sign_in_keeps_existing_tokens(api_client, user):
     pair = tokens_for(user)
 
