@@ -39,9 +39,7 @@ def test_a_redelivered_failure_updates_the_pending_row():
 
 @pytest.mark.django_db
 def test_a_requeued_letter_leaves_room_for_a_new_failure_of_the_same_task():
-    DeadLetter.objects.filter(pk=record("t-2", "old").pk).update(
-        status=DeadLetter.Status.REQUEUED
-    )
+    DeadLetter.objects.filter(pk=record("t-2", "old").pk).update(status=DeadLetter.Status.REQUEUED)
 
     record("t-2", "new")
 
