@@ -122,6 +122,18 @@ class TranscriptionJob(TimeStampedModel):
         indexes = [
             models.Index(fields=["organisation", "-created_at"], name="job_org_created"),
             models.Index(fields=["organisation", "status", "-created_at"], name="job_org_status"),
+            # Fair dispatch (services.dispatch_waiting / jobs_published): an organisation's
+            # waiting jobs in the order they get a place, and the jobs that hold one.
+            models.Index(
+                fields=["organisation", "priority", "created_at"],
+                name="job_waiting",
+                condition=Q(status="queued", dispatched_at__isnull=True),
+            ),
+            models.Index(
+                fields=["organisation"],
+                name="job_holding_place",
+                condition=Q(status="processing") | Q(status="queued", dispatched_at__isnull=False),
+            ),
             models.Index(
                 fields=["status", "queued_at"],
                 name="job_active_queued",

@@ -12,16 +12,17 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from apps.audit.services import history_record_updates
@@ -621,6 +622,9 @@ def _dispatch(job_id: Any, *, again: bool) -> str:
             TranscriptionJob.objects.filter(pk=job.pk, dispatched_at=mark).update(
                 dispatched_at=None
             )
+        else:  # keep the place, and be due for the sweeper's next republish
+            due = timezone.now() - timedelta(seconds=settings.JOB_REDISPATCH_AFTER_SECONDS + 1)
+            TranscriptionJob.objects.filter(pk=job.pk, dispatched_at=mark).update(dispatched_at=due)
         return NOT_PUBLISHED
     if not taken:
         TranscriptionJob.objects.filter(pk=job.pk).update(dispatched_at=timezone.now())
@@ -643,35 +647,73 @@ def job_dispatch(*, job_id: Any, again: bool = False) -> bool:
         return False
 
 
+WAITING_BATCH = 500  # jobs one `dispatch_waiting` call publishes at most without a limit
+
+
+def waiting_jobs(organisation_id: Any) -> QuerySet[TranscriptionJob]:
+    """The organisation's jobs that wait for a place, in the order they get one."""
+    return TranscriptionJob.objects.filter(
+        organisation_id=organisation_id, status=JobStatus.QUEUED, dispatched_at__isnull=True
+    ).order_by("priority", "created_at", "pk")
+
+
 def dispatch_waiting(*, organisation_id: Any) -> int:
     """Publish the organisation's waiting jobs while it has room (highest priority, then oldest
-    first); returns how many. Called after the commit of a job's end, and by the sweeper."""
+    first; at most its limit, or `WAITING_BATCH` without one); returns how many. Called after
+    the commit of a job's end, and by the sweeper."""
+    from apps.accounts.models import Organisation
+
+    plan = Organisation.objects.filter(pk=organisation_id).values_list("plan", flat=True).first()
+    if plan is None:
+        return 0
+    batch = active_jobs_limit(plan) or WAITING_BATCH
     published = 0
-    tried: set[Any] = set()
-    while True:
-        waiting = (
-            TranscriptionJob.objects.filter(
-                organisation_id=organisation_id,
-                status=JobStatus.QUEUED,
-                dispatched_at__isnull=True,
-            )
-            .exclude(pk__in=tried)
-            .order_by("priority", "created_at")
-            .values_list("pk", flat=True)
-            .first()
+    try:
+        candidates = list(waiting_jobs(organisation_id).values_list("pk", flat=True)[:batch])
+        for job_id in candidates:
+            outcome = _dispatch(job_id, again=False)
+            if outcome == PUBLISHED:
+                published += 1
+            elif outcome in (WAITING, NOT_PUBLISHED):
+                break  # no room (or no broker): the next end or the sweeper goes on
+    except DatabaseError:
+        logger.warning("Could not dispatch the waiting jobs of %s", organisation_id)
+    return published
+
+
+def _organisations_with_room(since: datetime, *, limit: int = 500) -> list[Any]:
+    """Organisations with jobs waiting since before `since` and a free place, in random order
+    (every one gets its turn, however many there are)."""
+    from apps.accounts.models import Organisation
+
+    waiting = set(
+        TranscriptionJob.objects.filter(
+            status=JobStatus.QUEUED, dispatched_at__isnull=True, created_at__lt=since
         )
-        if waiting is None:
-            return published
-        tried.add(waiting)
-        try:
-            outcome = _dispatch(waiting, again=False)
-        except DatabaseError:
-            logger.warning("Could not dispatch the waiting jobs of %s", organisation_id)
-            return published
-        if outcome == PUBLISHED:
-            published += 1
-        elif outcome in (WAITING, NOT_PUBLISHED):
-            return published  # no room (or no broker): the next end or the sweeper goes on
+        .order_by()
+        .values_list("organisation_id", flat=True)
+        .distinct()
+    )
+    if not waiting:
+        return []
+    plans = dict(Organisation.objects.filter(pk__in=waiting).values_list("pk", "plan"))
+    held = dict(
+        TranscriptionJob.objects.filter(organisation_id__in=waiting)
+        .filter(
+            Q(status=JobStatus.PROCESSING) | Q(status=JobStatus.QUEUED, dispatched_at__isnull=False)
+        )
+        .order_by()
+        .values("organisation_id")
+        .annotate(count=Count("id"))
+        .values_list("organisation_id", "count")
+    )
+    room = [
+        organisation_id
+        for organisation_id, plan in plans.items()
+        if not active_jobs_limit(plan) or held.get(organisation_id, 0) < active_jobs_limit(plan)
+    ]
+    random.shuffle(room)
+    return room[:limit]
 
 
 def dispatch_waiting_on_commit(organisation_id: Any) -> None:
@@ -684,21 +726,11 @@ def jobs_redispatch_stale() -> dict[str, int]:
     from .leases import JobLease
 
     now = timezone.now()
-    republished = requeued = 0
+    published = republished = requeued = 0
     # Never published: a publish lost to a broker failure, or jobs waiting for room in their
-    # organisation (PLAN_ACTIVE_JOBS), each organisation's filled in its own order.
-    never = (
-        TranscriptionJob.objects.filter(
-            status=JobStatus.QUEUED,
-            dispatched_at__isnull=True,
-            created_at__lt=now - timedelta(seconds=15),
-        )
-        .order_by("organisation_id")
-        .values_list("organisation_id", flat=True)
-        .distinct()
-    )
-    for organisation_id in list(never[:500]):
-        republished += dispatch_waiting(organisation_id=organisation_id)
+    # organisation (PLAN_ACTIVE_JOBS): each organisation with room filled in its own order.
+    for organisation_id in _organisations_with_room(now - timedelta(seconds=15)):
+        published += dispatch_waiting(organisation_id=organisation_id)
     stale = TranscriptionJob.objects.filter(
         status=JobStatus.QUEUED,
         dispatched_at__lt=now - timedelta(seconds=settings.JOB_REDISPATCH_AFTER_SECONDS),
@@ -719,14 +751,17 @@ def jobs_redispatch_stale() -> dict[str, int]:
             lease.release()
         if updated:
             requeued += 1
-            job_dispatch(job_id=job_id)
-    return {"republished": republished, "requeued": requeued}
+            job_dispatch(job_id=job_id, again=True)  # in the place it kept
+    return {"published": published, "republished": republished, "requeued": requeued}
 
 
 @transaction.atomic
 def job_requeue_abandoned(*, job_id: Any) -> bool:
     """Put a `processing` job whose worker is gone back in the queue (the caller holds its lease
-    and publishes it after), announced on the live feed. False if it was no longer processing."""
+    and publishes it after, `again=True`), announced on the live feed. False if it was no longer
+    processing. It keeps its organisation's place (`dispatched_at` set): given back, another job
+    could take it, and the original message, restored by Redis later, would run this one past
+    the organisation's limit."""
     job = (
         TranscriptionJob.objects.select_for_update()
         .filter(pk=job_id, status=JobStatus.PROCESSING)
@@ -735,9 +770,10 @@ def job_requeue_abandoned(*, job_id: Any) -> bool:
     if job is None:
         return False
     before = copy.copy(job)
-    job.status, job.dispatched_at, job.worker = JobStatus.QUEUED, None, ""
+    now = timezone.now()
+    job.status, job.dispatched_at, job.worker = JobStatus.QUEUED, now, ""
     TranscriptionJob.objects.filter(pk=job_id).update(
-        status=JobStatus.QUEUED, dispatched_at=None, worker=""
+        status=JobStatus.QUEUED, dispatched_at=now, worker=""
     )
     history_record_updates([(before, job)])
     events.job_changed(job)

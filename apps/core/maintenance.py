@@ -141,7 +141,7 @@ def jobs_requeue_stuck(*, dry_run: bool = False) -> dict[str, list[str]]:
             lease.release()
         if updated:
             result["requeued"].append(str(job_id))
-            job_dispatch(job_id=job_id)
+            job_dispatch(job_id=job_id, again=True)  # in the place it kept
             logger.warning("Requeued stuck job %s", job_id, extra={"job_id": str(job_id)})
     return result
 

@@ -116,7 +116,7 @@ def test_the_sweeper_fills_each_organisations_places_and_republishes_lost_messag
 
     counts = services.jobs_redispatch_stale()
 
-    assert counts["republished"] == 3
+    assert (counts["published"], counts["republished"]) == (2, 1)
     assert set(published_ids(publish)) == {str(jobs[0].pk), str(jobs[1].pk), str(lost.pk)}
     assert len(waiting(organisation)) == 2
     # A republished message keeps its place; it takes no second one.
@@ -170,3 +170,60 @@ def test_unknown_plans_get_the_free_plans_places(publish):
     jobs = queue_jobs(organisation, 3)
 
     assert [services.job_dispatch(job_id=job.pk) for job in jobs] == [True, True, False]
+
+
+@pytest.mark.django_db
+def test_the_sweeper_skips_full_organisations_so_every_one_with_room_gets_its_turn(publish):
+    """Full organisations waiting first in any order must not hide one with room behind them."""
+    full = [OrganisationFactory(plan="free") for _ in range(3)]
+    for organisation in full:
+        for job in queue_jobs(organisation, 3):
+            services.job_dispatch(job_id=job.pk)  # 2 published, 1 waiting
+    idle = OrganisationFactory(plan="free")
+    late = queue_jobs(idle, 1)[0]
+    since = timezone.now() - timedelta(seconds=15)
+
+    assert services._organisations_with_room(since, limit=1) == [idle.pk]
+    publish.reset_mock()
+    assert services.jobs_redispatch_stale()["published"] == 1
+    assert published_ids(publish) == [str(late.pk)]
+
+
+@pytest.mark.django_db
+def test_a_requeued_abandoned_job_keeps_its_place(publish, settings):
+    """Given back, the place could go to a waiting job, and the abandoned job's original message,
+    restored by Redis later, would run it past the limit."""
+    settings.JOB_HEARTBEAT_TIMEOUT_SECONDS = 60
+    organisation = OrganisationFactory(plan="free")
+    abandoned = JobFactory(
+        organisation=organisation, status=JobStatus.PROCESSING, worker="gone:1", attempts=1
+    )
+    TranscriptionJob.objects.filter(pk=abandoned.pk).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=5), dispatched_at=timezone.now()
+    )
+    other = JobFactory(organisation=organisation, status=JobStatus.PROCESSING)
+    waiting_job = queue_jobs(organisation, 1)[0]
+
+    counts = services.jobs_redispatch_stale()
+
+    assert counts["requeued"] == 1
+    assert published_ids(publish) == [str(abandoned.pk)]
+    assert [job.pk for job in waiting(organisation)] == [waiting_job.pk]
+    # The two it had: the requeued job (published again) and the other one, still running.
+    assert set(services.jobs_published(organisation.pk).values_list("pk", flat=True)) == {
+        abandoned.pk,
+        other.pk,
+    }
+
+
+@pytest.mark.django_db
+def test_without_a_limit_one_call_publishes_a_batch_not_the_whole_backlog(
+    publish, settings, monkeypatch
+):
+    settings.PLAN_ACTIVE_JOBS = {"free": 0}
+    monkeypatch.setattr(services, "WAITING_BATCH", 3)
+    organisation = OrganisationFactory(plan="free")
+    queue_jobs(organisation, 5)
+
+    assert services.dispatch_waiting(organisation_id=organisation.pk) == 3
+    assert len(waiting(organisation)) == 2

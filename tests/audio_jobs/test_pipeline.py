@@ -277,7 +277,9 @@ def test_a_redis_restart_mid_queue_loses_no_job(
     that one message from Redis, and beat's sweeper (`jobs_redispatch_stale`, run here as beat
     would) republishes its job. A worker whose consumer stops delivering after the restart is
     restarted by its stall watchdog and its supervisor. Nothing is lost end to end; at most one
-    job needs the sweep.
+    job needs the sweep to be published again. (The organisation's plan publishes 3 of the 6 at
+    a time: the others wait for a place, and the sweep may publish those, as `published`, when
+    a worker's end-of-job publish met the restarting broker.)
     """
     from apps.audio_jobs.services import jobs_redispatch_stale
 

@@ -249,7 +249,7 @@ def test_the_sweeper_publishes_a_queued_job_that_was_never_published(publish):
 
     counts = services.jobs_redispatch_stale()
 
-    assert counts == {"republished": 1, "requeued": 0}
+    assert counts == {"published": 1, "republished": 0, "requeued": 0}
     assert published_ids(publish) == [str(lost.pk)]
     lost.refresh_from_db()
     fresh.refresh_from_db()
@@ -284,7 +284,7 @@ def test_the_sweeper_leaves_a_job_queued_when_the_broker_is_still_down(publish):
 
     counts = services.jobs_redispatch_stale()
 
-    assert counts == {"republished": 0, "requeued": 0}
+    assert counts == {"published": 0, "republished": 0, "requeued": 0}
     lost.refresh_from_db()
     assert (lost.status, lost.dispatched_at) == (JobStatus.QUEUED, None)
 
@@ -298,7 +298,7 @@ def test_the_sweeper_requeues_a_processing_job_whose_worker_stopped_beating(publ
 
     counts = services.jobs_redispatch_stale()
 
-    assert counts == {"republished": 0, "requeued": 1}
+    assert counts == {"published": 0, "republished": 0, "requeued": 1}
     assert published_ids(publish) == [str(abandoned.pk)]
     abandoned.refresh_from_db()
     assert (abandoned.status, abandoned.worker) == (JobStatus.QUEUED, "")
@@ -326,7 +326,7 @@ def test_the_sweeper_leaves_a_silent_job_alone_while_a_live_worker_holds_its_lea
     finally:
         lease.release()
 
-    assert counts == {"republished": 0, "requeued": 0}
+    assert counts == {"published": 0, "republished": 0, "requeued": 0}
     publish.assert_not_called()
     job.refresh_from_db()
     assert job.status == JobStatus.PROCESSING
