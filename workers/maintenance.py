@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import shared_task, signals
 
 from .base import LexisTask
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(name="workers.maintenance.ping", base=LexisTask, max_retries=0)
@@ -77,7 +80,10 @@ def backup_database() -> str:
 
     # First: what killed backups left goes even if this one fails too (night after night, their
     # folders would fill the disk, and then every backup would fail for want of space).
-    partials_remove_stale()
+    try:
+        partials_remove_stale()
+    except OSError:  # one that cannot be deleted (another user's) must not stop the backup
+        logger.exception("Could not delete what killed backups left in BACKUP_DIR")
     try:
         path = backup_create()
     except BackupUploadError:

@@ -150,11 +150,12 @@ def backup_create(
     started = datetime.now(UTC)
     name = f"lexiscore-{started.strftime(NAME_TIME_FORMAT)}"
     partial = root / f".{name}{PARTIAL_SUFFIX}"
-    partial.mkdir(mode=0o700)
-    # Held while the folder is written: a prune never deletes a backup still being written (a
-    # `manage.py backup` has no time limit); the kernel lets go when the process dies.
+    # Held while the folder is written, taken before the folder exists: a prune never deletes a
+    # backup still being written (a `manage.py backup` has no time limit); the kernel lets go
+    # when the process dies.
     writing = _writer_lock(partial)
     try:
+        partial.mkdir(mode=0o700)
         return _backup_write(partial, name, started, root, to_storage, file_checksums)
     finally:
         writing.close()
@@ -312,6 +313,11 @@ def partials_remove_stale(
     removed = []
     for path in root.iterdir():
         name = path.name
+        if name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX + LOCK_SUFFIX):
+            folder = path.with_name(name[: -len(LOCK_SUFFIX)])
+            if not folder.exists() and not _being_written(folder):
+                path.unlink(missing_ok=True)  # its writer died after deleting its folder
+            continue
         if not (name.startswith(PARTIAL_PREFIX) and name.endswith(PARTIAL_SUFFIX)):
             continue
         stamp = name[len(PARTIAL_PREFIX) : -len(PARTIAL_SUFFIX)]

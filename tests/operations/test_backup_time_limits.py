@@ -186,6 +186,39 @@ def test_the_nightly_task_clears_killed_backups_first_even_when_its_own_backup_f
     assert not left.exists()
 
 
+def test_an_orphaned_lock_file_goes_and_a_live_writers_lock_stays(tmp_path):
+    """A writer killed after deleting its folder leaves only its lock file."""
+    gone = tmp_path / ".lexiscore-20260101T000000000000Z.partial"
+    backups._lock_path(gone).write_text("")
+    starting = tmp_path / ".lexiscore-20260101T000001000000Z.partial"
+    writer = backups._writer_lock(starting)  # locked, its folder not made yet
+    try:
+        backups.partials_remove_stale(tmp_path)
+        assert not backups._lock_path(gone).exists()
+        assert backups._lock_path(starting).exists()
+    finally:
+        writer.close()
+
+
+def test_a_partial_folder_that_cannot_be_deleted_does_not_stop_the_nightly_backup(
+    tmp_path, settings, monkeypatch
+):
+    from workers import maintenance
+
+    settings.BACKUP_DIR = str(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("owned by root")
+
+    written = []
+    monkeypatch.setattr(backups, "partials_remove_stale", refuse)
+    monkeypatch.setattr(backups, "backup_create", lambda: written.append(1) or tmp_path / "b")
+    monkeypatch.setattr(backups, "backups_prune", lambda **kwargs: [])
+
+    assert maintenance.backup_database.run() == "b"
+    assert written == [1]
+
+
 def _fake_pg_dump(fakebin: Path, pid_file: Path, *, seconds: int) -> None:
     """A pg_dump that waits first (a large database), then runs the real one in its place."""
     script = fakebin / "pg_dump"
