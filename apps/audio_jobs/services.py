@@ -165,7 +165,9 @@ def time_limits(duration_seconds: float | None) -> tuple[int, int]:
     )
     hard = soft + 60
     ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
-    return min(soft, ceiling - 60), min(hard, ceiling)
+    # Under a ceiling of a minute or less (tests), the soft limit still comes first and is
+    # never negative: -45 s failed every job at once with `time_limit`.
+    return min(soft, max(ceiling - 60, ceiling // 2)), min(hard, ceiling)
 
 
 # ---- create ------------------------------------------------------------------------------------

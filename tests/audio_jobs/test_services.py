@@ -126,6 +126,16 @@ def test_time_limits_scale_with_the_duration(duration, expected):
     assert services.time_limits(duration) == expected
 
 
+def test_a_ceiling_of_a_minute_or_less_still_gives_a_positive_soft_limit_first(settings):
+    """A worker whose ceiling was under a minute (a test's) published jobs with a soft limit of
+    -45 s: every one failed at once with `time_limit`."""
+    settings.CELERY_MAX_TASK_TIME_LIMIT = 15
+
+    soft, hard = services.time_limits(2.4)
+
+    assert 0 < soft < hard <= 15
+
+
 def test_time_limits_follow_their_settings(settings):
     settings.TRANSCRIPTION_TIME_LIMIT_BASE = 60
     settings.TRANSCRIPTION_TIME_LIMIT_FACTOR = 0.5
