@@ -91,14 +91,9 @@ validated_tokens = _ValidatedTokens()
 AUTH_FAILURES_GROUP = "guard:auth_failures:ip"
 
 
-class _OverTheLimit:
-    """The addresses this process saw go over the limit, until their window ends (LRU).
-
-    Only a hint, so that a request whose address failed nothing costs no extra cache round trip:
-    a hinted address is confirmed in the shared counter before it is refused (a cleared or lost
-    counter frees it). Another process learns of the address at its first failure there, which
-    is then answered 429 instead of 401.
-    """
+class _ExpiringKeys:
+    """Keys remembered until their own deadline (monotonic), least recently marked first out
+    past `size`: a process-local hint, never the source of truth."""
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
@@ -130,8 +125,18 @@ class _OverTheLimit:
         with self._lock:
             self._until.clear()
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._until)
 
-over_the_limit = _OverTheLimit()
+
+# The addresses this process saw go over the limit, until their window ends (LRU).
+#
+# Only a hint, so that a request whose address failed nothing costs no extra cache round trip:
+# a hinted address is confirmed in the shared counter before it is refused (a cleared or lost
+# counter frees it). Another process learns of the address at its first failure there, which
+# is then answered 429 instead of 401.
+over_the_limit = _ExpiringKeys()
 
 
 def _auth_failures_rate() -> str | None:
@@ -195,43 +200,11 @@ class RevokedCredential(AuthenticationFailed):
     not_a_guess = True
 
 
-class _KnownKeys:
-    """Digests of API keys that authenticated in this process lately (LRU, `KNOWN_KEY_SECONDS`):
-    a key proven genuine is let through an address's failure limit, so one client behind a
-    shared address sending bad keys does not lock out the others' valid ones."""
-
-    def __init__(self, size: int = 10_000) -> None:
-        self._size = size
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def add(self, digest: str) -> None:
-        with self._lock:
-            self._seen[digest] = time.monotonic() + KNOWN_KEY_SECONDS
-            self._seen.move_to_end(digest)
-            while len(self._seen) > self._size:
-                self._seen.popitem(last=False)
-
-    def discard(self, digest: str) -> None:
-        with self._lock:
-            self._seen.pop(digest, None)
-
-    def __contains__(self, digest: str) -> bool:
-        with self._lock:
-            until = self._seen.get(digest)
-            return until is not None and until > time.monotonic()
-
-    def clear(self) -> None:
-        with self._lock:
-            self._seen.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._seen)
-
-
 KNOWN_KEY_SECONDS = 600
-known_keys = _KnownKeys()
+# Digests of API keys that authenticated in this process lately (LRU, `KNOWN_KEY_SECONDS`):
+# a key proven genuine is let through an address's failure limit, so one client behind a
+# shared address sending bad keys does not lock out the others' valid ones.
+known_keys = _ExpiringKeys()
 
 
 def guard_authentication(
@@ -416,13 +389,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         digest = sha256_hex(raw.strip())
         key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
         if key is None or not hmac.compare_digest(key.key_hash, digest):
-            known_keys.discard(digest)
+            known_keys.forget(digest)
             raise failure
         if not key.is_usable or not key.organisation.is_active:
-            known_keys.discard(digest)
+            known_keys.forget(digest)
             # The key was genuine: a revoked or expired one is no guess.
             raise RevokedCredential("Invalid API key.", code="invalid_api_key")
-        known_keys.add(digest)
+        known_keys.mark(digest, KNOWN_KEY_SECONDS)
         api_key_mark_used(api_key=key, meta=RequestMeta.from_request(request))
         bind_request_actor(request, None)
         return ApiKeyPrincipal(key), key

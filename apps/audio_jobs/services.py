@@ -31,6 +31,7 @@ from apps.core.storage import (
     delete_files_at,
     delete_files_on_commit,
     discard_file,
+    discard_guarded_file,
     guard_file,
     unguard_file,
 )
@@ -230,7 +231,7 @@ def job_create_from_file(
     except BaseException as exc:
         if committed:
             raise
-        _discard_guarded(key, guard)
+        discard_guarded_file(key, guard)
         if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
             return existing, False
         raise
@@ -247,17 +248,6 @@ def _unguard_or_refuse(guard) -> None:
             code="upload_interrupted",
             status_code=503,
         )
-
-
-def _discard_guarded(key: str, guard) -> None:
-    """Delete a stored file whose job was not committed, and then its guard (a failed delete
-    keeps the guard: the sweep deletes the file when it is due)."""
-    if not discard_file(key):
-        return
-    try:
-        unguard_file(guard)
-    except Exception:
-        logger.warning("Could not drop the pending deletion of %s (harmless)", key, exc_info=True)
 
 
 def job_create_from_upload(
@@ -308,7 +298,7 @@ def job_create_from_upload(
     except BaseException as exc:
         if committed:
             raise
-        _discard_guarded(key, guard)  # a delete of a key never written is a no-op
+        discard_guarded_file(key, guard)  # a delete of a key never written is a no-op
         if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
             # A concurrent request with the same idempotency key (another upload) won the race.
             return existing, False

@@ -95,6 +95,17 @@ def unguard_file(guard: PendingDeletion) -> bool:
     return PendingDeletion.objects.filter(pk=guard.pk).delete()[0] > 0
 
 
+def discard_guarded_file(key: str, guard: PendingDeletion) -> None:
+    """Delete a stored file whose row was not written, then its guard (a failed delete keeps the
+    guard: the sweep deletes the file when it is due)."""
+    if not discard_file(key):
+        return
+    try:
+        unguard_file(guard)
+    except Exception:
+        logger.warning("Could not drop the pending deletion of %s (harmless)", key, exc_info=True)
+
+
 def discard_file(key: str) -> bool:
     """Delete a file that no row points at (stored for a row that was never written) now.
 

@@ -37,7 +37,7 @@ from apps.audio_jobs.leases import JobLease
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.storage import (
     delete_files_on_commit,
-    discard_file,
+    discard_guarded_file,
     guard_file,
     unguard_file,
 )
@@ -350,7 +350,7 @@ def _build(report: Report) -> Report | None:
             )
             return report
         if guard is not None:  # stored (or being stored), but the report did not become ready
-            _discard_guarded(key or guard.key, guard)
+            discard_guarded_file(key or guard.key, guard)
         invalid = isinstance(exc, rendering.ReportInputError)
         if not invalid:
             # The reason stays in the logs: an exception's text names paths, buckets and hosts,
@@ -365,21 +365,10 @@ def _build(report: Report) -> Report | None:
             return None  # deleted meanwhile: nothing to retry, nobody to tell
         raise
     if not marked:
-        _discard_guarded(key, guard)
+        discard_guarded_file(key, guard)
         logger.info("Report %s was deleted while it was built; its file is discarded", report.pk)
         return None
     return report
-
-
-def _discard_guarded(key: str, guard) -> None:
-    """Delete a stored file no report points at, then its guard (a failed delete keeps the guard:
-    the sweep deletes the file when it is due)."""
-    if not discard_file(key):
-        return
-    try:
-        unguard_file(guard)
-    except Exception:
-        logger.warning("Could not drop the pending deletion of %s (harmless)", key, exc_info=True)
 
 
 def report_record_failure(

@@ -165,6 +165,14 @@ def _reorder_gates(array: np.ndarray) -> np.ndarray:
     return np.concatenate([i, f, c, o], axis=0)
 
 
+def _check_input(audio: np.ndarray, num_samples: int, context_size_samples: int) -> None:
+    """`SileroVADModel`'s call contract: 1-D audio, whole 512-sample frames, 64 of context."""
+    if (num_samples, context_size_samples) != (FRAME, CONTEXT):
+        raise ValueError("the model takes frames of 512 samples with 64 of context")
+    if audio.ndim != 1 or audio.shape[0] % num_samples:
+        raise ValueError("audio must be one-dimensional, a multiple of 512 samples long")
+
+
 def framed(audio: np.ndarray, start: int, stop: int) -> np.ndarray:
     """Frames ``start``..``stop`` of ``audio`` as the model takes them, (n, 576) float32: as
     ``faster_whisper.vad.SileroVADModel`` builds them for the whole file, each 512-sample frame
@@ -198,10 +206,7 @@ class StreamingOnnxVAD:
     def __call__(
         self, audio: np.ndarray, num_samples: int = FRAME, context_size_samples: int = CONTEXT
     ) -> np.ndarray:
-        if (num_samples, context_size_samples) != (FRAME, CONTEXT):
-            raise ValueError("the model takes frames of 512 samples with 64 of context")
-        if audio.ndim != 1 or audio.shape[0] % num_samples:
-            raise ValueError("audio must be one-dimensional, a multiple of 512 samples long")
+        _check_input(audio, num_samples, context_size_samples)
         total = audio.shape[0] // FRAME
         h = np.zeros((1, 1, 128), dtype="float32")
         c = np.zeros((1, 1, 128), dtype="float32")
@@ -287,10 +292,7 @@ class TorchSileroVAD:
         import torch
         import torch.nn.functional as F
 
-        if (num_samples, context_size_samples) != (FRAME, CONTEXT):
-            raise ValueError("the model takes frames of 512 samples with 64 of context")
-        if audio.ndim != 1 or audio.shape[0] % num_samples:
-            raise ValueError("audio must be one-dimensional, a multiple of 512 samples long")
+        _check_input(audio, num_samples, context_size_samples)
         if not audio.shape[0]:
             return np.zeros(0, np.float32)
         total = audio.shape[0] // FRAME

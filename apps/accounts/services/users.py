@@ -376,16 +376,13 @@ def password_set_by_operator(
         else:
             locked.set_password(new_password)
         locked.save(update_fields=["password"])
-        blacklist_refresh_tokens(locked)
-        audit_record(
-            action=AuditAction.PASSWORD_CHANGED,
+        _password_changed(
+            locked,
             actor=actor,
-            organisation=default_organisation(locked),
-            target=locked,
+            organisation=None,
             meta=meta,
             metadata={"via": "admin", "password_sign_in": new_password is not None},
         )
-        _notify_password_changed(locked)
     user.password, user.token_version = locked.password, locked.token_version
     return user
 
@@ -398,13 +395,27 @@ def _password_replace(
     # authenticated, and writing its other fields back would undo a change made since, such
     # as an operator's deactivation.
     user.save(update_fields=["password"])
+    _password_changed(user, actor=user, organisation=organisation, meta=meta)
+
+
+def _password_changed(
+    user: User,
+    *,
+    actor: User,
+    organisation: Organisation | None,
+    meta: RequestMeta,
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """What follows any new password (its save raised the token version): refresh tokens
+    blacklisted, the change recorded, the user emailed."""
     blacklist_refresh_tokens(user)
     audit_record(
         action=AuditAction.PASSWORD_CHANGED,
-        actor=user,
+        actor=actor,
         organisation=organisation or default_organisation(user),
         target=user,
         meta=meta,
+        metadata=metadata,
     )
     _notify_password_changed(user)
 
