@@ -727,7 +727,8 @@ def jobs_redispatch_stale() -> dict[str, int]:
         status=JobStatus.QUEUED,
         dispatched_at__lt=now - timedelta(seconds=settings.JOB_REDISPATCH_AFTER_SECONDS),
     )
-    for job_id in list(stale.values_list("pk", flat=True)[:500]):
+    # Oldest first (the model's default order walked the whole table backwards).
+    for job_id in list(stale.order_by("dispatched_at").values_list("pk", flat=True)[:500]):
         republished += job_dispatch(job_id=job_id, again=True)
     abandoned = TranscriptionJob.objects.filter(
         status=JobStatus.PROCESSING,

@@ -167,9 +167,19 @@ def _lock_path(partial: Path) -> Path:
 
 
 def _writer_lock(partial: Path) -> Any:
-    handle = _lock_path(partial).open("a")
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
+    """The folder's writer lock, held: the lock file at its path, locked by this process. A
+    prune may delete a lock file between its open and its lock (it then looks unheld): the
+    lock taken is then on a file no longer at the path, so it is taken again on a new one."""
+    path = _lock_path(partial)
+    while True:
+        handle = path.open("a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()
 
 
 def _being_written(partial: Path) -> bool:
@@ -330,8 +340,14 @@ def partials_remove_stale(
         # A writer's lock file without its lock: that writer died. No lock file (a backup of an
         # older release): only once no backup task can still be writing it.
         if _lock_path(path).exists() or started < cutoff:
-            shutil.rmtree(path, onerror=_ignore_missing)
-            _lock_path(path).unlink(missing_ok=True)
+            try:
+                shutil.rmtree(path, onerror=_ignore_missing)
+                _lock_path(path).unlink(missing_ok=True)
+            except OSError:
+                # One that cannot be deleted (another user's) must stop neither the others'
+                # deletion nor the backup and prune that follow.
+                logger.exception("Could not delete %s, left by a backup that was killed", path)
+                continue
             logger.warning("Deleted %s, left by a backup that was killed", path)
             removed.append(name)
     return sorted(removed)

@@ -219,6 +219,54 @@ def test_a_partial_folder_that_cannot_be_deleted_does_not_stop_the_nightly_backu
     assert written == [1]
 
 
+def test_a_lock_file_deleted_between_its_open_and_its_lock_is_locked_again(tmp_path, monkeypatch):
+    """A prune deleting the lock file in that moment left the writer holding a lock on a file
+    no longer at the path, and its live folder unprotected."""
+    import fcntl
+
+    partial = tmp_path / ".lexiscore-20260101T000000000000Z.partial"
+    real_flock = fcntl.flock
+    calls = []
+
+    def flock_after_a_prune(handle, operation):
+        if not calls:
+            backups._lock_path(partial).unlink()  # the prune, in between
+        calls.append(operation)
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(backups.fcntl, "flock", flock_after_a_prune)
+    writer = backups._writer_lock(partial)
+    monkeypatch.setattr(backups.fcntl, "flock", real_flock)
+    try:
+        path = backups._lock_path(partial)
+        assert os.fstat(writer.fileno()).st_ino == os.stat(path).st_ino
+        assert len(calls) == 2
+        partial.mkdir()
+        assert backups.partials_remove_stale(tmp_path) == []  # held: kept
+    finally:
+        writer.close()
+
+
+def test_a_partial_folder_that_cannot_be_deleted_spares_the_others_and_raises_nothing(
+    tmp_path, monkeypatch
+):
+    stuck, other = (tmp_path / f".lexiscore-2026010{n}T000000000000Z.partial" for n in (1, 2))
+    for folder in (stuck, other):
+        folder.mkdir()
+        backups._lock_path(folder).write_text("")
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path) == stuck:
+            raise PermissionError("owned by root")
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(backups.shutil, "rmtree", rmtree)
+
+    assert backups.partials_remove_stale(tmp_path) == [other.name]
+    assert stuck.exists() and not other.exists()
+
+
 def _fake_pg_dump(fakebin: Path, pid_file: Path, *, seconds: int) -> None:
     """A pg_dump that waits first (a large database), then runs the real one in its place."""
     script = fakebin / "pg_dump"
