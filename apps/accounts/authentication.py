@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -11,6 +12,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
+from django.core.cache import cache
 from django.utils.translation import gettext_lazy as _
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
@@ -31,6 +33,8 @@ from .network import RequestMeta, client_ip
 from .principals import principal_get
 from .ratelimit import _retry_after, _usage, ip_key
 from .tokens import VERSION_CLAIM, api_key_split, sha256_hex
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -201,10 +205,40 @@ class RevokedCredential(AuthenticationFailed):
 
 
 KNOWN_KEY_SECONDS = 600
-# Digests of API keys that authenticated in this process lately (LRU, `KNOWN_KEY_SECONDS`):
-# a key proven genuine is let through an address's failure limit, so one client behind a
-# shared address sending bad keys does not lock out the others' valid ones.
+# Digests of API keys that authenticated lately (`KNOWN_KEY_SECONDS`): a key proven genuine is
+# let through an address's failure limit, so one client behind a shared address sending bad keys
+# does not lock out the others' valid ones. Kept in this process (no round trip on the hot path)
+# and in the shared cache, written once per process and period, so that a key known to one web
+# process (or before a restart) is known to all; read from the cache only for a blocked address.
 known_keys = _ExpiringKeys()
+KNOWN_KEY_CACHE_PREFIX = "auth:known-key:"
+
+
+def _remember_key(digest: str) -> None:
+    if digest in known_keys:
+        return
+    known_keys.mark(digest, KNOWN_KEY_SECONDS)
+    try:
+        cache.set(KNOWN_KEY_CACHE_PREFIX + digest, 1, KNOWN_KEY_SECONDS)
+    except Exception:  # the cache down: this process still knows it
+        logger.warning("Could not share a known API key in the cache", exc_info=True)
+
+
+def _forget_key(digest: str) -> None:
+    known_keys.forget(digest)
+    try:
+        cache.delete(KNOWN_KEY_CACHE_PREFIX + digest)
+    except Exception:
+        logger.warning("Could not drop a known API key from the cache", exc_info=True)
+
+
+def _key_known(digest: str) -> bool:
+    if digest in known_keys:
+        return True
+    try:
+        return cache.get(KNOWN_KEY_CACHE_PREFIX + digest) is not None
+    except Exception:
+        return False
 
 
 def guard_authentication(
@@ -374,7 +408,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raw = self._raw_key(request)
         except AuthenticationFailed:
             return False
-        return raw is not None and sha256_hex(raw.strip()) in known_keys
+        return raw is not None and _key_known(sha256_hex(raw.strip()))
 
     def _authenticate(self, request: Request) -> tuple[ApiKeyPrincipal, ApiKey] | None:
         from .services import api_key_mark_used
@@ -389,13 +423,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         digest = sha256_hex(raw.strip())
         key = ApiKey.objects.select_related("organisation").filter(prefix=prefix).first()
         if key is None or not hmac.compare_digest(key.key_hash, digest):
-            known_keys.forget(digest)
-            raise failure
+            raise failure  # never authenticated: nothing to forget
         if not key.is_usable or not key.organisation.is_active:
-            known_keys.forget(digest)
+            _forget_key(digest)
             # The key was genuine: a revoked or expired one is no guess.
             raise RevokedCredential("Invalid API key.", code="invalid_api_key")
-        known_keys.mark(digest, KNOWN_KEY_SECONDS)
+        _remember_key(digest)
         api_key_mark_used(api_key=key, meta=RequestMeta.from_request(request))
         bind_request_actor(request, None)
         return ApiKeyPrincipal(key), key

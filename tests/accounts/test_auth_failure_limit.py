@@ -127,8 +127,22 @@ def test_one_client_sending_bad_credentials_does_not_lock_out_the_others_behind_
     assert get(api_client, shared, **api_key_header(key)).status_code == 200
     stream = api_client.get("/api/v1/events", {"ticket": ticket}, REMOTE_ADDR=shared)
     assert stream.status_code != 429
-    # A key this process has not seen authenticate cannot be told from a guess without a lookup.
+    # A key that has not authenticated lately cannot be told from a guess without a lookup.
     assert get(api_client, shared, **api_key_header(unseen)).status_code == 429
+
+
+def test_a_key_known_to_another_web_process_is_let_through_too(api_client):
+    """Known keys are shared in the cache: another gunicorn worker, or one started since (a
+    deploy), lets a key through that authenticated in a process it does not share memory with."""
+    owner = member(Role.OWNER)
+    key = ApiKeyFactory(organisation=owner.organisation)
+    shared = "203.0.113.22"
+    assert get(api_client, "198.51.100.9", **api_key_header(key)).status_code == 200
+    for _ in range(8):
+        get(api_client, shared, HTTP_X_API_KEY=BOGUS_KEY)
+    authentication.known_keys.clear()  # as in another web process
+
+    assert get(api_client, shared, **api_key_header(key)).status_code == 200
 
 
 def test_a_revoked_api_key_is_no_guess_and_is_forgotten(api_client):
@@ -142,7 +156,10 @@ def test_a_revoked_api_key_is_no_guess_and_is_forgotten(api_client):
     codes = [get(api_client, "203.0.113.21", **headers).status_code for _ in range(8)]
 
     assert codes == [401] * 8  # counted as no guess: never 429
-    assert len(authentication.known_keys) == 0  # no longer let through a blocked address
+    # No longer let through a blocked address, in this process or any other.
+    assert len(authentication.known_keys) == 0
+    digest = authentication.sha256_hex(headers["HTTP_AUTHORIZATION"].split()[1])
+    assert not authentication._key_known(digest)
 
 
 def test_a_bad_stream_ticket_counts_too(api_client):
