@@ -15,6 +15,35 @@ from django.utils import timezone
 from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob
 
 
+def subscribed_owner(email: str = "creator@example.com"):
+    """An owner whose organisation has a webhook endpoint for job.completed and job.failed."""
+    from apps.accounts.models import Role
+    from apps.webhooks.models import WebhookEndpoint
+    from tests.factories import member
+
+    owner = member(Role.OWNER, email=email)
+    WebhookEndpoint.objects.create(
+        organisation=owner.organisation,
+        url="https://hooks.customer.test/x",
+        event_types=["job.completed", "job.failed"],
+        secret="whsec_AAAA",
+    )
+    return owner
+
+
+def processing_job(owner, **fields) -> TranscriptionJob:
+    """A job of `owner`'s organisation that a worker is transcribing."""
+    return TranscriptionJob.objects.create(
+        organisation=owner.organisation,
+        created_by=owner.user,
+        status=JobStatus.PROCESSING,
+        started_at=timezone.now(),
+        original_filename="meeting.wav",
+        duration_seconds=1.0,
+        **fields,
+    )
+
+
 def completed_job(
     organisation,
     user=None,

@@ -10,13 +10,12 @@ import pytest
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from apps.accounts.models import Role
 from apps.audio_jobs import processing
-from apps.audio_jobs.models import JobStatus, TranscriptionJob
+from apps.audio_jobs.models import JobStatus
 from apps.core.models import DeadLetter
 from apps.notifications.models import EmailOutbox, EmailStatus
-from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
-from tests.factories import member
+from apps.webhooks.models import DeliveryStatus, WebhookDelivery
+from tests.notify_support import processing_job, subscribed_owner
 from workers.engines.base import TranscriptionResult
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,21 +25,7 @@ BROKER_DOWN = KombuOperationalError("Error 111 connecting to redis:6379. Connect
 
 @pytest.fixture
 def job():
-    owner = member(Role.OWNER, email="creator@example.com")
-    WebhookEndpoint.objects.create(
-        organisation=owner.organisation,
-        url="https://hooks.customer.test/x",
-        event_types=["job.completed", "job.failed"],
-        secret="whsec_AAAA",
-    )
-    return TranscriptionJob.objects.create(
-        organisation=owner.organisation,
-        created_by=owner.user,
-        status=JobStatus.PROCESSING,
-        started_at=timezone.now(),
-        original_filename="meeting.wav",
-        duration_seconds=1.0,
-    )
+    return processing_job(subscribed_owner())
 
 
 def result() -> TranscriptionResult:

@@ -7,28 +7,19 @@ from __future__ import annotations
 from unittest import mock
 
 import pytest
-from django.utils import timezone
 
-from apps.accounts.models import Role
 from apps.audio_jobs import processing
 from apps.audio_jobs.models import JobStatus, TranscriptionJob
 from apps.core.models import DeadLetter
 from apps.feed.models import FeedEvent
 from apps.notifications.models import EmailOutbox
-from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
-from tests.factories import member
+from apps.webhooks.models import WebhookDelivery
+from tests.notify_support import processing_job, subscribed_owner
 
 
 @pytest.fixture
 def owner(db):
-    owner = member(Role.OWNER, email="creator@example.com")
-    WebhookEndpoint.objects.create(
-        organisation=owner.organisation,
-        url="https://hooks.customer.test/x",
-        event_types=["job.completed", "job.failed"],
-        secret="whsec_AAAA",
-    )
-    return owner
+    return subscribed_owner()
 
 
 @pytest.fixture(autouse=True)
@@ -39,18 +30,6 @@ def publishes():
         mock.patch("workers.emails.send_email.apply_async") as send_email,
     ):
         yield deliver, send_email
-
-
-def processing_job(owner, **fields) -> TranscriptionJob:
-    return TranscriptionJob.objects.create(
-        organisation=owner.organisation,
-        created_by=owner.user,
-        status=JobStatus.PROCESSING,
-        started_at=timezone.now(),
-        original_filename="meeting.wav",
-        duration_seconds=1.0,
-        **fields,
-    )
 
 
 def notifications(job: TranscriptionJob) -> dict:
