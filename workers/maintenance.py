@@ -99,17 +99,20 @@ def backup_database() -> str:
 
 @shared_task(name="workers.maintenance.retention_cleanup", base=LexisTask)
 def retention_cleanup() -> dict[str, int]:
-    """Hourly (beat): delete stale temp files, audio past AUDIO_RETENTION_DAYS and abandoned
-    presigned uploads, then retry the stored-file deletes that failed before (apps.core.storage).
+    """Hourly (beat): delete stale temp files, audio past AUDIO_RETENTION_DAYS, abandoned
+    presigned uploads and data exports past EXPORT_RETENTION_DAYS, then retry the stored-file
+    deletes that failed before (apps.core.storage).
     """
     from apps.audio_jobs.services import uploads_delete_abandoned
     from apps.core.maintenance import audio_retention_cleanup, temp_files_cleanup
     from apps.core.storage import pending_deletions_sweep
+    from apps.reports.services import reports_delete_expired
 
     result = {
         "temp_entries": temp_files_cleanup(),
         "audio_deleted": audio_retention_cleanup(),
         "uploads_deleted": uploads_delete_abandoned(),
+        "exports_deleted": reports_delete_expired(),
     }
     # Last, so the files of the uploads just deleted that were not tried inline are tried now.
     swept = pending_deletions_sweep()

@@ -1,4 +1,5 @@
-"""Generated reports: a transcript report of one job, or an organisation usage report."""
+"""Generated reports: a transcript report of one job, an organisation usage report, or a data
+export (a ZIP of everything an organisation, or one member, holds: apps.reports.exports)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ class ReportQuerySet(InvalidatingQuerySet):
 class ReportKind(models.TextChoices):
     TRANSCRIPT = "transcript", "Transcript report"
     USAGE = "usage", "Organisation usage report"
+    EXPORT = "export", "Data export"
 
 
 class ReportFormat(models.TextChoices):
@@ -30,17 +32,28 @@ class ReportFormat(models.TextChoices):
     JSON = "json", "JSON"
     CSV = "csv", "CSV"
     XLSX = "xlsx", "XLSX"
+    ZIP = "zip", "ZIP"
+
+
+class ExportScope(models.TextChoices):
+    """What a data export holds: everything of the organisation (owners and admins), or what
+    the organisation holds about the member who asked for it (any member, for themselves)."""
+
+    ORGANISATION = "organisation", "Organisation"
+    MEMBER = "member", "Member"
 
 
 FORMATS_OF_KIND = {
     ReportKind.TRANSCRIPT: {ReportFormat.PDF, ReportFormat.JSON},
     ReportKind.USAGE: {ReportFormat.CSV, ReportFormat.XLSX, ReportFormat.PDF},
+    ReportKind.EXPORT: {ReportFormat.ZIP},
 }
 CONTENT_TYPES = {
     ReportFormat.PDF: "application/pdf",
     ReportFormat.JSON: "application/json",
     ReportFormat.CSV: "text/csv; charset=utf-8",
     ReportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    ReportFormat.ZIP: "application/zip",
 }
 
 
@@ -97,6 +110,14 @@ class Report(TimeStampedModel):
     size_bytes = models.BigIntegerField(null=True, blank=True)
     generation_seconds = models.FloatField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Data exports only (empty / False / null for other kinds).
+    export_scope = models.CharField(
+        max_length=16, choices=ExportScope.choices, blank=True, db_default=""
+    )
+    include_audio = models.BooleanField(default=False, db_default=False)
+    # When a ready export's file and row are deleted (EXPORT_RETENTION_DAYS after it was built);
+    # `reports_delete_expired` (the hourly retention task) deletes it.
+    expires_at = models.DateTimeField(null=True, blank=True)
 
     objects = ReportQuerySet.as_manager()
 
@@ -112,12 +133,23 @@ class Report(TimeStampedModel):
                 name="report_pending",
                 condition=Q(status__in=["queued", "running"]),
             ),
+            # The retention sweep's scan of expired exports.
+            models.Index(
+                fields=["expires_at"], name="report_expiry", condition=Q(expires_at__isnull=False)
+            ),
         ]
         constraints = [
             models.UniqueConstraint(
                 fields=["organisation", "period_start", "period_end", "format"],
                 condition=Q(scheduled=True),
                 name="report_one_scheduled_per_period",
+            ),
+            # One export in progress per organisation (409 `export_in_progress`): an export reads
+            # everything the organisation holds, for minutes or hours.
+            models.UniqueConstraint(
+                fields=["organisation"],
+                condition=Q(kind="export", status__in=["queued", "running"]),
+                name="report_one_pending_export",
             ),
         ]
 

@@ -17,6 +17,14 @@ The file is guarded as a job's audio is (`apps.core.storage.guard_file`): its de
 GUARD_DELAY, is committed before it is stored and called off by the transaction that marks the
 report ready. A worker killed in between (hard time limit, OOM) leaves no file behind for good:
 the retry stores its own under a new key, and the sweep deletes the first once it is due.
+
+Data exports (kind `export`, `apps.reports.exports`) are reports too: requested by
+`export_request` (people only; one in progress per organisation), built by the same claim and
+lease into an anonymous temp file under their own task's time limits (`export_time_limits`),
+stored guarded like any report, and deleted with their file EXPORT_RETENTION_DAYS after they were
+built (`reports_delete_expired`, run by the hourly retention task). They announce themselves on
+the live feed and by email to whoever asked, never to webhooks: the organisation's integrations
+have no business with a member's request for their data.
 """
 
 from __future__ import annotations
@@ -24,28 +32,33 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.audio_jobs.leases import JobLease
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.storage import (
+    GUARD_DELAY,
     delete_files_on_commit,
     discard_guarded_file,
     guard_file,
     unguard_file,
 )
 
-from . import rendering
+from . import exports, rendering, selectors
 from .models import (
     FORMATS_OF_KIND,
     PENDING_STATUSES,
+    ExportScope,
     Report,
     ReportFormat,
     ReportKind,
@@ -75,12 +88,19 @@ def _enqueue(report_id: str) -> None:
 
 def report_dispatch(*, report_id: Any) -> bool:
     """Publish the report's task. A broker failure is logged; the sweeper publishes it later."""
-    from workers.reports import generate_report
+    from workers.reports import generate_export, generate_report
 
-    if not Report.objects.filter(pk=report_id, status__in=PENDING_STATUSES).exists():
+    kind = (
+        Report.objects.filter(pk=report_id, status__in=PENDING_STATUSES)
+        .values_list("kind", flat=True)
+        .first()
+    )
+    if kind is None:
         return False
+    # Exports have a task of their own: the same build, under EXPORT_* time limits.
+    task = generate_export if kind == ReportKind.EXPORT else generate_report
     try:
-        generate_report.apply_async(args=[str(report_id)])
+        task.apply_async(args=[str(report_id)])
     except Exception:
         logger.warning(
             "Could not publish report %s; the sweeper will retry", report_id, exc_info=True
@@ -187,7 +207,15 @@ def report_retry(*, report: Report) -> Report:
     locked.attempts = 0
     locked.error_code = ""
     locked.dispatched_at = None
-    locked.save(update_fields=["status", "attempts", "error_code", "dispatched_at", "updated_at"])
+    try:
+        with transaction.atomic():  # a savepoint: another export of the organisation is pending
+            locked.save(
+                update_fields=["status", "attempts", "error_code", "dispatched_at", "updated_at"]
+            )
+    except IntegrityError:
+        if locked.kind != ReportKind.EXPORT:
+            raise
+        raise _export_in_progress() from None
     _enqueue(str(locked.pk))
     return locked
 
@@ -213,6 +241,24 @@ def _usage_period(report: Report) -> tuple[date, date]:
     if report.period_start is None or report.period_end is None:
         raise ValueError(f"Usage report {report.pk} has no period.")
     return report.period_start, report.period_end
+
+
+@contextmanager
+def _rendered(report: Report) -> Iterator[tuple[File, str, int]]:
+    """The report's content as a file to store, its filename and its size.
+
+    An export is written to an anonymous temp file, closed (and so freed) however this ends.
+    """
+    if report.kind != ReportKind.EXPORT:
+        content, filename = _render(report)
+        yield ContentFile(content), filename, len(content)
+        return
+    with exports.export_temp_file() as temp:
+        exports.build_export(report, temp)
+        size = temp.tell()
+        temp.seek(0)
+        stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+        yield File(temp), f"export-{report.export_scope}-{stamp}.zip", size
 
 
 def _render(report: Report) -> tuple[bytes, str]:
@@ -304,29 +350,34 @@ def _build(report: Report) -> Report | None:
     guard = None
     committed: list[bool] = []
     try:
-        content, filename = _render(report)
-        # Storing the file and marking the report ready fail like rendering does: the failure
-        # is recorded (queued for a retry, or failed), never left `running`.
-        # A name of its own for each try: a key is never reused, so a delete of an earlier try's
-        # file still pending (apps.core.storage) can never remove the file of a later one.
-        wanted = f"reports/{report.organisation_id}/{report.pk}/{secrets.token_hex(6)}-{filename}"
-        # Committed before storing (this runs outside any transaction): should the worker be
-        # killed before the report is marked ready, no except clause runs, and the sweep deletes
-        # the file once this is due. The transaction that marks it ready calls it off.
-        guard = guard_file(wanted)
-        key = default_storage.save(wanted, ContentFile(content))
+        with _rendered(report) as (content, filename, size):
+            # Storing the file and marking the report ready fail like rendering does: the
+            # failure is recorded (queued for a retry, or failed), never left `running`.
+            # A name of its own for each try: a key is never reused, so a delete of an earlier
+            # try's file still pending (apps.core.storage) can never remove a later one's file.
+            wanted = (
+                f"reports/{report.organisation_id}/{report.pk}/{secrets.token_hex(6)}-{filename}"
+            )
+            # Committed before storing (this runs outside any transaction): should the worker be
+            # killed before the report is marked ready, no except clause runs, and the sweep
+            # deletes the file once this is due. The transaction that marks it ready calls it
+            # off. An export may take its whole time limit to store.
+            guard = guard_file(wanted, delay=_guard_delay(report))
+            key = default_storage.save(wanted, content)
         now = timezone.now()
         ready = {
             "status": ReportStatus.READY,
             "file_key": key,
             "filename": filename,
-            "size_bytes": len(content),
+            "size_bytes": size,
             "error_code": "",
             "error_message": "",
             "generation_seconds": round(time.monotonic() - started, 3),
             "finished_at": now,
             "updated_at": now,
         }
+        if report.kind == ReportKind.EXPORT:
+            ready["expires_at"] = now + timedelta(days=settings.EXPORT_RETENTION_DAYS)
         with transaction.atomic():
             # A conditional UPDATE, not save(): save() would INSERT a report deleted meanwhile
             # again (or fail on its deleted job).
@@ -352,15 +403,28 @@ def _build(report: Report) -> Report | None:
         if guard is not None:  # stored (or being stored), but the report did not become ready
             discard_guarded_file(key or guard.key, guard)
         invalid = isinstance(exc, rendering.ReportInputError)
+        # An export that ran out of time would run out again: failed for good, not retried.
+        timed_out = isinstance(exc, SoftTimeLimitExceeded) and report.kind == ReportKind.EXPORT
         if not invalid:
             # The reason stays in the logs: an exception's text names paths, buckets and hosts,
             # and the report (and its report.failed webhook) is read by every viewer.
             logger.warning("Report %s could not be generated", report.pk, exc_info=True)
+        if timed_out:
+            reason = (
+                "The export did not finish within its time limit (EXPORT_TIME_LIMIT_SECONDS). "
+                "Ask for it without audio, or ask an operator to raise the limit."
+            )
+        else:
+            reason = str(exc) if invalid else GENERATION_FAILED_MESSAGE
         if not report_record_failure(
             report=report,
-            reason=str(exc) if invalid else GENERATION_FAILED_MESSAGE,
-            final=invalid or report.attempts >= settings.REPORT_MAX_ATTEMPTS,
-            code="invalid_input" if invalid else "generation_failed",
+            reason=reason,
+            final=invalid or timed_out or report.attempts >= settings.REPORT_MAX_ATTEMPTS,
+            code=(
+                getattr(exc, "code", "invalid_input")
+                if invalid
+                else ("time_limit" if timed_out else "generation_failed")
+            ),
         ):
             return None  # deleted meanwhile: nothing to retry, nobody to tell
         raise
@@ -411,7 +475,8 @@ def _publish_failed(report: Report) -> None:
     from apps.webhooks.services import event_publish
 
     data = {**_report_data(report), "error": report.error_message}
-    event_publish(organisation=report.organisation, event_type="report.failed", data=data)
+    if report.kind != ReportKind.EXPORT:  # exports are told to people only (module docstring)
+        event_publish(organisation=report.organisation, event_type="report.failed", data=data)
     _announce(report, "report.failed", data)
 
 
@@ -429,8 +494,12 @@ def _dead_letter_poison(report: Report) -> None:
     from workers.base import dead_letter
     from workers.queues import Queue
 
-    payload = {
-        "task_name": "workers.reports.generate_report",
+    payload: dict[str, Any] = {
+        "task_name": (
+            "workers.reports.generate_export"
+            if report.kind == ReportKind.EXPORT
+            else "workers.reports.generate_report"
+        ),
         "task_id": f"report-{report.pk}",
         "queue": str(Queue.REPORTS),
         "args": [str(report.pk)],
@@ -445,7 +514,7 @@ def _dead_letter_poison(report: Report) -> None:
 
 
 def _report_data(report: Report) -> dict[str, Any]:
-    return {
+    data = {
         "report_id": str(report.pk),
         "kind": report.kind,
         "format": report.format,
@@ -453,6 +522,9 @@ def _report_data(report: Report) -> dict[str, Any]:
         "status": report.status,
         "download_url": f"{settings.PUBLIC_BASE_URL}/api/v1/reports/{report.pk}/download",
     }
+    if report.kind == ReportKind.EXPORT:
+        data["export_scope"] = report.export_scope
+    return data
 
 
 def _notify_ready(report: Report) -> None:
@@ -460,9 +532,10 @@ def _notify_ready(report: Report) -> None:
     from apps.notifications.services import email_enqueue, unsubscribe_url, wants
     from apps.webhooks.services import event_publish
 
-    event_publish(
-        organisation=report.organisation, event_type="report.ready", data=_report_data(report)
-    )
+    if report.kind != ReportKind.EXPORT:  # exports are told to people only (module docstring)
+        event_publish(
+            organisation=report.organisation, event_type="report.ready", data=_report_data(report)
+        )
     emails: list[tuple[str, str, dict[str, Any]]] = []
     download_url = _report_data(report)["download_url"]
     if report.scheduled:
@@ -567,3 +640,135 @@ def weekly_usage_reports_create(*, today: date | None = None) -> list[Report]:
         # (a new run creates only what is missing).
         raise errors[0]
     return created
+
+
+# ---- Data exports -------------------------------------------------------------------------------
+EXPORT_TIME_LIMIT_GRACE_SECONDS = 60
+
+
+def export_time_limits() -> tuple[int, int]:
+    """(soft, hard) time limits in seconds of the export task (`workers.reports.ExportTask`).
+
+    Capped, as every task is, by CELERY_MAX_TASK_TIME_LIMIT (the broker's visibility timeout is
+    above it, so a running export is never handed to a second worker).
+    """
+    ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
+    grace = min(EXPORT_TIME_LIMIT_GRACE_SECONDS, ceiling // 2)
+    soft = settings.EXPORT_TIME_LIMIT_SECONDS
+    return min(soft, ceiling - grace), min(soft + grace, ceiling)
+
+
+def _guard_delay(report: Report) -> timedelta:
+    """How long a stored file may wait for its report to be marked ready: an export may spend
+    its whole hard time limit storing a large archive."""
+    if report.kind != ReportKind.EXPORT:
+        return GUARD_DELAY
+    return max(GUARD_DELAY, timedelta(seconds=export_time_limits()[1] + 600))
+
+
+def _export_in_progress() -> ConflictError:
+    return ConflictError(
+        "An export of this organisation is already in progress; wait for it to finish.",
+        code="export_in_progress",
+    )
+
+
+def export_request(
+    *, organisation, user, role: str, scope: str, include_audio: bool = False, meta: Any = None
+) -> Report:
+    """Queue a data export (a report of kind `export`) and build it after commit.
+
+    People only: `user` is required (an API key cannot ask for one). The organisation scope
+    needs an owner or admin; the member scope is any member's own data. One export at a time
+    per organisation (409 `export_in_progress`, held by a unique constraint). With audio, the
+    audio's recorded size is checked against EXPORT_MAX_AUDIO_BYTES first (400
+    `export_audio_too_large`), and again while the archive is built.
+    """
+    from apps.accounts.exceptions import Forbidden
+    from apps.accounts.models import Role, role_at_least
+    from apps.audit.services import audit_record
+
+    if user is None or not getattr(user, "pk", None):
+        raise Forbidden(
+            "Data exports are asked for by a person, not an API key.", code="export_needs_user"
+        )
+    if scope == ExportScope.ORGANISATION and not role_at_least(role, Role.ADMIN):
+        raise Forbidden("Only owners and admins can export the organisation's data.")
+    if include_audio:
+        total = exports.audio_bytes_of(
+            organisation=organisation, user=user if scope == ExportScope.MEMBER else None
+        )
+        try:
+            exports.audio_cap_check(total=total)
+        except exports.ExportAudioTooLarge as exc:
+            raise ApplicationError(
+                str(exc),
+                code="export_audio_too_large",
+                details={"audio_bytes": total, "max_bytes": settings.EXPORT_MAX_AUDIO_BYTES},
+            ) from None
+    if selectors.export_pending_exists(organisation=organisation):
+        raise _export_in_progress()
+    with transaction.atomic():
+        try:
+            with transaction.atomic():  # a savepoint: two requests at once, one wins
+                report = Report.objects.create(
+                    organisation=organisation,
+                    created_by=user,
+                    kind=ReportKind.EXPORT,
+                    format=ReportFormat.ZIP,
+                    export_scope=scope,
+                    include_audio=include_audio,
+                )
+        except IntegrityError:
+            raise _export_in_progress() from None
+        audit_record(
+            action="export.requested",
+            actor=user,
+            organisation=organisation,
+            target=report,
+            meta=meta,
+            metadata={"scope": scope, "include_audio": include_audio},
+        )
+        _enqueue(str(report.pk))
+    return report
+
+
+def export_download_check(*, report: Report, user, meta: Any = None) -> None:
+    """Before a data export's file is served: refuse an expired one (410 `export_expired`) and
+    record `export.downloaded`. Other reports pass unrecorded."""
+    from apps.audit.services import audit_record
+
+    if report.kind != ReportKind.EXPORT:
+        return
+    if report.expires_at is not None and report.expires_at <= timezone.now():
+        raise ApplicationError(
+            "This export has expired; ask for a new one.", code="export_expired", status_code=410
+        )
+    audit_record(
+        action="export.downloaded",
+        actor=user,
+        organisation=report.organisation,
+        target=report,
+        meta=meta,
+        metadata={"scope": report.export_scope, "size_bytes": report.size_bytes},
+    )
+
+
+def reports_delete_expired(*, now=None, limit: int = 500) -> int:
+    """Delete the exports past their expiry, and failed ones EXPORT_RETENTION_DAYS old, with
+    their files (durably: `report_delete`). Run by the hourly retention task."""
+    from django.db.models import Q
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.EXPORT_RETENTION_DAYS)
+    expired = Report.objects.filter(
+        Q(expires_at__lte=now) | Q(status=ReportStatus.FAILED, updated_at__lt=cutoff),
+        kind=ReportKind.EXPORT,
+    ).order_by("created_at")
+    deleted = 0
+    for report in expired[:limit]:
+        report_delete(report=report)
+        deleted += 1
+    if deleted:
+        logger.info("Deleted %d expired data exports", deleted)
+    return deleted

@@ -822,6 +822,22 @@ REPORT_WPM_BIN_SECONDS = env.int("REPORT_WPM_BIN_SECONDS", default=60)
 REPORT_LONG_PAUSE_SECONDS = env.float("REPORT_LONG_PAUSE_SECONDS", default=2.0)
 REPORT_LOW_CONFIDENCE_BELOW = env.float("REPORT_LOW_CONFIDENCE_BELOW", default=0.5)
 REPORT_WEEKLY_FORMAT = env.str("REPORT_WEEKLY_FORMAT", default="xlsx")
+# Data exports (reports of kind `export`, docs/architecture.md "Data export"): a ready export and
+# its file are deleted this many days after it was built (failed ones as long after they failed),
+# by the hourly retention task.
+EXPORT_RETENTION_DAYS = env.int("EXPORT_RETENTION_DAYS", default=7)
+# With include_audio, the audio files of one export add up to at most this many bytes (beyond:
+# 400 `export_audio_too_large` when asked, or the export fails with that code if the audio grew).
+EXPORT_MAX_AUDIO_BYTES = env.int("EXPORT_MAX_AUDIO_BYTES", default=5 * 1024**3)
+# The newest webhook deliveries an organisation export holds (deliveries are a log, not data).
+EXPORT_MAX_WEBHOOK_DELIVERIES = env.int("EXPORT_MAX_WEBHOOK_DELIVERIES", default=10_000)
+# Soft time limit of the export task (hard: 60 s more; both capped by CELERY_MAX_TASK_TIME_LIMIT).
+# Reports run under CELERY_DEFAULT_TIME_LIMIT (10 min), too short for an export with audio.
+EXPORT_TIME_LIMIT_SECONDS = env.int("EXPORT_TIME_LIMIT_SECONDS", default=2 * 60 * 60)
+# Exports asked for per user and hour (the plan throttle's `exports` scope, on top of the plan's
+# `api` rate; RATE_LIMIT_PLANS can set `exports` per plan). One is in progress at a time anyway.
+for _rates in PLAN_RATE_LIMITS.values():
+    _rates.setdefault("exports", env.str("EXPORT_RATE", default="5/h"))
 # Webhooks: a try's connect and total timeouts; the retry schedule (seconds after each failed
 # try, +-20 % jitter, kept in WebhookDelivery.next_attempt_at); when a failing endpoint is disabled.
 WEBHOOK_CONNECT_TIMEOUT = env.float("WEBHOOK_CONNECT_TIMEOUT", default=5.0)

@@ -1,4 +1,10 @@
-"""Report endpoints: request, list, poll, download, retry and delete (scoped to the org)."""
+"""Report endpoints: request, list, poll, download, retry and delete (scoped to the org).
+
+Data exports are reports of kind `export`, asked for at `POST /reports/exports/` and then read,
+downloaded and deleted like any report, but seen only by whom they belong to
+(`apps.reports.selectors`): a member export by its member, an organisation export by owners and
+admins, neither by API keys.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.models import Role
+from apps.accounts.network import RequestMeta
+from apps.accounts.ratelimit import PlanScopedRateThrottle
 from apps.accounts.tenancy import TenantPermission, get_tenant
 from apps.core.drf import (
     PAGE_PARAMETERS,
@@ -26,16 +35,27 @@ from apps.core.exceptions import ConflictError, ServiceUnavailableError
 from apps.core.http import attachment_header
 
 from .. import selectors, services
-from ..models import READ_CACHE, ReportFormat, ReportKind, ReportStatus
+from ..models import READ_CACHE, ExportScope, ReportFormat, ReportKind, ReportStatus
 
 logger = logging.getLogger(__name__)
 
 ERRORS = errors(400, 401, 403, 404)
+# Asked for at /reports/exports/ (ExportInput), not here.
+REQUESTABLE_KINDS = [(k.value, k.label) for k in ReportKind if k != ReportKind.EXPORT]
+REQUESTABLE_FORMATS = [(f.value, f.label) for f in ReportFormat if f != ReportFormat.ZIP]
+
+
+def _reader(request: Request) -> dict:
+    """Who reads reports, for the selectors' export visibility (no user: an API key)."""
+    tenant = get_tenant(request)
+    return {"user": tenant.user, "role": tenant.role}
 
 
 class ReportInput(InputSerializer):
-    kind = serializers.ChoiceField(choices=ReportKind.choices)
-    format = serializers.ChoiceField(choices=ReportFormat.choices)
+    kind = serializers.ChoiceField(
+        choices=REQUESTABLE_KINDS, help_text="Data exports: POST /reports/exports/."
+    )
+    format = serializers.ChoiceField(choices=REQUESTABLE_FORMATS)
     job_id = serializers.UUIDField(
         required=False, help_text="The completed job of a transcript report (only then)."
     )
@@ -46,6 +66,20 @@ class ReportInput(InputSerializer):
     period_end = serializers.DateField(
         required=False,
         help_text="Usage reports: the day after the last (exclusive). Default: tomorrow.",
+    )
+
+
+class ExportInput(InputSerializer):
+    scope = serializers.ChoiceField(
+        choices=ExportScope.choices,
+        help_text="organisation: everything the organisation holds (owners and admins); "
+        "member: what it holds about you (any member, viewers included).",
+    )
+    include_audio = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Add the original audio files (uncompressed) under audio/, up to "
+        "EXPORT_MAX_AUDIO_BYTES in all (400 `export_audio_too_large` beyond).",
     )
 
 
@@ -71,7 +105,17 @@ class ReportOutput(CompiledOutput, serializers.Serializer):
     size_bytes = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
+    export_scope = serializers.SerializerMethodField(
+        help_text="Data exports: organisation or member (null otherwise)."
+    )
+    include_audio = serializers.BooleanField(help_text="Data exports: with the audio files.")
+    expires_at = serializers.DateTimeField(
+        allow_null=True, help_text="Data exports: when the export and its file are deleted."
+    )
     download_url = serializers.SerializerMethodField()
+
+    def get_export_scope(self, report) -> str | None:
+        return report.export_scope or None
 
     def get_download_url(self, report) -> str | None:
         if report.status != ReportStatus.READY:
@@ -89,11 +133,27 @@ class ReportListCreateView(APIView):
     )
     def get(self, request: Request, version: str) -> Response:
         organisation = get_tenant(request).organisation
+        reader = _reader(request)
         filters = ReportFilter(data=request.query_params)
         filters.is_valid(raise_exception=True)
         kind = filters.validated_data.get("kind")
+        queryset = lambda: selectors.report_list(  # noqa: E731
+            organisation=organisation, kind=kind, **reader
+        )
+        user = reader["user"]
+        if (
+            user is not None
+            and selectors.report_list(
+                organisation=organisation, kind=ReportKind.EXPORT, **reader
+            ).exists()
+        ):
+            # Which exports a page shows depends on who reads it: never from the organisation's
+            # shared cache (served from it, a viewer could be shown an admin's page).
+            return paginated_response(
+                queryset=queryset, serializer_class=ReportOutput, request=request, view=self
+            )
         return paginated_response(
-            queryset=lambda: selectors.report_list(organisation=organisation, kind=kind),
+            queryset=queryset,
             serializer_class=ReportOutput,
             request=request,
             view=self,
@@ -124,7 +184,7 @@ class _ReportView(APIView):
 
     def report(self, request: Request, report_id):
         return selectors.report_get(
-            organisation=get_tenant(request).organisation, report_id=report_id
+            organisation=get_tenant(request).organisation, report_id=report_id, **_reader(request)
         )
 
 
@@ -166,6 +226,7 @@ class ReportDownloadView(_ReportView):
                 descriptions={
                     409: "Not ready (`report_not_ready`), or its file is gone from storage "
                     "(`report_file_missing`: ask for the report again).",
+                    410: "A data export past its expiry (`export_expired`).",
                     503: "The storage cannot be reached now (`storage_unavailable`).",
                 },
             ),
@@ -179,6 +240,10 @@ class ReportDownloadView(_ReportView):
                 code="report_not_ready",
                 details={"status": report.status},
             )
+        tenant = get_tenant(request)
+        services.export_download_check(
+            report=report, user=tenant.user, meta=RequestMeta.from_request(request)
+        )
         try:
             present = default_storage.exists(report.file_key)
             handle = default_storage.open(report.file_key, "rb") if present else None
@@ -198,3 +263,57 @@ class ReportDownloadView(_ReportView):
         response["Content-Disposition"] = attachment_header(report.filename, fallback="report")
         response["X-Content-Type-Options"] = "nosniff"
         return response
+
+
+class ExportCreateView(APIView):
+    permission_classes = [TenantPermission]
+    # Viewers may export their own data; the service holds the organisation scope to admins and
+    # refuses API keys.
+    required_role = Role.VIEWER
+    throttle_scope = "exports"
+
+    def get_throttles(self):
+        throttles = super().get_throttles()
+        if self.request.method != "POST":
+            throttles = [t for t in throttles if not isinstance(t, PlanScopedRateThrottle)]
+        return throttles
+
+    @extend_schema(
+        operation_id="reports_exports_create",
+        request=ExportInput,
+        responses={
+            202: ReportOutput,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                429,
+                descriptions={
+                    400: "Invalid input, or the audio asked for is over EXPORT_MAX_AUDIO_BYTES "
+                    "(`export_audio_too_large`).",
+                    403: "An API key (`export_needs_user`), or the organisation scope asked by "
+                    "a member or viewer (`insufficient_role`).",
+                    409: "Another export of the organisation is in progress "
+                    "(`export_in_progress`).",
+                    429: "Too many exports asked for (the plan's `exports` rate).",
+                },
+            ),
+        },
+        description="Ask for a data export (GDPR access, or an organisation leaving): a ZIP "
+        "built in the background, then read, downloaded and deleted at /reports/{id}/ like any "
+        "report, and deleted EXPORT_RETENTION_DAYS after it is ready. People only, not API "
+        'keys. See docs/architecture.md, "Data export".',
+    )
+    def post(self, request: Request, version: str) -> Response:
+        data = ExportInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        report = services.export_request(
+            organisation=tenant.organisation,
+            user=tenant.user,
+            role=tenant.role,
+            meta=RequestMeta.from_request(request),
+            **data.validated_data,
+        )
+        return Response(ReportOutput(report).data, status=status.HTTP_202_ACCEPTED)
