@@ -1,19 +1,58 @@
 from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
 
 from apps.core.admin import EstimatedCountPaginator, apply_each, fixed_choices_filter
 from workers.engines import ENGINE_NAMES
 from workers.engines.models import PROFILES
 
 from . import services
-from .models import JobStatus, Transcript, TranscriptionJob, Upload
+from .models import JobStatus, Transcript, TranscriptionJob, TranscriptRevision, Upload
+
+HISTORY_ROWS = 50
 
 
 class TranscriptInline(admin.StackedInline):
     model = Transcript
-    fields = ("language", "language_probability", "duration", "word_count", "created_at")
+    fields = (
+        "language",
+        "language_probability",
+        "duration",
+        "word_count",
+        "created_at",
+        "revision",
+        "edited_at",
+        "revision_history",
+    )
     readonly_fields = fields
     can_delete = False
     extra = 0
+
+    # The history is shown here, read-only, and has no admin page of its own: operators never
+    # rewrite it (an earlier revision is restored through the API's revert, as a new revision).
+    @admin.display(description="revisions (newest first)")
+    def revision_history(self, obj: Transcript) -> str:
+        rows = (
+            TranscriptRevision.objects.filter(transcript=obj)
+            .defer("before")
+            .order_by("-revision")[:HISTORY_ROWS]
+        )
+        lines = format_html_join(
+            "",
+            "<li>{}: {}{} by {} at {}, segments {}{}</li>",
+            (
+                (
+                    row.revision,
+                    row.kind,
+                    f" to {row.reverted_to}" if row.reverted_to is not None else "",
+                    row.editor_repr or row.editor_type,
+                    row.created_at.isoformat(timespec="seconds"),
+                    ", ".join(str(i) for i in row.segment_ids[:20]),
+                    f" ({row.note})" if row.note else "",
+                )
+                for row in rows
+            ),
+        )
+        return format_html("<ul>{}</ul>", lines) if lines else "none (the machine output)"
 
 
 @admin.register(TranscriptionJob)

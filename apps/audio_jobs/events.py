@@ -70,6 +70,26 @@ def job_deleted(*, job_id, organisation_id) -> None:
     )
 
 
+def transcript_revised(*, job: TranscriptionJob, revision, edited_at) -> None:
+    """Announce an edit or revert of the job's transcript (in its transaction), so that open
+    clients load it again. The text itself is not in the event."""
+    from apps.feed.services import feed_publish
+
+    feed_publish(
+        organisation_id=job.organisation_id,
+        type="transcript.reverted" if revision.reverted_to is not None else "transcript.edited",
+        subject_id=job.pk,
+        data={
+            "job_id": str(job.pk),
+            "revision": revision.revision,
+            "reverted_to": revision.reverted_to,
+            "segment_ids": revision.segment_ids,
+            "edited_at": edited_at.isoformat(),
+            "transcript_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}/transcript",
+        },
+    )
+
+
 def _job_data(job: TranscriptionJob) -> dict:
     return {
         "job_id": str(job.pk),

@@ -160,7 +160,13 @@ class TranscriptionJob(TimeStampedModel):
 
 
 class Transcript(models.Model):
-    """The result of a job: one row per job, written in the same transaction as `completed`."""
+    """The result of a job: one row per job, written in the same transaction as `completed`.
+
+    Members may correct it afterwards (apps.audio_jobs.editing): each edit or revert raises
+    `revision` (0 is the engine's output) and records a `TranscriptRevision` holding the prior
+    state of the segments it changed, so every earlier revision, the machine output included,
+    can be rebuilt from the current row.
+    """
 
     job = models.OneToOneField(
         TranscriptionJob, on_delete=models.CASCADE, primary_key=True, related_name="transcript"
@@ -172,6 +178,12 @@ class Transcript(models.Model):
     segments = models.JSONField(help_text="Segments with their words (start, end, probability).")
     word_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
+    # db_default: a worker of the release before this one inserts transcripts without these
+    # columns while this one migrates; no CHECK (PostgreSQL would scan the table to validate it).
+    revision = models.IntegerField(
+        db_default=0, default=0, help_text="0: the engine's output; raised by every edit/revert."
+    )
+    edited_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"Transcript of {self.job_id}"
@@ -186,6 +198,66 @@ class Transcript(models.Model):
             "segments": self.segments,
             "task": self.job.task,
         }
+
+
+class RevisionKind(models.TextChoices):
+    EDIT = "edit", "Edit"
+    REVERT = "revert", "Revert"
+
+
+class EditorType(models.TextChoices):
+    USER = "user", "User"
+    API_KEY = "api_key", "API key"
+    SYSTEM = "system", "System"
+
+
+class TranscriptRevision(models.Model):
+    """One edit (or revert) of a transcript: who, when, why, and what it replaced.
+
+    `before` holds the state the revision replaced, only for the segments it changed:
+    `{"segments": {"<index>": <segment as stored>}, "word_count": n}` and `"text"` when the
+    previous text was not the join of its segments (an engine that wrote it otherwise). Walking
+    the revisions back from the current row rebuilds any earlier one; a long transcript edited a
+    word at a time stores a segment per revision, not the whole transcript. Rows are never
+    changed or deleted except with their transcript.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    transcript = models.ForeignKey(Transcript, on_delete=models.CASCADE, related_name="revisions")
+    revision = models.IntegerField()
+    kind = models.CharField(max_length=16, choices=RevisionKind.choices, default=RevisionKind.EDIT)
+    reverted_to = models.IntegerField(null=True, blank=True)
+    segment_ids = models.JSONField(default=list, help_text="Ids of the segments it changed.")
+    before = models.JSONField(default=dict)
+    edited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    editor_type = models.CharField(
+        max_length=16, choices=EditorType.choices, default=EditorType.SYSTEM
+    )
+    # Who it was when the row was written (kept when the user or key is deleted).
+    editor_repr = models.CharField(max_length=255, blank=True)
+    note = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-revision"]
+        constraints = [
+            # Also the index of the list (newest first) and of the rebuild (revision > n).
+            models.UniqueConstraint(
+                fields=["transcript", "revision"], name="transcript_revision_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Revision {self.revision} of {self.transcript_id}"
 
 
 class Upload(TimeStampedModel):

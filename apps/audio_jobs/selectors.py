@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.core.exceptions import NotFoundError
 
-from .models import AudioUsage, JobStatus, TranscriptionJob, Upload
+from .models import AudioUsage, JobStatus, TranscriptionJob, TranscriptRevision, Upload
 
 LIST_DEFERRED = (
     "audio_key",
@@ -60,6 +60,19 @@ def job_get(*, organisation, job_id) -> TranscriptionJob:
         )
     except (TranscriptionJob.DoesNotExist, ValueError):
         raise NotFoundError("No such job.", code="job_not_found") from None
+
+
+def transcript_revision_list(*, organisation, job_id) -> QuerySet[TranscriptRevision]:
+    """The revisions of the organisation's job's transcript, newest first (404 for a job of
+    another organisation or none). A job without a transcript has none."""
+    job = job_get(organisation=organisation, job_id=job_id)
+    return (
+        TranscriptRevision.objects.filter(transcript_id=job.pk)
+        .select_related("edited_by", "api_key")
+        # The list shows who, not their secrets, and never the stored previous text.
+        .defer("before", "edited_by__password", "api_key__key_hash")
+        .order_by("-revision")
+    )
 
 
 def job_by_idempotency_key(*, organisation, key: str) -> TranscriptionJob | None:

@@ -64,6 +64,8 @@ class AuditAction(models.TextChoices):
     API_KEY_USED = "api_key.used", "API key used"
     API_KEY_REVOKED = "api_key.revoked", "API key revoked"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
+    TRANSCRIPT_EDITED = "transcript.edited", "Transcript edited"
+    TRANSCRIPT_REVERTED = "transcript.reverted", "Transcript reverted"
 
 
 class AuditEvent(models.Model):

@@ -20,6 +20,8 @@ class FeedEventType(models.TextChoices):
     JOB_FAILED = "job.failed", "Job failed"
     JOB_CANCELLED = "job.cancelled", "Job cancelled"
     JOB_DELETED = "job.deleted", "Job deleted"
+    TRANSCRIPT_EDITED = "transcript.edited", "Transcript edited"
+    TRANSCRIPT_REVERTED = "transcript.reverted", "Transcript reverted"
     REPORT_READY = "report.ready", "Report ready"
     REPORT_FAILED = "report.failed", "Report failed"
 

@@ -232,9 +232,14 @@ AUTH_PRINCIPAL_CACHE_SECONDS = env.int(
 # (apps.core.generations; every write to a job or report invalidates its organisation's entries
 # at once). Off with the per-process local-memory cache.
 API_READ_CACHE_SECONDS = env.int("API_READ_CACHE_SECONDS", default=300 if REDIS_URL else 0)
-# Seconds a rendered transcript stays in the cache (transcripts never change once written;
-# deleting one drops its cached bodies). 0: render from the database every time.
+# Seconds a rendered transcript stays in the cache (kept per job generation: an edit or a
+# deletion replaces it, so a stale body is never served). 0: render from the database every time.
 TRANSCRIPT_CACHE_SECONDS = env.int("TRANSCRIPT_CACHE_SECONDS", default=600)
+# Transcript editing (apps/audio_jobs/editing.py): characters per edited segment, segments per
+# request, and revisions kept per transcript (an edit past it is refused with 409).
+TRANSCRIPT_EDIT_MAX_SEGMENT_CHARS = env.int("TRANSCRIPT_EDIT_MAX_SEGMENT_CHARS", default=2000)
+TRANSCRIPT_EDIT_MAX_SEGMENTS = env.int("TRANSCRIPT_EDIT_MAX_SEGMENTS", default=500)
+TRANSCRIPT_MAX_REVISIONS = env.int("TRANSCRIPT_MAX_REVISIONS", default=1000)
 
 # ------------------------------------------------------------------------------------------------
 # Authentication and passwords
@@ -358,7 +363,7 @@ CORS_ALLOW_HEADERS = (
     "x-api-key",
     "idempotency-key",
 )
-CORS_EXPOSE_HEADERS = ("x-request-id", "retry-after")
+CORS_EXPOSE_HEADERS = ("x-request-id", "retry-after", "x-transcript-revision")
 
 # ------------------------------------------------------------------------------------------------
 # Django REST framework and the API schema

@@ -21,6 +21,14 @@ def _completed_job_of(organisation: Organisation) -> str:
     return str(TranscriptFactory(job__organisation=organisation).job_id)
 
 
+def _edited_job_of(organisation: Organisation) -> str:
+    from apps.audio_jobs.editing import transcript_edit
+
+    transcript = TranscriptFactory(job__organisation=organisation)
+    transcript_edit(job=transcript.job, revision=0, segments=[{"id": 0, "text": "Edited."}])
+    return str(transcript.job_id)
+
+
 object_endpoint("GET", "/api/v1/jobs/{job_id}", _queued_job_of)
 object_endpoint("DELETE", "/api/v1/jobs/{job_id}", _completed_job_of)
 object_endpoint("POST", "/api/v1/jobs/{job_id}/cancel", _queued_job_of)
@@ -28,3 +36,18 @@ object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript", _completed_job_of)
 
 list_endpoint("/api/v1/jobs", _queued_job_of)
 list_endpoint("/api/v1/jobs", _completed_job_of, query={"status": "completed"})
+
+# Transcript editing: B's completed job at revision 0, whose segment 0 the body would change.
+object_endpoint(
+    "PATCH",
+    "/api/v1/jobs/{job_id}/transcript",
+    _completed_job_of,
+    {"revision": 0, "segments": [{"id": 0, "text": "Changed by another organisation."}]},
+)
+object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript/revisions", _completed_job_of)
+object_endpoint(
+    "POST",
+    "/api/v1/jobs/{job_id}/transcript/revert",
+    _edited_job_of,
+    {"revision": 0, "current_revision": 1},
+)

@@ -6,7 +6,16 @@ from rest_framework import serializers
 
 from apps.core.drf import CompiledOutput, InputSerializer
 
-from ..models import JobPriority, JobStatus, JobTask, TranscriptionJob
+from .. import editing
+from ..models import (
+    EditorType,
+    JobPriority,
+    JobStatus,
+    JobTask,
+    RevisionKind,
+    TranscriptionJob,
+    TranscriptRevision,
+)
 
 LANGUAGE_HELP = "Whisper language code (e.g. en, fr). Leave empty to detect the language."
 MODEL_CHOICES = [
@@ -14,6 +23,9 @@ MODEL_CHOICES = [
     ("tiny.en", "tiny.en (English only)"),
     ("base", "base (multilingual)"),
 ]
+
+
+REVISION_MAX = 2**31 - 1  # revisions and segment ids are PostgreSQL integers
 
 
 CALLBACK_URL_REFUSED = (
@@ -157,6 +169,13 @@ class TranscriptFormatInput(serializers.Serializer):
         help_text="json is OpenAI-compatible verbose_json (segments and words).",
     )
     download = serializers.BooleanField(default=True)
+    revision = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=REVISION_MAX,
+        help_text="A revision to read instead of the current one: 0 is the machine output, "
+        "any revision up to the current one is rebuilt from the history.",
+    )
 
 
 class UploadCreateInput(InputSerializer):
@@ -170,3 +189,175 @@ class UploadOutput(serializers.Serializer):
     max_size = serializers.IntegerField()
     url = serializers.URLField()
     fields = serializers.DictField(child=serializers.CharField())
+
+
+# ---- transcript editing ------------------------------------------------------------------------
+
+
+def _refuse_odd_characters(value: str) -> str:
+    from ..editing import refused_characters
+
+    refused = refused_characters(value)
+    if refused:
+        raise serializers.ValidationError(
+            f"Control characters are not allowed in a transcript: {', '.join(refused[:10])}."
+        )
+    return value
+
+
+class TranscriptSegmentEditInput(InputSerializer):
+    id = serializers.IntegerField(
+        min_value=0, max_value=REVISION_MAX, help_text="The segment's id in the JSON transcript."
+    )
+    text = serializers.CharField(
+        help_text="The segment's new text (whitespace is collapsed; not empty; at most "
+        "TRANSCRIPT_EDIT_MAX_SEGMENT_CHARS characters, 2000 by default)."
+    )
+
+    def validate_text(self, value: str) -> str:
+        limit = editing.max_segment_chars()
+        if len(value) > limit:
+            raise serializers.ValidationError(f"At most {limit} characters per segment.")
+        return _refuse_odd_characters(value)
+
+
+class TranscriptEditInput(InputSerializer):
+    revision = serializers.IntegerField(
+        min_value=0,
+        max_value=REVISION_MAX,
+        help_text="The revision you edited (`X-Transcript-Revision` of the transcript you read).",
+    )
+    segments = TranscriptSegmentEditInput(many=True, allow_empty=False)
+    note = serializers.CharField(
+        max_length=editing.NOTE_MAX_CHARS, required=False, allow_blank=True, default=""
+    )
+
+    def validate_segments(self, value: list[dict]) -> list[dict]:
+        limit = editing.max_segments_per_edit()
+        if len(value) > limit:
+            raise serializers.ValidationError(
+                f"At most {limit} segments can be changed in one request."
+            )
+        seen: set[int] = set()
+        repeated = sorted({s["id"] for s in value if s["id"] in seen or seen.add(s["id"])})
+        if repeated:
+            raise serializers.ValidationError(
+                f"Each segment may appear once; repeated: {', '.join(map(str, repeated[:20]))}."
+            )
+        return value
+
+    def validate_note(self, value: str) -> str:
+        return _refuse_odd_characters(value)
+
+
+class TranscriptRevertInput(InputSerializer):
+    revision = serializers.IntegerField(
+        min_value=0,
+        max_value=REVISION_MAX,
+        help_text="The revision to restore (0: the machine output).",
+    )
+    current_revision = serializers.IntegerField(
+        min_value=0, max_value=REVISION_MAX, help_text="The transcript's revision as you read it."
+    )
+    note = serializers.CharField(
+        max_length=editing.NOTE_MAX_CHARS, required=False, allow_blank=True, default=""
+    )
+
+    def validate_note(self, value: str) -> str:
+        return _refuse_odd_characters(value)
+
+
+class TranscriptWordOutput(serializers.Serializer):
+    word = serializers.CharField()
+    start = serializers.FloatField()
+    end = serializers.FloatField()
+    probability = serializers.FloatField(required=False, help_text="Absent on edited words.")
+    edited = serializers.BooleanField(required=False)
+
+
+class TranscriptSegmentOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    start = serializers.FloatField()
+    end = serializers.FloatField()
+    text = serializers.CharField(allow_blank=True)
+    edited = serializers.BooleanField()
+    words = TranscriptWordOutput(many=True)
+
+
+class TranscriptChangeOutput(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    revision = serializers.IntegerField()
+    edited_at = serializers.DateTimeField()
+    word_count = serializers.IntegerField()
+    segments = TranscriptSegmentOutput(many=True, help_text="The segments this revision changed.")
+
+
+def transcript_change_output(transcript, written) -> dict:
+    ids = set(written.segment_ids)
+    segments = []
+    for index, segment in enumerate(transcript.segments):
+        key = editing.segment_key(segment, index)
+        if key not in ids:
+            continue
+        words = []
+        for word in segment.get("words") or []:
+            item = {"word": str(word.get("word", "")), "start": word["start"], "end": word["end"]}
+            if word.get("probability") is not None:
+                item["probability"] = word["probability"]
+            if word.get("edited"):
+                item["edited"] = True
+            words.append(item)
+        segments.append(
+            {
+                "id": key,
+                "start": segment["start"],
+                "end": segment["end"],
+                "text": str(segment.get("text", "")),
+                "edited": bool(segment.get("edited")),
+                "words": words,
+            }
+        )
+    return TranscriptChangeOutput(
+        {
+            "job_id": transcript.job_id,
+            "revision": transcript.revision,
+            "edited_at": transcript.edited_at,
+            "word_count": transcript.word_count,
+            "segments": segments,
+        }
+    ).data
+
+
+class TranscriptRevisionOutput(serializers.ModelSerializer):
+    kind = serializers.ChoiceField(choices=RevisionKind.choices)
+    segment_ids = serializers.ListField(child=serializers.IntegerField())
+    editor_type = serializers.ChoiceField(
+        choices=EditorType.choices, help_text="Who made it: a user or an API key."
+    )
+    editor_id = serializers.SerializerMethodField()
+    editor = serializers.CharField(source="editor_repr", help_text="Email or API key prefix.")
+    api_key_prefix = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TranscriptRevision
+        fields = [
+            "revision",
+            "kind",
+            "reverted_to",
+            "segment_ids",
+            "note",
+            "editor_type",
+            "editor_id",
+            "editor",
+            "api_key_prefix",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_editor_id(self, revision: TranscriptRevision) -> str | None:
+        """The user's id (as `created_by` of a job); null for an API key or a deleted user."""
+        user = revision.edited_by
+        return str(user.public_id) if user is not None else None
+
+    def get_api_key_prefix(self, revision: TranscriptRevision) -> str | None:
+        return revision.api_key.prefix if revision.api_key is not None else None

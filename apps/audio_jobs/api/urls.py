@@ -7,5 +7,15 @@ urlpatterns = [
     path("jobs/<uuid:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/transcript", views.TranscriptView.as_view(), name="job-transcript"),
+    path(
+        "jobs/<uuid:job_id>/transcript/revisions",
+        views.TranscriptRevisionListView.as_view(),
+        name="job-transcript-revisions",
+    ),
+    path(
+        "jobs/<uuid:job_id>/transcript/revert",
+        views.TranscriptRevertView.as_view(),
+        name="job-transcript-revert",
+    ),
     path("uploads", views.UploadCreateView.as_view(), name="uploads"),
 ]

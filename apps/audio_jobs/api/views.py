@@ -15,14 +15,15 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.network import RequestMeta
 from apps.accounts.ratelimit import PlanScopedRateThrottle
 from apps.accounts.tenancy import TenantPermission, get_tenant
-from apps.core.drf import errors, page_of, paginated_response
+from apps.core.drf import PAGE_PARAMETERS, errors, page_of, paginated_response
 from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
 from apps.core.parsers import JSONParser
 
-from .. import selectors, services, transcripts
+from .. import editing, selectors, services, transcripts
 from ..models import READ_CACHE, JobPriority, JobStatus
 from ..uploads import (
     AudioMultiPartParser,
@@ -35,6 +36,7 @@ from . import serializers as s
 ERRORS = errors(400, 401, 403, 404)
 PRIORITIES = {"high": JobPriority.HIGH, "normal": JobPriority.NORMAL, "low": JobPriority.LOW}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+REVISION_HEADER = "X-Transcript-Revision"
 
 
 def _options(data: dict) -> services.JobOptions:
@@ -235,8 +237,23 @@ class TranscriptView(APIView):
             (200, "application/json"): OpenApiTypes.OBJECT,
             (200, "text/plain"): OpenApiTypes.STR,
             (200, "text/vtt"): OpenApiTypes.STR,
-            **errors(400, 401, 403, 404, descriptions={409: "The job has no transcript yet."}),
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    400: "Invalid parameters, or a `revision` past the current one "
+                    "(`invalid_revision`).",
+                    409: "The job has no transcript yet.",
+                },
+            ),
         },
+        description=(
+            "The transcript in `format`. `X-Transcript-Revision` names the revision served "
+            "(0: the machine output; send it back as `revision` when you edit). `?revision=N` "
+            "serves an earlier revision, rebuilt from the history."
+        ),
     )
     def get(self, request: Request, version: str, job_id: str) -> HttpResponse:
         params = s.TranscriptFormatInput(data=request.query_params)
@@ -248,16 +265,137 @@ class TranscriptView(APIView):
                 code="transcript_not_ready",
             )
         fmt, download = params.validated_data["format"], params.validated_data["download"]
-        body, content_type, extension = transcripts.transcript_render(
-            job_id=job["id"], fmt=fmt, pretty=download
+        rendered = transcripts.transcript_render(
+            job_id=job["id"],
+            fmt=fmt,
+            pretty=download,
+            revision=params.validated_data.get("revision"),
         )
-        response = HttpResponse(body, content_type=content_type)
+        response = HttpResponse(rendered.body, content_type=rendered.media_type)
         stem = Path(safe_filename(job["original_filename"])).stem or "transcript"
         if download:
             response["Content-Disposition"] = attachment_header(
-                f"{stem}.{extension}", fallback="transcript"
+                f"{stem}.{rendered.extension}", fallback="transcript"
             )
+        response[REVISION_HEADER] = str(rendered.revision)
+        # Transcripts can be edited: a browser or proxy must not reuse an old copy unasked.
+        response["Cache-Control"] = "private, no-cache"
         return response
+
+    @extend_schema(
+        operation_id="jobs_transcript_edit",
+        request=s.TranscriptEditInput,
+        responses={
+            200: s.TranscriptChangeOutput,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    400: "Invalid body (`validation_error`), a segment id the transcript does "
+                    "not have (`unknown_segment`), or no change (`transcript_unchanged`).",
+                    403: "Viewers (and viewer API keys) cannot edit.",
+                    409: "The job is not completed (`transcript_not_ready`), or `revision` is "
+                    "not the current one (`transcript_revision_conflict`, "
+                    "`details.current_revision`).",
+                },
+            ),
+        },
+        description=(
+            "Correct the text of some segments. Words that survive keep their timestamps; new "
+            "words are timed inside the gap between their neighbours and marked `edited`. "
+            "Written as a new revision (`GET .../transcript/revisions`)."
+        ),
+    )
+    def patch(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.TranscriptEditInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        job = selectors.job_get(organisation=tenant.organisation, job_id=job_id)
+        transcript, written = editing.transcript_edit(
+            job=job,
+            revision=data.validated_data["revision"],
+            segments=data.validated_data["segments"],
+            note=data.validated_data["note"],
+            user=tenant.user,
+            api_key=tenant.api_key,
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(
+            s.transcript_change_output(transcript, written),
+            headers={REVISION_HEADER: str(transcript.revision)},
+        )
+
+
+class TranscriptRevisionListView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_transcript_revisions",
+        parameters=PAGE_PARAMETERS,
+        responses={200: page_of("TranscriptRevision", s.TranscriptRevisionOutput), **ERRORS},
+        description="The transcript's edits and reverts, newest first (revision 0, the "
+        "machine output, is not a row).",
+    )
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        tenant = get_tenant(request)
+        revisions = selectors.transcript_revision_list(
+            organisation=tenant.organisation, job_id=job_id
+        )
+        return paginated_response(
+            queryset=revisions,
+            serializer_class=s.TranscriptRevisionOutput,
+            request=request,
+            view=self,
+        )
+
+
+class TranscriptRevertView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_transcript_revert",
+        request=s.TranscriptRevertInput,
+        responses={
+            200: s.TranscriptChangeOutput,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    400: "Invalid body, `revision` not earlier than the current one "
+                    "(`invalid_revision`), or already that text (`transcript_unchanged`).",
+                    403: "Viewers (and viewer API keys) cannot revert.",
+                    409: "The job is not completed, or `current_revision` is stale "
+                    "(`transcript_revision_conflict`).",
+                },
+            ),
+        },
+        description=(
+            "Restore the transcript as it was at `revision` (0: the machine output), written "
+            "as a new revision: the history is kept."
+        ),
+    )
+    def post(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.TranscriptRevertInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        job = selectors.job_get(organisation=tenant.organisation, job_id=job_id)
+        transcript, written = editing.transcript_revert(
+            job=job,
+            revision=data.validated_data["revision"],
+            current_revision=data.validated_data["current_revision"],
+            note=data.validated_data["note"],
+            user=tenant.user,
+            api_key=tenant.api_key,
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(
+            s.transcript_change_output(transcript, written),
+            headers={REVISION_HEADER: str(transcript.revision)},
+        )
 
 
 class UploadCreateView(APIView):
