@@ -36,9 +36,11 @@ from apps.core.metrics import (
     TASK_FAILURES,
     TASK_RETRIES,
     TASKS,
+    TRANSCRIPT_QUALITY_FLAGS,
     TRANSCRIPTION_AUDIO_SECONDS,
     TRANSCRIPTION_SPEED,
     TRANSCRIPTION_WALL_SECONDS,
+    TRANSCRIPTS_CHECKED,
 )
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,16 @@ def observe_transcription(
     TRANSCRIPTION_AUDIO_SECONDS.labels(engine, model).inc(audio_seconds)
     TRANSCRIPTION_WALL_SECONDS.labels(engine, model).inc(wall_seconds)
     TRANSCRIPTION_SPEED.labels(engine, model).observe(audio_seconds / wall_seconds)
+
+
+def observe_quality(model: str, quality: dict[str, Any]) -> None:
+    """Count one checked transcript and its quality flags (called with `completed`)."""
+    model = model or "unknown"
+    TRANSCRIPTS_CHECKED.labels(model).inc()
+    for flag in quality.get("flags") or ():
+        TRANSCRIPT_QUALITY_FLAGS.labels(
+            model, str(flag.get("code", "unknown")), str(flag.get("severity", "unknown"))
+        ).inc()
 
 
 def observe_gpu_memory() -> None:

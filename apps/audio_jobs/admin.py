@@ -55,6 +55,23 @@ class TranscriptInline(admin.StackedInline):
         return format_html("<ul>{}</ul>", lines) if lines else "none (the machine output)"
 
 
+class QualityFilter(admin.SimpleListFilter):
+    """Jobs whose automatic quality checks raised a warning (the API's `flagged`)."""
+
+    title = "quality checks"
+    parameter_name = "flagged"
+
+    def lookups(self, request, model_admin) -> list[tuple[str, str]]:
+        return [("yes", "with warnings"), ("no", "without warnings")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(quality_warnings__gt=0)
+        if self.value() == "no":
+            return queryset.filter(quality_warnings=0)
+        return queryset
+
+
 @admin.register(TranscriptionJob)
 class TranscriptionJobAdmin(admin.ModelAdmin):
     list_display = (
@@ -65,6 +82,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         "attempts",
         "duration_seconds",
         "model_used",
+        "quality_warnings",
         "created_at",
         "finished_at",
     )
@@ -76,6 +94,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         fixed_choices_filter("model_used", "model used", [(p, p) for p in PROFILES]),
         fixed_choices_filter("engine", "engine", [(e, e) for e in ENGINE_NAMES]),
         "task",
+        QualityFilter,
         "created_at",
     )
     search_fields = ("id", "organisation__name", "original_filename", "error_code")

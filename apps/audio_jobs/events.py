@@ -14,6 +14,7 @@ from __future__ import annotations
 from django.conf import settings
 
 from .models import JobStatus, TranscriptionJob
+from .quality import quality_summary
 
 TEMPLATES: dict[str, str] = {JobStatus.COMPLETED: "job_completed", JobStatus.FAILED: "job_failed"}
 WEBHOOK_EVENTS: dict[str, str] = {
@@ -103,7 +104,16 @@ def _job_data(job: TranscriptionJob) -> dict:
         "error_message": job.error_message or None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         "job_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}",
+        # The automatic checks (null until completed): the warnings' count and every flag's code.
+        "quality_warnings": job.quality_warnings,
+        "quality_flags": _flag_codes(job.quality),
     }
+
+
+def _flag_codes(quality) -> list[str] | None:
+    if not isinstance(quality, dict):
+        return None
+    return [str(flag.get("code")) for flag in quality.get("flags") or () if isinstance(flag, dict)]
 
 
 def _publish_webhooks(job: TranscriptionJob) -> None:
@@ -130,6 +140,8 @@ def _send_email(job: TranscriptionJob) -> None:
         "status": job.status,
         "duration_minutes": round((job.duration_seconds or 0) / 60, 1),
         "error_message": job.error_message,
+        # Only when the checks raised a warning: a clean transcript's email stays as it was.
+        "quality_summary": quality_summary(job.quality or {}) if job.quality_warnings else "",
         "job_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}",
         "transcript_url": f"{settings.PUBLIC_BASE_URL}/api/v1/jobs/{job.pk}/transcript?format=txt",
         "unsubscribe_url": unsubscribe_url(user=user, kind=NotificationKind.JOB),

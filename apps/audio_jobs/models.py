@@ -114,6 +114,13 @@ class TranscriptionJob(TimeStampedModel):
     model_sha256 = models.CharField(max_length=64, blank=True)
     engine_settings = models.JSONField(default=dict, blank=True)
     processing_seconds = models.FloatField(null=True, blank=True)
+    # The machine transcript's automatic checks (apps/audio_jobs/quality.py), written with
+    # `completed`; null when not checked (a job that did not complete, or one completed before
+    # the checks existed). They describe the engine's output: a human edit does not change them.
+    quality = models.JSONField(null=True, blank=True, help_text="Automatic quality checks.")
+    quality_warnings = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Warning flags the checks raised (null: not checked)."
+    )
 
     objects = TranscriptionJobQuerySet.as_manager()
 
@@ -133,6 +140,13 @@ class TranscriptionJob(TimeStampedModel):
                 fields=["organisation"],
                 name="job_holding_place",
                 condition=Q(status="processing") | Q(status="queued", dispatched_at__isnull=False),
+            ),
+            # `GET /jobs?flagged=true`: an organisation's jobs with quality warnings, newest
+            # first, without walking its unflagged ones.
+            models.Index(
+                fields=["organisation", "-created_at"],
+                name="job_org_flagged",
+                condition=Q(quality_warnings__gt=0),
             ),
             models.Index(
                 fields=["status", "queued_at"],

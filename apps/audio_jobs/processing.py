@@ -34,11 +34,12 @@ from apps.accounts.models import Organisation
 from apps.core.context import job_id_var
 from workers.engines.base import TranscriptionOptions, TranscriptionResult, parse_task
 from workers.engines.errors import EngineError, TranscriptionCancelled
-from workers.metrics import observe_transcription
+from workers.metrics import observe_quality, observe_transcription
 
 from . import events, media, storage
 from .leases import JobLease
 from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
+from .quality import speech_seconds_from, transcript_quality, warning_count
 from .services import QuotaExceeded, dispatch_waiting_on_commit, usage_refund_if_never_started
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,26 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     except FileNotFoundError:
         _fail(job, "audio_missing", "The audio file of this job is no longer in storage.")
         return "failed"
-    return _complete(job, result, processing_seconds=time.monotonic() - started)
+    processing_seconds = time.monotonic() - started
+    quality = _check(job, result)
+    return _complete(job, result, processing_seconds=processing_seconds, quality=quality)
+
+
+def _check(job: TranscriptionJob, result: TranscriptionResult) -> dict[str, Any]:
+    """The result's automatic quality checks, before the completing transaction takes its locks
+    (under a second for a 4-hour transcript; `transcript_quality` never raises)."""
+    quality = transcript_quality(
+        result.to_dict(),
+        speech_seconds=speech_seconds_from(result.engine_info),
+        language_declared=bool(job.language),
+    )
+    if quality.get("flags"):
+        logger.info(
+            "Job %s quality flags: %s",
+            job.pk,
+            ", ".join(str(flag.get("code")) for flag in quality["flags"]),
+        )
+    return quality
 
 
 def _validate(job: TranscriptionJob, path) -> None:
@@ -411,7 +431,11 @@ def _locked_active(job: TranscriptionJob) -> TranscriptionJob | None:
 
 @transaction.atomic
 def _complete(
-    job: TranscriptionJob, result: TranscriptionResult, *, processing_seconds: float
+    job: TranscriptionJob,
+    result: TranscriptionResult,
+    *,
+    processing_seconds: float,
+    quality: dict[str, Any] | None = None,
 ) -> str:
     locked = _locked_active(job)
     if locked is None:
@@ -443,10 +467,14 @@ def _complete(
         duration_seconds=locked.duration_seconds or result.duration,
         error_code="",
         error_message="",
+        quality=quality,
+        quality_warnings=None if quality is None else warning_count(quality),
     )
     observe_transcription(
         locked.engine, locked.model_used, float(locked.duration_seconds or 0), processing_seconds
     )
+    if quality is not None:
+        observe_quality(locked.model_used, quality)
     events.job_finished(locked)
     events.job_changed(locked)
     return "completed"

@@ -36,6 +36,15 @@ logger = logging.getLogger(__name__)
 
 VERSION = 1
 WARNING, INFO = "warning", "info"
+# Every flag code, in the order flags appear.
+FLAG_CODES = (
+    "repetition_loop",
+    "suspected_hallucination",
+    "low_confidence",
+    "speech_not_transcribed",
+    "no_speech_detected",
+    "uncertain_language",
+)
 
 # --- repetition_loop -----------------------------------------------------------------------
 # Longest phrase looked for: Whisper loops on a sentence fragment, rarely on more than 8 words.
@@ -167,6 +176,12 @@ def speech_seconds_from(engine_info: Mapping[str, Any] | None) -> float | None:
         return None
     seconds = _number(engine_info.get("duration_after_vad"))
     return seconds if seconds is not None and seconds > 0 else None
+
+
+def warning_count(quality: Mapping[str, Any]) -> int:
+    """How many warning flags the checks raised (what the job list filters on)."""
+    flags = _list(quality.get("flags")) if isinstance(quality, Mapping) else []
+    return sum(1 for flag in flags if isinstance(flag, Mapping) and flag.get("severity") == WARNING)
 
 
 def quality_summary(quality: Mapping[str, Any]) -> str:

@@ -37,6 +37,7 @@ def job_list(
     status: str | None = None,
     created_after: datetime | None = None,
     created_before: datetime | None = None,
+    flagged: bool | None = None,
 ) -> QuerySet[TranscriptionJob]:
     queryset = (
         TranscriptionJob.objects.filter(organisation=organisation)
@@ -50,6 +51,10 @@ def job_list(
         queryset = queryset.filter(created_at__gte=created_after)
     if created_before:
         queryset = queryset.filter(created_at__lt=created_before)
+    if flagged is True:
+        queryset = queryset.filter(quality_warnings__gt=0)
+    elif flagged is False:  # checked and clean (unchecked jobs are neither)
+        queryset = queryset.filter(quality_warnings=0)
     return queryset.order_by("-created_at")
 
 

@@ -130,6 +130,16 @@ TRANSCRIPTION_SPEED = Histogram(
     ["engine", "model"],
     buckets=(0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128),
 )
+TRANSCRIPTS_CHECKED = Counter(
+    "lexiscore_transcripts_checked",
+    "Completed transcripts whose quality was checked (apps/audio_jobs/quality.py), by model.",
+    ["model"],
+)
+TRANSCRIPT_QUALITY_FLAGS = Counter(
+    "lexiscore_transcript_quality_flags",
+    "Quality flags raised on completed transcripts, by model, flag code and severity.",
+    ["model", "code", "severity"],
+)
 _feed_open_streams: Gauge | None = None
 _feed_open_streams_lock = threading.Lock()
 

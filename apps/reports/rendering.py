@@ -50,7 +50,11 @@ def transcript_data(job) -> dict[str, Any]:
             "processing_seconds": round(job.processing_seconds or 0, 2),
             "created_at": job.created_at,
             "finished_at": job.finished_at,
+            # 0: the machine's transcript; more: edited by people (the text below is theirs).
+            "transcript_revision": transcript.revision,
+            "edited_at": transcript.edited_at,
         },
+        "quality": _quality_data(job.quality),
         "analytics": analytics.analyse(
             words,
             bin_seconds=settings.REPORT_WPM_BIN_SECONDS,
@@ -68,6 +72,34 @@ def transcript_data(job) -> dict[str, Any]:
     }
 
 
+def _quality_data(quality: Any) -> dict[str, Any] | None:
+    """The machine transcript's automatic checks for a report: a summary line and each flag with
+    where it is (the stored spans, at most 20 a flag); None when the job was not checked."""
+    from apps.audio_jobs.quality import quality_summary
+
+    if not isinstance(quality, dict):
+        return None
+    flags = []
+    for flag in quality.get("flags") or ():
+        if not isinstance(flag, dict):
+            continue
+        spans = [
+            {"start": span.get("start"), "end": span.get("end")}
+            for span in flag.get("spans") or ()
+            if isinstance(span, dict)
+        ]
+        flags.append(
+            {
+                "code": flag.get("code"),
+                "severity": flag.get("severity"),
+                "message": flag.get("message"),
+                "spans": spans,
+                "span_count": flag.get("span_count", len(spans)),
+            }
+        )
+    return {"summary": quality_summary(quality), "flags": flags}
+
+
 def transcript_json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, indent=1).encode()
 
@@ -77,6 +109,23 @@ def _pdf(template: str, context: dict[str, Any]) -> bytes:
 
     html = render_to_string(template, context)
     return HTML(string=html, base_url=str(settings.BASE_DIR)).write_pdf()
+
+
+def _quality_pdf(quality: dict[str, Any] | None) -> dict[str, Any] | None:
+    if quality is None:
+        return None
+    flags = [
+        {
+            **flag,
+            "at": ", ".join(
+                timestamp(float(span["start"] or 0))
+                for span in flag["spans"][:5]
+                if isinstance(span.get("start"), int | float)
+            ),
+        }
+        for flag in quality["flags"]
+    ]
+    return {**quality, "flags": flags}
 
 
 def transcript_pdf(data: dict[str, Any]) -> bytes:
@@ -93,6 +142,7 @@ def transcript_pdf(data: dict[str, Any]) -> bytes:
             ],
             "pauses": [{**p, "at": timestamp(p["start"])} for p in a["long_pauses"][:100]],
             "low": [{**p, "at": timestamp(p["start"])} for p in a["low_confidence_passages"][:100]],
+            "quality": _quality_pdf(data.get("quality")),
             "generated_at": timezone.now(),
         },
     )

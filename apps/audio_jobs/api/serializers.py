@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.drf import CompiledOutput, InputSerializer
@@ -16,6 +17,7 @@ from ..models import (
     TranscriptionJob,
     TranscriptRevision,
 )
+from ..quality import FLAG_CODES, quality_summary
 
 LANGUAGE_HELP = "Whisper language code (e.g. en, fr). Leave empty to detect the language."
 MODEL_CHOICES = [
@@ -92,6 +94,13 @@ class JobCreateFromUploadInput(JobOptionsInput):
 
 class JobListFilterInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
+    flagged = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="true: only jobs whose quality checks raised a warning; false: only checked "
+        "jobs without one.",
+    )
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
     page = serializers.IntegerField(required=False, min_value=1)
@@ -107,6 +116,15 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
     created_by = serializers.SerializerMethodField()
     error = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
+    quality_warnings = serializers.IntegerField(
+        allow_null=True,
+        help_text="Warning flags the automatic quality checks raised on the machine transcript "
+        "(null: not checked). `GET /jobs?flagged=true` lists the jobs with any.",
+    )
+    quality_summary = serializers.SerializerMethodField(
+        help_text='The checks in one line, e.g. "1 warning: repetition loop at 00:03:12." '
+        "(null: not checked). The job's detail carries every flag in `quality`."
+    )
 
     class Meta:
         model = TranscriptionJob
@@ -136,6 +154,8 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "model_used",
             "model_sha256",
             "engine_settings",
+            "quality_warnings",
+            "quality_summary",
             "created_by",
             "error",
             "links",
@@ -154,12 +174,66 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             return None
         return {"code": job.error_code, "message": job.error_message}
 
+    def get_quality_summary(self, job: TranscriptionJob) -> str | None:
+        return None if job.quality is None else quality_summary(job.quality)
+
     def get_links(self, job: TranscriptionJob) -> dict[str, str]:
         base = f"/api/v1/jobs/{job.pk}"
         links = {"self": base, "cancel": f"{base}/cancel"}
         if job.status == JobStatus.COMPLETED:
             links["transcript"] = f"{base}/transcript"
         return links
+
+
+class QualitySpanOutput(serializers.Serializer):
+    start = serializers.FloatField()
+    end = serializers.FloatField()
+    segment_ids = serializers.ListField(
+        child=serializers.IntegerField(), help_text="The segments it covers (at most 50)."
+    )
+    phrase = serializers.CharField(required=False, help_text="repetition_loop: what repeats.")
+    repeats = serializers.IntegerField(required=False, help_text="repetition_loop: how often.")
+    reasons = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="suspected_hallucination: which signals (compression ratio, ...).",
+    )
+
+
+class QualityFlagOutput(serializers.Serializer):
+    code = serializers.ChoiceField(choices=FLAG_CODES)
+    severity = serializers.ChoiceField(choices=["warning", "info"])
+    message = serializers.CharField()
+    spans = QualitySpanOutput(many=True, help_text="Where (at most 20; `span_count` in all).")
+    span_count = serializers.IntegerField()
+
+
+class QualityOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    flags = QualityFlagOutput(many=True)
+    metrics = serializers.DictField(
+        help_text="word_count, mean_word_probability, low_confidence_word_ratio, "
+        "transcribed_seconds, speech_seconds, coverage, segments_flagged, ..."
+    )
+
+
+@extend_schema_field(QualityOutput(allow_null=True))
+class QualityField(serializers.JSONField):
+    """The stored checks as they are (the schema documents their shape)."""
+
+
+class JobDetailOutput(JobOutput):
+    """A job with its quality checks in full (lists carry only their count and summary)."""
+
+    quality = QualityField(
+        allow_null=True,
+        help_text="The automatic checks of the machine transcript (docs/architecture.md, "
+        '"Transcript quality checks"); null when not checked.',
+    )
+
+    class Meta(JobOutput.Meta):
+        fields = [*JobOutput.Meta.fields, "quality"]
+        read_only_fields = fields
 
 
 class TranscriptFormatInput(serializers.Serializer):

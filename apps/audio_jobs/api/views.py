@@ -97,6 +97,7 @@ class JobListCreateView(APIView):
                 status=filters.validated_data.get("status"),
                 created_after=filters.validated_data.get("created_after"),
                 created_before=filters.validated_data.get("created_before"),
+                flagged=filters.validated_data.get("flagged"),
             ),
             serializer_class=s.JobOutput,
             request=request,
@@ -179,18 +180,19 @@ def _temporary_path(upload) -> str:
 
 
 def job_output(organisation, job_id: str) -> dict:
-    """The organisation's job as `JobOutput` renders it (404 otherwise), from the read cache."""
+    """The organisation's job as `JobDetailOutput` renders it (404 otherwise), from the read
+    cache."""
 
     def render() -> dict:
-        return s.JobOutput(selectors.job_get(organisation=organisation, job_id=job_id)).data
+        return s.JobDetailOutput(selectors.job_get(organisation=organisation, job_id=job_id)).data
 
-    return READ_CACHE.get_or_load(organisation.id, f"job:{job_id}", render)
+    return READ_CACHE.get_or_load(organisation.id, f"job:v2:{job_id}", render)
 
 
 class JobDetailView(APIView):
     permission_classes = [IsAuthenticated, TenantPermission]
 
-    @extend_schema(operation_id="jobs_retrieve", responses={200: s.JobOutput, **ERRORS})
+    @extend_schema(operation_id="jobs_retrieve", responses={200: s.JobDetailOutput, **ERRORS})
     def get(self, request: Request, version: str, job_id: str) -> Response:
         return Response(job_output(get_tenant(request).organisation, job_id))
 
