@@ -259,32 +259,29 @@ def test_the_metrics_count_checked_transcripts_and_their_flags(owner):
     )
 
 
+def transcript_report(membership, job: TranscriptionJob, fmt: str) -> bytes:
+    """The content of a transcript report of `job` in `fmt`, built at once."""
+    report = report_services.report_request(
+        organisation=membership.organisation,
+        user=membership.user,
+        kind="transcript",
+        format=fmt,
+        job_id=job.pk,
+    )
+    report_services.report_generate(report_id=str(report.pk))
+    report.refresh_from_db()
+    assert report.status == "ready"
+    with default_storage.open(report.file_key, "rb") as handle:
+        return handle.read()
+
+
 def test_the_transcript_report_shows_the_checks_and_the_revision(owner, media_root):
     job = finished(owner, looping_result())
 
-    pdf = report_services.report_request(
-        organisation=owner.organisation,
-        user=owner.user,
-        kind="transcript",
-        format="pdf",
-        job_id=job.pk,
-    )
-    report_services.report_generate(report_id=str(pdf.pk))
-    data = report_services.report_request(
-        organisation=owner.organisation,
-        user=owner.user,
-        kind="transcript",
-        format="json",
-        job_id=job.pk,
-    )
-    report_services.report_generate(report_id=str(data.pk))
-    pdf.refresh_from_db()
-    data.refresh_from_db()
+    pdf = transcript_report(owner, job, "pdf")
+    body = json.loads(transcript_report(owner, job, "json"))
 
-    with default_storage.open(pdf.file_key, "rb") as handle:
-        text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(handle.read())).pages)
-    with default_storage.open(data.file_key, "rb") as handle:
-        body = json.loads(handle.read())
+    text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
     assert "Automatic quality checks" in text
     assert "repetition_loop" in text
     assert "as transcribed by the model" in text
@@ -299,17 +296,7 @@ def test_a_report_of_a_job_completed_before_the_checks_has_no_quality_section(me
     viewer = member()
     job = completed_job(viewer.organisation, viewer.user)
 
-    report = report_services.report_request(
-        organisation=viewer.organisation,
-        user=viewer.user,
-        kind="transcript",
-        format="json",
-        job_id=job.pk,
-    )
-    report_services.report_generate(report_id=str(report.pk))
-    report.refresh_from_db()
+    body = json.loads(transcript_report(viewer, job, "json"))
 
-    with default_storage.open(report.file_key, "rb") as handle:
-        body = json.loads(handle.read())
-    assert report.status == "ready"
+    assert body["metadata"]["job_id"] == str(job.pk)
     assert body["quality"] is None
