@@ -9,24 +9,30 @@ transaction; the rendered-transcript cache is invalidated with it (apps.audio_jo
 
 Word timings of an edited segment: the new words are sequence-matched (difflib) against the old
 ones on a normalised form (case-folded, surrounding punctuation dropped). A word that survives
-keeps the engine's start, end and probability; one whose spelling changed only in case or
-punctuation keeps its times. Every other word is new: it is timed by interpolation, by character
-length, inside the gap between its surviving neighbours (the segment's start and end at the
-edges), so times stay within the segment and never go backwards. Words whose text is not the
-engine's carry `"edited": true` and no `probability` (omitted rather than null: renderers and
-analytics that read `probability` with a default keep working; quality scores skip them). An
-edited segment carries `"edited": true` and loses its `tokens` (the engine's token ids of the old
+keeps its start, end and everything else it had (the engine's probability, or the `edited` mark
+of a word a person corrected in an earlier edit) and its leading space or lack of one; one whose
+spelling changed only in case or punctuation keeps its times. Every other word is new: it is
+timed by interpolation, by character length, inside the gap between its surviving neighbours
+(the segment's start and end at the edges), in whole milliseconds and at least one each where
+the gap has room, so times stay within the segment and never go backwards; surviving words never
+move (new words between two adjacent ones have no length). Words whose text is not the engine's
+carry `"edited": true` and no `probability` (omitted rather than null: renderers and analytics
+that read `probability` with a default keep working; quality scores skip them). An edited
+segment carries `"edited": true` and loses its `tokens` (the engine's token ids of the old
 text). Segment text keeps the engine's convention (a leading space when the old text had one).
 
-Languages written without spaces (Chinese, Japanese, Thai...): Whisper's words there carry no
-leading space; the new text is split into characters (runs of Latin letters and digits stay
-together) and matched the same way, an old word of several characters surviving only whole.
+Scripts written without spaces (Chinese, Japanese, Thai, Lao, Khmer, Myanmar): text is split per
+run, whatever the segment's language. Each grapheme cluster of those scripts (a character with
+its combining marks) is a unit; any other run of characters between spaces and those is one
+unit ("OK" in a Chinese sentence), with a leading space when a space preceded it. Old words are
+split the same way, an old word of several units surviving only whole.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
@@ -111,9 +117,67 @@ def segment_key(segment: Mapping[str, Any], index: int) -> int:
 
 # ---- word timings --------------------------------------------------------------------------
 
-# A unit of text in languages without spaces: a run of Latin letters/digits, or one character.
-_UNSPACED_UNIT = re.compile(r"\s*(?:[A-Za-z0-9\u00C0-\u024F]+|\S)")
 _EDGE_PUNCTUATION = re.compile(r"^[^\w]+|[^\w]+$")
+_TOKEN = re.compile(r"(\s*)(\S+)")
+_ZWJ = "\u200d"
+
+# Scripts written without spaces between words: each of their grapheme clusters is a unit of
+# its own. Han (with its extensions and compatibility ideographs), CJK symbols and punctuation,
+# Japanese kana, Bopomofo, full- and half-width forms, Thai, Lao, Myanmar and Khmer.
+_UNSPACED_RANGES = (
+    (0x0E00, 0x0EFF),  # Thai, Lao
+    (0x1000, 0x109F),  # Myanmar
+    (0x1780, 0x17FF),  # Khmer
+    (0x19E0, 0x19FF),  # Khmer symbols
+    (0x2E80, 0x2FDF),  # CJK radicals, Kangxi radicals
+    (0x3000, 0x303F),  # CJK symbols and punctuation
+    (0x3040, 0x30FF),  # Hiragana, Katakana
+    (0x3100, 0x312F),  # Bopomofo
+    (0x31A0, 0x31FF),  # Bopomofo extended, CJK strokes, Katakana phonetic extensions
+    (0x3400, 0x4DBF),  # CJK extension A
+    (0x4E00, 0x9FFF),  # CJK unified ideographs
+    (0xA9E0, 0xA9FF),  # Myanmar extended-B
+    (0xAA60, 0xAA7F),  # Myanmar extended-A
+    (0xF900, 0xFAFF),  # CJK compatibility ideographs
+    (0xFF00, 0xFFEF),  # Full-width and half-width forms
+    (0x1B000, 0x1B16F),  # Kana supplement, extended-A, small kana
+    (0x20000, 0x3134F),  # CJK extensions B to G
+)
+
+
+def _is_unspaced(char: str) -> bool:
+    code = ord(char)
+    return any(low <= code <= high for low, high in _UNSPACED_RANGES)
+
+
+def _extends(char: str) -> bool:
+    """Whether `char` belongs to the grapheme cluster before it (UAX #29's Extend, roughly):
+    combining marks, ZWJ/ZWNJ, variation selectors, emoji modifiers and tags."""
+    code = ord(char)
+    return (
+        unicodedata.category(char).startswith("M")
+        or code in (0x200C, 0x200D)
+        or 0xFE00 <= code <= 0xFE0F
+        or 0xE0100 <= code <= 0xE01EF
+        or 0x1F3FB <= code <= 0x1F3FF
+        or 0xE0020 <= code <= 0xE007F
+    )
+
+
+def _graphemes(text: str) -> list[str]:
+    """`text` in user-perceived characters: a base character with the marks that modify it
+    (Thai vowels and tones, accents), emoji ZWJ sequences and flag pairs kept whole."""
+    clusters: list[str] = []
+    for char in text:
+        last = clusters[-1] if clusters else ""
+        regional_pair = (
+            len(last) == 1 and 0x1F1E6 <= ord(last) <= 0x1F1FF and 0x1F1E6 <= ord(char) <= 0x1F1FF
+        )
+        if last and (_extends(char) or last.endswith(_ZWJ) or regional_pair):
+            clusters[-1] = last + char
+        else:
+            clusters.append(char)
+    return clusters
 
 
 @dataclass
@@ -130,13 +194,31 @@ def _key(text: str) -> str:
     return _EDGE_PUNCTUATION.sub("", folded) or folded
 
 
-def _split(text: str, *, spaced: bool) -> list[str]:
-    if spaced:
-        return [" " + word for word in text.split()]
-    return [
-        (" " if m.group(0)[0].isspace() else "") + m.group(0).strip()
-        for m in _UNSPACED_UNIT.finditer(text)
-    ]
+def _split(text: str, *, first_space: bool = True) -> list[str]:
+    """`text` in units: each grapheme of an unspaced script, each run of other characters
+    between spaces and those graphemes. A unit after whitespace carries one leading space (the
+    engines' convention); the first one does when `first_space` and it is not unspaced."""
+    units: list[str] = []
+    for match in _TOKEN.finditer(text):
+        pieces: list[str] = []
+        run = ""
+        for cluster in _graphemes(match.group(2)):
+            if _is_unspaced(cluster[0]):
+                if run:
+                    pieces.append(run)
+                    run = ""
+                pieces.append(cluster)
+            else:
+                run += cluster
+        if run:
+            pieces.append(run)
+        spaced = bool(match.group(1)) or (
+            not units and first_space and not _is_unspaced(pieces[0][0])
+        )
+        if spaced:
+            pieces[0] = " " + pieces[0]
+        units.extend(pieces)
+    return units
 
 
 def retime_words(
@@ -144,15 +226,16 @@ def retime_words(
 ) -> list[dict[str, Any]]:
     """The words of `new_text`, timed from `old_words` (see the module docstring)."""
     old_words = [w for w in old_words if isinstance(w, Mapping) and str(w.get("word", "")).strip()]
-    spaced = any(str(w["word"]).startswith(" ") for w in old_words) or not old_words
     old_units: list[_Unit] = []
     for index, word in enumerate(old_words):
-        pieces = [str(word["word"]).strip()] if spaced else _split(str(word["word"]), spaced=False)
+        pieces = _split(str(word["word"]), first_space=False)
         for piece in pieces:
             old_units.append(
                 _Unit(piece, float(word["start"]), float(word["end"]), index, len(pieces))
             )
-    new_units = [_Unit(piece) for piece in _split(new_text, spaced=spaced)]
+    # A new first word follows the engine's first word: a leading space or not.
+    first_space = str(old_words[0]["word"])[:1].isspace() if old_words else True
+    new_units = [_Unit(piece) for piece in _split(new_text, first_space=first_space)]
 
     matcher = difflib.SequenceMatcher(
         None, [_key(u.text) for u in old_units], [_key(u.text) for u in new_units], autojunk=False
@@ -180,14 +263,21 @@ def _merge(units: list[_Unit], old_words: Sequence[Mapping[str, Any]]) -> list[d
                 run += 1
         if unit.word is not None and run == unit.parts:
             old = old_words[unit.word]
-            text = "".join(u.text for u in units[i : i + run])
-            word: dict[str, Any] = {"start": float(old["start"]), "end": float(old["end"])}
-            word["word"] = text
-            if text == str(old["word"]):
-                if "probability" in old:
-                    word["probability"] = old["probability"]
-            else:
-                word["edited"] = True
+            old_text = str(old["word"])
+            text = "".join(u.text for u in units[i : i + run]).strip()
+            if text == old_text.strip():
+                # The word as it was, spacing included: the engine's (with its probability),
+                # or one a person already corrected (still `edited`, still no probability).
+                word = {"start": float(old["start"]), "end": float(old["end"]), "word": old_text}
+                word.update((k, v) for k, v in old.items() if k not in word)
+            else:  # case or punctuation changed: the engine's times, the old word's spacing
+                lead = old_text[: len(old_text) - len(old_text.lstrip())]
+                word = {
+                    "start": float(old["start"]),
+                    "end": float(old["end"]),
+                    "word": lead + text,
+                    "edited": True,
+                }
             words.append(word)
             i += run
             continue
@@ -197,8 +287,26 @@ def _merge(units: list[_Unit], old_words: Sequence[Mapping[str, Any]]) -> list[d
     return words
 
 
+def _milliseconds(low: float, high: float) -> tuple[int, int]:
+    """The first and last whole milliseconds inside [low, high] (first > last: none)."""
+    first = math.ceil(low * 1000 - 1e-6)
+    if first / 1000 < low:
+        first += 1
+    last = math.floor(high * 1000 + 1e-6)
+    if last / 1000 > high:
+        last -= 1
+    return first, last
+
+
 def _interpolate(words: list[dict[str, Any]], *, start: float, end: float) -> None:
-    """Time the untimed words inside the gap between their timed neighbours, by characters."""
+    """Time the untimed words inside the gap between their timed neighbours, by characters.
+
+    Surviving words never move. A new word starts no earlier than the previous word ends and
+    ends no later than the next one starts (times never go backwards), inside the segment where
+    those allow it. Times are whole milliseconds inside the gap, each new word at least one long,
+    when the gap has room for that (else unrounded); only a gap of no length at all (adjacent
+    survivors) gives zero-length words.
+    """
     end = max(end, start)
     i = 0
     while i < len(words):
@@ -208,18 +316,38 @@ def _interpolate(words: list[dict[str, Any]], *, start: float, end: float) -> No
         j = i
         while j < len(words) and words[j]["start"] is None:
             j += 1
-        # Inside the segment, after the previous word and before the next one (when the
-        # engine's own words overrun the segment, after them: times never go backwards).
-        low = start if i == 0 else max(start, float(words[i - 1]["end"]))
-        high = end if j == len(words) else min(end, float(words[j]["start"]))
-        high = max(high, low)
+        after = float(words[i - 1]["end"]) if i > 0 else -math.inf  # the previous word's end
+        before = float(words[j]["start"]) if j < len(words) else math.inf  # the next one's start
+        low, high = max(start, after), min(end, before)
+        if low > high:
+            # The engine's words overrun the segment (or overlap): stay in order, as close to the
+            # segment as they allow, at one instant.
+            point = low if low <= before else max(before, after)
+            low = high = point
+        count = j - i
         weights = [max(len(str(w["word"]).strip()), 1) for w in words[i:j]]
         total = sum(weights)
-        cursor = 0
-        for k, weight in enumerate(weights):
-            words[i + k]["start"] = round(low + (high - low) * cursor / total, 3)
-            cursor += weight
-            words[i + k]["end"] = round(low + (high - low) * cursor / total, 3)
+        first, last = _milliseconds(low, high)
+        if last - first >= count:
+            # Whole milliseconds, at least one each, the rest shared by characters.
+            spare = last - first - count
+            bounds = [first / 1000]
+            cumulative = 0
+            for k, weight in enumerate(weights):
+                cumulative += weight
+                bounds.append((first + k + 1 + spare * cumulative // total) / 1000)
+        else:
+            # Too narrow for that: unrounded, shared by characters (zero length only when the
+            # gap has none at all).
+            bounds = [low]
+            cumulative = 0
+            for weight in weights:
+                cumulative += weight
+                bounds.append(min(high, max(low, low + (high - low) * cumulative / total)))
+            bounds[-1] = high
+        for k in range(count):
+            words[i + k]["start"] = bounds[k]
+            words[i + k]["end"] = bounds[k + 1]
         i = j
 
 
@@ -295,7 +423,12 @@ def _locked_transcript(job: TranscriptionJob) -> Transcript:
     return transcript
 
 
-def _check_revision(transcript: Transcript, revision: int) -> None:
+def max_revisions_with_reverts() -> int:
+    """Reverts stay possible past `max_revisions()` (the edit limit), up to twice it in all."""
+    return 2 * max_revisions()
+
+
+def _check_revision(transcript: Transcript, revision: int, *, revert: bool = False) -> None:
     if revision != transcript.revision:
         raise ConflictError(
             f"The transcript is at revision {transcript.revision}, not {revision}: someone "
@@ -303,11 +436,22 @@ def _check_revision(transcript: Transcript, revision: int) -> None:
             code="transcript_revision_conflict",
             details={"current_revision": transcript.revision},
         )
-    if transcript.revision >= max_revisions():
+    # The limit stops edits only: a transcript at it can still be reverted (to the machine
+    # output or any earlier revision) instead of being frozen, up to twice the limit in all.
+    if revert and transcript.revision >= max_revisions_with_reverts():
         raise ConflictError(
-            f"This transcript has reached {max_revisions()} revisions and cannot be changed again.",
+            f"This transcript has reached {max_revisions_with_reverts()} revisions (edits and "
+            "reverts) and cannot be changed again.",
             code="transcript_revision_limit",
-            details={"limit": max_revisions()},
+            details={"limit": max_revisions_with_reverts()},
+        )
+    if not revert and transcript.revision >= max_revisions():
+        raise ConflictError(
+            f"This transcript has reached {max_revisions()} revisions and cannot be edited "
+            "again; it can still be reverted to an earlier revision (up to "
+            f"{max_revisions_with_reverts()} revisions in all).",
+            code="transcript_revision_limit",
+            details={"limit": max_revisions(), "revert_limit": max_revisions_with_reverts()},
         )
 
 
@@ -483,7 +627,7 @@ def transcript_revert(
 ) -> tuple[Transcript, TranscriptRevision]:
     """Make the transcript what it was at `revision`, as a new revision (the history stays)."""
     transcript = _locked_transcript(job)
-    _check_revision(transcript, current_revision)
+    _check_revision(transcript, current_revision, revert=True)
     if revision >= transcript.revision:
         raise InvalidRevision(
             f"Revision {revision} is not an earlier revision: this transcript is at revision "

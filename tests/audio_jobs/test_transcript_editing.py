@@ -5,9 +5,11 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import unicodedata
 
 import pytest
 from django.db import connection, transaction
+from drf_spectacular.generators import SchemaGenerator
 
 from apps.accounts.models import Role
 from apps.audio_jobs import editing
@@ -311,7 +313,44 @@ def test_the_revision_limit_is_enforced(api_client, auth, transcript, settings):
         "transcript_revision_limit",
     )
 
-    assert error["details"] == {"limit": 1}
+    assert error["details"] == {"limit": 1, "revert_limit": 2}
+    assert "reverted" in error["message"]
+
+
+def test_a_transcript_at_the_revision_limit_can_still_be_reverted_up_to_twice_it(
+    api_client, auth, transcript, settings
+):
+    # Regression: at the limit, reverts were refused too, freezing the transcript.
+    settings.TRANSCRIPT_MAX_REVISIONS = 2
+    patch(api_client, auth, transcript.job_id, edit_body(s0="One."))
+    patch(api_client, auth, transcript.job_id, edit_body(1, s0="Two."))
+
+    back = revert(api_client, auth, transcript.job_id, {"revision": 0, "current_revision": 2})
+
+    assert back.status_code == 200, back.content
+    assert back["X-Transcript-Revision"] == "3"
+    transcript.refresh_from_db()
+    assert transcript.segments == SEGMENTS
+    # Edits stay refused past the limit; reverts go on until twice it.
+    assert_error(
+        patch(api_client, auth, transcript.job_id, edit_body(3, s0="Three.")),
+        409,
+        "transcript_revision_limit",
+    )
+    assert (
+        revert(
+            api_client, auth, transcript.job_id, {"revision": 2, "current_revision": 3}
+        ).status_code
+        == 200
+    )
+    error = assert_error(
+        revert(api_client, auth, transcript.job_id, {"revision": 0, "current_revision": 4}),
+        409,
+        "transcript_revision_limit",
+    )
+    assert error["details"] == {"limit": 4}
+    transcript.refresh_from_db()
+    assert transcript.revision == 4
 
 
 # ---- word timings ----------------------------------------------------------------------------
@@ -390,6 +429,146 @@ def test_unspaced_languages_match_characters_and_keep_whole_old_words():
     assert words[0] == old[0] and words[1] == old[1]
     assert all(w.get("edited") for w in words[2:])
     assert all(0.8 <= w["start"] <= w["end"] <= 1.2 for w in words[2:])
+
+
+def test_a_second_edit_keeps_the_edited_mark_of_words_already_corrected(
+    api_client, auth, transcript
+):
+    # Regression: a surviving word got the old word's probability if any and nothing else, so
+    # a word corrected by the first edit came out of the second as a plain engine word.
+    patch(api_client, auth, transcript.job_id, edit_body(s0="The annual report is ready."))
+    patch(api_client, auth, transcript.job_id, edit_body(1, s0="The annual report is now ready."))
+
+    transcript.refresh_from_db()
+    words = transcript.segments[0]["words"]
+    assert words[1] == {"start": 0.7, "end": 1.32, "word": " annual", "edited": True}
+    assert words[0] == SEGMENTS[0]["words"][0]
+    assert [w["word"] for w in words] == [" The", " annual", " report", " is", " now", " ready."]
+
+
+def test_a_word_inserted_between_adjacent_survivors_stays_in_order_inside_the_segment():
+    old = SEGMENTS[0]["words"]  # " is" ends at 2.1 where " ready." starts: no room at all
+
+    words = editing.retime_words(old, "The quarterly report is now ready.", start=0.52, end=3.1)
+
+    now = words[4]
+    assert (now["word"], now["start"], now["end"], now["edited"]) == (" now", 2.1, 2.1, True)
+    assert words[:4] + words[5:] == old
+
+
+def test_inserted_words_get_a_positive_length_when_the_gap_has_room():
+    old = [
+        {"word": " a", "start": 0.0, "end": 0.5, "probability": 0.9},
+        {"word": " b", "start": 0.502, "end": 1.0, "probability": 0.9},
+    ]
+
+    words = editing.retime_words(old, "a x y b", start=0.0, end=1.0)
+
+    assert [(w["word"], w["start"], w["end"]) for w in words[1:3]] == [
+        (" x", 0.5, 0.501),
+        (" y", 0.501, 0.502),
+    ]
+    assert (words[0], words[3]) == (old[0], old[1])
+
+
+def test_rounding_never_puts_a_new_word_before_the_previous_word_ends():
+    old = [
+        {"word": " a", "start": 0.0, "end": 2.1004, "probability": 0.9},
+        {"word": " b", "start": 2.1016, "end": 3.0, "probability": 0.9},
+        {"word": " c", "start": 3.0004, "end": 3.0006, "probability": 0.9},
+        {"word": " d", "start": 3.0006, "end": 4.0, "probability": 0.9},
+    ]
+
+    words = editing.retime_words(old, "a x b c y d", start=0.0, end=4.0)
+
+    x, y = words[1], words[4]
+    # Less than two whole milliseconds between a and b: unrounded, never before a's end.
+    assert (x["start"], x["end"]) == (2.1004, 2.1016)
+    # No room at all between c and d: zero length at c's end.
+    assert y["start"] == y["end"] == 3.0006
+    for previous, word in itertools.pairwise(words):
+        assert previous["end"] <= word["start"]
+
+
+def test_an_engine_word_starting_before_the_segment_does_not_make_times_go_backwards():
+    old = [{"word": " b", "start": -0.2, "end": 0.3}]
+
+    words = editing.retime_words(old, "new b", start=0.0, end=1.0)
+
+    assert words[1] == old[0]
+    assert words[0]["start"] <= words[0]["end"] <= words[1]["start"]
+
+
+def test_an_unchanged_first_word_without_a_leading_space_is_not_marked_edited():
+    old = [
+        {"word": "Hello", "start": 0.0, "end": 0.4, "probability": 0.9},
+        {"word": " world", "start": 0.4, "end": 0.9, "probability": 0.9},
+    ]
+
+    words = editing.retime_words(old, "Hello world again", start=0.0, end=1.5)
+
+    assert words[:2] == old
+    assert words[2]["word"] == " again" and words[2]["edited"] is True
+    # A case change keeps the engine's spacing too.
+    assert editing.retime_words(old, "hello world", start=0.0, end=1.5)[0]["word"] == "hello"
+
+
+def test_unspaced_scripts_split_into_grapheme_clusters_not_lone_marks():
+    # Regression: Thai was split by code point, so tone marks and vowels became words.
+    thai = [{"word": "สวัสดี", "start": 0.0, "end": 0.5}, {"word": "ครับ", "start": 0.5, "end": 1.0}]
+
+    words = editing.retime_words(thai, "สวัสดีค่ะ", start=0.0, end=1.0)
+
+    assert words[0] == thai[0]
+    assert "".join(w["word"] for w in words) == "สวัสดีค่ะ"
+    assert [w["word"] for w in words[1:]] == ["ค่", "ะ"]
+    for word in words:
+        assert not unicodedata.category(word["word"].strip()[0]).startswith("M"), words
+    # Kana with a combining voiced mark (decomposed) stays one unit.
+    kana = editing.retime_words(
+        [{"word": "か", "start": 0.0, "end": 0.5}], "か\u3099き", start=0.0, end=1.0
+    )
+    assert [w["word"] for w in kana] == ["か\u3099", "き"]
+
+
+def test_a_latin_word_in_a_cjk_segment_does_not_switch_it_to_space_splitting():
+    # Regression: one word with a leading space (Whisper's " OK" in Chinese) made the whole
+    # segment split at spaces, so a one-character fix lost every surviving word's times.
+    old = [
+        {"word": "我们", "start": 0.0, "end": 0.4, "probability": 0.9},
+        {"word": " OK", "start": 0.4, "end": 0.6, "probability": 0.8},
+        {"word": "明天", "start": 0.6, "end": 0.9, "probability": 0.7},
+        {"word": "见", "start": 1.0, "end": 1.2, "probability": 0.6},
+    ]
+
+    words = editing.retime_words(old, "我们 OK明天再见", start=0.0, end=1.2)
+
+    assert [w["word"] for w in words] == ["我们", " OK", "明天", "再", "见"]
+    assert words[:3] == old[:3] and words[4] == old[3]
+    assert words[3]["edited"] is True and 0.9 <= words[3]["start"] < words[3]["end"] <= 1.0
+
+
+def test_the_schema_requires_revision_and_segments_and_declares_the_revision_header():
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    paths = schema["paths"]
+
+    edit = paths["/api/v1/jobs/{job_id}/transcript"]["patch"]
+    ref = edit["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    component = schema["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+    assert not ref.rsplit("/", 1)[-1].startswith("Patched")
+    assert set(component["required"]) == {"revision", "segments"}
+    assert component["properties"]["segments"]["minItems"] == 1
+    assert edit["requestBody"]["required"] is True
+    for path, method in [
+        ("/api/v1/jobs/{job_id}/transcript", "get"),
+        ("/api/v1/jobs/{job_id}/transcript", "patch"),
+        ("/api/v1/jobs/{job_id}/transcript/revert", "post"),
+    ]:
+        header = paths[path][method]["responses"]["200"]["headers"]["X-Transcript-Revision"]
+        assert header["schema"] == {"type": "integer"}, (path, method)
+        assert header["required"] is True
+    # A response header, not a request parameter.
+    assert all(p["name"] != "X-Transcript-Revision" for p in edit.get("parameters", []))
 
 
 def test_edited_words_render_and_count_in_reports(api_client, auth, transcript):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from django.core.validators import MinLengthValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -301,10 +302,28 @@ class TranscriptEditInput(InputSerializer):
         max_value=REVISION_MAX,
         help_text="The revision you edited (`X-Transcript-Revision` of the transcript you read).",
     )
-    segments = TranscriptSegmentEditInput(many=True, allow_empty=False)
+    segments = serializers.ListSerializer(
+        child=TranscriptSegmentEditInput(),
+        allow_empty=False,
+        # `minItems: 1` in the schema (drf-spectacular does not map `allow_empty`); an empty list
+        # is refused by `allow_empty` first, with DRF's message.
+        validators=[MinLengthValidator(1)],
+    )
     note = serializers.CharField(
         max_length=editing.NOTE_MAX_CHARS, required=False, allow_blank=True, default=""
     )
+
+    # The body is a whole edit, not a partial update of a resource: `revision` and `segments`
+    # are always required. drf-spectacular sets `partial` on every PATCH body's serializer (and,
+    # with COMPONENT_SPLIT_PATCH, emits a `Patched*` component without `required`); pinned so
+    # the schema says what validation enforces. The view never asks for a partial serializer.
+    @property
+    def partial(self) -> bool:
+        return False
+
+    @partial.setter
+    def partial(self, value: bool) -> None:
+        pass
 
     def validate_segments(self, value: list[dict]) -> list[dict]:
         limit = editing.max_segments_per_edit()

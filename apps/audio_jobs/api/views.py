@@ -37,6 +37,17 @@ ERRORS = errors(400, 401, 403, 404)
 PRIORITIES = {"high": JobPriority.HIGH, "normal": JobPriority.NORMAL, "low": JobPriority.LOW}
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REVISION_HEADER = "X-Transcript-Revision"
+# Declared on the 200 of the transcript GET, PATCH and revert (a response header, not a request
+# parameter: drf-spectacular puts parameters with `response` under the response's `headers`).
+REVISION_HEADER_PARAMETER = OpenApiParameter(
+    REVISION_HEADER,
+    int,
+    location=OpenApiParameter.HEADER,
+    response=[200],
+    required=True,
+    description="The transcript's revision in this response (0: the machine output); send it "
+    "as `revision` (or `current_revision` to revert) with the next change.",
+)
 
 
 def _options(data: dict) -> services.JobOptions:
@@ -234,7 +245,7 @@ class TranscriptView(APIView):
 
     @extend_schema(
         operation_id="jobs_transcript",
-        parameters=[s.TranscriptFormatInput],
+        parameters=[s.TranscriptFormatInput, REVISION_HEADER_PARAMETER],
         responses={
             (200, "application/json"): OpenApiTypes.OBJECT,
             (200, "text/plain"): OpenApiTypes.STR,
@@ -287,6 +298,7 @@ class TranscriptView(APIView):
     @extend_schema(
         operation_id="jobs_transcript_edit",
         request=s.TranscriptEditInput,
+        parameters=[REVISION_HEADER_PARAMETER],
         responses={
             200: s.TranscriptChangeOutput,
             **errors(
@@ -298,9 +310,11 @@ class TranscriptView(APIView):
                     400: "Invalid body (`validation_error`), a segment id the transcript does "
                     "not have (`unknown_segment`), or no change (`transcript_unchanged`).",
                     403: "Viewers (and viewer API keys) cannot edit.",
-                    409: "The job is not completed (`transcript_not_ready`), or `revision` is "
+                    409: "The job is not completed (`transcript_not_ready`), `revision` is "
                     "not the current one (`transcript_revision_conflict`, "
-                    "`details.current_revision`).",
+                    "`details.current_revision`), or the transcript has "
+                    "`TRANSCRIPT_MAX_REVISIONS` revisions (`transcript_revision_limit`; it can "
+                    "still be reverted).",
                 },
             ),
         },
@@ -359,6 +373,7 @@ class TranscriptRevertView(APIView):
     @extend_schema(
         operation_id="jobs_transcript_revert",
         request=s.TranscriptRevertInput,
+        parameters=[REVISION_HEADER_PARAMETER],
         responses={
             200: s.TranscriptChangeOutput,
             **errors(
@@ -370,8 +385,10 @@ class TranscriptRevertView(APIView):
                     400: "Invalid body, `revision` not earlier than the current one "
                     "(`invalid_revision`), or already that text (`transcript_unchanged`).",
                     403: "Viewers (and viewer API keys) cannot revert.",
-                    409: "The job is not completed, or `current_revision` is stale "
-                    "(`transcript_revision_conflict`).",
+                    409: "The job is not completed, `current_revision` is stale "
+                    "(`transcript_revision_conflict`), or the transcript has twice "
+                    "`TRANSCRIPT_MAX_REVISIONS` revisions (`transcript_revision_limit`: reverts "
+                    "stay possible past the edit limit, up to twice it).",
                 },
             ),
         },
