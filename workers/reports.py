@@ -62,10 +62,11 @@ class ExportTask(LexisTask):
 @shared_task(
     name="workers.reports.generate_export",
     base=ExportTask,
-    max_retries=settings.REPORT_MAX_ATTEMPTS - 1,
+    max_retries=settings.EXPORT_MAX_ATTEMPTS - 1,
 )
 def generate_export(report_id: str) -> str | None:
-    """Build one data export (the same build as any report, under the export time limits)."""
+    """Build one data export (the same build as any report, under the export time limits, and
+    at most EXPORT_MAX_ATTEMPTS tries)."""
     return _generate(report_id)
 
 

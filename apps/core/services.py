@@ -50,16 +50,19 @@ def dead_letter_record(
 
 TRANSCRIBE_TASK = "workers.transcription.transcribe_job"
 REPORT_TASK = "workers.reports.generate_report"
+# A data export is a report built by a task of its own (its time limits): retried the same way.
+EXPORT_TASK = "workers.reports.generate_export"
+REPORT_TASKS = frozenset({REPORT_TASK, EXPORT_TASK})
 
 
 @transaction.atomic
 def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
     """Send the message again, under a new task id, once this row's change is committed.
 
-    A transcription's dead letter retries its job instead (`job_retry`), and a report's its report
-    (`report_retry`): each was failed before it was dead-lettered, so the bare message would only
-    be skipped. Raises `ConflictError` (the row stays pending) when the job or report finished or
-    was deleted meanwhile: nothing to run again.
+    A transcription's dead letter retries its job instead (`job_retry`), and a report's or data
+    export's its report (`report_retry`): each was failed before it was dead-lettered, so the
+    bare message would only be skipped. Raises `ConflictError` (the row stays pending) when the
+    job or report finished or was deleted meanwhile: nothing to run again.
     """
     from lexiscore.celery import app
 
@@ -70,7 +73,7 @@ def dead_letter_requeue(*, dead_letter: DeadLetter) -> DeadLetter:
         )
     if locked.task_name == TRANSCRIBE_TASK:
         _requeue_transcription(locked)
-    elif locked.task_name == REPORT_TASK:
+    elif locked.task_name in REPORT_TASKS:
         _requeue_report(locked)
     else:
         # Published now, inside the transaction: if the broker refuses, the row stays pending

@@ -13,8 +13,11 @@ Layout (docs/architecture.md, "Data export"):
     organisation.json
     members.json, invitations.json                           (organisation scope)
     user.json, memberships.json, notification_preferences.json   (member scope)
-    jobs.jsonl                    job metadata, engine/model provenance, no storage keys
-    transcripts/<job>.json|.srt|.vtt|.txt
+    jobs.jsonl                    job metadata, engine/model provenance, no storage keys, no
+                                  callback URLs
+    transcripts/<job>.json|.srt|.vtt|.txt       the current revision
+    transcripts/<job>.revisions.json            its edit history (no previous texts)
+    transcripts/<job>.original.json             the machine output, once edited (revision > 0)
     usage.csv                     the AudioUsage ledger
     api_keys.json                 metadata only: never the key or its hash
     webhook_endpoints.json        no secrets                    (organisation scope)
@@ -60,6 +63,8 @@ ROWS_PER_QUERY = 500
 # Transcripts hold every word with its timings: fewer rows per round trip.
 TRANSCRIPTS_PER_QUERY = 50
 AUDIO_MISSING_LISTED = 1000
+# What a member export names another member who edited one of the member's transcripts.
+OTHER_MEMBER = "another member"
 
 
 class ExportAudioTooLarge(ReportInputError):
@@ -218,7 +223,7 @@ def _job(job: Any) -> dict[str, Any]:
         "priority": job.priority,
         "word_timestamps": job.word_timestamps,
         "initial_prompt": job.initial_prompt,
-        "callback_url": job.callback_url,
+        # Never `callback_url`: the legacy per-job callback may carry a token in its query.
         "idempotency_key": job.idempotency_key,
         "size_bytes": job.size_bytes,
         "container": job.container,
@@ -326,6 +331,31 @@ def _report(report: Report) -> dict[str, Any]:
         "created_at": report.created_at,
         "finished_at": report.finished_at,
         "expires_at": report.expires_at,
+    }
+
+
+def _revision(revision: Any, *, member: Any) -> dict[str, Any]:
+    """One edit or revert of a transcript, as GET /jobs/<id>/transcript/revisions lists it (the
+    stored editor label, not the previous text). In a member export, another member's email is
+    theirs: the edit is said to be another member's."""
+    from apps.audio_jobs.models import EditorType
+
+    editor = revision.editor_repr
+    if (
+        member is not None
+        and revision.editor_type == EditorType.USER
+        and revision.edited_by_id != member.pk
+    ):
+        editor = OTHER_MEMBER
+    return {
+        "revision": revision.revision,
+        "kind": revision.kind,
+        "reverted_to": revision.reverted_to,
+        "segment_ids": revision.segment_ids,
+        "editor_type": revision.editor_type,
+        "editor": editor,
+        "note": revision.note,
+        "created_at": revision.created_at,
     }
 
 
@@ -441,16 +471,13 @@ def _write(archive: _Archive, report: Report, user: Any) -> dict[str, Any]:
         )
 
     counts["jobs"] = archive.jsonl("jobs.jsonl", _rows(selectors.export_jobs(**scope), _job))
-    counts["transcripts"] = 0
+    counts["transcripts"] = counts["transcript_revisions"] = 0
     for transcript in selectors.export_transcripts(**scope).iterator(
         chunk_size=TRANSCRIPTS_PER_QUERY
     ):
         # Whatever the stored transcript holds (as_result), rendered as the API renders it.
-        result = transcript.as_result()
-        for fmt in TRANSCRIPT_FORMATS:
-            body, _media_type, extension = formats.render_transcript(result, fmt, pretty=True)
-            with archive.member(f"transcripts/{transcript.job_id}.{extension}") as out:
-                out.text(body)
+        _write_transcript(archive, transcript.job_id, transcript.as_result())
+        counts["transcript_revisions"] += _write_history(archive, transcript, member=member)
         counts["transcripts"] += 1
 
     with archive.member("usage.csv") as out:
@@ -523,6 +550,40 @@ def _write(archive: _Archive, report: Report, user: Any) -> dict[str, Any]:
     # Last, so it can list every other file; it does not list itself.
     archive.json_file("manifest.json", manifest)
     return manifest
+
+
+def _write_transcript(archive: _Archive, job_id: Any, result: dict[str, Any]) -> None:
+    for fmt in TRANSCRIPT_FORMATS:
+        body, _media_type, extension = formats.render_transcript(result, fmt, pretty=True)
+        with archive.member(f"transcripts/{job_id}.{extension}") as out:
+            out.text(body)
+
+
+def _write_history(archive: _Archive, transcript: Any, *, member: Any) -> int:
+    """`<job>.revisions.json` (the edits and reverts, oldest first) and, once it was edited,
+    `<job>.original.json` (revision 0, the machine output, rebuilt as GET
+    /jobs/<id>/transcript?revision=0 serves it). Returns how many revisions it lists."""
+    from apps.audio_jobs.editing import transcript_state_at
+
+    path = f"transcripts/{transcript.job_id}"
+    with archive.member(f"{path}.revisions.json") as out:
+        head = _json({"current_revision": transcript.revision, "edited_at": transcript.edited_at})
+        out.text(head[:-1] + ', "revisions": [')  # the object, left open for the list
+        count = 0
+        for revision in selectors.export_transcript_revisions(transcript=transcript).iterator(
+            chunk_size=ROWS_PER_QUERY
+        ):
+            out.text(("," if count else "") + "\n  " + _json(_revision(revision, member=member)))
+            count += 1
+        out.text("\n]}\n" if count else "]}\n")
+    if transcript.revision > 0:
+        state = transcript_state_at(transcript=transcript, revision=0)
+        body, _media_type, _extension = formats.render_transcript(
+            state.as_result(transcript), "json", pretty=True
+        )
+        with archive.member(f"{path}.original.json") as out:
+            out.text(body)
+    return count
 
 
 def _write_audio(archive: _Archive, scope: dict[str, Any]) -> tuple[int, list[str]]:

@@ -144,12 +144,20 @@ class Report(TimeStampedModel):
                 condition=Q(scheduled=True),
                 name="report_one_scheduled_per_period",
             ),
-            # One export in progress per organisation (409 `export_in_progress`): an export reads
-            # everything the organisation holds, for minutes or hours.
+            # One export in progress per requester (member scope) and one organisation export per
+            # organisation (409 `export_in_progress`): an export reads a lot, for minutes or
+            # hours. Apart, so that no member (a viewer) can hold off the owners' and admins'.
+            models.UniqueConstraint(
+                fields=["organisation", "created_by"],
+                condition=Q(kind="export", export_scope="member", status__in=["queued", "running"]),
+                name="report_one_pending_member_export",
+            ),
             models.UniqueConstraint(
                 fields=["organisation"],
-                condition=Q(kind="export", status__in=["queued", "running"]),
-                name="report_one_pending_export",
+                condition=Q(
+                    kind="export", export_scope="organisation", status__in=["queued", "running"]
+                ),
+                name="report_one_pending_org_export",
             ),
         ]
 

@@ -54,12 +54,20 @@ def report_get(*, organisation, report_id, user=None, role: str | None = None) -
         raise NotFoundError("No such report.", code="report_not_found") from None
 
 
-def export_pending_exists(*, organisation) -> bool:
+def export_pending_exists(*, organisation, scope: str, user=None) -> bool:
+    """Whether an export that would hold off this one is in progress: the requester's own member
+    export (member scope), or the organisation's export (organisation scope)."""
     from .models import PENDING_STATUSES
 
-    return Report.objects.filter(
-        organisation=organisation, kind=ReportKind.EXPORT, status__in=PENDING_STATUSES
-    ).exists()
+    queryset = Report.objects.filter(
+        organisation=organisation,
+        kind=ReportKind.EXPORT,
+        export_scope=scope,
+        status__in=PENDING_STATUSES,
+    )
+    if scope == ExportScope.MEMBER:
+        queryset = queryset.filter(created_by=user)
+    return queryset.exists()
 
 
 # ---- What a data export reads -----------------------------------------------------------------
@@ -100,6 +108,19 @@ def export_transcripts(*, organisation, user=None) -> QuerySet[Any]:
     if user is not None:
         queryset = queryset.filter(job__created_by=user)
     return queryset.order_by("job__created_at", "job_id")
+
+
+def export_transcript_revisions(*, transcript) -> QuerySet[Any]:
+    """A transcript's edits and reverts, oldest first, without the previous texts (`before`):
+    what GET /jobs/<id>/transcript/revisions lists. The transcript comes from
+    `export_transcripts`, so is already the organisation's (and, for a member, their job's)."""
+    from apps.audio_jobs.models import TranscriptRevision
+
+    return (
+        TranscriptRevision.objects.filter(transcript_id=transcript.pk)
+        .defer("before")
+        .order_by("revision")
+    )
 
 
 def export_audio_jobs(*, organisation, user=None) -> QuerySet[Any]:

@@ -6,8 +6,8 @@ times, concurrently or after a crash, as `apps.audio_jobs.processing` is for job
 1. A lease (a PostgreSQL advisory lock on its own connection) admits one live worker per report;
    a duplicate message (the sweeper's, a redelivery) is dropped while that worker lives.
 2. The claim counts the try in `attempts` and fails the report as `too_many_attempts` once
-   REPORT_MAX_ATTEMPTS tries were used up, so a report whose build kills its worker (OOM) is not
-   redelivered for ever.
+   REPORT_MAX_ATTEMPTS tries (EXPORT_MAX_ATTEMPTS for an export) were used up, so a report whose
+   build kills its worker (OOM) is not redelivered for ever.
 3. The result and a failure are written with conditional UPDATEs on a `running` row: a report
    deleted meanwhile (by its user, or with its job) stays deleted and its file is discarded.
 
@@ -19,12 +19,15 @@ report ready. A worker killed in between (hard time limit, OOM) leaves no file b
 the retry stores its own under a new key, and the sweep deletes the first once it is due.
 
 Data exports (kind `export`, `apps.reports.exports`) are reports too: requested by
-`export_request` (people only; one in progress per organisation), built by the same claim and
-lease into an anonymous temp file under their own task's time limits (`export_time_limits`),
-stored guarded like any report, and deleted with their file EXPORT_RETENTION_DAYS after they were
-built (`reports_delete_expired`, run by the hourly retention task). They announce themselves on
-the live feed and by email to whoever asked, never to webhooks: the organisation's integrations
-have no business with a member's request for their data.
+`export_request` (people only; one member export in progress per requester, one organisation
+export per organisation), built by the same claim and lease into an anonymous temp file under
+their own task's time limits (`export_time_limits`) and at most EXPORT_MAX_ATTEMPTS tries (one
+claimed again after its last try outlived its time limit, killed at the hard limit, fails with
+`time_limit` rather than being built again), stored guarded like any report, and deleted with
+their file EXPORT_RETENTION_DAYS after they were built (`reports_delete_expired`, run by the
+hourly retention task). They are told by email to whoever asked (who may also poll the report),
+never on the organisation's live feed (read by every member, viewer and API key) nor to
+webhooks: neither has any business with a member's request for their data.
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ NEVER_DISPATCHED_GRACE_SECONDS = 15
 EARLIEST_PERIOD_DATE = date(2000, 1, 1)
 # What viewers (and report.failed webhooks) read of a failure that is not their input's fault.
 GENERATION_FAILED_MESSAGE = "The report could not be generated (an internal error, logged)."
+EXPORT_TIME_LIMIT_MESSAGE = (
+    "The export did not finish within its time limit (EXPORT_TIME_LIMIT_SECONDS). "
+    "Ask for it without audio, or ask an operator to raise the limit."
+)
 
 
 def _lease(report_id: str) -> JobLease:
@@ -215,7 +222,7 @@ def report_retry(*, report: Report) -> Report:
     except IntegrityError:
         if locked.kind != ReportKind.EXPORT:
             raise
-        raise _export_in_progress() from None
+        raise _export_in_progress(locked.export_scope) from None
     _enqueue(str(locked.pk))
     return locked
 
@@ -306,6 +313,24 @@ def report_generate(*, report_id: str) -> Report | None:
         lease.release()
 
 
+def _max_attempts(report: Report) -> int:
+    """Tries of one report: EXPORT_MAX_ATTEMPTS for a data export, REPORT_MAX_ATTEMPTS else."""
+    if report.kind == ReportKind.EXPORT:
+        return settings.EXPORT_MAX_ATTEMPTS
+    return settings.REPORT_MAX_ATTEMPTS
+
+
+def _outlived_time_limit(report: Report, now) -> bool:
+    """An export found `running` (its last try recorded nothing) that was claimed longer ago
+    than its soft time limit: that try was stopped at its limit without recording it (killed at
+    the hard limit), and a new one would be too. Measured from the claim (the build does not
+    touch the row), so the soft limit rather than the hard one: a try killed at the hard limit
+    and redelivered at once is caught however late its claim came after its task started."""
+    if report.kind != ReportKind.EXPORT or report.status != ReportStatus.RUNNING:
+        return False
+    return (now - report.updated_at).total_seconds() >= export_time_limits()[0]
+
+
 @transaction.atomic
 def _claim(report_id: str) -> Report | None:
     report = (
@@ -313,7 +338,16 @@ def _claim(report_id: str) -> Report | None:
     )
     if report is None:
         return None  # done, deleted or failed for good
-    if report.attempts >= settings.REPORT_MAX_ATTEMPTS:
+    if _outlived_time_limit(report, timezone.now()):
+        _fail_for_good(report, code="time_limit", message=EXPORT_TIME_LIMIT_MESSAGE)
+        report.save(
+            update_fields=["status", "error_code", "error_message", "finished_at", "updated_at"]
+        )
+        _publish_failed(report)
+        _dead_letter_poison(report)
+        logger.warning("Export %s was stopped at its time limit; not built again", report.pk)
+        return None
+    if report.attempts >= _max_attempts(report):
         # Every try was used up, and this message still finds the report pending: the last
         # tries ended without recording anything (the worker was killed, e.g. for memory).
         # Building it again would kill the next worker too.
@@ -362,6 +396,12 @@ def _build(report: Report) -> Report | None:
             # killed before the report is marked ready, no except clause runs, and the sweep
             # deletes the file once this is due. The transaction that marks it ready calls it
             # off. An export may take its whole time limit to store.
+            if not Report.objects.filter(pk=report.pk, status=ReportStatus.RUNNING).exists():
+                # Deleted (by its requester, or with its organisation) while it was built: an
+                # archive, possibly large, is not stored for nobody. Checked again when it is
+                # marked ready (a delete while storing: the file is discarded).
+                logger.info("Report %s was deleted while it was built; not stored", report.pk)
+                return None
             guard = guard_file(wanted, delay=_guard_delay(report))
             key = default_storage.save(wanted, content)
         now = timezone.now()
@@ -410,16 +450,13 @@ def _build(report: Report) -> Report | None:
             # and the report (and its report.failed webhook) is read by every viewer.
             logger.warning("Report %s could not be generated", report.pk, exc_info=True)
         if timed_out:
-            reason = (
-                "The export did not finish within its time limit (EXPORT_TIME_LIMIT_SECONDS). "
-                "Ask for it without audio, or ask an operator to raise the limit."
-            )
+            reason = EXPORT_TIME_LIMIT_MESSAGE
         else:
             reason = str(exc) if invalid else GENERATION_FAILED_MESSAGE
         if not report_record_failure(
             report=report,
             reason=reason,
-            final=invalid or timed_out or report.attempts >= settings.REPORT_MAX_ATTEMPTS,
+            final=invalid or timed_out or report.attempts >= _max_attempts(report),
             code=(
                 getattr(exc, "code", "invalid_input")
                 if invalid
@@ -474,16 +511,21 @@ def _fail_for_good(report: Report, *, code: str, message: str) -> None:
 def _publish_failed(report: Report) -> None:
     from apps.webhooks.services import event_publish
 
+    if report.kind == ReportKind.EXPORT:
+        # Exports are told to people only (module docstring): the requester polls the report.
+        return
     data = {**_report_data(report), "error": report.error_message}
-    if report.kind != ReportKind.EXPORT:  # exports are told to people only (module docstring)
-        event_publish(organisation=report.organisation, event_type="report.failed", data=data)
+    event_publish(organisation=report.organisation, event_type="report.failed", data=data)
     _announce(report, "report.failed", data)
 
 
 def _announce(report: Report, event_type: str, data: dict[str, Any]) -> None:
-    """The report's outcome on the live feed (in the transaction that records it)."""
+    """The report's outcome on the live feed (in the transaction that records it). Never an
+    export's: the feed is the organisation's, read by every member, viewer and API key."""
     from apps.feed.services import feed_publish
 
+    if report.kind == ReportKind.EXPORT:
+        return
     feed_publish(
         organisation_id=report.organisation_id, type=event_type, subject_id=report.pk, data=data
     )
@@ -532,7 +574,8 @@ def _notify_ready(report: Report) -> None:
     from apps.notifications.services import email_enqueue, unsubscribe_url, wants
     from apps.webhooks.services import event_publish
 
-    if report.kind != ReportKind.EXPORT:  # exports are told to people only (module docstring)
+    is_export = report.kind == ReportKind.EXPORT
+    if not is_export:  # exports are told to people only (module docstring)
         event_publish(
             organisation=report.organisation, event_type="report.ready", data=_report_data(report)
         )
@@ -585,8 +628,10 @@ def _notify_ready(report: Report) -> None:
         email_enqueue(
             template=template, to=[email], context=context, dedupe_key=f"report:{report.pk}:{email}"
         )
-    # Last in the transaction: the feed's order lock is held from here to the commit.
-    _announce(report, "report.ready", _report_data(report))
+    # Last in the transaction: the feed's order lock is held from here to the commit. Never an
+    # export's (the email above, and the report itself, tell its requester).
+    if not is_export:
+        _announce(report, "report.ready", _report_data(report))
 
 
 def _organisation_admins(organisation) -> list:
@@ -666,11 +711,12 @@ def _guard_delay(report: Report) -> timedelta:
     return max(GUARD_DELAY, timedelta(seconds=export_time_limits()[1] + 600))
 
 
-def _export_in_progress() -> ConflictError:
-    return ConflictError(
-        "An export of this organisation is already in progress; wait for it to finish.",
-        code="export_in_progress",
-    )
+def _export_in_progress(scope: str) -> ConflictError:
+    if scope == ExportScope.ORGANISATION:
+        message = "An export of this organisation is already in progress; wait for it to finish."
+    else:
+        message = "Your export is already in progress; wait for it to finish."
+    return ConflictError(message, code="export_in_progress")
 
 
 def export_request(
@@ -679,8 +725,10 @@ def export_request(
     """Queue a data export (a report of kind `export`) and build it after commit.
 
     People only: `user` is required (an API key cannot ask for one). The organisation scope
-    needs an owner or admin; the member scope is any member's own data. One export at a time
-    per organisation (409 `export_in_progress`, held by a unique constraint). With audio, the
+    needs an owner or admin; the member scope is any member's own data. One member export in
+    progress per requester, and one organisation export per organisation (409
+    `export_in_progress`, held by partial unique constraints): apart, so that no member can hold
+    off the owners' and admins' export. With audio, the
     audio's recorded size is checked against EXPORT_MAX_AUDIO_BYTES first (400
     `export_audio_too_large`), and again while the archive is built.
     """
@@ -706,8 +754,8 @@ def export_request(
                 code="export_audio_too_large",
                 details={"audio_bytes": total, "max_bytes": settings.EXPORT_MAX_AUDIO_BYTES},
             ) from None
-    if selectors.export_pending_exists(organisation=organisation):
-        raise _export_in_progress()
+    if selectors.export_pending_exists(organisation=organisation, scope=scope, user=user):
+        raise _export_in_progress(scope)
     with transaction.atomic():
         try:
             with transaction.atomic():  # a savepoint: two requests at once, one wins
@@ -720,7 +768,7 @@ def export_request(
                     include_audio=include_audio,
                 )
         except IntegrityError:
-            raise _export_in_progress() from None
+            raise _export_in_progress(scope) from None
         audit_record(
             action="export.requested",
             actor=user,

@@ -839,8 +839,14 @@ EXPORT_MAX_WEBHOOK_DELIVERIES = env.int("EXPORT_MAX_WEBHOOK_DELIVERIES", default
 # Soft time limit of the export task (hard: 60 s more; both capped by CELERY_MAX_TASK_TIME_LIMIT).
 # Reports run under CELERY_DEFAULT_TIME_LIMIT (10 min), too short for an export with audio.
 EXPORT_TIME_LIMIT_SECONDS = env.int("EXPORT_TIME_LIMIT_SECONDS", default=2 * 60 * 60)
+# Tries of one data export (its own task's retries and the claim's cap; REPORT_MAX_ATTEMPTS is
+# for other reports): an export that killed its worker (OOM) holds its requester's or its
+# organisation's one export in progress while it is tried again. One claimed again after its
+# last try outlived its time limit (killed at the hard limit) fails with `time_limit` at once.
+EXPORT_MAX_ATTEMPTS = env.int("EXPORT_MAX_ATTEMPTS", default=2)
 # Exports asked for per user and hour (the plan throttle's `exports` scope, on top of the plan's
-# `api` rate; RATE_LIMIT_PLANS can set `exports` per plan). One is in progress at a time anyway.
+# `api` rate; RATE_LIMIT_PLANS can set `exports` per plan). One member export per requester and
+# one organisation export per organisation are in progress at a time anyway.
 for _rates in PLAN_RATE_LIMITS.values():
     _rates.setdefault("exports", env.str("EXPORT_RATE", default="5/h"))
 # Webhooks: a try's connect and total timeouts; the retry schedule (seconds after each failed

@@ -145,6 +145,7 @@ def test_an_organisation_export_holds_all_its_data_and_the_manifest_hashes_every
         "invitations": 0,
         "jobs": 2,
         "transcripts": 2,
+        "transcript_revisions": 0,
         "usage_rows": 2,
         "api_keys": 2,
         "webhook_endpoints": 1,
@@ -206,6 +207,7 @@ def test_a_member_export_holds_their_data_and_nothing_of_other_members(org):
         f"transcripts/{org['alice_job'].pk}.srt",
         f"transcripts/{org['alice_job'].pk}.vtt",
         f"transcripts/{org['alice_job'].pk}.txt",
+        f"transcripts/{org['alice_job'].pk}.revisions.json",
         "usage.csv",
         "api_keys.json",
         "audit_events.jsonl",
@@ -502,13 +504,63 @@ def test_a_download_is_audited_and_served_as_a_zip(org, api_client):
     assert (event.actor, event.target_id) == (org["alice"].user, str(report.pk))
 
 
-def test_an_export_is_announced_on_the_feed_but_never_to_webhooks(org):
-    report = build(org["owner"], scope="organisation")
+def test_an_export_is_never_on_the_live_feed_nor_sent_to_webhooks(org, api_client):
+    # The feed is the organisation's (every member, viewer and API key reads it): a member's
+    # export is told to them only, by email (and the report they can poll).
+    WebhookEndpoint.objects.create(
+        organisation=org["organisation"],
+        created_by=org["owner"].user,
+        url="https://hooks.example.com/reports",
+        secret=WEBHOOK_SECRET,
+        event_types=["report.ready", "report.failed"],
+    )
+    ready = build(org["alice"], scope="member")
+    org_export = build(org["owner"], scope="organisation")
+    failed = services.export_request(
+        organisation=org["organisation"], user=org["viewer"].user, role="viewer", scope="member"
+    )
+    with (
+        mock.patch.object(exports, "build_export", side_effect=exports.ExportNotAllowed("no")),
+        pytest.raises(exports.ExportNotAllowed),
+    ):
+        services.report_generate(report_id=str(failed.pk))
+    key = ApiKeyFactory(organisation=org["organisation"], role=Role.VIEWER)
 
-    event = FeedEvent.objects.get(type="report.ready")
-    assert event.subject_id == report.pk
-    assert event.data["export_scope"] == "organisation"
+    subjects = {ready.pk, org_export.pk, failed.pk}
+    assert not FeedEvent.objects.filter(subject_id__in=subjects).exists()
+    for auth in (
+        bearer(org["alice"].user, org["organisation"]),
+        bearer(org["viewer"].user, org["organisation"]),
+        bearer(org["owner"].user, org["organisation"]),
+        api_key_header(key),
+    ):
+        response = api_client.get("/api/v1/events", **auth)
+        assert response.status_code == 200
+        assert not {e["subject_id"] for e in response.json()["results"]} & {
+            str(pk) for pk in subjects
+        }
     assert not WebhookDelivery.objects.filter(event_type__startswith="report.").exists()
+    failed.refresh_from_db()
+    assert (failed.status, failed.error_code) == (ReportStatus.FAILED, "export_not_allowed")
+    assert ready.status == org_export.status == ReportStatus.READY
+
+
+def test_other_reports_are_still_on_the_feed_and_sent_to_webhooks(org):
+    # Only exports are left out: a usage report still announces itself.
+    WebhookEndpoint.objects.create(
+        organisation=org["organisation"],
+        created_by=org["owner"].user,
+        url="https://hooks.example.com/reports",
+        secret=WEBHOOK_SECRET,
+        event_types=["report.ready"],
+    )
+    report = services.report_request(
+        organisation=org["organisation"], user=org["owner"].user, kind="usage", format="csv"
+    )
+    services.report_generate(report_id=str(report.pk))
+
+    assert FeedEvent.objects.filter(type="report.ready", subject_id=report.pk).exists()
+    assert WebhookDelivery.objects.filter(event_type="report.ready").exists()
 
 
 def test_an_export_whose_requester_was_demoted_fails(org):
@@ -528,40 +580,55 @@ def test_an_export_whose_requester_was_demoted_fails(org):
 
 
 # ---- Limits -------------------------------------------------------------------------------------
-def test_one_export_at_a_time_per_organisation(org, api_client):
+def test_one_export_in_progress_per_requester_and_one_organisation_export(org, api_client):
     organisation = org["organisation"]
-    first = api_client.post(
-        "/api/v1/reports/exports/",
-        {"scope": "member"},
-        format="json",
-        **bearer(org["alice"].user, organisation),
-    )
+    admin = member(Role.ADMIN, organisation, email="admin@example.com")
 
-    second = api_client.post(
-        "/api/v1/reports/exports/",
-        {"scope": "organisation"},
-        format="json",
-        **bearer(org["owner"].user, organisation),
-    )
-    elsewhere = api_client.post(
-        "/api/v1/reports/exports/",
-        {"scope": "organisation"},
-        format="json",
-        **bearer(org["other"].user, org["other"].organisation),
-    )
-    services.report_generate(report_id=first.json()["id"])
-    after = api_client.post(
-        "/api/v1/reports/exports/",
-        {"scope": "organisation"},
-        format="json",
-        **bearer(org["owner"].user, organisation),
-    )
+    def ask(membership, scope):
+        return api_client.post(
+            "/api/v1/reports/exports/",
+            {"scope": scope},
+            format="json",
+            **bearer(membership.user, membership.organisation),
+        )
 
-    assert first.status_code == 202
-    assert second.status_code == 409
-    assert second.json()["error"]["code"] == "export_in_progress"
-    assert elsewhere.status_code == 202
-    assert after.status_code == 202
+    alices = ask(org["alice"], "member")
+    alices_second = ask(org["alice"], "member")
+    viewers = ask(org["viewer"], "member")  # another requester: not held off by alice's
+    # Members' exports (a viewer's included) never hold off the organisation's export...
+    owners = ask(org["owner"], "organisation")
+    # ...of which there is one at a time, whoever asks.
+    admins = ask(admin, "organisation")
+    owners_own = ask(org["owner"], "member")
+    elsewhere = ask(org["other"], "organisation")
+    services.report_generate(report_id=alices.json()["id"])
+    alices_after = ask(org["alice"], "member")
+
+    assert [r.status_code for r in (alices, viewers, owners, owners_own, elsewhere)] == [202] * 5
+    for refused in (alices_second, admins):
+        assert refused.status_code == 409
+        assert refused.json()["error"]["code"] == "export_in_progress"
+    assert alices_after.status_code == 202
+
+
+def test_the_database_holds_one_pending_export_per_requester_and_per_organisation(org):
+    from django.db import IntegrityError, transaction
+
+    def create(user, scope):
+        return Report.objects.create(
+            organisation=org["organisation"],
+            created_by=user,
+            kind=ReportKind.EXPORT,
+            format="zip",
+            export_scope=scope,
+        )
+
+    create(org["alice"].user, "member")
+    create(org["viewer"].user, "member")
+    create(org["owner"].user, "organisation")
+    for user, scope in ((org["alice"].user, "member"), (org["viewer"].user, "organisation")):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            create(user, scope)
 
 
 def test_a_retried_export_waits_for_the_one_in_progress(org):
@@ -574,7 +641,7 @@ def test_a_retried_export_waits_for_the_one_in_progress(org):
         status=ReportStatus.FAILED,
     )
     services.export_request(
-        organisation=org["organisation"], user=org["alice"].user, role="member", scope="member"
+        organisation=org["organisation"], user=org["owner"].user, role="owner", scope="member"
     )
 
     with pytest.raises(services.ConflictError) as raised:
@@ -583,6 +650,24 @@ def test_a_retried_export_waits_for_the_one_in_progress(org):
     assert raised.value.code == "export_in_progress"
     failed.refresh_from_db()
     assert failed.status == ReportStatus.FAILED
+
+
+def test_a_retried_export_is_not_held_off_by_another_members_export(org):
+    failed = Report.objects.create(
+        organisation=org["organisation"],
+        created_by=org["owner"].user,
+        kind=ReportKind.EXPORT,
+        format="zip",
+        export_scope="organisation",
+        status=ReportStatus.FAILED,
+    )
+    services.export_request(
+        organisation=org["organisation"], user=org["viewer"].user, role="viewer", scope="member"
+    )
+
+    retried = services.report_retry(report=failed)
+
+    assert retried.status == ReportStatus.QUEUED
 
 
 def test_asking_for_exports_is_rate_limited(org, api_client, settings):
@@ -683,3 +768,396 @@ def test_asking_for_another_organisations_export_is_404(org, api_client):
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "organisation_not_found"
     assert not Report.objects.filter(kind=ReportKind.EXPORT).exists()
+
+
+# ---- Dead letters -------------------------------------------------------------------------------
+def fail_for_good(report: Report, *, attempts: int = 2) -> None:
+    Report.objects.filter(pk=report.pk).update(
+        status=ReportStatus.FAILED, attempts=attempts, error_code="too_many_attempts"
+    )
+
+
+def test_requeuing_an_exports_dead_letter_retries_the_export(
+    org, django_capture_on_commit_callbacks
+):
+    from apps.core import services as core_services
+    from apps.core.models import DeadLetter
+
+    report = services.export_request(
+        organisation=org["organisation"], user=org["alice"].user, role="member", scope="member"
+    )
+    fail_for_good(report)
+    dead = DeadLetter.objects.create(
+        task_name="workers.reports.generate_export",
+        task_id=f"report-{report.pk}",
+        queue="reports",
+        args=[str(report.pk)],
+    )
+
+    with (
+        mock.patch("workers.reports.generate_export.apply_async") as export_task,
+        mock.patch("lexiscore.celery.app.send_task") as bare_message,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        core_services.dead_letter_requeue(dead_letter=dead)
+
+    export_task.assert_called_once_with(args=[str(report.pk)])
+    bare_message.assert_not_called()  # a bare message would find the export failed: skipped
+    dead.refresh_from_db()
+    report.refresh_from_db()
+    assert dead.status == DeadLetter.Status.REQUEUED
+    assert (report.status, report.attempts, report.error_code) == (ReportStatus.QUEUED, 0, "")
+    services.report_generate(report_id=str(report.pk))
+    report.refresh_from_db()
+    assert report.status == ReportStatus.READY
+
+
+def test_the_dead_letters_command_requeues_an_export_through_its_report(
+    org, django_capture_on_commit_callbacks
+):
+    from django.core.management import call_command
+
+    from apps.core.models import DeadLetter
+
+    report = services.export_request(
+        organisation=org["organisation"], user=org["owner"].user, role="owner", scope="member"
+    )
+    fail_for_good(report)
+    DeadLetter.objects.create(
+        task_name="workers.reports.generate_export",
+        task_id=f"report-{report.pk}",
+        queue="reports",
+        args=[str(report.pk)],
+    )
+
+    with (
+        mock.patch("workers.reports.generate_export.apply_async") as export_task,
+        mock.patch("lexiscore.celery.app.send_task") as bare_message,
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        call_command(
+            "dead_letters", "requeue", "--all", "--task", "workers.reports.generate_export"
+        )
+
+    export_task.assert_called_once_with(args=[str(report.pk)])
+    bare_message.assert_not_called()
+    report.refresh_from_db()
+    assert report.status == ReportStatus.QUEUED
+
+
+# ---- The report list's shared cache -------------------------------------------------------------
+def test_an_export_created_while_the_list_is_read_never_enters_the_shared_cache(org, api_client):
+    from apps.reports import selectors
+
+    owner, viewer = org["owner"], org["viewer"]
+    real = selectors.report_list
+    raced: list[Report] = []
+
+    def racing(**kwargs):
+        result = real(**kwargs)
+        if kwargs.get("kind") == ReportKind.EXPORT and not raced:
+            # The owner's "any exports of mine?" check answers no; an organisation export is
+            # created right after it, before the page is loaded (and cached).
+            empty = not result.exists()
+            raced.append(
+                services.export_request(
+                    organisation=owner.organisation,
+                    user=owner.user,
+                    role=owner.role,
+                    scope="organisation",
+                )
+            )
+            return Report.objects.none() if empty else result
+        return result
+
+    with mock.patch.object(selectors, "report_list", side_effect=racing):
+        owners_page = api_client.get("/api/v1/reports/", **bearer(owner.user, owner.organisation))
+    viewers_page = api_client.get("/api/v1/reports/", **bearer(viewer.user, viewer.organisation))
+    owners_next = api_client.get("/api/v1/reports/", **bearer(owner.user, owner.organisation))
+
+    assert raced
+    assert [r["kind"] for r in owners_page.json()["results"]] == []
+    assert viewers_page.json()["results"] == []  # not the owner's export, from the cache
+    assert [r["id"] for r in owners_next.json()["results"]] == [str(raced[0].pk)]
+
+
+def test_the_shared_list_page_is_loaded_without_a_reader(org, api_client):
+    from apps.reports import selectors
+
+    with mock.patch.object(selectors, "report_list", wraps=selectors.report_list) as listed:
+        api_client.get("/api/v1/reports/", **bearer(org["viewer"].user, org["organisation"]))
+
+    # The check (with the reader), then the cached page: whoever reads it, no exports.
+    cached_load = listed.call_args_list[-1]
+    assert cached_load.kwargs.get("user") is None and cached_load.kwargs.get("role") is None
+
+
+# ---- Who may delete or retry an export ----------------------------------------------------------
+def test_whoever_may_see_an_export_may_delete_or_retry_it(org, api_client):
+    organisation = org["organisation"]
+    viewer = bearer(org["viewer"].user, organisation)
+    asked = api_client.post(
+        "/api/v1/reports/exports/", {"scope": "member"}, format="json", **viewer
+    )
+    report_id = asked.json()["id"]
+    Report.objects.filter(pk=report_id).update(status=ReportStatus.FAILED)
+
+    retried = api_client.post(f"/api/v1/reports/{report_id}/retry/", **viewer)
+    deleted = api_client.delete(f"/api/v1/reports/{report_id}/", **viewer)
+
+    assert asked.status_code == 202
+    assert retried.status_code == 202
+    assert retried.json()["status"] == "queued"
+    assert deleted.status_code == 204
+    assert not Report.objects.filter(pk=report_id).exists()
+
+
+def test_nobody_else_may_delete_or_retry_an_export(org, api_client):
+    organisation = org["organisation"]
+
+    def failed_export(user, scope):
+        return Report.objects.create(
+            organisation=organisation,
+            created_by=user,
+            kind=ReportKind.EXPORT,
+            format="zip",
+            export_scope=scope,
+            status=ReportStatus.FAILED,
+        )
+
+    alices = failed_export(org["alice"].user, "member")
+    owners = failed_export(org["owner"].user, "organisation")
+    usage = Report.objects.create(
+        organisation=organisation, created_by=org["owner"].user, kind="usage", format="csv"
+    )
+    viewer = bearer(org["viewer"].user, organisation)
+    readers = {
+        "viewer": viewer,
+        "owner": bearer(org["owner"].user, organisation),
+        "alice": bearer(org["alice"].user, organisation),
+        "member key": api_key_header(ApiKeyFactory(organisation=organisation, role=Role.MEMBER)),
+        "viewer key": api_key_header(ApiKeyFactory(organisation=organisation, role=Role.VIEWER)),
+    }
+    refused = {
+        "viewer": [alices, owners],
+        "owner": [alices],
+        "alice": [owners],
+        "member key": [alices, owners],
+        "viewer key": [alices, owners],
+    }
+
+    for who, reports in refused.items():
+        for report in reports:
+            for response in (
+                api_client.delete(f"/api/v1/reports/{report.pk}/", **readers[who]),
+                api_client.post(f"/api/v1/reports/{report.pk}/retry/", **readers[who]),
+            ):
+                assert response.status_code == 404, (who, report.export_scope)
+                assert response.json()["error"]["code"] == "report_not_found"
+    # A viewer still may not delete or retry other reports.
+    for response in (
+        api_client.delete(f"/api/v1/reports/{usage.pk}/", **viewer),
+        api_client.post(f"/api/v1/reports/{usage.pk}/retry/", **viewer),
+    ):
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "insufficient_role"
+    assert Report.objects.filter(status=ReportStatus.FAILED).count() == 2
+
+
+# ---- Attempts, time limits, deletion while built ------------------------------------------------
+def test_the_export_task_has_export_max_attempts_tries(settings):
+    from workers.reports import generate_export, generate_report
+
+    assert settings.EXPORT_MAX_ATTEMPTS == 2
+    assert generate_export.max_retries == 1
+    assert generate_report.max_retries == settings.REPORT_MAX_ATTEMPTS - 1
+
+
+def test_a_failing_export_fails_for_good_after_export_max_attempts(org, settings):
+    settings.REPORT_MAX_ATTEMPTS = 3
+    settings.EXPORT_MAX_ATTEMPTS = 2
+    report = services.export_request(
+        organisation=org["organisation"], user=org["alice"].user, role="member", scope="member"
+    )
+
+    with mock.patch.object(exports, "build_export", side_effect=RuntimeError("disk full")):
+        for _ in range(2):
+            with pytest.raises(RuntimeError):
+                services.report_generate(report_id=str(report.pk))
+
+    report.refresh_from_db()
+    assert (report.status, report.error_code, report.attempts) == (
+        ReportStatus.FAILED,
+        "generation_failed",
+        2,
+    )
+
+
+def test_an_export_whose_tries_were_killed_is_not_built_a_third_time(org, settings):
+    settings.REPORT_MAX_ATTEMPTS = 3
+    settings.EXPORT_MAX_ATTEMPTS = 2
+    report = services.export_request(
+        organisation=org["organisation"], user=org["alice"].user, role="member", scope="member"
+    )
+    # Two tries, each killed (OOM) soon after its claim: nothing was recorded.
+    Report.objects.filter(pk=report.pk).update(status=ReportStatus.RUNNING, attempts=2)
+
+    with mock.patch.object(exports, "build_export") as build_it:
+        assert services.report_generate(report_id=str(report.pk)) is None
+
+    build_it.assert_not_called()
+    report.refresh_from_db()
+    assert (report.status, report.error_code) == (ReportStatus.FAILED, "too_many_attempts")
+
+
+def test_an_export_killed_at_its_hard_time_limit_fails_with_time_limit(org, settings):
+    settings.CELERY_MAX_TASK_TIME_LIMIT = 6 * 3600
+    settings.EXPORT_TIME_LIMIT_SECONDS = 600  # hard: 660
+    report = services.export_request(
+        organisation=org["organisation"], user=org["owner"].user, role="owner", scope="organisation"
+    )
+    # Its first try was claimed 11 minutes ago and never recorded anything: killed at the hard
+    # limit (redelivered, or republished by the sweeper).
+    Report.objects.filter(pk=report.pk).update(
+        status=ReportStatus.RUNNING,
+        attempts=1,
+        updated_at=timezone.now() - timedelta(seconds=661),
+    )
+
+    with mock.patch.object(exports, "build_export") as build_it:
+        assert services.report_generate(report_id=str(report.pk)) is None
+
+    build_it.assert_not_called()
+    report.refresh_from_db()
+    assert (report.status, report.error_code, report.file_key) == (
+        ReportStatus.FAILED,
+        "time_limit",
+        "",
+    )
+    assert "EXPORT_TIME_LIMIT_SECONDS" in report.error_message
+    # The organisation's export slot is free again.
+    services.export_request(
+        organisation=org["organisation"], user=org["owner"].user, role="owner", scope="organisation"
+    )
+
+
+def test_an_export_killed_early_is_built_again(org, settings):
+    settings.CELERY_MAX_TASK_TIME_LIMIT = 6 * 3600
+    settings.EXPORT_TIME_LIMIT_SECONDS = 600
+    report = services.export_request(
+        organisation=org["organisation"], user=org["alice"].user, role="member", scope="member"
+    )
+    # Killed (OOM) a minute into its first try: well within its time limit.
+    Report.objects.filter(pk=report.pk).update(
+        status=ReportStatus.RUNNING, attempts=1, updated_at=timezone.now() - timedelta(seconds=60)
+    )
+
+    services.report_generate(report_id=str(report.pk))
+
+    report.refresh_from_db()
+    assert (report.status, report.attempts) == (ReportStatus.READY, 2)
+
+
+def test_an_export_deleted_while_it_is_built_stores_no_file(org, media_root):
+    report = services.export_request(
+        organisation=org["organisation"], user=org["owner"].user, role="owner", scope="organisation"
+    )
+    real_build = exports.build_export
+
+    def build_then_delete(report_, fileobj):
+        manifest = real_build(report_, fileobj)
+        services.report_delete(report=Report.objects.get(pk=report_.pk))  # by its requester
+        return manifest
+
+    with (
+        mock.patch.object(exports, "build_export", side_effect=build_then_delete),
+        mock.patch.object(services, "guard_file", wraps=services.guard_file) as guarded,
+    ):
+        assert services.report_generate(report_id=str(report.pk)) is None
+
+    guarded.assert_not_called()  # nothing was stored, so nothing guarded
+    assert not Report.objects.filter(pk=report.pk).exists()
+    assert not default_storage.exists(f"reports/{report.organisation_id}/{report.pk}")
+
+
+# ---- Contents added by the review ---------------------------------------------------------------
+def test_jobs_jsonl_leaves_out_the_legacy_callback_url(org):
+    job = org["owner_job"]
+    job.callback_url = "https://ci.example.com/hook?token=sk_live_SECRET123"
+    job.save(update_fields=["callback_url"])
+
+    _archive, files = unzip(build(org["owner"], scope="organisation"))
+
+    assert all("callback_url" not in row for row in jsonl(files["jobs.jsonl"]))
+    assert b"sk_live_SECRET123" not in b"".join(files.values())
+    assert b"ci.example.com" not in b"".join(files.values())
+
+
+def test_a_transcripts_history_and_machine_output_are_exported(org, api_client):
+    from apps.audio_jobs import editing
+
+    job = org["alice_job"]
+    original_text = job.transcript.text
+    editing.transcript_edit(
+        job=job,
+        revision=0,
+        segments=[{"id": 0, "text": "Hello there, this is a recorded meeting about budgets."}],
+        note="greeting",
+        user=org["owner"].user,
+    )
+    editing.transcript_edit(
+        job=job,
+        revision=1,
+        segments=[{"id": 0, "text": "Hello there, this is a meeting about budgets."}],
+        user=org["alice"].user,
+    )
+    editing.transcript_revert(
+        job=job, revision=1, current_revision=2, note="undo", user=org["alice"].user
+    )
+    machine_output = api_client.get(
+        f"/api/v1/jobs/{job.pk}/transcript?format=json&revision=0&download=true",
+        **bearer(org["alice"].user, org["organisation"]),
+    )
+    assert machine_output.status_code == 200
+
+    _archive, files = unzip(build(org["alice"], scope="member"))
+
+    manifest = check_manifest(files)
+    assert manifest["counts"]["transcript_revisions"] == 3
+    history = json.loads(files[f"transcripts/{job.pk}.revisions.json"])
+    assert history["current_revision"] == 3 and history["edited_at"]
+    rows = history["revisions"]
+    assert [(r["revision"], r["kind"], r["reverted_to"]) for r in rows] == [
+        (1, "edit", None),
+        (2, "edit", None),
+        (3, "revert", 1),
+    ]
+    assert [r["segment_ids"] for r in rows] == [[0], [0], [0]]
+    assert [r["note"] for r in rows] == ["greeting", "", "undo"]
+    assert all(r["created_at"] for r in rows)
+    # The owner's edit of alice's transcript: alice's export does not hold the owner's email.
+    assert [r["editor"] for r in rows] == [
+        exports.OTHER_MEMBER,
+        "alice@example.com",
+        "alice@example.com",
+    ]
+    assert b"owner@example.com" not in b"".join(files.values())
+    assert "before" not in rows[0]
+    # The machine output, as GET /jobs/<id>/transcript?revision=0 serves it.
+    original = files[f"transcripts/{job.pk}.original.json"]
+    assert original == machine_output.content
+    assert json.loads(original)["text"] == original_text
+    current = json.loads(files[f"transcripts/{job.pk}.json"])
+    assert current["text"].strip() == "Hello there, this is a recorded meeting about budgets."
+
+    # The organisation's export names every editor; an unedited transcript has no original.
+    _archive, org_files = unzip(build(org["owner"], scope="organisation"))
+    org_rows = json.loads(org_files[f"transcripts/{job.pk}.revisions.json"])["revisions"]
+    assert org_rows[0]["editor"] == "owner@example.com"
+    owner_job = org["owner_job"].pk
+    assert json.loads(org_files[f"transcripts/{owner_job}.revisions.json"]) == {
+        "current_revision": 0,
+        "edited_at": None,
+        "revisions": [],
+    }
+    assert f"transcripts/{owner_job}.original.json" not in org_files

@@ -3,7 +3,8 @@
 Data exports are reports of kind `export`, asked for at `POST /reports/exports/` and then read,
 downloaded and deleted like any report, but seen only by whom they belong to
 (`apps.reports.selectors`): a member export by its member, an organisation export by owners and
-admins, neither by API keys.
+admins, neither by API keys. Whoever may see an export may also delete and retry it, viewers
+included (their own member export); other reports' writes need the member role.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from django.http import FileResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -137,9 +139,6 @@ class ReportListCreateView(APIView):
         filters = ReportFilter(data=request.query_params)
         filters.is_valid(raise_exception=True)
         kind = filters.validated_data.get("kind")
-        queryset = lambda: selectors.report_list(  # noqa: E731
-            organisation=organisation, kind=kind, **reader
-        )
         user = reader["user"]
         if (
             user is not None
@@ -147,13 +146,21 @@ class ReportListCreateView(APIView):
                 organisation=organisation, kind=ReportKind.EXPORT, **reader
             ).exists()
         ):
-            # Which exports a page shows depends on who reads it: never from the organisation's
-            # shared cache (served from it, a viewer could be shown an admin's page).
+            # Which exports a page shows depends on who reads it: never through the
+            # organisation's shared cache.
             return paginated_response(
-                queryset=queryset, serializer_class=ReportOutput, request=request, view=self
+                queryset=lambda: selectors.report_list(
+                    organisation=organisation, kind=kind, **reader
+                ),
+                serializer_class=ReportOutput,
+                request=request,
+                view=self,
             )
+        # The shared page is read without a reader, so it holds no export whoever asks, even
+        # one created since the check above (its requester sees it on their next read): the
+        # cache can never hold one reader's exports for another.
         return paginated_response(
-            queryset=queryset,
+            queryset=lambda: selectors.report_list(organisation=organisation, kind=kind),
             serializer_class=ReportOutput,
             request=request,
             view=self,
@@ -187,19 +194,36 @@ class _ReportView(APIView):
             organisation=get_tenant(request).organisation, report_id=report_id, **_reader(request)
         )
 
+    def report_to_change(self, request: Request, report_id):
+        """The report a write (delete, retry) acts on. Writes need the member role, except on a
+        data export: whoever may see one may delete or retry it (a viewer their own member
+        export). An export the reader may not see is 404 as for anyone (an API key sees none);
+        below member, any other report is refused as the role check refuses it (403
+        `insufficient_role`)."""
+        report = self.report(request, report_id)
+        if report.kind != ReportKind.EXPORT and not get_tenant(request).has_role(Role.MEMBER):
+            raise PermissionDenied(TenantPermission.message, code="insufficient_role")
+        return report
+
 
 class ReportDetailView(_ReportView):
+    # Viewers reach delete for their own exports only (report_to_change).
+    required_roles = {"DELETE": Role.VIEWER}
+
     @extend_schema(operation_id="reports_get", responses={200: ReportOutput, **ERRORS})
     def get(self, request: Request, version: str, report_id) -> Response:
         return Response(ReportOutput(self.report(request, report_id)).data)
 
     @extend_schema(operation_id="reports_delete", responses={204: None, **ERRORS})
     def delete(self, request: Request, version: str, report_id) -> Response:
-        services.report_delete(report=self.report(request, report_id))
+        services.report_delete(report=self.report_to_change(request, report_id))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class ReportRetryView(_ReportView):
+    # Viewers reach retry for their own exports only (report_to_change).
+    required_roles = {"POST": Role.VIEWER}
+
     @extend_schema(
         operation_id="reports_retry",
         request=None,
@@ -209,7 +233,7 @@ class ReportRetryView(_ReportView):
         },
     )
     def post(self, request: Request, version: str, report_id) -> Response:
-        report = services.report_retry(report=self.report(request, report_id))
+        report = services.report_retry(report=self.report_to_change(request, report_id))
         return Response(ReportOutput(report).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -294,8 +318,8 @@ class ExportCreateView(APIView):
                     "(`export_audio_too_large`).",
                     403: "An API key (`export_needs_user`), or the organisation scope asked by "
                     "a member or viewer (`insufficient_role`).",
-                    409: "Another export of the organisation is in progress "
-                    "(`export_in_progress`).",
+                    409: "Your member export, or for the organisation scope the "
+                    "organisation's export, is already in progress (`export_in_progress`).",
                     429: "Too many exports asked for (the plan's `exports` rate).",
                 },
             ),
