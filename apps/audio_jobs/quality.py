@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from apps.reports.analytics import tokens_of
+from apps.reports.analytics import is_cjk_token, tokens_of
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,14 @@ LANGUAGE_PROBABILITY_MIN = 0.5
 MAX_SPANS = 20  # per flag; span_count says how many there were
 MAX_SEGMENT_IDS = 50  # per span: a loop may run over hundreds of segments
 SPAN_JOIN_SECONDS = 1.0  # spans of one flag closer than this are one place to listen to
+# A pause longer than this between two segments (or two low words) ends a loop (or a stretch):
+# a decoder's loop runs on without a pause, while "Yes." said ten times in a one-sided phone call
+# comes in segments seconds apart, and two unsure words an hour apart are not one stretch.
+RUN_MAX_GAP_SECONDS = 3.0
+# Chinese and Japanese are tokenised one character at a time (apps.reports.analytics): such a
+# token weighs this much of a word in the loop thresholds (a word is 2-3 characters), so the
+# backchannel "はい" said five times or laughter "哈" ten times is not a loop.
+CJK_TOKEN_WEIGHT = 0.4
 
 
 @dataclass
@@ -178,9 +186,12 @@ def speech_seconds_from(engine_info: Mapping[str, Any] | None) -> float | None:
     return seconds if seconds is not None and seconds > 0 else None
 
 
-def warning_count(quality: Mapping[str, Any]) -> int:
-    """How many warning flags the checks raised (what the job list filters on)."""
-    flags = _list(quality.get("flags")) if isinstance(quality, Mapping) else []
+def warning_count(quality: Mapping[str, Any]) -> int | None:
+    """How many warning flags the checks raised (what the job list filters on); None when the
+    checks could not run, so a transcript nobody checked is never listed as clean."""
+    if not isinstance(quality, Mapping) or quality.get("error"):
+        return None
+    flags = _list(quality.get("flags"))
     return sum(1 for flag in flags if isinstance(flag, Mapping) and flag.get("severity") == WARNING)
 
 
@@ -188,6 +199,8 @@ def quality_summary(quality: Mapping[str, Any]) -> str:
     """One line for emails and reports: "2 warnings: repetition loop at 00:03:12, low
     confidence on 12% of words." or "No problems found."."""
     quality = quality if isinstance(quality, Mapping) else {}
+    if quality.get("error"):
+        return "The automatic checks could not run."
     flags = _list(quality.get("flags"))
     metrics = quality.get("metrics")
     metrics = metrics if isinstance(metrics, Mapping) else {}
@@ -425,14 +438,26 @@ def _quality(
 
 def _repetition_loops(segments: list[_Segment]) -> list[_Span]:
     """Runs of a phrase repeated back to back, found per phrase length in one pass each."""
-    tokens = [t for s in segments for t in s.tokens]
-    times = [t for s in segments for t in s.token_times]
-    owner = [s.id for s in segments for _ in s.tokens]
+    # One token stream, with a token matching no other (a NUL no word holds, and its position)
+    # wherever a pause of RUN_MAX_GAP_SECONDS separates two segments: no loop runs across it.
+    tokens: list[str] = []
+    times: list[tuple[float, float]] = []
+    owner: list[int] = []
+    starts: list[int] = []  # each segment's first position in the stream
+    for index, segment in enumerate(segments):
+        if index and segment.start - segments[index - 1].end > RUN_MAX_GAP_SECONDS:
+            tokens.append(f"\0{len(tokens)}")
+            times.append((segments[index - 1].end, segment.start))
+            owner.append(segment.id)
+        starts.append(len(tokens))
+        tokens.extend(segment.tokens)
+        times.extend(segment.token_times)
+        owner.extend(segment.id for _ in segment.tokens)
+    weights = [CJK_TOKEN_WEIGHT if is_cjk_token(t) else 1.0 for t in tokens]
     # (first token, last token, phrase length, repeats)
     found: list[tuple[int, int, int, int]] = []
     n = len(tokens)
     for k in range(1, LOOP_MAX_PHRASE_WORDS + 1):
-        needed = max(LOOP_MIN_REPEATS, math.ceil(LOOP_MIN_WORDS / k))
         i = 0
         while i + k < n:
             if tokens[i] != tokens[i + k]:
@@ -444,21 +469,26 @@ def _repetition_loops(segments: list[_Segment]) -> list[_Span]:
             repeats = (j - i + k) // k  # tokens[i : j + k] repeats a k-word phrase
             # A phrase that itself repeats a shorter one ("no no") needs more words than the
             # shorter one does, so each loop is found first at its own phrase length.
+            phrase_words = sum(weights[i : i + k])
+            needed = max(LOOP_MIN_REPEATS, math.ceil(LOOP_MIN_WORDS / phrase_words))
             if repeats >= needed:
                 found.append((i, i + repeats * k - 1, k, repeats))
             i = j + 1
-    position = 0
     for index, segment in enumerate(segments):  # whole segments repeated back to back
         if segment.tokens and (index == 0 or segments[index - 1].tokens != segment.tokens):
             count = 1
             while (
-                index + count < len(segments) and segments[index + count].tokens == segment.tokens
+                index + count < len(segments)
+                and segments[index + count].tokens == segment.tokens
+                and segments[index + count].start - segments[index + count - 1].end
+                <= RUN_MAX_GAP_SECONDS
             ):
                 count += 1
             k = len(segment.tokens)
-            if count >= SEGMENT_LOOP_MIN_REPEATS and count * k >= LOOP_MIN_WORDS:
-                found.append((position, position + count * k - 1, k, count))
-        position += len(segment.tokens)
+            start = starts[index]
+            words = count * sum(weights[start : start + k])
+            if count >= SEGMENT_LOOP_MIN_REPEATS and words >= LOOP_MIN_WORDS:
+                found.append((start, starts[index + count - 1] + k - 1, k, count))
 
     spans: list[_Span] = []
     best: tuple[int, int, int, int] | None = None
@@ -547,6 +577,8 @@ def _low_confidence_runs(segments: list[_Segment]) -> list[_Span]:
             segment.word_probabilities, segment.word_times, strict=True
         ):
             if probability is not None and probability < LOW_WORD_PROBABILITY:
+                if run and start - run[-1][1] > RUN_MAX_GAP_SECONDS:
+                    close()
                 run.append((start, end, segment.id))
             else:
                 close()
@@ -557,15 +589,20 @@ def _low_confidence_runs(segments: list[_Segment]) -> list[_Span]:
 def _join(spans: list[_Span]) -> list[_Span]:
     """Merge spans closer than SPAN_JOIN_SECONDS (input in time order)."""
     joined: list[_Span] = []
+    seen: set[int] = set()  # the last span's segment ids (a set: thousands may be joined)
     for span in spans:
         last = joined[-1] if joined else None
         if last is not None and span.start - last.end < SPAN_JOIN_SECONDS:
             last.end = max(last.end, span.end)
-            last.segment_ids.extend(i for i in span.segment_ids if i not in last.segment_ids)
+            for i in span.segment_ids:
+                if i not in seen:
+                    seen.add(i)
+                    last.segment_ids.append(i)
             if "reasons" in last.extra:
                 last.extra["reasons"] = sorted({*last.extra["reasons"], *span.extra["reasons"]})
         else:
             joined.append(_Span(span.start, span.end, list(span.segment_ids), dict(span.extra)))
+            seen = set(span.segment_ids)
     return joined
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,7 +16,27 @@ from typing import Any
 
 # A number with its separators ("1,000,000", "3.5") is one token; a word keeps its inner
 # apostrophes ("don't") but not quotes around it ("'hello'").
-_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|\w+(?:'\w+)*", re.UNICODE)
+
+
+def _combining_marks() -> str:
+    """A character class body of every combining mark (Unicode categories Mn, Mc, Me): `\\w`
+    leaves them out, which cut Hindi "नमस्ते" into "नमस" and "त" and Thai words at every vowel
+    sign."""
+    ranges: list[tuple[int, int]] = []
+    for code in (*range(0x300, 0x20000), *range(0xE0100, 0xE01F0)):
+        if unicodedata.category(chr(code)).startswith("M"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    return "".join(
+        re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+        for a, b in ranges
+    )
+
+
+_WORD = rf"[\w{_combining_marks()}]"
+_TOKEN = re.compile(rf"\d+(?:[.,]\d+)*|{_WORD}+(?:'{_WORD}+)*", re.UNICODE)
 # Chinese and Japanese are written without spaces between words, and splitting them into words
 # needs a dictionary: each Han, kana or CJK-compatibility character counts as one token, so rates
 # are characters per minute, the usual measure of speaking rate in these languages.
@@ -53,6 +74,11 @@ class Word:
     start: float
     end: float
     probability: float = 1.0
+
+
+def is_cjk_token(token: str) -> bool:
+    """Whether `token` (from `tokens_of`) is one Chinese or Japanese character."""
+    return len(token) == 1 and _CJK.match(token) is not None
 
 
 def tokens_of(text: str) -> list[str]:

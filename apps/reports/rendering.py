@@ -79,14 +79,15 @@ def _quality_data(quality: Any) -> dict[str, Any] | None:
 
     if not isinstance(quality, dict):
         return None
+
+    def items(value: Any) -> list[dict]:  # stored JSON read defensively, as quality.py does
+        return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
     flags = []
-    for flag in quality.get("flags") or ():
-        if not isinstance(flag, dict):
-            continue
+    for flag in items(quality.get("flags")):
         spans = [
             {"start": span.get("start"), "end": span.get("end")}
-            for span in flag.get("spans") or ()
-            if isinstance(span, dict)
+            for span in items(flag.get("spans"))
         ]
         flags.append(
             {
@@ -94,7 +95,9 @@ def _quality_data(quality: Any) -> dict[str, Any] | None:
                 "severity": flag.get("severity"),
                 "message": flag.get("message"),
                 "spans": spans,
-                "span_count": flag.get("span_count", len(spans)),
+                "span_count": flag.get("span_count")
+                if isinstance(flag.get("span_count"), int)
+                else len(spans),
             }
         )
     return {"summary": quality_summary(quality), "flags": flags}

@@ -688,3 +688,90 @@ def test_clean_speech_transcribed_by_tiny_en_has_no_warnings(tiny_engine, speech
     assert report["metrics"]["word_count"] == len(transcribed.words) > 20
     assert report["metrics"]["coverage"] > 0.8
     assert report["metrics"]["mean_word_probability"] > 0.8
+
+
+# ---- review fixes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["はい はい はい はい はい", "好的 好的 好的 好的 好的", "哈 哈 哈 哈 哈 哈 哈 哈 哈 哈"],
+)
+def test_backchannels_and_laughter_in_chinese_and_japanese_are_not_loops(text):
+    """Each Han or kana character is a token; five "はい" are ten tokens but about four words."""
+    report = check(result(sentences([text]), language="ja"))
+
+    assert "repetition_loop" not in codes(report)
+
+
+def test_chinese_loops_are_still_found():
+    sentence = " ".join(["我们明天再见"] * 5)  # a 6-character phrase, 30 characters in all
+    pair = " ".join(["好的"] * 13)  # 26 characters: about ten words
+
+    report = check(result(sentences([sentence, pair], seconds=8.0), language="zh"))
+
+    loops = flag(report, "repetition_loop")["spans"]
+    assert [(span["phrase"], span["repeats"]) for span in loops] == [
+        ("我 们 明 天 再 见", 5),
+        ("好 的", 13),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "phrase"),
+    [("สวัสดีครับ", "สวัสดีครับ"), ("नमस्ते दोस्तों", "नमस्ते दोस्तों")],
+)
+def test_phrases_in_scripts_with_combining_marks_are_kept_whole(text, phrase):
+    looping = " ".join([text] * 12)
+
+    report = check(result(sentences([looping], seconds=20.0)))
+
+    assert flag(report, "repetition_loop")["spans"][0]["phrase"] == phrase
+
+
+def test_a_word_repeated_in_segments_seconds_apart_is_not_a_loop():
+    """A one-sided call: "Yes." ten times, each its own segment after a pause."""
+    segments = [segment(i, i * 6.0, i * 6.0 + 0.6, "Yes.") for i in range(12)]
+
+    assert "repetition_loop" not in codes(check(result(segments)))
+
+
+def test_the_same_segments_back_to_back_are_a_loop():
+    segments = [segment(i, i * 0.6, i * 0.6 + 0.6, "Yes.") for i in range(12)]
+
+    assert flag(check(result(segments)), "repetition_loop")["spans"][0]["repeats"] == 12
+
+
+def test_low_words_an_hour_apart_are_not_one_stretch():
+    words = [
+        {"start": 1.0, "end": 1.4, "word": " a", "probability": 0.2},
+        {"start": 1.5, "end": 1.9, "word": " b", "probability": 0.2},
+        {"start": 3600.0, "end": 3600.4, "word": " c", "probability": 0.2},
+    ]
+    data = result([segment(0, 0.0, 3601.0, "a b c", words=words)])
+
+    assert "low_confidence" not in codes(check(data))
+
+
+def test_thousands_of_adjacent_suspect_segments_are_one_capped_span():
+    """The spans' segment ids are joined with a set: this took seconds, growing quadratically."""
+    segments = [
+        segment(i, i * 0.5, i * 0.5 + 0.5, "noise", avg_logprob=-1.5, probability=0.9)
+        for i in range(40_000)
+    ]
+
+    suspect = flag(check(result(segments)), "suspected_hallucination")
+
+    assert suspect["span_count"] == 1
+    assert suspect["spans"][0]["segment_ids"] == list(range(50))
+    assert (suspect["spans"][0]["start"], suspect["spans"][0]["end"]) == (0.0, 20_000.0)
+
+
+def test_when_the_checks_fail_nothing_calls_the_transcript_clean(monkeypatch):
+    monkeypatch.setattr(quality, "_quality", lambda *args: 1 / 0)
+
+    report = check(result(sentences(CLEAN)))
+
+    assert report["error"] == "analysis_failed"
+    assert quality.warning_count(report) is None
+    assert quality_summary(report) == "The automatic checks could not run."

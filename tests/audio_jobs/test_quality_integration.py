@@ -148,7 +148,7 @@ def test_a_failure_inside_the_checks_never_fails_the_job(owner):
 
     assert job.status == JobStatus.COMPLETED
     assert job.quality == {"version": 1, "flags": [], "metrics": {}, "error": "analysis_failed"}
-    assert job.quality_warnings == 0
+    assert job.quality_warnings is None  # never listed as checked and clean
     assert job.transcript.text.startswith("The quarterly figures")
 
 
@@ -300,3 +300,21 @@ def test_a_report_of_a_job_completed_before_the_checks_has_no_quality_section(me
 
     assert body["metadata"]["job_id"] == str(job.pk)
     assert body["quality"] is None
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        {"flags": 5},
+        {"flags": [{"code": "low_confidence", "spans": 3, "span_count": "x"}]},
+        {"flags": ["x", None], "metrics": []},
+    ],
+)
+def test_a_report_reads_malformed_stored_checks_without_failing(stored):
+    from apps.reports.rendering import _quality_data, _quality_pdf
+
+    data = _quality_data(stored)
+
+    assert isinstance(data["summary"], str)
+    assert all(flag["spans"] == [] for flag in data["flags"])
+    assert _quality_pdf(data)["summary"] == data["summary"]
