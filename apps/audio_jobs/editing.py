@@ -49,6 +49,7 @@ from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 
 from . import events, transcripts
 from .models import (
+    READ_CACHE,
     EditorType,
     JobStatus,
     RevisionKind,
@@ -542,6 +543,9 @@ def _apply(
         metadata=metadata,
     )
     transcripts.transcript_changed(job.pk)
+    # The organisation's cached job lists: `GET /jobs?q=` matches the text, which changed
+    # without a write to the job's row (what invalidates them otherwise).
+    READ_CACHE.invalidate([job.organisation_id])
     events.transcript_revised(job=job, revision=revision, edited_at=now)  # last: feed order lock
     return revision
 

@@ -90,6 +90,17 @@ class TranscriptionJob(TimeStampedModel):
     # drops the column.
     callback_url = models.URLField(max_length=2000, blank=True)
     idempotency_key = models.CharField(max_length=200, blank=True)
+    # The job whose stored audio this one transcribes again (`job_retranscribe`); null for an
+    # upload, or once that job is deleted. Indexed by the partial `job_retranscribed_from`
+    # (built concurrently): deleting a job sets its retranscriptions' link to null.
+    retranscribed_from = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        db_index=False,
+        related_name="retranscriptions",
+    )
 
     # The audio.
     audio_key = models.CharField(max_length=500, blank=True, help_text="Storage key.")
@@ -121,6 +132,9 @@ class TranscriptionJob(TimeStampedModel):
     quality_warnings = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Warning flags the checks raised (null: not checked)."
     )
+    # The checks in one line, kept so that job lists need not load `quality` (up to ~40 KB).
+    # Null, like the two above, when not checked: the API says null, not "".
+    quality_summary = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
 
     objects = TranscriptionJobQuerySet.as_manager()
 
@@ -147,6 +161,12 @@ class TranscriptionJob(TimeStampedModel):
                 fields=["organisation", "-created_at"],
                 name="job_org_flagged",
                 condition=Q(quality_warnings__gt=0),
+            ),
+            # Deleting a job nulls the links of the jobs transcribed again from it.
+            models.Index(
+                fields=["retranscribed_from"],
+                name="job_retranscribed_from",
+                condition=Q(retranscribed_from__isnull=False),
             ),
             models.Index(
                 fields=["status", "queued_at"],
@@ -198,6 +218,11 @@ class Transcript(models.Model):
         db_default=0, default=0, help_text="0: the engine's output; raised by every edit/revert."
     )
     edited_at = models.DateTimeField(null=True, blank=True)
+
+    # `GET /jobs?q=` (selectors.job_list) is served on PostgreSQL by the GIN index
+    # `transcript_text_search` on `to_tsvector('simple', COALESCE(text, ''))` (migration 0011,
+    # the selector's expression exactly). It is kept out of the model state: SQLite cannot build
+    # it, and would try to whenever it rebuilds this table.
 
     def __str__(self) -> str:
         return f"Transcript of {self.job_id}"

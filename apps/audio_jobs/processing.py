@@ -39,7 +39,7 @@ from workers.metrics import observe_quality, observe_transcription
 from . import events, media, storage
 from .leases import JobLease
 from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
-from .quality import speech_seconds_from, transcript_quality, warning_count
+from .quality import quality_summary, speech_seconds_from, transcript_quality, warning_count
 from .services import QuotaExceeded, dispatch_waiting_on_commit, usage_refund_if_never_started
 
 logger = logging.getLogger(__name__)
@@ -469,6 +469,7 @@ def _complete(
         error_message="",
         quality=quality,
         quality_warnings=None if quality is None else warning_count(quality),
+        quality_summary=None if quality is None else quality_summary(quality)[:300],
     )
     observe_transcription(
         locked.engine, locked.model_used, float(locked.duration_seconds or 0), processing_seconds

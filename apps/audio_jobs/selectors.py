@@ -5,15 +5,29 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import UTC, date, datetime
 
-from django.db.models import QuerySet, Sum
+from django.db import connection
+from django.db.models import Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from apps.core.exceptions import NotFoundError
 
-from .models import AudioUsage, JobStatus, TranscriptionJob, TranscriptRevision, Upload
+from .models import (
+    AudioUsage,
+    JobStatus,
+    Transcript,
+    TranscriptionJob,
+    TranscriptRevision,
+    Upload,
+)
+
+# Transcripts are in many languages: "simple" lower-cases and splits words, with no stemming or
+# stop words of one language. Migration 0011's index `transcript_text_search` is built on
+# exactly the expression `_transcripts_matching` filters on; change both or neither.
+SEARCH_CONFIG = "simple"
 
 LIST_DEFERRED = (
+    "quality",  # lists show quality_warnings and quality_summary only
     "audio_key",
     "dispatched_at",
     "heartbeat_at",
@@ -38,6 +52,7 @@ def job_list(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     flagged: bool | None = None,
+    q: str | None = None,
 ) -> QuerySet[TranscriptionJob]:
     queryset = (
         TranscriptionJob.objects.filter(organisation=organisation)
@@ -55,7 +70,30 @@ def job_list(
         queryset = queryset.filter(quality_warnings__gt=0)
     elif flagged is False:  # checked and clean (unchecked jobs are neither)
         queryset = queryset.filter(quality_warnings=0)
+    if q:
+        queryset = queryset.filter(
+            Q(pk__in=_transcripts_matching(organisation, q).values("job_id"))
+            | Q(original_filename__icontains=q)
+        )
     return queryset.order_by("-created_at")
+
+
+def _transcripts_matching(organisation, q: str) -> QuerySet[Transcript]:
+    """The organisation's transcripts whose text matches `q`.
+
+    PostgreSQL: full-text search, `q` in web-search syntax (`websearch_to_tsquery` accepts any
+    input without a syntax error), served by the GIN index `transcript_text_search`. A
+    subquery rather than a join, so the index can serve it although the list ORs it with the
+    file name. SQLite (the embedded defaults): a substring scan of every transcript, no index.
+    """
+    transcripts = Transcript.objects.filter(job__organisation=organisation)
+    if connection.vendor != "postgresql":
+        return transcripts.filter(text__icontains=q)
+    from django.contrib.postgres.search import SearchQuery, SearchVector
+
+    return transcripts.annotate(document=SearchVector("text", config=SEARCH_CONFIG)).filter(
+        document=SearchQuery(q, search_type="websearch", config=SEARCH_CONFIG)
+    )
 
 
 def job_get(*, organisation, job_id) -> TranscriptionJob:

@@ -25,7 +25,8 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from apps.audit.services import history_record_updates
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record, history_record_updates
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 from apps.core.storage import (
     delete_files_at,
@@ -387,6 +388,128 @@ def _consume_upload(
         audio_validated=False,
     )
     return job, True
+
+
+class AudioMissing(ConflictError):
+    code = "audio_missing"
+
+
+def job_retranscribe(
+    *,
+    organisation,
+    user,
+    source_id: Any,
+    options: JobOptions,
+    idempotency_key: str = "",
+    api_key: Any = None,
+    meta: Any = None,
+) -> tuple[TranscriptionJob, bool]:
+    """Queue a new job that transcribes a finished job's stored audio again, with new options.
+    Returns (job, created).
+
+    The source must be the organisation's (404) and final (409 `job_active`: cancel it first);
+    its audio must still be stored (409 `audio_missing`: retention deleted it). The new job gets
+    its own server-side copy under its own key, never the source's key (deleting either job
+    deletes only its own file), guarded like an upload: the deletion committed before copying is
+    called off by the job's transaction, so a crash leaves no orphan. The audio was validated
+    once (duration, container, codec are the source's); its minutes count again, checked under
+    the organisation's lock, since this is a new transcription.
+
+    The source's row is locked (FOR NO KEY UPDATE, before the organisation's, the order every
+    writer takes them) while its audio is copied: retention skips a locked job, and a concurrent
+    delete waits, so the file cannot go from under the copy.
+    """
+    if existing := _replay(organisation, idempotency_key):
+        return existing, False
+    source = selectors.job_get(organisation=organisation, job_id=source_id)
+    _check_retranscribable(source)
+    quota_check(organisation=organisation, duration_seconds=source.duration_seconds or 0.0)
+    job_id = uuid.uuid4()
+    key = storage.audio_key(organisation.pk, job_id, source.container)
+    guard = guard_file(key)  # the copy, should this process die before the job commits
+    committed = False
+
+    def mark_committed() -> None:
+        nonlocal committed
+        committed = True
+
+    try:
+        with transaction.atomic():
+            transaction.on_commit(mark_committed)
+            _unguard_or_refuse(guard)
+            locked = (
+                TranscriptionJob.objects.select_for_update(no_key=True)
+                .filter(organisation=organisation, pk=source.pk)
+                .first()
+            )
+            if locked is None:
+                raise NotFoundError("No such job.", code="job_not_found")
+            _check_retranscribable(locked)
+            try:
+                key = storage.copy_file(locked.audio_key, key)
+            except FileNotFoundError:
+                raise _audio_missing(locked) from None
+            job = _create_job(
+                job_id=job_id,
+                organisation=organisation,
+                user=user,
+                options=options,
+                idempotency_key=idempotency_key,
+                retranscribed_from=locked,
+                audio_key=key,
+                original_filename=locked.original_filename,
+                size_bytes=locked.size_bytes,
+                container=locked.container,
+                codec=locked.codec,
+                duration_seconds=locked.duration_seconds,
+                audio_validated=locked.audio_validated,
+            )
+            audit_record(
+                action=AuditAction.JOB_RETRANSCRIBED,
+                actor=user,  # a user, or an API key's principal (then `api_key` is named)
+                api_key=api_key,
+                organisation=organisation,
+                target=job,
+                target_repr=f"Job {job.pk}",
+                meta=meta,
+                # Never the prompt: it may hold names (the job's history leaves it out too).
+                metadata={
+                    "job_id": str(job.pk),
+                    "retranscribed_from": str(locked.pk),
+                    "model": options.model_profile,
+                    "language": options.language,
+                    "task": options.task,
+                },
+            )
+    except BaseException as exc:
+        if committed:
+            raise
+        discard_guarded_file(key, guard)  # a delete of a key never written is a no-op
+        if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
+            return existing, False
+        raise
+    return job, True
+
+
+def _check_retranscribable(job: TranscriptionJob) -> None:
+    if not job.is_final:
+        raise ConflictError(
+            f"The job is {job.status}: wait until it ends, or cancel it, before transcribing its "
+            "audio again.",
+            code="job_active",
+        )
+    if not job.audio_key or storage.stored_size(job.audio_key) is None:
+        raise _audio_missing(job)
+
+
+def _audio_missing(job: TranscriptionJob) -> ApplicationError:
+    days = settings.AUDIO_RETENTION_DAYS
+    why = f" (the audio of a job is deleted {days} days after it ends)" if days > 0 else ""
+    return AudioMissing(
+        f"This job's audio is no longer stored{why}, so it cannot be transcribed again: upload "
+        "the file again (POST /api/v1/jobs).",
+        details={"job_id": str(job.pk)},
+    )
 
 
 @transaction.atomic

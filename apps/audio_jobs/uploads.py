@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
+from pathlib import Path
+
 from django.conf import settings
 from django.core.exceptions import (
     RequestDataTooBig,
@@ -122,3 +125,10 @@ class AudioMultiPartParser(MultiPartParser):
             raise ApplicationError(
                 "The multipart form could not be read.", code="malformed_request"
             ) from exc
+
+
+def safe_filename(name: str) -> str:
+    """A display name only (never a storage key): no paths, controls or quotes, bounded."""
+    name = unicodedata.normalize("NFC", Path(name or "").name)
+    name = "".join(c for c in name if c.isprintable() and c not in '"\\/')
+    return name.strip(" .")[:200] or "audio"

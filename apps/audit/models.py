@@ -66,6 +66,7 @@ class AuditAction(models.TextChoices):
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     TRANSCRIPT_EDITED = "transcript.edited", "Transcript edited"
     TRANSCRIPT_REVERTED = "transcript.reverted", "Transcript reverted"
+    JOB_RETRANSCRIBED = "job.retranscribed", "Job's audio transcribed again"
 
 
 class AuditEvent(models.Model):

@@ -188,13 +188,16 @@ def paginated_response(
     view: Any,
     read_cache: GenerationalCache | None = None,
     scope: Any = None,
+    key_prefix: str = "",
 ) -> Any:
     """A page of `queryset` in the project's standard pagination.
 
     `queryset` may be a list, or a callable returning the queryset (built only when the page
     is not served from the cache). With `read_cache`, the page is kept per `scope` (the
     organisation) and absolute URL (its links are absolute); invalid input (400) and pages out
-    of range (404) are never cached.
+    of range (404) are never cached. Change `key_prefix` when a page's shape or its filters change:
+    during a rolling upgrade the previous release's processes go on caching pages under the old
+    key (a filter they do not know is ignored, its page unfiltered), which must not be served.
     """
     from rest_framework.response import Response
 
@@ -208,7 +211,8 @@ def paginated_response(
 
     if read_cache is None:
         return Response(render())
-    return Response(read_cache.get_or_load(scope, request.build_absolute_uri(), render))
+    key = f"{key_prefix}{request.build_absolute_uri()}"
+    return Response(read_cache.get_or_load(scope, key, render))
 
 
 class ContentNegotiation(DefaultContentNegotiation):

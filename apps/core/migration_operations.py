@@ -93,3 +93,36 @@ class AddIndexOnline(_Online, AddIndexConcurrently):
 
 class RemoveIndexOnline(_Online, RemoveIndexConcurrently):
     plain = RemoveIndex
+
+
+class AddPostgreSQLIndexOnline(AddIndexOnline):
+    """`AddIndexOnline` for an index only PostgreSQL can build (a GIN index over a text-search
+    expression), and a no-op elsewhere, both ways.
+
+    The index stays out of the model state: Django rebuilds a table's model-state indexes
+    whenever SQLite remakes it (any later `AlterField`), which would fail on this one. So the
+    model does not declare it, `makemigrations` never sees it, and a migration that drops it
+    names it again here (`database_backwards` drops it `IF EXISTS`, concurrently).
+    """
+
+    def state_forwards(self, app_label, state):  # type: ignore[no-untyped-def]
+        pass
+
+    def state_backwards(self, app_label, state):  # type: ignore[no-untyped-def]
+        pass
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if not _on_postgresql(schema_editor):
+            return None
+        return super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if not _on_postgresql(schema_editor):
+            return None
+        return super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+    def describe(self) -> str:
+        return (
+            f"Concurrently create index {self.index.name} on {self.model_name} "
+            "(PostgreSQL only, not in the model state)"
+        )

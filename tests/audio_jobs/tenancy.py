@@ -21,6 +21,16 @@ def _completed_job_of(organisation: Organisation) -> str:
     return str(TranscriptFactory(job__organisation=organisation).job_id)
 
 
+def _completed_job_with_audio_of(organisation: Organisation) -> str:
+    """A completed job whose audio is stored: it could be transcribed again."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    job = TranscriptFactory(job__organisation=organisation).job
+    default_storage.save(job.audio_key, ContentFile(b"ID3 stored audio"))
+    return str(job.pk)
+
+
 def _edited_job_of(organisation: Organisation) -> str:
     from apps.audio_jobs.editing import transcript_edit
 
@@ -33,9 +43,16 @@ object_endpoint("GET", "/api/v1/jobs/{job_id}", _queued_job_of)
 object_endpoint("DELETE", "/api/v1/jobs/{job_id}", _completed_job_of)
 object_endpoint("POST", "/api/v1/jobs/{job_id}/cancel", _queued_job_of)
 object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript", _completed_job_of)
+object_endpoint(
+    "POST", "/api/v1/jobs/{job_id}/retranscribe", _completed_job_with_audio_of, {"model": "base"}
+)
 
 list_endpoint("/api/v1/jobs", _queued_job_of)
 list_endpoint("/api/v1/jobs", _completed_job_of, query={"status": "completed"})
+# B's transcript says "The quarterly report is ready." (the factory's text), its file is
+# "meeting.mp3": a search by either must never find it for A.
+list_endpoint("/api/v1/jobs", _completed_job_of, query={"q": "quarterly"})
+list_endpoint("/api/v1/jobs", _completed_job_of, query={"q": "meeting"})
 
 # Transcript editing: B's completed job at revision 0, whose segment 0 the body would change.
 object_endpoint(

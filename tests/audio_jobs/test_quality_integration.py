@@ -14,6 +14,8 @@ from unittest import mock
 
 import pytest
 from django.core.files.storage import default_storage
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from pypdf import PdfReader
 
 from apps.audio_jobs import processing
@@ -318,3 +320,41 @@ def test_a_report_reads_malformed_stored_checks_without_failing(stored):
     assert isinstance(data["summary"], str)
     assert all(flag["spans"] == [] for flag in data["flags"])
     assert _quality_pdf(data)["summary"] == data["summary"]
+
+
+def test_job_lists_do_not_load_the_full_checks(owner, client, settings):
+    """A list shows the stored count and line; the checks in full (up to ~40 KB a job) are
+    read by the job's detail only."""
+    settings.API_READ_CACHE_SECONDS = 0
+    job = finished(owner, looping_result())
+    auth = bearer(owner.user, owner.organisation)
+
+    with CaptureQueriesContext(connection) as queries:
+        page = client.get("/api/v1/jobs", **auth).json()
+
+    listed = next(row for row in page["results"] if row["id"] == str(job.pk))
+    assert listed["quality_summary"] == job.quality_summary
+    table = '"audio_jobs_transcriptionjob"'
+    selects = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith(f"SELECT {table}.")
+    ]
+    assert selects
+    assert all(f'{table}."quality",' not in sql for sql in selects)
+    assert all(f'{table}."quality_summary"' in sql for sql in selects)
+
+
+def test_a_list_page_cached_before_the_upgrade_is_not_served(owner, client, settings):
+    """The previous release cached pages under the bare URL, ignoring `flagged` (unknown to
+    it): those entries must not answer this release's requests."""
+    from apps.audio_jobs.models import READ_CACHE
+
+    settings.API_READ_CACHE_SECONDS = 300
+    clean = finished(owner, clean_result())
+    auth = bearer(owner.user, owner.organisation)
+    url = "http://testserver/api/v1/jobs?flagged=true"
+    stale = {"count": 1, "next": None, "previous": None, "results": [{"id": str(clean.pk)}]}
+    READ_CACHE.get_or_load(owner.organisation.id, url, lambda: stale)
+
+    page = client.get("/api/v1/jobs?flagged=true", **auth).json()
+
+    assert page["results"] == []

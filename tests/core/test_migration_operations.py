@@ -17,6 +17,7 @@ from tests.support.processes import run_manage
         ("audit", "0003", ["CREATE INDEX CONCURRENTLY"]),
         ("reports", "0003", ["CREATE INDEX CONCURRENTLY", "DROP INDEX CONCURRENTLY"]),
         ("webhooks", "0003", ["CREATE INDEX CONCURRENTLY", "DROP INDEX CONCURRENTLY"]),
+        ("audio_jobs", "0011", ["CREATE INDEX CONCURRENTLY", "USING gin"]),
     ],
 )
 def test_indexes_of_busy_tables_are_built_concurrently_on_postgresql(
@@ -45,6 +46,7 @@ def test_the_same_migrations_apply_and_unapply_on_sqlite(tmp_path):
             ("audit", "0002"),
             ("reports", "0002"),
             ("webhooks", "0002"),
+            ("audio_jobs", "0009"),  # a PostgreSQL-only index: nothing to build or drop here
         )
     ]
     again = run_manage(env, "migrate", "--noinput", "-v0")
@@ -122,3 +124,38 @@ def test_a_half_applied_migration_completes_when_run_again(reports_at_0002, left
 
     assert _index_validity("report_org_created_id") is True
     assert _index_validity("report_org_created") is None
+
+
+@pytest.fixture
+def audio_jobs_at_0010(transactional_db):
+    """The audio jobs app one migration back (and forward again after the test)."""
+    call_command("migrate", "audio_jobs", "0010", verbosity=0)
+    yield
+    call_command("migrate", "audio_jobs", verbosity=0)
+
+
+def test_a_postgresql_only_index_is_dropped_and_built_again(audio_jobs_at_0010):
+    assert _index_validity("transcript_text_search") is None
+
+    call_command("migrate", "audio_jobs", "0011", verbosity=0)
+
+    assert _index_validity("transcript_text_search") is True
+
+
+def test_a_postgresql_only_index_left_invalid_is_built_again(audio_jobs_at_0010):
+    """A cancelled `migrate` left the GIN index INVALID, the migration not recorded."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE INDEX transcript_text_search ON audio_jobs_transcript "
+            "USING gin (to_tsvector('simple'::regconfig, COALESCE(text, '')))"
+        )
+        cursor.execute(
+            "UPDATE pg_index SET indisvalid = false WHERE indexrelid = "
+            "'transcript_text_search'::regclass"
+        )
+
+    call_command("migrate", "audio_jobs", "0011", verbosity=0)
+
+    assert _index_validity("transcript_text_search") is True

@@ -18,7 +18,7 @@ from ..models import (
     TranscriptionJob,
     TranscriptRevision,
 )
-from ..quality import FLAG_CODES, quality_summary
+from ..quality import FLAG_CODES
 
 LANGUAGE_HELP = "Whisper language code (e.g. en, fr). Leave empty to detect the language."
 MODEL_CHOICES = [
@@ -93,8 +93,20 @@ class JobCreateFromUploadInput(JobOptionsInput):
     upload_id = serializers.UUIDField(help_text="The id returned by POST /api/v1/uploads.")
 
 
+class JobRetranscribeInput(JobOptionsInput):
+    """The options of the new job (as at creation); the audio is the source job's."""
+
+
 class JobListFilterInput(serializers.Serializer):
     status = serializers.ChoiceField(choices=JobStatus.choices, required=False)
+    q = serializers.CharField(
+        required=False,
+        min_length=1,
+        max_length=200,
+        help_text="Search the transcripts' text and the original file names (1-200 characters). "
+        'Web-search syntax: words all match, "a phrase" in quotes, -word excludes, `or` '
+        "between alternatives. Case is ignored; accents are not.",
+    )
     flagged = serializers.BooleanField(
         required=False,
         allow_null=True,
@@ -122,9 +134,16 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
         help_text="Warning flags the automatic quality checks raised on the machine transcript "
         "(null: not checked). `GET /jobs?flagged=true` lists the jobs with any.",
     )
-    quality_summary = serializers.SerializerMethodField(
+    quality_summary = serializers.CharField(
+        allow_null=True,
         help_text='The checks in one line, e.g. "1 warning: repetition loop at 00:03:12." '
         "(null: not checked). The job's detail carries every flag in `quality`."
+    )
+    retranscribed_from = serializers.UUIDField(
+        source="retranscribed_from_id",
+        allow_null=True,
+        help_text="The job whose audio this one transcribes again "
+        "(`POST /jobs/{id}/retranscribe`); null for an upload, or once that job is deleted.",
     )
 
     class Meta:
@@ -157,6 +176,7 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "engine_settings",
             "quality_warnings",
             "quality_summary",
+            "retranscribed_from",
             "created_by",
             "error",
             "links",
@@ -174,9 +194,6 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
         if not job.error_code:
             return None
         return {"code": job.error_code, "message": job.error_message}
-
-    def get_quality_summary(self, job: TranscriptionJob) -> str | None:
-        return None if job.quality is None else quality_summary(job.quality)
 
     def get_links(self, job: TranscriptionJob) -> dict[str, str]:
         base = f"/api/v1/jobs/{job.pk}"
@@ -211,6 +228,11 @@ class QualityFlagOutput(serializers.Serializer):
 
 class QualityOutput(serializers.Serializer):
     version = serializers.IntegerField()
+    error = serializers.CharField(
+        required=False,
+        help_text="`analysis_failed` when the checks could not run (then no flags, and "
+        "`quality_warnings` is null).",
+    )
     flags = QualityFlagOutput(many=True)
     metrics = serializers.DictField(
         help_text="word_count, mean_word_probability, low_confidence_word_ratio, "

@@ -6,6 +6,11 @@ urlpatterns = [
     path("jobs", views.JobListCreateView.as_view(), name="jobs"),
     path("jobs/<uuid:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path(
+        "jobs/<uuid:job_id>/retranscribe",
+        views.JobRetranscribeView.as_view(),
+        name="job-retranscribe",
+    ),
     path("jobs/<uuid:job_id>/transcript", views.TranscriptView.as_view(), name="job-transcript"),
     path(
         "jobs/<uuid:job_id>/transcript/revisions",

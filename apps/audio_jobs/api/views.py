@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import unicodedata
 from pathlib import Path
 
 from django.conf import settings
@@ -28,6 +27,7 @@ from ..models import READ_CACHE, JobPriority, JobStatus
 from ..uploads import (
     AudioMultiPartParser,
     LimitedTemporaryFileUploadHandler,
+    safe_filename,
     too_large,
     upload_was_too_large,
 )
@@ -70,13 +70,6 @@ def _idempotency_key(request: Request, data: dict) -> str:
     return key
 
 
-def safe_filename(name: str) -> str:
-    """A display name only (never a storage key): no paths, controls or quotes, bounded."""
-    name = unicodedata.normalize("NFC", Path(name or "").name)
-    name = "".join(c for c in name if c.isprintable() and c not in '"\\/')
-    return name.strip(" .")[:200] or "audio"
-
-
 class JobListCreateView(APIView):
     permission_classes = [IsAuthenticated, TenantPermission]
     parser_classes = [AudioMultiPartParser, JSONParser]
@@ -109,12 +102,15 @@ class JobListCreateView(APIView):
                 created_after=filters.validated_data.get("created_after"),
                 created_before=filters.validated_data.get("created_before"),
                 flagged=filters.validated_data.get("flagged"),
+                q=filters.validated_data.get("q"),
             ),
             serializer_class=s.JobOutput,
             request=request,
             view=self,
             read_cache=READ_CACHE,
             scope=tenant.organisation.id,
+            # v2: quality_warnings/quality_summary, and the flagged and q filters.
+            key_prefix="v2:",
         )
 
     @extend_schema(
@@ -232,6 +228,57 @@ class JobCancelView(APIView):
     def post(self, request: Request, version: str, job_id: str) -> Response:
         job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
         return Response(s.JobOutput(services.job_cancel(job=job)).data)
+
+
+class JobRetranscribeView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+    # A new job, like an upload: the same stricter rate.
+    throttle_scope = "uploads"
+
+    @extend_schema(
+        operation_id="jobs_retranscribe",
+        request=s.JobRetranscribeInput,
+        parameters=[
+            OpenApiParameter(IDEMPOTENCY_HEADER, str, OpenApiParameter.HEADER, required=False)
+        ],
+        responses={
+            201: s.JobOutput,
+            200: OpenApiResponse(s.JobOutput, description="Replay of an idempotency key"),
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    402: "Monthly audio quota exhausted: the minutes count again.",
+                    403: "Viewers (and viewer API keys) cannot create jobs.",
+                    409: "The job is still queued or processing (`job_active`), or its audio "
+                    "is no longer stored (`audio_missing`: deleted by retention).",
+                },
+            ),
+        },
+        description=(
+            "Transcribe a finished job's audio again with new options (a larger `model`, the "
+            "`language` declared, an `initial_prompt`): a new job, with its own copy of the "
+            "audio, linked by `retranscribed_from`. Its minutes count against the quota again."
+        ),
+    )
+    def post(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.JobRetranscribeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        job, created = services.job_retranscribe(
+            organisation=tenant.organisation,
+            user=request.user,
+            source_id=job_id,
+            options=_options(data.validated_data),
+            idempotency_key=_idempotency_key(request, data.validated_data),
+            api_key=tenant.api_key,
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(
+            s.JobOutput(job).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
 
 class TranscriptView(APIView):

@@ -17,6 +17,11 @@ class Migration(migrations.Migration):
         ),
         migrations.AddField(
             model_name="transcriptionjob",
+            name="quality_summary",
+            field=models.CharField(blank=True, max_length=300, null=True),
+        ),
+        migrations.AddField(
+            model_name="transcriptionjob",
             name="quality_warnings",
             field=models.PositiveSmallIntegerField(
                 blank=True,

@@ -1,0 +1,245 @@
+"""`GET /api/v1/jobs?q=`: transcripts found by what was said (and files by name), on PostgreSQL
+full-text search with web-search syntax, served by the GIN index of migration 0011."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.accounts.models import Role
+from apps.audio_jobs import selectors
+from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob
+from tests.audio_jobs.factories import CompletedJobFactory, JobFactory, TranscriptFactory
+from tests.factories import member
+
+JOBS = "/api/v1/jobs"
+
+
+def said(organisation, text: str, **job) -> str:
+    """A completed job of `organisation` whose transcript says `text`; returns its id."""
+    job.setdefault("original_filename", "recording.mp3")
+    return str(
+        TranscriptFactory(
+            job=CompletedJobFactory(organisation=organisation, **job), text=text
+        ).job_id
+    )
+
+
+def found(client, headers, q: str, **query) -> list[str]:
+    response = client.get(JOBS, {"q": q, **query}, **headers)
+    assert response.status_code == 200, response.json()
+    return [row["id"] for row in response.json()["results"]]
+
+
+@pytest.fixture
+def recordings(org) -> dict[str, str]:
+    """Four recordings, created in this order (the list is newest first)."""
+    return {
+        "budget": said(org, "The quarterly budget was approved by the board."),
+        "revenue": said(org, "Quarterly revenue grew; the budget stays the same."),
+        "cafe": said(org, "Nous avons pris un CAFÉ à Genève."),
+        "named": said(org, "Nothing relevant here.", original_filename="Board meeting 2024.mp3"),
+    }
+
+
+# ---- matching ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("approved", ["budget"]),
+        ("quarterly", ["revenue", "budget"]),  # newest first
+        ("QUARTERLY Budget", ["revenue", "budget"]),  # every word, any case, any order
+        ("quarterly approved", ["budget"]),
+        ('"quarterly revenue"', ["revenue"]),  # a phrase
+        ('"budget quarterly"', []),  # its words, not in this order
+        ("quarterly -approved", ["revenue"]),  # minus excludes
+        ("approved or genève", ["cafe", "budget"]),
+        ("café", ["cafe"]),
+        ("Café", ["cafe"]),
+        ("cafe", []),  # accents are not ignored ("simple": no unaccent)
+        ("quart", []),  # whole words, not prefixes
+    ],
+)
+def test_transcripts_are_found_by_web_search_syntax(api_client, auth, recordings, q, expected):
+    assert found(api_client, auth, q) == [recordings[name] for name in expected]
+
+
+def test_file_names_are_found_by_any_part_of_them(api_client, auth, recordings):
+    assert found(api_client, auth, "board meet") == [recordings["named"]]
+    assert found(api_client, auth, "2024") == [recordings["named"]]
+
+
+def test_a_word_in_the_transcript_or_the_file_name_finds_both_newest_first(
+    api_client, auth, recordings
+):
+    # "board" is said in one recording and part of another's file name.
+    assert found(api_client, auth, "board") == [recordings["named"], recordings["budget"]]
+
+
+def test_the_search_combines_with_the_other_filters(api_client, auth, org, recordings):
+    flagged = said(org, "The quarterly numbers again.", quality_warnings=2)
+    JobFactory(organisation=org, original_filename="quarterly.mp3")  # queued, no transcript
+    yesterday = (timezone.now() - timedelta(days=1)).isoformat()
+
+    assert found(api_client, auth, "quarterly", flagged="true") == [flagged]
+    assert found(api_client, auth, "quarterly", status="queued") != []
+    assert found(api_client, auth, "quarterly", status="completed", created_before=yesterday) == []
+    assert len(found(api_client, auth, "quarterly", status="completed")) == 3
+
+
+def test_another_organisations_transcripts_and_files_never_match(api_client, auth, org):
+    other = member(Role.OWNER).organisation
+    said(other, "The secret merger with Initech.", original_filename="merger.mp3")
+
+    assert found(api_client, auth, "merger") == []
+    assert found(api_client, auth, "Initech") == []
+
+
+def test_jobs_without_a_transcript_are_found_by_file_name_only(api_client, auth, org):
+    job = JobFactory(organisation=org, original_filename="interview.wav", status=JobStatus.QUEUED)
+
+    assert found(api_client, auth, "interview") == [str(job.pk)]
+    assert found(api_client, auth, "quarterly") == []
+
+
+# ---- odd input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "q",
+    [
+        '"',
+        '"unclosed phrase',
+        "\\",
+        "back\\slash",
+        "&|!:*()",
+        "a & b | !c:* (d)",
+        "'; DROP TABLE audio_jobs_transcript; --",
+        "%_%",
+        "-",
+        "or",
+        "<fast>",
+        "日本語の会議",
+        "x" * 200,
+        " ".join(["word"] * 40),
+    ],
+)
+def test_odd_input_never_fails(api_client, auth, recordings, q):
+    response = api_client.get(JOBS, {"q": q}, **auth)
+
+    assert response.status_code == 200, response.json()
+
+
+def test_special_characters_match_literally_in_file_names(api_client, auth, org):
+    job = JobFactory(organisation=org, original_filename="100%_done.mp3")
+    JobFactory(organisation=org, original_filename="100 percent.mp3")
+
+    assert found(api_client, auth, "100%_") == [str(job.pk)]
+
+
+@pytest.mark.parametrize("q", ["   ", "\t\n", "x" * 201])
+def test_a_blank_or_too_long_query_is_refused(api_client, auth, q):
+    response = api_client.get(JOBS, {"q": q}, **auth)
+
+    assert response.status_code == 400
+    assert "q" in response.json()["error"]["details"]
+
+
+def test_an_empty_query_is_no_filter_like_the_other_empty_filters(api_client, auth, recordings):
+    """`?q=` is what a form with an empty search box sends."""
+    response = api_client.get(JOBS, {"q": ""}, **auth)
+
+    assert response.json()["count"] == 4
+
+
+def test_a_nul_character_is_refused_not_a_server_error(api_client, auth):
+    response = api_client.get(JOBS, {"q": "a\x00b"}, **auth)
+
+    assert response.status_code == 400
+
+
+# ---- edits and the read cache ------------------------------------------------------------------
+def test_an_edited_transcript_is_found_by_its_new_text_at_once(api_client, auth, org):
+    transcript = TranscriptFactory(job__organisation=org, job__original_filename="call.mp3")
+    job_id = str(transcript.job_id)
+    assert found(api_client, auth, "quarterly") == [job_id]  # cached from here on
+    assert found(api_client, auth, "Globex") == []
+
+    response = api_client.patch(
+        f"{JOBS}/{job_id}/transcript",
+        {"revision": 0, "segments": [{"id": 0, "text": "The Globex report is ready."}]},
+        format="json",
+        **auth,
+    )
+
+    assert response.status_code == 200, response.json()
+    assert found(api_client, auth, "Globex") == [job_id]
+    assert found(api_client, auth, "quarterly") == []
+
+
+def test_each_query_is_cached_on_its_own(api_client, auth, recordings):
+    assert found(api_client, auth, "approved") == [recordings["budget"]]
+
+    assert found(api_client, auth, "genève") == [recordings["cafe"]]
+    assert found(api_client, auth, "approved") == [recordings["budget"]]
+
+
+# ---- the index ---------------------------------------------------------------------------------
+def test_the_search_index_exists_after_migrate_on_the_query_expression(db):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'audio_jobs_transcript' "
+            "AND indexname = 'transcript_text_search'"
+        )
+        [(definition,)] = cursor.fetchall()
+
+    assert "USING gin" in definition
+    assert "to_tsvector('simple'::regconfig, COALESCE(text, ''::text))" in definition
+
+
+def test_the_planner_serves_the_search_from_the_index(org):
+    """An organisation with 2,000 transcripts: the GIN index finds the few that match rather
+    than every transcript being read (the index's expression is the query's, or it could not)."""
+    jobs = TranscriptionJob.objects.bulk_create(
+        TranscriptionJob(organisation=org, status=JobStatus.COMPLETED, original_filename="a.mp3")
+        for _ in range(2000)
+    )
+    Transcript.objects.bulk_create(
+        Transcript(
+            job=job,
+            text=f"Routine status update number {n}.",
+            language="en",
+            language_probability=1.0,
+            duration=1.0,
+            segments=[],
+        )
+        for n, job in enumerate(jobs)
+    )
+    target = said(org, "The zeppelin landed on the roof.")
+    queryset = selectors.job_list(organisation=org, q="zeppelin")
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE audio_jobs_transcript")
+        cursor.execute("ANALYZE audio_jobs_transcriptionjob")
+        # Rule out a scan of the table (still cheap at this size) as a choice.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        sql, params = queryset.query.sql_with_params()
+        cursor.execute(f"EXPLAIN {sql}", params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+
+    assert "Bitmap Index Scan on transcript_text_search" in plan, plan
+    assert [str(job.pk) for job in queryset] == [target]
+
+
+def test_sqlite_falls_back_to_a_substring_match_of_the_text(org, monkeypatch):
+    """The embedded defaults (SQLite) have no full-text search: `q` is a substring of the text."""
+    said(org, "The quarterly report.")
+    part = said(org, "Headquarters moved.")
+
+    class SQLite:
+        vendor = "sqlite"
+
+    monkeypatch.setattr(selectors, "connection", SQLite())
+
+    assert [str(job.pk) for job in selectors.job_list(organisation=org, q="QUARTERS")] == [part]
