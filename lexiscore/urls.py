@@ -92,6 +92,8 @@ urlpatterns = [
     ),
     path(settings.ADMIN_URL, admin.site.urls),
     path(API_PREFIX, include((api_v1, "api"), namespace="v1")),
+    # OpenAI's audio API for OpenAI SDKs (`base_url=https://<host>/api/openai/v1`).
+    path("api/openai/v1/", include(("apps.openai_compat.api.urls", "openai"), namespace="openai")),
     # The browsable API's login and logout, under the names its templates use; the login is
     # guarded like the token sign-in (not DRF's unguarded `rest_framework.urls`).
     path("api-auth/", include((browsable_api_auth, "rest_framework"), namespace="rest_framework")),

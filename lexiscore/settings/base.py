@@ -105,6 +105,7 @@ LOCAL_APPS = [
     "apps.reports",
     "apps.webhooks",
     "apps.feed",
+    "apps.openai_compat",
 ]
 INSTALLED_APPS = DJANGO_APPS + THIRD_PARTY_APPS + LOCAL_APPS
 
@@ -905,6 +906,24 @@ CELERY_BEAT_SCHEDULE.update(
             "schedule": env.float("EMAIL_OUTBOX_SWEEP_INTERVAL_SECONDS", default=30.0),
             "options": {"expires": 25},
         },
+    }
+)
+
+# ------------------------------------------------------------------------------------------------
+# OpenAI-compatible API (apps.openai_compat): POST /api/openai/v1/audio/transcriptions, translations
+# ------------------------------------------------------------------------------------------------
+# Requests one web process lets wait for their job at once (each holds a gunicorn thread); the
+# next one is answered 503 with Retry-After.
+OPENAI_COMPAT_MAX_WAITING = env.int("OPENAI_COMPAT_MAX_WAITING", default=8)
+# How long a request waits for its job; then 504 naming the job (X-LexisCore-Job-Id), which goes
+# on and can be read from the jobs API.
+OPENAI_COMPAT_WAIT_SECONDS = env.int("OPENAI_COMPAT_WAIT_SECONDS", default=300)
+# Largest file accepted (OpenAI's own limit is 25 MB; AUDIO_MAX_UPLOAD_BYTES caps it too).
+OPENAI_COMPAT_MAX_UPLOAD_BYTES = env.int("OPENAI_COMPAT_MAX_UPLOAD_BYTES", default=25 * 1024 * 1024)
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
+    {
+        "OpenAITimestampGranularityEnum": "apps.openai_compat.api.serializers.GRANULARITIES",
+        "OpenAIResponseFormatEnum": "apps.openai_compat.services.RESPONSE_FORMATS",
     }
 )
 
