@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from datetime import UTC, date, datetime
 
@@ -78,22 +79,60 @@ def job_list(
     return queryset.order_by("-created_at")
 
 
+# A term of nothing but operators and punctuation ("-", "--", "!"): dropped. A run of them makes
+# PostgreSQL's websearch_to_tsquery fail ("tsquery stack too small" from 33 lone "-" on), and
+# none of them means anything without a word.
+_OPERATORS_ONLY = re.compile(r"^\W+$")
+_PHRASE = re.compile(r'(-?)"([^"]*)"')
+
+
+def search_terms(q: str) -> str:
+    """`q` without terms that are only operators, and with "--x" as "-x" (web-search syntax
+    otherwise untouched: quotes, `or`, `-`)."""
+    return " ".join(re.sub(r"^-+", "-", t) for t in q.split() if not _OPERATORS_ONLY.match(t))
+
+
 def _transcripts_matching(organisation, q: str) -> QuerySet[Transcript]:
     """The organisation's transcripts whose text matches `q`.
 
-    PostgreSQL: full-text search, `q` in web-search syntax (`websearch_to_tsquery` accepts any
-    input without a syntax error), served by the GIN index `transcript_text_search`. A
-    subquery rather than a join, so the index can serve it although the list ORs it with the
-    file name. SQLite (the embedded defaults): a substring scan of every transcript, no index.
+    PostgreSQL: full-text search, `q` in web-search syntax (`websearch_to_tsquery`, given
+    `search_terms(q)`), served by the GIN index `transcript_text_search`. A subquery rather than
+    a join, so the index can serve it although the list ORs it with the file name. SQLite (the
+    embedded defaults): every word or "quoted phrase" as a substring, all of them, none of the
+    `-excluded` ones, scanning every transcript (no index; no `or`; only ASCII letters' case is
+    ignored, SQLite's LIKE).
     """
     transcripts = Transcript.objects.filter(job__organisation=organisation)
+    terms = search_terms(q)
+    if not terms:
+        return transcripts.none()
     if connection.vendor != "postgresql":
-        return transcripts.filter(text__icontains=q)
+        return _substring_matching(transcripts, terms)
     from django.contrib.postgres.search import SearchQuery, SearchVector
 
     return transcripts.annotate(document=SearchVector("text", config=SEARCH_CONFIG)).filter(
-        document=SearchQuery(q, search_type="websearch", config=SEARCH_CONFIG)
+        document=SearchQuery(terms, search_type="websearch", config=SEARCH_CONFIG)
     )
+
+
+def _substring_matching(transcripts: QuerySet[Transcript], terms: str) -> QuerySet[Transcript]:
+    wanted: list[tuple[bool, str]] = []  # (excluded, text)
+
+    def phrase(match: re.Match) -> str:
+        wanted.append((match.group(1) == "-", match.group(2)))
+        return " "
+
+    for word in _PHRASE.sub(phrase, terms).split():
+        excluded = word.startswith("-") and len(word) > 1
+        wanted.append((excluded, word.lstrip("-").strip('"') if excluded else word.strip('"')))
+    for excluded, text in wanted:
+        if not text.strip():
+            continue
+        if excluded:
+            transcripts = transcripts.exclude(text__icontains=text)
+        else:
+            transcripts = transcripts.filter(text__icontains=text)
+    return transcripts
 
 
 def job_get(*, organisation, job_id) -> TranscriptionJob:

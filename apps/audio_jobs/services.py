@@ -15,6 +15,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -201,7 +202,55 @@ def job_create_from_file(
     probe = probe_upload(path)
     quota_check(organisation=organisation, duration_seconds=probe.duration_seconds)
     job_id = uuid.uuid4()
-    key = storage.audio_key(organisation.pk, job_id, probe.format_name)
+
+    def store(audio: _GuardedAudio) -> None:
+        audio.key = storage.store_file(path, audio.key)
+
+    def create(audio: _GuardedAudio) -> tuple[TranscriptionJob, bool]:
+        job = _create_job(
+            job_id=job_id,
+            organisation=organisation,
+            user=user,
+            options=options,
+            idempotency_key=idempotency_key,
+            audio_key=audio.key,
+            original_filename=original_filename,
+            size_bytes=size_bytes,
+            container=probe.format_name,
+            codec=probe.codec,
+            duration_seconds=probe.duration_seconds,
+            audio_validated=True,
+        )
+        return job, True
+
+    return _with_guarded_audio(
+        storage.audio_key(organisation.pk, job_id, probe.format_name),
+        create,
+        store=store,
+        replay=lambda: _replay(organisation, idempotency_key),
+    )
+
+
+@dataclass
+class _GuardedAudio:
+    key: str  # where the job's audio is (or will be) stored
+
+
+def _with_guarded_audio(
+    key: str,
+    create: Callable[[_GuardedAudio], tuple[TranscriptionJob, bool]],
+    *,
+    replay: Callable[[], TranscriptionJob | None],
+    store: Callable[[_GuardedAudio], None] | None = None,
+) -> tuple[TranscriptionJob, bool]:
+    """`create` the job in a transaction, its audio written under `key` (by `store` before the
+    transaction, or by `create` in it, which set `audio.key` if the storage names it otherwise).
+
+    The audio's deletion is committed first (`guard_file`) and called off by the job's
+    transaction, so a process killed in between leaves no orphan; any failure before the commit
+    discards it at once. A unique-key failure is a concurrent request with the same
+    idempotency key that won the race: `replay` finds its job (or refuses the key)."""
+    audio = _GuardedAudio(key)
     guard = guard_file(key)
     committed = False
 
@@ -210,33 +259,20 @@ def job_create_from_file(
         committed = True
 
     try:
-        key = storage.store_file(path, key)
+        if store is not None:
+            store(audio)
         with transaction.atomic():
             # Registered before the job's publish hook, so it runs first after the commit.
             transaction.on_commit(mark_committed)
             _unguard_or_refuse(guard)
-            job = _create_job(
-                job_id=job_id,
-                organisation=organisation,
-                user=user,
-                options=options,
-                idempotency_key=idempotency_key,
-                audio_key=key,
-                original_filename=original_filename,
-                size_bytes=size_bytes,
-                container=probe.format_name,
-                codec=probe.codec,
-                duration_seconds=probe.duration_seconds,
-                audio_validated=True,
-            )
+            return create(audio)
     except BaseException as exc:
         if committed:
             raise
-        discard_guarded_file(key, guard)
-        if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
+        discard_guarded_file(audio.key, guard)  # a delete of a key never written is a no-op
+        if isinstance(exc, IntegrityError) and (existing := replay()) is not None:
             return existing, False
         raise
-    return job, True
 
 
 def _unguard_or_refuse(guard) -> None:
@@ -275,35 +311,19 @@ def job_create_from_upload(
         return existing, False
     quota_check(organisation=organisation)
     job_id = uuid.uuid4()
-    key = storage.audio_key(organisation.pk, job_id, "")
-    guard = guard_file(key)  # the copy, should this process die before the job commits
-    committed = False
-
-    def mark_committed() -> None:
-        nonlocal committed
-        committed = True
-
-    try:
-        with transaction.atomic():
-            transaction.on_commit(mark_committed)
-            _unguard_or_refuse(guard)
-            return _consume_upload(
-                job_id=job_id,
-                key=key,
-                organisation=organisation,
-                user=user,
-                upload_id=upload_id,
-                options=options,
-                idempotency_key=idempotency_key,
-            )
-    except BaseException as exc:
-        if committed:
-            raise
-        discard_guarded_file(key, guard)  # a delete of a key never written is a no-op
-        if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
-            # A concurrent request with the same idempotency key (another upload) won the race.
-            return existing, False
-        raise
+    return _with_guarded_audio(
+        storage.audio_key(organisation.pk, job_id, ""),
+        lambda audio: _consume_upload(
+            job_id=job_id,
+            key=audio.key,
+            organisation=organisation,
+            user=user,
+            upload_id=upload_id,
+            options=options,
+            idempotency_key=idempotency_key,
+        ),
+        replay=lambda: _replay(organisation, idempotency_key),
+    )
 
 
 @transaction.atomic
@@ -419,76 +439,80 @@ def job_retranscribe(
     writer takes them) while its audio is copied: retention skips a locked job, and a concurrent
     delete waits, so the file cannot go from under the copy.
     """
-    if existing := _replay(organisation, idempotency_key):
-        return existing, False
     source = selectors.job_get(organisation=organisation, job_id=source_id)
+    if existing := _replay_retranscription(organisation, idempotency_key, source):
+        return existing, False
     _check_retranscribable(source)
     quota_check(organisation=organisation, duration_seconds=source.duration_seconds or 0.0)
     job_id = uuid.uuid4()
-    key = storage.audio_key(organisation.pk, job_id, source.container)
-    guard = guard_file(key)  # the copy, should this process die before the job commits
-    committed = False
 
-    def mark_committed() -> None:
-        nonlocal committed
-        committed = True
+    def create(audio: _GuardedAudio) -> tuple[TranscriptionJob, bool]:
+        locked = (
+            TranscriptionJob.objects.select_for_update(no_key=True)
+            .filter(organisation=organisation, pk=source.pk)
+            .first()
+        )
+        if locked is None:
+            raise NotFoundError("No such job.", code="job_not_found")
+        _check_retranscribable(locked)
+        try:
+            audio.key = storage.copy_file(locked.audio_key, audio.key)
+        except FileNotFoundError:
+            raise _audio_missing(locked) from None
+        job = _create_job(
+            job_id=job_id,
+            organisation=organisation,
+            user=user,
+            options=options,
+            idempotency_key=idempotency_key,
+            retranscribed_from=locked,
+            audio_key=audio.key,
+            original_filename=locked.original_filename,
+            size_bytes=locked.size_bytes,
+            container=locked.container,
+            codec=locked.codec,
+            duration_seconds=locked.duration_seconds,
+            audio_validated=locked.audio_validated,
+        )
+        audit_record(
+            action=AuditAction.JOB_RETRANSCRIBED,
+            actor=user,  # a user, or an API key's principal (then `api_key` is named)
+            api_key=api_key,
+            organisation=organisation,
+            target=job,
+            target_repr=f"Job {job.pk}",
+            meta=meta,
+            # Never the prompt: it may hold names (the job's history leaves it out too).
+            metadata={
+                "job_id": str(job.pk),
+                "retranscribed_from": str(locked.pk),
+                "model": options.model_profile,
+                "language": options.language,
+                "task": options.task,
+            },
+        )
+        return job, True
 
-    try:
-        with transaction.atomic():
-            transaction.on_commit(mark_committed)
-            _unguard_or_refuse(guard)
-            locked = (
-                TranscriptionJob.objects.select_for_update(no_key=True)
-                .filter(organisation=organisation, pk=source.pk)
-                .first()
-            )
-            if locked is None:
-                raise NotFoundError("No such job.", code="job_not_found")
-            _check_retranscribable(locked)
-            try:
-                key = storage.copy_file(locked.audio_key, key)
-            except FileNotFoundError:
-                raise _audio_missing(locked) from None
-            job = _create_job(
-                job_id=job_id,
-                organisation=organisation,
-                user=user,
-                options=options,
-                idempotency_key=idempotency_key,
-                retranscribed_from=locked,
-                audio_key=key,
-                original_filename=locked.original_filename,
-                size_bytes=locked.size_bytes,
-                container=locked.container,
-                codec=locked.codec,
-                duration_seconds=locked.duration_seconds,
-                audio_validated=locked.audio_validated,
-            )
-            audit_record(
-                action=AuditAction.JOB_RETRANSCRIBED,
-                actor=user,  # a user, or an API key's principal (then `api_key` is named)
-                api_key=api_key,
-                organisation=organisation,
-                target=job,
-                target_repr=f"Job {job.pk}",
-                meta=meta,
-                # Never the prompt: it may hold names (the job's history leaves it out too).
-                metadata={
-                    "job_id": str(job.pk),
-                    "retranscribed_from": str(locked.pk),
-                    "model": options.model_profile,
-                    "language": options.language,
-                    "task": options.task,
-                },
-            )
-    except BaseException as exc:
-        if committed:
-            raise
-        discard_guarded_file(key, guard)  # a delete of a key never written is a no-op
-        if isinstance(exc, IntegrityError) and (existing := _replay(organisation, idempotency_key)):
-            return existing, False
-        raise
-    return job, True
+    return _with_guarded_audio(
+        storage.audio_key(organisation.pk, job_id, source.container),
+        create,
+        replay=lambda: _replay_retranscription(organisation, idempotency_key, source),
+    )
+
+
+def _replay_retranscription(
+    organisation, idempotency_key: str, source: TranscriptionJob
+) -> TranscriptionJob | None:
+    """The job an earlier request with this key made, if it transcribed `source` again; a key
+    used for anything else is refused (409), never answered with another job."""
+    existing = _replay(organisation, idempotency_key)
+    if existing is not None and existing.retranscribed_from_id != source.pk:
+        raise ConflictError(
+            "This Idempotency-Key was used for another request; use a new key.",
+            code="idempotency_key_reused",
+            details={"job_id": str(existing.pk)},
+        )
+    return existing
 
 
 def _check_retranscribable(job: TranscriptionJob) -> None:

@@ -159,8 +159,11 @@ def copy_file(source: str, target: str, *, if_match: str | None = None) -> str:
             # multipart copy, above its 8 MiB threshold).
             raise SourceChanged(source) from exc
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412"):
                 raise SourceChanged(source) from exc
+            if code in ("404", "NoSuchKey", "NotFound"):  # as FileSystemStorage's open() says
+                raise FileNotFoundError(source) from exc
             raise
         return target
     with default_storage.open(source, "rb") as handle:

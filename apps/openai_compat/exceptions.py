@@ -101,5 +101,22 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response:
         # OpenAI answers an exhausted quota 429 (`insufficient_quota`); the native API, 402.
         response.status_code = 429
         response[NO_RETRY_HEADER] = "false"
+    job_id = getattr(exc, "lexiscore_job_id", None)
+    if job_id is not None:  # the request's job exists (services.transcription_create_and_wait)
+        response[JOB_ID_HEADER] = str(job_id)
+        response[NO_RETRY_HEADER] = "false"
+        details = error.get("details")
+        error["details"] = {**(details if isinstance(details, dict) else {}), "job_id": str(job_id)}
     response.data = openai_error(error, response.status_code)
     return response
+
+
+def not_found(request: Any, *args: Any, **kwargs: Any) -> Any:
+    """Any other address under the OpenAI-compatible prefix: 404 in OpenAI's shape (SDKs parse
+    it), not the project's 404 page."""
+    from django.http import JsonResponse
+
+    from apps.core.exceptions import error_body
+
+    error = error_body("not_found", "Nothing was found at this address.")["error"]
+    return JsonResponse(openai_error(error, 404), status=404)

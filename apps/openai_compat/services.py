@@ -78,17 +78,24 @@ def transcription_create_and_wait(
         size_bytes=size_bytes,
         options=options,
     )
-    state = waiting.job_wait(
-        organisation_id=organisation.pk,
-        job_id=job.pk,
-        timeout=settings.OPENAI_COMPAT_WAIT_SECONDS,
-    )
-    if state is None or state.status != JobStatus.COMPLETED:
-        raise _not_completed(job.pk, state)
-    result = selectors.transcript_result(organisation_id=organisation.pk, job_id=job.pk)
-    if result is None:  # deleted between the poll and this read
-        raise _not_completed(job.pk, None)
-    body, media_type = render(result, output)
+    try:
+        state = waiting.job_wait(
+            organisation_id=organisation.pk,
+            job_id=job.pk,
+            timeout=settings.OPENAI_COMPAT_WAIT_SECONDS,
+        )
+        if state is None or state.status != JobStatus.COMPLETED:
+            raise _not_completed(job.pk, state)
+        result = selectors.transcript_result(organisation_id=organisation.pk, job_id=job.pk)
+        if result is None:  # deleted between the poll and this read
+            raise _not_completed(job.pk, None)
+        body, media_type = render(result, output)
+    except Exception as exc:
+        # Whatever fails from here (a database outage while waiting, a bug rendering), the job
+        # exists: the answer names it and tells SDKs not to retry, which would upload and
+        # transcribe (and count) the file again. `exception_handler` reads this mark.
+        exc.lexiscore_job_id = job.pk  # type: ignore[attr-defined]
+        raise
     return Transcription(job_id=job.pk, body=body, media_type=media_type)
 
 

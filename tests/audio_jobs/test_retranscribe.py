@@ -219,6 +219,31 @@ def test_the_same_idempotency_key_returns_the_same_job_and_copies_once(
     assert len(media_files(media_root)) == 2
 
 
+def test_a_key_used_for_another_source_is_refused_not_answered_with_that_job(
+    api_client, auth, org, media_root
+):
+    first_source, other_source = stored_source(org), stored_source(org)
+    headers = {**auth, "HTTP_IDEMPOTENCY_KEY": "again-2"}
+    first = retranscribe(api_client, headers, first_source.pk)
+
+    reused = retranscribe(api_client, headers, other_source.pk)
+
+    assert first.status_code == 201
+    assert assert_error(reused, 409, "idempotency_key_reused")["details"] == {
+        "job_id": first.json()["id"]
+    }
+    assert not TranscriptionJob.objects.filter(retranscribed_from=other_source).exists()
+
+
+def test_an_unknown_source_is_not_found_whatever_the_key(api_client, auth, org, media_root):
+    headers = {**auth, "HTTP_IDEMPOTENCY_KEY": "again-3"}
+    retranscribe(api_client, headers, stored_source(org).pk)
+
+    response = retranscribe(api_client, headers, "00000000-0000-4000-8000-000000000000")
+
+    assert_error(response, 404, "job_not_found")
+
+
 # ---- refusals ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [JobStatus.QUEUED, JobStatus.PROCESSING])
 def test_a_job_still_queued_or_processing_is_a_conflict(api_client, auth, org, media_root, status):

@@ -243,3 +243,53 @@ def test_sqlite_falls_back_to_a_substring_match_of_the_text(org, monkeypatch):
     monkeypatch.setattr(selectors, "connection", SQLite())
 
     assert [str(job.pk) for job in selectors.job_list(organisation=org, q="QUARTERS")] == [part]
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [
+        ("quarterly budget", ["budget"]),  # every word, in any order
+        ("budget quarterly", ["budget"]),
+        ('"quarterly budget"', ["budget"]),  # a phrase, quotes not matched literally
+        ('"budget quarterly"', []),
+        ("quarterly -budget", ["revenue"]),  # minus excludes
+        ('quarterly -"budget was"', ["revenue"]),
+        ("- -- quarterly", ["revenue", "budget"]),  # operators alone are dropped
+    ],
+)
+def test_sqlite_matches_words_phrases_and_exclusions(org, monkeypatch, q, expected):
+    ids = {
+        "budget": said(org, "The quarterly budget was approved."),
+        "revenue": said(org, "Quarterly revenue grew."),
+    }
+
+    class SQLite:
+        vendor = "sqlite"
+
+    monkeypatch.setattr(selectors, "connection", SQLite())
+
+    assert [str(j.pk) for j in selectors.job_list(organisation=org, q=q)] == [
+        ids[name] for name in expected
+    ]
+
+
+@pytest.mark.parametrize(
+    "q",
+    ["-" * 200, "- " * 80, "-- " * 60 + "x", "!" * 100, "-!x " * 40, '"' * 50, "or " * 60],
+)
+def test_runs_of_operators_are_no_error(client, owner, auth, q):
+    """33 lone "-" made websearch_to_tsquery fail ("tsquery stack too small"): a 500."""
+    said(owner.organisation, "x marks the spot")
+
+    response = client.get(JOBS, {"q": q[:200]}, **auth)
+
+    assert response.status_code == 200, response.json()
+
+
+def test_only_operators_match_no_transcript_but_still_file_names(org):
+    said(org, "Anything at all.", original_filename="--.mp3")
+    said(org, "Anything else.")
+
+    assert [j.original_filename for j in selectors.job_list(organisation=org, q="--")] == [
+        "--.mp3"
+    ]

@@ -558,3 +558,24 @@ def test_a_multipart_copy_whose_part_no_longer_matches_is_source_changed(s3, mon
 
     with pytest.raises(storage.SourceChanged):
         storage.copy_file("uploads/a", "org/x/audio/y.bin", if_match='"abc"')
+
+
+def test_retranscribing_a_job_whose_object_is_gone_is_a_conflict_not_a_500(
+    api_client, auth, org, s3
+):
+    """The object removed out of band (a lifecycle rule, an operator) between the check and the
+    copy: S3 answers the copy 404, which is `audio_missing` as on a file system."""
+    from apps.audio_jobs.models import TranscriptionJob
+    from tests.audio_jobs.factories import CompletedJobFactory
+
+    source = CompletedJobFactory(organisation=org)  # its audio_key names no stored object
+
+    response = api_client.post(
+        f"/api/v1/jobs/{source.pk}/retranscribe", {}, format="json", **auth
+    )
+
+    assert response.status_code == 409, response.content
+    assert response.json()["error"]["code"] == "audio_missing"
+    assert TranscriptionJob.objects.filter(retranscribed_from=source).count() == 0
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"org/{org.pk}/")  # the bucket is shared
+    assert listed.get("KeyCount", 0) == 0

@@ -502,3 +502,48 @@ def test_native_errors_keep_their_shape(client, auth):
     response = client.get("/api/v1/jobs/not-a-job", **auth)
 
     assert set(response.json()["error"]) == {"code", "message", "details", "request_id"}
+
+
+# ---- review fixes -----------------------------------------------------------------------------
+
+
+def test_an_error_after_the_job_exists_names_it_and_asks_for_no_retry(
+    client, auth, clip, monkeypatch
+):
+    """A database outage while waiting answers 503; an SDK would retry it, uploading and
+    transcribing (and counting) the file again: the answer says not to, and names the job."""
+    from django.db import OperationalError
+
+    def outage(**kwargs):
+        raise OperationalError("the database went away")
+
+    monkeypatch.setattr(services.waiting, "job_wait", outage)
+
+    response = post(client, auth, clip)
+
+    job = TranscriptionJob.objects.get()
+    error = error_of(response)
+    assert response.status_code == 503
+    assert response["x-should-retry"] == "false"
+    assert response["X-LexisCore-Job-Id"] == str(job.pk)
+    assert error["details"]["job_id"] == str(job.pk)
+
+
+def test_an_error_before_any_job_may_be_retried(client, auth, clip, settings):
+    settings.OPENAI_COMPAT_MAX_WAITING = 0
+
+    response = post(client, auth, clip)
+
+    assert response.status_code == 503
+    assert "x-should-retry" not in response
+    assert not TranscriptionJob.objects.exists()
+
+
+@pytest.mark.parametrize("path", ["models", "audio/speech", "audio/transcriptions/x", ""])
+def test_other_addresses_under_the_prefix_are_404_in_openai_shape(client, auth, path):
+    response = client.get(f"/api/openai/v1/{path}", **auth)
+
+    assert response.status_code == 404
+    body = response.json()
+    assert body["error"]["code"] == "not_found"
+    assert {"message", "type", "param", "code"} <= set(body["error"])

@@ -137,7 +137,7 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
     quality_summary = serializers.CharField(
         allow_null=True,
         help_text='The checks in one line, e.g. "1 warning: repetition loop at 00:03:12." '
-        "(null: not checked). The job's detail carries every flag in `quality`."
+        "(null: not checked). The job's detail carries every flag in `quality`.",
     )
     retranscribed_from = serializers.UUIDField(
         source="retranscribed_from_id",

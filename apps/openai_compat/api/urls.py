@@ -1,8 +1,11 @@
-from django.urls import path
+from django.urls import path, re_path
 
+from ..exceptions import not_found
 from . import views
 
 urlpatterns = [
     path("audio/transcriptions", views.TranscriptionView.as_view(), name="audio-transcriptions"),
     path("audio/translations", views.TranslationView.as_view(), name="audio-translations"),
+    # Last: any other address here answers in OpenAI's error shape.
+    re_path(r"^.*$", not_found, name="not-found"),
 ]
