@@ -290,6 +290,4 @@ def test_only_operators_match_no_transcript_but_still_file_names(org):
     said(org, "Anything at all.", original_filename="--.mp3")
     said(org, "Anything else.")
 
-    assert [j.original_filename for j in selectors.job_list(organisation=org, q="--")] == [
-        "--.mp3"
-    ]
+    assert [j.original_filename for j in selectors.job_list(organisation=org, q="--")] == ["--.mp3"]

@@ -570,9 +570,7 @@ def test_retranscribing_a_job_whose_object_is_gone_is_a_conflict_not_a_500(
 
     source = CompletedJobFactory(organisation=org)  # its audio_key names no stored object
 
-    response = api_client.post(
-        f"/api/v1/jobs/{source.pk}/retranscribe", {}, format="json", **auth
-    )
+    response = api_client.post(f"/api/v1/jobs/{source.pk}/retranscribe", {}, format="json", **auth)
 
     assert response.status_code == 409, response.content
     assert response.json()["error"]["code"] == "audio_missing"
