@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.search import SearchVectorField
 from django.db import models
 from django.db.models import Q
 
@@ -219,10 +220,13 @@ class Transcript(models.Model):
     )
     edited_at = models.DateTimeField(null=True, blank=True)
 
-    # `GET /jobs?q=` (selectors.job_list) is served on PostgreSQL by the GIN index
-    # `transcript_text_search` on `to_tsvector('simple', COALESCE(text, ''))` (migration 0011,
-    # the selector's expression exactly). It is kept out of the model state: SQLite cannot build
-    # it, and would try to whenever it rebuilds this table.
+    # `GET /jobs?q=` on PostgreSQL (selectors.job_list): `to_tsvector('simple', text)`, stored,
+    # so a match is not recomputed from the text of every candidate row (a common word over
+    # 100,000 transcripts took 160-250 ms recomputing; docs/benchmarks.md). Kept by a trigger
+    # (migration 0011: on insert, and on update when the text changes or it is null), never
+    # written by Django; GIN index `transcript_text_search` (kept out of the model state: SQLite
+    # cannot build it, and would try to whenever it rebuilds this table). Unused on SQLite.
+    search_vector = SearchVectorField(null=True, editable=False)
 
     def __str__(self) -> str:
         return f"Transcript of {self.job_id}"

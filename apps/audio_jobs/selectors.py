@@ -95,8 +95,9 @@ def search_terms(q: str) -> str:
 def _transcripts_matching(organisation, q: str) -> QuerySet[Transcript]:
     """The organisation's transcripts whose text matches `q`.
 
-    PostgreSQL: full-text search, `q` in web-search syntax (`websearch_to_tsquery`, given
-    `search_terms(q)`), served by the GIN index `transcript_text_search`. A subquery rather than
+    PostgreSQL: full-text search of the stored `search_vector`, `q` in web-search syntax
+    (`websearch_to_tsquery`, given `search_terms(q)`), served by the GIN index
+    `transcript_text_search`. A subquery rather than
     a join, so the index can serve it although the list ORs it with the file name. SQLite (the
     embedded defaults): every word or "quoted phrase" as a substring, all of them, none of the
     `-excluded` ones, scanning every transcript (no index; no `or`; only ASCII letters' case is
@@ -108,10 +109,12 @@ def _transcripts_matching(organisation, q: str) -> QuerySet[Transcript]:
         return transcripts.none()
     if connection.vendor != "postgresql":
         return _substring_matching(transcripts, terms)
-    from django.contrib.postgres.search import SearchQuery, SearchVector
+    from django.contrib.postgres.search import SearchQuery
 
-    return transcripts.annotate(document=SearchVector("text", config=SEARCH_CONFIG)).filter(
-        document=SearchQuery(terms, search_type="websearch", config=SEARCH_CONFIG)
+    # The stored vector (a trigger keeps it; migration 0011), not one computed from the text:
+    # recomputing it for every candidate row of a common word was the whole cost.
+    return transcripts.filter(
+        search_vector=SearchQuery(terms, search_type="websearch", config=SEARCH_CONFIG)
     )
 
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.postgres.operations import AddIndexConcurrently, RemoveIndexConcurrently
-from django.db.migrations.operations import AddIndex, RemoveIndex
+from django.db.migrations.operations import AddField, AddIndex, RemoveIndex, RunSQL
 
 
 def _on_postgresql(schema_editor: Any) -> bool:
@@ -126,3 +126,35 @@ class AddPostgreSQLIndexOnline(AddIndexOnline):
             f"Concurrently create index {self.index.name} on {self.model_name} "
             "(PostgreSQL only, not in the model state)"
         )
+
+
+class RunPostgreSQL(RunSQL):
+    """`RunSQL` on PostgreSQL (in the migration's own transaction, or its own when the migration
+    is not atomic), nothing elsewhere: SQL only PostgreSQL speaks (a trigger in PL/pgSQL) for a
+    feature that SQLite does without. `sqlmigrate` prints it."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if _on_postgresql(schema_editor):
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
+
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        if _on_postgresql(schema_editor):
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
+
+
+class AddFieldIfMissing(AddField):
+    """`AddField` that keeps a column already there: in a migration that is not atomic, a run
+    cancelled after the column was added would otherwise fail when run again."""
+
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):  # type: ignore[no-untyped-def]
+        model = to_state.apps.get_model(app_label, self.model_name)
+        column = model._meta.get_field(self.name).column
+        connection = schema_editor.connection
+        if not schema_editor.collect_sql:
+            with connection.cursor() as cursor:
+                columns = connection.introspection.get_table_description(
+                    cursor, model._meta.db_table
+                )
+            if any(c.name == column for c in columns):
+                return
+        super().database_forwards(app_label, schema_editor, from_state, to_state)
