@@ -611,17 +611,23 @@ def test_one_export_in_progress_per_requester_and_one_organisation_export(org, a
     assert alices_after.status_code == 202
 
 
+def export_row(organisation, user, scope: str, **fields) -> Report:
+    """An export's row as the service writes it (no file), e.g. a failed one to retry."""
+    return Report.objects.create(
+        organisation=organisation,
+        created_by=user,
+        kind=ReportKind.EXPORT,
+        format="zip",
+        export_scope=scope,
+        **fields,
+    )
+
+
 def test_the_database_holds_one_pending_export_per_requester_and_per_organisation(org):
     from django.db import IntegrityError, transaction
 
     def create(user, scope):
-        return Report.objects.create(
-            organisation=org["organisation"],
-            created_by=user,
-            kind=ReportKind.EXPORT,
-            format="zip",
-            export_scope=scope,
-        )
+        return export_row(org["organisation"], user, scope)
 
     create(org["alice"].user, "member")
     create(org["viewer"].user, "member")
@@ -632,13 +638,8 @@ def test_the_database_holds_one_pending_export_per_requester_and_per_organisatio
 
 
 def test_a_retried_export_waits_for_the_one_in_progress(org):
-    failed = Report.objects.create(
-        organisation=org["organisation"],
-        created_by=org["owner"].user,
-        kind=ReportKind.EXPORT,
-        format="zip",
-        export_scope="member",
-        status=ReportStatus.FAILED,
+    failed = export_row(
+        org["organisation"], org["owner"].user, "member", status=ReportStatus.FAILED
     )
     services.export_request(
         organisation=org["organisation"], user=org["owner"].user, role="owner", scope="member"
@@ -653,13 +654,8 @@ def test_a_retried_export_waits_for_the_one_in_progress(org):
 
 
 def test_a_retried_export_is_not_held_off_by_another_members_export(org):
-    failed = Report.objects.create(
-        organisation=org["organisation"],
-        created_by=org["owner"].user,
-        kind=ReportKind.EXPORT,
-        format="zip",
-        export_scope="organisation",
-        status=ReportStatus.FAILED,
+    failed = export_row(
+        org["organisation"], org["owner"].user, "organisation", status=ReportStatus.FAILED
     )
     services.export_request(
         organisation=org["organisation"], user=org["viewer"].user, role="viewer", scope="member"
@@ -723,13 +719,8 @@ def test_retention_deletes_expired_exports_with_their_files(
     expired = build(org["owner"], scope="member")
     Report.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
     fresh = build(org["alice"], scope="member")
-    old_failure = Report.objects.create(
-        organisation=org["organisation"],
-        created_by=org["viewer"].user,
-        kind=ReportKind.EXPORT,
-        format="zip",
-        export_scope="member",
-        status=ReportStatus.FAILED,
+    old_failure = export_row(
+        org["organisation"], org["viewer"].user, "member", status=ReportStatus.FAILED
     )
     Report.objects.filter(pk=old_failure.pk).update(updated_at=timezone.now() - timedelta(days=8))
     assert default_storage.exists(expired.file_key)
@@ -916,14 +907,7 @@ def test_nobody_else_may_delete_or_retry_an_export(org, api_client):
     organisation = org["organisation"]
 
     def failed_export(user, scope):
-        return Report.objects.create(
-            organisation=organisation,
-            created_by=user,
-            kind=ReportKind.EXPORT,
-            format="zip",
-            export_scope=scope,
-            status=ReportStatus.FAILED,
-        )
+        return export_row(organisation, user, scope, status=ReportStatus.FAILED)
 
     alices = failed_export(org["alice"].user, "member")
     owners = failed_export(org["owner"].user, "organisation")
