@@ -16,7 +16,7 @@ from .dockerfile import shell_words, stages
 
 ONE_SHOT = {"migrate", "minio-init"}
 WORKERS = {"worker-transcription-cpu", "worker-transcription-gpu", "worker-default"}
-APP_SERVICES = {"migrate", "web", "web-events", "beat", "flower", *WORKERS}
+APP_SERVICES = {"migrate", "web", "web-events", "web-openai", "beat", "flower", *WORKERS}
 # Variable names whose values are credentials (or URLs that may carry them).
 SECRET_NAME = re.compile(
     r"SECRET|PASSWORD|TOKEN|SIGNING_KEY|ACCESS_KEY|ENCRYPTION_KEY|BASIC_AUTH|DSN|DATABASE_URL"
@@ -78,6 +78,7 @@ def test_docker_compose_resolves_the_file_with_every_profile(compose):
         "migrate",
         "web",
         "web-events",
+        "web-openai",
         "beat",
         "flower",
         *WORKERS,
@@ -344,11 +345,11 @@ def test_flower_requires_basic_auth_and_listens_on_localhost_only(compose):
     assert all(port["host_ip"] == "127.0.0.1" for port in flower["ports"])
 
 
-def test_only_web_web_events_flower_and_minio_publish_ports(compose):
+def test_only_the_web_services_flower_and_minio_publish_ports(compose):
     publishing = {name for name, service in compose["services"].items() if service.get("ports")}
 
-    assert publishing == {"web", "web-events", "flower", "minio"}
-    for name in ("web", "web-events", "minio"):
+    assert publishing == {"web", "web-events", "web-openai", "flower", "minio"}
+    for name in ("web", "web-events", "web-openai", "minio"):
         for port in compose["services"][name]["ports"]:
             assert port["host_ip"] == "127.0.0.1", name
 
@@ -366,6 +367,17 @@ def test_the_events_service_serves_the_asgi_application_with_uvicorns_worker(com
     assert seconds(service["stop_grace_period"]) > float(
         service["environment"]["GUNICORN_GRACEFUL_TIMEOUT"]
     )
+
+
+def test_the_openai_service_lets_fewer_requests_wait_than_it_has_threads(compose):
+    """Each waiting request holds a thread: one always stays free for health checks and the
+    503 that tells the next caller to come back."""
+    service = compose["services"]["web-openai"]
+    environment = service["environment"]
+
+    assert service["command"][-1] == "lexiscore.wsgi:application"
+    assert int(environment["GUNICORN_THREADS"]) > int(environment["OPENAI_COMPAT_MAX_WAITING"])
+    assert seconds(service["stop_grace_period"]) > float(environment["GUNICORN_GRACEFUL_TIMEOUT"])
 
 
 def test_third_party_images_are_pinned(compose):
