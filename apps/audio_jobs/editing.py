@@ -550,6 +550,11 @@ def _apply(
     return revision
 
 
+def _named(ids: list[int]) -> str:
+    """Segment ids for an error message (the first 20; `details` lists up to 100)."""
+    return ", ".join(str(i) for i in ids[:20])
+
+
 @transaction.atomic
 def transcript_edit(
     *,
@@ -575,18 +580,15 @@ def transcript_edit(
     unknown = [int(s["id"]) for s in segments if int(s["id"]) not in index_of]
     if unknown:
         raise ApplicationError(
-            "No segment of this transcript has the id "
-            + ", ".join(str(i) for i in unknown[:20])
-            + ".",
+            f"No segment of this transcript has the id {_named(unknown)}.",
             code="unknown_segment",
             details={"segment_ids": unknown[:100]},
         )
     duplicated = sorted({int(s["id"]) for s in segments} & ambiguous)
     if duplicated:
         raise ConflictError(
-            "Several segments of this transcript share the id "
-            + ", ".join(str(i) for i in duplicated[:20])
-            + "; they cannot be edited one by one.",
+            f"Several segments of this transcript share the id {_named(duplicated)}; they "
+            "cannot be edited one by one.",
             code="transcript_segment_ambiguous",
             details={"segment_ids": duplicated[:100]},
         )

@@ -220,15 +220,16 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
         _fail(job, "audio_missing", "The audio file of this job is no longer in storage.")
         return "failed"
     processing_seconds = time.monotonic() - started
-    quality = _check(job, result)
-    return _complete(job, result, processing_seconds=processing_seconds, quality=quality)
+    data = result.to_dict()  # a deep copy: made once, for the checks and the transcript row
+    quality = _check(job, result, data)
+    return _complete(job, result, processing_seconds=processing_seconds, quality=quality, data=data)
 
 
-def _check(job: TranscriptionJob, result: TranscriptionResult) -> dict[str, Any]:
+def _check(job: TranscriptionJob, result: TranscriptionResult, data: dict) -> dict[str, Any]:
     """The result's automatic quality checks, before the completing transaction takes its locks
     (under a second for a 4-hour transcript; `transcript_quality` never raises)."""
     quality = transcript_quality(
-        result.to_dict(),
+        data,
         speech_seconds=speech_seconds_from(result.engine_info),
         language_declared=bool(job.language),
     )
@@ -436,6 +437,7 @@ def _complete(
     *,
     processing_seconds: float,
     quality: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> str:
     locked = _locked_active(job)
     if locked is None:
@@ -443,7 +445,7 @@ def _complete(
     if locked.cancel_requested or not _organisation_active(locked):
         _finish(locked, JobStatus.CANCELLED)
         return "cancelled"
-    data = result.to_dict()
+    data = data if data is not None else result.to_dict()
     Transcript.objects.create(
         job=locked,
         text=result.text,

@@ -35,10 +35,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
-from django.db import close_old_connections, connection
 from django.utils import timezone
 from redis.exceptions import RedisError
 
+from apps.core.db import release_connection
 from apps.core.metrics import feed_open_streams
 
 from . import selectors
@@ -133,15 +133,6 @@ def _read(access: Access, cursor: int) -> tuple[str, int, bool, int]:
     page = selectors.feed_read(organisation_id=access.organisation_id, after=cursor, limit=PAGE)
     text = "".join(_message(event.id, event_json(event)) for event in page.events)
     return text, page.cursor, page.more, len(page.events)
-
-
-def release_connection() -> None:
-    """Hand this thread's database connection back to the pool (CONN_MAX_AGE=0 closes it), as a
-    request's end would: a stream is one request that lasts minutes, and holding a connection
-    for its whole life would let only DB_POOL_MAX_SIZE streams be open at once. Not inside a
-    transaction (a test's)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
 
 
 def _released(function: Any, *args: Any) -> Any:

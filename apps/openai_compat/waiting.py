@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections, connection
 
 from apps.audio_jobs.models import FINAL_STATUSES
+from apps.core.db import release_connection
 
 from . import selectors
 from .exceptions import JOB_ID_HEADER, NO_RETRY_HEADER, TranscriptionBusy, TranscriptionTimeout
@@ -57,14 +57,6 @@ class WaitingSlots:
 
 
 SLOTS = WaitingSlots(lambda: settings.OPENAI_COMPAT_MAX_WAITING)
-
-
-def release_connection() -> None:
-    """Hand this thread's connection back to the pool (CONN_MAX_AGE=0 closes it) between polls,
-    as a request's end would (`apps.feed.streams.release_connection` does the same for streams).
-    Not inside a transaction (a test's)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
 
 
 @contextmanager

@@ -385,10 +385,15 @@ class TranscriptView(APIView):
             api_key=tenant.api_key,
             meta=RequestMeta.from_request(request),
         )
-        return Response(
-            s.transcript_change_output(transcript, written),
-            headers={REVISION_HEADER: str(transcript.revision)},
-        )
+        return _changed(transcript, written)
+
+
+def _changed(transcript, written) -> Response:
+    """The transcript after an edit or revert, with the revision to send back next."""
+    return Response(
+        s.transcript_change_output(transcript, written),
+        headers={REVISION_HEADER: str(transcript.revision)},
+    )
 
 
 class TranscriptRevisionListView(APIView):
@@ -458,10 +463,7 @@ class TranscriptRevertView(APIView):
             api_key=tenant.api_key,
             meta=RequestMeta.from_request(request),
         )
-        return Response(
-            s.transcript_change_output(transcript, written),
-            headers={REVISION_HEADER: str(transcript.revision)},
-        )
+        return _changed(transcript, written)
 
 
 class UploadCreateView(APIView):
