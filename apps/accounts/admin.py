@@ -251,7 +251,7 @@ class OrganisationAdmin(admin.ModelAdmin):
 
     # What an operator changes here is recorded in the organisation's audit trail, as the
     # API's own changes are (Django's admin log records no action, and no organisation sees it).
-    _AUDITED_FIELDS = ("name", "plan")
+    _AUDITED_FIELDS = ("name", "plan", "redact_pii", "redact_pii_audio")
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
         with transaction.atomic():

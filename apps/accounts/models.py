@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -147,6 +148,16 @@ class User(AbstractBaseUser, PermissionsMixin):
         self._stored_is_active = self.is_active
 
 
+def validate_redaction_policies(value: Any) -> None:
+    """A list of the entity types apps/audio_jobs/redaction.py knows (the admin's JSON field)."""
+    from apps.audio_jobs.redaction import ENTITY_TYPES
+
+    if not isinstance(value, list) or any(item not in ENTITY_TYPES for item in value):
+        raise ValidationError(
+            "A list of entity types among: %(types)s.", params={"types": ", ".join(ENTITY_TYPES)}
+        )
+
+
 class Organisation(TimeStampedModel):
     """A tenant. Every piece of customer data belongs to exactly one."""
 
@@ -154,6 +165,17 @@ class Organisation(TimeStampedModel):
     name = models.CharField(max_length=150)
     plan = models.CharField(max_length=32, choices=plan_choices, default="free")
     is_active = models.BooleanField(default=True)
+    # Redaction every job of the organisation gets, whatever its request asks (admins set it).
+    redact_pii = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_redaction_policies],
+        help_text="Entity types redacted from every job's transcript, e.g. "
+        '["email_address", "phone_number"].',
+    )
+    redact_pii_audio = models.BooleanField(
+        default=False, help_text="Silence the redacted spans in every job's stored audio."
+    )
 
     class Meta:
         ordering = ["name"]

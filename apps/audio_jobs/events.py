@@ -107,6 +107,8 @@ def _job_data(job: TranscriptionJob) -> dict:
         # The automatic checks (null until completed): the warnings' count and every flag's code.
         "quality_warnings": job.quality_warnings,
         "quality_flags": _flag_codes(job.quality),
+        # PII redaction (null when none was asked): spans redacted per entity type.
+        "pii_redacted": job.redaction.get("entities") if isinstance(job.redaction, dict) else None,
     }
 
 

@@ -523,15 +523,89 @@ def normalise_to_wav(
     Uses the same protocol and demuxer restrictions as ``probe_media`` (and forces the demuxer
     when ``probe`` is given). ``dst`` appears only when complete (temporary file, then rename).
     """
+    limit = [] if max_duration_seconds is None else ["-t", f"{max_duration_seconds:.3f}"]
+    return _transcode(
+        src,
+        dst,
+        ["-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", *limit, "-f", "wav"],
+        suffix=".wav",
+        probe=probe,
+        timeout_seconds=timeout_seconds,
+        memory_limit_bytes=memory_limit_bytes,
+        failure="The audio could not be converted; the file may be damaged.",
+    )
+
+
+def silence_spans(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    spans: list[tuple[float, float]],
+    *,
+    timeout_seconds: float = DEFAULT_DECODE_TIMEOUT,
+    memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT,
+) -> Path:
+    """Write ``src``'s first audio stream to ``dst`` as FLAC (its sample rate and channels kept,
+    lossless from the decoded audio) with every ``(start, end)`` span, in seconds, silent.
+
+    The spans are merged first (overlapping or touching); the filter is passed in a script file
+    so that thousands of spans cannot exceed the command line's length.
+    """
+    merged = merge_spans(spans)
+    dst_path = Path(dst)
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, script = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=".filter")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            if merged:
+                terms = "+".join(f"between(t,{a:.3f},{b:.3f})" for a, b in merged)
+                handle.write(f"volume=enable='{terms}':volume=0")
+            else:
+                handle.write("anull")
+        return _transcode(
+            src,
+            dst,
+            ["-filter_script:a", script, "-c:a", "flac", "-f", "flac"],
+            suffix=".flac",
+            timeout_seconds=timeout_seconds,
+            memory_limit_bytes=memory_limit_bytes,
+            failure="The audio could not be re-encoded with its redacted spans silenced.",
+        )
+    finally:
+        Path(script).unlink(missing_ok=True)
+
+
+def merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Time spans (clipped at 0) sorted, with overlapping or touching ones merged."""
+    merged: list[list[float]] = []
+    for start, end in sorted((max(0.0, a), b) for a, b in spans if b > max(0.0, a)):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return [(a, b) for a, b in merged]
+
+
+def _transcode(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    output_args: list[str],
+    *,
+    suffix: str,
+    timeout_seconds: float,
+    memory_limit_bytes: int | None,
+    failure: str,
+    probe: ProbeResult | None = None,
+) -> Path:
+    """Run ffmpeg on ``src``'s first audio stream with ``output_args``, restricted as
+    ``probe_media`` is; ``dst`` appears only when complete (temporary file, then rename)."""
     src_path, dst_path = Path(src), Path(dst)
     demuxer: list[str] = []
     if probe is not None:
         for container in ALLOWED_CONTAINERS.values():
             if container.name == probe.format_name:
                 demuxer = ["-f", container.demuxer]
-    limit = [] if max_duration_seconds is None else ["-t", f"{max_duration_seconds:.3f}"]
     dst_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=".wav", dir=dst_path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=suffix, dir=dst_path.parent)
     os.close(fd)
     command = [
         _tool("ffmpeg"),
@@ -550,15 +624,7 @@ def normalise_to_wav(
         _input(src_path),
         "-map",
         "0:a:0",
-        "-ac",
-        "1",
-        "-ar",
-        "16000",
-        "-c:a",
-        "pcm_s16le",
-        *limit,
-        "-f",
-        "wav",
+        *output_args,
         "file:" + os.fspath(Path(tmp).resolve()),
     ]
     try:
@@ -571,8 +637,7 @@ def normalise_to_wav(
         )
         if completed.returncode != 0:
             raise CorruptMediaError(
-                "The audio could not be converted; the file may be damaged.",
-                detail=completed.stderr.decode("utf-8", "replace")[-_TAIL:],
+                failure, detail=completed.stderr.decode("utf-8", "replace")[-_TAIL:]
             )
         os.chmod(tmp, 0o644)
         os.replace(tmp, dst_path)

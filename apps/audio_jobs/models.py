@@ -136,6 +136,18 @@ class TranscriptionJob(TimeStampedModel):
     # The checks in one line, kept so that job lists need not load `quality` (up to ~40 KB).
     # Null, like the two above, when not checked: the API says null, not "".
     quality_summary = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
+    # PII redaction (apps/audio_jobs/redaction.py): what was asked for (the request's policies
+    # merged with the organisation's), and what the worker did (null until it completed).
+    redact_pii = models.JSONField(
+        default=list, blank=True, help_text="Entity types redacted from the transcript."
+    )
+    redact_pii_audio = models.BooleanField(
+        default=False, help_text="Silence the redacted spans in the stored audio too."
+    )
+    redact_pii_sub = models.CharField(max_length=16, default="entity_name")
+    redaction = models.JSONField(
+        null=True, blank=True, help_text="What redaction found and did (null: not asked)."
+    )
 
     objects = TranscriptionJobQuerySet.as_manager()
 

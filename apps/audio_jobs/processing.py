@@ -21,8 +21,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -32,11 +35,18 @@ from django.utils import timezone
 
 from apps.accounts.models import Organisation
 from apps.core.context import job_id_var
+from apps.core.storage import (
+    delete_files_on_commit,
+    discard_guarded_file,
+    guard_file,
+    unguard_file,
+)
 from workers.engines.base import TranscriptionOptions, TranscriptionResult, parse_task
 from workers.engines.errors import EngineError, TranscriptionCancelled
 from workers.metrics import observe_quality, observe_transcription
 
-from . import events, media, storage
+from . import events, media, redaction, storage
+from .editing import count_words
 from .leases import JobLease
 from .models import ACTIVE_STATUSES, JobStatus, Transcript, TranscriptionJob
 from .quality import quality_summary, speech_seconds_from, transcript_quality, warning_count
@@ -194,6 +204,7 @@ def release_connection() -> None:
 def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     started = time.monotonic()
     tracker = _Tracker(job, deadline)
+    audio: _RedactedAudio | None = None
     release_connection()
     try:
         with storage.local_copy(job.audio_key) as path:
@@ -205,6 +216,10 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
             result = engine.transcribe(
                 path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
             )
+            data = result.to_dict()  # a deep copy: made once, for the checks and the row
+            redacted = _redact(job, data)
+            if redacted is not None and job.redact_pii_audio and redacted[1]:
+                audio = _store_redacted_audio(job, path, redacted[1])
     except TranscriptionCancelled:
         return _stop_cancelled(job)
     except JobGone:
@@ -220,9 +235,93 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
         _fail(job, "audio_missing", "The audio file of this job is no longer in storage.")
         return "failed"
     processing_seconds = time.monotonic() - started
-    data = result.to_dict()  # a deep copy: made once, for the checks and the transcript row
     quality = _check(job, result, data)
-    return _complete(job, result, processing_seconds=processing_seconds, quality=quality, data=data)
+    outcome = "failed"
+    try:
+        outcome = _complete(
+            job,
+            result,
+            processing_seconds=processing_seconds,
+            quality=quality,
+            data=data,
+            redaction_done=None if redacted is None else _redaction_outcome(job, *redacted, audio),
+            audio=audio,
+        )
+    except RedactedAudioLost as exc:
+        _fail(job, exc.code, exc.message)
+    finally:
+        if audio is not None and outcome != "completed":
+            discard_guarded_file(audio.key, audio.guard)
+    return outcome
+
+
+class RedactedAudioLost(media.MediaError):
+    """The silenced copy was deleted before the job could point at it (storing and completing
+    took longer than the guard's delay)."""
+
+    code = "audio_redaction_failed"
+
+
+@dataclass
+class _RedactedAudio:
+    key: str
+    guard: Any  # the PendingDeletion that deletes it unless the job's completion calls it off
+    size_bytes: int
+    seconds_silenced: float
+
+
+def _redact(job: TranscriptionJob, data: dict) -> tuple[dict[str, int], list] | None:
+    """Redact the result in place before anything is stored or checked (the quality flags quote
+    phrases); returns the entities found per type and the spans, or None when none was asked.
+    Words the job did not ask for (computed only to time the audio's silences) are dropped."""
+    if not job.redact_pii:
+        return None
+    spans = redaction.redact_result(data, job.redact_pii, job.redact_pii_sub or "entity_name")
+    if not job.word_timestamps:
+        for segment in data["segments"]:
+            segment["words"] = []
+    if spans:
+        logger.info("Job %s: %d spans redacted", job.pk, len(spans))
+    return redaction.summarise(spans), spans
+
+
+def _store_redacted_audio(job: TranscriptionJob, path, spans: list) -> _RedactedAudio:
+    """Store a copy of the audio with the redacted spans (padded by PII_AUDIO_PADDING_SECONDS)
+    silent, under a new key guarded until the job's completion points at it. The original is
+    deleted once that commits. Raises `media.MediaError` (the job fails: its audio stays as
+    uploaded, for the member to delete or transcribe again)."""
+    pad = max(0.0, settings.PII_AUDIO_PADDING_SECONDS)
+    silenced = [(span.start - pad, span.end + pad) for span in spans]
+    key = storage.redacted_audio_key(job.organisation_id, job.pk)
+    timeout = settings.AUDIO_PROBE_TIMEOUT_SECONDS + float(job.duration_seconds or 0) / 10
+    with tempfile.TemporaryDirectory(prefix="lexiscore-redact-") as folder:
+        copy = media.silence_spans(
+            path, Path(folder) / "redacted.flac", silenced, timeout_seconds=timeout
+        )
+        size = copy.stat().st_size
+        guard = guard_file(key)
+        try:
+            key = storage.store_file(copy, key)
+        except BaseException:
+            discard_guarded_file(key, guard)
+            raise
+    seconds = sum(end - start for start, end in media.merge_spans(silenced))
+    return _RedactedAudio(key=key, guard=guard, size_bytes=size, seconds_silenced=seconds)
+
+
+def _redaction_outcome(
+    job: TranscriptionJob, entities: dict[str, int], spans: list, audio: _RedactedAudio | None
+) -> dict[str, Any]:
+    if audio is not None:
+        return {
+            "entities": entities,
+            "audio": "silenced",
+            "audio_seconds_silenced": round(audio.seconds_silenced, 3),
+        }
+    return {
+        "entities": entities,
+        "audio": "nothing_to_silence" if job.redact_pii_audio else "not_asked",
+    }
 
 
 def _check(job: TranscriptionJob, result: TranscriptionResult, data: dict) -> dict[str, Any]:
@@ -284,7 +383,8 @@ def _engine_for(job: TranscriptionJob):
     options = TranscriptionOptions(
         language=job.language or None,
         task=parse_task(job.task),
-        word_timestamps=job.word_timestamps,
+        # Silencing redacted audio needs the words' times, asked for or not.
+        word_timestamps=job.word_timestamps or (bool(job.redact_pii) and job.redact_pii_audio),
         initial_prompt=job.initial_prompt or None,
     )
     return engine, options
@@ -438,6 +538,8 @@ def _complete(
     processing_seconds: float,
     quality: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    redaction_done: dict[str, Any] | None = None,
+    audio: _RedactedAudio | None = None,
 ) -> str:
     locked = _locked_active(job)
     if locked is None:
@@ -446,16 +548,33 @@ def _complete(
         _finish(locked, JobStatus.CANCELLED)
         return "cancelled"
     data = data if data is not None else result.to_dict()
+    text = str(data["text"])  # the redacted text, when redaction was asked
     Transcript.objects.create(
         job=locked,
-        text=result.text,
+        text=text,
         language=result.language,
         language_probability=result.language_probability,
         duration=result.duration,
         segments=data["segments"],
         # Timed words when there are any; else the text's (word timestamps off).
-        word_count=len(result.words) or len(result.text.split()),
+        word_count=count_words(data["segments"], text),
     )
+    audio_fields: dict[str, Any] = {}
+    if audio is not None:
+        if not unguard_file(audio.guard):
+            raise RedactedAudioLost(
+                "The redacted copy of the audio was lost before the job completed: "
+                "transcribe it again."
+            )
+        # The original (holding what was redacted) goes once this commits; a failed delete is
+        # retried by the pending-deletion sweep.
+        delete_files_on_commit([locked.audio_key])
+        audio_fields = {
+            "audio_key": audio.key,
+            "container": "flac",
+            "codec": "flac",
+            "size_bytes": audio.size_bytes,
+        }
     info = result.engine_info
     _finish(
         locked,
@@ -472,6 +591,8 @@ def _complete(
         quality=quality,
         quality_warnings=None if quality is None else warning_count(quality),
         quality_summary=None if quality is None else quality_summary(quality)[:300],
+        redaction=redaction_done,
+        **audio_fields,
     )
     observe_transcription(
         locked.engine, locked.model_used, float(locked.duration_seconds or 0), processing_seconds

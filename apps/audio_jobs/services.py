@@ -10,6 +10,7 @@ sweeper publishes it later (nothing is lost, the audio included).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -72,6 +73,10 @@ class JobOptions:
     word_timestamps: bool = True
     initial_prompt: str = ""
     priority: int = JobPriority.NORMAL
+    # PII redaction asked for by the request; the organisation's policy is added to it.
+    redact_pii: tuple[str, ...] = ()
+    redact_pii_audio: bool = False
+    redact_pii_sub: str = ""  # empty: "entity_name" (or, transcribing again, the source's)
 
 
 # ---- quota -------------------------------------------------------------------------------------
@@ -463,7 +468,7 @@ def job_retranscribe(
             job_id=job_id,
             organisation=organisation,
             user=user,
-            options=options,
+            options=_with_source_redaction(options, locked),
             idempotency_key=idempotency_key,
             retranscribed_from=locked,
             audio_key=audio.key,
@@ -497,6 +502,17 @@ def job_retranscribe(
         storage.audio_key(organisation.pk, job_id, source.container),
         create,
         replay=lambda: _replay_retranscription(organisation, idempotency_key, source),
+    )
+
+
+def _with_source_redaction(options: JobOptions, source: TranscriptionJob) -> JobOptions:
+    """Transcribing again never undoes a redaction: the source's policies (and audio
+    redaction) are added to the request's, and its substitution kept unless one is asked."""
+    return dataclasses.replace(
+        options,
+        redact_pii=tuple(sorted({*options.redact_pii, *(source.redact_pii or [])})),
+        redact_pii_audio=options.redact_pii_audio or source.redact_pii_audio,
+        redact_pii_sub=options.redact_pii_sub or source.redact_pii_sub,
     )
 
 
@@ -548,6 +564,8 @@ def _create_job(
         raise NotFoundError("This organisation no longer exists.", code="organisation_not_found")
     quota_check(organisation=locked, duration_seconds=fields.get("duration_seconds") or 0.0)
     now = timezone.now()
+    # The organisation's redaction is a floor no request can lower (read under its lock).
+    redact_pii = sorted({*options.redact_pii, *(locked.redact_pii or [])})
     job = TranscriptionJob.objects.create(
         id=job_id,
         organisation=organisation,
@@ -560,6 +578,9 @@ def _create_job(
         word_timestamps=options.word_timestamps,
         initial_prompt=options.initial_prompt,
         priority=options.priority,
+        redact_pii=redact_pii,
+        redact_pii_audio=bool(redact_pii) and (options.redact_pii_audio or locked.redact_pii_audio),
+        redact_pii_sub=options.redact_pii_sub or "entity_name",
         **fields,
     )
     usage_record(job=job)

@@ -1,6 +1,7 @@
 """Where audio lives: server-chosen keys in the configured storage, fetched to local temp files.
 
-Keys are `org/<organisation id>/audio/<job id><ext>` and `org/<organisation id>/uploads/<upload
+Keys are `org/<organisation id>/audio/<job id><ext>` (`<job id>.redacted-<random>.flac` once
+PII was silenced in it) and `org/<organisation id>/uploads/<upload
 id>`; a client-supplied file name is never part of a key.
 """
 
@@ -11,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,12 @@ EXTENSIONS = {
 
 def audio_key(organisation_id: Any, job_id: Any, container: str) -> str:
     return f"org/{organisation_id}/audio/{job_id}{EXTENSIONS.get(container, '.bin')}"
+
+
+def redacted_audio_key(organisation_id: Any, job_id: Any) -> str:
+    """A new key for each copy of a job's audio with its PII silenced: a copy left by a worker
+    that died is its guard's to delete, never overwritten by (or mistaken for) the next one."""
+    return f"org/{organisation_id}/audio/{job_id}.redacted-{uuid.uuid4().hex[:12]}.flac"
 
 
 def upload_key(organisation_id: Any, upload_id: Any) -> str:

@@ -51,6 +51,21 @@ class InputSerializer(NamedSerializer):
         return super().to_internal_value(data)
 
 
+class ChoiceSetField(serializers.ListField):
+    """A set of choices, returned sorted without duplicates. A form (multipart) may repeat the
+    field or send the choices comma-separated in one value; JSON sends a list."""
+
+    def __init__(self, *, choices, **kwargs):
+        super().__init__(child=serializers.ChoiceField(choices=choices), **kwargs)
+
+    def to_internal_value(self, data):
+        if isinstance(data, str):
+            data = [data]
+        if isinstance(data, list) and all(isinstance(item, str) for item in data):
+            data = [part.strip() for item in data for part in item.split(",") if part.strip()]
+        return sorted(set(super().to_internal_value(data)))
+
+
 class CompiledOutput:
     """Mixin for output serializers: the fields are built once per class, not per instance.
 

@@ -544,6 +544,9 @@ AUDIO_MAX_UPLOAD_BYTES = env.int("AUDIO_MAX_UPLOAD_BYTES", default=500 * 1024 * 
 AUDIO_MAX_DURATION_SECONDS = env.int("AUDIO_MAX_DURATION_SECONDS", default=4 * 60 * 60)
 AUDIO_PROBE_TIMEOUT_SECONDS = env.int("AUDIO_PROBE_TIMEOUT_SECONDS", default=120)
 PRESIGNED_UPLOAD_EXPIRY_SECONDS = env.int("PRESIGNED_UPLOAD_EXPIRY_SECONDS", default=900)
+# Silence this much audio before and after each redacted span (`redact_pii_audio`): Whisper's
+# word times are approximate, and a digit half-heard is still heard.
+PII_AUDIO_PADDING_SECONDS = env.float("PII_AUDIO_PADDING_SECONDS", default=0.2)
 # A ticket can still become a job this long after it expired (an upload that started in time);
 # after that it is refused (410) and the hourly retention task deletes it and its object.
 PRESIGNED_UPLOAD_GRACE_SECONDS = env.int("PRESIGNED_UPLOAD_GRACE_SECONDS", default=3600)

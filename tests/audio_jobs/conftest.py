@@ -19,6 +19,19 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> SpeechFactory:
     return SpeechFactory(tmp_path_factory.mktemp("speech"))
 
 
+@pytest.fixture(scope="module")
+def tiny_engine():
+    """tiny.en on CPU exactly as the engine tests load it (tests/engines/conftest.py): the
+    per-process engine cache hands back that model when it is already loaded."""
+    from tests.engines import conftest as engine_tests
+
+    cache = Path(
+        os.environ.get("LEXISCORE_TEST_MODEL_CACHE", engine_tests.REPO_ROOT / "var" / "models")
+    )
+    cache.mkdir(parents=True, exist_ok=True)
+    return engine_tests._engine("faster-whisper", "tiny.en", cache)
+
+
 @pytest.fixture
 def owner(db):
     return member(Role.OWNER)

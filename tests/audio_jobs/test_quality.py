@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -655,19 +653,6 @@ def test_speech_seconds_come_from_the_vad_only(engine_info, seconds):
 
 
 # --- the real engine --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_engine():
-    """tiny.en on CPU exactly as the engine tests load it (tests/engines/conftest.py): the
-    per-process engine cache hands back that model when it is already loaded."""
-    from tests.engines import conftest as engine_tests
-
-    cache = Path(
-        os.environ.get("LEXISCORE_TEST_MODEL_CACHE", engine_tests.REPO_ROOT / "var" / "models")
-    )
-    cache.mkdir(parents=True, exist_ok=True)
-    return engine_tests._engine("faster-whisper", "tiny.en", cache)
 
 
 @pytest.mark.slow

@@ -74,24 +74,39 @@ def organisation_create(*, user: User, name: str, meta: RequestMeta) -> Organisa
 
 
 def organisation_update(
-    *, membership: Membership, name: str | None = None, meta: RequestMeta
+    *,
+    membership: Membership,
+    name: str | None = None,
+    redact_pii: list[str] | None = None,
+    redact_pii_audio: bool | None = None,
+    meta: RequestMeta,
 ) -> Organisation:
+    """Rename the organisation, or set the PII redaction every one of its jobs gets (admins).
+
+    The redaction policy applies to jobs created from then on (`_create_job` reads it under the
+    organisation's lock); jobs already queued keep what they were created with."""
     if not role_at_least(membership.role, Role.ADMIN):
         raise Forbidden("Only admins can change the organisation.")
     organisation = membership.organisation
     if not organisation.is_active:  # as every tenant endpoint answers (tenancy.get_tenant)
         raise PermissionDenied("This organisation has been deactivated.")
-    if name is not None and name != organisation.name:
-        old = organisation.name
-        organisation.name = name
-        organisation.save(update_fields=["name", "updated_at"])
+    wanted = {"name": name, "redact_pii": redact_pii, "redact_pii_audio": redact_pii_audio}
+    changes = {
+        field: [getattr(organisation, field), value]
+        for field, value in wanted.items()
+        if value is not None and value != getattr(organisation, field)
+    }
+    if changes:
+        for field, (_old, value) in changes.items():
+            setattr(organisation, field, value)
+        organisation.save(update_fields=[*changes, "updated_at"])
         audit_record(
             action=AuditAction.ORGANISATION_UPDATED,
             actor=membership.user,
             organisation=organisation,
             target=organisation,
             meta=meta,
-            metadata={"name": [old, name]},
+            metadata=changes,
         )
     return organisation
 

@@ -6,9 +6,9 @@ from django.core.validators import MinLengthValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from apps.core.drf import CompiledOutput, InputSerializer
+from apps.core.drf import ChoiceSetField, CompiledOutput, InputSerializer
 
-from .. import editing
+from .. import editing, redaction
 from ..models import (
     EditorType,
     JobPriority,
@@ -85,16 +85,53 @@ class JobOptionsInput(InputSerializer):
         return attrs
 
 
-class JobCreateMultipartInput(JobOptionsInput):
+class RedactionOptionsInput(JobOptionsInput):
+    redact_pii = ChoiceSetField(
+        choices=redaction.ENTITY_TYPES,
+        required=False,
+        max_length=len(redaction.ENTITY_TYPES) * 2,
+        help_text="Entity types to redact from the transcript before it is stored (the "
+        "organisation's policy is always added): "
+        + ", ".join(redaction.ENTITY_TYPES)
+        + ". Pattern-based: names and postal addresses are not found.",
+    )
+    redact_pii_audio = serializers.BooleanField(
+        default=False,
+        help_text="Also silence the redacted spans in the stored audio (the original is "
+        "replaced by a FLAC copy).",
+    )
+    redact_pii_sub = serializers.ChoiceField(
+        choices=redaction.SUBSTITUTIONS,
+        required=False,
+        help_text="entity_name: [PHONE_NUMBER]; hash: each letter and digit becomes #.",
+    )
+
+    # Transcribing again adds the source's policies, so audio alone may be asked for there.
+    audio_needs_policies = True
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        audio = attrs.get("redact_pii_audio")
+        if audio and self.audio_needs_policies and not attrs.get("redact_pii"):
+            raise serializers.ValidationError(
+                {"redact_pii_audio": ["Name the entity types to redact in `redact_pii`."]}
+            )
+        return attrs
+
+
+class JobCreateMultipartInput(RedactionOptionsInput):
     file = serializers.FileField(help_text="The audio file (wav, mp3, flac, ogg, m4a, webm).")
 
 
-class JobCreateFromUploadInput(JobOptionsInput):
+class JobCreateFromUploadInput(RedactionOptionsInput):
     upload_id = serializers.UUIDField(help_text="The id returned by POST /api/v1/uploads.")
 
 
-class JobRetranscribeInput(JobOptionsInput):
-    """The options of the new job (as at creation); the audio is the source job's."""
+class JobRetranscribeInput(RedactionOptionsInput):
+    """The options of the new job (as at creation); the audio is the source job's. The source's
+    redaction is kept and the request's added."""
+
+    audio_needs_policies = False
 
 
 class JobListFilterInput(serializers.Serializer):
@@ -123,6 +160,17 @@ class JobListFilterInput(serializers.Serializer):
     )
 
 
+class RedactionOutput(serializers.Serializer):
+    entities = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Spans redacted per entity type."
+    )
+    audio = serializers.ChoiceField(
+        choices=["silenced", "not_asked"],
+        help_text="silenced: the stored audio is a copy with the redacted spans silent.",
+    )
+    audio_seconds_silenced = serializers.FloatField(required=False)
+
+
 class JobOutput(CompiledOutput, serializers.ModelSerializer):
     model = serializers.CharField(source="model_profile")
     priority = serializers.SerializerMethodField()
@@ -138,6 +186,16 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
         allow_null=True,
         help_text='The checks in one line, e.g. "1 warning: repetition loop at 00:03:12." '
         "(null: not checked). The job's detail carries every flag in `quality`.",
+    )
+    redact_pii = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="Entity types redacted from the transcript (the request's and the "
+        "organisation's).",
+    )
+    redaction = RedactionOutput(
+        allow_null=True,
+        help_text="What redaction found and did; null until the job completed, or when none "
+        "was asked.",
     )
     retranscribed_from = serializers.UUIDField(
         source="retranscribed_from_id",
@@ -177,6 +235,10 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "quality_warnings",
             "quality_summary",
             "retranscribed_from",
+            "redact_pii",
+            "redact_pii_audio",
+            "redact_pii_sub",
+            "redaction",
             "created_by",
             "error",
             "links",
@@ -388,6 +450,9 @@ class TranscriptWordOutput(serializers.Serializer):
     end = serializers.FloatField()
     probability = serializers.FloatField(required=False, help_text="Absent on edited words.")
     edited = serializers.BooleanField(required=False)
+    redacted = serializers.CharField(
+        required=False, help_text="The entity type this word replaces (PII redaction)."
+    )
 
 
 class TranscriptSegmentOutput(serializers.Serializer):

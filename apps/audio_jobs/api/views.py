@@ -58,6 +58,9 @@ def _options(data: dict) -> services.JobOptions:
         word_timestamps=data["word_timestamps"],
         initial_prompt=data.get("initial_prompt", ""),
         priority=PRIORITIES[data["priority"]],
+        redact_pii=tuple(data.get("redact_pii") or ()),
+        redact_pii_audio=data.get("redact_pii_audio", False),
+        redact_pii_sub=data.get("redact_pii_sub", ""),
     )
 
 

@@ -12,7 +12,9 @@ from rest_framework.views import APIView
 from apps.accounts import selectors, services
 from apps.accounts.network import RequestMeta
 from apps.accounts.tenancy import ORGANISATION_HEADER, IsHumanUser
+from apps.audio_jobs import redaction
 from apps.core.drf import (
+    ChoiceSetField,
     CompiledOutput,
     InputSerializer,
     NamedSerializer,
@@ -35,6 +37,15 @@ class MembershipOrganisationOutput(CompiledOutput, serializers.Serializer):
     name = serializers.CharField(source="organisation.name")
     plan = serializers.CharField(source="organisation.plan")
     is_active = serializers.BooleanField(source="organisation.is_active")
+    redact_pii = serializers.ListField(
+        source="organisation.redact_pii",
+        child=serializers.CharField(),
+        help_text="Entity types redacted from every job's transcript.",
+    )
+    redact_pii_audio = serializers.BooleanField(
+        source="organisation.redact_pii_audio",
+        help_text="Every job's stored audio gets the redacted spans silenced.",
+    )
     role = serializers.CharField()
     joined_at = serializers.DateTimeField(source="created_at")
 
@@ -192,6 +203,23 @@ class OrganisationListApi(UserApi):
 class OrganisationDetailApi(UserApi):
     class InputSerializer(InputSerializer):
         name = serializers.CharField(max_length=150)
+        redact_pii = ChoiceSetField(
+            choices=redaction.ENTITY_TYPES,
+            max_length=len(redaction.ENTITY_TYPES) * 2,
+            help_text="Entity types redacted from every job's transcript, whatever its "
+            "request asks (a request may add more). [] turns it off.",
+        )
+        redact_pii_audio = serializers.BooleanField(
+            help_text="Also silence the redacted spans in every job's stored audio."
+        )
+
+        def validate(self, attrs):
+            attrs = super().validate(attrs)
+            if attrs.get("redact_pii_audio") and "redact_pii" in attrs and not attrs["redact_pii"]:
+                raise serializers.ValidationError(
+                    {"redact_pii_audio": ["Name the entity types to redact in `redact_pii`."]}
+                )
+            return attrs
 
     @extend_schema(
         operation_id="organisations_retrieve",
@@ -207,8 +235,9 @@ class OrganisationDetailApi(UserApi):
 
     @extend_schema(
         operation_id="organisations_update",
-        summary="Rename an organisation (admins and owners)",
-        description="The plan is changed by operators, not through the API.",
+        summary="Rename an organisation or set its PII redaction (admins and owners)",
+        description="The plan is changed by operators, not through the API. `redact_pii` and "
+        "`redact_pii_audio` apply to every job created from then on.",
         request=InputSerializer,
         responses={200: MembershipOrganisationOutput, **errors(400, 401, 403, 404)},
         tags=["organisations"],
