@@ -218,7 +218,15 @@ class OrganisationAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(_members=Count("memberships"))
 
     # Deleting an organisation deletes its stored files too (jobs' audio, reports, unused
-    # uploads), durably after the commit; a plain cascade would leave them in storage.
+    # uploads), durably after the commit; a plain cascade would leave them in storage. One with
+    # jobs under legal hold cannot be deleted (no delete button; a bulk delete skips it).
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        from apps.audio_jobs.holds import held_jobs_count
+
+        if obj is not None and held_jobs_count(organisation_id=obj.pk):
+            return False
+        return super().has_delete_permission(request, obj)
+
     def delete_model(self, request: HttpRequest, obj: Organisation) -> None:
         from apps.audio_jobs.services import organisation_delete
 
@@ -227,8 +235,13 @@ class OrganisationAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Organisation]) -> None:
         from apps.audio_jobs.services import organisation_delete
 
-        for organisation in queryset:
-            organisation_delete(organisation=organisation)
+        apply_each(
+            self,
+            request,
+            queryset,
+            lambda organisation: organisation_delete(organisation=organisation),
+            done="Deleted {count} organisation(s) with their files.",
+        )
 
     @admin.display(description="members", ordering="_members")
     def member_count(self, obj: Any) -> int:

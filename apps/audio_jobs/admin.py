@@ -1,11 +1,12 @@
 from django.contrib import admin, messages
 from django.utils.html import format_html, format_html_join
 
+from apps.accounts.network import RequestMeta
 from apps.core.admin import EstimatedCountPaginator, apply_each, fixed_choices_filter
 from workers.engines import ENGINE_NAMES
 from workers.engines.models import PROFILES
 
-from . import services
+from . import holds, services
 from .models import JobStatus, Transcript, TranscriptionJob, TranscriptRevision, Upload
 
 HISTORY_ROWS = 50
@@ -95,6 +96,7 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
         fixed_choices_filter("engine", "engine", [(e, e) for e in ENGINE_NAMES]),
         "task",
         QualityFilter,
+        ("legal_hold_at", admin.EmptyFieldListFilter),
         "created_at",
     )
     search_fields = ("id", "organisation__name", "original_filename", "error_code")
@@ -103,19 +105,46 @@ class TranscriptionJobAdmin(admin.ModelAdmin):
     list_select_related = ("organisation",)
     readonly_fields = [f.name for f in TranscriptionJob._meta.fields]
     inlines = [TranscriptInline]
-    actions = ["cancel_jobs", "redispatch_jobs", "retry_jobs"]
+    actions = ["cancel_jobs", "redispatch_jobs", "retry_jobs", "release_legal_holds"]
 
     def has_add_permission(self, request) -> bool:
         return False
 
     # Deleting here is deleting through the API: the job's audio and report files go too
-    # (after the commit, durably), not only its rows.
+    # (after the commit, durably), not only its rows. A job under legal hold cannot be deleted:
+    # its page has no delete button, and a bulk delete skips it and says so.
+    def has_delete_permission(self, request, obj=None) -> bool:
+        if obj is not None and obj.legal_hold_at is not None:
+            return False
+        return super().has_delete_permission(request, obj)
+
     def delete_model(self, request, obj) -> None:
         services.job_delete(job=obj)
 
     def delete_queryset(self, request, queryset) -> None:
-        for job in queryset:
-            services.job_delete(job=job)
+        apply_each(
+            self,
+            request,
+            queryset,
+            lambda job: services.job_delete(job=job),
+            done="Deleted {count} job(s) with their files.",
+        )
+
+    @admin.action(description="Release the legal hold of the selected jobs", permissions=["change"])
+    def release_legal_holds(self, request, queryset) -> None:
+        apply_each(
+            self,
+            request,
+            queryset.filter(legal_hold_at__isnull=False).select_related("organisation"),
+            lambda job: holds.legal_hold_release(
+                organisation=job.organisation,
+                job_id=job.pk,
+                user=request.user,
+                reason="Released by an operator in the admin.",
+                meta=RequestMeta.from_request(request),
+            ),
+            done="Released the legal hold of {count} job(s).",
+        )
 
     @admin.action(description="Cancel the selected jobs", permissions=["change"])
     def cancel_jobs(self, request, queryset) -> None:

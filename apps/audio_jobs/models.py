@@ -148,6 +148,17 @@ class TranscriptionJob(TimeStampedModel):
     redaction = models.JSONField(
         null=True, blank=True, help_text="What redaction found and did (null: not asked)."
     )
+    # Legal hold (apps/audio_jobs/holds.py): while set, nothing deletes the job or its audio
+    # (members, retention, the organisation's deletion); admins place and release it.
+    legal_hold_at = models.DateTimeField(null=True, blank=True)
+    legal_hold_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    legal_hold_reason = models.CharField(max_length=500, blank=True)
 
     objects = TranscriptionJobQuerySet.as_manager()
 
@@ -155,6 +166,12 @@ class TranscriptionJob(TimeStampedModel):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["organisation", "-created_at"], name="job_org_created"),
+            # `?legal_hold=true`, and the organisation's deletion looking for a hold: few rows.
+            models.Index(
+                fields=["organisation", "-created_at"],
+                name="job_org_held",
+                condition=models.Q(legal_hold_at__isnull=False),
+            ),
             models.Index(fields=["organisation", "status", "-created_at"], name="job_org_status"),
             # Fair dispatch (services.dispatch_waiting / jobs_published): an organisation's
             # waiting jobs in the order they get a place, and the jobs that hold one.

@@ -53,6 +53,7 @@ def job_list(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     flagged: bool | None = None,
+    legal_hold: bool | None = None,
     q: str | None = None,
 ) -> QuerySet[TranscriptionJob]:
     queryset = (
@@ -71,6 +72,8 @@ def job_list(
         queryset = queryset.filter(quality_warnings__gt=0)
     elif flagged is False:  # checked and clean (unchecked jobs are neither)
         queryset = queryset.filter(quality_warnings=0)
+    if legal_hold is not None:
+        queryset = queryset.filter(legal_hold_at__isnull=not legal_hold)
     if q:
         queryset = queryset.filter(
             Q(pk__in=_transcripts_matching(organisation, q).values("job_id"))

@@ -40,6 +40,7 @@ from apps.core.storage import (
 )
 
 from . import events, media, selectors, storage
+from .holds import LegalHold, held_jobs_count, refuse_if_held
 from .models import (
     ACTIVE_STATUSES,
     AudioUsage,
@@ -1033,6 +1034,7 @@ def jobs_cancel_for_organisation(*, organisation_id: Any, batch: int = 500) -> t
 @transaction.atomic
 def job_delete(*, job: TranscriptionJob) -> None:
     """Delete a job, its transcript, its reports and their stored files (audio, report files).
+    A job under legal hold is refused (409 `legal_hold`).
 
     A running transcription is stopped first (its worker finds the job gone). The files are
     deleted after the commit, durably (apps.core.storage): a rollback keeps them, a failed delete
@@ -1041,6 +1043,7 @@ def job_delete(*, job: TranscriptionJob) -> None:
     locked = TranscriptionJob.objects.select_for_update().filter(pk=job.pk).first()
     if locked is None:
         return
+    refuse_if_held(locked)
     # Locked too, so a report finishing meanwhile waits and then finds its row gone.
     report_keys = locked.reports.select_for_update().values_list("file_key", flat=True)
     keys = [locked.audio_key, *report_keys]
@@ -1136,6 +1139,13 @@ def organisation_delete(*, organisation) -> None:
     locked = Organisation.objects.select_for_update().filter(pk=organisation.pk).first()
     if locked is None:
         return
+    # Every job is locked: none can be held (or released) until this commits or rolls back.
+    if held := held_jobs_count(organisation_id=organisation.pk):
+        raise LegalHold(
+            f"{held} job(s) of this organisation are under legal hold: release them (an admin of "
+            "the organisation, or the job's admin page) before deleting it.",
+            details={"held_jobs": held},
+        )
     keys += children(lock=False)
     # Their forms may still be POSTed: deleted again once they cannot be.
     pending = list(

@@ -67,6 +67,8 @@ class AuditAction(models.TextChoices):
     TRANSCRIPT_EDITED = "transcript.edited", "Transcript edited"
     TRANSCRIPT_REVERTED = "transcript.reverted", "Transcript reverted"
     JOB_RETRANSCRIBED = "job.retranscribed", "Job's audio transcribed again"
+    JOB_LEGAL_HOLD_PLACED = "job.legal_hold_placed", "Legal hold placed on a job"
+    JOB_LEGAL_HOLD_RELEASED = "job.legal_hold_released", "Legal hold on a job released"
 
 
 class AuditEvent(models.Model):

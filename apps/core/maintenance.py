@@ -157,6 +157,7 @@ def temp_files_cleanup(*, older_than_seconds: int | None = None) -> int:
 
 def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
     """Delete stored audio of finished jobs older than AUDIO_RETENTION_DAYS; clear `audio_key`.
+    Jobs under legal hold are skipped (re-checked under each job's lock).
 
     Transcripts stay; only the audio goes. 0 days keeps audio forever. `audio_key` is cleared
     only once the storage confirmed the delete: a job whose delete failed keeps its key and is
@@ -174,8 +175,9 @@ def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
     if days <= 0:
         return 0
     cutoff = (now or timezone.now()) - timedelta(days=days)
+    # A job under legal hold keeps its audio (apps/audio_jobs/holds.py).
     expired = TranscriptionJob.objects.filter(
-        status__in=FINAL_STATUSES, finished_at__lt=cutoff
+        status__in=FINAL_STATUSES, finished_at__lt=cutoff, legal_hold_at__isnull=True
     ).exclude(audio_key="")
     deleted = failed = 0
     for job_id, key in expired.values_list("pk", "audio_key")[:5000]:

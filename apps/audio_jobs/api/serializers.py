@@ -151,6 +151,12 @@ class JobListFilterInput(serializers.Serializer):
         help_text="true: only jobs whose quality checks raised a warning; false: only checked "
         "jobs without one.",
     )
+    legal_hold = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="true: only jobs under legal hold; false: only jobs without one.",
+    )
     created_after = serializers.DateTimeField(required=False)
     created_before = serializers.DateTimeField(required=False)
     page = serializers.IntegerField(required=False, min_value=1)
@@ -197,6 +203,11 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
         help_text="What redaction found and did; null until the job completed, or when none "
         "was asked.",
     )
+    legal_hold_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When the job was put under legal hold (null: not held). A held job and its "
+        "audio cannot be deleted; the reason is in the audit trail.",
+    )
     retranscribed_from = serializers.UUIDField(
         source="retranscribed_from_id",
         allow_null=True,
@@ -239,6 +250,7 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "redact_pii_audio",
             "redact_pii_sub",
             "redaction",
+            "legal_hold_at",
             "created_by",
             "error",
             "links",
@@ -319,6 +331,23 @@ class JobDetailOutput(JobOutput):
     class Meta(JobOutput.Meta):
         fields = [*JobOutput.Meta.fields, "quality"]
         read_only_fields = fields
+
+
+class LegalHoldInput(InputSerializer):
+    reason = serializers.CharField(
+        max_length=500,
+        help_text="Why the job is held (a matter, a case number): recorded in the audit trail.",
+    )
+
+    def validate_reason(self, value: str) -> str:
+        return _refuse_odd_characters(value)
+
+
+class LegalHoldReleaseInput(InputSerializer):
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True)
+
+    def validate_reason(self, value: str) -> str:
+        return _refuse_odd_characters(value)
 
 
 class TranscriptFormatInput(serializers.Serializer):

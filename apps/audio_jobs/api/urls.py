@@ -6,6 +6,7 @@ urlpatterns = [
     path("jobs", views.JobListCreateView.as_view(), name="jobs"),
     path("jobs/<uuid:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
+    path("jobs/<uuid:job_id>/legal-hold", views.JobLegalHoldView.as_view(), name="job-legal-hold"),
     path(
         "jobs/<uuid:job_id>/retranscribe",
         views.JobRetranscribeView.as_view(),

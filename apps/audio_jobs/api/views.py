@@ -14,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.accounts.models import Role
 from apps.accounts.network import RequestMeta
 from apps.accounts.ratelimit import PlanScopedRateThrottle
 from apps.accounts.tenancy import TenantPermission, get_tenant
@@ -22,7 +23,7 @@ from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
 from apps.core.parsers import JSONParser
 
-from .. import editing, selectors, services, transcripts
+from .. import editing, holds, selectors, services, transcripts
 from ..models import READ_CACHE, JobPriority, JobStatus
 from ..uploads import (
     AudioMultiPartParser,
@@ -105,6 +106,7 @@ class JobListCreateView(APIView):
                 created_after=filters.validated_data.get("created_after"),
                 created_before=filters.validated_data.get("created_before"),
                 flagged=filters.validated_data.get("flagged"),
+                legal_hold=filters.validated_data.get("legal_hold"),
                 q=filters.validated_data.get("q"),
             ),
             serializer_class=s.JobOutput,
@@ -112,8 +114,9 @@ class JobListCreateView(APIView):
             view=self,
             read_cache=READ_CACHE,
             scope=tenant.organisation.id,
-            # v2: quality_warnings/quality_summary, and the flagged and q filters.
-            key_prefix="v2:",
+            # v3: redaction and legal hold fields, and the legal_hold filter (v2: quality
+            # fields, flagged and q): pages an older release cached are never served.
+            key_prefix="v3:",
         )
 
     @extend_schema(
@@ -196,7 +199,7 @@ def job_output(organisation, job_id: str) -> dict:
     def render() -> dict:
         return s.JobDetailOutput(selectors.job_get(organisation=organisation, job_id=job_id)).data
 
-    return READ_CACHE.get_or_load(organisation.id, f"job:v2:{job_id}", render)
+    return READ_CACHE.get_or_load(organisation.id, f"job:v3:{job_id}", render)
 
 
 class JobDetailView(APIView):
@@ -209,12 +212,67 @@ class JobDetailView(APIView):
     @extend_schema(
         operation_id="jobs_destroy",
         responses={204: None, **ERRORS},
-        description="Delete the job, its transcript and its audio.",
+        description="Delete the job, its transcript and its audio. A job under legal hold "
+        "cannot be deleted (409 `legal_hold`).",
     )
     def delete(self, request: Request, version: str, job_id: str) -> Response:
         job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
         services.job_delete(job=job)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class JobLegalHoldView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+    # Owners and admins, signed in (API keys never have the admin role).
+    required_role = Role.ADMIN
+
+    @extend_schema(
+        operation_id="jobs_legal_hold_place",
+        request=s.LegalHoldInput,
+        responses={
+            200: s.JobOutput,
+            **errors(400, 401, 403, 404, descriptions={403: "Owners and admins only."}),
+        },
+        description=(
+            "Place a legal hold: until it is released, the job and its audio cannot be deleted "
+            "(by members, audio retention, or the organisation's deletion). Holding a held job "
+            "changes nothing. Audited with its reason."
+        ),
+    )
+    def post(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.LegalHoldInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        job, _placed = holds.legal_hold_place(
+            organisation=tenant.organisation,
+            job_id=job_id,
+            user=tenant.user,
+            reason=data.validated_data["reason"],
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(s.JobOutput(job).data)
+
+    @extend_schema(
+        operation_id="jobs_legal_hold_release",
+        request=s.LegalHoldReleaseInput,
+        responses={
+            200: s.JobOutput,
+            **errors(400, 401, 403, 404, descriptions={409: "The job is not held (`not_held`)."}),
+        },
+        description="Release the job's legal hold (audited; the reason is optional).",
+    )
+    def delete(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.LegalHoldReleaseInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        job = holds.legal_hold_release(
+            organisation=tenant.organisation,
+            job_id=job_id,
+            user=tenant.user,
+            reason=data.validated_data.get("reason", ""),
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(s.JobOutput(job).data)
 
 
 class JobCancelView(APIView):
