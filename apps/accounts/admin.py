@@ -6,6 +6,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import (
@@ -28,7 +29,14 @@ from apps.core.admin import ReadOnlyAdminMixin, apply_each
 from apps.core.exceptions import ApplicationError
 
 from . import services
-from .models import ApiKey, Invitation, Membership, Organisation, User
+from .models import (
+    ApiKey,
+    Invitation,
+    Membership,
+    Organisation,
+    User,
+    validate_redaction_policies,
+)
 from .network import RequestMeta
 
 
@@ -201,8 +209,31 @@ class UserAdmin(DjangoUserAdmin):
         self.message_user(request, f"Reactivated {count} user(s).", messages.SUCCESS)
 
 
+class OrganisationForm(forms.ModelForm):
+    """The redaction policy typed as JSON: empty means none, duplicates go, the entity types are
+    checked (a model validator does not run on empty values), and audio needs a policy."""
+
+    class Meta:
+        model = Organisation
+        fields = ("name", "plan", "redact_pii", "redact_pii_audio")
+
+    def clean_redact_pii(self) -> list[str]:
+        value = self.cleaned_data.get("redact_pii")
+        if value in (None, "", {}, []):
+            return []
+        validate_redaction_policies(value)
+        return sorted(set(value))
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if cleaned.get("redact_pii_audio") and not cleaned.get("redact_pii"):
+            self.add_error("redact_pii_audio", "Name the entity types to redact first.")
+        return cleaned
+
+
 @admin.register(Organisation)
 class OrganisationAdmin(admin.ModelAdmin):
+    form = OrganisationForm
     list_display = ("name", "plan", "is_active", "member_count", "created_at")
     list_filter = ("plan", "is_active", "created_at")
     search_fields = ("name", "id", "memberships__user__email")

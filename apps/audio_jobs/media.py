@@ -545,10 +545,15 @@ def silence_spans(
     memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT,
 ) -> Path:
     """Write ``src``'s first audio stream to ``dst`` as FLAC (its sample rate and channels kept,
-    lossless from the decoded audio) with every ``(start, end)`` span, in seconds, silent.
+    lossless from the decoded audio, no metadata) with every ``(start, end)`` span, in seconds,
+    silent.
 
-    The spans are merged first (overlapping or touching); the filter is passed in a script file
-    so that thousands of spans cannot exceed the command line's length.
+    The spans are merged first (overlapping or touching). ffmpeg evaluates a filter's `enable`
+    expression once per frame, at the frame's start: frames are cut to `SILENCE_FRAME_SAMPLES`
+    first (a decoder's frames can be half a second long), and the spans go in chained `volume`
+    filters of at most `SILENCE_TERMS_PER_FILTER` each (ffmpeg 5 refuses an expression of more
+    than 100 terms), written to a script file so that thousands of spans cannot exceed the
+    command line's length. Tags and chapters are dropped: they may hold what was redacted.
     """
     merged = merge_spans(spans)
     dst_path = Path(dst)
@@ -556,15 +561,14 @@ def silence_spans(
     fd, script = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=".filter")
     try:
         with os.fdopen(fd, "w") as handle:
-            if merged:
-                terms = "+".join(f"between(t,{a:.3f},{b:.3f})" for a, b in merged)
-                handle.write(f"volume=enable='{terms}':volume=0")
-            else:
-                handle.write("anull")
+            handle.write(_silence_filter(merged))
         return _transcode(
             src,
             dst,
-            ["-filter_script:a", script, "-c:a", "flac", "-f", "flac"],
+            [
+                *("-map_metadata", "-1", "-map_chapters", "-1"),
+                *("-filter_script:a", script, "-c:a", "flac", "-f", "flac"),
+            ],
             suffix=".flac",
             timeout_seconds=timeout_seconds,
             memory_limit_bytes=memory_limit_bytes,
@@ -572,6 +576,22 @@ def silence_spans(
         )
     finally:
         Path(script).unlink(missing_ok=True)
+
+
+# At most 16 ms a frame at 8 kHz (telephone audio), 2.7 ms at 48 kHz.
+SILENCE_FRAME_SAMPLES = 128
+SILENCE_TERMS_PER_FILTER = 50
+
+
+def _silence_filter(spans: list[tuple[float, float]]) -> str:
+    if not spans:
+        return "anull"
+    filters = [f"asetnsamples=n={SILENCE_FRAME_SAMPLES}:p=0"]
+    for first in range(0, len(spans), SILENCE_TERMS_PER_FILTER):
+        chunk = spans[first : first + SILENCE_TERMS_PER_FILTER]
+        terms = "+".join(f"between(t,{a:.3f},{b:.3f})" for a, b in chunk)
+        filters.append(f"volume=enable='{terms}':volume=0")
+    return ",".join(filters)
 
 
 def merge_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:

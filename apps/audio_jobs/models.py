@@ -50,6 +50,10 @@ class JobPriority(models.IntegerChoices):
     LOW = 9, "Low"
 
 
+# What PII redaction did with a job's audio (`TranscriptionJob.redaction["audio"]`).
+REDACTION_AUDIO_OUTCOMES = ("silenced", "nothing_to_silence", "kept_legal_hold", "not_asked")
+
+
 class TranscriptionJob(TimeStampedModel):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(

@@ -255,11 +255,17 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     return outcome
 
 
-class RedactedAudioLost(media.MediaError):
-    """The silenced copy was deleted before the job could point at it (storing and completing
-    took longer than the guard's delay)."""
+class AudioRedactionFailed(media.MediaError):
+    """The audio could not be silenced (ffmpeg failed or timed out): the job fails, its upload
+    as it was."""
 
     code = "audio_redaction_failed"
+    status_code = 500
+
+
+class RedactedAudioLost(AudioRedactionFailed):
+    """The silenced copy was deleted before the job could point at it (storing and completing
+    took longer than the guard's delay)."""
 
 
 @dataclass
@@ -295,9 +301,16 @@ def _store_redacted_audio(job: TranscriptionJob, path, spans: list) -> _Redacted
     key = storage.redacted_audio_key(job.organisation_id, job.pk)
     timeout = settings.AUDIO_PROBE_TIMEOUT_SECONDS + float(job.duration_seconds or 0) / 10
     with tempfile.TemporaryDirectory(prefix="lexiscore-redact-") as folder:
-        copy = media.silence_spans(
-            path, Path(folder) / "redacted.flac", silenced, timeout_seconds=timeout
-        )
+        try:
+            copy = media.silence_spans(
+                path, Path(folder) / "redacted.flac", silenced, timeout_seconds=timeout
+            )
+        except media.MediaError as exc:
+            logger.warning("Job %s: silencing failed: %s", job.pk, exc.detail[-500:])
+            raise AudioRedactionFailed(
+                "The redacted spans could not be silenced in the audio, so nothing was stored: "
+                "transcribe it again, or without redact_pii_audio."
+            ) from exc
         size = copy.stat().st_size
         guard = guard_file(key)
         try:
@@ -560,7 +573,12 @@ def _complete(
         word_count=count_words(data["segments"], text),
     )
     audio_fields: dict[str, Any] = {}
-    if audio is not None:
+    if audio is not None and locked.legal_hold_at is not None:
+        # Held since it was queued: the upload is evidence and stays; the copy goes.
+        transaction.on_commit(lambda: discard_guarded_file(audio.key, audio.guard), robust=True)
+        if redaction_done is not None:
+            redaction_done = {"entities": redaction_done["entities"], "audio": "kept_legal_hold"}
+    elif audio is not None:
         if not unguard_file(audio.guard):
             raise RedactedAudioLost(
                 "The redacted copy of the audio was lost before the job completed: "

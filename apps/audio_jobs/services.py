@@ -567,6 +567,17 @@ def _create_job(
     now = timezone.now()
     # The organisation's redaction is a floor no request can lower (read under its lock).
     redact_pii = sorted({*options.redact_pii, *(locked.redact_pii or [])})
+    if options.redact_pii_audio and not redact_pii:
+        raise ApplicationError(
+            "The request is invalid.",
+            code="validation_error",
+            details={
+                "redact_pii_audio": [
+                    "Name the entity types to redact in `redact_pii` (the organisation redacts "
+                    "none by default)."
+                ]
+            },
+        )
     job = TranscriptionJob.objects.create(
         id=job_id,
         organisation=organisation,
@@ -580,7 +591,7 @@ def _create_job(
         initial_prompt=options.initial_prompt,
         priority=options.priority,
         redact_pii=redact_pii,
-        redact_pii_audio=bool(redact_pii) and (options.redact_pii_audio or locked.redact_pii_audio),
+        redact_pii_audio=options.redact_pii_audio or (bool(redact_pii) and locked.redact_pii_audio),
         redact_pii_sub=options.redact_pii_sub or "entity_name",
         **fields,
     )

@@ -58,11 +58,24 @@ class ChoiceSetField(serializers.ListField):
     def __init__(self, *, choices, **kwargs):
         super().__init__(child=serializers.ChoiceField(choices=choices), **kwargs)
 
+    default_error_messages = {
+        "too_long": "Each choice is at most {limit} characters.",
+    }
+    # Longer than any choice: refused before it is echoed back in an error message.
+    MAX_ITEM_LENGTH = 64
+
     def to_internal_value(self, data):
         if isinstance(data, str):
             data = [data]
         if isinstance(data, list) and all(isinstance(item, str) for item in data):
+            if any(len(item) > self.MAX_ITEM_LENGTH * 4 for item in data):
+                self.fail("too_long", limit=self.MAX_ITEM_LENGTH)
             data = [part.strip() for item in data for part in item.split(",") if part.strip()]
+            if any(len(item) > self.MAX_ITEM_LENGTH for item in data):
+                self.fail("too_long", limit=self.MAX_ITEM_LENGTH)
+        # The count first: one error per item of a huge list would be a huge answer.
+        if self.max_length is not None and isinstance(data, list) and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)
         return sorted(set(super().to_internal_value(data)))
 
 

@@ -237,6 +237,10 @@ def _job(job: Any) -> dict[str, Any]:
         "attempts": job.attempts,
         "error_code": job.error_code,
         "error_message": job.error_message,
+        "redact_pii": job.redact_pii,
+        "redact_pii_audio": job.redact_pii_audio,
+        "redaction": job.redaction,
+        "legal_hold_at": job.legal_hold_at,
         "created_at": job.created_at,
         "queued_at": job.queued_at,
         "started_at": job.started_at,
@@ -531,7 +535,10 @@ def _write(archive: _Archive, report: Report, user: Any) -> dict[str, Any]:
     counts["audio_files"] = 0
     if report.include_audio:
         counts["audio_files"], notes["audio_missing"] = _write_audio(archive, scope)
-        notes["audio"] = "Included: the original files under audio/, as uploaded."
+        notes["audio"] = (
+            "Included: the stored files under audio/: as uploaded, or, for a job whose PII "
+            "redaction silenced its audio (redaction.audio: silenced), that FLAC copy."
+        )
     else:
         notes["audio"] = "Not included (ask for the export with include_audio)."
 

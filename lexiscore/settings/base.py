@@ -927,6 +927,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
     {
         "OpenAITimestampGranularityEnum": "apps.openai_compat.api.serializers.GRANULARITIES",
         "OpenAIResponseFormatEnum": "apps.openai_compat.services.RESPONSE_FORMATS",
+        "RedactionAudioEnum": "apps.audio_jobs.models.REDACTION_AUDIO_OUTCOMES",
     }
 )
 

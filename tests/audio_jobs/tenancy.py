@@ -39,6 +39,15 @@ def _edited_job_of(organisation: Organisation) -> str:
     return str(transcript.job_id)
 
 
+def _held_job_of(organisation: Organisation) -> str:
+    from django.utils import timezone
+
+    job = TranscriptFactory(job__organisation=organisation).job
+    job.legal_hold_at, job.legal_hold_reason = timezone.now(), "Matter"
+    job.save(update_fields=["legal_hold_at", "legal_hold_reason"])
+    return str(job.pk)
+
+
 object_endpoint("GET", "/api/v1/jobs/{job_id}", _queued_job_of)
 object_endpoint("DELETE", "/api/v1/jobs/{job_id}", _completed_job_of)
 object_endpoint("POST", "/api/v1/jobs/{job_id}/cancel", _queued_job_of)
@@ -46,6 +55,11 @@ object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript", _completed_job_of)
 object_endpoint(
     "POST", "/api/v1/jobs/{job_id}/retranscribe", _completed_job_with_audio_of, {"model": "base"}
 )
+
+# Legal hold: B's free job would be held, B's held job released.
+object_endpoint("POST", "/api/v1/jobs/{job_id}/legal-hold", _completed_job_of, {"reason": "x"})
+object_endpoint("DELETE", "/api/v1/jobs/{job_id}/legal-hold", _held_job_of)
+list_endpoint("/api/v1/jobs", _held_job_of, query={"legal_hold": "true"})
 
 list_endpoint("/api/v1/jobs", _queued_job_of)
 list_endpoint("/api/v1/jobs", _completed_job_of, query={"status": "completed"})

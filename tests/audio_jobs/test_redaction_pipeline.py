@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.utils import timezone
 
 from apps.accounts.models import Role
 from apps.audio_jobs import processing, services
@@ -28,6 +29,7 @@ from apps.audit.models import AuditAction, AuditEvent
 from apps.core.models import PendingDeletion
 from apps.webhooks.models import WebhookDelivery
 from tests.audio_jobs.conftest import media_files
+from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory
 from tests.factories import bearer, member
 from tests.notify_support import subscribed_owner
 from workers.engines.base import Segment, TranscriptionOptions, TranscriptionResult, Word
@@ -283,7 +285,7 @@ def test_audio_redaction_that_fails_fails_the_job_and_keeps_the_upload(
         assert processing._run(job) == "failed"
 
     job.refresh_from_db()
-    assert job.status == JobStatus.FAILED and job.error_code == broken.code
+    assert job.status == JobStatus.FAILED and job.error_code == "audio_redaction_failed"
     assert not Transcript.objects.filter(job=job).exists()
     assert media_files(media_root) == [job.audio_key]
 
@@ -346,8 +348,6 @@ def test_redaction_options_are_validated(client, media_root, phone_clip):
 
 @pytest.mark.django_db
 def test_transcribing_again_never_drops_the_sources_redaction(api_client, media_root):
-    from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory
-
     owner = member(Role.OWNER)
     headers = bearer(owner.user, owner.organisation)
     source = CompletedJobFactory(
@@ -405,3 +405,119 @@ def test_admins_set_the_organisation_policy_and_members_cannot(api_client):
     event = AuditEvent.objects.get(action=AuditAction.ORGANISATION_UPDATED)
     assert event.metadata["redact_pii"] == [[], ["email_address", "phone_number"]]
     assert event.metadata["redact_pii_audio"] == [False, True]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_hundreds_of_spans_are_all_silenced_and_the_uploads_tags_are_dropped(
+    client, media_root, speech, tmp_path, settings
+):
+    """ffmpeg 5 refuses one expression of more than 100 terms: the spans are chained."""
+    settings.PII_AUDIO_PADDING_SECONDS = 0  # 150 separate spans (padded, they would merge)
+    owner = member(Role.OWNER)
+    headers = bearer(owner.user, owner.organisation)
+    tagged = tmp_path / "tagged.mp3"
+    subprocess.run(
+        [
+            *("ffmpeg", "-v", "error", "-i", str(speech.silence(100.0)), "-c:a", "libmp3lame"),
+            *("-metadata", "comment=Call Jane on 555 123 4567", str(tagged)),
+        ],
+        check=True,
+    )
+    job = created_job(client, headers, tagged, redact_pii="phone_number", redact_pii_audio="true")
+    numbers = [f"Call 555-123-{1000 + i}" for i in range(150)]
+    result = fixed_result(*numbers)
+    assert result.duration < 100
+
+    with engine(FixedEngine(result)):
+        assert processing._run(job) == "completed"
+
+    job.refresh_from_db()
+    assert job.redaction["entities"] == {"phone_number": 150}
+    assert job.redaction["audio"] == "silenced"
+    assert job.redaction["audio_seconds_silenced"] == pytest.approx(150 * 0.25, abs=0.01)
+    stored = Path(default_storage.path(job.audio_key))
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format_tags", "-of", "json", str(stored)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "555" not in probe.stdout and "Jane" not in probe.stdout
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_held_before_it_completed_keeps_its_upload(client, media_root, phone_clip):
+    owner = member(Role.OWNER)
+    headers = bearer(owner.user, owner.organisation)
+    job = created_job(
+        client, headers, phone_clip, redact_pii="phone_number", redact_pii_audio="true"
+    )
+    upload_key = job.audio_key
+    TranscriptionJob.objects.filter(pk=job.pk).update(legal_hold_at=timezone.now())
+
+    with engine(FixedEngine(fixed_result("Call 555-123-4567 now."))):
+        assert processing._run(job) == "completed"
+
+    job.refresh_from_db()
+    assert job.audio_key == upload_key
+    assert job.redaction == {"entities": {"phone_number": 1}, "audio": "kept_legal_hold"}
+    assert "[PHONE_NUMBER]" in Transcript.objects.get(job=job).text
+    assert media_files(media_root) == [upload_key]
+    assert not PendingDeletion.objects.exists()
+
+
+@pytest.mark.django_db
+def test_audio_alone_follows_the_organisation_policy_and_is_refused_without_one(
+    client, api_client, media_root, phone_clip
+):
+    owner = member(Role.OWNER)
+    headers = bearer(owner.user, owner.organisation)
+    source = CompletedJobFactory(organisation=owner.organisation)
+    default_storage.save(source.audio_key, io.BytesIO(b"audio"))
+
+    again = api_client.post(
+        f"{JOBS}/{source.pk}/retranscribe", {"redact_pii_audio": True}, format="json", **headers
+    )
+    assert "redact_pii_audio" in assert_error(again, 400, "validation_error")["details"]
+
+    owner.organisation.redact_pii = ["phone_number"]
+    owner.organisation.save()
+    with mock.patch("workers.transcription.transcribe_job.apply_async"):
+        created = upload(client, headers, phone_clip, redact_pii_audio="true")
+    assert created.status_code == 201, created.content
+    assert created.json()["redact_pii"] == ["phone_number"]
+    assert created.json()["redact_pii_audio"] is True
+
+
+@pytest.mark.django_db
+def test_an_oversized_policy_list_is_refused_in_one_short_error(api_client):
+    owner = member(Role.OWNER)
+    url = f"/api/v1/organisations/{owner.organisation.pk}/"
+    headers = bearer(owner.user, owner.organisation)
+
+    huge = api_client.patch(url, {"redact_pii": ["nope"] * 50_000}, format="json", **headers)
+    long_one = api_client.patch(url, {"redact_pii": "x" * 100_000}, format="json", **headers)
+    audio_alone = api_client.patch(url, {"redact_pii_audio": True}, format="json", **headers)
+
+    for response in (huge, long_one, audio_alone):
+        assert_error(response, 400, "validation_error")
+        assert len(response.content) < 1000
+    owner.organisation.refresh_from_db()
+    assert owner.organisation.redact_pii == [] and not owner.organisation.redact_pii_audio
+
+
+@pytest.mark.django_db
+def test_the_admin_form_normalises_and_checks_the_policy():
+    from apps.accounts.admin import OrganisationForm
+
+    def form(**data):
+        return OrganisationForm(data={"name": "Acme", "plan": "free", **data})
+
+    empty = form(redact_pii="")
+    assert empty.is_valid(), empty.errors
+    assert empty.cleaned_data["redact_pii"] == []
+    doubled = form(redact_pii='["phone_number", "email_address", "phone_number"]')
+    assert doubled.is_valid(), doubled.errors
+    assert doubled.cleaned_data["redact_pii"] == ["email_address", "phone_number"]
+    assert not form(redact_pii='["names"]').is_valid()
+    assert not form(redact_pii="{}", redact_pii_audio="on").is_valid()

@@ -91,6 +91,14 @@ def organisation_update(
     if not organisation.is_active:  # as every tenant endpoint answers (tenancy.get_tenant)
         raise PermissionDenied("This organisation has been deactivated.")
     wanted = {"name": name, "redact_pii": redact_pii, "redact_pii_audio": redact_pii_audio}
+    policies = organisation.redact_pii if redact_pii is None else redact_pii
+    audio = organisation.redact_pii_audio if redact_pii_audio is None else redact_pii_audio
+    if audio and not policies:
+        raise ApplicationError(
+            "The request is invalid.",
+            code="validation_error",
+            details={"redact_pii_audio": ["Name the entity types to redact in `redact_pii`."]},
+        )
     changes = {
         field: [getattr(organisation, field), value]
         for field, value in wanted.items()

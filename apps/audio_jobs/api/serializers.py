@@ -10,6 +10,7 @@ from apps.core.drf import ChoiceSetField, CompiledOutput, InputSerializer
 
 from .. import editing, redaction
 from ..models import (
+    REDACTION_AUDIO_OUTCOMES,
     EditorType,
     JobPriority,
     JobStatus,
@@ -106,18 +107,6 @@ class RedactionOptionsInput(JobOptionsInput):
         help_text="entity_name: [PHONE_NUMBER]; hash: each letter and digit becomes #.",
     )
 
-    # Transcribing again adds the source's policies, so audio alone may be asked for there.
-    audio_needs_policies = True
-
-    def validate(self, attrs):
-        attrs = super().validate(attrs)
-        audio = attrs.get("redact_pii_audio")
-        if audio and self.audio_needs_policies and not attrs.get("redact_pii"):
-            raise serializers.ValidationError(
-                {"redact_pii_audio": ["Name the entity types to redact in `redact_pii`."]}
-            )
-        return attrs
-
 
 class JobCreateMultipartInput(RedactionOptionsInput):
     file = serializers.FileField(help_text="The audio file (wav, mp3, flac, ogg, m4a, webm).")
@@ -130,8 +119,6 @@ class JobCreateFromUploadInput(RedactionOptionsInput):
 class JobRetranscribeInput(RedactionOptionsInput):
     """The options of the new job (as at creation); the audio is the source job's. The source's
     redaction is kept and the request's added."""
-
-    audio_needs_policies = False
 
 
 class JobListFilterInput(serializers.Serializer):
@@ -171,8 +158,10 @@ class RedactionOutput(serializers.Serializer):
         child=serializers.IntegerField(), help_text="Spans redacted per entity type."
     )
     audio = serializers.ChoiceField(
-        choices=["silenced", "not_asked"],
-        help_text="silenced: the stored audio is a copy with the redacted spans silent.",
+        choices=REDACTION_AUDIO_OUTCOMES,
+        help_text="silenced: the stored audio is a copy with the redacted spans silent; "
+        "nothing_to_silence: nothing was found, the upload is kept; kept_legal_hold: the job "
+        "was put under legal hold before it completed, so its upload was kept as evidence.",
     )
     audio_seconds_silenced = serializers.FloatField(required=False)
 

@@ -210,16 +210,9 @@ class OrganisationDetailApi(UserApi):
             "request asks (a request may add more). [] turns it off.",
         )
         redact_pii_audio = serializers.BooleanField(
-            help_text="Also silence the redacted spans in every job's stored audio."
+            help_text="Also silence the redacted spans in every job's stored audio (needs "
+            "`redact_pii`)."
         )
-
-        def validate(self, attrs):
-            attrs = super().validate(attrs)
-            if attrs.get("redact_pii_audio") and "redact_pii" in attrs and not attrs["redact_pii"]:
-                raise serializers.ValidationError(
-                    {"redact_pii_audio": ["Name the entity types to redact in `redact_pii`."]}
-                )
-            return attrs
 
     @extend_schema(
         operation_id="organisations_retrieve",
