@@ -99,10 +99,12 @@ def backup_database() -> str:
 
 @shared_task(name="workers.maintenance.retention_cleanup", base=LexisTask)
 def retention_cleanup() -> dict[str, int]:
-    """Hourly (beat): delete stale temp files, audio past AUDIO_RETENTION_DAYS, abandoned
+    """Hourly (beat): delete stale temp files, audio past AUDIO_RETENTION_DAYS (or an
+    organisation's shorter retention), jobs past their organisation's job retention, abandoned
     presigned uploads and data exports past EXPORT_RETENTION_DAYS, then retry the stored-file
     deletes that failed before (apps.core.storage).
     """
+    from apps.audio_jobs.retention import jobs_retention_cleanup
     from apps.audio_jobs.services import uploads_delete_abandoned
     from apps.core.maintenance import audio_retention_cleanup, temp_files_cleanup
     from apps.core.storage import pending_deletions_sweep
@@ -111,6 +113,7 @@ def retention_cleanup() -> dict[str, int]:
     result = {
         "temp_entries": temp_files_cleanup(),
         "audio_deleted": audio_retention_cleanup(),
+        "jobs_deleted": jobs_retention_cleanup(),
         "uploads_deleted": uploads_delete_abandoned(),
         "exports_deleted": reports_delete_expired(),
     }

@@ -215,7 +215,14 @@ class OrganisationForm(forms.ModelForm):
 
     class Meta:
         model = Organisation
-        fields = ("name", "plan", "redact_pii", "redact_pii_audio")
+        fields = (
+            "name",
+            "plan",
+            "redact_pii",
+            "redact_pii_audio",
+            "audio_retention_days",
+            "job_retention_days",
+        )
 
     def clean_redact_pii(self) -> list[str]:
         value = self.cleaned_data.get("redact_pii")
@@ -295,7 +302,14 @@ class OrganisationAdmin(admin.ModelAdmin):
 
     # What an operator changes here is recorded in the organisation's audit trail, as the
     # API's own changes are (Django's admin log records no action, and no organisation sees it).
-    _AUDITED_FIELDS = ("name", "plan", "redact_pii", "redact_pii_audio")
+    _AUDITED_FIELDS = (
+        "name",
+        "plan",
+        "redact_pii",
+        "redact_pii_audio",
+        "audio_retention_days",
+        "job_retention_days",
+    )
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
         with transaction.atomic():

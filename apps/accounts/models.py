@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Lower
@@ -148,6 +149,9 @@ class User(AbstractBaseUser, PermissionsMixin):
         self._stored_is_active = self.is_active
 
 
+RETENTION_MAX_DAYS = 36_500  # a hundred years: longer is "forever", which is empty
+
+
 def validate_redaction_policies(value: Any) -> None:
     """A list of the entity types apps/audio_jobs/redaction.py knows (the admin's JSON field)."""
     from apps.audio_jobs.redaction import ENTITY_TYPES
@@ -175,6 +179,23 @@ class Organisation(TimeStampedModel):
     )
     redact_pii_audio = models.BooleanField(
         default=False, help_text="Silence the redacted spans in every job's stored audio."
+    )
+    # Retention the organisation chose (apps/audio_jobs/retention.py): audio can only be kept
+    # shorter than the platform's AUDIO_RETENTION_DAYS; whole jobs (transcripts, reports, audio)
+    # are deleted after `job_retention_days`. Null: the platform's default (jobs: kept).
+    audio_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(RETENTION_MAX_DAYS)],
+        help_text="Delete jobs' audio this many days after they end (at most the platform's "
+        "AUDIO_RETENTION_DAYS). Empty: the platform's.",
+    )
+    job_retention_days = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(RETENTION_MAX_DAYS)],
+        help_text="Delete whole jobs (transcript, reports, audio) this many days after they "
+        "end. Empty: keep them.",
     )
 
     class Meta:

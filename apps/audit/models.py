@@ -69,6 +69,7 @@ class AuditAction(models.TextChoices):
     JOB_RETRANSCRIBED = "job.retranscribed", "Job's audio transcribed again"
     JOB_LEGAL_HOLD_PLACED = "job.legal_hold_placed", "Legal hold placed on a job"
     JOB_LEGAL_HOLD_RELEASED = "job.legal_hold_released", "Legal hold on a job released"
+    RETENTION_JOBS_DELETED = "retention.jobs_deleted", "Jobs deleted by the retention policy"
 
 
 class AuditEvent(models.Model):

@@ -157,32 +157,70 @@ def temp_files_cleanup(*, older_than_seconds: int | None = None) -> int:
 
 def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
     """Delete stored audio of finished jobs older than AUDIO_RETENTION_DAYS; clear `audio_key`.
-    Jobs under legal hold are skipped (re-checked under each job's lock).
 
-    Transcripts stay; only the audio goes. 0 days keeps audio forever. `audio_key` is cleared
-    only once the storage confirmed the delete: a job whose delete failed keeps its key and is
-    tried again by the next hourly run (the job row is the durable record, so no PendingDeletion
-    row is needed). Each job is locked while its file is deleted, so an operator's retry of a
-    failed job cannot start on audio that is being deleted.
+    An organisation may keep audio shorter (`Organisation.audio_retention_days`; with a platform
+    value of 0, "forever", its own applies). Jobs under legal hold are skipped (re-checked under
+    each job's lock). Transcripts stay; only the audio goes. 0 days keeps audio forever.
+    `audio_key` is cleared only once the storage confirmed the delete: a job whose delete failed
+    keeps its key and is tried again by the next hourly run (the job row is the durable record,
+    so no PendingDeletion row is needed). Each job is locked while its file is deleted, so an
+    operator's retry of a failed job cannot start on audio that is being deleted.
     """
-    from django.db import transaction
-
+    from apps.accounts.models import Organisation
     from apps.audio_jobs.models import FINAL_STATUSES, TranscriptionJob
+
+    days = settings.AUDIO_RETENTION_DAYS if days is None else days
+    now = now or timezone.now()
+    # A job under legal hold keeps its audio (apps/audio_jobs/holds.py).
+    candidates = TranscriptionJob.objects.filter(
+        status__in=FINAL_STATUSES, legal_hold_at__isnull=True
+    ).exclude(audio_key="")
+    shorter = dict(
+        Organisation.objects.filter(audio_retention_days__isnull=False).values_list(
+            "pk", "audio_retention_days"
+        )
+    )
+    scopes = []
+    if days > 0:
+        scopes.append(
+            candidates.exclude(organisation_id__in=list(shorter)).filter(
+                finished_at__lt=now - timedelta(days=days)
+            )
+        )
+    for organisation_id, own in shorter.items():
+        effective = min(int(own or days), days) if days > 0 else int(own or 0)
+        scopes.append(
+            candidates.filter(
+                organisation_id=organisation_id, finished_at__lt=now - timedelta(days=effective)
+            )
+        )
+    deleted = failed = 0
+    for expired in scopes:
+        done, errors = _delete_expired_audio(expired)
+        deleted, failed = deleted + done, failed + errors
+    if deleted:
+        logger.info("Audio retention: deleted the audio of %d jobs", deleted)
+    if failed:
+        from .metrics import STORAGE_DELETE_FAILURES
+
+        STORAGE_DELETE_FAILURES.labels("retention").inc(failed)
+        logger.error(
+            "Audio retention: %d audio file(s) could not be deleted; they are kept and retried",
+            failed,
+        )
+    return deleted
+
+
+def _delete_expired_audio(expired) -> tuple[int, int]:
+    """Delete the audio of up to 5000 of `expired`'s jobs: (deleted, failed)."""
+    from django.db import transaction
 
     from .storage import storage_delete
 
-    days = settings.AUDIO_RETENTION_DAYS if days is None else days
-    if days <= 0:
-        return 0
-    cutoff = (now or timezone.now()) - timedelta(days=days)
-    # A job under legal hold keeps its audio (apps/audio_jobs/holds.py).
-    expired = TranscriptionJob.objects.filter(
-        status__in=FINAL_STATUSES, finished_at__lt=cutoff, legal_hold_at__isnull=True
-    ).exclude(audio_key="")
     deleted = failed = 0
     for job_id, key in expired.values_list("pk", "audio_key")[:5000]:
         with transaction.atomic():
-            # Re-checked under the lock: retried, deleted or given new audio meanwhile: skip.
+            # Re-checked under the lock: retried, deleted, held or given new audio meanwhile.
             locked = (
                 expired.filter(pk=job_id, audio_key=key).select_for_update(skip_locked=True).first()
             )
@@ -203,14 +241,4 @@ def audio_retention_cleanup(*, days: int | None = None, now=None) -> int:
             locked.audio_key = ""
             locked.save(update_fields=["audio_key", "updated_at"])
             deleted += 1
-    if deleted:
-        logger.info("Audio retention: deleted the audio of %d jobs", deleted)
-    if failed:
-        from .metrics import STORAGE_DELETE_FAILURES
-
-        STORAGE_DELETE_FAILURES.labels("retention").inc(failed)
-        logger.error(
-            "Audio retention: %d audio file(s) could not be deleted; they are kept and retried",
-            failed,
-        )
-    return deleted
+    return deleted, failed

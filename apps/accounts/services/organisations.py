@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
@@ -73,26 +74,36 @@ def organisation_create(*, user: User, name: str, meta: RequestMeta) -> Organisa
     return organisation
 
 
+# What owners and admins change through the API (the plan and `is_active` are operators').
+ORGANISATION_SETTINGS = (
+    "name",
+    "redact_pii",
+    "redact_pii_audio",
+    "audio_retention_days",
+    "job_retention_days",
+)
+
+
 def organisation_update(
-    *,
-    membership: Membership,
-    name: str | None = None,
-    redact_pii: list[str] | None = None,
-    redact_pii_audio: bool | None = None,
-    meta: RequestMeta,
+    *, membership: Membership, meta: RequestMeta, **fields: Any
 ) -> Organisation:
-    """Rename the organisation, or set the PII redaction every one of its jobs gets (admins).
+    """Change the organisation's settings (admins): its name, the PII redaction every job gets,
+    its retention. Only the fields given change; a retention of None goes back to the platform's
+    default. Each change is audited with its old and new value.
 
     The redaction policy applies to jobs created from then on (`_create_job` reads it under the
-    organisation's lock); jobs already queued keep what they were created with."""
+    organisation's lock); jobs already queued keep what they were created with. Retention applies
+    at the next hourly run, to every job (apps/audio_jobs/retention.py)."""
+    unknown = set(fields) - set(ORGANISATION_SETTINGS)
+    if unknown:
+        raise TypeError(f"Not an organisation setting: {sorted(unknown)}")
     if not role_at_least(membership.role, Role.ADMIN):
         raise Forbidden("Only admins can change the organisation.")
     organisation = membership.organisation
     if not organisation.is_active:  # as every tenant endpoint answers (tenancy.get_tenant)
         raise PermissionDenied("This organisation has been deactivated.")
-    wanted = {"name": name, "redact_pii": redact_pii, "redact_pii_audio": redact_pii_audio}
-    policies = organisation.redact_pii if redact_pii is None else redact_pii
-    audio = organisation.redact_pii_audio if redact_pii_audio is None else redact_pii_audio
+    policies = fields.get("redact_pii", organisation.redact_pii)
+    audio = fields.get("redact_pii_audio", organisation.redact_pii_audio)
     if audio and not policies:
         raise ApplicationError(
             "The request is invalid.",
@@ -101,8 +112,8 @@ def organisation_update(
         )
     changes = {
         field: [getattr(organisation, field), value]
-        for field, value in wanted.items()
-        if value is not None and value != getattr(organisation, field)
+        for field, value in fields.items()
+        if value != getattr(organisation, field)
     }
     if changes:
         for field, (_old, value) in changes.items():

@@ -10,6 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts import selectors, services
+from apps.accounts.models import RETENTION_MAX_DAYS
 from apps.accounts.network import RequestMeta
 from apps.accounts.tenancy import ORGANISATION_HEADER, IsHumanUser
 from apps.audio_jobs import redaction
@@ -45,6 +46,16 @@ class MembershipOrganisationOutput(CompiledOutput, serializers.Serializer):
     redact_pii_audio = serializers.BooleanField(
         source="organisation.redact_pii_audio",
         help_text="Every job's stored audio gets the redacted spans silenced.",
+    )
+    audio_retention_days = serializers.IntegerField(
+        source="organisation.audio_retention_days",
+        allow_null=True,
+        help_text="The organisation's audio retention in days (null: the platform's).",
+    )
+    job_retention_days = serializers.IntegerField(
+        source="organisation.job_retention_days",
+        allow_null=True,
+        help_text="Jobs are deleted this many days after they end (null: kept).",
     )
     role = serializers.CharField()
     joined_at = serializers.DateTimeField(source="created_at")
@@ -213,6 +224,20 @@ class OrganisationDetailApi(UserApi):
             help_text="Also silence the redacted spans in every job's stored audio (needs "
             "`redact_pii`)."
         )
+        audio_retention_days = serializers.IntegerField(
+            allow_null=True,
+            min_value=1,
+            max_value=RETENTION_MAX_DAYS,
+            help_text="Delete jobs' audio this many days after they end; at most the "
+            "platform's retention (longer keeps the platform's). null: the platform's.",
+        )
+        job_retention_days = serializers.IntegerField(
+            allow_null=True,
+            min_value=1,
+            max_value=RETENTION_MAX_DAYS,
+            help_text="Delete whole jobs (transcript, revisions, reports, audio) this many days "
+            "after they end, except jobs under legal hold. null: keep them.",
+        )
 
     @extend_schema(
         operation_id="organisations_retrieve",
@@ -228,9 +253,10 @@ class OrganisationDetailApi(UserApi):
 
     @extend_schema(
         operation_id="organisations_update",
-        summary="Rename an organisation or set its PII redaction (admins and owners)",
+        summary="Change an organisation's name, PII redaction or retention (admins and owners)",
         description="The plan is changed by operators, not through the API. `redact_pii` and "
-        "`redact_pii_audio` apply to every job created from then on.",
+        "`redact_pii_audio` apply to every job created from then on; `audio_retention_days` and "
+        "`job_retention_days` to every job at the next hourly retention run.",
         request=InputSerializer,
         responses={200: MembershipOrganisationOutput, **errors(400, 401, 403, 404)},
         tags=["organisations"],
