@@ -19,6 +19,7 @@ from apps.audio_jobs import formats
 from apps.audio_jobs.models import JobStatus
 from apps.audio_jobs.services import JobOptions, job_create_from_file
 from apps.core.exceptions import ApplicationError
+from workers.engines.models import WHISPER_LANGUAGE_NAMES
 
 from . import selectors, waiting
 from .exceptions import JOB_ID_HEADER, NO_RETRY_HEADER, QUOTA_CODE, TranscriptionFailed
@@ -148,6 +149,8 @@ def render(result: dict[str, Any], output: OutputOptions) -> tuple[str | dict[st
         return formats.render_vtt(result), formats.FORMATS["vtt"].media_type
     verbose = formats.verbose_json(result)
     verbose["text"] = text
+    # OpenAI names the language ("english"); the jobs API's JSON keeps Whisper's code.
+    verbose["language"] = WHISPER_LANGUAGE_NAMES.get(verbose["language"], verbose["language"])
     if not output.words:
         del verbose["words"]
     if not output.segments:

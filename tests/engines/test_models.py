@@ -272,6 +272,28 @@ def test_each_profiles_language_table_is_its_vocabularys(model_cache_dir, profil
     assert "yue" in models.WHISPER_LANGUAGES - vocabulary
 
 
+def test_the_language_table_is_whispers_and_faster_whispers():
+    """The names are openai-whisper's (read from its source: importing `whisper` loads torch);
+    the codes are faster-whisper's too."""
+    import ast
+    import importlib.util
+
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    spec = importlib.util.find_spec("whisper")
+    assert spec is not None and spec.submodule_search_locations
+    source = (Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py").read_text()
+    tree = ast.parse(source)
+    table = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "LANGUAGES" for t in node.targets)
+    )
+    assert ast.literal_eval(table) == models.WHISPER_LANGUAGE_NAMES
+    assert frozenset(_LANGUAGE_CODES) == models.WHISPER_LANGUAGES
+
+
 @pytest.mark.parametrize("requested", [None, "base"])
 def test_a_language_missing_from_the_models_vocabulary_is_refused(requested):
     refused = r"not supported by the model 'base'.*use 'zh'"

@@ -160,6 +160,7 @@ def test_verbose_json_has_words_only_when_asked(client, auth, clip, monkeypatch)
     assert plain.status_code == 200, plain.content
     assert set(plain.json()) == {"task", "language", "duration", "text", "segments"}
     assert plain.json()["text"] == "Hello there. Goodbye."
+    assert plain.json()["language"] == "english"  # OpenAI's name, not Whisper's code
     assert [s["text"] for s in plain.json()["segments"]] == [" Hello there.", " Goodbye."]
     assert worded.json()["words"] == [
         {"word": "Hello", "start": 0.1, "end": 0.6},

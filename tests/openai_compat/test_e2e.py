@@ -68,7 +68,7 @@ def test_the_openai_sdk_transcribes_in_every_format(live_server, owner, worker, 
     assert isinstance(as_text, str) and wer(ENGLISH, as_text) <= WER_BOUND, as_text
     assert as_srt.startswith("1\n00:00:0") and " --> " in as_srt
     assert as_vtt.startswith("WEBVTT\n\n00:00:0")
-    assert verbose.language == "en"
+    assert verbose.language == "english"  # OpenAI names it
     assert verbose.duration > 2
     assert wer(ENGLISH, verbose.text) <= WER_BOUND
     assert verbose.segments and verbose.segments[0].start >= 0
