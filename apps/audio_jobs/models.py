@@ -227,6 +227,15 @@ class TranscriptionJob(TimeStampedModel):
         return self.status in FINAL_STATUSES
 
 
+class TranscriptManager(models.Manager):
+    """Every read leaves out `search_vector`: the trigger's, a few KB a transcript that nothing
+    in Python reads (search filters on it in SQL). Also the base manager (`job.transcript`), and
+    a save of such a row writes only the fields it loaded, so the vector is never written back."""
+
+    def get_queryset(self) -> models.QuerySet:
+        return super().get_queryset().defer("search_vector")
+
+
 class Transcript(models.Model):
     """The result of a job: one row per job, written in the same transaction as `completed`.
 
@@ -260,6 +269,11 @@ class Transcript(models.Model):
     # written by Django; GIN index `transcript_text_search` (kept out of the model state: SQLite
     # cannot build it, and would try to whenever it rebuilds this table). Unused on SQLite.
     search_vector = SearchVectorField(null=True, editable=False)
+
+    objects = TranscriptManager()
+
+    class Meta:
+        base_manager_name = "objects"
 
     def __str__(self) -> str:
         return f"Transcript of {self.job_id}"

@@ -322,3 +322,26 @@ def test_only_operators_match_no_transcript_but_still_file_names(org):
     said(org, "Anything else.")
 
     assert [j.original_filename for j in selectors.job_list(organisation=org, q="--")] == ["--.mp3"]
+
+
+def test_transcript_reads_leave_the_stored_vector_out_and_saves_never_write_it(org):
+    """`search_vector` is SQL's alone: no read loads it (a few KB a row), no save writes it back
+    (a save of a row read without it writes only what it loaded)."""
+    from django.test.utils import CaptureQueriesContext
+
+    job_id = said(org, "The quarterly budget was approved.")
+    job = TranscriptionJob.objects.get(pk=job_id)
+
+    with CaptureQueriesContext(connection) as reads:
+        by_manager = Transcript.objects.get(job_id=job_id)
+        by_relation = job.transcript
+        [*Transcript.objects.filter(job__organisation=org).select_related("job")]
+    with CaptureQueriesContext(connection) as saves:
+        by_relation.text = "Revenue grew in spring."
+        by_relation.save()
+
+    assert by_manager.text and by_relation.text
+    assert all("search_vector" not in query["sql"] for query in reads.captured_queries)
+    assert all("search_vector" not in query["sql"] for query in saves.captured_queries)
+    found = [str(j.pk) for j in selectors.job_list(organisation=org, q="revenue")]
+    assert found == [job_id]  # the trigger made the vector of the new text
