@@ -82,6 +82,11 @@ class ListEndpoint:
 
 OBJECT_ENDPOINTS: list[ObjectEndpoint] = []
 LIST_ENDPOINTS: list[ListEndpoint] = []
+# Operations whose path holds a capability token, not an object of a tenant: whoever has the
+# token may use it, whichever organisation they belong to (tested on their own).
+CAPABILITY_ENDPOINTS: set[tuple[str, str]] = {
+    ("GET", "/api/v1/shared/{token}"),  # tests/audio_jobs/test_shares.py
+}
 
 
 def object_endpoint(

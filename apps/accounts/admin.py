@@ -222,6 +222,7 @@ class OrganisationForm(forms.ModelForm):
             "redact_pii_audio",
             "audio_retention_days",
             "job_retention_days",
+            "share_links_enabled",
         )
 
     def clean_redact_pii(self) -> list[str]:
@@ -309,6 +310,7 @@ class OrganisationAdmin(admin.ModelAdmin):
         "redact_pii_audio",
         "audio_retention_days",
         "job_retention_days",
+        "share_links_enabled",
     )
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:

@@ -190,6 +190,11 @@ class Organisation(TimeStampedModel):
         help_text="Delete jobs' audio this many days after they end (at most the platform's "
         "AUDIO_RETENTION_DAYS). Empty: the platform's.",
     )
+    share_links_enabled = models.BooleanField(
+        default=True,
+        help_text="Members may share transcripts by link with people without an account "
+        "(off: no new links, and existing ones stop working).",
+    )
     job_retention_days = models.PositiveIntegerField(
         null=True,
         blank=True,

@@ -411,3 +411,33 @@ class AudioUsage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.seconds:.0f} s of job {self.job_id}"
+
+
+class TranscriptShare(models.Model):
+    """A read-only link to one job's transcript for someone without an account
+    (apps/audio_jobs/shares.py). Only the token's sha256 is stored; the link expires, and can be
+    revoked; every use is counted and audited."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organisation = models.ForeignKey(
+        "accounts.Organisation", on_delete=models.CASCADE, related_name="transcript_shares"
+    )
+    job = models.ForeignKey(TranscriptionJob, on_delete=models.CASCADE, related_name="shares")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    token_hash = models.CharField(max_length=64, unique=True)
+    token_prefix = models.CharField(max_length=16, help_text="To recognise a link, not to use it.")
+    note = models.CharField(max_length=200, blank=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    access_count = models.PositiveIntegerField(default=0)
+    last_accessed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["job", "-created_at"], name="share_job_created")]
+
+    def __str__(self) -> str:
+        return f"Share {self.token_prefix}… of {self.job_id}"

@@ -70,6 +70,9 @@ class AuditAction(models.TextChoices):
     JOB_LEGAL_HOLD_PLACED = "job.legal_hold_placed", "Legal hold placed on a job"
     JOB_LEGAL_HOLD_RELEASED = "job.legal_hold_released", "Legal hold on a job released"
     RETENTION_JOBS_DELETED = "retention.jobs_deleted", "Jobs deleted by the retention policy"
+    TRANSCRIPT_SHARED = "transcript.shared", "Share link to a transcript made"
+    TRANSCRIPT_SHARE_REVOKED = "transcript.share_revoked", "Share link revoked"
+    TRANSCRIPT_SHARE_ACCESSED = "transcript.share_accessed", "Transcript opened by share link"
 
 
 class AuditEvent(models.Model):

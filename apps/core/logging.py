@@ -39,8 +39,9 @@ _PATTERNS = (
     re.compile(rf"(?i)([?&\s,({{]?[\w-]*{_SENSITIVE}[\w-]*=)([^&\s,;)'\"]+)"),
     # "key": "value" and 'key': 'value'
     re.compile(rf"(?i)([\"'][\w-]*{_SENSITIVE}[\w-]*[\"']\s*:\s*)([\"'])(.*?)\2"),
-    # a webhook signing secret, wherever it appears (a repr, a list of secrets)
-    re.compile(r"whsec_[A-Za-z0-9+/=_-]{8,}"),
+    # a webhook signing secret or a share link's token, wherever it appears (a repr, a list of
+    # secrets, the path of an access log line: /api/v1/shared/lxs_...)
+    re.compile(r"(?:whsec|lxs)_[A-Za-z0-9+/=_-]{8,}"),
 )
 _SENSITIVE_KEY = re.compile(rf"(?i){_SENSITIVE}")
 # Record attributes that are never secrets, whatever their name.
@@ -49,7 +50,7 @@ _SAFE_ATTRIBUTES = frozenset({"request_id", "job_id"})
 
 # Every pattern above needs one of these words: most lines (access log lines included) have
 # none, and one search then replaces three substitutions.
-_ANY_HINT = re.compile(rf"(?i)bearer|basic|api-key|whsec_|{_SENSITIVE}")
+_ANY_HINT = re.compile(rf"(?i)bearer|basic|api-key|whsec_|lxs_|{_SENSITIVE}")
 
 
 def redact(text: str) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 
 from .context import job_id_var, request_id_var
+from .logging import redact
 
 _SCRUBBED_KEYS = ("authorization", "cookie", "password", "token", "secret", "key", "signature")
 
@@ -33,6 +34,9 @@ def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         request.pop("data", None)  # request bodies may hold transcripts or credentials
         request["headers"] = _scrub(request.get("headers", {}))
         request.pop("cookies", None)
+        for key in ("url", "query_string"):  # a share link's token is in its path
+            if isinstance(request.get(key), str):
+                request[key] = redact(request[key])
     if "extra" in event:
         event["extra"] = _scrub(event["extra"])
     # Local variables of the frames hold what no key name betrays (a webhook's signing secrets,

@@ -544,6 +544,10 @@ AUDIO_MAX_UPLOAD_BYTES = env.int("AUDIO_MAX_UPLOAD_BYTES", default=500 * 1024 * 
 AUDIO_MAX_DURATION_SECONDS = env.int("AUDIO_MAX_DURATION_SECONDS", default=4 * 60 * 60)
 AUDIO_PROBE_TIMEOUT_SECONDS = env.int("AUDIO_PROBE_TIMEOUT_SECONDS", default=120)
 PRESIGNED_UPLOAD_EXPIRY_SECONDS = env.int("PRESIGNED_UPLOAD_EXPIRY_SECONDS", default=900)
+# Share links to transcripts (apps/audio_jobs/shares.py): the longest a link may live, and the
+# live links one job may have.
+SHARE_LINK_MAX_DAYS = env.int("SHARE_LINK_MAX_DAYS", default=30)
+SHARE_LINKS_PER_JOB = env.int("SHARE_LINKS_PER_JOB", default=20)
 # Silence this much audio before and after each redacted span (`redact_pii_audio`): Whisper's
 # word times are approximate, and a digit half-heard is still heard.
 PII_AUDIO_PADDING_SECONDS = env.float("PII_AUDIO_PADDING_SECONDS", default=0.2)

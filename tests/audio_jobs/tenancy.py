@@ -56,6 +56,23 @@ object_endpoint(
     "POST", "/api/v1/jobs/{job_id}/retranscribe", _completed_job_with_audio_of, {"model": "base"}
 )
 
+
+def _share_of(organisation: Organisation) -> str:
+    """B's share link (its id stands for both the job's and the share's in the path)."""
+    from apps.audio_jobs.shares import share_create
+
+    job = TranscriptFactory(job__organisation=organisation).job
+    share, _token = share_create(
+        organisation=organisation, job_id=job.pk, user=None, expires_in_days=7
+    )
+    return str(share.pk)
+
+
+# Share links: B's completed job would be shared, its links listed; B's link revoked.
+object_endpoint("GET", "/api/v1/jobs/{job_id}/shares", _completed_job_of)
+object_endpoint("POST", "/api/v1/jobs/{job_id}/shares", _completed_job_of, {"note": "x"})
+object_endpoint("DELETE", "/api/v1/jobs/{job_id}/shares/{share_id}", _share_of)
+
 # Legal hold: B's free job would be held, B's held job released.
 object_endpoint("POST", "/api/v1/jobs/{job_id}/legal-hold", _completed_job_of, {"reason": "x"})
 object_endpoint("DELETE", "/api/v1/jobs/{job_id}/legal-hold", _held_job_of)

@@ -81,6 +81,7 @@ ORGANISATION_SETTINGS = (
     "redact_pii_audio",
     "audio_retention_days",
     "job_retention_days",
+    "share_links_enabled",
 )
 
 

@@ -18,6 +18,7 @@ from ..models import (
     RevisionKind,
     TranscriptionJob,
     TranscriptRevision,
+    TranscriptShare,
 )
 from ..quality import FLAG_CODES
 
@@ -320,6 +321,89 @@ class JobDetailOutput(JobOutput):
     class Meta(JobOutput.Meta):
         fields = [*JobOutput.Meta.fields, "quality"]
         read_only_fields = fields
+
+
+class ShareCreateInput(InputSerializer):
+    expires_in_days = serializers.IntegerField(
+        min_value=1,
+        default=7,
+        help_text="Days until the link stops working (at most SHARE_LINK_MAX_DAYS, 30 by default).",
+    )
+    note = serializers.CharField(
+        max_length=200,
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="Who or what the link is for (shown to the organisation, never to its readers).",
+    )
+
+    def validate_expires_in_days(self, value: int) -> int:
+        from django.conf import settings
+
+        if value > settings.SHARE_LINK_MAX_DAYS:
+            raise serializers.ValidationError(
+                f"At most {settings.SHARE_LINK_MAX_DAYS} days: make a new link when it expires."
+            )
+        return value
+
+    def validate_note(self, value: str) -> str:
+        return _refuse_odd_characters(value)
+
+
+class ShareOutput(CompiledOutput, serializers.ModelSerializer):
+    job_id = serializers.UUIDField()
+    created_by = serializers.SerializerMethodField()
+    active = serializers.SerializerMethodField(help_text="Neither expired nor revoked.")
+
+    class Meta:
+        model = TranscriptShare
+        fields = [
+            "id",
+            "job_id",
+            "token_prefix",
+            "note",
+            "created_by",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "active",
+            "access_count",
+            "last_accessed_at",
+        ]
+        read_only_fields = fields
+
+    def get_created_by(self, share: TranscriptShare) -> str | None:
+        user = share.created_by
+        return str(getattr(user, "public_id", None) or user.pk) if user else None
+
+    def get_active(self, share: TranscriptShare) -> bool:
+        from django.utils import timezone
+
+        return share.revoked_at is None and share.expires_at > timezone.now()
+
+
+class ShareCreatedOutput(ShareOutput):
+    """The schema of the creation's answer: a share and its link (`ShareOutput` + `url`)."""
+
+    url = serializers.CharField(help_text="The link, shown this once (only its hash is stored).")
+
+    class Meta(ShareOutput.Meta):
+        fields = [*ShareOutput.Meta.fields, "url"]
+        read_only_fields = fields
+
+
+class SharedTranscriptFormatInput(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["json", "txt", "srt", "vtt"], default="json")
+
+
+class SharedTranscriptOutput(serializers.Serializer):
+    filename = serializers.CharField()
+    duration_seconds = serializers.FloatField(allow_null=True)
+    language = serializers.CharField()
+    revision = serializers.IntegerField()
+    text = serializers.CharField(allow_blank=True)
+    segments = serializers.ListField(child=serializers.DictField())
+    expires_at = serializers.DateTimeField()
 
 
 class LegalHoldInput(InputSerializer):

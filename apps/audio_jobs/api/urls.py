@@ -23,5 +23,12 @@ urlpatterns = [
         views.TranscriptRevertView.as_view(),
         name="job-transcript-revert",
     ),
+    path("jobs/<uuid:job_id>/shares", views.JobShareListCreateView.as_view(), name="job-shares"),
+    path(
+        "jobs/<uuid:job_id>/shares/<uuid:share_id>",
+        views.JobShareDetailView.as_view(),
+        name="job-share-detail",
+    ),
+    path("shared/<str:token>", views.SharedTranscriptView.as_view(), name="shared-transcript"),
     path("uploads", views.UploadCreateView.as_view(), name="uploads"),
 ]

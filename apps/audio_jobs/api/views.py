@@ -9,7 +9,7 @@ from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.permissions import IsAuthenticated
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -24,6 +24,7 @@ from apps.core.http import attachment_header
 from apps.core.parsers import JSONParser
 
 from .. import editing, holds, selectors, services, transcripts
+from .. import shares as shares_service
 from ..models import READ_CACHE, JobPriority, JobStatus
 from ..uploads import (
     AudioMultiPartParser,
@@ -273,6 +274,142 @@ class JobLegalHoldView(APIView):
             meta=RequestMeta.from_request(request),
         )
         return Response(s.JobOutput(job).data)
+
+
+class JobShareListCreateView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_shares_list",
+        responses={200: s.ShareOutput(many=True), **ERRORS},
+        description="The job's share links, newest first (never their tokens).",
+    )
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        shares = shares_service.share_list(
+            organisation=get_tenant(request).organisation, job_id=job_id
+        )
+        return Response(s.ShareOutput(shares, many=True).data)
+
+    @extend_schema(
+        operation_id="jobs_shares_create",
+        request=s.ShareCreateInput,
+        responses={
+            201: s.ShareCreatedOutput,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    403: "Viewers cannot share, or the organisation switched share links off "
+                    "(`sharing_disabled`).",
+                    409: "The job is not completed (`transcript_not_ready`), or has "
+                    "SHARE_LINKS_PER_JOB live links (`too_many_shares`).",
+                },
+            ),
+        },
+        description=(
+            "A read-only link to the transcript for someone without an account. The `url` is "
+            "answered this once; the link expires after `expires_in_days` and can be revoked. "
+            "Each use is counted and audited."
+        ),
+    )
+    def post(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.ShareCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        share, token = shares_service.share_create(
+            organisation=tenant.organisation,
+            job_id=job_id,
+            user=request.user,
+            api_key=tenant.api_key,
+            expires_in_days=data.validated_data["expires_in_days"],
+            note=data.validated_data["note"],
+            meta=RequestMeta.from_request(request),
+        )
+        body = {**s.ShareOutput(share).data, "url": shares_service.share_url(token)}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class JobShareDetailView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_shares_revoke",
+        responses={204: None, **ERRORS},
+        description="Revoke a share link: its next use is 404. Revoking twice is no error.",
+    )
+    def delete(self, request: Request, version: str, job_id: str, share_id: str) -> Response:
+        tenant = get_tenant(request)
+        shares_service.share_revoke(
+            organisation=tenant.organisation,
+            job_id=job_id,
+            share_id=share_id,
+            user=request.user,
+            api_key=tenant.api_key,
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class SharedTranscriptView(APIView):
+    """A transcript opened by its share link: no account, no credentials (a stray Authorization
+    header is ignored, never a 401), the anonymous per-address rate."""
+
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    def perform_content_negotiation(self, request, force=False):
+        renderer = self.get_renderers()[0]
+        return renderer, renderer.media_type
+
+    @extend_schema(
+        operation_id="shared_transcript",
+        auth=[],
+        parameters=[s.SharedTranscriptFormatInput],
+        responses={
+            (200, "application/json"): s.SharedTranscriptOutput,
+            (200, "text/plain"): OpenApiTypes.STR,
+            (200, "text/vtt"): OpenApiTypes.STR,
+            **errors(
+                400, 404, descriptions={404: "Not a live link (`share_not_found`), whatever why."}
+            ),
+        },
+        description=(
+            "The transcript behind a share link: JSON (text and timed segments), or `format` "
+            "txt, srt or vtt. Never cached by browsers or proxies, never indexed."
+        ),
+    )
+    def get(self, request: Request, version: str, token: str) -> HttpResponse:
+        params = s.SharedTranscriptFormatInput(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        share = shares_service.shared_job(token=token, meta=RequestMeta.from_request(request))
+        job = share.job
+        fmt = params.validated_data["format"]
+        if fmt == "json":
+            transcript = job.transcript
+            body = s.SharedTranscriptOutput(
+                {
+                    "filename": job.original_filename,
+                    "duration_seconds": job.duration_seconds,
+                    "language": transcript.language,
+                    "revision": transcript.revision,
+                    "text": transcript.text,
+                    "segments": [
+                        {"start": seg["start"], "end": seg["end"], "text": seg["text"]}
+                        for seg in transcript.segments
+                    ],
+                    "expires_at": share.expires_at,
+                }
+            ).data
+            response: HttpResponse = Response(body)
+        else:
+            rendered = transcripts.transcript_render(job_id=job.pk, fmt=fmt, pretty=False)
+            response = HttpResponse(rendered.body, content_type=rendered.media_type)
+        response["Cache-Control"] = "private, no-store"
+        response["X-Robots-Tag"] = "noindex, nofollow"
+        response["Referrer-Policy"] = "no-referrer"
+        return response
 
 
 class JobCancelView(APIView):

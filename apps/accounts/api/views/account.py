@@ -52,6 +52,7 @@ class MembershipOrganisationOutput(CompiledOutput, serializers.Serializer):
         allow_null=True,
         help_text="The organisation's audio retention in days (null: the platform's).",
     )
+    share_links_enabled = serializers.BooleanField(source="organisation.share_links_enabled")
     job_retention_days = serializers.IntegerField(
         source="organisation.job_retention_days",
         allow_null=True,
@@ -230,6 +231,10 @@ class OrganisationDetailApi(UserApi):
             max_value=RETENTION_MAX_DAYS,
             help_text="Delete jobs' audio this many days after they end; at most the "
             "platform's retention (longer keeps the platform's). null: the platform's.",
+        )
+        share_links_enabled = serializers.BooleanField(
+            help_text="Members may share transcripts by link (off: no new links, and existing "
+            "ones stop working until it is on again)."
         )
         job_retention_days = serializers.IntegerField(
             allow_null=True,
