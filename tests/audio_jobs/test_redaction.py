@@ -109,6 +109,20 @@ def said(text: str, **options: Any) -> tuple[str, list[RedactedSpan]]:
     return data["text"], spans
 
 
+def said_untimed(text: str, **options: Any) -> tuple[str, list[RedactedSpan]]:
+    """`text` as one segment without word timings, redacted like `said`."""
+    options.setdefault("policies", ALL)
+    data = result(untimed(0, f" {text}", 0.0, 3.0))
+    spans = redact_result(data, **options)
+    return data["text"], spans
+
+
+def with_check_digits(country: str, bban: str) -> str:
+    """An IBAN of `country` and `bban` (of any length) with the check digits that make it pass."""
+    digits = "".join(str(int(ch, 36)) for ch in (bban + country + "00").replace(" ", "").upper())
+    return f"{country}{98 - int(digits) % 97:02d} {bban}"
+
+
 # ---- Whisper's real output ------------------------------------------------------------------
 
 
@@ -326,6 +340,200 @@ def test_two_matches_in_one_word_are_one_redaction():
     assert len(spans) == 1
 
 
+# ---- dictated, spoken and loosely written forms -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Call me on 555, 123, 4567.", "Call me on [PHONE_NUMBER]."),
+        ("My mobile: 555, 1234, 5678 ok", "My mobile: [PHONE_NUMBER] ok"),
+        (
+            "my social security number is 123, 45, 6789",
+            "my social security number is [US_SOCIAL_SECURITY_NUMBER]",
+        ),
+    ],
+)
+def test_comma_groups_of_up_to_4_digits_are_one_number_after_a_cue_word(text, expected):
+    redacted, spans = said(text)
+
+    assert redacted == expected
+    assert len(spans) == 1
+
+
+@pytest.mark.parametrize(
+    "cue",
+    [
+        "number",
+        "phone",
+        "call",
+        "mobile",
+        "cell",
+        "fax",
+        "ssn",
+        "card",
+        "account",
+        "social security",
+    ],
+)
+def test_each_dictation_cue_word_joins_comma_groups_of_4_digits(cue):
+    entity = "US_SOCIAL_SECURITY_NUMBER" if cue in ("ssn", "social security") else "PHONE_NUMBER"
+
+    assert said(f"The {cue} is 555, 123, 4567 ok")[0] == f"The {cue} is [{entity}] ok"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "It was 555, 123, 4567 then.",  # no cue word
+        "In 2019, 300 people came.",
+        "Call me, and then we will talk about 555, 123, 4567.",  # the cue is 8 words back
+    ],
+)
+def test_comma_groups_of_4_digits_without_a_cue_word_are_no_number(text):
+    assert said(text) == (text, [])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Write to john dash smith at gmail dot com.",
+        "Write to john underscore smith at gmail dot com.",
+        "Write to john hyphen smith at gmail dot com.",
+        "Write to j o h n at gmail dot com.",
+        "Write to john dot smith at gmail dot com.",
+        "Write to j o h n dot s m i t h at gmail dot com.",
+        "Write to john.smith at gmail dot com.",
+    ],
+)
+def test_a_spoken_local_part_of_several_words_is_redacted_whole(text):
+    redacted, spans = said(text)
+
+    assert redacted == "Write to [EMAIL_ADDRESS]."
+    assert summarise(spans) == {"email_address": 1}
+    assert said_untimed(text)[0] == "Write to [EMAIL_ADDRESS]."
+
+
+def test_a_spoken_local_part_stops_at_punctuation_and_at_an_opening_quote():
+    assert said("Well, dot john at gmail dot com")[0] == "Well, dot [EMAIL_ADDRESS]"
+    quoted = 'It is john dash "smith at gmail dot com"'
+    assert said_untimed(quoted)[0] == 'It is john dash "[EMAIL_ADDRESS]"'
+    # With word timings a match covers whole words, the quote with it.
+    assert said(quoted)[0] == 'It is john dash [EMAIL_ADDRESS]"'
+
+
+@pytest.mark.parametrize(
+    "tld",
+    [
+        *("ai", "me", "app", "dev", "ch", "se", "in", "at", "be", "dk", "no", "fi", "pl"),
+        *("pt", "ie", "nz", "jp", "cn", "br", "mx", "tv", "xyz", "tech", "online"),
+    ],
+)
+def test_spoken_email_addresses_under_more_top_level_domains(tld):
+    assert said(f"Write to jane at example dot {tld} today")[0] == "Write to [EMAIL_ADDRESS] today"
+    assert said(f"Write to jane at example.{tld} today")[0] == "Write to [EMAIL_ADDRESS] today"
+
+
+def test_a_spoken_chain_of_labels_ends_at_its_last_known_top_level_domain():
+    assert said("Write to jane at example dot org dot uk now")[0] == "Write to [EMAIL_ADDRESS] now"
+
+
+@pytest.mark.parametrize(
+    "iban",
+    [
+        "GB 82 WEST 1234 5698 7654 32",
+        "DE 89 3704 0044 0532 0130 00",
+        "gb82 west 1234 5698 7654 32",
+        "de89 3704 0044 0532 0130 00",
+        "gb82west12345698765432",
+        "GB82 west 1234 5698 7654 32",
+    ],
+)
+def test_ibans_written_loosely(iban):
+    redacted, spans = said(f"Pay to {iban}. Thanks")
+
+    assert redacted == "Pay to [IBAN]. Thanks"
+    assert summarise(spans) == {"iban": 1}
+
+
+def test_an_iban_written_loosely_needs_its_countrys_registered_length():
+    short = with_check_digits("GB", "WEST 1234 5698 7654")  # valid, but 20 characters, not 22
+    loose = [short.lower(), f"{short[:2]} {short[2:]}"]
+
+    assert said(f"Pay to {short} soon", policies=["iban"])[0] == "Pay to [IBAN] soon"
+    for text in [f"Pay to {iban} soon" for iban in loose]:
+        assert said(text, policies=["iban"]) == (text, [])
+
+
+def test_a_space_after_a_country_in_lower_case_makes_no_iban():
+    text = "Pay to de 89 3704 0044 0532 0130 00 soon"
+
+    assert said(text, policies=["iban"]) == (text, [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The server is 192 dot 168 dot 1 dot 1.", "The server is [IP_ADDRESS]."),
+        ("Ping 10 Dot 0 Dot 0 Dot 1 now", "Ping [IP_ADDRESS] now"),
+    ],
+)
+def test_spoken_ip_addresses(text, expected):
+    redacted, spans = said(text)
+
+    assert redacted == expected
+    assert summarise(spans) == {"ip_address": 1}
+    assert said_untimed(text)[0] == expected
+
+
+@pytest.mark.parametrize(
+    "number",
+    [
+        "415\u2013555\u20132671",  # en dashes
+        "415\u2014555\u20142671",  # em dashes
+        "415\u2011555\u22122671",  # a no-break hyphen, a minus sign
+        "415\u00a0555\u00a02671",  # no-break spaces
+        "415\u2009555\u202f2671",  # a thin space, a narrow no-break space
+        "\uff14\uff11\uff15\uff0d\uff15\uff15\uff15\uff0d\uff12\uff16\uff17\uff11",  # full width
+        "\uff14\uff11\uff15 555 2671",
+    ],
+)
+def test_dashes_spaces_and_full_width_digits_match_as_their_ascii_forms(number):
+    text = f" Call \u2014 {number} \u2014 thanks."
+    timed_data = result(
+        segment(0, timed([" Call", " \u2014", f" {number}", " \u2014", " thanks."]))
+    )
+    untimed_data = result(untimed(0, text, 0.0, 3.0))
+
+    for data in (timed_data, untimed_data):
+        spans = redact_result(data, ["phone_number"])
+
+        assert data["segments"][0]["text"] == " Call \u2014 [PHONE_NUMBER] \u2014 thanks."
+        assert summarise(spans) == {"phone_number": 1}
+
+
+def test_text_around_a_match_keeps_its_own_characters_and_hash_keeps_the_separators():
+    data = result(untimed(0, " Ring\u00a0415\u2013555\u20132671\u3000now\uff0e", 0.0, 3.0))
+
+    redact_result(data, ["phone_number"], substitution="hash")
+
+    assert data["segments"][0]["text"] == " Ring\u00a0###\u2013###\u2013####\u3000now\uff0e"
+
+
+@pytest.mark.parametrize("timed_words", [True, False])
+def test_a_shorter_overlapping_match_leaves_nothing_of_itself_behind(timed_words):
+    text = "call 555 1234 at example dot com"
+    redact = said if timed_words else said_untimed
+
+    redacted, spans = redact(text, policies=["email_address", "phone_number"])
+
+    assert redacted == "call [EMAIL_ADDRESS]"
+    assert summarise(spans) == {"email_address": 1}
+    # Only what is asked for: the phone number alone, or the address alone.
+    assert redact(text, policies=["phone_number"])[0] == "call [PHONE_NUMBER] at example dot com"
+    assert redact(text, policies=["email_address"])[0] == "call 555 [EMAIL_ADDRESS]"
+
+
 # ---- what is not personal data --------------------------------------------------------------
 
 
@@ -348,6 +556,24 @@ def test_two_matches_in_one_word_are_one_redaction():
         "Room 101, floor 3, building 12.",
         "Version 12.4.1 of mp3 1234567x.",
         "A value of 4,111 here.",
+        "We looked at the dot com era.",
+        "She works at home dot com.",
+        "Look at that dot com bubble.",
+        "Meet at noon dot com.",
+        "I was at Google dot com for years.",
+        "Es kostet 1.000.000 Euro.",
+        "Il co\u00fbte 1 000 000 euros.",
+        "Il y a 2 500 000 habitants.",
+        "It was 1, 000, 000 then.",
+        "The years 2019 2020 2021.",
+        "The 2019\u20132020 season.",
+        "Version 1.2.3.4 is out.",
+        "Windows 10.0.19045 ships.",
+        "Release 2.10.3.1 today, build 10.0.22631 tomorrow.",
+        "Use v 1.2.3.4 or version: 1.2.3.5 please.",
+        "Version 1 dot 2 dot 3 dot 4.",
+        "It is 300 dot 1 dot 1 dot 1.",
+        "Go 1 dot 2 dot 3 dot 4 dot 5.",
     ],
 )
 def test_ordinary_numbers_and_words_are_left_alone(text):
@@ -358,6 +584,22 @@ def test_ordinary_numbers_and_words_are_left_alone(text):
 
     assert spans == []
     assert data == before
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Call 0 800 000 000.", "Call [PHONE_NUMBER]."),  # a leading 0: no amount
+        ("Call 555 000 1000.", "Call [PHONE_NUMBER]."),  # a group of 4 digits
+        ("Call 1,000, 000 now.", "Call [PHONE_NUMBER] now."),  # two separators
+        ("Call 2019 2020 1234.", "Call [PHONE_NUMBER]."),  # not all years
+        ("Server 1.2.3.4 is down.", "Server [IP_ADDRESS] is down."),  # no version word
+        ("Conversion 555.123.4567 done.", "Conversion [PHONE_NUMBER] done."),  # ends in "version"
+        ("Mail jane at example dot com now.", "Mail [EMAIL_ADDRESS] now."),
+    ],
+)
+def test_the_rules_for_what_is_not_personal_data_are_narrow(text, expected):
+    assert said(text)[0] == expected
 
 
 def test_a_number_split_across_two_segments_is_not_looked_for():
@@ -405,6 +647,30 @@ def test_hash_substitution_of_merged_words_keeps_their_separators():
     redact_result(data, ["phone_number"], substitution="hash")
 
     assert data["text"] == "Please call me on ###-###-##,### tomorrow"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Dial five five five one two three four.", "Dial # # # # # # #."),
+        ("Dial seven seven seven three three three eight.", "Dial # # # # # # #."),
+        ("Dial Five-Five-Five, one, two, three, four.", "Dial #-#-#, #, #, #, #."),
+        ("Dial five oh five 1234 now.", "Dial # # # #### now."),
+        ("Write to jane dot doe at example dot com.", "Write to ### dot ### at ### dot ###."),
+        ("Write to al at x dot io.", "Write to ### at ### dot ###."),
+        ("Write to alexandra at example dot online.", "Write to ### at ### dot ###."),
+        ("Write to j o h n at gmail dot com.", "Write to ### at ### dot ###."),
+        ("Mail alexandra underscore b at example.co.uk, ok", "Mail ### underscore ### at ###, ok"),
+        ("Mail jane at example dot at today", "Mail ### at ### dot ### today"),
+        ('Mail "jane dash doe at example dot com".', 'Mail "### dash ### at ### dot ###".'),
+        ("Host 192 dot 168 dot 1 dot 1 now", "Host ### dot ### dot ### dot ### now"),
+        ("Host 10 dot 0 dot 0 dot 1 now", "Host ### dot ### dot ### dot ### now"),
+        ("Call 555 1234 at example dot com", "Call ### at ### dot ###"),
+    ],
+)
+def test_hash_substitution_never_shows_the_length_of_a_spoken_word(text, expected):
+    assert said(text, substitution="hash")[0] == expected
+    assert said_untimed(text, substitution="hash")[0] == expected
 
 
 def test_a_match_covers_whole_words_and_keeps_the_punctuation_after_it():
@@ -500,6 +766,87 @@ def test_spans_come_in_time_order_with_their_segment_ids():
         ("phone_number", 7, 1.2),
         ("ip_address", 9, 5.4),
     ]
+
+
+def test_entries_of_words_without_text_are_kept_as_they_are_and_never_written_as_none():
+    words: list[Any] = timed([" Call", " 555", " 123", " 4567", " now."])
+    no_word = {"start": 0.3, "end": 0.35}
+    none_word = {"start": 0.35, "end": 0.4, "word": None}
+    odd: list[Any] = [no_word, none_word, None, "junk", 7, ["x"]]
+    inside = {"start": 0.9, "end": 0.95, "word": None}
+    words[1:1] = odd
+    words.insert(len(odd) + 2, inside)  # between "555" and "123"
+    data = result(segment(0, timed([" Call"])))
+    data["segments"][0]["words"] = words
+    data["segments"][0]["text"] = " Call 555 123 4567 now."
+
+    spans = redact_result(data, ALL)
+
+    new_words = data["segments"][0]["words"]
+    assert data["segments"][0]["text"] == " Call [PHONE_NUMBER] now."
+    assert data["text"] == "Call [PHONE_NUMBER] now."
+    assert new_words[0] is words[0]
+    assert new_words[1 : 1 + len(odd)] == odd
+    assert all(new is old for new, old in zip(new_words[1 : 1 + len(odd)], odd, strict=True))
+    assert no_word == {"start": 0.3, "end": 0.35} and none_word["word"] is None
+    assert [w["word"] for w in new_words[-2:]] == [" [PHONE_NUMBER]", " now."]
+    assert new_words[-2]["start"] == words[len(odd) + 1]["start"]
+    assert inside not in new_words  # inside the number: merged into it
+    assert summarise(spans) == {"phone_number": 1}
+
+
+def test_a_word_without_a_word_key_or_with_none_is_empty_text_and_stays_as_it_is():
+    words: list[Any] = timed([" Hello", " there", " Call", " 555-123-4567", " now."])
+    del words[0]["word"]
+    words[1]["word"] = None
+    before = copy.deepcopy(words[:2])
+    data = result(segment(0, timed([" there"])))
+    data["segments"][0]["words"] = words
+
+    spans = redact_result(data, ALL)
+
+    assert data["segments"][0]["text"] == " Call [PHONE_NUMBER] now."
+    assert "None" not in data["text"]
+    assert data["segments"][0]["words"][:2] == before
+    assert summarise(spans) == {"phone_number": 1}
+
+
+def test_a_segment_whose_words_hold_no_text_is_redacted_in_its_text():
+    words: list[Any] = [None, {"word": None}, "Call 555-123-4567", {"start": 1.0}]
+    data = result(untimed(0, " Call 555-123-4567.", 0.0, 2.0))
+    data["segments"][0]["words"] = words
+
+    spans = redact_result(data, ALL)
+
+    assert data["segments"][0]["text"] == " Call [PHONE_NUMBER]."
+    assert data["segments"][0]["words"] is words
+    assert words == [None, {"word": None}, "Call 555-123-4567", {"start": 1.0}]
+    assert spans == [RedactedSpan("phone_number", 0, 0.0, 2.0, False)]
+
+
+NEW_FORMS = (
+    " Call me on 555, 123, 4567. Mail john dash smith at gmail dot com or j o h n at example dot"
+    " ai. Host 192 dot 168 dot 1 dot 1, IBAN gb82 west 1234 5698 7654 32, ring"
+    " 415\u2013555\u20132671 or call 555 1234 at example dot com."
+)
+
+
+@pytest.mark.parametrize("substitution", SUBSTITUTIONS)
+@pytest.mark.parametrize("timed_words", [True, False])
+def test_redacting_the_spoken_and_loose_forms_twice_changes_nothing(substitution, timed_words):
+    if timed_words:
+        data = result(segment(0, timed(spoken(NEW_FORMS))))
+    else:
+        data = result(untimed(0, NEW_FORMS, 0.0, 9.0))
+    first = redact_result(data, ALL, substitution=substitution)
+    once = copy.deepcopy(data)
+
+    again = redact_result(data, ALL, substitution=substitution)
+
+    assert summarise(first) == {"email_address": 3, "iban": 1, "ip_address": 1, "phone_number": 2}
+    assert again == []
+    assert data == once
+    assert not any(ch.isdigit() for ch in data["text"])
 
 
 # ---- policies -------------------------------------------------------------------------------
@@ -639,6 +986,18 @@ def test_a_french_phone_number_is_found():
         ("at " * 16_700, {}),
         ("GB82 WEST " * 5_000, {}),
         ("one " * 12_500, {"number_sequence": 1}),
+        ("j " * 25_000 + "at x dot com", {"email_address": 1}),
+        ("a dash " * 7_000 + "at x dot com", {"email_address": 1}),
+        ("j at " * 10_000, {}),
+        ("192 dot " * 6_000, {}),
+        ("gb82 " * 10_000, {}),
+        ("GB 82 " * 8_000, {}),
+        ("call 1234, " * 4_500, {}),
+        ("number " + "1234, " * 8_000, {"number_sequence": 1}),
+        ("2019 " * 10_000, {}),
+        ("version 1.2.3.4 " * 3_000, {}),
+        ("1\u20131\u2013" * 12_500, {"number_sequence": 1}),
+        ("\uff11\uff0d" * 25_000, {"number_sequence": 1}),
     ],
 )
 def test_adversarial_text_takes_linear_time(text, entities):
