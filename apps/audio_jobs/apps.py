@@ -8,11 +8,16 @@ class AudioJobsConfig(AppConfig):
 
     def ready(self) -> None:
         from auditlog.registry import auditlog
+        from django.db.backends.signals import connection_created
         from django.db.models.signals import post_delete, post_save
 
         from apps.core.generations import invalidate_on_change
 
-        from . import models, transcripts
+        from . import models, search_index, transcripts
+
+        connection_created.connect(
+            search_index.register_sqlite_fold, dispatch_uid="search-sqlite-fold"
+        )
 
         receiver = invalidate_on_change(models.READ_CACHE, "organisation_id")
         for signal in (post_save, post_delete):

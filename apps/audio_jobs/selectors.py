@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime
 
 from django.db import connection
-from django.db.models import Q, QuerySet, Sum
+from django.db.models import F, Func, Q, QuerySet, Sum, TextField
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -21,11 +21,11 @@ from .models import (
     TranscriptRevision,
     Upload,
 )
+from .search_index import SEARCH_CONFIG, fold
 
 # Transcripts are in many languages: "simple" lower-cases and splits words, with no stemming or
 # stop words of one language. Migration 0011's index `transcript_text_search` is built on
 # exactly the expression `_transcripts_matching` filters on; change both or neither.
-SEARCH_CONFIG = "simple"
 
 LIST_DEFERRED = (
     "quality",  # lists show quality_warnings and quality_summary only
@@ -103,8 +103,8 @@ def _transcripts_matching(organisation, q: str) -> QuerySet[Transcript]:
     `transcript_text_search`. A subquery rather than
     a join, so the index can serve it although the list ORs it with the file name. SQLite (the
     embedded defaults): every word or "quoted phrase" as a substring, all of them, none of the
-    `-excluded` ones, scanning every transcript (no index; no `or`; only ASCII letters' case is
-    ignored, SQLite's LIKE).
+    `-excluded` ones, scanning every transcript (no index; no `or`), accents and case folded
+    (`search_index.fold`). PostgreSQL folds accents too (configuration `lexiscore_search`).
     """
     transcripts = Transcript.objects.filter(job__organisation=organisation)
     terms = search_terms(q)
@@ -131,13 +131,17 @@ def _substring_matching(transcripts: QuerySet[Transcript], terms: str) -> QueryS
     for word in _PHRASE.sub(phrase, terms).split():
         excluded = word.startswith("-") and len(word) > 1
         wanted.append((excluded, word.lstrip("-").strip('"') if excluded else word.strip('"')))
+    # Compared folded (accents dropped, case folded), as PostgreSQL's configuration does.
+    transcripts = transcripts.annotate(
+        folded_text=Func(F("text"), function="lexiscore_fold", output_field=TextField())
+    )
     for excluded, text in wanted:
         if not text.strip():
             continue
         if excluded:
-            transcripts = transcripts.exclude(text__icontains=text)
+            transcripts = transcripts.exclude(folded_text__contains=fold(text))
         else:
-            transcripts = transcripts.filter(text__icontains=text)
+            transcripts = transcripts.filter(folded_text__contains=fold(text))
     return transcripts
 
 

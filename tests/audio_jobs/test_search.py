@@ -60,7 +60,8 @@ def recordings(org) -> dict[str, str]:
         ("approved or genève", ["cafe", "budget"]),
         ("café", ["cafe"]),
         ("Café", ["cafe"]),
-        ("cafe", []),  # accents are not ignored ("simple": no unaccent)
+        ("cafe", ["cafe"]),  # accents are folded (lexiscore_search: unaccent)
+        ("geneve", ["cafe"]),
         ("quart", []),  # whole words, not prefixes
     ],
 )
@@ -263,7 +264,21 @@ def test_the_planner_serves_the_search_from_the_index(org):
     assert [str(job.pk) for job in queryset] == [target]
 
 
-def test_sqlite_falls_back_to_a_substring_match_of_the_text(org, monkeypatch):
+@pytest.fixture
+def sqlite_fold_on_postgresql(db):
+    """The SQLite path's `lexiscore_fold` (search_index.fold, registered on SQLite connections)
+    stood in for by PostgreSQL's unaccent + lower, in the test's transaction: these tests run
+    the SQLite query on the test database."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE OR REPLACE FUNCTION lexiscore_fold(text) RETURNS text "
+            "LANGUAGE sql IMMUTABLE AS $$ SELECT lower(unaccent($1)) $$"
+        )
+
+
+def test_sqlite_falls_back_to_a_substring_match_of_the_text(
+    org, monkeypatch, sqlite_fold_on_postgresql
+):
     """The embedded defaults (SQLite) have no full-text search: `q` is a substring of the text."""
     said(org, "The quarterly report.")
     part = said(org, "Headquarters moved.")
@@ -288,7 +303,9 @@ def test_sqlite_falls_back_to_a_substring_match_of_the_text(org, monkeypatch):
         ("- -- quarterly", ["revenue", "budget"]),  # operators alone are dropped
     ],
 )
-def test_sqlite_matches_words_phrases_and_exclusions(org, monkeypatch, q, expected):
+def test_sqlite_matches_words_phrases_and_exclusions(
+    org, monkeypatch, sqlite_fold_on_postgresql, q, expected
+):
     ids = {
         "budget": said(org, "The quarterly budget was approved."),
         "revenue": said(org, "Quarterly revenue grew."),
@@ -345,3 +362,53 @@ def test_transcript_reads_leave_the_stored_vector_out_and_saves_never_write_it(o
     assert all("search_vector" not in query["sql"] for query in saves.captured_queries)
     found = [str(j.pk) for j in selectors.job_list(organisation=org, q="revenue")]
     assert found == [job_id]  # the trigger made the vector of the new text
+
+
+@pytest.mark.parametrize(
+    ("q", "expected"),
+    [("cafe", ["cafe", "accent"]), ("café", ["cafe", "accent"]), ("zurich", ["zurich"])],
+)
+def test_accents_are_folded_either_way(org, q, expected):
+    ids = {
+        "accent": said(org, "Meet me at the café."),
+        "cafe": said(org, "The cafe opens at nine."),
+        "zurich": said(org, "Our office in Zürich."),
+    }
+
+    found = {str(j.pk) for j in selectors.job_list(organisation=org, q=q)}
+
+    assert found == {ids[name] for name in expected}
+
+
+def test_sqlite_folds_accents_and_any_case():
+    import sqlite3
+
+    from apps.audio_jobs.search_index import fold, register_sqlite_fold
+
+    class SQLiteConnection:
+        vendor = "sqlite"
+        connection = sqlite3.connect(":memory:")
+
+    register_sqlite_fold(sender=None, connection=SQLiteConnection)
+    cursor = SQLiteConnection.connection.execute(
+        "SELECT lexiscore_fold(?), lexiscore_fold(?), lexiscore_fold(NULL)", ["Zürich", "STRASSE"]
+    )
+
+    assert cursor.fetchone() == ("zurich", "strasse", None)
+    assert fold("Straße Ärger ÉCOLE") == "strasse arger ecole"
+
+
+def test_search_reindex_rebuilds_every_vector(org):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    job_id = said(org, "Réunion à Genève.")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE audio_jobs_transcript SET search_vector = to_tsvector('')")
+    out = StringIO()
+
+    call_command("search_reindex", "--batch", "1", stdout=out)
+
+    assert "accents folded" in out.getvalue()
+    assert [str(j.pk) for j in selectors.job_list(organisation=org, q="geneve")] == [job_id]

@@ -130,7 +130,7 @@ class JobListFilterInput(serializers.Serializer):
         max_length=200,
         help_text="Search the transcripts' text and the original file names (1-200 characters). "
         'Web-search syntax: words all match, "a phrase" in quotes, -word excludes, `or` '
-        "between alternatives. Case is ignored; accents are not.",
+        "between alternatives. Case and accents are ignored (cafe finds café).",
     )
     flagged = serializers.BooleanField(
         required=False,
