@@ -33,7 +33,7 @@ def test_changing_an_organisations_plan_in_the_form_is_audited(admin_client, db)
 
     response = admin_client.post(
         f"/admin/accounts/organisation/{organisation.pk}/change/",
-        {"name": organisation.name, "plan": "team", "is_active": "on"},
+        {"name": organisation.name, "plan": "team", "share_links_enabled": "on"},
     )
 
     assert response.status_code == 302, response.content.decode()[:2000]
