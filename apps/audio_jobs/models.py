@@ -161,6 +161,9 @@ class TranscriptionJob(TimeStampedModel):
         null=True,
         blank=True,
         related_name="+",
+        # No index of its own: a user's deletion scans the few held jobs through
+        # `job_org_held`'s rows, and building one would block the job table's writes.
+        db_index=False,
     )
     legal_hold_reason = models.CharField(max_length=500, blank=True)
 
@@ -425,6 +428,10 @@ class TranscriptShare(models.Model):
     job = models.ForeignKey(TranscriptionJob, on_delete=models.CASCADE, related_name="shares")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # The key that made it, if one did: revoking the key revokes its links.
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     token_hash = models.CharField(max_length=64, unique=True)
     token_prefix = models.CharField(max_length=16, help_text="To recognise a link, not to use it.")

@@ -75,9 +75,15 @@ def job_list(
     if legal_hold is not None:
         queryset = queryset.filter(legal_hold_at__isnull=not legal_hold)
     if q:
-        queryset = queryset.filter(
+        # File names compared folded too (accents, case): `lexiscore_fold`, a SQL function on
+        # both databases (search_index).
+        queryset = queryset.annotate(
+            folded_filename=Func(
+                F("original_filename"), function="lexiscore_fold", output_field=TextField()
+            )
+        ).filter(
             Q(pk__in=_transcripts_matching(organisation, q).values("job_id"))
-            | Q(original_filename__icontains=q)
+            | Q(folded_filename__contains=fold(q))
         )
     return queryset.order_by("-created_at")
 

@@ -92,7 +92,12 @@ def share_create(
         share = TranscriptShare.objects.create(
             organisation=organisation,
             job=job,
-            created_by=user if getattr(user, "pk", None) and user.is_authenticated else None,
+            api_key=api_key,
+            created_by=(
+                user
+                if api_key is None and getattr(user, "pk", None) and user.is_authenticated
+                else None
+            ),
             token_hash=_hash(token),
             token_prefix=token[: len(TOKEN_PREFIX) + 6],
             note=note,
@@ -148,9 +153,48 @@ def share_revoke(
     return share
 
 
-def shared_job(*, token: str, meta: Any = None) -> TranscriptShare:
-    """The live share behind `token`, its use counted and audited; 404 `share_not_found`
-    otherwise, whatever the reason."""
+def shares_revoke_of(
+    *,
+    user: Any = None,
+    api_keys: list[Any] | None = None,
+    organisation_id: Any = None,
+    actor: Any,
+    reason: str,
+    meta: Any = None,
+) -> int:
+    """Revoke the live links a departing member made (in one organisation, or all), or that
+    revoked API keys made: a link must not outlive the access of whoever shared it. Each is
+    audited (`transcript.share_revoked`, with the reason). Returns how many."""
+    if user is None and not api_keys:
+        return 0
+    shares = TranscriptShare.objects.select_for_update(of=("self",)).filter(revoked_at__isnull=True)
+    if user is not None:
+        shares = shares.filter(created_by=user)
+    else:
+        shares = shares.filter(api_key__in=list(api_keys or []))
+    if organisation_id is not None:
+        shares = shares.filter(organisation_id=organisation_id)
+    revoked = list(shares.select_related("organisation").order_by("pk"))
+    now = timezone.now()
+    for share in revoked:
+        share.revoked_at = now
+        share.save(update_fields=["revoked_at"])
+        audit_record(
+            action=AuditAction.TRANSCRIPT_SHARE_REVOKED,
+            actor=actor,
+            organisation=share.organisation,
+            target=share,
+            target_repr=f"Share {share.token_prefix}… of job {share.job_id}",
+            meta=meta,
+            metadata={"job_id": str(share.job_id), "share_id": str(share.pk), "reason": reason},
+        )
+    return len(revoked)
+
+
+def shared_job(*, token: str, meta: Any = None, count: bool = True) -> TranscriptShare:
+    """The live share behind `token`, its use counted and audited (unless `count` is False: a
+    HEAD request, a link preview's probe); 404 `share_not_found` otherwise, whatever the
+    reason."""
     gone = NotFoundError(
         "This link is not valid: it may have expired or been revoked. Ask for a new one.",
         code="share_not_found",
@@ -172,6 +216,8 @@ def shared_job(*, token: str, meta: Any = None) -> TranscriptShare:
     )
     if share is None:
         raise gone
+    if not count:
+        return share
     TranscriptShare.objects.filter(pk=share.pk).update(
         access_count=F("access_count") + 1, last_accessed_at=now
     )

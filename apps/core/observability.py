@@ -39,6 +39,17 @@ def before_send(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
                 request[key] = redact(request[key])
     if "extra" in event:
         event["extra"] = _scrub(event["extra"])
+    # Breadcrumbs (log lines, outgoing requests) may name a URL or a token too.
+    breadcrumbs = event.get("breadcrumbs")
+    crumbs = breadcrumbs.get("values") if isinstance(breadcrumbs, dict) else breadcrumbs
+    for crumb in crumbs if isinstance(crumbs, list) else []:
+        if isinstance(crumb, dict):
+            if isinstance(crumb.get("message"), str):
+                crumb["message"] = redact(crumb["message"])
+            if isinstance(crumb.get("data"), dict):
+                crumb["data"] = {
+                    k: redact(v) if isinstance(v, str) else v for k, v in crumb["data"].items()
+                }
     # Local variables of the frames hold what no key name betrays (a webhook's signing secrets,
     # a transcript): never sent, even if an integration or a future default turns them on.
     for holder in (
@@ -67,5 +78,7 @@ def init_sentry() -> bool:
         include_local_variables=False,  # frames' locals can hold secrets and transcripts
         integrations=[DjangoIntegration(), CeleryIntegration(monitor_beat_tasks=True)],
         before_send=before_send,
+        # Performance transactions carry the request too (a share link's token in its URL).
+        before_send_transaction=before_send,
     )
     return True

@@ -145,3 +145,49 @@ def test_a_completed_job_factory_without_audio_is_not_an_error(media_root):
     )
 
     assert jobs_retention_cleanup() == 1
+
+
+def test_a_run_stopped_half_way_still_audits_what_it_deleted(media_root, monkeypatch):
+    from apps.audio_jobs import retention
+
+    organisation = OrganisationFactory(job_retention_days=1)
+    jobs = [ended(organisation, 5) for _ in range(3)]
+    real_delete, calls = retention.services.job_delete, []
+
+    def delete_then_stop(*, job):
+        calls.append(job.pk)
+        if len(calls) == 2:
+            raise TimeoutError("the task's soft time limit")
+        return real_delete(job=job)
+
+    monkeypatch.setattr(retention.services, "job_delete", delete_then_stop)
+
+    with pytest.raises(TimeoutError):
+        jobs_retention_cleanup()
+
+    event = AuditEvent.objects.get(action=AuditAction.RETENTION_JOBS_DELETED)
+    assert event.metadata["count"] == 1
+    assert TranscriptionJob.objects.count() == len(jobs) - 1
+
+
+def test_a_job_retried_after_it_was_listed_is_not_deleted(media_root, monkeypatch):
+    """Checked again under its lock: an operator's retry between the listing and the delete."""
+    from contextlib import contextmanager
+
+    from django.db import transaction
+
+    from apps.audio_jobs import retention
+
+    job = ended(OrganisationFactory(job_retention_days=1), 5)
+    atomic = transaction.atomic
+
+    @contextmanager
+    def retried_first():
+        TranscriptionJob.objects.filter(pk=job.pk).update(status=JobStatus.QUEUED)
+        with atomic():
+            yield
+
+    monkeypatch.setattr(retention.transaction, "atomic", retried_first)
+
+    assert jobs_retention_cleanup() == 0
+    assert TranscriptionJob.objects.filter(pk=job.pk).exists()

@@ -264,21 +264,7 @@ def test_the_planner_serves_the_search_from_the_index(org):
     assert [str(job.pk) for job in queryset] == [target]
 
 
-@pytest.fixture
-def sqlite_fold_on_postgresql(db):
-    """The SQLite path's `lexiscore_fold` (search_index.fold, registered on SQLite connections)
-    stood in for by PostgreSQL's unaccent + lower, in the test's transaction: these tests run
-    the SQLite query on the test database."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE OR REPLACE FUNCTION lexiscore_fold(text) RETURNS text "
-            "LANGUAGE sql IMMUTABLE AS $$ SELECT lower(unaccent($1)) $$"
-        )
-
-
-def test_sqlite_falls_back_to_a_substring_match_of_the_text(
-    org, monkeypatch, sqlite_fold_on_postgresql
-):
+def test_sqlite_falls_back_to_a_substring_match_of_the_text(org, monkeypatch):
     """The embedded defaults (SQLite) have no full-text search: `q` is a substring of the text."""
     said(org, "The quarterly report.")
     part = said(org, "Headquarters moved.")
@@ -303,9 +289,7 @@ def test_sqlite_falls_back_to_a_substring_match_of_the_text(
         ("- -- quarterly", ["revenue", "budget"]),  # operators alone are dropped
     ],
 )
-def test_sqlite_matches_words_phrases_and_exclusions(
-    org, monkeypatch, sqlite_fold_on_postgresql, q, expected
-):
+def test_sqlite_matches_words_phrases_and_exclusions(org, monkeypatch, q, expected):
     ids = {
         "budget": said(org, "The quarterly budget was approved."),
         "revenue": said(org, "Quarterly revenue grew."),
@@ -395,7 +379,21 @@ def test_sqlite_folds_accents_and_any_case():
     )
 
     assert cursor.fetchone() == ("zurich", "strasse", None)
-    assert fold("Straße Ärger ÉCOLE") == "strasse arger ecole"
+    assert fold("Straße Ärger ÉCOLE Łódź Øresund") == "strasse arger ecole lodz oresund"
+
+
+def test_file_names_and_words_with_digits_fold_accents_on_postgresql(org):
+    named = said(org, "Nothing here.", original_filename="Réunion Zürich.mp3")
+    numbered = said(org, "Table café2 is free.")
+
+    def ids(q: str) -> list[str]:
+        return [str(j.pk) for j in selectors.job_list(organisation=org, q=q)]
+
+    assert ids("reunion zurich") == [named]
+    assert ids("cafe2") == [numbered]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT lexiscore_fold('Łódź ÉCOLE')")
+        assert cursor.fetchone()[0] == "lodz ecole"
 
 
 def test_search_reindex_rebuilds_every_vector(org):

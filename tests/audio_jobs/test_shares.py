@@ -168,8 +168,28 @@ def test_tokens_are_masked_in_logs_and_error_reports():
 
     token = "lxs_" + "b" * 43
     assert token not in redact(f'"GET /api/v1/shared/{token} HTTP/1.1" 200')
-    event = before_send({"request": {"url": f"https://x.test/api/v1/shared/{token}"}}, {})
-    assert token not in event["request"]["url"]
+    event = before_send(
+        {
+            "type": "transaction",
+            "request": {"url": f"https://x.test/api/v1/shared/{token}"},
+            "breadcrumbs": {"values": [{"message": f"GET /api/v1/shared/{token}", "data": {}}]},
+        },
+        {},
+    )
+    assert token not in repr(event)
+
+
+def test_sentry_scrubs_performance_transactions_too(settings, monkeypatch):
+    import sentry_sdk
+
+    from apps.core import observability
+
+    given = {}
+    monkeypatch.setattr(sentry_sdk, "init", lambda **kwargs: given.update(kwargs))
+    settings.SENTRY_DSN = "https://public@sentry.example/1"
+
+    assert observability.init_sentry()
+    assert given["before_send_transaction"] is observability.before_send
 
 
 def test_admins_switch_share_links_off_and_on(api_client, client, owner, headers, job):
@@ -187,3 +207,38 @@ def test_admins_switch_share_links_off_and_on(api_client, client, owner, headers
         [False, True],
         [True, False],
     ]
+
+
+def test_a_head_request_is_answered_but_not_counted(api_client, client, headers, job):
+    token = token_of(share(api_client, headers, job))
+
+    assert client.head(f"/api/v1/shared/{token}").status_code == 200
+
+    assert TranscriptShare.objects.get().access_count == 0
+    assert not AuditEvent.objects.filter(action=AuditAction.TRANSCRIPT_SHARE_ACCESSED).exists()
+
+
+def test_links_end_with_the_access_of_whoever_made_them(api_client, client, owner, headers, job):
+    from apps.accounts.models import ApiKey
+    from apps.accounts.network import RequestMeta
+    from apps.accounts.services import api_key_revoke, membership_remove
+
+    colleague = member(Role.MEMBER, organisation=owner.organisation, email="c@example.com")
+    by_colleague = token_of(share(api_client, bearer(colleague.user, owner.organisation), job))
+    key = ApiKeyFactory(organisation=owner.organisation, role=Role.MEMBER)
+    by_key = token_of(share(api_client, api_key_header(key), job))
+    by_owner = token_of(share(api_client, headers, job))
+    meta = RequestMeta(ip="127.0.0.1", user_agent="test", request_id="r")
+    owner_membership = owner
+
+    membership_remove(actor=owner_membership, membership=colleague, meta=meta)
+    api_key_revoke(actor=owner_membership, api_key=ApiKey.objects.get(pk=key.pk), meta=meta)
+
+    for token in (by_colleague, by_key):
+        assert_error(client.get(f"/api/v1/shared/{token}"), 404, "share_not_found")
+    assert client.get(f"/api/v1/shared/{by_owner}").status_code == 200
+    reasons = {
+        e.metadata.get("reason")
+        for e in AuditEvent.objects.filter(action=AuditAction.TRANSCRIPT_SHARE_REVOKED)
+    }
+    assert "api_key_revoked" in reasons and len(reasons) == 2

@@ -142,4 +142,11 @@ def departed_member_grants_revoke(
             meta=meta,
             metadata={"prefix": api_key.prefix, **author},
         )
+    from apps.audio_jobs.shares import shares_revoke_of
+
+    # Their share links, and those their keys made: none outlives their access.
+    for owner in ({"user": user}, {"api_keys": revoked_keys}):
+        shares_revoke_of(
+            **owner, organisation_id=organisation_id, actor=who, reason=reason, meta=meta
+        )
     return len(revoked_invitations), len(revoked_keys)

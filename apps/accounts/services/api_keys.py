@@ -98,6 +98,9 @@ def api_key_revoke(*, actor: Membership, api_key: ApiKey, meta: RequestMeta) -> 
         meta=meta,
         metadata={"prefix": api_key.prefix},
     )
+    from apps.audio_jobs.shares import shares_revoke_of
+
+    shares_revoke_of(api_keys=[api_key], actor=actor.user, reason="api_key_revoked", meta=meta)
     return api_key
 
 

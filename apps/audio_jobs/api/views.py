@@ -383,7 +383,12 @@ class SharedTranscriptView(APIView):
     def get(self, request: Request, version: str, token: str) -> HttpResponse:
         params = s.SharedTranscriptFormatInput(data=request.query_params)
         params.is_valid(raise_exception=True)
-        share = shares_service.shared_job(token=token, meta=RequestMeta.from_request(request))
+        share = shares_service.shared_job(
+            token=token,
+            meta=RequestMeta.from_request(request),
+            # A HEAD (a link preview's probe) is answered, not counted as a reading.
+            count=request.method != "HEAD",
+        )
         job = share.job
         fmt = params.validated_data["format"]
         if fmt == "json":

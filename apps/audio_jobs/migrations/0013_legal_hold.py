@@ -1,12 +1,14 @@
 """Legal hold on a job (apps/audio_jobs/holds.py). The columns are nullable or have a constant
-default (no table rewrite); the partial index behind `?legal_hold=true` is built CONCURRENTLY on
-PostgreSQL, as the job table is written all the time."""
+default (no table rewrite), each kept when it is already there (the migration is not atomic: a
+run stopped half way can run again); the foreign key has no index of its own; the partial index
+behind `?legal_hold=true` is built CONCURRENTLY on PostgreSQL, as the job table is written all
+the time."""
 
 import django.db.models.deletion
 from django.conf import settings
 from django.db import migrations, models
 
-from apps.core.migration_operations import AddIndexOnline
+from apps.core.migration_operations import AddFieldIfMissing, AddIndexOnline
 
 
 class Migration(migrations.Migration):
@@ -18,12 +20,12 @@ class Migration(migrations.Migration):
     ]
 
     operations = [
-        migrations.AddField(
+        AddFieldIfMissing(
             model_name="transcriptionjob",
             name="legal_hold_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
-        migrations.AddField(
+        AddFieldIfMissing(
             model_name="transcriptionjob",
             name="legal_hold_by",
             field=models.ForeignKey(
@@ -32,9 +34,10 @@ class Migration(migrations.Migration):
                 on_delete=django.db.models.deletion.SET_NULL,
                 related_name="+",
                 to=settings.AUTH_USER_MODEL,
+                db_index=False,
             ),
         ),
-        migrations.AddField(
+        AddFieldIfMissing(
             model_name="transcriptionjob",
             name="legal_hold_reason",
             field=models.CharField(blank=True, max_length=500),

@@ -1,42 +1,24 @@
 """Search that folds accents: "cafe" finds "café", "Zurich" finds "Zürich" (and the reverse).
 
 * A text search configuration `lexiscore_search`: a copy of `simple` whose words go through the
-  `unaccent` dictionary first. `unaccent` ships with PostgreSQL's contrib and is a trusted
+  `unaccent` dictionary first, and `lexiscore_fold(text)` for file names
+  (apps/audio_jobs/search_index.CONFIGURE_SQL). `unaccent` ships with PostgreSQL's contrib and is a trusted
   extension (PostgreSQL 13+: the database's owner may create it). Where it cannot be created,
   a notice says so and the configuration is a plain copy of `simple`: search works, keeping
   accents, as before; create the extension and run `manage.py search_reindex` later.
 * The trigger builds `search_vector` with it, and every stored vector is built again, in
-  batches of `BATCH` (each its own transaction: the table stays writable).
+  batches of `BATCH` (each its own transaction: the table stays writable; no statement timeout
+  meanwhile). A run stopped half way starts again from the first row when run again.
 Until the new release serves the queries (apps/audio_jobs/selectors.SEARCH_CONFIG), the old one
 misses accented words in rebuilt rows: run the migration with the deploy, not days before.
 """
 
 from django.db import migrations
 
+from apps.audio_jobs.search_index import CONFIGURE_SQL, UNCONFIGURE_SQL
 from apps.core.migration_operations import RunPostgreSQL
 
-BATCH = 2000
-
-CONFIGURATION = """
-DO $$
-BEGIN
-    BEGIN
-        CREATE EXTENSION IF NOT EXISTS unaccent;
-    EXCEPTION WHEN OTHERS THEN
-        RAISE NOTICE 'unaccent could not be created (%): search will keep accents', SQLERRM;
-    END;
-    IF NOT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = 'lexiscore_search') THEN
-        CREATE TEXT SEARCH CONFIGURATION lexiscore_search (COPY = pg_catalog.simple);
-    END IF;
-    IF EXISTS (SELECT 1 FROM pg_ts_dict WHERE dictname = 'unaccent') THEN
-        ALTER TEXT SEARCH CONFIGURATION lexiscore_search
-            ALTER MAPPING FOR word, hword, hword_part WITH unaccent, simple;
-    END IF;
-END
-$$;
-"""
-DROP_CONFIGURATION = "DROP TEXT SEARCH CONFIGURATION IF EXISTS lexiscore_search;"
-
+BATCH = 500
 
 def trigger(config: str) -> str:
     return f"""
@@ -72,7 +54,7 @@ class Migration(migrations.Migration):
     operations = [
         # Reversed, the steps run backwards: vectors rebuilt with `simple` (set explicitly, the
         # trigger keeps them), then the trigger, then the configuration dropped.
-        RunPostgreSQL(CONFIGURATION, DROP_CONFIGURATION),
+        RunPostgreSQL(CONFIGURE_SQL, UNCONFIGURE_SQL),
         RunPostgreSQL(trigger("lexiscore_search"), trigger("simple")),
         migrations.RunPython(rebuild("lexiscore_search"), rebuild("simple"), elidable=True),
     ]

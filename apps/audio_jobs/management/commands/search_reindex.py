@@ -6,14 +6,14 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
-from apps.audio_jobs.search_index import SEARCH_CONFIG, rebuild_vectors
+from apps.audio_jobs.search_index import CONFIGURE_SQL, folds_accents, rebuild_vectors
 
 
 class Command(BaseCommand):
     help = "Rebuild the stored search vectors of all transcripts, in batches (PostgreSQL)."
 
     def add_arguments(self, parser) -> None:
-        parser.add_argument("--batch", type=int, default=2000, help="Rows per transaction.")
+        parser.add_argument("--batch", type=int, default=500, help="Rows per transaction.")
 
     def handle(self, *args, **options) -> None:
         if connection.vendor != "postgresql":
@@ -21,24 +21,8 @@ class Command(BaseCommand):
         if options["batch"] < 1:
             raise CommandError("--batch must be at least 1.")
         with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_ts_config_map m JOIN pg_ts_config c "
-                "ON c.oid = m.mapcfg JOIN pg_ts_dict d ON d.oid = m.mapdict "
-                "WHERE c.cfgname = %s AND d.dictname = 'unaccent')",
-                [SEARCH_CONFIG],
-            )
-            folds = cursor.fetchone()[0]
-        if not folds:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT 1 FROM pg_ts_dict WHERE dictname = 'unaccent'")
-                available = cursor.fetchone() is not None
-            if available:
-                with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"ALTER TEXT SEARCH CONFIGURATION {SEARCH_CONFIG} "
-                        "ALTER MAPPING FOR word, hword, hword_part WITH unaccent, simple"
-                    )
-                folds = True
+            cursor.execute(CONFIGURE_SQL)  # maps `unaccent` if it is there now
+        folds = folds_accents(connection)
         done = rebuild_vectors(connection, batch=options["batch"])
         how = "accents folded" if folds else "accents kept (no unaccent extension)"
         self.stdout.write(f"Rebuilt the search vectors of {done} transcripts ({how}).")
