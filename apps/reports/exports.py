@@ -20,6 +20,7 @@ Layout (docs/architecture.md, "Data export"):
     transcripts/<job>.original.json             the machine output, once edited (revision > 0)
     usage.csv                     the AudioUsage ledger
     api_keys.json                 metadata only: never the key or its hash
+    share_links.json              transcript share links: never the token or its hash
     webhook_endpoints.json        no secrets                    (organisation scope)
     webhook_deliveries.jsonl      newest EXPORT_MAX_WEBHOOK_DELIVERIES (organisation scope)
     audit_events.jsonl
@@ -167,7 +168,28 @@ def _organisation(organisation: Any) -> dict[str, Any]:
         "name": organisation.name,
         "plan": organisation.plan,
         "is_active": organisation.is_active,
+        "redact_pii": organisation.redact_pii,
+        "redact_pii_audio": organisation.redact_pii_audio,
+        "audio_retention_days": organisation.audio_retention_days,
+        "job_retention_days": organisation.job_retention_days,
+        "share_links_enabled": organisation.share_links_enabled,
         "created_at": organisation.created_at,
+    }
+
+
+def _share(share: Any) -> dict[str, Any]:
+    # Never the token's hash: with it, a leaked archive would let anyone test guesses offline.
+    return {
+        "id": share.id,
+        "job_id": share.job_id,
+        "token_prefix": share.token_prefix,
+        "note": share.note,
+        "created_by": _user_ref(share.created_by),
+        "created_at": share.created_at,
+        "expires_at": share.expires_at,
+        "revoked_at": share.revoked_at,
+        "access_count": share.access_count,
+        "last_accessed_at": share.last_accessed_at,
     }
 
 
@@ -507,6 +529,9 @@ def _write(archive: _Archive, report: Report, user: Any) -> dict[str, Any]:
 
     counts["api_keys"] = archive.json_array(
         "api_keys.json", _rows(selectors.export_api_keys(**scope), _api_key)
+    )
+    counts["share_links"] = archive.json_array(
+        "share_links.json", _rows(selectors.export_shares(**scope), _share)
     )
     if member is None:
         counts["webhook_endpoints"] = archive.json_array(

@@ -152,6 +152,18 @@ def export_api_keys(*, organisation, user=None) -> QuerySet[Any]:
     return queryset.order_by("created_at", "id")
 
 
+def export_shares(*, organisation, user=None) -> QuerySet[Any]:
+    """The organisation's transcript share links, or those `user` made."""
+    from apps.audio_jobs.models import TranscriptShare
+
+    queryset = TranscriptShare.objects.filter(organisation=organisation).select_related(
+        "created_by"
+    )
+    if user is not None:
+        queryset = queryset.filter(created_by=user)
+    return queryset.order_by("created_at", "id")
+
+
 def export_webhook_endpoints(*, organisation) -> QuerySet[Any]:
     from apps.webhooks.models import WebhookEndpoint
 

@@ -124,7 +124,16 @@ def check_manifest(files: dict[str, bytes]) -> dict:
 
 # ---- Contents -----------------------------------------------------------------------------------
 def test_an_organisation_export_holds_all_its_data_and_the_manifest_hashes_every_file(org):
+    from apps.audio_jobs.shares import share_create
+
     owner = org["owner"]
+    share, token = share_create(
+        organisation=owner.organisation,
+        job_id=org["owner_job"].pk,
+        user=owner.user,
+        expires_in_days=7,
+        note="For counsel",
+    )
 
     report = build(owner, scope="organisation")
     _archive, files = unzip(report)
@@ -148,9 +157,10 @@ def test_an_organisation_export_holds_all_its_data_and_the_manifest_hashes_every
         "transcript_revisions": 0,
         "usage_rows": 2,
         "api_keys": 2,
+        "share_links": 1,
         "webhook_endpoints": 1,
         "webhook_deliveries": 1,
-        "audit_events": 3,  # the two jobs' and export.requested
+        "audit_events": 4,  # the two jobs', transcript.shared and export.requested
         "reports": 0,
         "audio_files": 0,
     }
@@ -176,12 +186,16 @@ def test_an_organisation_export_holds_all_its_data_and_the_manifest_hashes_every
     assert sorted(row[1] for row in usage[1:]) == ["20.000", "20.000"]
     keys = json.loads(files["api_keys.json"])
     assert sorted(k["name"] for k in keys) == ["alice-ci", "owner-ci"]
+    [shared] = json.loads(files["share_links.json"])
+    assert shared["note"] == "For counsel" and shared["id"] == str(share.pk)
+    assert "token_hash" not in shared and token.encode() not in b"".join(files.values())
+    assert share.token_hash.encode() not in b"".join(files.values())
     endpoint = json.loads(files["webhook_endpoints.json"])[0]
     assert endpoint["url"] == "https://hooks.example.com/lexis"
     assert "secret" not in endpoint and "previous_secret" not in endpoint
     assert jsonl(files["webhook_deliveries.jsonl"])[0]["event_id"] == "evt_1"
     actions = [e["action"] for e in jsonl(files["audit_events.jsonl"])]
-    assert actions == ["job.created", "job.created", "export.requested"]
+    assert actions == ["job.created", "job.created", "transcript.shared", "export.requested"]
     assert files["reports.jsonl"] == b""
     assert not any(name.startswith("audio/") for name in files)
 
@@ -210,6 +224,7 @@ def test_a_member_export_holds_their_data_and_nothing_of_other_members(org):
         f"transcripts/{org['alice_job'].pk}.revisions.json",
         "usage.csv",
         "api_keys.json",
+        "share_links.json",
         "audit_events.jsonl",
         "reports.jsonl",
     }
