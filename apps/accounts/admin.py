@@ -303,15 +303,7 @@ class OrganisationAdmin(admin.ModelAdmin):
 
     # What an operator changes here is recorded in the organisation's audit trail, as the
     # API's own changes are (Django's admin log records no action, and no organisation sees it).
-    _AUDITED_FIELDS = (
-        "name",
-        "plan",
-        "redact_pii",
-        "redact_pii_audio",
-        "audio_retention_days",
-        "job_retention_days",
-        "share_links_enabled",
-    )
+    _AUDITED_FIELDS = OrganisationForm.Meta.fields
 
     def save_model(self, request: HttpRequest, obj: Organisation, form: Any, change: bool) -> None:
         with transaction.atomic():

@@ -22,8 +22,9 @@ from django.utils import timezone
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
-from apps.core.exceptions import ConflictError, NotFoundError
+from apps.core.exceptions import ConflictError
 
+from . import selectors
 from .models import TranscriptionJob
 
 
@@ -47,23 +48,12 @@ def held_jobs_count(*, organisation_id: Any) -> int:
     ).count()
 
 
-def _locked(*, organisation, job_id: Any) -> TranscriptionJob:
-    job = (
-        TranscriptionJob.objects.select_for_update(no_key=True)
-        .filter(organisation=organisation, pk=job_id)
-        .first()
-    )
-    if job is None:
-        raise NotFoundError("No such job.", code="job_not_found")
-    return job
-
-
 @transaction.atomic
 def legal_hold_place(
     *, organisation, job_id: Any, user, reason: str, meta: Any = None
 ) -> tuple[TranscriptionJob, bool]:
     """Hold a job; returns (job, placed): False when it was already held (nothing changes)."""
-    job = _locked(organisation=organisation, job_id=job_id)
+    job = selectors.job_for_update(organisation=organisation, job_id=job_id)
     if job.legal_hold_at is not None:
         return job, False
     job.legal_hold_at = timezone.now()
@@ -88,7 +78,7 @@ def legal_hold_release(
 ) -> TranscriptionJob:
     """Release a job's hold (a job that is not held: 409 `not_held`). Retention then deletes
     its audio at its next run if the audio is past its time."""
-    job = _locked(organisation=organisation, job_id=job_id)
+    job = selectors.job_for_update(organisation=organisation, job_id=job_id)
     if job.legal_hold_at is None:
         raise ConflictError("This job is not under legal hold.", code="not_held")
     placed_at, placed_reason = job.legal_hold_at, job.legal_hold_reason

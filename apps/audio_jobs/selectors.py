@@ -151,6 +151,19 @@ def _substring_matching(transcripts: QuerySet[Transcript], terms: str) -> QueryS
     return transcripts
 
 
+def job_for_update(*, organisation, job_id) -> TranscriptionJob:
+    """The organisation's job, its row locked (FOR NO KEY UPDATE: inserts referencing it still
+    go on) until the caller's transaction ends; 404 otherwise."""
+    job = (
+        TranscriptionJob.objects.select_for_update(no_key=True)
+        .filter(organisation=organisation, pk=job_id)
+        .first()
+    )
+    if job is None:
+        raise NotFoundError("No such job.", code="job_not_found")
+    return job
+
+
 def job_get(*, organisation, job_id) -> TranscriptionJob:
     try:
         return TranscriptionJob.objects.select_related("created_by").get(

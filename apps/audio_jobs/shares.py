@@ -33,7 +33,7 @@ from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 
 from . import selectors
-from .models import JobStatus, TranscriptionJob, TranscriptShare
+from .models import JobStatus, TranscriptShare
 
 TOKEN_PREFIX = "lxs_"  # noqa: S105 - a marker, not a secret
 TOKEN_PATTERN = re.compile(r"^lxs_[A-Za-z0-9_-]{43}$")
@@ -69,13 +69,7 @@ def share_create(
             "This organisation does not allow share links (an admin can turn them on)."
         )
     with transaction.atomic():
-        job = (
-            TranscriptionJob.objects.select_for_update(no_key=True)
-            .filter(organisation=organisation, pk=job_id)
-            .first()
-        )
-        if job is None:
-            raise NotFoundError("No such job.", code="job_not_found")
+        job = selectors.job_for_update(organisation=organisation, job_id=job_id)
         if job.status != JobStatus.COMPLETED:
             raise ConflictError(
                 f"The job is {job.status}; a transcript can be shared once it is completed.",
@@ -131,26 +125,31 @@ def share_revoke(
 ) -> TranscriptShare:
     """Revoke a link (at once: the next use is 404). Revoking a revoked one changes nothing."""
     share = (
-        TranscriptShare.objects.select_for_update()
+        TranscriptShare.objects.select_for_update(of=("self",))
+        .select_related("organisation")
         .filter(organisation=organisation, job_id=job_id, pk=share_id)
         .first()
     )
     if share is None:
         raise NotFoundError("No such share link.", code="share_not_found")
     if share.revoked_at is None:
-        share.revoked_at = timezone.now()
-        share.save(update_fields=["revoked_at"])
-        audit_record(
-            action=AuditAction.TRANSCRIPT_SHARE_REVOKED,
-            actor=user,
-            api_key=api_key,
-            organisation=organisation,
-            target=share,
-            target_repr=f"Share {share.token_prefix}… of job {job_id}",
-            meta=meta,
-            metadata={"job_id": str(job_id), "share_id": str(share.pk)},
-        )
+        _revoke(share, actor=user, api_key=api_key, meta=meta)
     return share
+
+
+def _revoke(share: TranscriptShare, *, actor: Any, api_key: Any, meta: Any, **why: str) -> None:
+    share.revoked_at = timezone.now()
+    share.save(update_fields=["revoked_at"])
+    audit_record(
+        action=AuditAction.TRANSCRIPT_SHARE_REVOKED,
+        actor=actor,
+        api_key=api_key,
+        organisation=share.organisation,
+        target=share,
+        target_repr=f"Share {share.token_prefix}… of job {share.job_id}",
+        meta=meta,
+        metadata={"job_id": str(share.job_id), "share_id": str(share.pk), **why},
+    )
 
 
 def shares_revoke_of(
@@ -175,19 +174,8 @@ def shares_revoke_of(
     if organisation_id is not None:
         shares = shares.filter(organisation_id=organisation_id)
     revoked = list(shares.select_related("organisation").order_by("pk"))
-    now = timezone.now()
     for share in revoked:
-        share.revoked_at = now
-        share.save(update_fields=["revoked_at"])
-        audit_record(
-            action=AuditAction.TRANSCRIPT_SHARE_REVOKED,
-            actor=actor,
-            organisation=share.organisation,
-            target=share,
-            target_repr=f"Share {share.token_prefix}… of job {share.job_id}",
-            meta=meta,
-            metadata={"job_id": str(share.job_id), "share_id": str(share.pk), "reason": reason},
-        )
+        _revoke(share, actor=actor, api_key=None, meta=meta, reason=reason)
     return len(revoked)
 
 
