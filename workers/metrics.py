@@ -32,6 +32,8 @@ from celery import signals
 from apps.core.metrics import (
     GPU_MEMORY_ALLOCATED,
     GPU_MEMORY_RESERVED,
+    PII_AUDIO_SILENCED,
+    PII_REDACTIONS,
     TASK_DURATION,
     TASK_FAILURES,
     TASK_RETRIES,
@@ -68,6 +70,15 @@ def observe_quality(model: str, quality: dict[str, Any]) -> None:
         TRANSCRIPT_QUALITY_FLAGS.labels(
             model, str(flag.get("code", "unknown")), str(flag.get("severity", "unknown"))
         ).inc()
+
+
+def observe_redaction(redaction: dict[str, Any]) -> None:
+    """Count a completed job's redacted spans per entity, and what became of its audio."""
+    for entity, count in (redaction.get("entities") or {}).items():
+        PII_REDACTIONS.labels(str(entity)).inc(int(count))
+    outcome = str(redaction.get("audio") or "")
+    if outcome and outcome != "not_asked":
+        PII_AUDIO_SILENCED.labels(outcome).inc()
 
 
 def observe_gpu_memory() -> None:

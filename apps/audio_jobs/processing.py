@@ -35,6 +35,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Organisation
 from apps.core.context import job_id_var
+from apps.core.metrics import PII_AUDIO_SILENCED
 from apps.core.storage import (
     delete_files_on_commit,
     discard_guarded_file,
@@ -43,7 +44,7 @@ from apps.core.storage import (
 )
 from workers.engines.base import TranscriptionOptions, TranscriptionResult, parse_task
 from workers.engines.errors import EngineError, TranscriptionCancelled
-from workers.metrics import observe_quality, observe_transcription
+from workers.metrics import observe_quality, observe_redaction, observe_transcription
 
 from . import events, media, redaction, storage
 from .editing import count_words
@@ -307,6 +308,7 @@ def _store_redacted_audio(job: TranscriptionJob, path, spans: list) -> _Redacted
             )
         except media.MediaError as exc:
             logger.warning("Job %s: silencing failed: %s", job.pk, exc.detail[-500:])
+            PII_AUDIO_SILENCED.labels("failed").inc()
             raise AudioRedactionFailed(
                 "The redacted spans could not be silenced in the audio, so nothing was stored: "
                 "transcribe it again, or without redact_pii_audio."
@@ -617,6 +619,8 @@ def _complete(
     )
     if quality is not None:
         observe_quality(locked.model_used, quality)
+    if redaction_done is not None:
+        observe_redaction(redaction_done)
     events.job_finished(locked)
     events.job_changed(locked)
     return "completed"

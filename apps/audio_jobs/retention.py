@@ -22,6 +22,7 @@ from django.utils import timezone
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError
+from apps.core.metrics import RETENTION_DELETIONS
 
 from . import services
 from .models import FINAL_STATUSES, TranscriptionJob
@@ -61,6 +62,7 @@ def jobs_retention_cleanup(*, now=None, budget_seconds: float = BUDGET_SECONDS) 
             logger.info("Job retention: out of time; the next run goes on")
             break
     if total:
+        RETENTION_DELETIONS.labels("job").inc(total)
         logger.info("Job retention: deleted %d jobs", total)
     return total
 

@@ -31,6 +31,7 @@ from django.utils import timezone
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
+from apps.core.metrics import SHARE_LINK_USES
 
 from . import selectors
 from .models import JobStatus, TranscriptShare
@@ -188,6 +189,7 @@ def shared_job(*, token: str, meta: Any = None, count: bool = True) -> Transcrip
         code="share_not_found",
     )
     if not TOKEN_PATTERN.match(token):
+        SHARE_LINK_USES.labels("refused").inc()
         raise gone
     now = timezone.now()
     share = (
@@ -203,9 +205,11 @@ def shared_job(*, token: str, meta: Any = None, count: bool = True) -> Transcrip
         .first()
     )
     if share is None:
+        SHARE_LINK_USES.labels("refused").inc()
         raise gone
     if not count:
         return share
+    SHARE_LINK_USES.labels("served").inc()
     TranscriptShare.objects.filter(pk=share.pk).update(
         access_count=F("access_count") + 1, last_accessed_at=now
     )

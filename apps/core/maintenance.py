@@ -211,6 +211,9 @@ def audio_retention_cleanup(
             logger.info("Audio retention: out of time; the next run goes on")
             break
     if deleted:
+        from .metrics import RETENTION_DELETIONS
+
+        RETENTION_DELETIONS.labels("audio").inc(deleted)
         logger.info("Audio retention: deleted the audio of %d jobs", deleted)
     if failed:
         from .metrics import STORAGE_DELETE_FAILURES

@@ -140,6 +140,28 @@ TRANSCRIPT_QUALITY_FLAGS = Counter(
     "Quality flags raised on completed transcripts, by model, flag code and severity.",
     ["model", "code", "severity"],
 )
+PII_REDACTIONS = Counter(
+    "lexiscore_pii_redactions",
+    "Spans redacted from completed transcripts (apps/audio_jobs/redaction.py), by entity type.",
+    ["entity"],
+)
+PII_AUDIO_SILENCED = Counter(
+    "lexiscore_pii_audio_silenced",
+    "Jobs whose stored audio was replaced by a copy with the redacted spans silent, by outcome "
+    "(silenced, nothing_to_silence, kept_legal_hold, failed).",
+    ["outcome"],
+)
+SHARE_LINK_USES = Counter(
+    "lexiscore_share_link_uses",
+    "Requests to transcript share links, by result (served, refused: unknown, expired, revoked "
+    "or switched off).",
+    ["result"],
+)
+RETENTION_DELETIONS = Counter(
+    "lexiscore_retention_deletions",
+    "What the retention policies deleted, by kind (audio, job).",
+    ["kind"],
+)
 _feed_open_streams: Gauge | None = None
 _feed_open_streams_lock = threading.Lock()
 

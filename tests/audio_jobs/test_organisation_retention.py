@@ -63,6 +63,9 @@ def test_with_audio_kept_forever_by_the_platform_an_organisations_retention_appl
 def test_jobs_past_the_organisations_retention_are_deleted_with_their_files(
     media_root, django_capture_on_commit_callbacks
 ):
+    from apps.core.metrics import RETENTION_DELETIONS
+
+    jobs_before = RETENTION_DELETIONS.labels("job")._value.get()
     organisation = OrganisationFactory(job_retention_days=30)
     old = ended(organisation, 40)
     recent = ended(organisation, 10)
@@ -80,6 +83,7 @@ def test_jobs_past_the_organisations_retention_are_deleted_with_their_files(
     event = AuditEvent.objects.get(action=AuditAction.RETENTION_JOBS_DELETED)
     assert event.organisation_id == organisation.pk
     assert event.metadata == {"job_retention_days": 30, "count": 1, "job_ids": [str(old.pk)]}
+    assert RETENTION_DELETIONS.labels("job")._value.get() - jobs_before == 1
 
 
 def test_one_run_stops_at_its_time_budget_and_the_next_goes_on(media_root):

@@ -204,6 +204,9 @@ def _silenced_interval(path: Path) -> tuple[float, float] | None:
 def test_the_organisation_policy_applies_to_every_job_and_nothing_unredacted_is_stored(
     client, media_root, phone_clip
 ):
+    from apps.core.metrics import PII_REDACTIONS
+
+    phones_before = PII_REDACTIONS.labels("phone_number")._value.get()
     owner = subscribed_owner()
     owner.organisation.redact_pii = ["email_address", "phone_number"]
     owner.organisation.save()
@@ -227,6 +230,7 @@ def test_the_organisation_policy_applies_to_every_job_and_nothing_unredacted_is_
         "entities": {"email_address": 1, "phone_number": 8},
         "audio": "not_asked",
     }
+    assert PII_REDACTIONS.labels("phone_number")._value.get() - phones_before == 8
     loop_flag = next(f for f in job.quality["flags"] if f["code"] == "repetition_loop")
     assert loop_flag["spans"][0]["phrase"] == "call phone_number"  # normalised words
     # The audio was not asked to be silenced: it stays as uploaded.

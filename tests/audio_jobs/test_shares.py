@@ -96,6 +96,9 @@ def test_a_link_serves_the_current_revision(api_client, client, headers, job):
 def test_expired_revoked_disabled_and_unknown_links_all_answer_the_same_404(
     api_client, client, owner, headers, job
 ):
+    from apps.core.metrics import SHARE_LINK_USES
+
+    refused_before = SHARE_LINK_USES.labels("refused")._value.get()
     expired, revoked, disabled = (token_of(share(api_client, headers, job)) for _ in range(3))
     TranscriptShare.objects.filter(token_hash=hashlib.sha256(expired.encode()).hexdigest()).update(
         expires_at=timezone.now() - timedelta(seconds=1)
@@ -115,6 +118,7 @@ def test_expired_revoked_disabled_and_unknown_links_all_answer_the_same_404(
         assert_error(client.get(f"/api/v1/shared/{disabled}"), 404, "share_not_found")["message"]
     )
     assert len(set(bodies)) == 1
+    assert SHARE_LINK_USES.labels("refused")._value.get() - refused_before == 6
     assert AuditEvent.objects.filter(action=AuditAction.TRANSCRIPT_SHARE_REVOKED).count() == 1
 
 
