@@ -137,6 +137,11 @@ class TranscriptionJob(TimeStampedModel):
     quality_warnings = models.PositiveSmallIntegerField(
         null=True, blank=True, help_text="Warning flags the checks raised (null: not checked)."
     )
+    # With a warning from the checks, transcribe again with the next larger model and keep the
+    # better transcript (processing._rerun_if_flagged); what happened is `quality["rerun"]`.
+    quality_rerun = models.BooleanField(
+        default=False, help_text="Transcribe again with a larger model when the checks warn."
+    )
     # The checks in one line, kept so that job lists need not load `quality` (up to ~40 KB).
     # Null, like the two above, when not checked: the API says null, not "".
     quality_summary = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001

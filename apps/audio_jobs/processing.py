@@ -24,7 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Organisation
 from apps.core.context import job_id_var
-from apps.core.metrics import PII_AUDIO_SILENCED
+from apps.core.metrics import PII_AUDIO_SILENCED, QUALITY_RERUNS
 from apps.core.storage import (
     delete_files_on_commit,
     discard_guarded_file,
@@ -218,7 +218,11 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
                 path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
             )
             data = result.to_dict()  # a deep copy: made once, for the checks and the row
-            redacted = _redact(job, data)
+            done = _Pass(result, data, _redact(job, data))
+            done.quality = _check(job, result, data)
+            if job.quality_rerun:
+                done = _rerun_if_flagged(job, path, options, tracker, done)
+            result, data, redacted, quality = done.result, done.data, done.redacted, done.quality
             if redacted is not None and job.redact_pii_audio and redacted[1]:
                 audio = _store_redacted_audio(job, path, redacted[1])
     except TranscriptionCancelled:
@@ -236,7 +240,6 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
         _fail(job, "audio_missing", "The audio file of this job is no longer in storage.")
         return "failed"
     processing_seconds = time.monotonic() - started
-    quality = _check(job, result, data)
     outcome = "failed"
     try:
         outcome = _complete(
@@ -254,6 +257,78 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
         if audio is not None and outcome != "completed":
             discard_guarded_file(audio.key, audio.guard)
     return outcome
+
+
+@dataclass
+class _Pass:
+    """One transcription of the job's audio: the result, its stored form (redacted when asked),
+    what redaction found, and the checks."""
+
+    result: TranscriptionResult
+    data: dict
+    redacted: tuple[dict[str, int], list] | None
+    quality: dict[str, Any] = field(default_factory=dict)
+
+
+def _rerun_if_flagged(
+    job: TranscriptionJob, path, options: TranscriptionOptions, tracker: _Tracker, first: _Pass
+) -> _Pass:
+    """With a warning from the checks, transcribe again with the next larger model for the
+    language (`models.larger_profile`) and keep the transcript with fewer warnings (the larger
+    model's on a tie: it is the more accurate). `quality["rerun"]` says what happened. A second
+    pass that fails (the engine, or the job's time limit) keeps the first transcript: the rerun
+    is an improvement, never a risk to the job. Cancellation still cancels. The minutes are the
+    job's once; only the compute doubles."""
+    from workers.engines.models import larger_profile
+
+    before = warning_count(first.quality)
+    if not before:
+        return first
+    current = str(first.result.engine_info.get("model_profile") or "")
+    record: dict[str, Any] = {"from_model": current, "warnings_before": before}
+    bigger = larger_profile(current, options.language)
+    if bigger is None:
+        first.quality["rerun"] = {**record, "skipped": "no_larger_model"}
+        return first
+    record["to_model"] = bigger
+    logger.info(
+        "Job %s: %d quality warnings with %s; transcribing again with %s",
+        job.pk,
+        before,
+        current,
+        bigger,
+    )
+
+    def hold_progress(done: float, total: float) -> None:
+        # Progress stays where the first pass left it (99.9 %); the heartbeat goes on, every
+        # 2 s as usual (a value short of the total keeps the tracker's throttle).
+        tracker.progress(0.999 * (total or 1.0), total or 1.0)
+
+    try:
+        engine = engine_from_settings(settings.WHISPER_ENGINE, bigger)
+        release_connection()
+        result = engine.transcribe(
+            path, options, progress_callback=hold_progress, should_cancel=tracker.cancelled
+        )
+    except (EngineError, JobTimeLimitExceeded) as exc:
+        code = getattr(exc, "code", "") or "time_limit"
+        logger.warning("Job %s: the second pass failed (%s); the first is kept", job.pk, code)
+        first.quality["rerun"] = {**record, "kept": "original", "error": code}
+        QUALITY_RERUNS.labels(current, bigger, "failed").inc()
+        return first
+    data = result.to_dict()
+    second = _Pass(result, data, _redact(job, data))
+    second.quality = _check(job, result, data)
+    after = warning_count(second.quality)
+    better = after is not None and after <= before
+    chosen = second if better else first
+    chosen.quality["rerun"] = {
+        **record,
+        "warnings_after": after,
+        "kept": "rerun" if better else "original",
+    }
+    QUALITY_RERUNS.labels(current, bigger, chosen.quality["rerun"]["kept"]).inc()
+    return chosen
 
 
 class AudioRedactionFailed(media.MediaError):

@@ -78,6 +78,7 @@ class JobOptions:
     redact_pii: tuple[str, ...] = ()
     redact_pii_audio: bool = False
     redact_pii_sub: str = ""  # empty: "entity_name" (or, transcribing again, the source's)
+    quality_rerun: bool = False
 
 
 # ---- quota -------------------------------------------------------------------------------------
@@ -166,17 +167,23 @@ def probe_upload(path: str | Path) -> media.ProbeResult:
 
 
 # ---- time limits -------------------------------------------------------------------------------
-def time_limits(duration_seconds: float | None) -> tuple[int, int]:
-    """(soft, hard) seconds for one transcription of this much audio."""
+def time_limits(duration_seconds: float | None, *, passes: int = 1) -> tuple[int, int]:
+    """(soft, hard) seconds for a job's transcription of this much audio; `passes` 2 for a job
+    that may be transcribed twice (`quality_rerun`)."""
     duration = duration_seconds or settings.AUDIO_MAX_DURATION_SECONDS
     soft = settings.TRANSCRIPTION_TIME_LIMIT_BASE + math.ceil(
-        duration * settings.TRANSCRIPTION_TIME_LIMIT_FACTOR
+        duration * settings.TRANSCRIPTION_TIME_LIMIT_FACTOR * passes
     )
     hard = soft + 60
     ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
     # Under a ceiling of a minute or less (tests), the soft limit still comes first and is
     # never negative: -45 s failed every job at once with `time_limit`.
     return min(soft, max(ceiling - 60, ceiling // 2)), min(hard, ceiling)
+
+
+def job_passes(job: TranscriptionJob) -> int:
+    """Transcriptions a job may need: 2 with `quality_rerun` (a second, larger model)."""
+    return 2 if job.quality_rerun else 1
 
 
 # ---- create ------------------------------------------------------------------------------------
@@ -593,6 +600,7 @@ def _create_job(
         redact_pii=redact_pii,
         redact_pii_audio=options.redact_pii_audio or (bool(redact_pii) and locked.redact_pii_audio),
         redact_pii_sub=options.redact_pii_sub or "entity_name",
+        quality_rerun=options.quality_rerun,
         **fields,
     )
     usage_record(job=job)
@@ -778,7 +786,7 @@ def _dispatch(job_id: Any, *, again: bool) -> str:
             return PUBLISHED
         else:
             mark, taken = job.dispatched_at, False
-    soft, hard = time_limits(job.duration_seconds)
+    soft, hard = time_limits(job.duration_seconds, passes=job_passes(job))
     try:
         transcribe_job.apply_async(
             args=[str(job.pk)],

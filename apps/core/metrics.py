@@ -140,6 +140,12 @@ TRANSCRIPT_QUALITY_FLAGS = Counter(
     "Quality flags raised on completed transcripts, by model, flag code and severity.",
     ["model", "code", "severity"],
 )
+QUALITY_RERUNS = Counter(
+    "lexiscore_quality_reruns",
+    "Transcripts made again with a larger model after a quality warning (`quality_rerun`), by "
+    "first and second model and which was kept (rerun, original, failed).",
+    ["from_model", "to_model", "kept"],
+)
 PII_REDACTIONS = Counter(
     "lexiscore_pii_redactions",
     "Spans redacted from completed transcripts (apps/audio_jobs/redaction.py), by entity type.",

@@ -117,6 +117,25 @@ PROFILES: dict[str, ModelProfile] = {
     ),
 }
 
+# Profiles from smallest to largest: a transcript the quality checks warn about may be made again
+# with the next one that knows its language (apps/audio_jobs/processing._rerun_if_flagged).
+SIZE_LADDER: tuple[str, ...] = (TINY_EN, BASE)
+
+
+def larger_profile(profile: str, language: str | None) -> str | None:
+    """The next larger installed profile that handles `language` (None: detection, which only
+    a multilingual profile may do), or None when `profile` is the largest."""
+    if profile not in SIZE_LADDER:
+        return None
+    for name in SIZE_LADDER[SIZE_LADDER.index(profile) + 1 :]:
+        spec = PROFILES[name]
+        if language is None and spec.english_only:
+            continue
+        if language is None or language in spec.languages:
+            return name
+    return None
+
+
 # The split parts of the base model, each pinned too, so a damaged part is named precisely.
 BASE_PART_SHA256 = {
     "model.bin.part1": "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54",

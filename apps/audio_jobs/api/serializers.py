@@ -102,6 +102,13 @@ class RedactionOptionsInput(JobOptionsInput):
         help_text="Also silence the redacted spans in the stored audio (the original is "
         "replaced by a FLAC copy).",
     )
+    quality_rerun = serializers.BooleanField(
+        default=False,
+        help_text="When the automatic quality checks warn (a loop, a suspected hallucination, "
+        "low confidence...), transcribe again with the next larger model for the language and "
+        "keep the transcript with fewer warnings (`quality.rerun` says which). Costs compute, "
+        "not minutes.",
+    )
     redact_pii_sub = serializers.ChoiceField(
         choices=redaction.SUBSTITUTIONS,
         required=False,
@@ -236,6 +243,7 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "quality_warnings",
             "quality_summary",
             "retranscribed_from",
+            "quality_rerun",
             "redact_pii",
             "redact_pii_audio",
             "redact_pii_sub",
@@ -301,6 +309,12 @@ class QualityOutput(serializers.Serializer):
     metrics = serializers.DictField(
         help_text="word_count, mean_word_probability, low_confidence_word_ratio, "
         "transcribed_seconds, speech_seconds, coverage, segments_flagged, ..."
+    )
+    rerun = serializers.DictField(
+        required=False,
+        help_text="With `quality_rerun` and a warning: from_model, to_model, warnings_before, "
+        "warnings_after, kept (rerun or original); `skipped` (no_larger_model) or `error` "
+        "when there was no second transcript.",
     )
 
 

@@ -63,6 +63,7 @@ def _options(data: dict) -> services.JobOptions:
         redact_pii=tuple(data.get("redact_pii") or ()),
         redact_pii_audio=data.get("redact_pii_audio", False),
         redact_pii_sub=data.get("redact_pii_sub", ""),
+        quality_rerun=data.get("quality_rerun", False),
     )
 
 
