@@ -170,15 +170,20 @@ class Organisation(TimeStampedModel):
     plan = models.CharField(max_length=32, choices=plan_choices, default="free")
     is_active = models.BooleanField(default=True)
     # Redaction every job of the organisation gets, whatever its request asks (admins set it).
+    # db_default: the release before this one creates organisations without these columns
+    # while it migrates (tests/core/test_rolling_upgrade.py).
     redact_pii = models.JSONField(
         default=list,
+        db_default=[],
         blank=True,
         validators=[validate_redaction_policies],
         help_text="Entity types redacted from every job's transcript, e.g. "
         '["email_address", "phone_number"].',
     )
     redact_pii_audio = models.BooleanField(
-        default=False, help_text="Silence the redacted spans in every job's stored audio."
+        default=False,
+        db_default=False,
+        help_text="Silence the redacted spans in every job's stored audio.",
     )
     # Retention the organisation chose (apps/audio_jobs/retention.py): audio can only be kept
     # shorter than the platform's AUDIO_RETENTION_DAYS; whole jobs (transcripts, reports, audio)
@@ -192,6 +197,7 @@ class Organisation(TimeStampedModel):
     )
     share_links_enabled = models.BooleanField(
         default=True,
+        db_default=True,
         help_text="Members may share transcripts by link with people without an account "
         "(off: no new links, and existing ones stop working).",
     )

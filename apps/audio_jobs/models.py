@@ -140,20 +140,31 @@ class TranscriptionJob(TimeStampedModel):
     # With a warning from the checks, transcribe again with the next larger model and keep the
     # better transcript (processing._rerun_if_flagged); what happened is `quality["rerun"]`.
     quality_rerun = models.BooleanField(
-        default=False, help_text="Transcribe again with a larger model when the checks warn."
+        default=False,
+        db_default=False,
+        help_text="Transcribe again with a larger model when the checks warn.",
     )
     # The checks in one line, kept so that job lists need not load `quality` (up to ~40 KB).
     # Null, like the two above, when not checked: the API says null, not "".
     quality_summary = models.CharField(max_length=300, null=True, blank=True)  # noqa: DJ001
     # PII redaction (apps/audio_jobs/redaction.py): what was asked for (the request's policies
     # merged with the organisation's), and what the worker did (null until it completed).
+    # db_default on every NOT NULL column this release adds: the release before it inserts jobs
+    # without them while this one migrates (tests/core/test_rolling_upgrade.py).
     redact_pii = models.JSONField(
-        default=list, blank=True, help_text="Entity types redacted from the transcript."
+        default=list,
+        db_default=[],
+        blank=True,
+        help_text="Entity types redacted from the transcript.",
     )
     redact_pii_audio = models.BooleanField(
-        default=False, help_text="Silence the redacted spans in the stored audio too."
+        default=False,
+        db_default=False,
+        help_text="Silence the redacted spans in the stored audio too.",
     )
-    redact_pii_sub = models.CharField(max_length=16, default="entity_name")
+    redact_pii_sub = models.CharField(
+        max_length=16, default="entity_name", db_default="entity_name"
+    )
     redaction = models.JSONField(
         null=True, blank=True, help_text="What redaction found and did (null: not asked)."
     )
@@ -170,7 +181,7 @@ class TranscriptionJob(TimeStampedModel):
         # `job_org_held`'s rows, and building one would block the job table's writes.
         db_index=False,
     )
-    legal_hold_reason = models.CharField(max_length=500, blank=True)
+    legal_hold_reason = models.CharField(max_length=500, blank=True, db_default="")
 
     objects = TranscriptionJobQuerySet.as_manager()
 

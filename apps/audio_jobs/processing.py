@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F
@@ -218,7 +219,7 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
                 path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
             )
             data = result.to_dict()  # a deep copy: made once, for the checks and the row
-            done = _Pass(result, data, _redact(job, data))
+            done = _Pass(result, data, _redact(job, data), seconds=time.monotonic() - started)
             done.quality = _check(job, result, data)
             if job.quality_rerun:
                 done = _rerun_if_flagged(job, path, options, tracker, done)
@@ -239,19 +240,20 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
     except FileNotFoundError:
         _fail(job, "audio_missing", "The audio file of this job is no longer in storage.")
         return "failed"
-    processing_seconds = time.monotonic() - started
     outcome = "failed"
     try:
         outcome = _complete(
             job,
             result,
-            processing_seconds=processing_seconds,
+            # The kept transcript's time (a discarded first pass is observed on its own).
+            processing_seconds=done.seconds,
             quality=quality,
             data=data,
             redaction_done=None if redacted is None else _redaction_outcome(job, *redacted, audio),
             audio=audio,
         )
     except RedactedAudioLost as exc:
+        PII_AUDIO_SILENCED.labels("failed").inc()
         _fail(job, exc.code, exc.message)
     finally:
         if audio is not None and outcome != "completed":
@@ -267,7 +269,13 @@ class _Pass:
     result: TranscriptionResult
     data: dict
     redacted: tuple[dict[str, int], list] | None
+    seconds: float = 0.0  # its share of the job's processing time
     quality: dict[str, Any] = field(default_factory=dict)
+
+
+# A second pass stops this long before the job's own deadline (plus the time silencing the
+# audio may take), so that the first transcript can always be stored in time.
+RERUN_MARGIN_SECONDS = 60.0
 
 
 def _rerun_if_flagged(
@@ -304,30 +312,60 @@ def _rerun_if_flagged(
         # 2 s as usual (a value short of the total keeps the tracker's throttle).
         tracker.progress(0.999 * (total or 1.0), total or 1.0)
 
+    # Its own deadline, well before the job's: on a prefork worker Celery's soft limit would
+    # otherwise interrupt whatever runs (the first transcript's completion included).
+    cutoff = None
+    if tracker.deadline is not None:
+        silencing = settings.AUDIO_PROBE_TIMEOUT_SECONDS + float(job.duration_seconds or 0) / 10
+        reserve = RERUN_MARGIN_SECONDS + (silencing if job.redact_pii_audio else 0.0)
+        cutoff = tracker.deadline - reserve
+
+    def cancelled() -> bool:
+        if cutoff is not None and time.monotonic() > cutoff:
+            raise JobTimeLimitExceeded()
+        return tracker.cancelled()
+
+    started = time.monotonic()
     try:
         engine = engine_from_settings(settings.WHISPER_ENGINE, bigger)
         release_connection()
         result = engine.transcribe(
-            path, options, progress_callback=hold_progress, should_cancel=tracker.cancelled
+            path, options, progress_callback=hold_progress, should_cancel=cancelled
         )
-    except (EngineError, JobTimeLimitExceeded) as exc:
-        code = getattr(exc, "code", "") or "time_limit"
-        logger.warning("Job %s: the second pass failed (%s); the first is kept", job.pk, code)
-        first.quality["rerun"] = {**record, "kept": "original", "error": code}
+    except (TranscriptionCancelled, JobGone):
+        raise
+    except Exception as exc:
+        code = getattr(exc, "code", "") or (
+            "time_limit"
+            if isinstance(exc, JobTimeLimitExceeded | SoftTimeLimitExceeded)
+            else type(exc).__name__
+        )
+        logger.warning(
+            "Job %s: the second pass failed (%s); the first is kept", job.pk, code, exc_info=True
+        )
+        first.quality["rerun"] = {**record, "kept": "original", "error": str(code)[:64]}
         QUALITY_RERUNS.labels(current, bigger, "failed").inc()
         return first
     data = result.to_dict()
-    second = _Pass(result, data, _redact(job, data))
+    second = _Pass(result, data, _redact(job, data), seconds=time.monotonic() - started)
     second.quality = _check(job, result, data)
     after = warning_count(second.quality)
     better = after is not None and after <= before
-    chosen = second if better else first
+    chosen, dropped = (second, first) if better else (first, second)
     chosen.quality["rerun"] = {
         **record,
         "warnings_after": after,
         "kept": "rerun" if better else "original",
     }
     QUALITY_RERUNS.labels(current, bigger, chosen.quality["rerun"]["kept"]).inc()
+    # The dropped pass's compute, under its own model (the kept one is observed on completion).
+    dropped_info = dropped.result.engine_info
+    observe_transcription(
+        str(dropped_info.get("engine", "")),
+        str(dropped_info.get("model_profile", "")),
+        float(job.duration_seconds or dropped.result.duration),
+        dropped.seconds,
+    )
     return chosen
 
 
@@ -689,13 +727,17 @@ def _complete(
         redaction=redaction_done,
         **audio_fields,
     )
-    observe_transcription(
-        locked.engine, locked.model_used, float(locked.duration_seconds or 0), processing_seconds
-    )
-    if quality is not None:
-        observe_quality(locked.model_used, quality)
-    if redaction_done is not None:
-        observe_redaction(redaction_done)
+    observed = (locked.engine, locked.model_used, float(locked.duration_seconds or 0))
+
+    def observe() -> None:
+        # After the commit: a completion rolled back and retried must not count twice.
+        observe_transcription(*observed, processing_seconds)
+        if quality is not None:
+            observe_quality(observed[1], quality)
+        if redaction_done is not None:
+            observe_redaction(redaction_done)
+
+    transaction.on_commit(observe, robust=True)
     events.job_finished(locked)
     events.job_changed(locked)
     return "completed"

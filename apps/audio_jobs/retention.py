@@ -62,7 +62,6 @@ def jobs_retention_cleanup(*, now=None, budget_seconds: float = BUDGET_SECONDS) 
             logger.info("Job retention: out of time; the next run goes on")
             break
     if total:
-        RETENTION_DELETIONS.labels("job").inc(total)
         logger.info("Job retention: deleted %d jobs", total)
     return total
 
@@ -93,6 +92,7 @@ def _delete_expired(organisation_id, cutoff, deadline: float, days: int) -> int:
                 break
     finally:
         if deleted:
+            RETENTION_DELETIONS.labels("job").inc(len(deleted))
             _audit(organisation_id, days, deleted)
     return len(deleted)
 

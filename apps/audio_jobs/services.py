@@ -171,8 +171,10 @@ def time_limits(duration_seconds: float | None, *, passes: int = 1) -> tuple[int
     """(soft, hard) seconds for a job's transcription of this much audio; `passes` 2 for a job
     that may be transcribed twice (`quality_rerun`)."""
     duration = duration_seconds or settings.AUDIO_MAX_DURATION_SECONDS
-    soft = settings.TRANSCRIPTION_TIME_LIMIT_BASE + math.ceil(
-        duration * settings.TRANSCRIPTION_TIME_LIMIT_FACTOR * passes
+    # Each pass loads its model (the base allowance) and transcribes the whole file.
+    soft = passes * (
+        settings.TRANSCRIPTION_TIME_LIMIT_BASE
+        + math.ceil(duration * settings.TRANSCRIPTION_TIME_LIMIT_FACTOR)
     )
     hard = soft + 60
     ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
@@ -182,8 +184,22 @@ def time_limits(duration_seconds: float | None, *, passes: int = 1) -> tuple[int
 
 
 def job_passes(job: TranscriptionJob) -> int:
-    """Transcriptions a job may need: 2 with `quality_rerun` (a second, larger model)."""
-    return 2 if job.quality_rerun else 1
+    """Transcriptions a job may need: 2 with `quality_rerun` when a larger model exists for its
+    first one (processing._rerun_if_flagged), else 1."""
+    if not job.quality_rerun:
+        return 1
+    from workers.engines.errors import ProfileError
+    from workers.engines.models import choose_profile, larger_profile
+
+    try:
+        first = choose_profile(
+            job.language or None,
+            job.model_profile or None,
+            english_profile=settings.WHISPER_DEFAULT_PROFILE,
+        )
+    except ProfileError:
+        return 1
+    return 2 if larger_profile(first, job.language or None) else 1
 
 
 # ---- create ------------------------------------------------------------------------------------

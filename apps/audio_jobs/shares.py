@@ -189,7 +189,8 @@ def shared_job(*, token: str, meta: Any = None, count: bool = True) -> Transcrip
         code="share_not_found",
     )
     if not TOKEN_PATTERN.match(token):
-        SHARE_LINK_USES.labels("refused").inc()
+        if count:  # a HEAD counts as neither
+            SHARE_LINK_USES.labels("refused").inc()
         raise gone
     now = timezone.now()
     share = (
@@ -205,7 +206,8 @@ def shared_job(*, token: str, meta: Any = None, count: bool = True) -> Transcrip
         .first()
     )
     if share is None:
-        SHARE_LINK_USES.labels("refused").inc()
+        if count:
+            SHARE_LINK_USES.labels("refused").inc()
         raise gone
     if not count:
         return share

@@ -211,9 +211,6 @@ def audio_retention_cleanup(
             logger.info("Audio retention: out of time; the next run goes on")
             break
     if deleted:
-        from .metrics import RETENTION_DELETIONS
-
-        RETENTION_DELETIONS.labels("audio").inc(deleted)
         logger.info("Audio retention: deleted the audio of %d jobs", deleted)
     if failed:
         from .metrics import STORAGE_DELETE_FAILURES
@@ -231,6 +228,7 @@ def _delete_expired_audio(expired, deadline: float) -> tuple[int, int]:
     (deleted, failed)."""
     from django.db import transaction
 
+    from .metrics import RETENTION_DELETIONS
     from .storage import storage_delete
 
     deleted = failed = 0
@@ -257,6 +255,7 @@ def _delete_expired_audio(expired, deadline: float) -> tuple[int, int]:
             locked.audio_key = ""
             locked.save(update_fields=["audio_key", "updated_at"])
             deleted += 1
+        RETENTION_DELETIONS.labels("audio").inc()  # committed: counted even if the run stops
         if time.monotonic() > deadline:
             break
     return deleted, failed

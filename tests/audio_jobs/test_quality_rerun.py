@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from unittest import mock
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from apps.accounts.models import Role
 from apps.audio_jobs import processing
@@ -16,7 +17,7 @@ from apps.core.metrics import QUALITY_RERUNS
 from tests.factories import bearer, member
 from tests.notify_support import processing_job
 from workers.engines.base import Segment, TranscriptionResult, Word
-from workers.engines.errors import EngineError
+from workers.engines.errors import EngineError, TranscriptionCancelled
 from workers.engines.models import larger_profile
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -216,11 +217,84 @@ def test_a_job_that_may_run_twice_gets_twice_the_time(settings, owner):
     from apps.audio_jobs.services import job_passes, time_limits
 
     settings.CELERY_MAX_TASK_TIME_LIMIT = 10**6
-    once = processing_job(owner)
-    twice = processing_job(owner, quality_rerun=True)
+    once = processing_job(owner, language="en")
+    twice = processing_job(owner, language="en", quality_rerun=True)
+    largest = processing_job(owner, language="fr", quality_rerun=True)  # base: nothing larger
 
-    soft_once, _ = time_limits(3600.0, passes=job_passes(once))
-    soft_twice, _ = time_limits(3600.0, passes=job_passes(twice))
+    assert [job_passes(j) for j in (once, twice, largest)] == [1, 2, 1]
+    soft_once, _ = time_limits(3600.0, passes=1)
+    soft_twice, _ = time_limits(3600.0, passes=2)
+    assert soft_twice == 2 * soft_once
 
-    base = settings.TRANSCRIPTION_TIME_LIMIT_BASE
-    assert soft_twice - base == 2 * (soft_once - base)
+
+@pytest.mark.parametrize(
+    "failure",
+    [RuntimeError("CUDA out of memory"), MemoryError(), SoftTimeLimitExceeded()],
+    ids=["runtime", "memory", "soft-limit"],
+)
+def test_any_failure_of_the_second_pass_keeps_the_first_transcript(owner, failure):
+    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
+
+    with engines(tiny_en=tiny, base=Engine(failure)):
+        job = run(owner)
+
+    assert job.status == JobStatus.COMPLETED and job.model_used == "tiny.en"
+    assert job.quality["rerun"]["kept"] == "original" and job.quality["rerun"]["error"]
+
+
+def test_the_second_pass_stops_before_the_jobs_deadline(owner):
+    """Its own cutoff, a margin before the job's: the first transcript is stored in time."""
+    import time
+
+    class Slow(Engine):
+        def transcribe(self, path, options, *, progress_callback=None, should_cancel=None):
+            self.calls += 1
+            while True:
+                should_cancel()
+                time.sleep(0.01)
+
+    tiny, slow = Engine(result("tiny.en", *LOOP, compression_ratio=6.0)), Slow(None)
+    job = processing_job(owner, audio_validated=True, language="en", quality_rerun=True)
+    deadline = time.monotonic() + processing.RERUN_MARGIN_SECONDS + 0.5
+
+    with engines(tiny_en=tiny, base=slow):
+        assert processing._run(job, deadline=deadline) == "completed"
+
+    job.refresh_from_db()
+    assert job.quality["rerun"]["error"] == "time_limit"
+    assert time.monotonic() < deadline  # stopped at its cutoff, not at the job's deadline
+
+
+def test_a_cancel_during_the_second_pass_cancels_the_job(owner):
+    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
+    reruns_failed = QUALITY_RERUNS.labels("tiny.en", "base", "failed")._value.get()
+
+    with engines(tiny_en=tiny, base=Engine(TranscriptionCancelled())):
+        job = processing_job(owner, audio_validated=True, language="en", quality_rerun=True)
+        assert processing._run(job) == "cancelled"
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.CANCELLED
+    assert QUALITY_RERUNS.labels("tiny.en", "base", "failed")._value.get() == reruns_failed
+
+
+def test_each_pass_is_observed_under_its_own_model(owner):
+    from apps.core.metrics import TRANSCRIPTION_WALL_SECONDS
+
+    def wall(model: str) -> float:
+        return TRANSCRIPTION_WALL_SECONDS.labels("faster-whisper", model)._value.get()
+
+    before = {model: wall(model) for model in ("tiny.en", "base")}
+    tiny, base = (
+        Engine(result("tiny.en", *LOOP, compression_ratio=6.0)),
+        Engine(result("base", *CLEAN)),
+    )
+
+    with engines(tiny_en=tiny, base=base):
+        job = run(owner)
+
+    assert job.model_used == "base"
+    assert wall("tiny.en") > before["tiny.en"] and wall("base") > before["base"]
+    assert job.engine_settings["engine_seconds"] == pytest.approx(
+        wall("base") - before["base"], abs=0.01
+    )

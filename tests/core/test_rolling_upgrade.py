@@ -13,6 +13,14 @@ pytestmark = pytest.mark.django_db
 ADDED_NOT_NULL = [
     ("audio_jobs_transcriptionjob", "deliveries_ended"),
     ("reports_report", "error_code"),
+    ("audio_jobs_transcriptionjob", "redact_pii"),
+    ("audio_jobs_transcriptionjob", "redact_pii_audio"),
+    ("audio_jobs_transcriptionjob", "redact_pii_sub"),
+    ("audio_jobs_transcriptionjob", "legal_hold_reason"),
+    ("audio_jobs_transcriptionjob", "quality_rerun"),
+    ("accounts_organisation", "redact_pii"),
+    ("accounts_organisation", "redact_pii_audio"),
+    ("accounts_organisation", "share_links_enabled"),
 ]
 
 
@@ -40,3 +48,35 @@ def test_the_jobs_new_counter_has_no_check_constraint_to_validate_over_every_job
         [(checks,)] = cursor.fetchall()
 
     assert checks == 0
+
+
+def test_the_previous_release_can_still_insert_jobs_and_organisations(db):
+    """An insert naming only the columns the release before this one knew."""
+    import uuid
+
+    organisation_id, job_id = uuid.uuid4(), uuid.uuid4()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO accounts_organisation (id, name, plan, is_active, created_at, updated_at)"
+            " VALUES (%s, 'Old', 'free', true, now(), now())",
+            [organisation_id],
+        )
+        cursor.execute(
+            "INSERT INTO audio_jobs_transcriptionjob (id, organisation_id, status, progress, "
+            "attempts, deliveries_ended, cancel_requested, language, model_profile, task, "
+            "word_timestamps, initial_prompt, priority, callback_url, idempotency_key, "
+            "audio_key, original_filename, container, codec, audio_validated, worker, "
+            "error_code, error_message, engine, model_used, model_sha256, engine_settings, "
+            "created_at, updated_at) VALUES (%s, %s, 'queued', 0, 0, 0, false, '', '', "
+            "'transcribe', true, '', 5, '', '', 'k', 'a.wav', '', '', false, '', '', '', '', '', "
+            "'', '{}', now(), now())",
+            [job_id, organisation_id],
+        )
+        cursor.execute(
+            "SELECT redact_pii, redact_pii_audio, redact_pii_sub, quality_rerun, "
+            "legal_hold_reason FROM audio_jobs_transcriptionjob WHERE id = %s",
+            [job_id],
+        )
+        policies, *rest = cursor.fetchone()
+    assert policies in ([], "[]")  # jsonb comes back as text through Django's cursor
+    assert rest == [False, "entity_name", False, ""]

@@ -14,11 +14,11 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='organisation',
             name='redact_pii',
-            field=models.JSONField(blank=True, default=list, help_text='Entity types redacted from every job\'s transcript, e.g. ["email_address", "phone_number"].', validators=[apps.accounts.models.validate_redaction_policies]),
+            field=models.JSONField(blank=True, default=list, db_default=[], help_text='Entity types redacted from every job\'s transcript, e.g. ["email_address", "phone_number"].', validators=[apps.accounts.models.validate_redaction_policies]),
         ),
         migrations.AddField(
             model_name='organisation',
             name='redact_pii_audio',
-            field=models.BooleanField(default=False, help_text="Silence the redacted spans in every job's stored audio."),
+            field=models.BooleanField(default=False, db_default=False, help_text="Silence the redacted spans in every job's stored audio."),
         ),
     ]

@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='organisation',
             name='share_links_enabled',
-            field=models.BooleanField(default=True, help_text='Members may share transcripts by link with people without an account (off: no new links, and existing ones stop working).'),
+            field=models.BooleanField(default=True, db_default=True, help_text='Members may share transcripts by link with people without an account (off: no new links, and existing ones stop working).'),
         ),
     ]

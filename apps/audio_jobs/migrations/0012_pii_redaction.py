@@ -13,17 +13,17 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='transcriptionjob',
             name='redact_pii',
-            field=models.JSONField(blank=True, default=list, help_text='Entity types redacted from the transcript.'),
+            field=models.JSONField(blank=True, default=list, db_default=[], help_text='Entity types redacted from the transcript.'),
         ),
         migrations.AddField(
             model_name='transcriptionjob',
             name='redact_pii_audio',
-            field=models.BooleanField(default=False, help_text='Silence the redacted spans in the stored audio too.'),
+            field=models.BooleanField(default=False, db_default=False, help_text='Silence the redacted spans in the stored audio too.'),
         ),
         migrations.AddField(
             model_name='transcriptionjob',
             name='redact_pii_sub',
-            field=models.CharField(default='entity_name', max_length=16),
+            field=models.CharField(default='entity_name', db_default='entity_name', max_length=16),
         ),
         migrations.AddField(
             model_name='transcriptionjob',

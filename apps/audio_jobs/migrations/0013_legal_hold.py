@@ -40,7 +40,7 @@ class Migration(migrations.Migration):
         AddFieldIfMissing(
             model_name="transcriptionjob",
             name="legal_hold_reason",
-            field=models.CharField(blank=True, max_length=500),
+            field=models.CharField(blank=True, db_default="", max_length=500),
         ),
         AddIndexOnline(
             model_name="transcriptionjob",

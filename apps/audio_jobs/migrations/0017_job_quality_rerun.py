@@ -13,6 +13,6 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='transcriptionjob',
             name='quality_rerun',
-            field=models.BooleanField(default=False, help_text='Transcribe again with a larger model when the checks warn.'),
+            field=models.BooleanField(default=False, db_default=False, help_text='Transcribe again with a larger model when the checks warn.'),
         ),
     ]
