@@ -114,3 +114,43 @@ class UploadFactory(factory.django.DjangoModelFactory):
     filename = "meeting.mp3"
     max_size = 10_000_000
     expires_at = factory.LazyFunction(lambda: timezone.now() + timezone.timedelta(minutes=15))
+
+
+def timed_result(
+    *texts: str,
+    profile: str = "tiny.en",
+    compression_ratio: float = 1.3,
+    probability: float = 0.95,
+):
+    """An engine's result with one segment per text, its words timed 0.3 s apart (a stand-in
+    for a model: the worker's handling of a result is what is tested). `compression_ratio`
+    applies to every segment but the first (a loop after a clean sentence)."""
+    from workers.engines.base import Segment, TranscriptionResult, Word
+
+    segments, clock = [], 0.0
+    for index, text in enumerate(texts):
+        words = []
+        for token in text.split():
+            words.append(Word(clock, clock + 0.25, f" {token}", probability))
+            clock += 0.3
+        segments.append(
+            Segment(
+                id=index,
+                start=words[0].start,
+                end=words[-1].end,
+                text="".join(w.word for w in words),
+                avg_logprob=-0.2,
+                no_speech_prob=0.01,
+                words=words,
+                tokens=[1, 2, 3],
+                compression_ratio=compression_ratio if index else 1.3,
+            )
+        )
+    return TranscriptionResult(
+        text=" ".join(texts),
+        language="en",
+        language_probability=0.99,
+        duration=clock + 0.5,
+        segments=segments,
+        engine_info={"engine": "faster-whisper", "model_profile": profile, "vad": False},
+    )

@@ -14,45 +14,13 @@ from apps.accounts.models import Role
 from apps.audio_jobs import processing
 from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob
 from apps.core.metrics import QUALITY_RERUNS
+from tests.audio_jobs.factories import timed_result
 from tests.factories import bearer, member
 from tests.notify_support import processing_job
-from workers.engines.base import Segment, TranscriptionResult, Word
 from workers.engines.errors import EngineError, TranscriptionCancelled
 from workers.engines.models import larger_profile
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def result(
-    profile: str, *texts: str, compression_ratio: float = 1.3, probability: float = 0.95
-) -> TranscriptionResult:
-    segments, clock = [], 0.0
-    for index, text in enumerate(texts):
-        words = []
-        for token in text.split():
-            words.append(Word(clock, clock + 0.25, f" {token}", probability))
-            clock += 0.3
-        segments.append(
-            Segment(
-                id=index,
-                start=words[0].start,
-                end=words[-1].end,
-                text="".join(w.word for w in words),
-                avg_logprob=-0.2,
-                no_speech_prob=0.01,
-                words=words,
-                tokens=[1, 2],
-                compression_ratio=compression_ratio if index else 1.3,
-            )
-        )
-    return TranscriptionResult(
-        text=" ".join(texts),
-        language="en",
-        language_probability=0.99,
-        duration=clock + 0.5,
-        segments=segments,
-        engine_info={"engine": "faster-whisper", "model_profile": profile, "vad": False},
-    )
 
 
 CLEAN = ("The quarterly figures were better than we expected.", "Sales grew in every region.")
@@ -71,6 +39,11 @@ class Engine:
         if progress_callback is not None:
             progress_callback(1.0, 2.0)
         return self.outcome
+
+
+def looping(profile: str, **fields) -> Engine:
+    """An engine answering a clean sentence and then a loop (two warnings)."""
+    return Engine(timed_result(*LOOP, profile=profile, compression_ratio=6.0, **fields))
 
 
 @contextmanager
@@ -108,8 +81,8 @@ def run(owner, *, rerun: bool = True, language: str = "en", **fields) -> Transcr
 
 def test_a_looping_transcript_is_made_again_with_the_larger_model_and_the_better_one_kept(owner):
     tiny, base = (
-        Engine(result("tiny.en", *LOOP, compression_ratio=6.0)),
-        Engine(result("base", *CLEAN)),
+        looping("tiny.en"),
+        Engine(timed_result(*CLEAN, profile="base")),
     )
     kept_before = QUALITY_RERUNS.labels("tiny.en", "base", "rerun")._value.get()
 
@@ -131,8 +104,8 @@ def test_a_looping_transcript_is_made_again_with_the_larger_model_and_the_better
 
 
 def test_a_worse_second_transcript_is_dropped(owner):
-    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
-    base = Engine(result("base", *LOOP, compression_ratio=6.0, probability=0.2))  # + low_confidence
+    tiny = looping("tiny.en")
+    base = looping("base", probability=0.2)  # + low_confidence
 
     with engines(tiny_en=tiny, base=base):
         job = run(owner)
@@ -143,7 +116,7 @@ def test_a_worse_second_transcript_is_dropped(owner):
 
 
 def test_the_largest_model_has_nothing_to_rerun_with(owner):
-    base = Engine(result("base", *LOOP, compression_ratio=6.0))
+    base = looping("base")
 
     with engines(base=base):
         job = run(owner, language="fr")
@@ -157,7 +130,7 @@ def test_the_largest_model_has_nothing_to_rerun_with(owner):
 
 
 def test_a_second_pass_that_fails_keeps_the_first_transcript(owner):
-    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
+    tiny = looping("tiny.en")
     broken = Engine(EngineError("The model could not be loaded."))
 
     with engines(tiny_en=tiny, base=broken):
@@ -169,20 +142,20 @@ def test_a_second_pass_that_fails_keeps_the_first_transcript(owner):
 
 
 def test_without_the_option_or_a_warning_there_is_one_pass(owner):
-    looping, clean = Engine(result("tiny.en", *LOOP, compression_ratio=6.0)), Engine(None)
-    with engines(tiny_en=looping, base=clean):
+    flagged, clean = looping("tiny.en"), Engine(None)
+    with engines(tiny_en=flagged, base=clean):
         job = run(owner, rerun=False)
-    assert (looping.calls, clean.calls) == (1, 0) and "rerun" not in job.quality
+    assert (flagged.calls, clean.calls) == (1, 0) and "rerun" not in job.quality
 
-    tidy = Engine(result("tiny.en", *CLEAN))
+    tidy = Engine(timed_result(*CLEAN, profile="tiny.en"))
     with engines(tiny_en=tidy, base=clean):
         job = run(owner)
     assert (tidy.calls, clean.calls) == (1, 0) and "rerun" not in job.quality
 
 
 def test_the_kept_second_transcript_is_redacted_too(owner):
-    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
-    base = Engine(result("base", "Call me on 555-123-4567 tomorrow.", "Sales grew."))
+    tiny = looping("tiny.en")
+    base = Engine(timed_result("Call me on 555-123-4567 tomorrow.", "Sales grew.", profile="base"))
 
     with engines(tiny_en=tiny, base=base):
         job = run(owner, redact_pii=["phone_number"])
@@ -233,7 +206,7 @@ def test_a_job_that_may_run_twice_gets_twice_the_time(settings, owner):
     ids=["runtime", "memory", "soft-limit"],
 )
 def test_any_failure_of_the_second_pass_keeps_the_first_transcript(owner, failure):
-    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
+    tiny = looping("tiny.en")
 
     with engines(tiny_en=tiny, base=Engine(failure)):
         job = run(owner)
@@ -253,7 +226,7 @@ def test_the_second_pass_stops_before_the_jobs_deadline(owner):
                 should_cancel()
                 time.sleep(0.01)
 
-    tiny, slow = Engine(result("tiny.en", *LOOP, compression_ratio=6.0)), Slow(None)
+    tiny, slow = looping("tiny.en"), Slow(None)
     job = processing_job(owner, audio_validated=True, language="en", quality_rerun=True)
     deadline = time.monotonic() + processing.RERUN_MARGIN_SECONDS + 0.5
 
@@ -266,7 +239,7 @@ def test_the_second_pass_stops_before_the_jobs_deadline(owner):
 
 
 def test_a_cancel_during_the_second_pass_cancels_the_job(owner):
-    tiny = Engine(result("tiny.en", *LOOP, compression_ratio=6.0))
+    tiny = looping("tiny.en")
     reruns_failed = QUALITY_RERUNS.labels("tiny.en", "base", "failed")._value.get()
 
     with engines(tiny_en=tiny, base=Engine(TranscriptionCancelled())):
@@ -286,8 +259,8 @@ def test_each_pass_is_observed_under_its_own_model(owner):
 
     before = {model: wall(model) for model in ("tiny.en", "base")}
     tiny, base = (
-        Engine(result("tiny.en", *LOOP, compression_ratio=6.0)),
-        Engine(result("base", *CLEAN)),
+        looping("tiny.en"),
+        Engine(timed_result(*CLEAN, profile="base")),
     )
 
     with engines(tiny_en=tiny, base=base):

@@ -29,10 +29,10 @@ from apps.audit.models import AuditAction, AuditEvent
 from apps.core.models import PendingDeletion
 from apps.webhooks.models import WebhookDelivery
 from tests.audio_jobs.conftest import media_files
-from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory
+from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory, timed_result
 from tests.factories import bearer, member
 from tests.notify_support import subscribed_owner
-from workers.engines.base import Segment, TranscriptionOptions, TranscriptionResult, Word
+from workers.engines.base import TranscriptionOptions, TranscriptionResult
 
 JOBS = "/api/v1/jobs"
 SPOKEN = "Please call me on 555 123 4567 tomorrow."
@@ -68,37 +68,6 @@ def rms_db(path: Path, start: float, end: float) -> float:
     return float("-inf") if power == 0 else 10 * math.log10(power / 32768**2)
 
 
-def fixed_result(*texts: str) -> TranscriptionResult:
-    """A result with one segment per text, words timed 0.3 s apart."""
-    segments, clock = [], 0.0
-    for index, text in enumerate(texts):
-        words = []
-        for token in text.split():
-            words.append(Word(clock, clock + 0.25, f" {token}", 0.9))
-            clock += 0.3
-        segments.append(
-            Segment(
-                id=index,
-                start=words[0].start,
-                end=words[-1].end,
-                text="".join(w.word for w in words),
-                avg_logprob=-0.2,
-                no_speech_prob=0.01,
-                words=words,
-                tokens=[1, 2, 3],
-                compression_ratio=1.3,
-            )
-        )
-    return TranscriptionResult(
-        text=" ".join(t for t in texts),
-        language="en",
-        language_probability=0.99,
-        duration=clock + 0.5,
-        segments=segments,
-        engine_info={"engine": "faster-whisper", "model_profile": "tiny.en", "vad": False},
-    )
-
-
 class FixedEngine:
     def __init__(self, result: TranscriptionResult):
         self.result = result
@@ -125,6 +94,19 @@ def created_job(client, headers, clip: Path, **fields) -> TranscriptionJob:
     response = upload(client, headers, clip, language="en", **fields)
     assert response.status_code == 201, response.content
     return TranscriptionJob.objects.get(pk=response.json()["id"])
+
+
+def silencing_job(client, clip: Path, **fields) -> TranscriptionJob:
+    """A new owner's job asking for phone numbers redacted and silenced in its audio."""
+    owner = member(Role.OWNER)
+    return created_job(
+        client,
+        bearer(owner.user, owner.organisation),
+        clip,
+        redact_pii="phone_number",
+        redact_pii_audio="true",
+        **fields,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -214,7 +196,7 @@ def test_the_organisation_policy_applies_to_every_job_and_nothing_unredacted_is_
     job = created_job(client, headers, phone_clip)  # the request asks for nothing
     assert job.redact_pii == ["email_address", "phone_number"] and not job.redact_pii_audio
     loop = " ".join(["call 555-123-4567"] * 8)
-    result = fixed_result("Write to jane.doe@example.com today.", loop)
+    result = timed_result("Write to jane.doe@example.com today.", loop)
 
     with engine(FixedEngine(result)):
         assert processing._run(job) == "completed"
@@ -248,11 +230,7 @@ def test_the_organisation_policy_applies_to_every_job_and_nothing_unredacted_is_
 
 @pytest.mark.django_db(transaction=True)
 def test_a_job_deleted_while_its_audio_was_silenced_leaves_no_file(client, media_root, phone_clip):
-    owner = member(Role.OWNER)
-    headers = bearer(owner.user, owner.organisation)
-    job = created_job(
-        client, headers, phone_clip, redact_pii="phone_number", redact_pii_audio="true"
-    )
+    job = silencing_job(client, phone_clip)
     real_complete = processing._complete
 
     def delete_first(running, *args, **kwargs):
@@ -261,7 +239,7 @@ def test_a_job_deleted_while_its_audio_was_silenced_leaves_no_file(client, media
         return real_complete(running, *args, **kwargs)
 
     with (
-        engine(FixedEngine(fixed_result("Call 555-123-4567 now."))),
+        engine(FixedEngine(timed_result("Call 555-123-4567 now."))),
         mock.patch.object(processing, "_complete", delete_first),
     ):
         assert processing._run(job) == "discarded"
@@ -275,15 +253,11 @@ def test_a_job_deleted_while_its_audio_was_silenced_leaves_no_file(client, media
 def test_audio_redaction_that_fails_fails_the_job_and_keeps_the_upload(
     client, media_root, phone_clip
 ):
-    owner = member(Role.OWNER)
-    headers = bearer(owner.user, owner.organisation)
-    job = created_job(
-        client, headers, phone_clip, redact_pii="phone_number", redact_pii_audio="true"
-    )
+    job = silencing_job(client, phone_clip)
     broken = processing.media.CorruptMediaError("The audio could not be re-encoded.")
 
     with (
-        engine(FixedEngine(fixed_result("Call 555-123-4567 now."))),
+        engine(FixedEngine(timed_result("Call 555-123-4567 now."))),
         mock.patch.object(processing.media, "silence_spans", side_effect=broken),
     ):
         assert processing._run(job) == "failed"
@@ -301,7 +275,7 @@ def test_audio_redaction_with_nothing_found_keeps_the_upload(client, media_root,
     job = created_job(
         client, headers, phone_clip, redact_pii="credit_card_number", redact_pii_audio="true"
     )
-    with engine(FixedEngine(fixed_result("Nothing to hide here."))) as fixed:
+    with engine(FixedEngine(timed_result("Nothing to hide here."))) as fixed:
         assert processing._run(job) == "completed"
 
     job.refresh_from_db()
@@ -429,7 +403,7 @@ def test_hundreds_of_spans_are_all_silenced_and_the_uploads_tags_are_dropped(
     )
     job = created_job(client, headers, tagged, redact_pii="phone_number", redact_pii_audio="true")
     numbers = [f"Call 555-123-{1000 + i}" for i in range(150)]
-    result = fixed_result(*numbers)
+    result = timed_result(*numbers)
     assert result.duration < 100
 
     with engine(FixedEngine(result)):
@@ -451,15 +425,11 @@ def test_hundreds_of_spans_are_all_silenced_and_the_uploads_tags_are_dropped(
 
 @pytest.mark.django_db(transaction=True)
 def test_a_job_held_before_it_completed_keeps_its_upload(client, media_root, phone_clip):
-    owner = member(Role.OWNER)
-    headers = bearer(owner.user, owner.organisation)
-    job = created_job(
-        client, headers, phone_clip, redact_pii="phone_number", redact_pii_audio="true"
-    )
+    job = silencing_job(client, phone_clip)
     upload_key = job.audio_key
     TranscriptionJob.objects.filter(pk=job.pk).update(legal_hold_at=timezone.now())
 
-    with engine(FixedEngine(fixed_result("Call 555-123-4567 now."))):
+    with engine(FixedEngine(timed_result("Call 555-123-4567 now."))):
         assert processing._run(job) == "completed"
 
     job.refresh_from_db()
