@@ -25,22 +25,12 @@ JOBS = "/api/v1/jobs"
 
 
 @pytest.fixture
-def owner():
-    return member(Role.OWNER)
-
-
-@pytest.fixture
-def headers(owner):
-    return bearer(owner.user, owner.organisation)
-
-
-@pytest.fixture
 def job(owner):
     return TranscriptFactory(job__organisation=owner.organisation).job
 
 
-def share(api_client, headers, job, **body):
-    return api_client.post(f"{JOBS}/{job.pk}/shares", body, format="json", **headers)
+def share(api_client, auth, job, **body):
+    return api_client.post(f"{JOBS}/{job.pk}/shares", body, format="json", **auth)
 
 
 def token_of(response) -> str:
@@ -56,9 +46,9 @@ def assert_error(response, status: int, code: str) -> dict:
 
 
 def test_anyone_with_the_link_reads_the_transcript_and_each_use_is_audited(
-    api_client, client, owner, headers, job
+    api_client, client, owner, auth, job
 ):
-    created = share(api_client, headers, job, expires_in_days=3, note="For the court reporter")
+    created = share(api_client, auth, job, expires_in_days=3, note="For the court reporter")
     token = token_of(created)
 
     body = created.json()
@@ -83,8 +73,8 @@ def test_anyone_with_the_link_reads_the_transcript_and_each_use_is_audited(
     assert AuditEvent.objects.filter(action=AuditAction.TRANSCRIPT_SHARED).count() == 1
 
 
-def test_a_link_serves_the_current_revision(api_client, client, headers, job):
-    token = token_of(share(api_client, headers, job))
+def test_a_link_serves_the_current_revision(api_client, client, auth, job):
+    token = token_of(share(api_client, auth, job))
     transcript_edit(job=job, revision=0, segments=[{"id": 0, "text": "Corrected words."}])
 
     opened = client.get(f"/api/v1/shared/{token}").json()
@@ -94,20 +84,20 @@ def test_a_link_serves_the_current_revision(api_client, client, headers, job):
 
 
 def test_expired_revoked_disabled_and_unknown_links_all_answer_the_same_404(
-    api_client, client, owner, headers, job
+    api_client, client, owner, auth, job
 ):
     from apps.core.metrics import SHARE_LINK_USES
 
     refused_before = SHARE_LINK_USES.labels("refused")._value.get()
-    expired, revoked, disabled = (token_of(share(api_client, headers, job)) for _ in range(3))
+    expired, revoked, disabled = (token_of(share(api_client, auth, job)) for _ in range(3))
     TranscriptShare.objects.filter(token_hash=hashlib.sha256(expired.encode()).hexdigest()).update(
         expires_at=timezone.now() - timedelta(seconds=1)
     )
     revoked_id = TranscriptShare.objects.get(
         token_hash=hashlib.sha256(revoked.encode()).hexdigest()
     ).pk
-    assert api_client.delete(f"{JOBS}/{job.pk}/shares/{revoked_id}", **headers).status_code == 204
-    assert api_client.delete(f"{JOBS}/{job.pk}/shares/{revoked_id}", **headers).status_code == 204
+    assert api_client.delete(f"{JOBS}/{job.pk}/shares/{revoked_id}", **auth).status_code == 204
+    assert api_client.delete(f"{JOBS}/{job.pk}/shares/{revoked_id}", **auth).status_code == 204
     bodies = []
     for token in (expired, revoked, "lxs_" + "A" * 43, "nope", "lxs_%2e%2e"):
         response = client.get(f"/api/v1/shared/{token}")
@@ -122,8 +112,8 @@ def test_expired_revoked_disabled_and_unknown_links_all_answer_the_same_404(
     assert AuditEvent.objects.filter(action=AuditAction.TRANSCRIPT_SHARE_REVOKED).count() == 1
 
 
-def test_a_deleted_job_takes_its_links_with_it(api_client, client, headers, job):
-    token = token_of(share(api_client, headers, job))
+def test_a_deleted_job_takes_its_links_with_it(api_client, client, auth, job):
+    token = token_of(share(api_client, auth, job))
 
     with transaction.atomic():
         services.job_delete(job=job)
@@ -132,35 +122,35 @@ def test_a_deleted_job_takes_its_links_with_it(api_client, client, headers, job)
     assert not TranscriptShare.objects.exists()
 
 
-def test_who_may_share_and_what(api_client, owner, headers, job):
+def test_who_may_share_and_what(api_client, owner, auth, job):
     viewer = member(Role.VIEWER, organisation=owner.organisation, email="v@example.com")
     assert share(api_client, bearer(viewer.user, owner.organisation), job).status_code == 403
     key = ApiKeyFactory(organisation=owner.organisation, role=Role.MEMBER)
     assert share(api_client, api_key_header(key), job).status_code == 201
     queued = JobFactory(organisation=owner.organisation, status=JobStatus.QUEUED)
-    assert_error(share(api_client, headers, queued), 409, "transcript_not_ready")
-    assert_error(share(api_client, headers, job, expires_in_days=31), 400, "validation_error")
-    assert_error(share(api_client, headers, job, expires_in_days=0), 400, "validation_error")
-    assert_error(share(api_client, headers, job, note="x\x00"), 400, "validation_error")
+    assert_error(share(api_client, auth, queued), 409, "transcript_not_ready")
+    assert_error(share(api_client, auth, job, expires_in_days=31), 400, "validation_error")
+    assert_error(share(api_client, auth, job, expires_in_days=0), 400, "validation_error")
+    assert_error(share(api_client, auth, job, note="x\x00"), 400, "validation_error")
     owner.organisation.share_links_enabled = False
     owner.organisation.save()
-    assert_error(share(api_client, headers, job), 403, "sharing_disabled")
+    assert_error(share(api_client, auth, job), 403, "sharing_disabled")
 
 
-def test_a_job_has_a_bounded_number_of_live_links(api_client, headers, job, settings):
+def test_a_job_has_a_bounded_number_of_live_links(api_client, auth, job, settings):
     settings.SHARE_LINKS_PER_JOB = 2
-    first = share(api_client, headers, job).json()
-    share(api_client, headers, job)
+    first = share(api_client, auth, job).json()
+    share(api_client, auth, job)
 
-    assert_error(share(api_client, headers, job), 409, "too_many_shares")
-    api_client.delete(f"{JOBS}/{job.pk}/shares/{first['id']}", **headers)
-    assert share(api_client, headers, job).status_code == 201
+    assert_error(share(api_client, auth, job), 409, "too_many_shares")
+    api_client.delete(f"{JOBS}/{job.pk}/shares/{first['id']}", **auth)
+    assert share(api_client, auth, job).status_code == 201
 
 
-def test_the_list_shows_links_without_their_tokens(api_client, headers, job):
-    token = token_of(share(api_client, headers, job))
+def test_the_list_shows_links_without_their_tokens(api_client, auth, job):
+    token = token_of(share(api_client, auth, job))
 
-    listed = api_client.get(f"{JOBS}/{job.pk}/shares", **headers)
+    listed = api_client.get(f"{JOBS}/{job.pk}/shares", **auth)
 
     assert listed.status_code == 200
     assert len(listed.json()) == 1 and "url" not in listed.json()[0]
@@ -196,15 +186,15 @@ def test_sentry_scrubs_performance_transactions_too(settings, monkeypatch):
     assert given["before_send_transaction"] is observability.before_send
 
 
-def test_admins_switch_share_links_off_and_on(api_client, client, owner, headers, job):
-    token = token_of(share(api_client, headers, job))
+def test_admins_switch_share_links_off_and_on(api_client, client, owner, auth, job):
+    token = token_of(share(api_client, auth, job))
     url = f"/api/v1/organisations/{owner.organisation.pk}/"
 
-    off = api_client.patch(url, {"share_links_enabled": False}, format="json", **headers)
+    off = api_client.patch(url, {"share_links_enabled": False}, format="json", **auth)
 
     assert off.status_code == 200 and off.json()["share_links_enabled"] is False
     assert_error(client.get(f"/api/v1/shared/{token}"), 404, "share_not_found")
-    api_client.patch(url, {"share_links_enabled": True}, format="json", **headers)
+    api_client.patch(url, {"share_links_enabled": True}, format="json", **auth)
     assert client.get(f"/api/v1/shared/{token}").status_code == 200
     changes = AuditEvent.objects.filter(action=AuditAction.ORGANISATION_UPDATED)
     assert sorted(e.metadata["share_links_enabled"] for e in changes) == [
@@ -213,8 +203,8 @@ def test_admins_switch_share_links_off_and_on(api_client, client, owner, headers
     ]
 
 
-def test_a_head_request_is_answered_but_not_counted(api_client, client, headers, job):
-    token = token_of(share(api_client, headers, job))
+def test_a_head_request_is_answered_but_not_counted(api_client, client, auth, job):
+    token = token_of(share(api_client, auth, job))
 
     assert client.head(f"/api/v1/shared/{token}").status_code == 200
 
@@ -222,7 +212,7 @@ def test_a_head_request_is_answered_but_not_counted(api_client, client, headers,
     assert not AuditEvent.objects.filter(action=AuditAction.TRANSCRIPT_SHARE_ACCESSED).exists()
 
 
-def test_links_end_with_the_access_of_whoever_made_them(api_client, client, owner, headers, job):
+def test_links_end_with_the_access_of_whoever_made_them(api_client, client, owner, auth, job):
     from apps.accounts.models import ApiKey
     from apps.accounts.network import RequestMeta
     from apps.accounts.services import api_key_revoke, membership_remove
@@ -231,7 +221,7 @@ def test_links_end_with_the_access_of_whoever_made_them(api_client, client, owne
     by_colleague = token_of(share(api_client, bearer(colleague.user, owner.organisation), job))
     key = ApiKeyFactory(organisation=owner.organisation, role=Role.MEMBER)
     by_key = token_of(share(api_client, api_key_header(key), job))
-    by_owner = token_of(share(api_client, headers, job))
+    by_owner = token_of(share(api_client, auth, job))
     meta = RequestMeta(ip="127.0.0.1", user_agent="test", request_id="r")
     owner_membership = owner
 

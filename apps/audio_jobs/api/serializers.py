@@ -39,6 +39,11 @@ CALLBACK_URL_REFUSED = (
 )
 
 
+def user_ref(user) -> str | None:
+    """A user as the API names them (their public id); None for none (a deleted account)."""
+    return str(getattr(user, "public_id", None) or user.pk) if user else None
+
+
 class JobOptionsInput(InputSerializer):
     language = serializers.CharField(
         required=False, allow_blank=True, max_length=16, help_text=LANGUAGE_HELP
@@ -259,8 +264,7 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
         return {JobPriority.HIGH: "high", JobPriority.LOW: "low"}.get(job.priority, "normal")
 
     def get_created_by(self, job: TranscriptionJob) -> str | None:
-        user = job.created_by
-        return str(getattr(user, "public_id", None) or user.pk) if user else None
+        return user_ref(job.created_by)
 
     def get_error(self, job: TranscriptionJob) -> dict | None:
         if not job.error_code:
@@ -387,8 +391,7 @@ class ShareOutput(CompiledOutput, serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_created_by(self, share: TranscriptShare) -> str | None:
-        user = share.created_by
-        return str(getattr(user, "public_id", None) or user.pk) if user else None
+        return user_ref(share.created_by)
 
     def get_active(self, share: TranscriptShare) -> bool:
         from django.utils import timezone
