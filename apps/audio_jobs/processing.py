@@ -316,8 +316,8 @@ def _rerun_if_flagged(
     # otherwise interrupt whatever runs (the first transcript's completion included).
     cutoff = None
     if tracker.deadline is not None:
-        silencing = settings.AUDIO_PROBE_TIMEOUT_SECONDS + float(job.duration_seconds or 0) / 10
-        reserve = RERUN_MARGIN_SECONDS + (silencing if job.redact_pii_audio else 0.0)
+        silencing = _silencing_timeout(job) if job.redact_pii_audio else 0.0
+        reserve = RERUN_MARGIN_SECONDS + silencing
         cutoff = tracker.deadline - reserve
 
     def cancelled() -> bool:
@@ -405,6 +405,11 @@ def _redact(job: TranscriptionJob, data: dict) -> tuple[dict[str, int], list] | 
     return redaction.summarise(spans), spans
 
 
+def _silencing_timeout(job: TranscriptionJob) -> float:
+    """The longest ffmpeg may take to write the job's silenced copy (a re-encode of the file)."""
+    return settings.AUDIO_PROBE_TIMEOUT_SECONDS + float(job.duration_seconds or 0) / 10
+
+
 def _store_redacted_audio(job: TranscriptionJob, path, spans: list) -> _RedactedAudio:
     """Store a copy of the audio with the redacted spans (padded by PII_AUDIO_PADDING_SECONDS)
     silent, under a new key guarded until the job's completion points at it. The original is
@@ -413,7 +418,7 @@ def _store_redacted_audio(job: TranscriptionJob, path, spans: list) -> _Redacted
     pad = max(0.0, settings.PII_AUDIO_PADDING_SECONDS)
     silenced = [(span.start - pad, span.end + pad) for span in spans]
     key = storage.redacted_audio_key(job.organisation_id, job.pk)
-    timeout = settings.AUDIO_PROBE_TIMEOUT_SECONDS + float(job.duration_seconds or 0) / 10
+    timeout = _silencing_timeout(job)
     with tempfile.TemporaryDirectory(prefix="lexiscore-redact-") as folder:
         try:
             copy = media.silence_spans(
