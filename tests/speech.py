@@ -32,6 +32,17 @@ FORMAT_ARGS: dict[str, list[str]] = {
 }
 
 
+# Voices the speaker encoder tells apart (female 3, male 3, "Andy": centroids 0.66-0.71 alike);
+# a conversation between the first two, in turns (diarization tests).
+ALICE, BOB, CAROL = "en-us+f3", "en-us+m3", "en-us+Andy"
+CONVERSATION = [
+    (BOB, "Good morning everyone, thank you for joining the quarterly planning meeting today."),
+    (ALICE, "Thanks for having me. I would like to start with the budget numbers for this year."),
+    (BOB, "Sure, please go ahead and walk us through the main items on the list."),
+    (ALICE, "The biggest change is the travel budget, which went down by almost a third."),
+]
+
+
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -185,6 +196,28 @@ class SpeechFactory:
             else:
                 convert(source, dst, fmt)
             return dst
+
+    def dialogue(
+        self, lines: list[tuple[str, str]], *, fmt: str = "wav"
+    ) -> tuple[Path, list[tuple[float, float]]]:
+        """``(voice, text)`` lines spoken one after the other (16 kHz), and each line's span in
+        seconds: a conversation whose speaker turns are known."""
+        parts = [self.say(text, voice=voice) for voice, text in lines]
+        spans, at = [], 0.0
+        for part in parts:
+            with wave.open(str(part), "rb") as reader:
+                seconds = reader.getnframes() / reader.getframerate()
+            spans.append((at, at + seconds))
+            at += seconds
+        dst = self._path("dialogue", tuple(lines), fmt=fmt)
+        with self._lock:
+            if not dst.exists():
+                joined = concatenate(parts, self.directory / f"{dst.stem}.cat.wav")
+                if fmt == "wav":
+                    shutil.copyfile(joined, dst)
+                else:
+                    convert(joined, dst, fmt)
+        return dst, spans
 
     def silence(self, seconds: float, *, fmt: str = "wav", sample_rate: int = 16000) -> Path:
         """Digital silence in ``fmt``."""

@@ -279,6 +279,8 @@ def _merge(units: list[_Unit], old_words: Sequence[Mapping[str, Any]]) -> list[d
                     "word": lead + text,
                     "edited": True,
                 }
+                if "speaker" in old:
+                    word["speaker"] = old["speaker"]
             words.append(word)
             i += run
             continue
@@ -363,7 +365,22 @@ def edited_segment(segment: Mapping[str, Any], text: str) -> dict[str, Any]:
         new["words"] = retime_words(
             segment["words"], text, start=float(segment["start"]), end=float(segment["end"])
         )
+        if segment.get("speaker"):
+            _carry_speakers(new["words"], str(segment["speaker"]))
     return new
+
+
+def _carry_speakers(words: list[dict[str, Any]], fallback: str) -> None:
+    """Diarized words keep their speaker; a new word takes the speaker of the word before it
+    (of the one after it at the start; the segment's when none is labelled)."""
+    known = [w.get("speaker") for w in words]
+    following = next((s for s in known if s), fallback)
+    previous = None
+    for word, speaker in zip(words, known, strict=True):
+        if speaker:
+            previous = speaker
+        else:
+            word["speaker"] = previous or following
 
 
 # ---- history -------------------------------------------------------------------------------

@@ -109,7 +109,19 @@ def _job_data(job: TranscriptionJob) -> dict:
         "quality_flags": _flag_codes(job.quality),
         # PII redaction (null when none was asked): spans redacted per entity type.
         "pii_redacted": job.redaction.get("entities") if isinstance(job.redaction, dict) else None,
+        # Diarization (null when not asked or when it failed): each speaker's label and time.
+        "speakers": _speakers(job.diarization),
     }
+
+
+def _speakers(diarization) -> list[dict] | None:
+    if not isinstance(diarization, dict) or "speakers" not in diarization:
+        return None
+    return [
+        {"id": str(item.get("id")), "seconds": item.get("seconds")}
+        for item in diarization["speakers"]
+        if isinstance(item, dict)
+    ]
 
 
 def _flag_codes(quality) -> list[str] | None:

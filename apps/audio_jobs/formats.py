@@ -7,10 +7,20 @@ without loading an engine.
 Subtitle cues keep to ``max_line_width`` characters per line and ``max_lines`` lines per cue
 (42 and 2, the common broadcast guideline); a longer segment is split into several cues, timed
 from its word timestamps when present and by character count otherwise.
+
+Speakers (after diarization): a segment may carry ``"speaker": "SPEAKER_00"`` (who spoke most of
+it), each of its words its own ``"speaker"``, and the result ``"speaker_names"`` (label -> the
+name members gave it). A segment whose words all have one speaker is shown as the segment's
+speaker; one whose words change speaker is split at each change (a word without a speaker goes
+with the word before it, or the first one after it at the start). Plain text writes a
+"Name: " prefix at the start of each turn; subtitles never mix two speakers in one cue and name
+the speaker on every cue; JSON keeps the labels. A transcript without speakers renders exactly
+as before.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -36,6 +46,8 @@ MIN_CUE_SECONDS = 0.8
 # character shows the text as spoken without the player taking it as markup.
 _SRT_MARKUP = re.compile(r"<(?=/?(?:[ibus]|font)\b[^>]*>)|\{(?=\\)", re.IGNORECASE)
 _ZERO_WIDTH_SPACE = "\u200b"
+# Diarization labels (pyannote's and whisperX's): shown as "Speaker <number + 1>" until named.
+_SPEAKER_LABEL = re.compile(r"SPEAKER_(\d+)")
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,70 @@ def _squash(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Speakers
+# ---------------------------------------------------------------------------------------------
+
+
+def _label(value: Any) -> str | None:
+    """A stored speaker label, or None when there is none (missing, blank or not a string)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _speaker_name(label: str, names: Mapping[str, Any] | None) -> str | None:
+    name = (names or {}).get(label)
+    return _squash(name) if isinstance(name, str) and name.strip() else None
+
+
+def speaker_display(label: str, names: Mapping[str, Any] | None = None) -> str:
+    """How a speaker label is shown: the name members gave it (``names[label]``) when it has a
+    non-blank one, else "Speaker N" for ``SPEAKER_<N - 1>`` (``SPEAKER_00`` is "Speaker 1"), else
+    the label itself. Whitespace runs, newlines included, become one space (a newline would end
+    a subtitle line, a blank line a cue)."""
+    name = _speaker_name(label, names)
+    if name is not None:
+        return name
+    match = _SPEAKER_LABEL.fullmatch(label.strip())
+    if match:
+        return f"Speaker {int(match.group(1)) + 1}"
+    return _squash(label)
+
+
+def _speaker_names(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    names = data.get("speaker_names")
+    return names if isinstance(names, Mapping) else {}
+
+
+def _text_words(segment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The segment's words that have text (the ones subtitles and plain text show)."""
+    return [
+        w
+        for w in segment.get("words") or []
+        if isinstance(w, Mapping) and w.get("word") and str(w["word"]).strip()
+    ]
+
+
+def _word_speakers(
+    segment: Mapping[str, Any], words: Sequence[Mapping[str, Any]]
+) -> list[str | None]:
+    """The speaker each of ``words`` is shown under.
+
+    When the words do not change speaker, all of them are the segment's speaker (theirs when the
+    segment has none); when they do, each keeps its own, a word without one going with the word
+    before it (the first word after it, at the start of the segment).
+    """
+    own = [_label(w.get("speaker")) for w in words]
+    known = [s for s in own if s is not None]
+    if len(set(known)) <= 1:
+        return [_label(segment.get("speaker")) or (known[0] if known else None)] * len(words)
+    current = known[0]
+    speakers: list[str | None] = []
+    for speaker in own:
+        current = speaker or current
+        speakers.append(current)
+    return speakers
+
+
+# ---------------------------------------------------------------------------------------------
 # Timestamps
 # ---------------------------------------------------------------------------------------------
 
@@ -101,9 +177,13 @@ def format_timestamp(seconds: float, *, decimal_marker: str = ",") -> str:
 
 @dataclass(frozen=True)
 class Cue:
+    """One subtitle cue. ``lines`` are the spoken text only: the renderers name ``speaker`` (a
+    diarization label, None without diarization) in front of the first line."""
+
     start: float
     end: float
     lines: tuple[str, ...]
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,22 +191,23 @@ class _Unit:
     text: str  # with its leading space when the language separates words with spaces
     start: float | None
     end: float | None
+    speaker: str | None = None
 
 
 def _units(segment: Mapping[str, Any], width: int) -> list[_Unit]:
-    words = [w for w in segment.get("words") or [] if isinstance(w, Mapping) and w.get("word")]
-    if words:
+    if any(isinstance(w, Mapping) and w.get("word") for w in segment.get("words") or []):
+        words = _text_words(segment)
         return [
-            _Unit(str(w["word"]), float(w["start"]), float(w["end"]))
-            for w in words
-            if str(w["word"]).strip()
+            _Unit(str(w["word"]), float(w["start"]), float(w["end"]), speaker)
+            for w, speaker in zip(words, _word_speakers(segment, words), strict=True)
         ]
+    speaker = _label(segment.get("speaker"))
     units: list[_Unit] = []
     for token in _squash(segment.get("text", "")).split(" "):
         # A token wider than a line (a URL, or text in a script without spaces) is cut.
         pieces = [token[i : i + width] for i in range(0, len(token), width)] or [""]
-        units.append(_Unit(" " + pieces[0], None, None))
-        units.extend(_Unit(piece, None, None) for piece in pieces[1:])
+        units.append(_Unit(" " + pieces[0], None, None, speaker))
+        units.extend(_Unit(piece, None, None, speaker) for piece in pieces[1:])
     return [u for u in units if u.text.strip()]
 
 
@@ -198,9 +279,13 @@ def segment_cues(
     """Split one segment into cues of at most ``max_lines`` lines of ``max_line_width``.
 
     A word wider than a line stays whole (timed words) or is cut (untimed text). With timed words
-    a cue starts with its first word, a pause of ``PAUSE_SPLIT_SECONDS`` starts a new cue, and a
-    cue ends ``HOLD_SECONDS`` after its last word (so no text is shown over a silence); untimed
-    text is spread over the segment by character count.
+    a cue starts with its first word, a pause of ``PAUSE_SPLIT_SECONDS`` or a change of speaker
+    starts a new cue, and a cue ends ``HOLD_SECONDS`` after its last word (so no text is shown
+    over a silence); untimed text is spread over the segment by character count, all of it the
+    segment's speaker.
+
+    The speaker's name is not counted in the line width: WebVTT players do not show it (it is
+    the cue's voice annotation), and so naming or renaming a speaker never moves a cue.
     """
     start, end = float(segment["start"]), float(segment["end"])
     end = max(end, start)
@@ -219,7 +304,12 @@ def segment_cues(
         boundaries.append(min(max(boundary, boundaries[-1]), end))
     boundaries.append(end)
     return [
-        Cue(boundaries[i], boundaries[i + 1], _wrap(group, max_line_width, max_lines))
+        Cue(
+            boundaries[i],
+            boundaries[i + 1],
+            _wrap(group, max_line_width, max_lines),
+            group[0].speaker,
+        )
         for i, group in enumerate(groups)
     ]
 
@@ -227,7 +317,8 @@ def segment_cues(
 def _timed_cues(units: list[_Unit], end: float, width: int, max_lines: int) -> list[Cue]:
     runs: list[list[_Unit]] = [[units[0]]]
     for previous, unit in itertools.pairwise(units):
-        if float(unit.start or 0.0) - float(previous.end or 0.0) >= PAUSE_SPLIT_SECONDS:
+        pause = float(unit.start or 0.0) - float(previous.end or 0.0)
+        if pause >= PAUSE_SPLIT_SECONDS or unit.speaker != previous.speaker:
             runs.append([])
         runs[-1].append(unit)
     groups = [group for run in runs for group in _group_units(run, width, max_lines)]
@@ -237,7 +328,8 @@ def _timed_cues(units: list[_Unit], end: float, width: int, max_lines: int) -> l
         limit = float(groups[i + 1][0].start or 0.0) if i + 1 < len(groups) else end
         last_word_end = float(group[-1].end or 0.0)
         cue_end = min(max(last_word_end + HOLD_SECONDS, cue_start), max(limit, last_word_end))
-        cues.append(Cue(cue_start, max(cue_end, cue_start), _wrap(group, width, max_lines)))
+        lines = _wrap(group, width, max_lines)
+        cues.append(Cue(cue_start, max(cue_end, cue_start), lines, group[0].speaker))
     return cues
 
 
@@ -262,7 +354,7 @@ def _with_minimum_duration(cues: list[Cue]) -> list[Cue]:
         end = max(cue.end, cue.start + MIN_CUE_SECONDS)
         if i + 1 < len(cues) and cue.start < cues[i + 1].start:
             end = max(cue.end, min(end, cues[i + 1].start))
-        out.append(cue if end == cue.end else Cue(cue.start, end, cue.lines))
+        out.append(cue if end == cue.end else dataclasses.replace(cue, end=end))
     return out
 
 
@@ -272,24 +364,59 @@ def _with_minimum_duration(cues: list[Cue]) -> list[Cue]:
 
 
 def render_txt(result: Any) -> str:
-    """One line per segment (the whole text when there are no segments)."""
+    """One line per segment (the whole text when there are no segments).
+
+    With speakers, a dialogue script: a segment whose words change speaker is one line per
+    speaker, and the first line of each turn (a speaker's consecutive lines) starts with
+    "<name>: " (see ``speaker_display``). A line without a speaker has no prefix.
+    """
     data = _as_dict(result)
-    lines = [_squash(s.get("text", "")) for s in _segments(data)]
-    lines = [line for line in lines if line]
-    if not lines and _squash(data.get("text", "")):
-        lines = [_squash(data.get("text", ""))]
-    return "".join(line + "\n" for line in lines)
+    parts = [part for s in _segments(data) for part in _speaker_parts(s)]
+    parts = [(speaker, line) for speaker, line in parts if line]
+    if not parts and _squash(data.get("text", "")):
+        parts = [(None, _squash(data.get("text", "")))]
+    names = _speaker_names(data)
+    out = []
+    previous: str | None = None
+    for speaker, line in parts:
+        if speaker is not None and speaker != previous:
+            line = f"{speaker_display(speaker, names)}: {line}"
+        out.append(line + "\n")
+        previous = speaker
+    return "".join(out)
+
+
+def _speaker_parts(segment: Mapping[str, Any]) -> list[tuple[str | None, str]]:
+    """``(speaker, text)`` of a segment: its text, or, when its words change speaker, the text of
+    each run of one speaker's words."""
+    words = _text_words(segment)
+    speakers = _word_speakers(segment, words)
+    if len(set(speakers)) <= 1:
+        speaker = speakers[0] if speakers else _label(segment.get("speaker"))
+        return [(speaker, _squash(segment.get("text", "")))]
+    parts: list[tuple[str | None, str]] = []
+    for speaker, run in itertools.groupby(zip(speakers, words, strict=True), key=lambda p: p[0]):
+        parts.append((speaker, _squash("".join(str(w["word"]) for _, w in run))))
+    return parts
 
 
 def render_srt(
     result: Any, *, max_line_width: int = MAX_LINE_WIDTH, max_lines: int = MAX_LINES
 ) -> str:
-    """SubRip: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line between cues."""
+    """SubRip: numbered cues, ``HH:MM:SS,mmm --> HH:MM:SS,mmm``, a blank line between cues.
+
+    A cue with a speaker starts "<name>: " (see ``speaker_display``; not counted in the width).
+    """
+    data = _as_dict(result)
+    names = _speaker_names(data)
     blocks = []
-    cues = build_cues(result, max_line_width=max_line_width, max_lines=max_lines)
+    cues = build_cues(data, max_line_width=max_line_width, max_lines=max_lines)
     for number, cue in enumerate(cues, start=1):
+        lines = list(cue.lines)
+        if cue.speaker is not None and lines:
+            lines[0] = f"{speaker_display(cue.speaker, names)}: {lines[0]}"
         # "-->" inside text would be read as a timing line by some players.
-        text = "\n".join(_srt_text(line) for line in cue.lines)
+        text = "\n".join(_srt_text(line) for line in lines)
         timing = f"{format_timestamp(cue.start)} --> {format_timestamp(cue.end)}"
         blocks.append(f"{number}\n{timing}\n{text}\n")
     return "\n".join(blocks)
@@ -306,12 +433,20 @@ def _vtt_escape(text: str) -> str:
 def render_vtt(
     result: Any, *, max_line_width: int = MAX_LINE_WIDTH, max_lines: int = MAX_LINES
 ) -> str:
-    """WebVTT: a ``WEBVTT`` header, then cues timed ``HH:MM:SS.mmm --> HH:MM:SS.mmm``."""
+    """WebVTT: a ``WEBVTT`` header, then cues timed ``HH:MM:SS.mmm --> HH:MM:SS.mmm``.
+
+    A cue with a speaker is a voice span, ``<v Name>text`` (see ``speaker_display``), which
+    players use for styling rather than show.
+    """
+    data = _as_dict(result)
+    names = _speaker_names(data)
     blocks = ["WEBVTT\n"]
-    for cue in build_cues(result, max_line_width=max_line_width, max_lines=max_lines):
+    for cue in build_cues(data, max_line_width=max_line_width, max_lines=max_lines):
         start = format_timestamp(cue.start, decimal_marker=".")
         end = format_timestamp(cue.end, decimal_marker=".")
         text = "\n".join(_vtt_escape(line) for line in cue.lines)
+        if cue.speaker is not None:
+            text = f"<v {_vtt_escape(speaker_display(cue.speaker, names))}>{text}"
         blocks.append(f"{start} --> {end}\n{text}\n")
     return "\n".join(blocks)
 
@@ -321,10 +456,15 @@ def verbose_json(result: Any) -> dict[str, Any]:
 
     ``language`` is the ISO 639-1 code Whisper reports (OpenAI's API writes the English name,
     e.g. "english"). Segment fields absent from the stored data are omitted.
+
+    After diarization, segments and words carry their ``speaker`` label as stored, and a
+    ``speakers`` list follows: ``{"id": label, "name": name or None}`` for every label, in order
+    of first appearance. Without speakers, none of these keys is present.
     """
     data = _as_dict(result)
     segments_out = []
     words_out = []
+    labels: dict[str, None] = {}  # in order of first appearance
     for index, segment in enumerate(_segments(data)):
         item: dict[str, Any] = {
             "id": int(segment.get("id", index)),
@@ -337,17 +477,25 @@ def verbose_json(result: Any) -> dict[str, Any]:
             if segment.get(key) is not None:
                 item[key] = segment[key]
         item["no_speech_prob"] = float(segment.get("no_speech_prob", 0.0))
+        segment_speaker = _label(segment.get("speaker"))
+        if segment_speaker is not None:
+            item["speaker"] = segment_speaker
         segments_out.append(item)
         for word in segment.get("words") or []:
             if isinstance(word, Mapping) and str(word.get("word", "")).strip():
-                words_out.append(
-                    {
-                        "word": str(word["word"]).strip(),
-                        "start": float(word["start"]),
-                        "end": float(word["end"]),
-                    }
-                )
-    return {
+                word_item: dict[str, Any] = {
+                    "word": str(word["word"]).strip(),
+                    "start": float(word["start"]),
+                    "end": float(word["end"]),
+                }
+                word_speaker = _label(word.get("speaker"))
+                if word_speaker is not None:
+                    word_item["speaker"] = word_speaker
+                    labels.setdefault(word_speaker)
+                words_out.append(word_item)
+        if segment_speaker is not None:
+            labels.setdefault(segment_speaker)
+    out: dict[str, Any] = {
         "task": str(data.get("task", "transcribe")),
         "language": str(data.get("language", "")),
         "duration": float(data.get("duration") or 0.0),
@@ -355,6 +503,10 @@ def verbose_json(result: Any) -> dict[str, Any]:
         "segments": segments_out,
         "words": words_out,
     }
+    if labels:
+        names = _speaker_names(data)
+        out["speakers"] = [{"id": label, "name": _speaker_name(label, names)} for label in labels]
+    return out
 
 
 def render_json(result: Any, *, pretty: bool = False) -> str:

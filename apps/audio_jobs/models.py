@@ -168,6 +168,24 @@ class TranscriptionJob(TimeStampedModel):
     redaction = models.JSONField(
         null=True, blank=True, help_text="What redaction found and did (null: not asked)."
     )
+    # Speaker diarization (workers/engines/speakers.py): asked for with the job; what the worker
+    # found (null until completed, or when not asked); the names members gave the labels.
+    diarize = models.BooleanField(
+        default=False, db_default=False, help_text="Label who spoke each segment and word."
+    )
+    # No CHECK constraints (PostgreSQL would scan every job to add one): the API validates.
+    speakers_expected = models.SmallIntegerField(
+        null=True, blank=True, help_text="The number of speakers, when known (null: detect)."
+    )
+    max_speakers = models.SmallIntegerField(
+        null=True, blank=True, help_text="At most this many speakers (null: the platform's cap)."
+    )
+    diarization = models.JSONField(
+        null=True, blank=True, help_text="Speakers found, or why none could be (null: not asked)."
+    )
+    speaker_names = models.JSONField(
+        default=dict, db_default={}, blank=True, help_text="Names given to speaker labels."
+    )
     # Legal hold (apps/audio_jobs/holds.py): while set, nothing deletes the job or its audio
     # (members, retention, the organisation's deletion); admins place and release it.
     legal_hold_at = models.DateTimeField(null=True, blank=True)
@@ -298,7 +316,9 @@ class Transcript(models.Model):
         return f"Transcript of {self.job_id}"
 
     def as_result(self) -> dict:
-        """The stored result in the engines' dict form (what apps.audio_jobs.formats renders)."""
+        """The stored result in the engines' dict form (what apps.audio_jobs.formats renders),
+        with the names members gave the speaker labels when there are any."""
+        names = self.job.speaker_names or {}
         return {
             "text": self.text,
             "language": self.language,
@@ -306,6 +326,7 @@ class Transcript(models.Model):
             "duration": self.duration,
             "segments": self.segments,
             "task": self.job.task,
+            **({"speaker_names": dict(names)} if names else {}),
         }
 
 

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from apps.accounts.models import Organisation
 from apps.core.context import job_id_var
-from apps.core.metrics import PII_AUDIO_SILENCED, QUALITY_RERUNS
+from apps.core.metrics import DIARIZATIONS, PII_AUDIO_SILENCED, QUALITY_RERUNS
 from apps.core.storage import (
     delete_files_on_commit,
     discard_guarded_file,
@@ -218,11 +218,10 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
             result = engine.transcribe(
                 path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
             )
-            data = result.to_dict()  # a deep copy: made once, for the checks and the row
-            done = _Pass(result, data, _redact(job, data), seconds=time.monotonic() - started)
-            done.quality = _check(job, result, data)
+            speakers = _diarize(job, path, result, tracker) if job.diarize else None
+            done = _pass(job, result, speakers, seconds=time.monotonic() - started)
             if job.quality_rerun:
-                done = _rerun_if_flagged(job, path, options, tracker, done)
+                done = _rerun_if_flagged(job, path, options, tracker, done, speakers)
             result, data, redacted, quality = done.result, done.data, done.redacted, done.quality
             if redacted is not None and job.redact_pii_audio and redacted[1]:
                 audio = _store_redacted_audio(job, path, redacted[1])
@@ -251,6 +250,7 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
             data=data,
             redaction_done=None if redacted is None else _redaction_outcome(job, *redacted, audio),
             audio=audio,
+            diarization=done.diarization,
         )
     except RedactedAudioLost as exc:
         PII_AUDIO_SILENCED.labels("failed").inc()
@@ -271,6 +271,95 @@ class _Pass:
     redacted: tuple[dict[str, int], list] | None
     seconds: float = 0.0  # its share of the job's processing time
     quality: dict[str, Any] = field(default_factory=dict)
+    diarization: dict[str, Any] | None = None  # the speakers found, or the error (null: not asked)
+
+
+def _pass(
+    job: TranscriptionJob,
+    result: TranscriptionResult,
+    speakers: _Speakers | None,
+    *,
+    seconds: float,
+) -> _Pass:
+    """The stored form of one transcription: speakers labelled, redacted (both before anything
+    is stored or checked), words the job did not ask for dropped, then checked."""
+    data = result.to_dict()  # a deep copy: made once, for the checks and the row
+    diarization = speakers.apply(data) if speakers is not None else None
+    redacted = _redact(job, data)
+    if not job.word_timestamps:
+        # Computed only to silence redacted audio or to place speaker turns.
+        for segment in data["segments"]:
+            segment["words"] = []
+    done = _Pass(result, data, redacted, seconds=seconds, diarization=diarization)
+    done.quality = _check(job, result, data)
+    return done
+
+
+@dataclass
+class _Speakers:
+    """Who spoke when in the job's audio, computed once and applied to each pass's words (the
+    windows were placed over the first pass's speech); or why it could not be."""
+
+    found: Any = None  # speakers.Diarization
+    error: dict[str, str] | None = None
+
+    def apply(self, data: dict) -> dict[str, Any]:
+        from workers.engines import speakers
+
+        if self.found is None:
+            return dict(self.error or {"error": "diarization_failed"})
+        return {
+            "model": self.found.model,
+            "speakers": speakers.assign_speakers(data, self.found),
+        }
+
+
+def _diarize(
+    job: TranscriptionJob, path, result: TranscriptionResult, tracker: _Tracker
+) -> _Speakers:
+    """Label the speakers of `result` from the audio at `path`. A failure (the speaker model
+    missing or damaged, the audio unreadable, memory) keeps the transcript, unlabelled, with the
+    reason in `diarization`; cancellation and the job's deadline still stop the job."""
+    from workers.engines import speakers
+    from workers.engines.audio import load_audio
+
+    started = time.monotonic()
+    try:
+        encoder = speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None)
+        found = speakers.diarize_audio(
+            load_audio(path),
+            speakers.speech_spans(result.to_dict()),
+            encoder=encoder,
+            threshold=settings.DIARIZATION_THRESHOLD,
+            speakers_expected=job.speakers_expected,
+            max_speakers=min(
+                job.max_speakers or settings.DIARIZATION_MAX_SPEAKERS,
+                settings.DIARIZATION_MAX_SPEAKERS,
+            ),
+            should_cancel=tracker.cancelled,
+        )
+    except (TranscriptionCancelled, JobGone, JobTimeLimitExceeded, SoftTimeLimitExceeded):
+        raise
+    except Exception as exc:
+        code = str(getattr(exc, "code", "") or "diarization_failed")[:64]
+        logger.warning("Job %s: diarization failed (%s)", job.pk, code, exc_info=True)
+        DIARIZATIONS.labels("failed").inc()
+        return _Speakers(
+            error={
+                "error": code,
+                "message": "Speakers could not be labelled; the transcript is complete.",
+            }
+        )
+    tracker.cancelled()
+    logger.info(
+        "Job %s: %d speakers in %d windows (%.1f s)",
+        job.pk,
+        found.speakers,
+        found.windows,
+        time.monotonic() - started,
+    )
+    DIARIZATIONS.labels("done").inc()
+    return _Speakers(found=found)
 
 
 # A second pass stops this long before the job's own deadline (plus the time silencing the
@@ -279,7 +368,12 @@ RERUN_MARGIN_SECONDS = 60.0
 
 
 def _rerun_if_flagged(
-    job: TranscriptionJob, path, options: TranscriptionOptions, tracker: _Tracker, first: _Pass
+    job: TranscriptionJob,
+    path,
+    options: TranscriptionOptions,
+    tracker: _Tracker,
+    first: _Pass,
+    speakers: _Speakers | None = None,
 ) -> _Pass:
     """With a warning from the checks, transcribe again with the next larger model for the
     language (`models.larger_profile`) and keep the transcript with fewer warnings (the larger
@@ -346,9 +440,7 @@ def _rerun_if_flagged(
         first.quality["rerun"] = {**record, "kept": "original", "error": str(code)[:64]}
         QUALITY_RERUNS.labels(current, bigger, "failed").inc()
         return first
-    data = result.to_dict()
-    second = _Pass(result, data, _redact(job, data), seconds=time.monotonic() - started)
-    second.quality = _check(job, result, data)
+    second = _pass(job, result, speakers, seconds=time.monotonic() - started)
     after = warning_count(second.quality)
     better = after is not None and after <= before
     chosen, dropped = (second, first) if better else (first, second)
@@ -393,13 +485,10 @@ class _RedactedAudio:
 def _redact(job: TranscriptionJob, data: dict) -> tuple[dict[str, int], list] | None:
     """Redact the result in place before anything is stored or checked (the quality flags quote
     phrases); returns the entities found per type and the spans, or None when none was asked.
-    Words the job did not ask for (computed only to time the audio's silences) are dropped."""
+    The caller drops the words the job did not ask for (`_pass`)."""
     if not job.redact_pii:
         return None
     spans = redaction.redact_result(data, job.redact_pii, job.redact_pii_sub or "entity_name")
-    if not job.word_timestamps:
-        for segment in data["segments"]:
-            segment["words"] = []
     if spans:
         logger.info("Job %s: %d spans redacted", job.pk, len(spans))
     return redaction.summarise(spans), spans
@@ -516,8 +605,11 @@ def _engine_for(job: TranscriptionJob):
     options = TranscriptionOptions(
         language=job.language or None,
         task=parse_task(job.task),
-        # Silencing redacted audio needs the words' times, asked for or not.
-        word_timestamps=job.word_timestamps or (bool(job.redact_pii) and job.redact_pii_audio),
+        # Silencing redacted audio and placing speaker turns need the words' times, asked for
+        # or not (`_pass` drops them after).
+        word_timestamps=job.word_timestamps
+        or (bool(job.redact_pii) and job.redact_pii_audio)
+        or job.diarize,
         initial_prompt=job.initial_prompt or None,
     )
     return engine, options
@@ -673,6 +765,7 @@ def _complete(
     data: dict[str, Any] | None = None,
     redaction_done: dict[str, Any] | None = None,
     audio: _RedactedAudio | None = None,
+    diarization: dict[str, Any] | None = None,
 ) -> str:
     locked = _locked_active(job)
     if locked is None:
@@ -730,6 +823,7 @@ def _complete(
         quality_warnings=None if quality is None else warning_count(quality),
         quality_summary=None if quality is None else quality_summary(quality)[:300],
         redaction=redaction_done,
+        diarization=diarization,
         **audio_fields,
     )
     observed = (locked.engine, locked.model_used, float(locked.duration_seconds or 0))

@@ -79,6 +79,9 @@ class JobOptions:
     redact_pii_audio: bool = False
     redact_pii_sub: str = ""  # empty: "entity_name" (or, transcribing again, the source's)
     quality_rerun: bool = False
+    diarize: bool = False
+    speakers_expected: int | None = None
+    max_speakers: int | None = None
 
 
 # ---- quota -------------------------------------------------------------------------------------
@@ -617,6 +620,9 @@ def _create_job(
         redact_pii_audio=options.redact_pii_audio or (bool(redact_pii) and locked.redact_pii_audio),
         redact_pii_sub=options.redact_pii_sub or "entity_name",
         quality_rerun=options.quality_rerun,
+        diarize=options.diarize,
+        speakers_expected=options.speakers_expected if options.diarize else None,
+        max_speakers=options.max_speakers if options.diarize else None,
         **fields,
     )
     usage_record(job=job)

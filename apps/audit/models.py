@@ -65,6 +65,7 @@ class AuditAction(models.TextChoices):
     API_KEY_REVOKED = "api_key.revoked", "API key revoked"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     TRANSCRIPT_EDITED = "transcript.edited", "Transcript edited"
+    TRANSCRIPT_SPEAKERS_RENAMED = "transcript.speakers_renamed", "Transcript speakers renamed"
     TRANSCRIPT_REVERTED = "transcript.reverted", "Transcript reverted"
     JOB_RETRANSCRIBED = "job.retranscribed", "Job's audio transcribed again"
     JOB_LEGAL_HOLD_PLACED = "job.legal_hold_placed", "Legal hold placed on a job"

@@ -146,6 +146,13 @@ QUALITY_RERUNS = Counter(
     "first and second model and which was kept (rerun, original, failed).",
     ["from_model", "to_model", "kept"],
 )
+DIARIZATIONS = Counter(
+    "lexiscore_diarizations",
+    "Speaker diarizations the workers ran (`diarize`), by outcome: done, or failed (the "
+    "transcript completed without speaker labels: the speaker model is missing or damaged, or "
+    "the audio could not be decoded).",
+    ["outcome"],
+)
 PII_REDACTIONS = Counter(
     "lexiscore_pii_redactions",
     "Spans redacted from completed transcripts (apps/audio_jobs/redaction.py), by entity type.",

@@ -551,6 +551,13 @@ SHARE_LINKS_PER_JOB = env.int("SHARE_LINKS_PER_JOB", default=20)
 # Silence this much audio before and after each redacted span (`redact_pii_audio`): Whisper's
 # word times are approximate, and a digit half-heard is still heard.
 PII_AUDIO_PADDING_SECONDS = env.float("PII_AUDIO_PADDING_SECONDS", default=0.2)
+# Speaker diarization (workers/engines/speakers.py): the cosine similarity under which two
+# stretches of speech are different speakers (measured: docs/benchmarks.md, "Diarization"), the
+# most speakers a job may find or ask for, and where the speaker model is when not installed
+# from its package (a file or a folder holding pretrained.pt; its sha256 is checked anyway).
+DIARIZATION_THRESHOLD = env.float("DIARIZATION_THRESHOLD", default=0.7)
+DIARIZATION_MAX_SPEAKERS = env.int("DIARIZATION_MAX_SPEAKERS", default=10)
+DIARIZATION_MODEL_PATH = env.str("DIARIZATION_MODEL_PATH", default="")
 # A ticket can still become a job this long after it expired (an upload that started in time);
 # after that it is refused (410) and the hourly retention task deletes it and its object.
 PRESIGNED_UPLOAD_GRACE_SECONDS = env.int("PRESIGNED_UPLOAD_GRACE_SECONDS", default=3600)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
+from unittest import mock
 
 import factory
 from django.utils import timezone
 
+from apps.audio_jobs import processing
 from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob, Upload
 from tests.factories import OrganisationFactory
 
@@ -154,3 +157,15 @@ def timed_result(
         segments=segments,
         engine_info={"engine": "faster-whisper", "model_profile": profile, "vad": False},
     )
+
+
+@contextmanager
+def engine(replacement):
+    """The worker's engine replaced (its options still computed by `_engine_for`), webhooks and
+    emails not sent."""
+    with (
+        mock.patch.object(processing, "engine_from_settings", return_value=replacement),
+        mock.patch("workers.webhooks.deliver.apply_async"),
+        mock.patch("workers.emails.send_email.apply_async"),
+    ):
+        yield replacement

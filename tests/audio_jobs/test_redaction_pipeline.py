@@ -13,7 +13,6 @@ import io
 import math
 import re
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
@@ -29,7 +28,7 @@ from apps.audit.models import AuditAction, AuditEvent
 from apps.core.models import PendingDeletion
 from apps.webhooks.models import WebhookDelivery
 from tests.audio_jobs.conftest import media_files
-from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory, timed_result
+from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory, engine, timed_result
 from tests.factories import bearer, member
 from tests.notify_support import subscribed_owner
 from workers.engines.base import TranscriptionOptions, TranscriptionResult
@@ -76,18 +75,6 @@ class FixedEngine:
     def transcribe(self, path, options, *, progress_callback=None, should_cancel=None):
         self.options = options
         return self.result
-
-
-@contextmanager
-def engine(replacement):
-    """The worker's engine replaced (its options still computed by `_engine_for`), webhooks and
-    emails not sent."""
-    with (
-        mock.patch.object(processing, "engine_from_settings", return_value=replacement),
-        mock.patch("workers.webhooks.deliver.apply_async"),
-        mock.patch("workers.emails.send_email.apply_async"),
-    ):
-        yield replacement
 
 
 def created_job(client, headers, clip: Path, **fields) -> TranscriptionJob:

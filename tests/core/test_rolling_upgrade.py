@@ -18,6 +18,8 @@ ADDED_NOT_NULL = [
     ("audio_jobs_transcriptionjob", "redact_pii_sub"),
     ("audio_jobs_transcriptionjob", "legal_hold_reason"),
     ("audio_jobs_transcriptionjob", "quality_rerun"),
+    ("audio_jobs_transcriptionjob", "diarize"),
+    ("audio_jobs_transcriptionjob", "speaker_names"),
     ("accounts_organisation", "redact_pii"),
     ("accounts_organisation", "redact_pii_audio"),
     ("accounts_organisation", "share_links_enabled"),
@@ -74,9 +76,12 @@ def test_the_previous_release_can_still_insert_jobs_and_organisations(db):
         )
         cursor.execute(
             "SELECT redact_pii, redact_pii_audio, redact_pii_sub, quality_rerun, "
-            "legal_hold_reason FROM audio_jobs_transcriptionjob WHERE id = %s",
+            "legal_hold_reason, diarize, speaker_names FROM audio_jobs_transcriptionjob "
+            "WHERE id = %s",
             [job_id],
         )
         policies, *rest = cursor.fetchone()
     assert policies in ([], "[]")  # jsonb comes back as text through Django's cursor
-    assert rest == [False, "entity_name", False, ""]
+    *rest, names = rest
+    assert rest == [False, "entity_name", False, "", False]
+    assert names in ({}, "{}")

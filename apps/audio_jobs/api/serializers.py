@@ -2,13 +2,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from django.conf import settings
 from django.core.validators import MinLengthValidator
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.drf import ChoiceSetField, CompiledOutput, InputSerializer
 
-from .. import editing, redaction
+from .. import editing, redaction, speaker_names
 from ..models import (
     REDACTION_AUDIO_OUTCOMES,
     EditorType,
@@ -119,6 +120,46 @@ class RedactionOptionsInput(JobOptionsInput):
         required=False,
         help_text="entity_name: [PHONE_NUMBER]; hash: each letter and digit becomes #.",
     )
+    diarize = serializers.BooleanField(
+        default=False,
+        help_text="Label who spoke: every segment and word gets a `speaker` (SPEAKER_00, "
+        "SPEAKER_01... in order of first appearance), subtitles and reports name them, and "
+        "`diarization` lists each speaker's time. Runs on the worker with a model shipped in a "
+        "package; costs compute, not minutes.",
+    )
+    speakers_expected = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="With `diarize`: the number of speakers, when known (more accurate than "
+        "detecting it). At most DIARIZATION_MAX_SPEAKERS.",
+    )
+    max_speakers = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="With `diarize`: at most this many speakers (default and ceiling: "
+        "DIARIZATION_MAX_SPEAKERS).",
+    )
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        ceiling = settings.DIARIZATION_MAX_SPEAKERS
+        errors: dict[str, list[str]] = {}
+        for name in ("speakers_expected", "max_speakers"):
+            value = attrs.get(name)
+            if value is None:
+                continue
+            if not attrs.get("diarize"):
+                errors[name] = ["Only with `diarize: true`."]
+            elif value > ceiling:
+                errors[name] = [f"At most {ceiling} speakers."]
+        expected, most = attrs.get("speakers_expected"), attrs.get("max_speakers")
+        if not errors and expected is not None and most is not None and expected > most:
+            errors["speakers_expected"] = ["More than `max_speakers`."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return attrs
 
 
 class JobCreateMultipartInput(RedactionOptionsInput):
@@ -179,6 +220,20 @@ class RedactionOutput(serializers.Serializer):
     audio_seconds_silenced = serializers.FloatField(required=False)
 
 
+class SpeakerOutput(serializers.Serializer):
+    id = serializers.CharField(help_text="The label on segments and words, e.g. SPEAKER_00.")
+    seconds = serializers.FloatField(help_text="Seconds of speech (its words' time).")
+    words = serializers.IntegerField()
+
+
+class DiarizationOutput(serializers.Serializer):
+    model = serializers.CharField(required=False)
+    speakers = SpeakerOutput(many=True, required=False)
+    error = serializers.CharField(
+        required=False, help_text="Why no speakers were labelled; the transcript is kept."
+    )
+
+
 class JobOutput(CompiledOutput, serializers.ModelSerializer):
     model = serializers.CharField(source="model_profile")
     priority = serializers.SerializerMethodField()
@@ -204,6 +259,16 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
         allow_null=True,
         help_text="What redaction found and did; null until the job completed, or when none "
         "was asked.",
+    )
+    diarization = DiarizationOutput(
+        allow_null=True,
+        help_text="With `diarize`: the speakers found (null until the job completed, or when "
+        "not asked), or why none could be labelled.",
+    )
+    speaker_names = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="Names given to speaker labels (`PATCH /jobs/{id}/speakers`); subtitles, "
+        "text and reports show them.",
     )
     legal_hold_at = serializers.DateTimeField(
         allow_null=True,
@@ -253,6 +318,11 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "redact_pii_audio",
             "redact_pii_sub",
             "redaction",
+            "diarize",
+            "speakers_expected",
+            "max_speakers",
+            "diarization",
+            "speaker_names",
             "legal_hold_at",
             "created_by",
             "error",
@@ -660,3 +730,39 @@ class TranscriptRevisionOutput(serializers.ModelSerializer):
 
     def get_api_key_prefix(self, revision: TranscriptRevision) -> str | None:
         return revision.api_key.prefix if revision.api_key is not None else None
+
+
+class SpeakerNamesInput(InputSerializer):
+    names = serializers.DictField(
+        child=serializers.CharField(allow_null=True, allow_blank=True, max_length=200),
+        allow_empty=False,
+        help_text='Label to name, e.g. {"SPEAKER_00": "Alice"}; null or "" removes a name. '
+        f"Names: at most {speaker_names.MAX_NAME_CHARS} characters, whitespace collapsed.",
+    )
+
+    def validate_names(self, value: dict[str, str | None]) -> dict[str, str | None]:
+        if len(value) > settings.DIARIZATION_MAX_SPEAKERS:
+            raise serializers.ValidationError(
+                f"At most {settings.DIARIZATION_MAX_SPEAKERS} speakers at once."
+            )
+        cleaned: dict[str, str | None] = {}
+        for label, name in value.items():
+            try:
+                cleaned[label] = speaker_names.clean_name(name) if name else None
+            except ValueError as exc:
+                raise serializers.ValidationError({label: [str(exc)]}) from exc
+        return cleaned
+
+
+class SpeakerItemOutput(SpeakerOutput):
+    name = serializers.CharField(allow_null=True, help_text="Its name, when one was given.")
+
+
+class SpeakerListOutput(serializers.Serializer):
+    speakers = SpeakerItemOutput(many=True)
+
+
+def speaker_list_output(job) -> dict:
+    names = job.speaker_names or {}
+    found = (job.diarization or {}).get("speakers") or []
+    return {"speakers": [{**item, "name": names.get(item["id"])} for item in found]}

@@ -23,6 +23,11 @@ urlpatterns = [
         views.TranscriptRevertView.as_view(),
         name="job-transcript-revert",
     ),
+    path(
+        "jobs/<uuid:job_id>/transcript/speakers",
+        views.TranscriptSpeakersView.as_view(),
+        name="job-transcript-speakers",
+    ),
     path("jobs/<uuid:job_id>/shares", views.JobShareListCreateView.as_view(), name="job-shares"),
     path(
         "jobs/<uuid:job_id>/shares/<uuid:share_id>",

@@ -23,7 +23,7 @@ from apps.core.exceptions import ApplicationError, ConflictError
 from apps.core.http import attachment_header
 from apps.core.parsers import JSONParser
 
-from .. import editing, holds, selectors, services, transcripts
+from .. import editing, holds, selectors, services, speaker_names, transcripts
 from .. import shares as shares_service
 from ..models import READ_CACHE, JobPriority, JobStatus
 from ..uploads import (
@@ -64,6 +64,9 @@ def _options(data: dict) -> services.JobOptions:
         redact_pii_audio=data.get("redact_pii_audio", False),
         redact_pii_sub=data.get("redact_pii_sub", ""),
         quality_rerun=data.get("quality_rerun", False),
+        diarize=data.get("diarize", False),
+        speakers_expected=data.get("speakers_expected"),
+        max_speakers=data.get("max_speakers"),
     )
 
 
@@ -668,6 +671,56 @@ class TranscriptRevertView(APIView):
             meta=RequestMeta.from_request(request),
         )
         return _changed(transcript, written)
+
+
+class TranscriptSpeakersView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_transcript_speakers",
+        responses={200: s.SpeakerListOutput, **ERRORS},
+        description="The speakers diarization found (`diarize: true`), with their speaking "
+        "time and the names given to them; an empty list when the job has none.",
+    )
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        job = selectors.job_get(organisation=get_tenant(request).organisation, job_id=job_id)
+        return Response(s.speaker_list_output(job))
+
+    @extend_schema(
+        operation_id="jobs_transcript_speakers_name",
+        request=s.SpeakerNamesInput,
+        responses={
+            200: s.SpeakerListOutput,
+            **errors(
+                400,
+                401,
+                403,
+                404,
+                descriptions={
+                    400: "Invalid body, or a label the transcript does not have "
+                    "(`unknown_speaker`, `details.speakers`).",
+                    403: "Viewers (and viewer API keys) cannot name speakers.",
+                    409: "The job is not completed (`transcript_not_ready`), or its transcript "
+                    "has no speaker labels (`no_speakers`).",
+                },
+            ),
+        },
+        description="Name speakers: text, subtitles, JSON (`speakers`), reports and share links "
+        "show the names; the labels on segments and words stay. Other names are kept.",
+    )
+    def patch(self, request: Request, version: str, job_id: str) -> Response:
+        data = s.SpeakerNamesInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        tenant = get_tenant(request)
+        job = speaker_names.speaker_names_set(
+            organisation=tenant.organisation,
+            job_id=job_id,
+            names=data.validated_data["names"],
+            user=tenant.user,
+            api_key=tenant.api_key,
+            meta=RequestMeta.from_request(request),
+        )
+        return Response(s.speaker_list_output(job))
 
 
 class UploadCreateView(APIView):
