@@ -74,6 +74,8 @@ class Word:
     start: float
     end: float
     probability: float = 1.0
+    # The diarization label ("SPEAKER_00") the word is attributed to; None without diarization.
+    speaker: str | None = None
 
 
 def is_cjk_token(token: str) -> bool:
@@ -88,8 +90,39 @@ def tokens_of(text: str) -> list[str]:
     return [t.casefold() for t in _TOKEN.findall(text)]
 
 
+def _label(value: Any) -> str | None:
+    """A stored speaker label, or None when there is none (missing, blank or not a string)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def _word_speakers(segment: dict[str, Any], words: list[dict[str, Any]]) -> list[str | None]:
+    """The speaker each of the segment's `words` is attributed to, as the transcript's renders
+    show them (`apps.audio_jobs.formats`): when the words do not change speaker, all of them are
+    the segment's speaker (theirs when the segment has none); when they do, each keeps its own,
+    a word without one going with the word before it (the first labelled word, at the start)."""
+    own = [_label(w.get("speaker")) for w in words]
+    known = [s for s in own if s is not None]
+    if len(set(known)) <= 1:
+        return [_label(segment.get("speaker")) or (known[0] if known else None)] * len(words)
+    current = known[0]
+    speakers: list[str | None] = []
+    for speaker in own:
+        current = speaker or current
+        speakers.append(current)
+    return speakers
+
+
+def segment_speaker(segment: dict[str, Any]) -> str | None:
+    """The speaker a segment is shown under: its own label, else its first word's."""
+    words = segment.get("words") or []
+    return _label(segment.get("speaker")) or next(
+        (s for s in _word_speakers(segment, words) if s is not None), None
+    )
+
+
 def words_from_segments(segments: Iterable[dict[str, Any]]) -> list[Word]:
-    """Timed words of the stored segments (spread evenly when a segment has no word timings)."""
+    """Timed words of the stored segments (spread evenly when a segment has no word timings),
+    each with its speaker when the transcript was diarized."""
     words: list[Word] = []
     for segment in segments:
         seg_words = segment.get("words") or []
@@ -100,14 +133,19 @@ def words_from_segments(segments: Iterable[dict[str, Any]]) -> list[Word]:
                     float(w.get("start", 0)),
                     float(w.get("end", 0)),
                     float(w.get("probability", 1.0)),
+                    speaker,
                 )
-                for w in seg_words
+                for w, speaker in zip(seg_words, _word_speakers(segment, seg_words), strict=True)
             )
             continue
         parts = (segment.get("text") or "").split()
         start, end = float(segment.get("start", 0)), float(segment.get("end", 0))
         step = (end - start) / len(parts) if parts else 0
-        words.extend(Word(p, start + i * step, start + (i + 1) * step) for i, p in enumerate(parts))
+        speaker = _label(segment.get("speaker"))
+        words.extend(
+            Word(p, start + i * step, start + (i + 1) * step, speaker=speaker)
+            for i, p in enumerate(parts)
+        )
     return words
 
 
@@ -243,3 +281,67 @@ def analyse(
         "long_pauses": long_pauses(words, pause_seconds),
         "low_confidence_passages": low_confidence_passages(words, low_confidence_below),
     }
+
+
+# ---- Speakers (diarized transcripts) ------------------------------------------------------------
+def speaker_turns(words: list[Word]) -> list[tuple[str, list[Word]]]:
+    """The turns of a diarized transcript, in order: maximal runs of consecutive words attributed
+    to one speaker. Only words with a token count (a blank or punctuation-only word neither
+    starts nor ends a turn); a word without a speaker ends the turn before it and starts none. A
+    speaker's pause stays inside their turn: a turn ends only when someone else speaks."""
+    turns: list[tuple[str, list[Word]]] = []
+    previous: str | None = None
+    for word in words:
+        if not tokens_of(word.text):
+            continue
+        if word.speaker is not None:
+            if word.speaker == previous:
+                turns[-1][1].append(word)
+            else:
+                turns.append((word.speaker, [word]))
+        previous = word.speaker
+    return turns
+
+
+def speaker_analytics(words: list[Word]) -> list[dict[str, Any]]:
+    """Per speaker (by label, in the order they first speak; [] when no word has a speaker):
+
+    - talk_seconds: the sum of their turns (`speaker_turns`), each from its first word's start
+      to its last word's end, so pauses inside a turn count and silences between turns do not;
+      talk_share_percent: that over all speakers' talk time;
+    - word_count: their tokens (as the transcript's word count counts them);
+      words_per_minute: over their talk time (None under a second of it: noise);
+    - turns, and longest_monologue_seconds: their longest turn;
+    - type_token_ratio and mtld of their tokens; filler_word_total: their filler words, a
+      phrase ("you know") counted within one turn, never across someone else's words.
+    """
+    runs_of: dict[str, list[list[Word]]] = {}
+    for speaker, run in speaker_turns(words):
+        runs_of.setdefault(speaker, []).append(run)
+    spans_of = {
+        speaker: [max(run[-1].end - run[0].start, 0.0) for run in runs]
+        for speaker, runs in runs_of.items()
+    }
+    total = sum(sum(spans) for spans in spans_of.values())
+    rows = []
+    for speaker, runs in runs_of.items():
+        turn_tokens = [[t for w in run for t in tokens_of(w.text)] for run in runs]
+        tokens = [t for turn in turn_tokens for t in turn]
+        seconds = sum(spans_of[speaker])
+        rows.append(
+            {
+                "label": speaker,
+                "talk_seconds": round(seconds, 2),
+                "talk_share_percent": round(100 * seconds / total, 1) if total > 0 else 0.0,
+                "word_count": len(tokens),
+                "words_per_minute": words_per_minute(len(tokens), seconds)
+                if seconds >= 1
+                else None,
+                "turns": len(runs),
+                "longest_monologue_seconds": round(max(spans_of[speaker]), 2),
+                "type_token_ratio": round(type_token_ratio(tokens), 4),
+                "mtld": round(mtld(tokens), 2),
+                "filler_word_total": sum(sum(filler_counts(t).values()) for t in turn_tokens),
+            }
+        )
+    return rows

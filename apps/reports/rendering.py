@@ -36,7 +36,7 @@ def transcript_data(job) -> dict[str, Any]:
     except Transcript.DoesNotExist:
         raise ReportInputError("The job has no transcript (it has not completed).") from None
     words = analytics.words_from_segments(transcript.segments)
-    return {
+    data: dict[str, Any] = {
         "metadata": {
             "job_id": str(job.pk),
             "file": job.original_filename,
@@ -70,6 +70,29 @@ def transcript_data(job) -> dict[str, Any]:
             for s in transcript.segments
         ],
     }
+    speakers = analytics.speaker_analytics(words)
+    if speakers:  # a diarized transcript; one without speakers is reported as before
+        _add_speakers(data, job, transcript.segments, speakers)
+    return data
+
+
+def _add_speakers(
+    data: dict[str, Any], job, segments: list[dict[str, Any]], speakers: list[dict[str, Any]]
+) -> None:
+    """The per-speaker analytics (`data["speakers"]`, each with the name it is shown under), the
+    diarization model, and each transcript segment's speaker (`analytics.segment_speaker`)."""
+    from apps.audio_jobs.formats import speaker_display
+
+    names = job.speaker_names if isinstance(job.speaker_names, dict) else {}
+    data["speakers"] = [{"name": speaker_display(s["label"], names), **s} for s in speakers]
+    diarization = job.diarization if isinstance(job.diarization, dict) else {}
+    if isinstance(diarization.get("model"), str):
+        data["metadata"]["diarization_model"] = diarization["model"]
+    for segment, row in zip(segments, data["segments"], strict=True):
+        label = analytics.segment_speaker(segment)
+        if label is not None:
+            row["speaker"] = label
+            row["speaker_name"] = speaker_display(label, names)
 
 
 def _quality_data(quality: Any) -> dict[str, Any] | None:
@@ -146,6 +169,7 @@ def transcript_pdf(data: dict[str, Any]) -> bytes:
             "pauses": [{**p, "at": timestamp(p["start"])} for p in a["long_pauses"][:100]],
             "low": [{**p, "at": timestamp(p["start"])} for p in a["low_confidence_passages"][:100]],
             "quality": _quality_pdf(data.get("quality")),
+            "speakers": data.get("speakers"),
             "generated_at": timezone.now(),
         },
     )
