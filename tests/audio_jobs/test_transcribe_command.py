@@ -203,3 +203,28 @@ def test_an_engine_failure_becomes_a_command_error(clip):
         pytest.raises(CommandError, match="Model 'base' is not installed"),
     ):
         transcribe(str(clip))
+
+
+def test_diarize_labels_the_speakers_of_the_output(fake_engine, clip):
+    out, err = transcribe(str(clip), "--language", "en", "--diarize")
+
+    assert out == "Speaker 1: Hello there.\n"
+    assert "1 speaker(s)" in err
+
+
+@pytest.mark.slow
+def test_a_conversation_is_written_as_a_script_with_two_speakers(speech):
+    from tests.speech import CONVERSATION
+
+    path, _spans = speech.dialogue(CONVERSATION, fmt="mp3")
+
+    out, err = transcribe(str(path), "--language", "en", "--diarize", "--speakers", "2")
+
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines if ":" in line][:4] == [
+        "Speaker 1",
+        "Speaker 2",
+        "Speaker 1",
+        "Speaker 2",
+    ], out
+    assert "2 speaker(s)" in err

@@ -7,6 +7,9 @@ is loaded with the worker's settings. The rendered transcript goes to stdout; wh
 the way goes to stderr, so the output can be redirected to a file.
 
     manage.py transcribe meeting.mp3 --language en --format srt > meeting.srt
+    manage.py transcribe interview.mp3 --diarize --speakers 2 > interview.txt
+
+``--diarize`` labels the speakers as a job's `diarize` does (workers/engines/speakers.py).
 """
 
 from __future__ import annotations
@@ -50,6 +53,16 @@ class Command(BaseCommand):
             default="transcribe",
             help="translate: English text from speech in another language.",
         )
+        parser.add_argument(
+            "--diarize", action="store_true", help="Label who spoke (Speaker 1, Speaker 2...)."
+        )
+        parser.add_argument(
+            "--speakers",
+            type=int,
+            choices=range(1, settings.DIARIZATION_MAX_SPEAKERS + 1),
+            metavar="N",
+            help="With --diarize: the number of speakers, when known.",
+        )
 
     def handle(self, *args, **options) -> None:
         path = Path(options["file"])
@@ -87,7 +100,32 @@ class Command(BaseCommand):
             else "no speech, so no language"
         )
         self.stderr.write(f"Done in {time.monotonic() - started:.1f} s; {language}.")
+        data = result.to_dict()
+        if options["diarize"]:
+            self._diarize(path, data, options["speakers"])
         body, _media_type, _extension = formats.render_transcript(
-            result, options["output_format"], pretty=True
+            data, options["output_format"], pretty=True
         )
         self.stdout.write(body, ending="")
+
+    def _diarize(self, path: Path, data: dict, expected: int | None) -> None:
+        from workers.engines import speakers
+        from workers.engines.audio import load_audio
+
+        started = time.monotonic()
+        try:
+            found = speakers.diarize_audio(
+                load_audio(path),
+                speakers.speech_spans(data),
+                encoder=speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None),
+                threshold=settings.DIARIZATION_THRESHOLD,
+                speakers_expected=expected,
+                max_speakers=settings.DIARIZATION_MAX_SPEAKERS,
+            )
+        except (EngineError, speakers.DiarizationError) as exc:
+            raise CommandError(f"Speakers could not be labelled: {exc}") from exc
+        summary = speakers.assign_speakers(data, found)
+        self.stderr.write(
+            f"{len(summary)} speaker(s) in {time.monotonic() - started:.1f} s: "
+            + ", ".join(f"{item['id']} {item['seconds']:.0f} s" for item in summary)
+        )
