@@ -32,6 +32,14 @@ class AudioJobsConfig(AppConfig):
 
         auditlog.register(
             models.TranscriptionJob,
-            exclude_fields=["progress", "heartbeat_at", "updated_at", "initial_prompt"],
+            # Speaker names are personal data: the audit trail outlives the job (the rename event
+            # names the labels only).
+            exclude_fields=[
+                "progress",
+                "heartbeat_at",
+                "updated_at",
+                "initial_prompt",
+                "speaker_names",
+            ],
         )
         auditlog.register(models.Upload)

@@ -366,13 +366,15 @@ def edited_segment(segment: Mapping[str, Any], text: str) -> dict[str, Any]:
             segment["words"], text, start=float(segment["start"]), end=float(segment["end"])
         )
         if segment.get("speaker"):
-            _carry_speakers(new["words"], str(segment["speaker"]))
+            new["speaker"] = _carry_speakers(new["words"], str(segment["speaker"]))
     return new
 
 
-def _carry_speakers(words: list[dict[str, Any]], fallback: str) -> None:
+def _carry_speakers(words: list[dict[str, Any]], fallback: str) -> str:
     """Diarized words keep their speaker; a new word takes the speaker of the word before it
-    (of the one after it at the start; the segment's when none is labelled)."""
+    (of the one after it at the start; the segment's when none is labelled). Returns the
+    segment's speaker now: the one who speaks most of its words' time (an edit may have removed
+    the other speaker's words)."""
     known = [w.get("speaker") for w in words]
     following = next((s for s in known if s), fallback)
     previous = None
@@ -381,6 +383,11 @@ def _carry_speakers(words: list[dict[str, Any]], fallback: str) -> None:
             previous = speaker
         else:
             word["speaker"] = previous or following
+    spoken: dict[str, float] = {}
+    for word in words:
+        length = max(float(word["end"]) - float(word["start"]), 0.0) + 1e-6
+        spoken[word["speaker"]] = spoken.get(word["speaker"], 0.0) + length
+    return max(spoken, key=lambda label: (spoken[label], label == fallback)) if spoken else fallback
 
 
 # ---- history -------------------------------------------------------------------------------

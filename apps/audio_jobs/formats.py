@@ -137,14 +137,16 @@ def _word_speakers(
 ) -> list[str | None]:
     """The speaker each of ``words`` is shown under.
 
-    When the words do not change speaker, all of them are the segment's speaker (theirs when the
-    segment has none); when they do, each keeps its own, a word without one going with the word
-    before it (the first word after it, at the start of the segment).
+    When the words do not change speaker, all of them are their speaker (the segment's when they
+    have none: the words are where the speakers were placed, and an edit that removed one
+    speaker's words leaves the segment's label behind); when they do, each keeps its own, a word
+    without one going with the word before it (the first word after it, at the start of the
+    segment).
     """
     own = [_label(w.get("speaker")) for w in words]
     known = [s for s in own if s is not None]
     if len(set(known)) <= 1:
-        return [_label(segment.get("speaker")) or (known[0] if known else None)] * len(words)
+        return [known[0] if known else _label(segment.get("speaker"))] * len(words)
     current = known[0]
     speakers: list[str | None] = []
     for speaker in own:

@@ -218,10 +218,15 @@ def _run(job: TranscriptionJob, deadline: float | None = None) -> str:
             result = engine.transcribe(
                 path, options, progress_callback=tracker.progress, should_cancel=tracker.cancelled
             )
-            speakers = _diarize(job, path, result, tracker) if job.diarize else None
-            done = _pass(job, result, speakers, seconds=time.monotonic() - started)
+            done = _pass(job, result, seconds=time.monotonic() - started)
             if job.quality_rerun:
-                done = _rerun_if_flagged(job, path, options, tracker, done, speakers)
+                done = _rerun_if_flagged(job, path, options, tracker, done)
+            if job.diarize:
+                done.diarization = _diarize(job, path, done.data, tracker)
+            if not job.word_timestamps:
+                # Computed only to silence redacted audio or to place speaker turns.
+                for segment in done.data["segments"]:
+                    segment["words"] = []
             result, data, redacted, quality = done.result, done.data, done.redacted, done.quality
             if redacted is not None and job.redact_pii_audio and redacted[1]:
                 audio = _store_redacted_audio(job, path, redacted[1])
@@ -274,61 +279,48 @@ class _Pass:
     diarization: dict[str, Any] | None = None  # the speakers found, or the error (null: not asked)
 
 
-def _pass(
-    job: TranscriptionJob,
-    result: TranscriptionResult,
-    speakers: _Speakers | None,
-    *,
-    seconds: float,
-) -> _Pass:
-    """The stored form of one transcription: speakers labelled, redacted (both before anything
-    is stored or checked), words the job did not ask for dropped, then checked."""
+def _pass(job: TranscriptionJob, result: TranscriptionResult, *, seconds: float) -> _Pass:
+    """The stored form of one transcription, redacted before anything is stored or checked, and
+    its checks. Its words are kept until the caller has placed the speakers (`_run`)."""
     data = result.to_dict()  # a deep copy: made once, for the checks and the row
-    diarization = speakers.apply(data) if speakers is not None else None
     redacted = _redact(job, data)
+    checked = data
     if not job.word_timestamps:
-        # Computed only to silence redacted audio or to place speaker turns.
-        for segment in data["segments"]:
-            segment["words"] = []
-    done = _Pass(result, data, redacted, seconds=seconds, diarization=diarization)
-    done.quality = _check(job, result, data)
+        # Checked as it will be stored: without the words computed for the audio's silences or
+        # the speakers.
+        checked = {**data, "segments": [{**s, "words": []} for s in data["segments"]]}
+    done = _Pass(result, data, redacted, seconds=seconds)
+    done.quality = _check(job, result, checked)
     return done
 
 
-@dataclass
-class _Speakers:
-    """Who spoke when in the job's audio, computed once and applied to each pass's words (the
-    windows were placed over the first pass's speech); or why it could not be."""
-
-    found: Any = None  # speakers.Diarization
-    error: dict[str, str] | None = None
-
-    def apply(self, data: dict) -> dict[str, Any]:
-        from workers.engines import speakers
-
-        if self.found is None:
-            return dict(self.error or {"error": "diarization_failed"})
-        return {
-            "model": self.found.model,
-            "speakers": speakers.assign_speakers(data, self.found),
-        }
+class _DiarizationOutOfTime(Exception):
+    pass
 
 
-def _diarize(
-    job: TranscriptionJob, path, result: TranscriptionResult, tracker: _Tracker
-) -> _Speakers:
-    """Label the speakers of `result` from the audio at `path`. A failure (the speaker model
-    missing or damaged, the audio unreadable, memory) keeps the transcript, unlabelled, with the
-    reason in `diarization`; cancellation and the job's deadline still stop the job."""
+def _diarize(job: TranscriptionJob, path, data: dict, tracker: _Tracker) -> dict[str, Any]:
+    """Label the speakers of the kept transcript `data` (in place: after redaction, so that
+    redacted words are labelled and counted as stored) from the audio at `path`; returns the
+    job's `diarization`. A failure (the speaker model missing or damaged, the audio unreadable,
+    memory, the job's time running out) keeps the transcript, unlabelled, with the reason. A
+    cancel still cancels the job."""
     from workers.engines import speakers
     from workers.engines.audio import load_audio
+
+    cutoff = _cutoff(job, tracker)
+
+    def cancelled() -> bool:
+        if cutoff is not None and time.monotonic() > cutoff:
+            raise _DiarizationOutOfTime()
+        tracker.hold()  # the heartbeat, while labelling takes minutes on a long file
+        return tracker.cancelled()
 
     started = time.monotonic()
     try:
         encoder = speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None)
         found = speakers.diarize_audio(
             load_audio(path),
-            speakers.speech_spans(result.to_dict()),
+            speakers.speech_spans(data),
             encoder=encoder,
             threshold=settings.DIARIZATION_THRESHOLD,
             speakers_expected=job.speakers_expected,
@@ -336,44 +328,52 @@ def _diarize(
                 job.max_speakers or settings.DIARIZATION_MAX_SPEAKERS,
                 settings.DIARIZATION_MAX_SPEAKERS,
             ),
-            should_cancel=tracker.cancelled,
+            should_cancel=cancelled,
         )
-    except (TranscriptionCancelled, JobGone, JobTimeLimitExceeded, SoftTimeLimitExceeded):
+        labelled = speakers.assign_speakers(data, found)
+    except (TranscriptionCancelled, JobGone):
         raise
     except Exception as exc:
-        code = str(getattr(exc, "code", "") or "diarization_failed")[:64]
-        logger.warning("Job %s: diarization failed (%s)", job.pk, code, exc_info=True)
-        DIARIZATIONS.labels("failed").inc()
-        return _Speakers(
-            error={
-                "error": code,
-                "message": "Speakers could not be labelled; the transcript is complete.",
-            }
+        out_of_time = isinstance(
+            exc, _DiarizationOutOfTime | JobTimeLimitExceeded | SoftTimeLimitExceeded
         )
-    tracker.cancelled()
+        code = "time_limit" if out_of_time else str(getattr(exc, "code", "") or "")
+        code = (code or "diarization_failed")[:64]
+        logger.warning("Job %s: diarization failed (%s)", job.pk, code, exc_info=not out_of_time)
+        for segment in data["segments"]:  # nothing half-labelled
+            segment.pop("speaker", None)
+            for word in segment.get("words") or []:
+                word.pop("speaker", None)
+        DIARIZATIONS.labels("failed").inc()
+        return {
+            "error": code,
+            "message": "Speakers could not be labelled; the transcript is complete.",
+        }
+    seconds = time.monotonic() - started
     logger.info(
-        "Job %s: %d speakers in %d windows (%.1f s)",
-        job.pk,
-        found.speakers,
-        found.windows,
-        time.monotonic() - started,
+        "Job %s: %d speakers in %d windows (%.1f s)", job.pk, len(labelled), found.windows, seconds
     )
     DIARIZATIONS.labels("done").inc()
-    return _Speakers(found=found)
+    return {"model": found.model, "speakers": labelled, "seconds": round(seconds, 3)}
 
 
-# A second pass stops this long before the job's own deadline (plus the time silencing the
-# audio may take), so that the first transcript can always be stored in time.
+def _cutoff(job: TranscriptionJob, tracker: _Tracker) -> float | None:
+    """When optional work (a second pass, the speakers) must stop, so that the transcript can
+    always be stored in time: `RERUN_MARGIN_SECONDS` before the job's deadline, and the time
+    silencing the audio may take."""
+    if tracker.deadline is None:
+        return None
+    silencing = _silencing_timeout(job) if job.redact_pii_audio else 0.0
+    return tracker.deadline - RERUN_MARGIN_SECONDS - silencing
+
+
+# A second pass, or the speakers' labelling, stops this long before the job's own deadline (plus
+# the time silencing the audio may take), so that the transcript can always be stored in time.
 RERUN_MARGIN_SECONDS = 60.0
 
 
 def _rerun_if_flagged(
-    job: TranscriptionJob,
-    path,
-    options: TranscriptionOptions,
-    tracker: _Tracker,
-    first: _Pass,
-    speakers: _Speakers | None = None,
+    job: TranscriptionJob, path, options: TranscriptionOptions, tracker: _Tracker, first: _Pass
 ) -> _Pass:
     """With a warning from the checks, transcribe again with the next larger model for the
     language (`models.larger_profile`) and keep the transcript with fewer warnings (the larger
@@ -401,18 +401,9 @@ def _rerun_if_flagged(
         bigger,
     )
 
-    def hold_progress(done: float, total: float) -> None:
-        # Progress stays where the first pass left it (99.9 %); the heartbeat goes on, every
-        # 2 s as usual (a value short of the total keeps the tracker's throttle).
-        tracker.progress(0.999 * (total or 1.0), total or 1.0)
-
     # Its own deadline, well before the job's: on a prefork worker Celery's soft limit would
     # otherwise interrupt whatever runs (the first transcript's completion included).
-    cutoff = None
-    if tracker.deadline is not None:
-        silencing = _silencing_timeout(job) if job.redact_pii_audio else 0.0
-        reserve = RERUN_MARGIN_SECONDS + silencing
-        cutoff = tracker.deadline - reserve
+    cutoff = _cutoff(job, tracker)
 
     def cancelled() -> bool:
         if cutoff is not None and time.monotonic() > cutoff:
@@ -424,7 +415,7 @@ def _rerun_if_flagged(
         engine = engine_from_settings(settings.WHISPER_ENGINE, bigger)
         release_connection()
         result = engine.transcribe(
-            path, options, progress_callback=hold_progress, should_cancel=cancelled
+            path, options, progress_callback=tracker.hold, should_cancel=cancelled
         )
     except (TranscriptionCancelled, JobGone):
         raise
@@ -440,7 +431,7 @@ def _rerun_if_flagged(
         first.quality["rerun"] = {**record, "kept": "original", "error": str(code)[:64]}
         QUALITY_RERUNS.labels(current, bigger, "failed").inc()
         return first
-    second = _pass(job, result, speakers, seconds=time.monotonic() - started)
+    second = _pass(job, result, seconds=time.monotonic() - started)
     after = warning_count(second.quality)
     better = after is not None and after <= before
     chosen, dropped = (second, first) if better else (first, second)
@@ -691,6 +682,12 @@ class _Tracker:
             return
         if gone:
             raise JobGone()
+
+    def hold(self, done: float = 0.0, total: float = 0.0) -> None:
+        """After the transcription (a second pass, the speakers): progress stays at 99.9 % and
+        the heartbeat goes on, every 2 s as usual (a value short of the total keeps the
+        throttle). Takes a progress callback's arguments, and ignores them."""
+        self.progress(0.999, 1.0)
 
     def cancelled(self) -> bool:
         now = time.monotonic()

@@ -170,20 +170,29 @@ def probe_upload(path: str | Path) -> media.ProbeResult:
 
 
 # ---- time limits -------------------------------------------------------------------------------
-def time_limits(duration_seconds: float | None, *, passes: int = 1) -> tuple[int, int]:
+def time_limits(
+    duration_seconds: float | None, *, passes: int = 1, diarize: bool = False
+) -> tuple[int, int]:
     """(soft, hard) seconds for a job's transcription of this much audio; `passes` 2 for a job
-    that may be transcribed twice (`quality_rerun`)."""
+    that may be transcribed twice (`quality_rerun`); `diarize` adds the speakers' labelling."""
     duration = duration_seconds or settings.AUDIO_MAX_DURATION_SECONDS
     # Each pass loads its model (the base allowance) and transcribes the whole file.
     soft = passes * (
         settings.TRANSCRIPTION_TIME_LIMIT_BASE
         + math.ceil(duration * settings.TRANSCRIPTION_TIME_LIMIT_FACTOR)
     )
+    if diarize:
+        soft += math.ceil(duration * settings.DIARIZATION_TIME_LIMIT_FACTOR)
     hard = soft + 60
     ceiling = settings.CELERY_MAX_TASK_TIME_LIMIT
     # Under a ceiling of a minute or less (tests), the soft limit still comes first and is
     # never negative: -45 s failed every job at once with `time_limit`.
     return min(soft, max(ceiling - 60, ceiling // 2)), min(hard, ceiling)
+
+
+def job_time_limits(job: TranscriptionJob) -> tuple[int, int]:
+    """`time_limits` for `job`, with its options."""
+    return time_limits(job.duration_seconds, passes=job_passes(job), diarize=job.diarize)
 
 
 def job_passes(job: TranscriptionJob) -> int:
@@ -808,7 +817,7 @@ def _dispatch(job_id: Any, *, again: bool) -> str:
             return PUBLISHED
         else:
             mark, taken = job.dispatched_at, False
-    soft, hard = time_limits(job.duration_seconds, passes=job_passes(job))
+    soft, hard = job_time_limits(job)
     try:
         transcribe_job.apply_async(
             args=[str(job.pk)],

@@ -18,7 +18,7 @@ from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
 from apps.core.exceptions import ApplicationError, ConflictError
 
-from . import events, selectors, transcripts
+from . import selectors, transcripts
 from .models import JobStatus, TranscriptionJob
 
 MAX_NAME_CHARS = 80
@@ -101,6 +101,6 @@ def speaker_names_set(
             ),
         },
     )
+    # The rendered transcript changes; the job's cached reads go with its save.
     transcripts.transcript_changed(job.pk)
-    events.job_changed(job)
     return job

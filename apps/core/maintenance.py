@@ -97,7 +97,7 @@ def stuck_jobs(*, now=None):
     from django.db.models import Q
 
     from apps.audio_jobs.models import JobStatus, TranscriptionJob
-    from apps.audio_jobs.services import job_passes, time_limits
+    from apps.audio_jobs.services import job_time_limits
 
     now = now or timezone.now()
     stale = now - timedelta(seconds=settings.JOB_HEARTBEAT_TIMEOUT_SECONDS)
@@ -110,7 +110,7 @@ def stuck_jobs(*, now=None):
     for job in TranscriptionJob.objects.filter(
         status=JobStatus.PROCESSING, started_at__isnull=False
     ):
-        _soft, hard = time_limits(job.duration_seconds, passes=job_passes(job))
+        _soft, hard = job_time_limits(job)
         # Grace for the worker to record the timeout itself before we call it stuck.
         if job.started_at < now - timedelta(seconds=hard + 120):
             overdue.append(job.pk)

@@ -12,6 +12,7 @@ from django.utils import timezone
 from apps.audio_jobs import processing
 from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob, Upload
 from tests.factories import OrganisationFactory
+from workers.engines.base import TranscriptionOptions, TranscriptionResult
 
 # A realistic stored result: two segments with word timings, as a worker writes it.
 SEGMENTS = [
@@ -169,3 +170,15 @@ def engine(replacement):
         mock.patch("workers.emails.send_email.apply_async"),
     ):
         yield replacement
+
+
+class FixedEngine:
+    """An engine that answers `result` at once, and records the options it was asked with."""
+
+    def __init__(self, result: TranscriptionResult):
+        self.result = result
+        self.options: TranscriptionOptions | None = None
+
+    def transcribe(self, path, options, *, progress_callback=None, should_cancel=None):
+        self.options = options
+        return self.result

@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from auditlog.models import LogEntry
 from django.test import override_settings
 
 from apps.accounts.models import Role
 from apps.audio_jobs import events, processing
 from apps.audio_jobs.models import JobStatus, Transcript, TranscriptionJob
 from apps.audit.models import AuditAction, AuditEvent
-from tests.audio_jobs.factories import engine
+from apps.feed.models import FeedEvent
+from tests.audio_jobs.factories import FixedEngine, engine, timed_result
 from tests.factories import bearer, member
 from tests.speech import CONVERSATION
 
@@ -85,6 +87,7 @@ def test_speakers_are_named_and_every_rendering_follows(client, diarized):
     job_id, _owner, headers = diarized
     url = f"{JOBS}/{job_id}/transcript/speakers"
 
+    feed_events = FeedEvent.objects.filter(subject_id=job_id).count()
     listed = client.get(url, **headers).json()["speakers"]
     assert [(s["id"], s["name"]) for s in listed] == [("SPEAKER_00", None), ("SPEAKER_01", None)]
     renamed = client.patch(
@@ -101,7 +104,12 @@ def test_speakers_are_named_and_every_rendering_follows(client, diarized):
     assert b"<v Bob Smith>" in vtt and b"<v Alice>" in vtt
     event = AuditEvent.objects.get(action=AuditAction.TRANSCRIPT_SPEAKERS_RENAMED)
     assert event.metadata["speakers"] == ["SPEAKER_00", "SPEAKER_01"]
-    assert "Alice" not in str(event.metadata)  # names are personal data; the trail lasts
+    # Names are personal data, and audit trails outlive jobs: neither trail holds them.
+    assert "Alice" not in str(event.metadata)
+    assert not LogEntry.objects.filter(changes_text__contains="Alice").exists()
+    assert "Alice" not in str(list(LogEntry.objects.values_list("changes", flat=True)))
+    # The live feed is not told the job completed again.
+    assert FeedEvent.objects.filter(subject_id=job_id).count() == feed_events
 
     # null removes a name; the other is kept.
     cleared = client.patch(
@@ -219,6 +227,54 @@ def test_a_missing_speaker_model_completes_the_job_without_labels(
     assert events._job_data(job)["speakers"] is None
 
 
+@pytest.mark.django_db(transaction=True)
+def test_labelling_that_would_run_past_the_jobs_time_keeps_the_transcript(
+    client, auth, conversation
+):
+    from unittest import mock
+
+    job = TranscriptionJob.objects.get(
+        pk=upload(client, auth, conversation, diarize="true").json()["id"]
+    )
+    fixed = FixedEngine(timed_result("Good morning everyone, thank you for joining."))
+
+    # The transcription took all the time there was: labelling must stop, not the job.
+    with (
+        mock.patch.object(processing, "_cutoff", return_value=0.0),
+        engine(fixed),
+    ):
+        assert processing._run(job) == "completed"
+
+    job.refresh_from_db()
+    assert job.diarization["error"] == "time_limit"
+    transcript = Transcript.objects.get(job=job)
+    assert transcript.text.startswith("Good morning")
+    assert not any("speaker" in segment for segment in transcript.segments)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_redacted_words_are_labelled_and_counted_as_stored(client, auth, conversation):
+    job = TranscriptionJob.objects.get(
+        pk=upload(client, auth, conversation, diarize="true", redact_pii="phone_number").json()[
+            "id"
+        ]
+    )
+    fixed = FixedEngine(timed_result("Please call me on 555 123 4567 tomorrow."))
+
+    with engine(fixed):
+        assert processing._run(job) == "completed"
+
+    job.refresh_from_db()
+    words = Transcript.objects.get(job=job).segments[0]["words"]
+    redacted = [w for w in words if w.get("redacted")]
+    assert [w["word"].strip() for w in redacted] == ["[PHONE_NUMBER]"]
+    assert all(w["speaker"] == "SPEAKER_00" for w in words)
+    assert sum(s["words"] for s in job.diarization["speakers"]) == len(words)
+    # Speaker labelling's time is not the transcription's.
+    assert job.diarization["seconds"] > 0
+    assert "diarization" not in job.engine_settings
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_job_without_diarize_has_no_speakers_and_runs_no_encoder(
@@ -260,3 +316,24 @@ def test_an_edit_keeps_the_speakers_and_labels_new_words_from_their_neighbours()
         (" yes.", "SPEAKER_01"),
         (" Indeed", "SPEAKER_01"),
     ]
+
+
+def test_an_edit_that_removes_one_speakers_words_gives_the_segment_to_the_other():
+    from apps.audio_jobs.editing import edited_segment
+
+    segment = {
+        "id": 0, "start": 0.0, "end": 3.0, "text": " We should go now. Agreed.",
+        "speaker": "SPEAKER_00",
+        "words": [
+            {"start": 0.0, "end": 0.4, "word": " We", "speaker": "SPEAKER_00"},
+            {"start": 0.4, "end": 0.8, "word": " should", "speaker": "SPEAKER_00"},
+            {"start": 0.8, "end": 1.2, "word": " go", "speaker": "SPEAKER_00"},
+            {"start": 1.2, "end": 1.6, "word": " now.", "speaker": "SPEAKER_00"},
+            {"start": 2.0, "end": 2.6, "word": " Agreed.", "speaker": "SPEAKER_01"},
+        ],
+    }  # fmt: skip
+
+    edited = edited_segment(segment, "Agreed.")
+
+    assert edited["speaker"] == "SPEAKER_01"
+    assert [w["speaker"] for w in edited["words"]] == ["SPEAKER_01"]

@@ -24,6 +24,7 @@ from apps.core.metrics import TRANSCRIPT_QUALITY_FLAGS, TRANSCRIPTS_CHECKED
 from apps.notifications.models import EmailOutbox
 from apps.reports import services as report_services
 from apps.webhooks.models import WebhookDelivery
+from tests.audio_jobs.factories import FixedEngine
 from tests.factories import bearer, member
 from tests.notify_support import completed_job, processing_job, subscribed_owner
 from workers.engines.base import Segment, TranscriptionOptions, TranscriptionResult, Word
@@ -81,14 +82,6 @@ def looping_result() -> TranscriptionResult:
         segments=segments,
         engine_info={"engine": "faster-whisper", "model_profile": "tiny.en", "vad": False},
     )
-
-
-class FixedEngine:
-    def __init__(self, result: TranscriptionResult):
-        self.result = result
-
-    def transcribe(self, path, options, *, progress_callback=None, should_cancel=None):
-        return self.result
 
 
 def run_with(job: TranscriptionJob, result: TranscriptionResult) -> str:

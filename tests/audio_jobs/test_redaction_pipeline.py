@@ -28,10 +28,15 @@ from apps.audit.models import AuditAction, AuditEvent
 from apps.core.models import PendingDeletion
 from apps.webhooks.models import WebhookDelivery
 from tests.audio_jobs.conftest import media_files
-from tests.audio_jobs.factories import CompletedJobFactory, TranscriptFactory, engine, timed_result
+from tests.audio_jobs.factories import (
+    CompletedJobFactory,
+    FixedEngine,
+    TranscriptFactory,
+    engine,
+    timed_result,
+)
 from tests.factories import bearer, member
 from tests.notify_support import subscribed_owner
-from workers.engines.base import TranscriptionOptions, TranscriptionResult
 
 JOBS = "/api/v1/jobs"
 SPOKEN = "Please call me on 555 123 4567 tomorrow."
@@ -65,16 +70,6 @@ def rms_db(path: Path, start: float, end: float) -> float:
     assert len(samples) > 0
     power = sum(s * s for s in samples) / len(samples)
     return float("-inf") if power == 0 else 10 * math.log10(power / 32768**2)
-
-
-class FixedEngine:
-    def __init__(self, result: TranscriptionResult):
-        self.result = result
-        self.options: TranscriptionOptions | None = None
-
-    def transcribe(self, path, options, *, progress_callback=None, should_cancel=None):
-        self.options = options
-        return self.result
 
 
 def created_job(client, headers, clip: Path, **fields) -> TranscriptionJob:

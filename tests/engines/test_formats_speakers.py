@@ -143,18 +143,20 @@ def test_words_without_a_speaker_join_their_neighbour(words, expected):
     assert render_txt(_stored([{**segment, "speaker": A}])) == expected
 
 
-def test_words_of_one_speaker_show_the_segment_speaker():
-    """The words decide only where a segment changes speaker: a segment relabelled as a whole
-    shows its own label."""
+def test_words_of_one_speaker_show_their_speaker_over_the_segments():
+    """The words are where the speakers were placed: an edit that removed the other speaker's
+    words leaves the segment's majority label behind, and the words are right."""
     segment = {
         "start": 0.0, "end": 1.0, "text": " Hi there.", "speaker": B,
         "words": [_word(" Hi", 0.0, 0.4, A), _word(" there.", 0.4, 1.0, A)],
     }  # fmt: skip
 
-    assert render_txt(_stored([segment])) == "Speaker 2: Hi there.\n"
+    assert render_txt(_stored([segment])) == "Speaker 1: Hi there.\n"
     assert (
-        render_srt(_stored([segment])) == "1\n00:00:00,000 --> 00:00:01,000\nSpeaker 2: Hi there.\n"
+        render_srt(_stored([segment])) == "1\n00:00:00,000 --> 00:00:01,000\nSpeaker 1: Hi there.\n"
     )
+    untimed = {**segment, "words": []}
+    assert render_txt(_stored([untimed])) == "Speaker 2: Hi there.\n"
 
 
 # ---- subtitles -------------------------------------------------------------------------------

@@ -177,15 +177,47 @@ def test_agglomeration_separates_two_groups_and_obeys_a_count():
 
 def test_windows_straddling_turns_are_not_a_speaker_of_their_own():
     # Steady runs of 0 and 1; cluster 2 only ever between them (half of each voice).
-    labels = np.array([0, 0, 0, 2, 1, 1, 1, 2, 0, 0, 3, 3])
-    starts = np.array([0, 80, 160, 240, 320, 400, 480, 560, 640, 720, 2000, 5000])
+    labels = np.array([0, 0, 0, 2, 1, 1, 1, 2, 2, 0, 0, 3, 3])
+    starts = np.array([0, 80, 160, 240, 320, 400, 480, 560, 640, 720, 800, 2000, 5000])
 
-    real = speakers._real_speakers(labels, starts, 4, min_share=0.03)
+    real = speakers._real_speakers(labels, starts, 4)
 
     # 3 is heard alone in two stretches of speech of its own (short answers): a speaker.
     assert real.tolist() == [True, True, False, True]
-    # A sliver of the windows is not a speaker, however steady.
-    assert not speakers._real_speakers(labels, starts, 4, min_share=0.2)[3]
+
+
+def test_short_replies_between_one_speakers_questions_are_a_speaker():
+    # An interview: 1 answers "yes" between 0's questions, never two windows in a row.
+    labels = np.array([0, 0, 1, 0, 0, 1, 0, 0, 1, 0])
+    starts = np.arange(len(labels)) * 80
+
+    assert speakers._real_speakers(labels, starts, 2).tolist() == [True, True]
+
+
+def test_a_single_window_is_not_a_speaker_and_a_rare_voice_in_a_long_recording_is():
+    # 2 once (a cough); 3 steady for 4 windows among 400 (1 %) of another speaker's.
+    labels = np.array([0] * 200 + [2] + [0] * 100 + [3] * 4 + [0] * 100)
+    starts = np.arange(len(labels)) * 80
+
+    assert speakers._real_speakers(labels, starts, 4).tolist() == [True, False, False, True]
+
+
+def test_a_small_cluster_resembling_a_larger_one_is_its_echo_and_a_distinct_one_is_not():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=256), rng.normal(size=256)
+    echo_of_a = a + 0.5 * rng.normal(size=256)
+    centroids = np.array([a, b, echo_of_a, rng.normal(size=256)], dtype=np.float32)
+    counts = np.array([300, 250, 10, 12])
+
+    # 2 resembles 0 (and is small): an echo; 3 is small but resembles nobody: a rare speaker.
+    assert speakers._echoes(centroids, counts, threshold=0.7).tolist() == [
+        False,
+        False,
+        True,
+        False,
+    ]
+    # Not small: a speaker, however alike.
+    assert not speakers._echoes(centroids, np.array([300, 250, 100, 12]), threshold=0.7)[2]
 
 
 def test_a_turn_boundary_within_a_step_of_a_segment_edge_snaps_to_it():

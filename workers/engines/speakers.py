@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import io
+import math
 import pickle
 import struct
 import threading
@@ -60,6 +61,8 @@ HIDDEN = 256
 LAYERS = 3
 NORM_TARGET_DBFS = -30.0  # Resemblyzer's volume normalisation (raise only)
 
+# A cluster holding fewer windows than this share is folded into a larger one it resembles.
+SMALL_CLUSTER_SHARE = 0.05
 # A segment's first or last words heard as another speaker for less than this are the segment's.
 SNAP_SECONDS = STEP_FRAMES / FRAMES_PER_SECOND
 # Words closer than this are one stretch of speech.
@@ -67,8 +70,11 @@ JOIN_GAP_SECONDS = 0.5
 # At most this many windows are clustered; the others join the nearest cluster (an hour of speech
 # is ~4500 windows; clustering is quadratic in memory and each merge scans the whole matrix).
 MAX_CLUSTERED_WINDOWS = 1500
-# Embeddings are computed this many windows at a time (memory: ~30 MB of gates per 256).
-EMBED_BATCH = 256
+# Embeddings are computed this many windows at a time: the input gates of a batch hold
+# 160 x 64 x 1024 float32 (42 MB), its outputs a quarter of that.
+EMBED_BATCH = 64
+# No tensor of the encoder is larger (the biggest is 1024 x 256); a file claiming more is refused.
+MAX_TENSOR_ELEMENTS = 1 << 20
 
 SPEAKER_LABEL = "SPEAKER_{:02d}"
 
@@ -123,13 +129,26 @@ class _TensorRef:
         data = self.storage.data
         if data is None:
             raise pickle.UnpicklingError("A tensor refers to a storage the file does not hold.")
-        if not self.shape:
+        shape, stride = self.shape, self.stride
+        if (
+            len(shape) != len(stride)
+            or len(shape) > 4
+            or self.offset < 0
+            or any(int(n) < 0 for n in shape)
+            or any(int(n) < 0 for n in stride)
+            or math.prod(shape) > MAX_TENSOR_ELEMENTS
+        ):
+            raise pickle.UnpicklingError("A tensor of the model file has an impossible shape.")
+        last = self.offset + sum((n - 1) * k for n, k in zip(shape, stride, strict=True))
+        if math.prod(shape) and last >= len(data):
+            raise pickle.UnpicklingError("A tensor of the model file reaches past its storage.")
+        if not shape:
             return np.array(data[self.offset], dtype=np.float32)
         itemsize = data.itemsize
         return np.lib.stride_tricks.as_strided(
             data[self.offset :],
-            shape=self.shape,
-            strides=tuple(s * itemsize for s in self.stride),
+            shape=shape,
+            strides=tuple(k * itemsize for k in stride),
             writeable=False,
         ).copy()
 
@@ -250,15 +269,18 @@ _MEL = mel_filterbank()
 _HANN = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)).astype(np.float32)
 
 
-def normalise_volume(audio: AudioArray) -> AudioArray:
-    """Raise the level to -30 dBFS (never lower it), as the encoder's training data was."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+def volume_gain(audio: AudioArray) -> float:
+    """The factor that raises the level to -30 dBFS (never lowers it), as the encoder's
+    training data was normalised. Measured in chunks: no copy of the audio is made."""
+    total, chunk = 0.0, 1 << 20
+    for i in range(0, audio.shape[0], chunk):
+        part = audio[i : i + chunk]
+        total += float(np.dot(part, part))
+    rms = np.sqrt(total / audio.shape[0]) if audio.shape[0] else 0.0
     if rms <= 1e-9:
-        return audio
+        return 1.0
     change = NORM_TARGET_DBFS - 20 * np.log10(rms)
-    if change <= 0:
-        return audio
-    return (audio * np.float32(10 ** (change / 20))).astype(np.float32)
+    return float(10 ** (change / 20)) if change > 0 else 1.0
 
 
 def mel_frames(audio: AudioArray, first: int, count: int) -> npt.NDArray[np.float32]:
@@ -298,7 +320,14 @@ class SpeakerEncoder:
             self.linear_b = state["linear.bias"]
         except KeyError as exc:
             raise DiarizationError(f"The speaker model lacks the tensor {exc}.") from exc
-        if self.layers[0][0].shape != (N_MELS, 4 * HIDDEN):
+        expected = [((N_MELS if k == 0 else HIDDEN), 4 * HIDDEN) for k in range(LAYERS)]
+        if (
+            [w_ih.shape for w_ih, _, _ in self.layers] != expected
+            or any(w_hh.shape != (HIDDEN, 4 * HIDDEN) for _, w_hh, _ in self.layers)
+            or any(bias.shape != (4 * HIDDEN,) for _, _, bias in self.layers)
+            or self.linear_w.shape != (HIDDEN, HIDDEN)
+            or self.linear_b.shape != (HIDDEN,)
+        ):
             raise DiarizationError("The speaker model's shapes are not the GE2E encoder's.")
 
     def embed(self, mels: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -460,19 +489,48 @@ def _nearest(
 
 
 def _real_speakers(
-    labels: npt.NDArray[np.int64], starts: npt.NDArray[np.int64], clusters: int, min_share: float
+    labels: npt.NDArray[np.int64], starts: npt.NDArray[np.int64], clusters: int
 ) -> npt.NDArray[np.bool_]:
-    """Which clusters are speakers: those holding enough windows (`min_share` of them, two at
-    least) that are heard steadily, in two overlapping windows in a row or alone in a stretch of
-    speech. The others are windows straddling a change of speaker (half of each voice, which
-    the encoder places between the two) or noise (a cough, a laugh)."""
+    """Which clusters are speakers. A window straddling a change of speaker holds half of each
+    voice, and the encoder places it between the two: such windows can form a cluster of their
+    own, heard only at turns. A cluster is not a speaker when every run of its windows is at
+    most two windows (all that can overlap one change) between windows of two different other
+    clusters; nor when it holds a single window (a cough, a laugh). Anything else is kept: a
+    speaker who only answers "yes" between another's questions sits between windows of one
+    cluster, and a long recording's rare voice is not weighed against its length."""
     counts = np.bincount(labels, minlength=clusters)
-    overlapping = np.diff(starts) < WINDOW_FRAMES
-    steady = np.zeros(clusters, dtype=bool)
-    steady[labels[:-1][overlapping & (labels[:-1] == labels[1:])]] = True
-    alone = ~np.r_[False, overlapping] & ~np.r_[overlapping, False]
-    steady[labels[alone]] = True
-    return steady & (counts >= max(2.0, min_share * len(labels)))
+    overlapping = np.diff(starts) < WINDOW_FRAMES  # window i overlaps window i + 1
+    transitional = np.ones(clusters, dtype=bool)
+    i, n = 0, len(labels)
+    while i < n:
+        j = i
+        while j + 1 < n and overlapping[j] and labels[j + 1] == labels[i]:
+            j += 1
+        before = labels[i - 1] if i > 0 and overlapping[i - 1] else None
+        after = labels[j + 1] if j + 1 < n and overlapping[j] else None
+        straddles = before is not None and after is not None and before != after
+        if not (straddles and j - i < 2):
+            transitional[labels[i]] = False
+        i = j + 1
+    return (counts >= 2) & ~transitional
+
+
+def _echoes(
+    centroids: npt.NDArray[np.float32], counts: npt.NDArray[np.int64], threshold: float
+) -> npt.NDArray[np.bool_]:
+    """Small clusters that echo a larger one: under `SMALL_CLUSTER_SHARE` of the windows, with a
+    centroid at least `threshold` alike a larger cluster's. They are windows of a short phrase
+    padded with the other speaker's voice (a "yes" inside a question), which average linkage
+    keeps apart because each window is noisy; a speaker's own cluster is larger, or less alike.
+    Measured on espeak voices: real speakers' centroids 0.57-0.74 alike, echoes 0.73-0.83."""
+    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-9)
+    alike = unit @ unit.T
+    small = counts < SMALL_CLUSTER_SHARE * counts.sum()
+    echoes = np.zeros(len(counts), dtype=bool)
+    for k in np.nonzero(small)[0]:
+        larger = counts > counts[k]
+        echoes[k] = bool(larger.any() and alike[k, larger].max() >= threshold)
+    return echoes
 
 
 def _cluster(
@@ -482,7 +540,6 @@ def _cluster(
     threshold: float,
     speakers_expected: int | None,
     max_speakers: int,
-    min_share: float,
 ) -> npt.NDArray[np.int64]:
     n = len(embeddings)
     sample = np.arange(n)
@@ -499,7 +556,8 @@ def _cluster(
     if wanted is not None:
         return nearest  # the caller knows how many speakers there are
     for _ in range(max_speakers):
-        keep = _real_speakers(nearest, starts, len(centroids), min_share)
+        keep = _real_speakers(nearest, starts, len(centroids))
+        keep &= ~_echoes(centroids, np.bincount(nearest, minlength=len(centroids)), threshold)
         if keep.all() or not keep.any():
             break
         centroids = centroids[keep]
@@ -515,7 +573,6 @@ def diarize_audio(
     threshold: float,
     speakers_expected: int | None = None,
     max_speakers: int = 10,
-    min_share: float = 0.03,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Diarization:
     """Who spoke in each window over ``spans`` of ``audio`` (16 kHz mono). ``should_cancel`` is
@@ -524,13 +581,15 @@ def diarize_audio(
     starts = window_starts(spans, total_frames)
     if not starts:
         return Diarization(np.zeros(0), np.zeros(0, dtype=np.int64), 0)
-    audio = normalise_volume(audio)
+    # The gain scales the power spectrum by its square: applied to the features, not the audio.
+    power_gain = np.float32(volume_gain(audio) ** 2)
     embeddings = []
     for i in range(0, len(starts), EMBED_BATCH):
         if should_cancel is not None and should_cancel():
             raise TranscriptionCancelled()
         batch = starts[i : i + EMBED_BATCH]
         mels = np.stack([mel_frames(audio, first, WINDOW_FRAMES) for first in batch])
+        mels *= power_gain
         embeddings.append(encoder.embed(mels))
     vectors = np.concatenate(embeddings)
     raw = _cluster(
@@ -539,7 +598,6 @@ def diarize_audio(
         threshold=threshold,
         speakers_expected=speakers_expected,
         max_speakers=max_speakers,
-        min_share=min_share,
     )
     # Number speakers by first appearance.
     order = {int(k): i for i, k in enumerate(dict.fromkeys(raw.tolist()))}

@@ -131,6 +131,7 @@ class RedactionOptionsInput(JobOptionsInput):
         required=False,
         allow_null=True,
         min_value=1,
+        max_value=settings.DIARIZATION_MAX_SPEAKERS,
         help_text="With `diarize`: the number of speakers, when known (more accurate than "
         "detecting it). At most DIARIZATION_MAX_SPEAKERS.",
     )
@@ -138,6 +139,7 @@ class RedactionOptionsInput(JobOptionsInput):
         required=False,
         allow_null=True,
         min_value=1,
+        max_value=settings.DIARIZATION_MAX_SPEAKERS,
         help_text="With `diarize`: at most this many speakers (default and ceiling: "
         "DIARIZATION_MAX_SPEAKERS).",
     )
@@ -229,9 +231,13 @@ class SpeakerOutput(serializers.Serializer):
 class DiarizationOutput(serializers.Serializer):
     model = serializers.CharField(required=False)
     speakers = SpeakerOutput(many=True, required=False)
+    seconds = serializers.FloatField(required=False, help_text="The labelling's compute time.")
     error = serializers.CharField(
-        required=False, help_text="Why no speakers were labelled; the transcript is kept."
+        required=False,
+        help_text="Why no speakers were labelled (model_not_found, model_integrity, "
+        "time_limit, ...); the transcript is complete.",
     )
+    message = serializers.CharField(required=False)
 
 
 class JobOutput(CompiledOutput, serializers.ModelSerializer):
@@ -267,8 +273,8 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
     )
     speaker_names = serializers.DictField(
         child=serializers.CharField(),
-        help_text="Names given to speaker labels (`PATCH /jobs/{id}/speakers`); subtitles, "
-        "text and reports show them.",
+        help_text="Names given to speaker labels (`PATCH /jobs/{id}/transcript/speakers`); "
+        "subtitles, text and reports show them.",
     )
     legal_hold_at = serializers.DateTimeField(
         allow_null=True,
@@ -569,7 +575,22 @@ class TranscriptSegmentEditInput(InputSerializer):
         return _refuse_odd_characters(value)
 
 
-class TranscriptEditInput(InputSerializer):
+class WholeBodyPatch:
+    """A PATCH body that is a whole change, not a partial update of a resource: every required
+    field is required. drf-spectacular sets `partial` on every PATCH body's serializer (and,
+    with COMPONENT_SPLIT_PATCH, emits a `Patched*` component without `required`); pinned so the
+    schema says what validation enforces. The views never ask for a partial serializer."""
+
+    @property
+    def partial(self) -> bool:
+        return False
+
+    @partial.setter
+    def partial(self, value: bool) -> None:
+        pass
+
+
+class TranscriptEditInput(WholeBodyPatch, InputSerializer):
     revision = serializers.IntegerField(
         min_value=0,
         max_value=REVISION_MAX,
@@ -585,18 +606,6 @@ class TranscriptEditInput(InputSerializer):
     note = serializers.CharField(
         max_length=editing.NOTE_MAX_CHARS, required=False, allow_blank=True, default=""
     )
-
-    # The body is a whole edit, not a partial update of a resource: `revision` and `segments`
-    # are always required. drf-spectacular sets `partial` on every PATCH body's serializer (and,
-    # with COMPONENT_SPLIT_PATCH, emits a `Patched*` component without `required`); pinned so
-    # the schema says what validation enforces. The view never asks for a partial serializer.
-    @property
-    def partial(self) -> bool:
-        return False
-
-    @partial.setter
-    def partial(self, value: bool) -> None:
-        pass
 
     def validate_segments(self, value: list[dict]) -> list[dict]:
         limit = editing.max_segments_per_edit()
@@ -732,9 +741,11 @@ class TranscriptRevisionOutput(serializers.ModelSerializer):
         return revision.api_key.prefix if revision.api_key is not None else None
 
 
-class SpeakerNamesInput(InputSerializer):
+class SpeakerNamesInput(WholeBodyPatch, InputSerializer):
     names = serializers.DictField(
-        child=serializers.CharField(allow_null=True, allow_blank=True, max_length=200),
+        child=serializers.CharField(
+            allow_null=True, allow_blank=True, max_length=speaker_names.MAX_NAME_CHARS
+        ),
         allow_empty=False,
         help_text='Label to name, e.g. {"SPEAKER_00": "Alice"}; null or "" removes a name. '
         f"Names: at most {speaker_names.MAX_NAME_CHARS} characters, whitespace collapsed.",
