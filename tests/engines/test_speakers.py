@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,76 @@ def test_the_model_reader_runs_no_code_from_a_hostile_pickle(capsys):
     with pytest.raises(pickle.UnpicklingError, match=r"\.print is not allowed"):
         speakers.read_legacy_state_dict(stream.getvalue())
     assert "code ran" not in capsys.readouterr().out
+
+
+def _crafted_checkpoint(monkeypatch, *, numel, shape, stride, offset=0) -> bytes:
+    """A legacy checkpoint whose one tensor claims `shape`/`stride`/`offset` over a storage of
+    `numel` floats (written with stand-ins under PyTorch's names, as a forger would)."""
+    import collections
+    import struct
+    import types
+
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while writing")
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__ = "FloatStorage"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+    class Tensor:
+        def __reduce__(self):
+            state = collections.OrderedDict()
+            return (_rebuild_tensor_v2, (("S",), offset, shape, stride, False, state))
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj == ("S",):
+                return ("storage", FloatStorage, "k", "cpu", numel, None)
+            return None
+
+    out = io.BytesIO()
+    for header in (speakers._LEGACY_MAGIC, 1001, {"little_endian": True}):
+        pickle.dump(header, out, protocol=2)
+    Writer(out, protocol=2).dump({"model_state": collections.OrderedDict(w=Tensor())})
+    pickle.dump(["k"], out, protocol=2)
+    out.write(struct.pack("<q", numel) + np.arange(numel, dtype="<f4").tobytes())
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride", "offset", "message"),
+    [
+        ((5,), (1,), 0, "reaches past its storage"),  # would read memory it does not own
+        ((2,), (1,), 3, "reaches past its storage"),
+        ((4,), (1,), -2, "impossible shape"),
+        ((2, 2), (-1, 1), 2, "impossible shape"),
+        ((200_000, 200_000), (0, 0), 0, "impossible shape"),  # 149 GiB asked for
+    ],
+)
+def test_a_crafted_tensor_cannot_read_outside_its_storage_or_exhaust_memory(
+    monkeypatch, shape, stride, offset, message
+):
+    raw = _crafted_checkpoint(monkeypatch, numel=4, shape=shape, stride=stride, offset=offset)
+    monkeypatch.undo()
+
+    with pytest.raises(pickle.UnpicklingError, match=message):
+        speakers.read_legacy_state_dict(raw)
+
+
+def test_a_well_formed_crafted_tensor_is_read_exactly(monkeypatch):
+    raw = _crafted_checkpoint(monkeypatch, numel=6, shape=(2, 2), stride=(1, 2), offset=1)
+    monkeypatch.undo()
+
+    np.testing.assert_array_equal(speakers.read_legacy_state_dict(raw)["w"], [[1, 3], [2, 4]])
 
 
 def test_a_truncated_model_file_is_an_error_not_garbage_weights():
