@@ -19,6 +19,7 @@ times, concurrently or after a crash:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -317,6 +318,7 @@ def _diarize(job: TranscriptionJob, path, data: dict, tracker: _Tracker) -> dict
 
     started = time.monotonic()
     try:
+        cancelled()  # no time left: not even the audio is decoded
         encoder = speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None)
         found = speakers.diarize_audio(
             load_audio(path),
@@ -357,14 +359,21 @@ def _diarize(job: TranscriptionJob, path, data: dict, tracker: _Tracker) -> dict
     return {"model": found.model, "speakers": labelled, "seconds": round(seconds, 3)}
 
 
-def _cutoff(job: TranscriptionJob, tracker: _Tracker) -> float | None:
+def _cutoff(
+    job: TranscriptionJob, tracker: _Tracker, *, then_diarize: bool = False
+) -> float | None:
     """When optional work (a second pass, the speakers) must stop, so that the transcript can
     always be stored in time: `RERUN_MARGIN_SECONDS` before the job's deadline, and the time
-    silencing the audio may take."""
+    silencing the audio may take. `then_diarize`: for a second pass, which leaves the speakers'
+    labelling its allowance too (`services.time_limits`)."""
     if tracker.deadline is None:
         return None
     silencing = _silencing_timeout(job) if job.redact_pii_audio else 0.0
-    return tracker.deadline - RERUN_MARGIN_SECONDS - silencing
+    labelling = 0.0
+    if then_diarize:
+        seconds = float(job.duration_seconds or 0)
+        labelling = math.ceil(seconds * settings.DIARIZATION_TIME_LIMIT_FACTOR)
+    return tracker.deadline - RERUN_MARGIN_SECONDS - silencing - labelling
 
 
 # A second pass, or the speakers' labelling, stops this long before the job's own deadline (plus
@@ -403,7 +412,7 @@ def _rerun_if_flagged(
 
     # Its own deadline, well before the job's: on a prefork worker Celery's soft limit would
     # otherwise interrupt whatever runs (the first transcript's completion included).
-    cutoff = _cutoff(job, tracker)
+    cutoff = _cutoff(job, tracker, then_diarize=job.diarize)
 
     def cancelled() -> bool:
         if cutoff is not None and time.monotonic() > cutoff:

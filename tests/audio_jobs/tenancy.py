@@ -21,6 +21,21 @@ def _completed_job_of(organisation: Organisation) -> str:
     return str(TranscriptFactory(job__organisation=organisation).job_id)
 
 
+def _diarized_job_of(organisation: Organisation) -> str:
+    """A completed job whose transcript has two labelled speakers (names can be given)."""
+    job = TranscriptFactory(job__organisation=organisation).job
+    job.diarize = True
+    job.diarization = {
+        "model": "resemblyzer-ge2e-0.1.4",
+        "speakers": [
+            {"id": "SPEAKER_00", "seconds": 2.0, "words": 4},
+            {"id": "SPEAKER_01", "seconds": 1.0, "words": 2},
+        ],
+    }
+    job.save(update_fields=["diarize", "diarization"])
+    return str(job.pk)
+
+
 def _completed_job_with_audio_of(organisation: Organisation) -> str:
     """A completed job whose audio is stored: it could be transcribed again."""
     from django.core.files.base import ContentFile
@@ -93,6 +108,13 @@ object_endpoint(
     {"revision": 0, "segments": [{"id": 0, "text": "Changed by another organisation."}]},
 )
 object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript/revisions", _completed_job_of)
+object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript/speakers", _diarized_job_of)
+object_endpoint(
+    "PATCH",
+    "/api/v1/jobs/{job_id}/transcript/speakers",
+    _diarized_job_of,
+    {"names": {"SPEAKER_00": "Named by another organisation"}},
+)
 object_endpoint(
     "POST",
     "/api/v1/jobs/{job_id}/transcript/revert",

@@ -238,12 +238,16 @@ def test_labelling_that_would_run_past_the_jobs_time_keeps_the_transcript(
     )
     fixed = FixedEngine(timed_result("Good morning everyone, thank you for joining."))
 
-    # The transcription took all the time there was: labelling must stop, not the job.
+    # The transcription took all the time there was: labelling must stop, not the job, and
+    # without decoding the audio first.
     with (
         mock.patch.object(processing, "_cutoff", return_value=0.0),
+        mock.patch("workers.engines.audio.load_audio") as decode,
         engine(fixed),
     ):
         assert processing._run(job) == "completed"
+
+    decode.assert_not_called()
 
     job.refresh_from_db()
     assert job.diarization["error"] == "time_limit"
@@ -337,3 +341,17 @@ def test_an_edit_that_removes_one_speakers_words_gives_the_segment_to_the_other(
 
     assert edited["speaker"] == "SPEAKER_01"
     assert [w["speaker"] for w in edited["words"]] == ["SPEAKER_01"]
+
+
+@override_settings(DIARIZATION_TIME_LIMIT_FACTOR=0.25, AUDIO_PROBE_TIMEOUT_SECONDS=120)
+def test_a_second_pass_leaves_the_speakers_their_time_allowance():
+    from types import SimpleNamespace
+
+    tracker = SimpleNamespace(deadline=10_000.0)
+    job = SimpleNamespace(duration_seconds=600.0, redact_pii_audio=False, diarize=True)
+
+    labelling = processing._cutoff(job, tracker)
+    second_pass = processing._cutoff(job, tracker, then_diarize=True)
+
+    assert labelling == 10_000.0 - processing.RERUN_MARGIN_SECONDS
+    assert second_pass == labelling - 150  # 600 s x 0.25

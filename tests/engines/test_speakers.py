@@ -138,7 +138,9 @@ def _crafted_checkpoint(monkeypatch, *, numel, shape, stride, offset=0) -> bytes
         ((2,), (1,), 3, "reaches past its storage"),
         ((4,), (1,), -2, "impossible shape"),
         ((2, 2), (-1, 1), 2, "impossible shape"),
-        ((200_000, 200_000), (0, 0), 0, "impossible shape"),  # 149 GiB asked for
+        ((200_000, 200_000), (0, 0), 0, "larger than the encoder"),  # 149 GiB asked for
+        ((2.5,), (1,), 0, "non-integer"),
+        ((True,), (1,), 0, "non-integer"),
     ],
 )
 def test_a_crafted_tensor_cannot_read_outside_its_storage_or_exhaust_memory(
@@ -246,49 +248,52 @@ def test_agglomeration_separates_two_groups_and_obeys_a_count():
     assert len(set(speakers.agglomerate(vectors, threshold=0.0, clusters=3))) == 3
 
 
-def test_windows_straddling_turns_are_not_a_speaker_of_their_own():
-    # Steady runs of 0 and 1; cluster 2 only ever between them (half of each voice).
-    labels = np.array([0, 0, 0, 2, 1, 1, 1, 2, 2, 0, 0, 3, 3])
-    starts = np.array([0, 80, 160, 240, 320, 400, 480, 560, 640, 720, 800, 2000, 5000])
-
-    real = speakers._real_speakers(labels, starts, 4)
-
-    # 3 is heard alone in two stretches of speech of its own (short answers): a speaker.
-    assert real.tolist() == [True, True, False, True]
+def _centroids(alike_pairs: dict[tuple[int, int], float], clusters: int) -> np.ndarray:
+    """Unit vectors whose pairwise cosine similarities are the given ones (others near 0)."""
+    gram = np.eye(clusters)
+    for (i, j), value in alike_pairs.items():
+        gram[i, j] = gram[j, i] = value
+    return np.linalg.cholesky(gram).astype(np.float32)
 
 
-def test_short_replies_between_one_speakers_questions_are_a_speaker():
-    # An interview: 1 answers "yes" between 0's questions, never two windows in a row.
-    labels = np.array([0, 0, 1, 0, 0, 1, 0, 0, 1, 0])
+def test_an_echo_heard_only_inside_a_voice_it_resembles_is_not_a_speaker():
+    # 0 and 1 speak in turn; 2 is heard only as single windows inside their speech (a "yes"
+    # padded with the speaker around it) and resembles 1 (0.84).
+    labels = np.array([0, 0, 0, 2, 0, 0, 1, 1, 1, 2, 1, 1, 0, 0])
     starts = np.arange(len(labels)) * 80
+    centroids = _centroids({(0, 1): 0.65, (1, 2): 0.84, (0, 2): 0.64}, 3)
 
-    assert speakers._real_speakers(labels, starts, 2).tolist() == [True, True]
-
-
-def test_a_single_window_is_not_a_speaker_and_a_rare_voice_in_a_long_recording_is():
-    # 2 once (a cough); 3 steady for 4 windows among 400 (1 %) of another speaker's.
-    labels = np.array([0] * 200 + [2] + [0] * 100 + [3] * 4 + [0] * 100)
-    starts = np.arange(len(labels)) * 80
-
-    assert speakers._real_speakers(labels, starts, 4).tolist() == [True, False, False, True]
-
-
-def test_a_small_cluster_resembling_a_larger_one_is_its_echo_and_a_distinct_one_is_not():
-    rng = np.random.default_rng(5)
-    a, b = rng.normal(size=256), rng.normal(size=256)
-    echo_of_a = a + 0.5 * rng.normal(size=256)
-    centroids = np.array([a, b, echo_of_a, rng.normal(size=256)], dtype=np.float32)
-    counts = np.array([300, 250, 10, 12])
-
-    # 2 resembles 0 (and is small): an echo; 3 is small but resembles nobody: a rare speaker.
-    assert speakers._echoes(centroids, counts, threshold=0.7).tolist() == [
-        False,
-        False,
+    assert speakers._real_speakers(labels, starts, centroids, 0.7).tolist() == [
+        True,
         True,
         False,
     ]
-    # Not small: a speaker, however alike.
-    assert not speakers._echoes(centroids, np.array([300, 250, 100, 12]), threshold=0.7)[2]
+
+
+def test_short_replies_of_a_voice_unlike_the_questions_are_a_speaker():
+    # An interview: 1 answers "yes" between 0's questions, never two windows in a row, and
+    # sounds like nobody else (0.57).
+    labels = np.array([0, 0, 1, 0, 0, 1, 0, 0, 1, 0])
+    starts = np.arange(len(labels)) * 80
+    centroids = _centroids({(0, 1): 0.57}, 2)
+
+    assert speakers._real_speakers(labels, starts, centroids, 0.7).tolist() == [True, True]
+
+
+def test_a_single_window_is_not_a_speaker_and_a_rare_steady_voice_is():
+    # 2 once (a cough); 3 steady for 4 windows among 400 (1 %) of another speaker's, and
+    # heard alone in a stretch of its own.
+    labels = np.array([0] * 200 + [2] + [0] * 100 + [3] * 4 + [0] * 100 + [3])
+    starts = np.arange(len(labels)) * 80
+    starts[-1] += 1000
+    centroids = _centroids({(0, 3): 0.6, (0, 2): 0.6}, 4)
+
+    assert speakers._real_speakers(labels, starts, centroids, 0.7).tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_a_turn_boundary_within_a_step_of_a_segment_edge_snaps_to_it():

@@ -61,10 +61,11 @@ HIDDEN = 256
 LAYERS = 3
 NORM_TARGET_DBFS = -30.0  # Resemblyzer's volume normalisation (raise only)
 
-# A cluster holding fewer windows than this share is folded into a larger one it resembles.
-SMALL_CLUSTER_SHARE = 0.05
 # A segment's first or last words heard as another speaker for less than this are the segment's.
 SNAP_SECONDS = STEP_FRAMES / FRAMES_PER_SECOND
+# A cluster with this share of its windows in interjections (runs of one or two windows inside
+# others' speech) is an echo of a voice it resembles (`_real_speakers`).
+INTERJECTION_SHARE = 0.75
 # Words closer than this are one stretch of speech.
 JOIN_GAP_SECONDS = 0.5
 # At most this many windows are clustered; the others join the nearest cluster (an hour of speech
@@ -75,6 +76,10 @@ MAX_CLUSTERED_WINDOWS = 1500
 EMBED_BATCH = 64
 # No tensor of the encoder is larger (the biggest is 1024 x 256); a file claiming more is refused.
 MAX_TENSOR_ELEMENTS = 1 << 20
+# The encoder's tensors are 1.4M floats in all; they may not add up to more than this (a stride of
+# 0 repeats a storage), nor the file's storages (4.3M floats: the training state rides along).
+MAX_TOTAL_ELEMENTS = 1 << 22
+MAX_STORED_ELEMENTS = 1 << 23
 
 SPEAKER_LABEL = "SPEAKER_{:02d}"
 
@@ -130,6 +135,9 @@ class _TensorRef:
         if data is None:
             raise pickle.UnpicklingError("A tensor refers to a storage the file does not hold.")
         shape, stride = self.shape, self.stride
+        numbers = (self.offset, *shape, *stride)
+        if any(type(n) is not int for n in numbers):  # bool and float are refused too
+            raise pickle.UnpicklingError("A tensor of the model file has a non-integer shape.")
         if (
             len(shape) != len(stride)
             or len(shape) > 4
@@ -210,6 +218,8 @@ def read_legacy_state_dict(raw: bytes) -> dict[str, npt.NDArray[np.float32]]:
     safe(stream, {}).load()  # system information
     storages: dict[str, _Storage] = {}
     checkpoint = safe(stream, storages).load()
+    if sum(storage.numel for storage in storages.values()) > MAX_STORED_ELEMENTS:
+        raise pickle.UnpicklingError("The model file's storages are larger than the encoder's.")
     keys = safe(stream, {}).load()
     for key in keys:
         storage = storages.get(str(key))
@@ -221,9 +231,10 @@ def read_legacy_state_dict(raw: bytes) -> dict[str, npt.NDArray[np.float32]]:
     state = checkpoint.get("model_state") if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
         raise pickle.UnpicklingError("The checkpoint holds no model_state")
-    return {
-        str(name): value.array() for name, value in state.items() if isinstance(value, _TensorRef)
-    }
+    tensors = [(str(name), value) for name, value in state.items() if isinstance(value, _TensorRef)]
+    if sum(math.prod(value.shape) for _, value in tensors) > MAX_TOTAL_ELEMENTS:
+        raise pickle.UnpicklingError("The model file's tensors are larger than the encoder's.")
+    return {name: value.array() for name, value in tensors}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +388,7 @@ def load_encoder(override: str | Path | None = None) -> SpeakerEncoder:
             verify_sha256(path, ENCODER_SHA256, what="speaker model file")
             try:
                 state = read_legacy_state_dict(path.read_bytes())
-            except (pickle.UnpicklingError, EOFError, ValueError, struct.error) as exc:
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error) as exc:
                 raise DiarizationError(f"The speaker model {path} cannot be read: {exc}") from exc
             encoder = _encoders[key] = SpeakerEncoder(state)
     return encoder
@@ -489,48 +500,44 @@ def _nearest(
 
 
 def _real_speakers(
-    labels: npt.NDArray[np.int64], starts: npt.NDArray[np.int64], clusters: int
+    labels: npt.NDArray[np.int64],
+    starts: npt.NDArray[np.int64],
+    centroids: npt.NDArray[np.float32],
+    threshold: float,
 ) -> npt.NDArray[np.bool_]:
-    """Which clusters are speakers. A window straddling a change of speaker holds half of each
-    voice, and the encoder places it between the two: such windows can form a cluster of their
-    own, heard only at turns. A cluster is not a speaker when every run of its windows is at
-    most two windows (all that can overlap one change) between windows of two different other
-    clusters; nor when it holds a single window (a cough, a laugh). Anything else is kept: a
-    speaker who only answers "yes" between another's questions sits between windows of one
-    cluster, and a long recording's rare voice is not weighed against its length."""
+    """Which clusters are speakers.
+
+    A window holding a short phrase padded with a neighbour's voice (a "yes" inside another's
+    turn), or straddling a change of speaker (half of each voice), embeds between the voices it
+    mixes, and average linkage can keep such windows apart as a "speaker" of their own. Such a
+    cluster is heard in interjections (`INTERJECTION_SHARE` of its windows in runs of at most two
+    windows, all that one phrase or one change makes, with other clusters' on both sides) and
+    resembles a steadily heard cluster (centroids at least `threshold` alike): it is an echo of
+    that voice, and its windows go to the nearest real speaker. A single window is not a speaker
+    either (a cough, a laugh). Everything else is kept: a speaker who only answers "yes" between
+    another's questions does not sound like the questions, and a rare voice in a long recording
+    is not weighed against its length."""
+    clusters = len(centroids)
+    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-9)
+    alike = unit @ unit.T
     counts = np.bincount(labels, minlength=clusters)
     overlapping = np.diff(starts) < WINDOW_FRAMES  # window i overlaps window i + 1
-    transitional = np.ones(clusters, dtype=bool)
+    in_interjections = np.zeros(clusters)
     i, n = 0, len(labels)
     while i < n:
         j = i
         while j + 1 < n and overlapping[j] and labels[j + 1] == labels[i]:
             j += 1
-        before = labels[i - 1] if i > 0 and overlapping[i - 1] else None
-        after = labels[j + 1] if j + 1 < n and overlapping[j] else None
-        straddles = before is not None and after is not None and before != after
-        if not (straddles and j - i < 2):
-            transitional[labels[i]] = False
+        flanked = i > 0 and overlapping[i - 1] and j + 1 < n and overlapping[j]
+        if j - i < 2 and flanked:
+            in_interjections[labels[i]] += j - i + 1
         i = j + 1
-    return (counts >= 2) & ~transitional
-
-
-def _echoes(
-    centroids: npt.NDArray[np.float32], counts: npt.NDArray[np.int64], threshold: float
-) -> npt.NDArray[np.bool_]:
-    """Small clusters that echo a larger one: under `SMALL_CLUSTER_SHARE` of the windows, with a
-    centroid at least `threshold` alike a larger cluster's. They are windows of a short phrase
-    padded with the other speaker's voice (a "yes" inside a question), which average linkage
-    keeps apart because each window is noisy; a speaker's own cluster is larger, or less alike.
-    Measured on espeak voices: real speakers' centroids 0.57-0.74 alike, echoes 0.73-0.83."""
-    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-9)
-    alike = unit @ unit.T
-    small = counts < SMALL_CLUSTER_SHARE * counts.sum()
-    echoes = np.zeros(len(counts), dtype=bool)
-    for k in np.nonzero(small)[0]:
-        larger = counts > counts[k]
-        echoes[k] = bool(larger.any() and alike[k, larger].max() >= threshold)
-    return echoes
+    interjecting = (counts > 0) & (in_interjections >= INTERJECTION_SHARE * counts)
+    steady = (counts > 0) & ~interjecting
+    echoes = np.zeros(clusters, dtype=bool)
+    for k in np.nonzero(interjecting)[0]:
+        echoes[k] = bool(steady.any() and alike[k, steady].max() >= threshold)
+    return (counts >= 2) & ~echoes
 
 
 def _cluster(
@@ -556,8 +563,7 @@ def _cluster(
     if wanted is not None:
         return nearest  # the caller knows how many speakers there are
     for _ in range(max_speakers):
-        keep = _real_speakers(nearest, starts, len(centroids))
-        keep &= ~_echoes(centroids, np.bincount(nearest, minlength=len(centroids)), threshold)
+        keep = _real_speakers(nearest, starts, centroids, threshold)
         if keep.all() or not keep.any():
             break
         centroids = centroids[keep]
