@@ -94,7 +94,7 @@ def _squash(text: str) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _label(value: Any) -> str | None:
+def stored_label(value: Any) -> str | None:
     """A stored speaker label, or None when there is none (missing, blank or not a string)."""
     return value if isinstance(value, str) and value.strip() else None
 
@@ -132,7 +132,7 @@ def _text_words(segment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     ]
 
 
-def _word_speakers(
+def word_speakers(
     segment: Mapping[str, Any], words: Sequence[Mapping[str, Any]]
 ) -> list[str | None]:
     """The speaker each of ``words`` is shown under.
@@ -143,10 +143,10 @@ def _word_speakers(
     without one going with the word before it (the first word after it, at the start of the
     segment).
     """
-    own = [_label(w.get("speaker")) for w in words]
+    own = [stored_label(w.get("speaker")) for w in words]
     known = [s for s in own if s is not None]
     if len(set(known)) <= 1:
-        return [known[0] if known else _label(segment.get("speaker"))] * len(words)
+        return [known[0] if known else stored_label(segment.get("speaker"))] * len(words)
     current = known[0]
     speakers: list[str | None] = []
     for speaker in own:
@@ -201,9 +201,9 @@ def _units(segment: Mapping[str, Any], width: int) -> list[_Unit]:
         words = _text_words(segment)
         return [
             _Unit(str(w["word"]), float(w["start"]), float(w["end"]), speaker)
-            for w, speaker in zip(words, _word_speakers(segment, words), strict=True)
+            for w, speaker in zip(words, word_speakers(segment, words), strict=True)
         ]
-    speaker = _label(segment.get("speaker"))
+    speaker = stored_label(segment.get("speaker"))
     units: list[_Unit] = []
     for token in _squash(segment.get("text", "")).split(" "):
         # A token wider than a line (a URL, or text in a script without spaces) is cut.
@@ -392,9 +392,9 @@ def _speaker_parts(segment: Mapping[str, Any]) -> list[tuple[str | None, str]]:
     """``(speaker, text)`` of a segment: its text, or, when its words change speaker, the text of
     each run of one speaker's words."""
     words = _text_words(segment)
-    speakers = _word_speakers(segment, words)
+    speakers = word_speakers(segment, words)
     if len(set(speakers)) <= 1:
-        speaker = speakers[0] if speakers else _label(segment.get("speaker"))
+        speaker = speakers[0] if speakers else stored_label(segment.get("speaker"))
         return [(speaker, _squash(segment.get("text", "")))]
     parts: list[tuple[str | None, str]] = []
     for speaker, run in itertools.groupby(zip(speakers, words, strict=True), key=lambda p: p[0]):
@@ -479,7 +479,7 @@ def verbose_json(result: Any) -> dict[str, Any]:
             if segment.get(key) is not None:
                 item[key] = segment[key]
         item["no_speech_prob"] = float(segment.get("no_speech_prob", 0.0))
-        segment_speaker = _label(segment.get("speaker"))
+        segment_speaker = stored_label(segment.get("speaker"))
         if segment_speaker is not None:
             item["speaker"] = segment_speaker
         segments_out.append(item)
@@ -490,7 +490,7 @@ def verbose_json(result: Any) -> dict[str, Any]:
                     "start": float(word["start"]),
                     "end": float(word["end"]),
                 }
-                word_speaker = _label(word.get("speaker"))
+                word_speaker = stored_label(word.get("speaker"))
                 if word_speaker is not None:
                     word_item["speaker"] = word_speaker
                     labels.setdefault(word_speaker)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from apps.audio_jobs.formats import stored_label, word_speakers
+
 # A number with its separators ("1,000,000", "3.5") is one token; a word keeps its inner
 # apostrophes ("don't") but not quotes around it ("'hello'").
 
@@ -90,33 +92,12 @@ def tokens_of(text: str) -> list[str]:
     return [t.casefold() for t in _TOKEN.findall(text)]
 
 
-def _label(value: Any) -> str | None:
-    """A stored speaker label, or None when there is none (missing, blank or not a string)."""
-    return value if isinstance(value, str) and value.strip() else None
-
-
-def _word_speakers(segment: dict[str, Any], words: list[dict[str, Any]]) -> list[str | None]:
-    """The speaker each of the segment's `words` is attributed to, as the transcript's renders
-    show them (`apps.audio_jobs.formats`): when the words do not change speaker, all of them are
-    the segment's speaker (theirs when the segment has none); when they do, each keeps its own,
-    a word without one going with the word before it (the first labelled word, at the start)."""
-    own = [_label(w.get("speaker")) for w in words]
-    known = [s for s in own if s is not None]
-    if len(set(known)) <= 1:
-        return [_label(segment.get("speaker")) or (known[0] if known else None)] * len(words)
-    current = known[0]
-    speakers: list[str | None] = []
-    for speaker in own:
-        current = speaker or current
-        speakers.append(current)
-    return speakers
-
-
 def segment_speaker(segment: dict[str, Any]) -> str | None:
-    """The speaker a segment is shown under: its own label, else its first word's."""
+    """The speaker a segment's line is shown under, as the transcript's renders show it
+    (`apps.audio_jobs.formats.word_speakers`): its first word's, else its own label."""
     words = segment.get("words") or []
-    return _label(segment.get("speaker")) or next(
-        (s for s in _word_speakers(segment, words) if s is not None), None
+    return next((s for s in word_speakers(segment, words) if s is not None), None) or (
+        stored_label(segment.get("speaker"))
     )
 
 
@@ -135,13 +116,13 @@ def words_from_segments(segments: Iterable[dict[str, Any]]) -> list[Word]:
                     float(w.get("probability", 1.0)),
                     speaker,
                 )
-                for w, speaker in zip(seg_words, _word_speakers(segment, seg_words), strict=True)
+                for w, speaker in zip(seg_words, word_speakers(segment, seg_words), strict=True)
             )
             continue
         parts = (segment.get("text") or "").split()
         start, end = float(segment.get("start", 0)), float(segment.get("end", 0))
         step = (end - start) / len(parts) if parts else 0
-        speaker = _label(segment.get("speaker"))
+        speaker = stored_label(segment.get("speaker"))
         words.extend(
             Word(p, start + i * step, start + (i + 1) * step, speaker=speaker)
             for i, p in enumerate(parts)
