@@ -110,17 +110,15 @@ def _job_data(job: TranscriptionJob) -> dict:
         # PII redaction (null when none was asked): spans redacted per entity type.
         "pii_redacted": job.redaction.get("entities") if isinstance(job.redaction, dict) else None,
         # Diarization (null when not asked or when it failed): each speaker's label and time.
-        "speakers": _speakers(job.diarization),
+        "speakers": _speakers(job),
     }
 
 
-def _speakers(diarization) -> list[dict] | None:
-    if not isinstance(diarization, dict) or "speakers" not in diarization:
+def _speakers(job: TranscriptionJob) -> list[dict] | None:
+    if not isinstance(job.diarization, dict) or "speakers" not in job.diarization:
         return None
     return [
-        {"id": str(item.get("id")), "seconds": item.get("seconds")}
-        for item in diarization["speakers"]
-        if isinstance(item, dict)
+        {"id": str(item.get("id")), "seconds": item.get("seconds")} for item in job.speakers_found()
     ]
 
 

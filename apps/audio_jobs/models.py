@@ -259,6 +259,12 @@ class TranscriptionJob(TimeStampedModel):
     def __str__(self) -> str:
         return f"Job {self.id} ({self.status})"
 
+    def speakers_found(self) -> list[dict]:
+        """The speakers diarization labelled (`diarization["speakers"]`): none when it was not
+        asked, failed, or has not run."""
+        found = self.diarization.get("speakers") if isinstance(self.diarization, dict) else None
+        return [item for item in found or [] if isinstance(item, dict)]
+
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES

@@ -305,9 +305,6 @@ def _diarize(job: TranscriptionJob, path, data: dict, tracker: _Tracker) -> dict
     job's `diarization`. A failure (the speaker model missing or damaged, the audio unreadable,
     memory, the job's time running out) keeps the transcript, unlabelled, with the reason. A
     cancel still cancels the job."""
-    from workers.engines import speakers
-    from workers.engines.audio import load_audio
-
     cutoff = _cutoff(job, tracker)
 
     def cancelled() -> bool:
@@ -319,20 +316,13 @@ def _diarize(job: TranscriptionJob, path, data: dict, tracker: _Tracker) -> dict
     started = time.monotonic()
     try:
         cancelled()  # no time left: not even the audio is decoded
-        encoder = speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None)
-        found = speakers.diarize_audio(
-            load_audio(path),
-            speakers.speech_spans(data),
-            encoder=encoder,
-            threshold=settings.DIARIZATION_THRESHOLD,
+        labelled, found = label_speakers(
+            path,
+            data,
             speakers_expected=job.speakers_expected,
-            max_speakers=min(
-                job.max_speakers or settings.DIARIZATION_MAX_SPEAKERS,
-                settings.DIARIZATION_MAX_SPEAKERS,
-            ),
+            max_speakers=job.max_speakers,
             should_cancel=cancelled,
         )
-        labelled = speakers.assign_speakers(data, found)
     except (TranscriptionCancelled, JobGone):
         raise
     except Exception as exc:
@@ -357,6 +347,33 @@ def _diarize(job: TranscriptionJob, path, data: dict, tracker: _Tracker) -> dict
     )
     DIARIZATIONS.labels("done").inc()
     return {"model": found.model, "speakers": labelled, "seconds": round(seconds, 3)}
+
+
+def label_speakers(
+    path,
+    data: dict,
+    *,
+    speakers_expected: int | None = None,
+    max_speakers: int | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> tuple[list[dict[str, Any]], Any]:
+    """Label the speakers of `data` (in place) from the audio at `path` with the platform's
+    speaker model and settings; returns the summary per speaker and the `Diarization`. For the
+    worker and `manage.py transcribe --diarize`."""
+    from workers.engines import speakers
+    from workers.engines.audio import load_audio
+
+    ceiling = settings.DIARIZATION_MAX_SPEAKERS
+    found = speakers.diarize_audio(
+        load_audio(path),
+        speakers.speech_spans(data),
+        encoder=speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None),
+        threshold=settings.DIARIZATION_THRESHOLD,
+        speakers_expected=speakers_expected,
+        max_speakers=min(max_speakers or ceiling, ceiling),
+        should_cancel=should_cancel,
+    )
+    return speakers.assign_speakers(data, found), found
 
 
 def _cutoff(

@@ -26,8 +26,7 @@ MAX_NAME_CHARS = 80
 
 def known_speakers(job: TranscriptionJob) -> list[str]:
     """The labels diarization found on the job (none when not asked, failed, or not done)."""
-    found = (job.diarization or {}).get("speakers") or []
-    return [str(item.get("id")) for item in found if isinstance(item, Mapping)]
+    return [str(item.get("id")) for item in job.speakers_found()]
 
 
 def clean_name(value: str) -> str:

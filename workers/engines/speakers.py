@@ -35,7 +35,7 @@ import pickle
 import struct
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -479,7 +479,6 @@ class Diarization:
     speakers: int
     windows: int = 0
     model: str = ENCODER_NAME
-    details: dict[str, Any] = field(default_factory=dict)
 
     def speaker_at(self, seconds: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
         """The speaker of the window centred nearest each time."""

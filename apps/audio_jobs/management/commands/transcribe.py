@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audio_jobs import formats, media, services
-from apps.audio_jobs.processing import engine_from_settings
+from apps.audio_jobs.processing import engine_from_settings, label_speakers
 from workers.engines import ENGINE_NAMES, EngineError, TranscriptionOptions
 from workers.engines.models import PROFILES, choose_profile
 
@@ -109,22 +109,13 @@ class Command(BaseCommand):
         self.stdout.write(body, ending="")
 
     def _diarize(self, path: Path, data: dict, expected: int | None) -> None:
-        from workers.engines import speakers
-        from workers.engines.audio import load_audio
+        from workers.engines.speakers import DiarizationError
 
         started = time.monotonic()
         try:
-            found = speakers.diarize_audio(
-                load_audio(path),
-                speakers.speech_spans(data),
-                encoder=speakers.load_encoder(settings.DIARIZATION_MODEL_PATH or None),
-                threshold=settings.DIARIZATION_THRESHOLD,
-                speakers_expected=expected,
-                max_speakers=settings.DIARIZATION_MAX_SPEAKERS,
-            )
-        except (EngineError, speakers.DiarizationError) as exc:
+            summary, _found = label_speakers(path, data, speakers_expected=expected)
+        except (EngineError, DiarizationError) as exc:
             raise CommandError(f"Speakers could not be labelled: {exc}") from exc
-        summary = speakers.assign_speakers(data, found)
         self.stderr.write(
             f"{len(summary)} speaker(s) in {time.monotonic() - started:.1f} s: "
             + ", ".join(f"{item['id']} {item['seconds']:.0f} s" for item in summary)
