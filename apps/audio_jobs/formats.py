@@ -11,11 +11,11 @@ from its word timestamps when present and by character count otherwise.
 Speakers (after diarization): a segment may carry ``"speaker": "SPEAKER_00"`` (who spoke most of
 it), each of its words its own ``"speaker"``, and the result ``"speaker_names"`` (label -> the
 name members gave it). A segment whose words all have one speaker is shown as theirs (as the
-segment's when its words have none); one whose words change speaker is split at each change (a word without a speaker goes
-with the word before it, or the first one after it at the start). Plain text writes a
-"Name: " prefix at the start of each turn; subtitles never mix two speakers in one cue and name
-the speaker on every cue; JSON keeps the labels. A transcript without speakers renders exactly
-as before.
+segment's when its words have none); one whose words change speaker is split at each change (a
+word without a speaker goes with the word before it, or the first one after it at the start).
+Plain text writes a "Name: " prefix at the start of each turn; subtitles never mix two speakers
+in one cue and name the speaker on every cue; JSON keeps the labels. A transcript without
+speakers renders exactly as before.
 """
 
 from __future__ import annotations
