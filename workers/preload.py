@@ -5,8 +5,11 @@ of its preparation processes, during the first burst of jobs after every start, 
 recycle: on an H200 the first 100-job burst of a fresh process ran at ~2600x real time against
 3100-4200x once warm (docs/benchmarks.md). With ``WHISPER_PRELOAD_PROFILES`` set, the worker
 loads those profiles' engines in a background thread as soon as it is ready, in the order
-given (put the busiest first), and spawns every preparation process
-(``PreparationPool.start_all``, which waits for nothing and holds no process back).
+given (put the busiest first), and calls each engine's ``warm``: the batching engine spawns
+every preparation process (``PreparationPool.start_all``, which waits for nothing and holds no
+process back) and, on CUDA, runs one warm-up batch on every model stream
+(``BatchScheduler.warm_model``). On an H100, with the processes started but no model warm-up,
+the first burst still ran at 2400-2620x against 3017-3207x.
 
 Jobs keep running meanwhile. ``get_engine`` has one load lock per configuration: a job for a
 model already loaded (or loading nothing) goes on while ``base`` loads; a job for the model being

@@ -45,6 +45,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16_000
 CHUNK_SECONDS = 30
+# Audio the VAD runs on once when a preparation process starts (``_start_process``).
+VAD_WARM_SECONDS = 2
 # About 1 MB of float32 features per window: a job of more windows than this (an hour of speech)
 # is prepared in its own thread as its windows are queued, which holds two batches at a time.
 MAX_PREPARED_WINDOWS = 120
@@ -153,6 +155,15 @@ def prepare_for_batching(
     return prepared
 
 
+def warm_noise(seconds: float) -> Any:
+    """``seconds`` of faint, reproducible noise at the models' sample rate: input for warm-ups
+    (the VAD here, ``BatchScheduler.warm_model``), which need audio but no speech."""
+    import numpy as np
+
+    samples = int(seconds * SAMPLE_RATE)
+    return (np.random.default_rng(0).standard_normal(samples) * 0.01).astype(np.float32)
+
+
 def _ping() -> tuple[int, str]:
     """What ``PreparationPool.check`` runs: a process that answers can import this module; it
     says which VAD it runs."""
@@ -193,6 +204,12 @@ def _start_process(vad_engine: str = "onnx", vad_device: str = "cpu") -> None:
     except Exception:
         logger.exception("preparation process: the %s VAD could not load", vad_engine)
         _vad_engine = "onnx"
+    try:
+        # The VAD's first run loads its kernels (on CUDA, a context's worth): paid here, before
+        # a job's file waits for it.
+        split_speech(warm_noise(VAD_WARM_SECONDS), vad=True)
+    except Exception:
+        logger.exception("preparation process: the VAD's warm-up failed")
 
 
 class PreparationPool:

@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
 # Issue #7's device-side checks for the next lease, in one call on a lent GPU machine
 # (docs/gpu.md, "Running on a lent GPU machine"), after the kit's first chunks were received. The
-# kit: `kit.py prepare --profiles tiny.en,base --with-tests` (6 chunks). This receives the last
-# chunk, installs the kit, then, in order of what #7 still lacks:
-#   1. the GPU-marked tests (tests/engines, pytest -m gpu), without Django, espeak-ng or sox:
-#      the kit brings the models and the tests' clips;
-#   1b. on an H100 only: tiny.en's target row (100 jobs, word timestamps, two bursts) with both
-#      baselines. #7 states its targets for one H100; both earlier leases drew an H200;
-#   2. `base` with word timestamps: the matrix at 1/8/32/100 jobs with the settings the second
-#      lease measured best for tiny.en (batch 32, 4 model streams, 12 preparation processes, the
-#      VAD on the GPU), openai-whisper on one job and the bare pipeline on 32;
-#   3. WER of cross-job batching, the bare pipeline and the unbatched engine over 12 jobs of
-#      tiny.en on the GPU (bench/gpu/wer.py; measured on the CPU in session 6);
-#   4. `base` without word timestamps, as in 2;
-#   5. if time is left: tiny.en at 100 jobs with WHISPER_BATCH_MAX_WAIT_MS 10 (the default), 2
-#      and 50, two bursts each. run.py now starts every preparation process before the first
-#      burst, as the worker's preload does, so the first burst against the second shows what
-#      of the second lease's cold-start gap (2568x against 3120-4220x) is left.
+# kit: `kit.py prepare --profiles tiny.en,base --with-tests` (6 chunks; `--profiles tiny.en`, 3
+# chunks, is enough for steps 1-3). This receives the last chunk, installs the kit, then, in order
+# of what is still open:
+#   1. the GPU-marked tests (tests/engines, pytest -m gpu), without Django, espeak-ng or sox: the
+#      kit brings the models and the tests' clips. Since the third lease the cross-job test warms
+#      the scheduler first (preparation processes, then BatchScheduler.warm_model), as the
+#      worker's preload does;
+#   2. the first-burst gap: tiny.en, 100 jobs with word timestamps, two bursts per process, with
+#      the model's warm-up off and on, alternately, twice each. The third lease (H100) measured
+#      2402-2618x on a first burst against 3017-3207x on the second, without the warm-up;
+#   3. on an H100: tiny.en's 1/8/32-job rows with word timestamps on and off (the third lease ran
+#      only the 100-job row there);
+#   4. if the kit holds base: the bare pipeline's row for base without word timestamps (cut off in
+#      the third lease), then base's GPU memory per window (bench/gpu/memory.py).
 # Every step has a deadline inside the call's limit (LEASE_SECONDS, from the script's start), and
 # each result is written to $OUT as soon as it exists, so a step cut off still brings back what
-# finished. The second lease ran `git show ea3344c:bench/gpu/lease.sh` (model ceiling,
-# preparation, pick.py, the tiny.en targets); docs/benchmarks.md has its numbers.
+# finished. Earlier leases' scripts: `git show ea3344c:bench/gpu/lease.sh` (second lease) and
+# `git show 312ddd6:bench/gpu/lease.sh` (third); docs/benchmarks.md has their numbers.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1
@@ -50,30 +48,30 @@ step() {
   local rc=$?
   if ((rc)); then
     echo "exit $rc: $*"
-    pkill -9 -f spawn_main # preparation processes a killed step left behind
+    pkill -9 -f '[s]pawn_main' # preparation processes a killed step left behind
   fi
 }
 RUN=(python3 bench/gpu/run.py --kit "$KIT" --batch-size 32 --model-streams 4
   --prepare-processes 12 --vad-engine torch --vad-device cuda --out "$OUT")
 GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+BURSTS=(--profiles tiny.en --word-timestamps on --jobs 100,100 --openai-jobs 0 --bare-jobs 0
+  --wer-jobs 0)
 {
   echo "== device: ${GPU_NAME:-unknown}"
   step 120 python3 -m pytest -p no:django -p no:randomly -p no:cacheprovider \
     --confcutdir=tests/engines -m gpu -v -rA --junitxml="$OUT/gpu-tests.xml" \
     tests/engines/test_batching.py tests/engines/test_silero.py
-  if [[ $GPU_NAME == *H100* ]]; then
-    step 150 "${RUN[@]}" --profiles tiny.en --word-timestamps on --jobs 100,100 \
-      --openai-jobs 1 --bare-jobs 32
-  fi
-  step 200 "${RUN[@]}" --profiles base --word-timestamps on --jobs 1,8,32,100 \
-    --openai-jobs 1 --bare-jobs 32
-  step 90 python3 bench/gpu/wer.py --kit "$KIT" --jobs 12 --batch-size 32 --out "$OUT"
-  step 120 "${RUN[@]}" --profiles base --word-timestamps off --jobs 1,8,32,100 \
-    --openai-jobs 1 --bare-jobs 32
-  # Only if time is left: the default first, so a cut-off run keeps the baseline.
-  for wait_ms in 10 2 50; do
-    step 45 "${RUN[@]}" --profiles tiny.en --word-timestamps on --jobs 100,100 \
-      --max-wait-ms "$wait_ms" --openai-jobs 0 --bare-jobs 0 --wer-jobs 0
+  for warm in off on off on; do
+    step 50 "${RUN[@]}" "${BURSTS[@]}" --warm-model "$warm"
   done
+  if [[ $GPU_NAME == *H100* ]]; then
+    step 120 "${RUN[@]}" --profiles tiny.en --word-timestamps on,off --jobs 1,8,32 \
+      --openai-jobs 0 --bare-jobs 0
+  fi
+  if [[ -d $KIT/kit/models/base ]]; then
+    step 60 "${RUN[@]}" --profiles base --word-timestamps off --jobs 32 --openai-jobs 0 \
+      --bare-jobs 32 --wer-jobs 0
+    step 120 python3 bench/gpu/memory.py --kit "$KIT" --profile base --out "$OUT"
+  fi
   echo "== done at $(($(date +%s) - START))s"
 } 2>&1 | tee "$LOG"

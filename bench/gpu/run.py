@@ -271,6 +271,13 @@ def main() -> int:
         help="do not start every preparation process before the first burst (the GPU worker "
         "does, WHISPER_PRELOAD_PROFILES; without it the first burst spawns them)",
     )
+    parser.add_argument(
+        "--warm-model",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="run BatchScheduler.warm_model before the first burst, as the worker's preload "
+        "does (auto: on CUDA; off: the first burst pays what it saves); none with --cold",
+    )
     parser.add_argument("--baseline-threads", type=int, default=32)
     parser.add_argument(
         "--bare-jobs",
@@ -355,6 +362,13 @@ def main() -> int:
             summary[f"{profile}_prepare_processes_ready"] = ready
             summary[f"{profile}_prepare_ready_seconds"] = round(time.monotonic() - started, 1)
             print(f"{profile}: {ready} preparation processes ready", flush=True)
+        if not args.cold and (
+            args.warm_model == "on" or (args.warm_model == "auto" and args.device == "cuda")
+        ):
+            started = time.monotonic()
+            summary[f"{profile}_model_warmed"] = scheduler.warm_model()
+            summary[f"{profile}_warm_model_seconds"] = round(time.monotonic() - started, 1)
+            print(f"{profile}: model warmed in {summary[f'{profile}_warm_model_seconds']} s")
         bare = get_engine(
             "faster-whisper",
             profile,

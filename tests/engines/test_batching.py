@@ -269,6 +269,69 @@ def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
     assert stats["out_of_memory"] == 0
 
 
+def test_warming_the_model_runs_each_stream_and_leaves_jobs_untouched(model_cache_dir, clips):
+    engine = new_scheduler(model_cache_dir, batch_size=2, model_streams=2)
+    calls: list[tuple[int, str]] = []
+    decode = engine._decode_batch
+
+    def recorded(items, setup=None):
+        calls.append((len(items), threading.current_thread().name))
+        outputs = decode(items, setup)
+        # Forced past the end of text: every window decoded text, and was aligned for words.
+        assert all(output.subsegments and output.alignment for output in outputs)
+        return outputs
+
+    engine._decode_batch = recorded
+    try:
+        assert engine.warm_model(tokens=12) is True
+        warmed = list(calls)
+        stats = engine.stats()
+        result = engine.transcribe(clips[0], ENGLISH)
+    finally:
+        engine.close()
+
+    assert sorted(warmed) == [(2, "whisper-warm-0"), (2, "whisper-warm-1")]
+    assert stats["batches"] == 0 and stats["windows"] == 0  # nothing delivered or counted
+    # The warm-up's forced options are not the ones jobs decode with.
+    assert wer(SENTENCES[0], result.text) <= 0.25
+
+
+def test_warm_runs_the_model_warm_up_on_cuda_or_when_asked(model_cache_dir, monkeypatch):
+    engine = new_scheduler(model_cache_dir)
+    warmed: list[int] = []
+    monkeypatch.setattr(engine, "warm_model", lambda: warmed.append(1) or True)
+    try:
+        assert engine.warm() == 0  # on the CPU: no model warm-up unless asked
+        assert warmed == []
+        assert engine.warm(model=True) == 0
+        assert warmed == [1]
+        engine.device = "cuda"  # what a GPU worker's preload calls
+        engine.warm()
+        assert warmed == [1, 1]
+    finally:
+        engine.close()
+
+
+def test_a_failing_model_warm_up_is_logged_not_raised(model_cache_dir, clips, caplog):
+    engine = new_scheduler(model_cache_dir, model_streams=2)
+
+    def fails(items, setup=None):
+        raise RuntimeError("CUDA failed with error out of memory")
+
+    decode, engine._decode_batch = engine._decode_batch, fails
+    try:
+        assert engine.warm_model(tokens=4) is False
+        engine._decode_batch = decode
+        result = engine.transcribe(clips[0], ENGLISH)
+        stats = engine.stats()
+    finally:
+        engine.close()
+
+    assert "warming the model failed on 2 of 2 streams" in caplog.text
+    assert stats["out_of_memory"] == 0  # the warm-up leaves the batch size alone
+    assert wer(SENTENCES[0], result.text) <= 0.25
+
+
 def test_english_only_model_refuses_unknown_language(scheduler, clips):
     with pytest.raises(ProfileError):
         scheduler.transcribe(clips[0], TranscriptionOptions(language=None))
@@ -450,6 +513,8 @@ def test_cross_job_batching_on_cuda(
         model_streams=model_streams,
     )
     try:
+        # As a GPU worker's preload does: every preparation process, then the model's warm-up.
+        assert engine.warm() == prepare_processes
         results = run_jobs(engine, [{"path": clip} for clip in clips * 4])
         stats = engine.stats()
     finally:

@@ -24,9 +24,11 @@ from tests.engines.preparation_targets import (
 )
 from tests.engines.test_batching import ENGLISH, new_scheduler, run_jobs
 from tests.support.processes import child_pids, spawned_children
+from workers import preparation
 from workers.engines.batching import BatchScheduler
 from workers.engines.errors import AudioDecodeError, TranscriptionCancelled
 from workers.preparation import (
+    THREAD_VARIABLES,
     PreparationPool,
     prepare_audio,
     prepare_for_batching,
@@ -355,3 +357,40 @@ def test_a_scheduler_warms_its_whole_preparation_pool(model_cache_dir):
         assert plain.warm() == 0
     finally:
         plain.close()
+
+
+@pytest.fixture
+def start_here(monkeypatch):
+    """Run a preparation process's initializer in this process, undoing what it sets: its thread
+    limits, and the VAD it installs (stubbed: the real one would replace this process's)."""
+    for name in THREAD_VARIABLES:
+        monkeypatch.setenv(name, os.environ.get(name, "2"))
+    monkeypatch.setattr(preparation, "_vad_engine", preparation._vad_engine)
+    monkeypatch.setattr("workers.engines.silero.install", lambda engine, device: engine)
+    return preparation._start_process
+
+
+def test_a_preparation_process_runs_its_vad_once_when_it_starts(start_here, monkeypatch):
+    seen: list[tuple[Any, bool]] = []
+    monkeypatch.setattr(preparation, "split_speech", lambda audio, vad: seen.append((audio, vad)))
+
+    start_here("torch", "cuda")
+
+    assert preparation._vad_engine == "torch"
+    [(audio, vad)] = seen
+    assert vad is True
+    assert audio.dtype == np.float32 and len(audio) == preparation.VAD_WARM_SECONDS * 16_000
+    assert 0 < float(np.abs(audio).max()) < 0.1  # faint noise, the same every time
+    assert np.array_equal(audio, preparation.warm_noise(preparation.VAD_WARM_SECONDS))
+
+
+def test_a_failing_vad_warm_up_does_not_stop_a_preparation_process(start_here, monkeypatch, caplog):
+    def fails(audio, vad):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(preparation, "split_speech", fails)
+
+    start_here("onnx", "cpu")  # returns: a raising initializer would break the whole pool
+
+    assert preparation._vad_engine == "onnx"
+    assert "the VAD's warm-up failed" in caplog.text

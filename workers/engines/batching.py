@@ -31,6 +31,7 @@ batch size is halved (never below 1) and the batch retried.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import shutil
@@ -63,11 +64,14 @@ from workers.engines.faster import (
 )
 from workers.engines.models import ModelFiles
 from workers.preparation import (
+    CHUNK_SECONDS,
     SAMPLE_RATE,
     PreparationPool,
     PreparedAudio,
     prepare_audio,
     shared_pool,
+    warm_noise,
+    window_features,
 )
 
 logger = logging.getLogger(__name__)
@@ -91,6 +95,10 @@ GPU_MB_PER_WINDOW_DEFAULT = 100
 # CTranslate2's own workspace.
 GPU_MEMORY_SHARE = 0.6
 POLL_SECONDS = 0.2
+# Tokens each window of ``warm_model``'s batch is made to decode: more than a full 30 s window of
+# speech holds (about 70-100 text tokens in the benchmark's speech), so the decoder's buffers reach
+# the sizes real batches need.
+WARM_TOKENS = 128
 
 
 # Seconds a single window that ran out of memory waits before each new try (then its job fails).
@@ -348,11 +356,85 @@ class BatchScheduler(LoadedFasterWhisperModel):
             return None
         return pool
 
-    def warm(self) -> int:
+    def warm(self, *, model: bool | None = None) -> int:
         """Spawn every preparation process now (``PreparationPool.start_all``, which waits for
-        nothing); how many the pool has (0 without one). The model itself is loaded when the
-        scheduler is made."""
-        return self._preparation.start_all() if self._preparation is not None else 0
+        nothing), then, on CUDA or when ``model`` is true, ``warm_model``; how many preparation
+        processes the pool has (0 without one). The model itself is loaded when the scheduler is
+        made."""
+        processes = self._preparation.start_all() if self._preparation is not None else 0
+        if (self.device == "cuda") if model is None else model:
+            self.warm_model()
+        return processes
+
+    def warm_model(self, tokens: int = WARM_TOKENS) -> bool:
+        """One batch of ``batch_size`` windows on every model stream at once, through
+        ``_decode_batch`` with word timestamps. The windows hold faint noise, and the end of
+        text is suppressed, so each decodes ``tokens`` tokens. Nothing is delivered or counted.
+
+        A CUDA process pays one-off costs in its first batches: kernels loaded on first use,
+        cuBLAS handles, CTranslate2's caching allocator growing. On an H100 the first 100-job
+        burst of a process ran at 2 400-2 620x real time against 3 017-3 207x for the next one,
+        with every preparation process already started (docs/benchmarks.md). This pays those
+        costs before the first job. On the CPU there is little to warm.
+
+        Returns whether every stream's batch ran. A failure is logged, not raised: jobs then
+        pay the cost as before, and an out-of-memory error is handled by their own batches."""
+        started = time.monotonic()
+        key = BatchKey(
+            language="en",
+            task="transcribe",
+            beam_size=TranscriptionOptions().beam_size,
+            word_timestamps=True,
+            initial_prompt=None,
+        )
+        tokenizer, options = batched_decode_setup(
+            self._model,
+            language=key.language,
+            task=key.task,
+            beam_size=key.beam_size,
+            word_timestamps=key.word_timestamps,
+            initial_prompt=key.initial_prompt,
+        )
+        forced = dataclasses.replace(
+            options,
+            suppress_tokens=[*options.suppress_tokens, tokenizer.eot],
+            max_new_tokens=tokens,
+        )
+        features = window_features(self._model.feature_extractor, warm_noise(CHUNK_SECONDS))
+        job = _Job(key=key, cond=threading.Condition())
+        metadata = {"duration": float(CHUNK_SECONDS), "offset": 0.0}
+        items = [_Item(job, index, features, metadata, started) for index in range(self.batch_size)]
+        failures: list[BaseException] = []
+
+        def stream() -> None:
+            try:
+                self._decode_batch(items, setup=(tokenizer, forced))
+            except Exception as exc:
+                failures.append(exc)
+
+        threads = [
+            threading.Thread(target=stream, name=f"whisper-warm-{index}", daemon=True)
+            for index in range(self.model_streams)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            logger.warning(
+                "warming the model failed on %d of %d streams: %s",
+                len(failures),
+                self.model_streams,
+                failures[0],
+            )
+            return False
+        logger.info(
+            "warmed the model: %d streams, batches of %d, in %.1f s",
+            self.model_streams,
+            self.batch_size,
+            time.monotonic() - started,
+        )
+        return True
 
     def _prepare(
         self, audio_path: AudioPath, vad: bool, should_cancel: CancelCheck | None
@@ -593,13 +675,16 @@ class BatchScheduler(LoadedFasterWhisperModel):
         results = self._model.model.detect_language(encoder_output)
         return [(str(result[0][0][2:-2]), float(result[0][1])) for result in results]
 
-    def _decode_batch(self, items: list[_Item]) -> list[_Output]:
+    def _decode_batch(
+        self, items: list[_Item], setup: tuple[Any, Any] | None = None
+    ) -> list[_Output]:
         """One batched encode + generate (and alignment) for windows sharing a key; what
-        ``BatchedInferencePipeline.forward`` does, minus the word-timing heuristics."""
+        ``BatchedInferencePipeline.forward`` does, minus the word-timing heuristics. ``setup``
+        (tokenizer, options) replaces the key's own (``warm_model``)."""
         from faster_whisper.transcribe import get_compression_ratio
 
         key = items[0].job.key
-        tokenizer, fw_options = self._setup(key)
+        tokenizer, fw_options = setup or self._setup(key)
         features = np.stack([item.features for item in items])
         encoder_output, outputs = self._pipeline.generate_segment_batched(
             features, tokenizer, fw_options
