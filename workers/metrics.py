@@ -247,6 +247,18 @@ _BATCH_COUNTERS = (
         0.001,
     ),
     (
+        "lexiscore_whisper_model_warm_ups",
+        "Warm-up batches run on every model stream before the first job (preload, on CUDA).",
+        "warm_ups",
+        1,
+    ),
+    (
+        "lexiscore_whisper_model_warm_up_failures",
+        "Model warm-ups that failed or timed out (jobs then pay the first batches' costs).",
+        "warm_up_failures",
+        1,
+    ),
+    (
         "lexiscore_whisper_prepare_pool_replacements",
         "Audio preparation pools replaced after one of their processes died.",
         "preparation_pool_replacements",

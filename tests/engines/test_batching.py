@@ -271,28 +271,40 @@ def test_an_error_in_one_window_fails_only_its_job(model_cache_dir, clips):
 
 def test_warming_the_model_runs_each_stream_and_leaves_jobs_untouched(model_cache_dir, clips):
     engine = new_scheduler(model_cache_dir, batch_size=2, model_streams=2)
-    calls: list[tuple[int, str]] = []
+    calls: list[tuple[str, list[int]]] = []
     decode = engine._decode_batch
 
     def recorded(items, setup=None):
-        calls.append((len(items), threading.current_thread().name))
         outputs = decode(items, setup)
-        # Forced past the end of text: every window decoded text, and was aligned for words.
-        assert all(output.subsegments and output.alignment for output in outputs)
+        calls.append(
+            (
+                threading.current_thread().name,
+                [sum(len(sub["tokens"]) for sub in output.subsegments) for output in outputs],
+            )
+        )
         return outputs
 
     engine._decode_batch = recorded
     try:
-        assert engine.warm_model(tokens=12) is True
-        warmed = list(calls)
+        assert engine.warm_model(max_new_tokens=20) is True
+        engine._decode_batch = decode
         stats = engine.stats()
+        setups = dict(engine._setups)
         result = engine.transcribe(clips[0], ENGLISH)
+        tokenizer, options = engine._setups[next(iter(engine._setups))]
     finally:
         engine.close()
 
-    assert sorted(warmed) == [(2, "whisper-warm-0"), (2, "whisper-warm-1")]
+    assert sorted(name for name, _ in calls) == ["whisper-warm-0", "whisper-warm-1"]
+    # Forced past the end of text: every window of both batches decoded the same length,
+    # CTranslate2's half of (prompt + 20 new tokens).
+    lengths = {length for _, window_lengths in calls for length in window_lengths}
+    assert len(lengths) == 1 and 8 <= lengths.pop() <= 11
+    assert all(len(window_lengths) == 2 for _, window_lengths in calls)
+    assert stats["warm_ups"] == 1 and stats["warm_up_failures"] == 0
     assert stats["batches"] == 0 and stats["windows"] == 0  # nothing delivered or counted
-    # The warm-up's forced options are not the ones jobs decode with.
+    assert setups == {}  # the warm-up's options are its own, not cached for jobs
+    assert tokenizer.eot not in options.suppress_tokens and options.max_new_tokens is None
     assert wer(SENTENCES[0], result.text) <= 0.25
 
 
@@ -312,7 +324,9 @@ def test_warm_runs_the_model_warm_up_on_cuda_or_when_asked(model_cache_dir, monk
         engine.close()
 
 
-def test_a_failing_model_warm_up_is_logged_not_raised(model_cache_dir, clips, caplog):
+def test_a_failing_model_warm_up_is_logged_and_counted_not_raised(
+    model_cache_dir, clips, caplog, monkeypatch
+):
     engine = new_scheduler(model_cache_dir, model_streams=2)
 
     def fails(items, setup=None):
@@ -320,16 +334,51 @@ def test_a_failing_model_warm_up_is_logged_not_raised(model_cache_dir, clips, ca
 
     decode, engine._decode_batch = engine._decode_batch, fails
     try:
-        assert engine.warm_model(tokens=4) is False
+        assert engine.warm_model(max_new_tokens=4) is False
         engine._decode_batch = decode
+        # A setup that raises (here: the features) is a failure too, not an exception.
+        with monkeypatch.context() as patch:
+            patch.setattr("workers.engines.batching.window_features", fails)
+            assert engine.warm_model(max_new_tokens=4) is False
         result = engine.transcribe(clips[0], ENGLISH)
         stats = engine.stats()
     finally:
         engine.close()
 
-    assert "warming the model failed on 2 of 2 streams" in caplog.text
+    assert "warming the model failed (2 of 2 streams)" in caplog.text
+    assert stats["warm_up_failures"] == 2 and stats["warm_ups"] == 0
     assert stats["out_of_memory"] == 0  # the warm-up leaves the batch size alone
     assert wer(SENTENCES[0], result.text) <= 0.25
+
+
+def test_a_hung_model_warm_up_is_given_up_on(model_cache_dir, monkeypatch, caplog):
+    engine = new_scheduler(model_cache_dir)
+    release = threading.Event()
+    monkeypatch.setattr("workers.engines.batching.WARM_TIMEOUT_SECONDS", 0.5)
+    engine._decode_batch = lambda items, setup=None: release.wait(30)
+    try:
+        assert engine.warm_model() is False
+    finally:
+        release.set()
+        engine.close()
+
+    assert "warming the model failed" in caplog.text and "still running after" in caplog.text
+    assert engine.stats()["warm_up_failures"] == 1
+
+
+def test_warming_a_multilingual_model_detects_languages_first(model_cache_dir):
+    files = model_files("base", model_cache_dir)
+    engine = BatchScheduler(files, batch_size=2)
+    detected: list[list[tuple[str, float]]] = []
+    detect = engine._detect_batch
+    engine._detect_batch = lambda items: detected.append(detect(items)) or detected[-1]
+    try:
+        assert engine.warm_model(max_new_tokens=8) is True
+    finally:
+        engine.close()
+
+    [languages] = detected
+    assert len(languages) == 2 and all(0 <= p <= 1 for _, p in languages)
 
 
 def test_english_only_model_refuses_unknown_language(scheduler, clips):
@@ -520,6 +569,7 @@ def test_cross_job_batching_on_cuda(
     finally:
         engine.close()
 
+    assert stats["warm_ups"] == 1 and stats["warm_up_failures"] == 0
     assert stats["initial_batch_size"] >= 1
     assert stats["multi_job_batches"] >= 1
     assert stats["prepare_processes"] == prepare_processes

@@ -394,3 +394,12 @@ def test_a_failing_vad_warm_up_does_not_stop_a_preparation_process(start_here, m
 
     assert preparation._vad_engine == "onnx"
     assert "the VAD's warm-up failed" in caplog.text
+
+
+def test_the_vad_warm_up_input_runs_through_the_real_vad():
+    clips, chunks, metadata = preparation.split_speech(
+        preparation.warm_noise(preparation.VAD_WARM_SECONDS), vad=True
+    )
+
+    assert clips == []  # faint noise: no speech, and nothing for the warm-up to decode
+    assert len(chunks) == len(metadata) <= 1

@@ -95,10 +95,9 @@ GPU_MB_PER_WINDOW_DEFAULT = 100
 # CTranslate2's own workspace.
 GPU_MEMORY_SHARE = 0.6
 POLL_SECONDS = 0.2
-# Tokens each window of ``warm_model``'s batch is made to decode: more than a full 30 s window of
-# speech holds (about 70-100 text tokens in the benchmark's speech), so the decoder's buffers reach
-# the sizes real batches need.
-WARM_TOKENS = 128
+# How long ``warm_model`` waits for its streams' batches before it gives up on them (a call that
+# hangs in CTranslate2 must not hold the preload thread, and the profiles after it, for ever).
+WARM_TIMEOUT_SECONDS = 300.0
 
 
 # Seconds a single window that ran out of memory waits before each new try (then its job fails).
@@ -360,16 +359,20 @@ class BatchScheduler(LoadedFasterWhisperModel):
         """Spawn every preparation process now (``PreparationPool.start_all``, which waits for
         nothing), then, on CUDA or when ``model`` is true, ``warm_model``; how many preparation
         processes the pool has (0 without one). The model itself is loaded when the scheduler is
-        made."""
+        made. ``stats()`` counts the model's warm-ups and their failures."""
         processes = self._preparation.start_all() if self._preparation is not None else 0
         if (self.device == "cuda") if model is None else model:
             self.warm_model()
         return processes
 
-    def warm_model(self, tokens: int = WARM_TOKENS) -> bool:
+    def warm_model(self, max_new_tokens: int | None = None) -> bool:
         """One batch of ``batch_size`` windows on every model stream at once, through
-        ``_decode_batch`` with word timestamps. The windows hold faint noise, and the end of
-        text is suppressed, so each decodes ``tokens`` tokens. Nothing is delivered or counted.
+        ``_decode_batch`` with word timestamps, after one language-detection batch for a
+        multilingual model. The windows hold faint noise, and the end of text is suppressed, so
+        each decodes as long as the decoding options let it: with ``max_new_tokens`` None (the
+        model's 448-token limit) CTranslate2 stops at half that, 224 tokens, the most any window
+        can take; a real 30 s window of speech holds 70-100. Nothing is delivered, and only
+        ``warm_ups`` / ``warm_up_failures`` are counted.
 
         A CUDA process pays one-off costs in its first batches: kernels loaded on first use,
         cuBLAS handles, CTranslate2's caching allocator growing. On an H100 the first 100-job
@@ -377,9 +380,64 @@ class BatchScheduler(LoadedFasterWhisperModel):
         with every preparation process already started (docs/benchmarks.md). This pays those
         costs before the first job. On the CPU there is little to warm.
 
-        Returns whether every stream's batch ran. A failure is logged, not raised: jobs then
-        pay the cost as before, and an out-of-memory error is handled by their own batches."""
+        Returns whether every stream's batch ran. A failure is logged and counted, not raised:
+        jobs then pay the cost as before. An out-of-memory error here leaves the batch size
+        alone, since jobs' batches may be holding the memory; their own batches halve it if it
+        is too large."""
         started = time.monotonic()
+        failures: list[BaseException] = []
+        try:
+            setup, items = self._warm_up_batch(max_new_tokens, started)
+        except Exception as exc:
+            failures.append(exc)
+        else:
+            multilingual = bool(self._model.model.is_multilingual)
+
+            def stream() -> None:
+                try:
+                    if multilingual:
+                        self._detect_batch(items)
+                    self._decode_batch(items, setup=setup)
+                except BaseException as exc:  # a thread's end: recorded, never lost
+                    failures.append(exc)
+
+            threads = [
+                threading.Thread(target=stream, name=f"whisper-warm-{index}", daemon=True)
+                for index in range(self.model_streams)
+            ]
+            for thread in threads:
+                thread.start()
+            deadline = started + WARM_TIMEOUT_SECONDS
+            for thread in threads:
+                thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+            hung = sum(thread.is_alive() for thread in threads)
+            if hung:
+                failures.append(
+                    TimeoutError(f"{hung} still running after {WARM_TIMEOUT_SECONDS:.0f} s")
+                )
+        if failures:
+            self._count("warm_up_failures")
+            logger.warning(
+                "warming the model failed (%d of %d streams): %s",
+                len(failures),
+                self.model_streams,
+                failures[0],
+            )
+            return False
+        self._count("warm_ups")
+        logger.info(
+            "warmed the model: %d streams, batches of %d, in %.1f s",
+            self.model_streams,
+            self.batch_size,
+            time.monotonic() - started,
+        )
+        return True
+
+    def _warm_up_batch(
+        self, max_new_tokens: int | None, submitted: float
+    ) -> tuple[tuple[Any, Any], list[_Item]]:
+        """``warm_model``'s decoding setup (an English key's own, with the end of text
+        suppressed and ``max_new_tokens``) and ``batch_size`` windows of noise."""
         key = BatchKey(
             language="en",
             task="transcribe",
@@ -398,43 +456,15 @@ class BatchScheduler(LoadedFasterWhisperModel):
         forced = dataclasses.replace(
             options,
             suppress_tokens=[*options.suppress_tokens, tokenizer.eot],
-            max_new_tokens=tokens,
+            max_new_tokens=max_new_tokens,
         )
         features = window_features(self._model.feature_extractor, warm_noise(CHUNK_SECONDS))
         job = _Job(key=key, cond=threading.Condition())
         metadata = {"duration": float(CHUNK_SECONDS), "offset": 0.0}
-        items = [_Item(job, index, features, metadata, started) for index in range(self.batch_size)]
-        failures: list[BaseException] = []
-
-        def stream() -> None:
-            try:
-                self._decode_batch(items, setup=(tokenizer, forced))
-            except Exception as exc:
-                failures.append(exc)
-
-        threads = [
-            threading.Thread(target=stream, name=f"whisper-warm-{index}", daemon=True)
-            for index in range(self.model_streams)
+        items = [
+            _Item(job, index, features, metadata, submitted) for index in range(self.batch_size)
         ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if failures:
-            logger.warning(
-                "warming the model failed on %d of %d streams: %s",
-                len(failures),
-                self.model_streams,
-                failures[0],
-            )
-            return False
-        logger.info(
-            "warmed the model: %d streams, batches of %d, in %.1f s",
-            self.model_streams,
-            self.batch_size,
-            time.monotonic() - started,
-        )
-        return True
+        return (tokenizer, forced), items
 
     def _prepare(
         self, audio_path: AudioPath, vad: bool, should_cancel: CancelCheck | None
@@ -798,6 +828,8 @@ class BatchScheduler(LoadedFasterWhisperModel):
                         "detection_batches",
                         "detections",
                         "model_ms",
+                        "warm_ups",
+                        "warm_up_failures",
                     )
                 },
                 "batch_size": self.batch_size,
