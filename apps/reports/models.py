@@ -44,7 +44,7 @@ class ExportScope(models.TextChoices):
 
 
 FORMATS_OF_KIND = {
-    ReportKind.TRANSCRIPT: {ReportFormat.PDF, ReportFormat.JSON},
+    ReportKind.TRANSCRIPT: {ReportFormat.PDF, ReportFormat.JSON, ReportFormat.CSV},
     ReportKind.USAGE: {ReportFormat.CSV, ReportFormat.XLSX, ReportFormat.PDF},
     ReportKind.EXPORT: {ReportFormat.ZIP},
 }

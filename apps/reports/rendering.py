@@ -130,6 +130,30 @@ def transcript_json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, indent=1).encode()
 
 
+TRANSCRIPT_CSV_COLUMNS = ["start_seconds", "end_seconds", "start", "end", "speaker", "text"]
+
+
+def transcript_csv(data: dict[str, Any]) -> bytes:
+    """The timed transcript as a table, one row a segment, for spreadsheets and subtitle tools:
+    times in seconds and as hh:mm:ss, the speaker's name (empty without diarization) and the
+    text, both neutralised against formula injection. The analytics are in the PDF and JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(TRANSCRIPT_CSV_COLUMNS)
+    for row in data["segments"]:
+        writer.writerow(
+            [
+                f"{row['start']:.2f}",
+                f"{row['end']:.2f}",
+                timestamp(row["start"]),
+                timestamp(row["end"]),
+                _cell(row.get("speaker_name", "")),
+                _cell(row["text"]),
+            ]
+        )
+    return out.getvalue().encode()
+
+
 def _pdf(template: str, context: dict[str, Any]) -> bytes:
     from weasyprint import HTML
 

@@ -273,11 +273,11 @@ def _render(report: Report) -> tuple[bytes, str]:
     if report.kind == ReportKind.TRANSCRIPT:
         data = rendering.transcript_data(report.job)
         stem = f"transcript-{report.job_id}"
-        content = (
-            rendering.transcript_pdf(data)
-            if fmt == ReportFormat.PDF
-            else (rendering.transcript_json(data))
-        )
+        content = {
+            ReportFormat.PDF: rendering.transcript_pdf,
+            ReportFormat.JSON: rendering.transcript_json,
+            ReportFormat.CSV: rendering.transcript_csv,
+        }[fmt](data)
     else:
         period_start, period_end = _usage_period(report)
         data = rendering.usage_data(report.organisation, period_start, period_end)

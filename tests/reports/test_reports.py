@@ -110,6 +110,53 @@ def test_transcript_json_holds_the_analytics(owner, client, auth):
     assert data["segments"][0]["text"].startswith("Hello world")
 
 
+def test_transcript_csv_is_the_timed_transcript_one_row_a_segment(owner, client, auth):
+    words = [(f" w{i}", float(i), i + 0.5, 0.9) for i in range(25)]  # three segments
+    words[0] = ("=SUM(A1:A9)", 0.0, 0.5, 0.9)  # a formula must reach a spreadsheet as text
+    job = completed_job(owner.organisation, owner.user, words=words, duration=3700.0)
+    job.transcript.segments[2]["start"], job.transcript.segments[2]["end"] = 3661.0, 3670.25
+    job.transcript.save()
+
+    report = generate(
+        owner.organisation, owner.user, kind="transcript", format="csv", job_id=job.pk
+    )
+    content, response = content_of(client, auth, report)
+
+    assert report.status == ReportStatus.READY
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert f'filename="transcript-{job.pk}.csv"' in response["Content-Disposition"]
+    rows = list(csv.reader(io.StringIO(content.decode())))
+    assert rows[0] == ["start_seconds", "end_seconds", "start", "end", "speaker", "text"]
+    assert rows[1][:5] == ["0.00", "9.50", "00:00:00", "00:00:09", ""]
+    assert rows[1][5].startswith("'=SUM(A1:A9) w1 w2")
+    assert rows[2] == [
+        "10.00",
+        "19.50",
+        "00:00:10",
+        "00:00:19",
+        "",
+        "w10" + "".join(f" w{i}" for i in range(11, 20)),
+    ]
+    assert rows[3][:4] == ["3661.00", "3670.25", "01:01:01", "01:01:10"]
+    assert len(rows) == 4
+
+
+def test_a_format_the_kind_is_not_made_in_is_refused(client, auth):
+    response = client.post(
+        "/api/v1/reports/",
+        {"kind": "transcript", "format": "xlsx", "job_id": "5f0c8c4e-8a4b-4a57-9d6e-0d2a2c1d3b4a"},
+        content_type="application/json",
+        **auth,
+    )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_report_format"
+    assert response.json()["error"]["message"] == (
+        "A transcript report is available as csv, json, pdf."
+    )
+    assert not Report.objects.exists()
+
+
 @pytest.fixture
 def usage_jobs(owner):
     other = member(organisation=owner.organisation, email="=cmd@example.com")

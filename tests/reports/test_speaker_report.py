@@ -1,8 +1,9 @@
 """Per-speaker analytics of diarized transcripts: the numbers, worked out by hand, and the
-Speakers section of the transcript report (PDF and JSON)."""
+Speakers section of the transcript report (PDF and JSON), and the speaker column of its CSV."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from typing import Any
@@ -288,6 +289,19 @@ def test_the_pdf_report_has_a_speakers_section_and_names_each_line(owner, genera
     assert "resemblyzer-test" in section
     assert "[00:00:00] Alice Moreau: Um, budget budget you" in flat
     assert "[00:00:08] Speaker 2: Fine fine good." in flat
+
+
+def test_the_csv_report_names_each_segments_speaker(owner, generate):
+    job = diarized_job(owner)
+    job.speaker_names = {A: "Alice Moreau", B: "@Bob"}  # a name a spreadsheet would run
+    job.save(update_fields=["speaker_names"])
+
+    rows = list(csv.reader(io.StringIO(generate(job, "csv").decode())))
+
+    assert rows[0][4:] == ["speaker", "text"]
+    assert [row[4] for row in rows[1:]] == ["Alice Moreau", "'@Bob", "Alice Moreau", "'@Bob"]
+    assert rows[1][5] == "Um, budget budget you"
+    assert len(rows) == 1 + len(SEGMENTS)
 
 
 def test_the_report_counts_the_edited_transcript(owner, generate):

@@ -57,7 +57,10 @@ class ReportInput(InputSerializer):
     kind = serializers.ChoiceField(
         choices=REQUESTABLE_KINDS, help_text="Data exports: POST /reports/exports/."
     )
-    format = serializers.ChoiceField(choices=REQUESTABLE_FORMATS)
+    format = serializers.ChoiceField(
+        choices=REQUESTABLE_FORMATS,
+        help_text="Transcript reports: pdf, json or csv. Usage reports: csv, xlsx or pdf.",
+    )
     job_id = serializers.UUIDField(
         required=False, help_text="The completed job of a transcript report (only then)."
     )
