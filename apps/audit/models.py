@@ -74,6 +74,12 @@ class AuditAction(models.TextChoices):
     TRANSCRIPT_SHARED = "transcript.shared", "Share link to a transcript made"
     TRANSCRIPT_SHARE_REVOKED = "transcript.share_revoked", "Share link revoked"
     TRANSCRIPT_SHARE_ACCESSED = "transcript.share_accessed", "Transcript opened by share link"
+    WEBHOOK_ENDPOINT_CREATED = "webhook.endpoint_created", "Webhook endpoint added"
+    WEBHOOK_ENDPOINT_DELETED = "webhook.endpoint_deleted", "Webhook endpoint deleted"
+    WEBHOOK_ENDPOINT_DISABLED = "webhook.endpoint_disabled", "Webhook endpoint disabled"
+    WEBHOOK_ENDPOINT_ENABLED = "webhook.endpoint_enabled", "Webhook endpoint enabled"
+    WEBHOOK_SECRET_ROTATED = "webhook.secret_rotated", "Webhook signing secret rotated"
+    WEBHOOK_DELIVERY_REDELIVERED = "webhook.delivery_redelivered", "Webhook delivery sent again"
 
 
 class AuditEvent(models.Model):

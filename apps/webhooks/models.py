@@ -70,7 +70,8 @@ class DeliveryStatus(models.TextChoices):
 
 
 class WebhookDelivery(TimeStampedModel):
-    """One event for one endpoint. `event_id` is the `webhook-id` header, the same every try."""
+    """One event for one endpoint. `event_id` is the `webhook-id` header, the same every try (and
+    every redelivery: receivers deduplicate on it)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     organisation = models.ForeignKey(
@@ -91,6 +92,10 @@ class WebhookDelivery(TimeStampedModel):
     last_status_code = models.PositiveIntegerField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # Sent again by hand (`delivery_redeliver`): how often, and when last. `attempts` then counts
+    # the tries since; the log keeps every try.
+    redeliveries = models.PositiveIntegerField(default=0, db_default=0)
+    redelivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

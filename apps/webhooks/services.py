@@ -26,6 +26,8 @@ from django.db import DatabaseError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record
 from apps.core import crypto
 from apps.core.exceptions import ApplicationError, ConflictError, NotFoundError
 
@@ -69,9 +71,38 @@ def _checked_events(event_types: list[str]) -> list[str]:
     return sorted(set(event_types))
 
 
+def _audit(
+    action: str,
+    endpoint: WebhookEndpoint,
+    *,
+    actor: Any,
+    api_key: Any = None,
+    meta: Any = None,
+    **metadata: Any,
+) -> None:
+    """One audit event about an endpoint (who changed where, and whether, events are sent)."""
+    audit_record(
+        action=action,
+        actor=actor,
+        api_key=api_key,
+        organisation=endpoint.organisation,
+        target=endpoint,
+        target_repr=f"Webhook endpoint {endpoint.url}"[:255],
+        meta=meta,
+        metadata={"endpoint_id": str(endpoint.pk), "url": endpoint.url, **metadata},
+    )
+
+
 @transaction.atomic
 def endpoint_create(
-    *, organisation, user, url: str, event_types: list[str], description: str = ""
+    *,
+    organisation,
+    user,
+    url: str,
+    event_types: list[str],
+    description: str = "",
+    api_key: Any = None,
+    meta: Any = None,
 ) -> WebhookEndpoint:
     """Register an endpoint; the returned instance carries the secret (shown to the caller once).
 
@@ -94,7 +125,7 @@ def endpoint_create(
             code="webhook_endpoint_limit",
             details={"limit": limit},
         )
-    return WebhookEndpoint.objects.create(
+    endpoint = WebhookEndpoint.objects.create(
         organisation=organisation,
         created_by=user,
         url=url,
@@ -102,17 +133,46 @@ def endpoint_create(
         description=description,
         secret=signing.secret_new(),
     )
+    _audit(
+        AuditAction.WEBHOOK_ENDPOINT_CREATED,
+        endpoint,
+        actor=user,
+        api_key=api_key,
+        meta=meta,
+        event_types=event_types,
+    )
+    return endpoint
 
 
-def endpoint_disable(*, endpoint: WebhookEndpoint, reason: str) -> WebhookEndpoint:
+@transaction.atomic
+def endpoint_disable(
+    *,
+    endpoint: WebhookEndpoint,
+    reason: str,
+    actor: Any = "system",
+    api_key: Any = None,
+    meta: Any = None,
+) -> WebhookEndpoint:
+    """Stop sending to the endpoint. `actor`: who (a user, or "system" when its failures did)."""
     endpoint.is_active = False
     endpoint.disabled_reason = reason[:200]
     endpoint.disabled_at = timezone.now()
     endpoint.save(update_fields=["is_active", "disabled_reason", "disabled_at", "updated_at"])
+    _audit(
+        AuditAction.WEBHOOK_ENDPOINT_DISABLED,
+        endpoint,
+        actor=actor,
+        api_key=api_key,
+        meta=meta,
+        reason=endpoint.disabled_reason,
+    )
     return endpoint
 
 
-def endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+@transaction.atomic
+def endpoint_enable(
+    *, endpoint: WebhookEndpoint, actor: Any = None, api_key: Any = None, meta: Any = None
+) -> WebhookEndpoint:
     _checked_url(endpoint.url)
     endpoint.is_active = True
     endpoint.disabled_reason = ""
@@ -120,10 +180,14 @@ def endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
     endpoint.consecutive_failures = 0
     endpoint.failing_since = None
     endpoint.save()
+    _audit(AuditAction.WEBHOOK_ENDPOINT_ENABLED, endpoint, actor=actor, api_key=api_key, meta=meta)
     return endpoint
 
 
-def endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
+@transaction.atomic
+def endpoint_rotate_secret(
+    *, endpoint: WebhookEndpoint, actor: Any = None, api_key: Any = None, meta: Any = None
+) -> WebhookEndpoint:
     """New secret; the old one keeps signing (a second signature) during the overlap."""
     endpoint.previous_secret = endpoint.secret
     endpoint.previous_secret_expires_at = timezone.now() + timedelta(
@@ -131,11 +195,149 @@ def endpoint_rotate_secret(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
     )
     endpoint.secret = signing.secret_new()
     endpoint.save()
+    _audit(AuditAction.WEBHOOK_SECRET_ROTATED, endpoint, actor=actor, api_key=api_key, meta=meta)
     return endpoint
 
 
-def endpoint_delete(*, endpoint: WebhookEndpoint) -> None:
+@transaction.atomic
+def endpoint_delete(
+    *, endpoint: WebhookEndpoint, actor: Any = None, api_key: Any = None, meta: Any = None
+) -> None:
+    _audit(AuditAction.WEBHOOK_ENDPOINT_DELETED, endpoint, actor=actor, api_key=api_key, meta=meta)
     endpoint.delete()
+
+
+REDELIVERIES_WINDOW = timedelta(hours=1)
+
+
+@transaction.atomic
+def delivery_redeliver(
+    *,
+    endpoint: WebhookEndpoint,
+    delivery_id: Any,
+    actor: Any = None,
+    api_key: Any = None,
+    meta: Any = None,
+    limited: bool = True,
+) -> WebhookDelivery:
+    """Send an ended delivery again: one that failed (its receiver was down past the schedule,
+    or the endpoint was disabled meanwhile) or one that succeeded and is wanted again (a
+    receiver that lost what it stored).
+
+    The same event goes out: its `webhook-id` and payload are the first delivery's, so a
+    receiver that deduplicates on the id (as Standard Webhooks asks) takes it at most once, and
+    the signature is made anew with the current secret. The delivery starts a new series of
+    tries on the retry schedule (`attempts` counts from 0 again; its log keeps every try), and
+    its first try is published after commit.
+
+    Refused: a delivery still being tried (409 `delivery_pending`), a disabled endpoint (400
+    `endpoint_disabled`, enable it first), and past `WEBHOOK_REDELIVERIES_PER_HOUR` for the
+    organisation (429 `webhook_redelivery_limit`; `limited=False` for operators in the admin).
+    """
+    from apps.accounts.ratelimit import _retry_after, _usage
+
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+    if locked is None:
+        raise NotFoundError("This webhook endpoint no longer exists.")
+    delivery = (
+        WebhookDelivery.objects.select_for_update()
+        .filter(endpoint_id=locked.pk, pk=delivery_id)
+        .first()
+    )
+    if delivery is None:
+        raise NotFoundError("No such delivery to this endpoint.", code="delivery_not_found")
+    if not locked.is_active:
+        raise ApplicationError(
+            "The endpoint is disabled: enable it, then send the delivery again.",
+            code="endpoint_disabled",
+        )
+    if delivery.status == DeliveryStatus.PENDING:
+        raise ConflictError(
+            "This delivery is still being tried; it can be sent again once it has succeeded "
+            "or failed.",
+            code="delivery_pending",
+            details={
+                "next_attempt_at": (
+                    delivery.next_attempt_at.isoformat() if delivery.next_attempt_at else None
+                )
+            },
+        )
+    limit = settings.WEBHOOK_REDELIVERIES_PER_HOUR if limited else 0
+    if limit:
+        usage = _usage(
+            None,
+            group="guard:webhook_redelivery:organisation",
+            key=f"org:{locked.organisation_id}",
+            rate=f"{limit}/h",
+            increment=True,
+        )
+        if usage is None:
+            _redeliveries_check(locked.organisation_id, limit)
+        elif usage["should_limit"]:
+            _redelivery_limit_refusal(limit, _retry_after(usage))
+    now = timezone.now()
+    previous = {"status": delivery.status, "attempts": delivery.attempts}
+    delivery.status = DeliveryStatus.PENDING
+    delivery.attempts = 0
+    delivery.next_attempt_at = now
+    delivery.delivered_at = None
+    delivery.redeliveries += 1
+    delivery.redelivered_at = now
+    delivery.save(
+        update_fields=[
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "delivered_at",
+            "redeliveries",
+            "redelivered_at",
+            "updated_at",
+        ]
+    )
+    _audit(
+        AuditAction.WEBHOOK_DELIVERY_REDELIVERED,
+        locked,
+        actor=actor,
+        api_key=api_key,
+        meta=meta,
+        delivery_id=str(delivery.pk),
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        previous_status=previous["status"],
+        previous_attempts=previous["attempts"],
+    )
+    delivery_ids = [str(delivery.pk)]
+    transaction.on_commit(lambda: deliveries_publish(delivery_ids), robust=True)
+    return delivery
+
+
+def _redelivery_limit_refusal(limit: int, wait: int) -> None:
+    raise ApplicationError(
+        f"This organisation's deliveries were sent again {limit} times this hour, the most they "
+        f"may be. Try again in {wait} seconds.",
+        code="webhook_redelivery_limit",
+        status_code=429,
+        details={"limit": limit, "retry_after_seconds": wait},
+        headers={"Retry-After": str(wait)},
+    )
+
+
+def _redeliveries_check(organisation_id: Any, limit: int) -> None:
+    """The fallback without the cache: the organisation's deliveries redelivered in the last
+    hour (one that was sent again twice counts once)."""
+    now = timezone.now()
+    recent: list[datetime] = [
+        at
+        for at in WebhookDelivery.objects.filter(
+            organisation_id=organisation_id, redelivered_at__gt=now - REDELIVERIES_WINDOW
+        )
+        .order_by("-redelivered_at")
+        .values_list("redelivered_at", flat=True)[:limit]
+        if at is not None
+    ]
+    if len(recent) >= limit:
+        wait = max(math.ceil((recent[-1] + REDELIVERIES_WINDOW - now).total_seconds()), 1)
+        _redelivery_limit_refusal(limit, wait)
 
 
 TEST_SENDS_WINDOW = timedelta(hours=1)

@@ -31,6 +31,7 @@ from apps.audit.services import audit_record
 from apps.core.models import DeadLetter, PendingDeletion
 from apps.feed.models import FeedEvent, FeedEventType
 from apps.notifications.models import EmailOutbox, EmailStatus
+from apps.webhooks.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from tests.factories import (
     ApiKeyFactory,
     InvitationFactory,
@@ -122,6 +123,24 @@ def every_model(db):
         organisation=organisation, type=FeedEventType.choices[0][0], subject_id=uuid.uuid4()
     )
     audit_record(action=AuditAction.PROFILE_UPDATED, actor=owner.user, target=owner.user)
+    endpoint, _disabled = (
+        WebhookEndpoint.objects.create(
+            organisation=organisation,
+            url=f"https://hooks.example.com/{n}",
+            event_types=["job.completed"],
+            secret="whsec_AAAA",
+            is_active=active,
+        )
+        for n, active in enumerate((True, False))
+    )
+    WebhookDelivery.objects.create(
+        organisation=organisation,
+        endpoint=endpoint,
+        event_id="msg_admin",
+        event_type="job.completed",
+        payload={},
+        status=DeliveryStatus.FAILED,
+    )
     LogEntry.objects.log_create(owner.user, action=LogEntry.Action.UPDATE, changes={"x": [1, 2]})
     return owner
 

@@ -23,6 +23,7 @@ ADDED_NOT_NULL = [
     ("accounts_organisation", "redact_pii"),
     ("accounts_organisation", "redact_pii_audio"),
     ("accounts_organisation", "share_links_enabled"),
+    ("webhooks_webhookdelivery", "redeliveries"),
 ]
 
 

@@ -19,6 +19,24 @@ def _endpoint_of(organisation: Organisation) -> str:
     )
 
 
+def _failed_delivery_of(organisation: Organisation) -> str:
+    """B's ended delivery (its id stands for both the endpoint's and the delivery's in the
+    path)."""
+    from apps.webhooks.models import WebhookDelivery, WebhookEndpoint
+
+    endpoint = WebhookEndpoint.objects.get(pk=_endpoint_of(organisation))
+    return str(
+        WebhookDelivery.objects.create(
+            organisation=organisation,
+            endpoint=endpoint,
+            event_id="msg_tenancy",
+            event_type="job.completed",
+            payload={"id": "msg_tenancy"},
+            status="failed",
+        ).id
+    )
+
+
 def _report_of(organisation: Organisation) -> str:
     from datetime import date
 
@@ -46,6 +64,11 @@ for _method, _path in [
     ("GET", "/api/v1/webhooks/endpoints/{endpoint_id}/deliveries/"),
 ]:
     object_endpoint(_method, _path, _endpoint_of)
+object_endpoint(
+    "POST",
+    "/api/v1/webhooks/endpoints/{endpoint_id}/deliveries/{delivery_id}/redeliver/",
+    _failed_delivery_of,
+)
 
 for _method, _path in [
     ("GET", "/api/v1/reports/{report_id}/"),

@@ -34,4 +34,9 @@ urlpatterns = [
         views.DeliveryListView.as_view(),
         name="webhook-endpoint-deliveries",
     ),
+    path(
+        "webhooks/endpoints/<uuid:endpoint_id>/deliveries/<uuid:delivery_id>/redeliver/",
+        views.DeliveryRedeliverView.as_view(),
+        name="webhook-delivery-redeliver",
+    ),
 ]

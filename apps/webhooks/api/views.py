@@ -9,6 +9,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.accounts.models import Role
+from apps.accounts.network import RequestMeta
 from apps.accounts.tenancy import TenantPermission, get_tenant
 from apps.core.drf import PAGE_PARAMETERS, InputSerializer, errors, page_of, paginated_response
 
@@ -32,6 +33,21 @@ CREATE_ERRORS = errors(
         403: "Admins and owners only.",
         409: "`webhook_endpoint_limit`: the organisation has the most endpoints it may have "
         "(WEBHOOK_ENDPOINTS_PER_ORGANISATION_MAX).",
+    },
+)
+REDELIVER_ERRORS = errors(
+    400,
+    401,
+    403,
+    404,
+    409,
+    descriptions={
+        400: "`endpoint_disabled`: the endpoint is disabled (enable it first).",
+        403: "Admins and owners only.",
+        404: "No such endpoint, or no such delivery to it (`delivery_not_found`).",
+        409: "`delivery_pending`: the delivery is still being tried.",
+        429: "`webhook_redelivery_limit`: WEBHOOK_REDELIVERIES_PER_HOUR deliveries of the "
+        "organisation were sent again in the last hour; wait `Retry-After` seconds.",
     },
 )
 TEST_ERRORS = errors(
@@ -89,8 +105,10 @@ class DeliveryOutput(serializers.Serializer):
     last_status_code = serializers.IntegerField(allow_null=True)
     last_error = serializers.CharField()
     delivered_at = serializers.DateTimeField(allow_null=True)
+    redeliveries = serializers.IntegerField(help_text="Times it was sent again by hand.")
+    redelivered_at = serializers.DateTimeField(allow_null=True)
     created_at = serializers.DateTimeField()
-    log = AttemptOutput(many=True)
+    log = AttemptOutput(many=True, help_text="Every try, redeliveries' included, oldest first.")
 
 
 class _AdminView(APIView):
@@ -101,6 +119,14 @@ class _AdminView(APIView):
         return selectors.endpoint_get(
             organisation=get_tenant(request).organisation, endpoint_id=endpoint_id
         )
+
+    def who(self, request: Request) -> dict:
+        """The audit trail's actor of a change: the user, the API key, the request's metadata."""
+        return {
+            "actor": request.user,
+            "api_key": get_tenant(request).api_key,
+            "meta": RequestMeta.from_request(request),
+        }
 
 
 class EndpointListCreateView(_AdminView):
@@ -127,7 +153,11 @@ class EndpointListCreateView(_AdminView):
         data.is_valid(raise_exception=True)
         tenant = get_tenant(request)
         endpoint = services.endpoint_create(
-            organisation=tenant.organisation, user=tenant.user, **data.validated_data
+            organisation=tenant.organisation,
+            user=tenant.user,
+            api_key=tenant.api_key,
+            meta=RequestMeta.from_request(request),
+            **data.validated_data,
         )
         return Response(EndpointWithSecretOutput(endpoint).data, status=status.HTTP_201_CREATED)
 
@@ -139,7 +169,7 @@ class EndpointDetailView(_AdminView):
 
     @extend_schema(operation_id="webhook_endpoints_delete", responses={204: None, **ERRORS})
     def delete(self, request: Request, version: str, endpoint_id) -> Response:
-        services.endpoint_delete(endpoint=self.endpoint(request, endpoint_id))
+        services.endpoint_delete(endpoint=self.endpoint(request, endpoint_id), **self.who(request))
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -151,7 +181,9 @@ class EndpointDisableView(_AdminView):
     )
     def post(self, request: Request, version: str, endpoint_id) -> Response:
         endpoint = services.endpoint_disable(
-            endpoint=self.endpoint(request, endpoint_id), reason="Disabled by an administrator."
+            endpoint=self.endpoint(request, endpoint_id),
+            reason="Disabled by an administrator.",
+            **self.who(request),
         )
         return Response(EndpointOutput(endpoint).data)
 
@@ -163,7 +195,9 @@ class EndpointEnableView(_AdminView):
         responses={200: EndpointOutput, **ERRORS},
     )
     def post(self, request: Request, version: str, endpoint_id) -> Response:
-        endpoint = services.endpoint_enable(endpoint=self.endpoint(request, endpoint_id))
+        endpoint = services.endpoint_enable(
+            endpoint=self.endpoint(request, endpoint_id), **self.who(request)
+        )
         return Response(EndpointOutput(endpoint).data)
 
 
@@ -174,7 +208,9 @@ class EndpointRotateSecretView(_AdminView):
         responses={200: EndpointWithSecretOutput, **ERRORS},
     )
     def post(self, request: Request, version: str, endpoint_id) -> Response:
-        endpoint = services.endpoint_rotate_secret(endpoint=self.endpoint(request, endpoint_id))
+        endpoint = services.endpoint_rotate_secret(
+            endpoint=self.endpoint(request, endpoint_id), **self.who(request)
+        )
         return Response(EndpointWithSecretOutput(endpoint).data)
 
 
@@ -202,3 +238,21 @@ class DeliveryListView(_AdminView):
         return paginated_response(
             queryset=deliveries, serializer_class=DeliveryOutput, request=request, view=self
         )
+
+
+class DeliveryRedeliverView(_AdminView):
+    @extend_schema(
+        operation_id="webhook_deliveries_redeliver",
+        request=None,
+        responses={202: DeliveryOutput, **REDELIVER_ERRORS},
+        description="Send a delivery that succeeded or failed again: the same event (its "
+        "`webhook-id` and payload), signed anew, with a new series of tries on the retry "
+        "schedule.",
+    )
+    def post(self, request: Request, version: str, endpoint_id, delivery_id) -> Response:
+        delivery = services.delivery_redeliver(
+            endpoint=self.endpoint(request, endpoint_id),
+            delivery_id=delivery_id,
+            **self.who(request),
+        )
+        return Response(DeliveryOutput(delivery).data, status=status.HTTP_202_ACCEPTED)
