@@ -320,6 +320,8 @@ def _webhook_delivery(delivery: Any) -> dict[str, Any]:
         "last_status_code": delivery.last_status_code,
         "last_error": delivery.last_error,
         "delivered_at": delivery.delivered_at,
+        "redeliveries": delivery.redeliveries,
+        "redelivered_at": delivery.redelivered_at,
         "created_at": delivery.created_at,
         "payload": delivery.payload,
     }

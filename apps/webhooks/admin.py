@@ -39,6 +39,19 @@ class WebhookEndpointAdmin(ModelChangeActionsMixin, admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def get_deleted_objects(self, objs, request):
+        """What deleting these endpoints deletes, counted rather than listed: their deliveries
+        and tries go with them (no one may delete those on their own, so Django's own check
+        would refuse every endpoint that ever sent anything)."""
+        objs = list(objs)
+        counts = {
+            WebhookEndpoint._meta.verbose_name_plural: len(objs),
+            WebhookDelivery._meta.verbose_name_plural: WebhookDelivery.objects.filter(
+                endpoint__in=objs
+            ).count(),
+        }
+        return [str(endpoint) for endpoint in objs], counts, set(), []
+
     def delete_model(self, request, obj) -> None:
         services.endpoint_delete(
             endpoint=obj, actor=request.user, meta=RequestMeta.from_request(request)

@@ -93,12 +93,15 @@ class WebhookDelivery(TimeStampedModel):
     last_error = models.CharField(max_length=500, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     # Sent again by hand (`delivery_redeliver`): how often, and when last. `attempts` then counts
-    # the tries since; the log keeps every try.
-    redeliveries = models.PositiveIntegerField(default=0, db_default=0)
+    # the tries since; the log keeps every try. db_default: the release before inserts rows
+    # without it during a rolling upgrade; no CHECK (a PositiveIntegerField's), which PostgreSQL
+    # would validate by scanning every delivery under the table's lock.
+    redeliveries = models.IntegerField(default=0, db_default=0)
     redelivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
         indexes = [
             models.Index(
                 fields=["endpoint", "-created_at", "-id"], name="delivery_endpoint_created_id"

@@ -8,6 +8,7 @@ conditional UPDATE, so a duplicated message never sends twice at once.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,6 +19,7 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http.client import HTTPException
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -80,16 +82,27 @@ def _audit(
     meta: Any = None,
     **metadata: Any,
 ) -> None:
-    """One audit event about an endpoint (who changed where, and whether, events are sent)."""
+    """One audit event about an endpoint (who changed where, and whether, events are sent).
+
+    The trail is append-only and outlives the endpoint, so it keeps the URL's scheme and host
+    and a SHA-256 of the whole URL, never the URL: a path or query may be the receiver's
+    capability token (`https://hooks.example.com/services/T0/B0/<secret>`)."""
+    parts = urlsplit(endpoint.url)
+    destination = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
     audit_record(
         action=action,
         actor=actor,
         api_key=api_key,
         organisation=endpoint.organisation,
         target=endpoint,
-        target_repr=f"Webhook endpoint {endpoint.url}"[:255],
+        target_repr=f"Webhook endpoint {endpoint.pk} to {destination}"[:255],
         meta=meta,
-        metadata={"endpoint_id": str(endpoint.pk), "url": endpoint.url, **metadata},
+        metadata={
+            "endpoint_id": str(endpoint.pk),
+            "destination": destination,
+            "url_sha256": hashlib.sha256(endpoint.url.encode()).hexdigest(),
+            **metadata,
+        },
     )
 
 
@@ -149,11 +162,12 @@ def endpoint_disable(
     *,
     endpoint: WebhookEndpoint,
     reason: str,
-    actor: Any = "system",
+    actor: Any,
     api_key: Any = None,
     meta: Any = None,
 ) -> WebhookEndpoint:
-    """Stop sending to the endpoint. `actor`: who (a user, or "system" when its failures did)."""
+    """Stop sending to the endpoint. `actor`: who, for the audit trail (a user, or "system"
+    when its failures did); named by every caller, so none is recorded as someone else."""
     endpoint.is_active = False
     endpoint.disabled_reason = reason[:200]
     endpoint.disabled_at = timezone.now()
@@ -236,21 +250,15 @@ def delivery_redeliver(
     """
     from apps.accounts.ratelimit import _retry_after, _usage
 
-    locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
-    if locked is None:
-        raise NotFoundError("This webhook endpoint no longer exists.")
+    # The delivery first, then its endpoint: the order `_record` and a cascading delete lock
+    # them in (the other order could deadlock with a try being recorded).
     delivery = (
         WebhookDelivery.objects.select_for_update()
-        .filter(endpoint_id=locked.pk, pk=delivery_id)
+        .filter(endpoint_id=endpoint.pk, pk=delivery_id)
         .first()
     )
     if delivery is None:
         raise NotFoundError("No such delivery to this endpoint.", code="delivery_not_found")
-    if not locked.is_active:
-        raise ApplicationError(
-            "The endpoint is disabled: enable it, then send the delivery again.",
-            code="endpoint_disabled",
-        )
     if delivery.status == DeliveryStatus.PENDING:
         raise ConflictError(
             "This delivery is still being tried; it can be sent again once it has succeeded "
@@ -261,6 +269,14 @@ def delivery_redeliver(
                     delivery.next_attempt_at.isoformat() if delivery.next_attempt_at else None
                 )
             },
+        )
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
+    if locked is None:
+        raise NotFoundError("This webhook endpoint no longer exists.")
+    if not locked.is_active:
+        raise ApplicationError(
+            "The endpoint is disabled: enable it, then send the delivery again.",
+            code="endpoint_disabled",
         )
     limit = settings.WEBHOOK_REDELIVERIES_PER_HOUR if limited else 0
     if limit:
@@ -719,7 +735,7 @@ def _disable_and_notify(endpoint: WebhookEndpoint, reason: str) -> None:
     from apps.notifications.models import NotificationKind
     from apps.notifications.services import email_enqueue, unsubscribe_url, wants
 
-    endpoint_disable(endpoint=endpoint, reason=reason)
+    endpoint_disable(endpoint=endpoint, reason=reason, actor="system")
     logger.warning("Webhook endpoint %s disabled: %s", endpoint.pk, reason)
     admins = Membership.objects.filter(
         organisation_id=endpoint.organisation_id, role__in=[Role.OWNER, Role.ADMIN]

@@ -53,6 +53,18 @@ def test_the_jobs_new_counter_has_no_check_constraint_to_validate_over_every_job
     assert checks == 0
 
 
+def test_the_deliveries_new_counter_has_no_check_constraint_to_validate_over_every_row():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = "
+            "'webhooks_webhookdelivery'::regclass AND contype = 'c' "
+            "AND pg_get_constraintdef(oid) LIKE '%%redeliveries%%'"
+        )
+        [(checks,)] = cursor.fetchall()
+
+    assert checks == 0
+
+
 def test_the_previous_release_can_still_insert_jobs_and_organisations(db):
     """An insert naming only the columns the release before this one knew."""
     import uuid

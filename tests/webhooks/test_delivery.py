@@ -178,7 +178,7 @@ def test_a_disabled_endpoint_gets_no_request(admin, loopback, receiver):
     delivery = services.event_publish(
         organisation=admin.organisation, event_type="job.completed", data={}
     )[0]
-    services.endpoint_disable(endpoint=endpoint, reason="test")
+    services.endpoint_disable(endpoint=endpoint, reason="test", actor="system")
 
     status = services.delivery_attempt(delivery_id=str(delivery.pk))
 

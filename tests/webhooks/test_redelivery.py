@@ -3,6 +3,7 @@ a real HTTP receiver on loopback, the documented verification code, the real aud
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from unittest import mock
 
@@ -222,9 +223,10 @@ def test_redeliveries_are_limited_per_organisation_per_hour(
 def test_endpoint_changes_are_in_the_audit_trail_with_who_made_them(
     client, admin, admin_auth, loopback
 ):
+    url = "https://localhost/services/T0/B0/capability-token-123"
     created = client.post(
         BASE,
-        {"url": "https://localhost/hook", "event_types": ["job.completed"]},
+        {"url": url, "event_types": ["job.completed"]},
         content_type="application/json",
         **admin_auth,
     ).json()
@@ -246,11 +248,14 @@ def test_endpoint_changes_are_in_the_audit_trail_with_who_made_them(
     ]
     assert {e.actor for e in events} == {admin.user}
     assert {e.target_id for e in events} == {created["id"]}
-    assert all(e.metadata["url"] == "https://localhost/hook" for e in events)
+    assert all(e.metadata["destination"] == "https://localhost" for e in events)
+    assert {e.metadata["url_sha256"] for e in events} == {hashlib.sha256(url.encode()).hexdigest()}
     assert events[0].metadata["event_types"] == ["job.completed"]
     assert events[1].metadata["reason"] == "Disabled by an administrator."
-    # The secret is in no event.
-    assert all(created["secret"] not in str(e.metadata) for e in events)
+    # Neither the secret nor the URL's token is in any event: the trail is never rewritten.
+    for event in events:
+        kept = f"{event.metadata} {event.target_repr}"
+        assert created["secret"] not in kept and "capability-token-123" not in kept
 
 
 def test_an_endpoint_disabled_by_its_failures_is_audited_as_the_system(admin, loopback, receiver):
@@ -303,3 +308,25 @@ def test_the_admin_shows_deliveries_with_their_tries_and_sends_them_again(
         action=AuditAction.WEBHOOK_DELIVERY_REDELIVERED
     ).latest("occurred_at")
     assert operator_event.actor.is_superuser
+
+
+def test_the_admin_deletes_an_endpoint_with_its_deliveries_through_the_service(
+    admin_client, loopback, receiver, settings
+):
+    owner = member(Role.ADMIN, email="org-admin@example.com")
+    delivery = failed_delivery(owner, receiver, settings)
+    endpoint = services.endpoint_rotate_secret(endpoint=delivery.endpoint, actor=owner.user)
+    url = f"/admin/webhooks/webhookendpoint/{endpoint.pk}/delete/"
+
+    confirm = admin_client.get(url)
+    page = admin_client.get(f"/admin/webhooks/webhookendpoint/{endpoint.pk}/change/")
+    deleted = admin_client.post(url, {"post": "yes"}, follow=True)
+
+    assert confirm.status_code == 200
+    assert "Webhook deliveries: 1" in confirm.content.decode()  # counted, not listed
+    for secret in (endpoint.secret, endpoint.previous_secret):
+        assert secret not in page.content.decode() + confirm.content.decode()
+    assert deleted.status_code == 200
+    assert not WebhookDelivery.objects.filter(pk=delivery.pk).exists()
+    event = AuditEvent.objects.get(action=AuditAction.WEBHOOK_ENDPOINT_DELETED)
+    assert event.actor.is_superuser
