@@ -130,12 +130,23 @@ def transcript_json(data: dict[str, Any]) -> bytes:
     return json.dumps(data, cls=DjangoJSONEncoder, ensure_ascii=False, indent=1).encode()
 
 
+# With a byte-order mark: Excel reads a CSV without one in the machine's legacy code page, which
+# garbles accented and non-Latin text (names, transcripts in other languages).
+CSV_ENCODING = "utf-8-sig"
 TRANSCRIPT_CSV_COLUMNS = ["start_seconds", "end_seconds", "start", "end", "speaker", "text"]
 
 
+def _clock(seconds: float) -> str:
+    """hh:mm:ss.mmm, the precision subtitles and editors work in."""
+    millis = max(0, round(seconds * 1000))
+    return f"{millis // 3_600_000:02d}:{millis % 3_600_000 // 60_000:02d}:" + (
+        f"{millis % 60_000 // 1000:02d}.{millis % 1000:03d}"
+    )
+
+
 def transcript_csv(data: dict[str, Any]) -> bytes:
-    """The timed transcript as a table, one row a segment, for spreadsheets and subtitle tools:
-    times in seconds and as hh:mm:ss, the speaker's name (empty without diarization) and the
+    """The timed transcript as a table, one row a segment, for spreadsheets and review tools:
+    times in seconds and as hh:mm:ss.mmm, the speaker's name (empty without diarization) and the
     text, both neutralised against formula injection. The analytics are in the PDF and JSON."""
     out = io.StringIO()
     writer = csv.writer(out)
@@ -145,13 +156,13 @@ def transcript_csv(data: dict[str, Any]) -> bytes:
             [
                 f"{row['start']:.2f}",
                 f"{row['end']:.2f}",
-                timestamp(row["start"]),
-                timestamp(row["end"]),
+                _clock(row["start"]),
+                _clock(row["end"]),
                 _cell(row.get("speaker_name", "")),
                 _cell(row["text"]),
             ]
         )
-    return out.getvalue().encode()
+    return out.getvalue().encode(CSV_ENCODING)
 
 
 def _pdf(template: str, context: dict[str, Any]) -> bytes:
@@ -276,7 +287,7 @@ def usage_csv(data: dict[str, Any]) -> bytes:
         )
     writer.writerow(["total", "", *[data["total"][c] for c in USAGE_COLUMNS]])
     writer.writerow(_quota_row(data))
-    return out.getvalue().encode()
+    return out.getvalue().encode(CSV_ENCODING)
 
 
 def _quota_row(data: dict[str, Any]) -> list[Any]:

@@ -125,19 +125,20 @@ def test_transcript_csv_is_the_timed_transcript_one_row_a_segment(owner, client,
     assert report.status == ReportStatus.READY
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert f'filename="transcript-{job.pk}.csv"' in response["Content-Disposition"]
-    rows = list(csv.reader(io.StringIO(content.decode())))
+    assert content.startswith(b"\xef\xbb\xbf")  # the byte-order mark Excel needs for UTF-8
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"))))
     assert rows[0] == ["start_seconds", "end_seconds", "start", "end", "speaker", "text"]
-    assert rows[1][:5] == ["0.00", "9.50", "00:00:00", "00:00:09", ""]
+    assert rows[1][:5] == ["0.00", "9.50", "00:00:00.000", "00:00:09.500", ""]
     assert rows[1][5].startswith("'=SUM(A1:A9) w1 w2")
     assert rows[2] == [
         "10.00",
         "19.50",
-        "00:00:10",
-        "00:00:19",
+        "00:00:10.000",
+        "00:00:19.500",
         "",
         "w10" + "".join(f" w{i}" for i in range(11, 20)),
     ]
-    assert rows[3][:4] == ["3661.00", "3670.25", "01:01:01", "01:01:10"]
+    assert rows[3][:4] == ["3661.00", "3670.25", "01:01:01.000", "01:01:10.250"]
     assert len(rows) == 4
 
 
@@ -187,7 +188,7 @@ def test_usage_csv_has_one_row_per_day_and_member_and_a_total(owner, client, aut
     report = generate(owner.organisation, owner.user, kind="usage", format="csv")
     content, response = content_of(client, auth, report)
 
-    rows = list(csv.reader(io.StringIO(content.decode())))
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"))))
     assert rows[0] == [
         "day",
         "member",

@@ -296,7 +296,7 @@ def test_the_csv_report_names_each_segments_speaker(owner, generate):
     job.speaker_names = {A: "Alice Moreau", B: "@Bob"}  # a name a spreadsheet would run
     job.save(update_fields=["speaker_names"])
 
-    rows = list(csv.reader(io.StringIO(generate(job, "csv").decode())))
+    rows = list(csv.reader(io.StringIO(generate(job, "csv").decode("utf-8-sig"))))
 
     assert rows[0][4:] == ["speaker", "text"]
     assert [row[4] for row in rows[1:]] == ["Alice Moreau", "'@Bob", "Alice Moreau", "'@Bob"]
