@@ -23,12 +23,15 @@ DATABASES = {
 
 REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
 _worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+# xdist's id of this run (inherited by the processes tests start): two suites running at once on
+# one Redis (two checkouts) have different key spaces too, not only their workers.
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:12]
 CACHES = {
     "default": {
         "BACKEND": "apps.core.cache.InstrumentedRedisCache",
         "LOCATION": REDIS_URL,
         # Each xdist worker has its own key space so parallel tests never share counters.
-        "KEY_PREFIX": f"lexiscore-test-{_worker}",
+        "KEY_PREFIX": f"lexiscore-test-{_run}-{_worker}" if _run else f"lexiscore-test-{_worker}",
         "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
     }
 }

@@ -17,6 +17,7 @@ PATTERNS = [
 # Set by tooling rather than by an operator.
 NOT_OPERATOR_VARIABLES = {
     "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_TESTRUNUID",
     "TEST_CELERY_BROKER_URL",
     "TEST_EMAIL_DIR",
     "TEST_MEDIA_ROOT",
