@@ -223,6 +223,7 @@ class OrganisationForm(forms.ModelForm):
             "audio_retention_days",
             "job_retention_days",
             "share_links_enabled",
+            "hotwords",
         )
 
     def clean_redact_pii(self) -> list[str]:

@@ -195,6 +195,14 @@ class Organisation(TimeStampedModel):
         help_text="Delete jobs' audio this many days after they end (at most the platform's "
         "AUDIO_RETENTION_DAYS). Empty: the platform's.",
     )
+    # Names and terms of the organisation (products, people, places) that every job gives the
+    # model, after the job's own (`workers.engines.base.merge_hotwords`).
+    hotwords = models.TextField(
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Names and terms every job gives the model, comma-separated.",
+    )
     share_links_enabled = models.BooleanField(
         default=True,
         db_default=True,

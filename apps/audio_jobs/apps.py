@@ -39,6 +39,7 @@ class AudioJobsConfig(AppConfig):
                 "heartbeat_at",
                 "updated_at",
                 "initial_prompt",
+                "hotwords",
                 "speaker_names",
             ],
         )

@@ -87,6 +87,9 @@ class TranscriptionJob(TimeStampedModel):
     task = models.CharField(max_length=16, choices=JobTask.choices, default=JobTask.TRANSCRIBE)
     word_timestamps = models.BooleanField(default=True)
     initial_prompt = models.TextField(blank=True)
+    # Names and terms given to the model in every window's prompt (workers.engines.base).
+    # db_default: the release before inserts jobs without it during a rolling upgrade.
+    hotwords = models.TextField(blank=True, default="", db_default="")
     priority = models.PositiveSmallIntegerField(
         choices=JobPriority.choices, default=JobPriority.NORMAL
     )

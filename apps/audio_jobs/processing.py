@@ -628,6 +628,7 @@ def _engine_for(job: TranscriptionJob):
         or (bool(job.redact_pii) and job.redact_pii_audio)
         or job.diarize,
         initial_prompt=job.initial_prompt or None,
+        hotwords=job.hotwords or None,
     )
     return engine, options
 

@@ -38,6 +38,7 @@ from apps.core.storage import (
     guard_file,
     unguard_file,
 )
+from workers.engines.base import merge_hotwords
 
 from . import events, media, selectors, storage
 from .holds import LegalHold, held_jobs_count, refuse_if_held
@@ -73,6 +74,7 @@ class JobOptions:
     task: str = "transcribe"
     word_timestamps: bool = True
     initial_prompt: str = ""
+    hotwords: str = ""
     priority: int = JobPriority.NORMAL
     # PII redaction asked for by the request; the organisation's policy is added to it.
     redact_pii: tuple[str, ...] = ()
@@ -624,6 +626,8 @@ def _create_job(
         task=options.task,
         word_timestamps=options.word_timestamps,
         initial_prompt=options.initial_prompt,
+        # The job's own terms, then the organisation's (read under its lock).
+        hotwords=merge_hotwords(options.hotwords, locked.hotwords),
         priority=options.priority,
         redact_pii=redact_pii,
         redact_pii_audio=options.redact_pii_audio or (bool(redact_pii) and locked.redact_pii_audio),

@@ -173,6 +173,7 @@ def _organisation(organisation: Any) -> dict[str, Any]:
         "audio_retention_days": organisation.audio_retention_days,
         "job_retention_days": organisation.job_retention_days,
         "share_links_enabled": organisation.share_links_enabled,
+        "hotwords": organisation.hotwords,
         "created_at": organisation.created_at,
     }
 
@@ -245,6 +246,7 @@ def _job(job: Any) -> dict[str, Any]:
         "priority": job.priority,
         "word_timestamps": job.word_timestamps,
         "initial_prompt": job.initial_prompt,
+        "hotwords": job.hotwords,
         # Never `callback_url`: the legacy per-job callback may carry a token in its query.
         "idempotency_key": job.idempotency_key,
         "size_bytes": job.size_bytes,

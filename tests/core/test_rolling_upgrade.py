@@ -24,6 +24,8 @@ ADDED_NOT_NULL = [
     ("accounts_organisation", "redact_pii_audio"),
     ("accounts_organisation", "share_links_enabled"),
     ("webhooks_webhookdelivery", "redeliveries"),
+    ("audio_jobs_transcriptionjob", "hotwords"),
+    ("accounts_organisation", "hotwords"),
 ]
 
 

@@ -46,6 +46,28 @@ AudioPath = str | PathLike[str]
 
 MAX_BEAM_SIZE = 10
 MAX_PROMPT_CHARS = 1000
+# Hotwords ride in the decoder's prompt with the previous text; 500 characters (~120 tokens)
+# leave room there (faster-whisper keeps at most 223 tokens of it).
+MAX_HOTWORDS_CHARS = 500
+
+
+def merge_hotwords(*lists: str) -> str:
+    """Comma-separated hotword lists joined in the order given (a job's own, then its
+    organisation's), each term once (case aside) and whitespace collapsed, within
+    ``MAX_HOTWORDS_CHARS``: terms that no longer fit are left out, the last list's first."""
+    terms: list[str] = []
+    seen: set[str] = set()
+    for hotwords in lists:
+        for raw in (hotwords or "").split(","):
+            term = " ".join(raw.split())
+            if term and term.casefold() not in seen:
+                seen.add(term.casefold())
+                terms.append(term)
+    merged: list[str] = []
+    for term in terms:
+        if len(", ".join([*merged, term])) <= MAX_HOTWORDS_CHARS:
+            merged.append(term)
+    return ", ".join(merged)
 
 
 @dataclass(frozen=True)
@@ -54,6 +76,10 @@ class TranscriptionOptions:
 
     ``language`` is a Whisper language code, or None to detect it. ``vad`` filters out
     non-speech with Silero VAD first, so silence and music do not produce invented text.
+    ``hotwords``: names and terms the audio holds ("Siobhan Ngata, Kubernetes"), given to the
+    model in every window's prompt (faster-whisper's ``hotwords``; openai-whisper carries them
+    as its initial prompt into every window), where ``initial_prompt`` conditions only the
+    start.
     """
 
     language: str | None = None
@@ -62,6 +88,7 @@ class TranscriptionOptions:
     initial_prompt: str | None = None
     beam_size: int = 5
     vad: bool = True
+    hotwords: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "language", normalise_language(self.language))
@@ -73,6 +100,11 @@ class TranscriptionOptions:
             if len(prompt) > MAX_PROMPT_CHARS:
                 raise ValueError(f"initial_prompt is limited to {MAX_PROMPT_CHARS} characters.")
             object.__setattr__(self, "initial_prompt", prompt or None)
+        if self.hotwords is not None:
+            hotwords = " ".join(self.hotwords.split())
+            if len(hotwords) > MAX_HOTWORDS_CHARS:
+                raise ValueError(f"hotwords are limited to {MAX_HOTWORDS_CHARS} characters.")
+            object.__setattr__(self, "hotwords", hotwords or None)
 
 
 @dataclass

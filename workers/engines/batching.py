@@ -173,6 +173,7 @@ class BatchKey:
     beam_size: int
     word_timestamps: bool
     initial_prompt: str | None
+    hotwords: str | None = None
 
 
 # The key of language-detection items: one 30 s window per job whose language is unknown,
@@ -317,6 +318,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 beam_size=options.beam_size,
                 word_timestamps=options.word_timestamps,
                 initial_prompt=options.initial_prompt,
+                hotwords=options.hotwords,
             )
             raw = self._decode_job(key, prepared, features, reporter)
             segments = list(restore_speech_timestamps(raw, prepared.clips, SAMPLE_RATE))
@@ -611,6 +613,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
                 beam_size=key.beam_size,
                 word_timestamps=key.word_timestamps,
                 initial_prompt=key.initial_prompt,
+                hotwords=key.hotwords,
             )
             self._setups[key] = setup
             return setup

@@ -64,6 +64,7 @@ def batched_decode_setup(
     beam_size: int,
     word_timestamps: bool,
     initial_prompt: str | None,
+    hotwords: str | None = None,
 ) -> tuple[Any, Any]:
     """The tokenizer and faster-whisper decoding options ``BatchedInferencePipeline.transcribe``
     makes for these settings (its defaults read from its signature rather than copied), for the
@@ -100,7 +101,7 @@ def batched_decode_setup(
         prepend_punctuations=default["prepend_punctuations"],
         append_punctuations=default["append_punctuations"],
         max_new_tokens=None,
-        hotwords=None,
+        hotwords=hotwords,
         word_timestamps=word_timestamps,
         # What BatchedInferencePipeline.transcribe fixes for batched decoding:
         hallucination_silence_threshold=None,
@@ -212,6 +213,7 @@ class FasterWhisperEngine(LoadedFasterWhisperModel):
             "beam_size": options.beam_size,
             "word_timestamps": options.word_timestamps,
             "initial_prompt": options.initial_prompt,
+            "hotwords": options.hotwords,
             "vad_filter": options.vad,
         }
         # The batched pipeline needs VAD chunks; without VAD it only handles < 30 s of audio.
@@ -290,6 +292,7 @@ class FasterWhisperEngine(LoadedFasterWhisperModel):
             beam_size=options.beam_size,
             word_timestamps=options.word_timestamps,
             initial_prompt=options.initial_prompt,
+            hotwords=options.hotwords,
         )
 
         def batches() -> Any:

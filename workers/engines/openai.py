@@ -460,7 +460,10 @@ class OpenAIWhisperEngine:
                 beam_size=options.beam_size,
                 best_of=5,
                 word_timestamps=options.word_timestamps,
-                initial_prompt=options.initial_prompt,
+                # Hotwords lead every window's prompt, as faster-whisper puts them.
+                initial_prompt=" ".join(filter(None, [options.hotwords, options.initial_prompt]))
+                or None,
+                carry_initial_prompt=options.hotwords is not None,
                 condition_on_previous_text=True,
                 clip_timestamps=[t for clip in clips for t in clip],
                 fp16=self.fp16,

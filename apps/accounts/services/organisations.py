@@ -82,6 +82,7 @@ ORGANISATION_SETTINGS = (
     "audio_retention_days",
     "job_retention_days",
     "share_links_enabled",
+    "hotwords",
 )
 
 

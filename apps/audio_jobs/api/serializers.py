@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps.core.drf import ChoiceSetField, CompiledOutput, InputSerializer
+from workers.engines.base import MAX_HOTWORDS_CHARS
 
 from .. import editing, redaction, speaker_names
 from ..models import (
@@ -56,7 +57,15 @@ class JobOptionsInput(InputSerializer):
         required=False,
         allow_blank=True,
         max_length=1000,
-        help_text="Vocabulary hints / context for the model.",
+        help_text="Context for the start of the audio (the model continues its style).",
+    )
+    hotwords = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=MAX_HOTWORDS_CHARS,
+        help_text='Names and terms the audio holds, comma-separated ("Siobhan Ngata, '
+        'Kubernetes"): given to the model in every 30 s window, so it writes them as spelled '
+        "here. Use the words spoken, not instructions.",
     )
     priority = serializers.ChoiceField(choices=["high", "normal", "low"], default="normal")
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=200)
@@ -295,6 +304,7 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
             "task",
             "word_timestamps",
             "initial_prompt",
+            "hotwords",
             "priority",
             "idempotency_key",
             "original_filename",

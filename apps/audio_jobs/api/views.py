@@ -59,6 +59,7 @@ def _options(data: dict) -> services.JobOptions:
         task=data["task"],
         word_timestamps=data["word_timestamps"],
         initial_prompt=data.get("initial_prompt", ""),
+        hotwords=data.get("hotwords", ""),
         priority=PRIORITIES[data["priority"]],
         redact_pii=tuple(data.get("redact_pii") or ()),
         redact_pii_audio=data.get("redact_pii_audio", False),

@@ -23,6 +23,7 @@ from apps.core.drf import (
     page_of,
     paginated_response,
 )
+from workers.engines.base import MAX_HOTWORDS_CHARS, merge_hotwords
 
 from .auth import TokenPairOutputSerializer, password_field, token_pair_response
 
@@ -53,6 +54,10 @@ class MembershipOrganisationOutput(CompiledOutput, serializers.Serializer):
         help_text="The organisation's audio retention in days (null: the platform's).",
     )
     share_links_enabled = serializers.BooleanField(source="organisation.share_links_enabled")
+    hotwords = serializers.CharField(
+        source="organisation.hotwords",
+        help_text="Names and terms every job gives the model, after its own.",
+    )
     job_retention_days = serializers.IntegerField(
         source="organisation.job_retention_days",
         allow_null=True,
@@ -236,6 +241,17 @@ class OrganisationDetailApi(UserApi):
             help_text="Members may share transcripts by link (off: no new links, and existing "
             "ones stop working until it is on again)."
         )
+        hotwords = serializers.CharField(
+            allow_blank=True,
+            max_length=MAX_HOTWORDS_CHARS,
+            help_text="Names and terms of the organisation, comma-separated, that every job "
+            'created from then on gives the model (after the job\'s own `hotwords`). "" turns '
+            "it off.",
+        )
+
+        def validate_hotwords(self, value: str) -> str:
+            return merge_hotwords(value)
+
         job_retention_days = serializers.IntegerField(
             allow_null=True,
             min_value=1,

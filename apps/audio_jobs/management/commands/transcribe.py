@@ -54,6 +54,11 @@ class Command(BaseCommand):
             help="translate: English text from speech in another language.",
         )
         parser.add_argument(
+            "--hotwords",
+            default="",
+            help='Names and terms the audio holds, comma-separated ("Siobhan Ngata, Qarlon").',
+        )
+        parser.add_argument(
             "--diarize", action="store_true", help="Label who spoke (Speaker 1, Speaker 2...)."
         )
         parser.add_argument(
@@ -83,7 +88,9 @@ class Command(BaseCommand):
                 english_profile=settings.WHISPER_DEFAULT_PROFILE,
             )
             transcription = TranscriptionOptions(
-                language=options["language"] or None, task=options["task"]
+                language=options["language"] or None,
+                task=options["task"],
+                hotwords=options["hotwords"] or None,
             )
             self.stderr.write(
                 f"{path.name}: {probe.format_name}/{probe.codec}, {probe.duration_seconds:.1f} s; "
@@ -94,6 +101,8 @@ class Command(BaseCommand):
             result = engine.transcribe(path, transcription)
         except EngineError as exc:
             raise CommandError(exc.message) from exc
+        except ValueError as exc:  # an option out of range (--hotwords too long)
+            raise CommandError(str(exc)) from exc
         language = (
             f"language {result.language} ({result.language_probability:.2f})"
             if result.language
