@@ -226,6 +226,15 @@ class OrganisationForm(forms.ModelForm):
             "hotwords",
         )
 
+    def clean_hotwords(self) -> str:
+        """As the API takes them: each term once, whitespace collapsed, at most 500 characters."""
+        from workers.engines.base import MAX_HOTWORDS_CHARS, merge_hotwords
+
+        value = self.cleaned_data.get("hotwords") or ""
+        if len(" ".join(value.split())) > MAX_HOTWORDS_CHARS:
+            raise forms.ValidationError(f"At most {MAX_HOTWORDS_CHARS} characters.")
+        return merge_hotwords(value)
+
     def clean_redact_pii(self) -> list[str]:
         value = self.cleaned_data.get("redact_pii")
         if value in (None, "", {}, []):

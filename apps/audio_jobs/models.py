@@ -18,7 +18,8 @@ from apps.core.models import TimeStampedModel
 
 # Rendered job lists and details per organisation (apps.core.generations): any write to a job
 # invalidates its organisation's entries.
-READ_CACHE = GenerationalCache("jobs:v1", timeout_setting="API_READ_CACHE_SECONDS")
+# v2: jobs carry `hotwords` and a `queue` link (a release before would serve them without).
+READ_CACHE = GenerationalCache("jobs:v2", timeout_setting="API_READ_CACHE_SECONDS")
 
 
 class TranscriptionJobQuerySet(InvalidatingQuerySet):

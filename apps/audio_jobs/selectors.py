@@ -173,6 +173,88 @@ def job_get(*, organisation, job_id) -> TranscriptionJob:
         raise NotFoundError("No such job.", code="job_not_found") from None
 
 
+# Completed jobs of the organisation whose processing time gives the estimate's time per job.
+QUEUE_ESTIMATE_SAMPLE = 50
+
+
+def job_queue_position(*, organisation, job_id) -> dict:
+    """Where a queued job stands, read live (never cached: it moves as other jobs do).
+
+    - `waiting`: the organisation has its plan's `PLAN_ACTIVE_JOBS` published, so the job waits
+      for one of them to end; `waiting_ahead` of its organisation's waiting jobs get a place
+      first (higher `priority`, then older: `services.dispatch_waiting`'s order).
+    - `on_queue`: published on the shared transcription queue; `queued_ahead` jobs there (every
+      organisation's, counted, never shown) are served first: a higher priority, or the same
+      and published earlier. `estimated_start_seconds` is a rough estimate: those jobs and this
+      one shared among the jobs running now, each taking what the organisation's last
+      completed jobs took on average (null with nothing running or nothing to measure).
+    - `running` and `ended`: nothing ahead.
+
+    Every count is over the partial indexes of fair dispatch (`job_waiting`,
+    `job_holding_place`, `job_active_queued`): bounded by what is queued, not by the table.
+    """
+    from .services import active_jobs_limit, jobs_published
+
+    job = job_get(organisation=organisation, job_id=job_id)
+    answer: dict = {
+        "job_id": job.pk,
+        "status": job.status,
+        "state": "ended",
+        "waiting_ahead": None,
+        "queued_ahead": None,
+        "running_now": None,
+        "estimated_start_seconds": None,
+        "organisation_active_jobs": jobs_published(organisation.pk).count(),
+        "organisation_active_jobs_limit": active_jobs_limit(organisation.plan) or None,
+        "measured_at": timezone.now(),
+    }
+    if job.status == JobStatus.PROCESSING:
+        answer["state"] = "running"
+    elif job.status == JobStatus.QUEUED and job.dispatched_at is None:
+        answer["state"] = "waiting"
+        answer["waiting_ahead"] = (
+            TranscriptionJob.objects.filter(
+                organisation=organisation, status=JobStatus.QUEUED, dispatched_at__isnull=True
+            )
+            .filter(
+                Q(priority__lt=job.priority)
+                | Q(priority=job.priority, created_at__lt=job.created_at)
+            )
+            .count()
+        )
+    elif job.status == JobStatus.QUEUED:
+        answer["state"] = "on_queue"
+        ahead = (
+            TranscriptionJob.objects.filter(status=JobStatus.QUEUED, dispatched_at__isnull=False)
+            .filter(
+                Q(priority__lt=job.priority)
+                | Q(priority=job.priority, dispatched_at__lt=job.dispatched_at)
+            )
+            .exclude(pk=job.pk)
+            .count()
+        )
+        running = TranscriptionJob.objects.filter(status=JobStatus.PROCESSING).count()
+        answer.update(queued_ahead=ahead, running_now=running)
+        per_job = _mean_processing_seconds(organisation)
+        if running and per_job is not None:
+            answer["estimated_start_seconds"] = round((ahead + 1) * per_job / running)
+    return answer
+
+
+def _mean_processing_seconds(organisation) -> float | None:
+    """What the organisation's last completed jobs took to process, on average (None: none)."""
+    times = [
+        seconds
+        for seconds in TranscriptionJob.objects.filter(
+            organisation=organisation, status=JobStatus.COMPLETED
+        )
+        .order_by("-created_at")
+        .values_list("processing_seconds", flat=True)[:QUEUE_ESTIMATE_SAMPLE]
+        if seconds is not None
+    ]
+    return sum(times) / len(times) if times else None
+
+
 def transcript_revision_list(*, organisation, job_id) -> QuerySet[TranscriptRevision]:
     """The revisions of the organisation's job's transcript, newest first (404 for a job of
     another organisation or none). A job without a transcript has none."""

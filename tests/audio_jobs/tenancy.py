@@ -64,6 +64,7 @@ def _held_job_of(organisation: Organisation) -> str:
 
 
 object_endpoint("GET", "/api/v1/jobs/{job_id}", _queued_job_of)
+object_endpoint("GET", "/api/v1/jobs/{job_id}/queue", _queued_job_of)
 object_endpoint("DELETE", "/api/v1/jobs/{job_id}", _completed_job_of)
 object_endpoint("POST", "/api/v1/jobs/{job_id}/cancel", _queued_job_of)
 object_endpoint("GET", "/api/v1/jobs/{job_id}/transcript", _completed_job_of)

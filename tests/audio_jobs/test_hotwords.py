@@ -172,3 +172,27 @@ def test_manage_py_transcribe_takes_hotwords(names_clip, tiny_engine):
         )
 
     assert sum(name in out.getvalue() for name in NAMES) >= 3, out.getvalue()
+
+
+@pytest.mark.django_db
+def test_the_admin_form_takes_hotwords_as_the_api_does(owner):
+    from apps.accounts.admin import OrganisationForm
+
+    organisation = owner.organisation
+    base = {
+        "name": organisation.name,
+        "plan": organisation.plan,
+        "redact_pii": "[]",
+        "share_links_enabled": "on",
+    }
+
+    tidy = OrganisationForm(
+        data={**base, "hotwords": " Qarlon ,, qarlon, Zorvex "}, instance=organisation
+    )
+    too_long = OrganisationForm(
+        data={**base, "hotwords": "x" * (MAX_HOTWORDS_CHARS + 1)}, instance=organisation
+    )
+
+    assert tidy.is_valid(), tidy.errors
+    assert tidy.cleaned_data["hotwords"] == "Qarlon, Zorvex"
+    assert not too_long.is_valid() and "hotwords" in too_long.errors

@@ -8,7 +8,12 @@ import pytest
 
 from tests.engines.conftest import SENTENCES, model_files
 from tests.speech import concatenate
-from workers.engines.base import MAX_HOTWORDS_CHARS, TranscriptionOptions
+from workers.engines.base import (
+    HOTWORDS_MAX_TOKENS,
+    MAX_HOTWORDS_CHARS,
+    TranscriptionOptions,
+    fit_prompt,
+)
 from workers.engines.batching import BatchScheduler
 
 pytestmark = pytest.mark.slow
@@ -82,3 +87,70 @@ def test_hotwords_are_normalised_and_limited():
     assert TranscriptionOptions(hotwords="   ").hotwords is None
     with pytest.raises(ValueError, match="hotwords are limited"):
         TranscriptionOptions(hotwords="x" * (MAX_HOTWORDS_CHARS + 1))
+
+
+# The worst a request can ask: its names first, then 500 characters of codes in Cyrillic (over
+# 300 tokens), and 1000 characters of initial prompt in Cyrillic (over 400 tokens). Untrimmed,
+# faster-whisper's prompt outgrew the decoder's 448 positions (the job failed) or left a window
+# no room to write.
+CODES = ", ".join([HOTWORDS, *(f"ЖЩ-{n:04d}-ЮЯ" for n in range(60))])[:MAX_HOTWORDS_CHARS]
+LONG_PROMPT = ("Протокол заседания совета директоров по бюджету. " * 30)[:1000]
+
+
+@pytest.mark.parametrize("engine_name", ["tiny_engine", "tiny_batched_engine", "base_scheduler"])
+def test_the_longest_hotwords_and_prompt_leave_room_for_the_text(
+    request, engine_name, names_clip, model_cache_dir
+):
+    if engine_name == "base_scheduler":  # multilingual, batched: a longer prompt than tiny.en's
+        engine = BatchScheduler(model_files("base", model_cache_dir), batch_size=2)
+        request.addfinalizer(engine.close)
+    else:
+        engine = request.getfixturevalue(engine_name)
+    options = TranscriptionOptions(language="en", hotwords=CODES, initial_prompt=LONG_PROMPT)
+
+    result = engine.transcribe(names_clip, options)
+
+    assert "discuss" in result.text.lower() and "road" in result.text.lower(), result.text
+    # The names came first, so they were kept (unhinted, at most one comes out right).
+    assert len(found(result.text)) >= 2, result.text
+
+
+def test_openai_whisper_carries_the_hotwords_at_the_end_of_a_prompt_that_fits(
+    openai_tiny_engine,
+):
+    from whisper.tokenizer import get_tokenizer
+
+    from workers.engines.openai import CARRIED_PROMPT_TOKENS
+
+    long_prompt = "Minutes of the board meeting on the quarterly budget. " * 18  # 972 characters
+    prompt = openai_tiny_engine._prompt(
+        TranscriptionOptions(language="en", hotwords=CODES, initial_prompt=long_prompt)
+    )
+    plain = openai_tiny_engine._prompt(TranscriptionOptions(language="en", initial_prompt="Hi."))
+
+    # openai-whisper keeps the last tokens of what it carries: the hotwords (the job's names
+    # first, then what fits of the codes) go after the end of the prompt, and the whole stays
+    # short enough that nothing of it is cut.
+    before, _, after = prompt.partition(HOTWORDS)
+    assert before.rstrip().endswith("quarterly budget.")
+    assert after.startswith(", ЖЩ-0000-ЮЯ") or after == ""
+    assert len(get_tokenizer(False).encode(" " + prompt)) <= CARRIED_PROMPT_TOKENS
+    assert plain == "Hi."
+
+
+def test_fit_prompt_keeps_whole_terms_in_order_and_the_end_of_the_prompt():
+    def encode(text):  # one token per character
+        return [ord(c) for c in text]
+
+    def decode(tokens):
+        return "".join(chr(t) for t in tokens)
+
+    terms = ["a" * 30, "b" * 40, "c" * 20, "d" * 5]
+    hotwords, prompt = fit_prompt(encode, decode, ", ".join(terms), "x" * 300 + " the end")
+
+    assert hotwords == f"{terms[0]}, {terms[2]}, {terms[3]}"  # b did not fit; c and d did
+    assert len(encode(" " + hotwords)) <= HOTWORDS_MAX_TOKENS
+    assert prompt.endswith("the end")
+    assert len(encode(" " + hotwords)) + len(encode(" " + prompt)) <= 223
+    assert fit_prompt(encode, decode, None, "short") == (None, "short")
+    assert fit_prompt(encode, decode, "x" * 100, None) == (None, None)  # one term, too long

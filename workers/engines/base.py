@@ -49,6 +49,43 @@ MAX_PROMPT_CHARS = 1000
 # Hotwords ride in the decoder's prompt with the previous text; 500 characters (~120 tokens)
 # leave room there (faster-whisper keeps at most 223 tokens of it).
 MAX_HOTWORDS_CHARS = 500
+# The decoder has 448 positions for its prompt and the text it writes. Whisper keeps at most 223
+# tokens of previous text (an initial prompt, or the last window's words) so that the text has
+# room; faster-whisper adds the hotwords on top of that. At most 64 tokens of hotwords, and an
+# initial prompt trimmed so that hotwords and prompt stay within 223, leave every window at least
+# 155 tokens to write (fit_prompt).
+HOTWORDS_MAX_TOKENS = 64
+PROMPT_MAX_TOKENS = 223
+
+
+def fit_prompt(
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    hotwords: str | None,
+    initial_prompt: str | None,
+    *,
+    total: int = PROMPT_MAX_TOKENS,
+) -> tuple[str | None, str | None]:
+    """Hotwords and the initial prompt cut to what the decoder's prompt can hold beside the text
+    it writes, counted in the model's tokens: the hotwords to ``HOTWORDS_MAX_TOKENS``, whole
+    terms in their order (a term that does not fit is left out, later ones may still fit), then
+    the initial prompt to what is left of ``total``, its end kept (the words nearest the audio,
+    as Whisper keeps them). Without this, 500 characters of codes or non-Latin names and a long
+    prompt overflow the 448 positions: the job fails, or the window has no room for its text."""
+    if hotwords:
+        kept: list[str] = []
+        for term in (t.strip() for t in hotwords.split(",")):
+            if term and len(encode(" " + ", ".join([*kept, term]))) <= HOTWORDS_MAX_TOKENS:
+                kept.append(term)
+        hotwords = ", ".join(kept) or None
+    used = len(encode(" " + hotwords)) if hotwords else 0
+    if initial_prompt:
+        tokens = encode(" " + initial_prompt.strip())
+        room = max(total - used - 1, 0)  # less one: the space re-encoded at its start
+        if len(tokens) > room:
+            initial_prompt = decode(tokens[len(tokens) - room :]).strip() if room else ""
+        initial_prompt = initial_prompt or None
+    return hotwords, initial_prompt
 
 
 def merge_hotwords(*lists: str) -> str:

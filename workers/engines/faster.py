@@ -28,6 +28,7 @@ from workers.engines.base import (
     Word,
     begin_transcription,
     finalize_segments,
+    fit_prompt,
     join_text,
     reported_language,
 )
@@ -56,6 +57,18 @@ def segment_from_faster(seg: Any) -> Segment:
     )
 
 
+def fit_faster_prompt(
+    model: Any, hotwords: str | None, initial_prompt: str | None
+) -> tuple[str | None, str | None]:
+    """``fit_prompt`` with a faster-whisper model's own tokenizer."""
+    return fit_prompt(
+        lambda text: model.hf_tokenizer.encode(text, add_special_tokens=False).ids,
+        model.hf_tokenizer.decode,
+        hotwords,
+        initial_prompt,
+    )
+
+
 def batched_decode_setup(
     model: Any,
     *,
@@ -77,6 +90,7 @@ def batched_decode_setup(
     tokenizer = Tokenizer(
         model.hf_tokenizer, model.model.is_multilingual, task=task, language=language
     )
+    hotwords, initial_prompt = fit_faster_prompt(model, hotwords, initial_prompt)
     default = {
         name: parameter.default
         for name, parameter in inspect.signature(
@@ -212,10 +226,11 @@ class FasterWhisperEngine(LoadedFasterWhisperModel):
             "task": options.task,
             "beam_size": options.beam_size,
             "word_timestamps": options.word_timestamps,
-            "initial_prompt": options.initial_prompt,
-            "hotwords": options.hotwords,
             "vad_filter": options.vad,
         }
+        kwargs["hotwords"], kwargs["initial_prompt"] = fit_faster_prompt(
+            self._model, options.hotwords, options.initial_prompt
+        )
         # The batched pipeline needs VAD chunks; without VAD it only handles < 30 s of audio.
         batched = self._batched is not None and options.vad
         raw: list[Segment] = []

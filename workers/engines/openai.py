@@ -39,12 +39,17 @@ from workers.engines.base import (
     Word,
     begin_transcription,
     finalize_segments,
+    fit_prompt,
     join_text,
     reported_language,
 )
 from workers.engines.ct2 import CT2Model, read_ct2_model
 from workers.engines.errors import ModelFormatError
 from workers.engines.models import ModelFiles, cached_sha256
+
+# The initial prompt carried into every window with hotwords (`_prompt`): well under the
+# decoder's 223 tokens of previous text, so the carried prompt is never cut.
+CARRIED_PROMPT_TOKENS = 200
 
 if TYPE_CHECKING:
     import torch
@@ -436,6 +441,28 @@ class OpenAIWhisperEngine:
         language = max(probs, key=probs.__getitem__)
         return language, float(probs[language])
 
+    def _prompt(self, options: TranscriptionOptions) -> str | None:
+        """The initial prompt, with the hotwords at its end. openai-whisper has no hotwords: with
+        them the prompt is carried into every window (``carry_initial_prompt``), ahead of the
+        previous window's words, and the decoder keeps the last 223 tokens of the two. Kept
+        within ``CARRIED_PROMPT_TOKENS`` (hotwords at most 64, the prompt's end), the carried
+        prompt always fits, hotwords included, and leaves room for the previous words."""
+        from whisper.tokenizer import get_tokenizer
+
+        if options.hotwords is None:
+            return options.initial_prompt
+        tokenizer = get_tokenizer(
+            self._model.is_multilingual, num_languages=self._model.num_languages
+        )
+        hotwords, initial_prompt = fit_prompt(
+            tokenizer.encode,
+            tokenizer.decode,
+            options.hotwords,
+            options.initial_prompt,
+            total=CARRIED_PROMPT_TOKENS,
+        )
+        return " ".join(filter(None, [initial_prompt, hotwords])) or None
+
     def _dtype(self) -> torch.dtype:
         import torch
 
@@ -451,6 +478,7 @@ class OpenAIWhisperEngine:
     ) -> list[Segment]:
         speech = sum(end - start for start, end in clips)
         scale = reporter.total / speech if speech > 0 else 1.0
+        prompt = self._prompt(options)
         with _progress_hook(reporter, scale):
             result = self._model.transcribe(
                 audio,
@@ -460,9 +488,7 @@ class OpenAIWhisperEngine:
                 beam_size=options.beam_size,
                 best_of=5,
                 word_timestamps=options.word_timestamps,
-                # Hotwords lead every window's prompt, as faster-whisper puts them.
-                initial_prompt=" ".join(filter(None, [options.hotwords, options.initial_prompt]))
-                or None,
+                initial_prompt=prompt,
                 carry_initial_prompt=options.hotwords is not None,
                 condition_on_previous_text=True,
                 clip_timestamps=[t for clip in clips for t in clip],

@@ -355,9 +355,48 @@ class JobOutput(CompiledOutput, serializers.ModelSerializer):
     def get_links(self, job: TranscriptionJob) -> dict[str, str]:
         base = f"/api/v1/jobs/{job.pk}"
         links = {"self": base, "cancel": f"{base}/cancel"}
+        if job.status == JobStatus.QUEUED:
+            links["queue"] = f"{base}/queue"
         if job.status == JobStatus.COMPLETED:
             links["transcript"] = f"{base}/transcript"
         return links
+
+
+class JobQueueOutput(serializers.Serializer):
+    job_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=JobStatus.choices)
+    state = serializers.ChoiceField(
+        choices=["waiting", "on_queue", "running", "ended"],
+        help_text="waiting: the organisation has its plan's active jobs published, so this one "
+        "waits for one to end; on_queue: published on the shared transcription queue; running; "
+        "ended (completed, failed or cancelled).",
+    )
+    waiting_ahead = serializers.IntegerField(
+        allow_null=True,
+        help_text="waiting: the organisation's waiting jobs that get a place first (higher "
+        "priority, then older).",
+    )
+    queued_ahead = serializers.IntegerField(
+        allow_null=True,
+        help_text="on_queue: jobs on the shared queue served first (a higher priority, or the "
+        "same and published earlier), every organisation's.",
+    )
+    running_now = serializers.IntegerField(
+        allow_null=True, help_text="on_queue: jobs being transcribed now, every organisation's."
+    )
+    estimated_start_seconds = serializers.IntegerField(
+        allow_null=True,
+        help_text="on_queue: a rough estimate of the seconds until it starts: the jobs ahead "
+        "and this one shared among the jobs running now, each taking what the organisation's "
+        "last 50 completed jobs took on average. null: nothing running or nothing to measure.",
+    )
+    organisation_active_jobs = serializers.IntegerField(
+        help_text="The organisation's jobs published or running now."
+    )
+    organisation_active_jobs_limit = serializers.IntegerField(
+        allow_null=True, help_text="Its plan's PLAN_ACTIVE_JOBS (null: no limit)."
+    )
+    measured_at = serializers.DateTimeField()
 
 
 class QualitySpanOutput(serializers.Serializer):

@@ -7,6 +7,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<uuid:job_id>/cancel", views.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<uuid:job_id>/legal-hold", views.JobLegalHoldView.as_view(), name="job-legal-hold"),
+    path("jobs/<uuid:job_id>/queue", views.JobQueueView.as_view(), name="job-queue"),
     path(
         "jobs/<uuid:job_id>/retranscribe",
         views.JobRetranscribeView.as_view(),

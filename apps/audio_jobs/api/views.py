@@ -227,6 +227,23 @@ class JobDetailView(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class JobQueueView(APIView):
+    permission_classes = [IsAuthenticated, TenantPermission]
+
+    @extend_schema(
+        operation_id="jobs_queue",
+        responses={200: s.JobQueueOutput, **ERRORS},
+        description="Where a queued job stands: waiting for one of its organisation's places, "
+        "or on the shared queue with how many jobs are served first and a rough estimate of "
+        "when it starts. Read live (not cached); poll it no more than every few seconds.",
+    )
+    def get(self, request: Request, version: str, job_id: str) -> Response:
+        answer = selectors.job_queue_position(
+            organisation=get_tenant(request).organisation, job_id=job_id
+        )
+        return Response(s.JobQueueOutput(answer).data)
+
+
 class JobLegalHoldView(APIView):
     permission_classes = [IsAuthenticated, TenantPermission]
     # Owners and admins, signed in (API keys never have the admin role).
@@ -467,8 +484,9 @@ class JobRetranscribeView(APIView):
         },
         description=(
             "Transcribe a finished job's audio again with new options (a larger `model`, the "
-            "`language` declared, an `initial_prompt`): a new job, with its own copy of the "
-            "audio, linked by `retranscribed_from`. Its minutes count against the quota again."
+            "`language` declared, `hotwords` naming the people and terms): a new job, with its "
+            "own copy of the audio, linked by `retranscribed_from`. Its minutes count against "
+            "the quota again."
         ),
     )
     def post(self, request: Request, version: str, job_id: str) -> Response:

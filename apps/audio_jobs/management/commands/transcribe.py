@@ -87,11 +87,14 @@ class Command(BaseCommand):
                 options["model"],
                 english_profile=settings.WHISPER_DEFAULT_PROFILE,
             )
-            transcription = TranscriptionOptions(
-                language=options["language"] or None,
-                task=options["task"],
-                hotwords=options["hotwords"] or None,
-            )
+            try:
+                transcription = TranscriptionOptions(
+                    language=options["language"] or None,
+                    task=options["task"],
+                    hotwords=options["hotwords"] or None,
+                )
+            except ValueError as exc:  # an option out of range (--hotwords too long)
+                raise CommandError(str(exc)) from exc
             self.stderr.write(
                 f"{path.name}: {probe.format_name}/{probe.codec}, {probe.duration_seconds:.1f} s; "
                 f"{engine_name} with {profile} on {settings.WHISPER_DEVICE}"
@@ -101,8 +104,6 @@ class Command(BaseCommand):
             result = engine.transcribe(path, transcription)
         except EngineError as exc:
             raise CommandError(exc.message) from exc
-        except ValueError as exc:  # an option out of range (--hotwords too long)
-            raise CommandError(str(exc)) from exc
         language = (
             f"language {result.language} ({result.language_probability:.2f})"
             if result.language
