@@ -18,8 +18,16 @@ from apps.core.models import TimeStampedModel
 
 # Rendered job lists and details per organisation (apps.core.generations): any write to a job
 # invalidates its organisation's entries.
-# v2: jobs carry `hotwords` and a `queue` link (a release before would serve them without).
-READ_CACHE = GenerationalCache("jobs:v2", timeout_setting="API_READ_CACHE_SECONDS")
+READ_CACHE = GenerationalCache("jobs:v1", timeout_setting="API_READ_CACHE_SECONDS")
+
+
+class QueueState(models.TextChoices):
+    """Where a queued job stands (`selectors.job_queue_position`)."""
+
+    WAITING = "waiting", "Waiting for one of its organisation's places"
+    ON_QUEUE = "on_queue", "On the shared transcription queue"
+    RUNNING = "running", "Running"
+    ENDED = "ended", "Ended"
 
 
 class TranscriptionJobQuerySet(InvalidatingQuerySet):

@@ -175,6 +175,9 @@ def job_get(*, organisation, job_id) -> TranscriptionJob:
 
 # Completed jobs of the organisation whose processing time gives the estimate's time per job.
 QUEUE_ESTIMATE_SAMPLE = 50
+# Jobs ahead on the shared queue are shown exactly up to this, then rounded down to tens: other
+# organisations' volumes are not the caller's to follow.
+QUEUE_EXACT_UP_TO = 10
 
 
 def job_queue_position(*, organisation, job_id) -> dict:
@@ -184,10 +187,11 @@ def job_queue_position(*, organisation, job_id) -> dict:
       for one of them to end; `waiting_ahead` of its organisation's waiting jobs get a place
       first (higher `priority`, then older: `services.dispatch_waiting`'s order).
     - `on_queue`: published on the shared transcription queue; `queued_ahead` jobs there (every
-      organisation's, counted, never shown) are served first: a higher priority, or the same
-      and published earlier. `estimated_start_seconds` is a rough estimate: those jobs and this
-      one shared among the jobs running now, each taking what the organisation's last
-      completed jobs took on average (null with nothing running or nothing to measure).
+      organisation's, counted, never shown, and rounded to tens past 10) are served first: a
+      higher priority, or the same and published earlier. `estimated_start_seconds` is a rough
+      estimate: those jobs shared among the jobs running now, plus half a job for a place to
+      free, each taking what the organisation's last completed jobs took on average (null with
+      nothing running or nothing to measure).
     - `running` and `ended`: nothing ahead.
 
     Every count is over the partial indexes of fair dispatch (`job_waiting`,
@@ -202,7 +206,6 @@ def job_queue_position(*, organisation, job_id) -> dict:
         "state": "ended",
         "waiting_ahead": None,
         "queued_ahead": None,
-        "running_now": None,
         "estimated_start_seconds": None,
         "organisation_active_jobs": jobs_published(organisation.pk).count(),
         "organisation_active_jobs_limit": active_jobs_limit(organisation.plan) or None,
@@ -219,6 +222,7 @@ def job_queue_position(*, organisation, job_id) -> dict:
             .filter(
                 Q(priority__lt=job.priority)
                 | Q(priority=job.priority, created_at__lt=job.created_at)
+                | Q(priority=job.priority, created_at=job.created_at, pk__lt=job.pk)
             )
             .count()
         )
@@ -234,10 +238,11 @@ def job_queue_position(*, organisation, job_id) -> dict:
             .count()
         )
         running = TranscriptionJob.objects.filter(status=JobStatus.PROCESSING).count()
-        answer.update(queued_ahead=ahead, running_now=running)
+        answer["queued_ahead"] = ahead if ahead <= QUEUE_EXACT_UP_TO else ahead // 10 * 10
         per_job = _mean_processing_seconds(organisation)
         if running and per_job is not None:
-            answer["estimated_start_seconds"] = round((ahead + 1) * per_job / running)
+            # The jobs ahead share the running places; a place frees in half a job, on average.
+            answer["estimated_start_seconds"] = round(ahead * per_job / running + per_job / 2)
     return answer
 
 

@@ -830,6 +830,7 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
         "MemberRoleEnum": "apps.accounts.models.Role",
         "ApiKeyRoleEnum": "apps.accounts.models.ApiKeyRole",
         "InvitationStatusEnum": "apps.accounts.models.Invitation.Status",
+        "JobQueueStateEnum": "apps.audio_jobs.models.QueueState",
     }
 )
 

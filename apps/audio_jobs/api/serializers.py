@@ -17,6 +17,7 @@ from ..models import (
     JobPriority,
     JobStatus,
     JobTask,
+    QueueState,
     RevisionKind,
     TranscriptionJob,
     TranscriptRevision,
@@ -366,7 +367,7 @@ class JobQueueOutput(serializers.Serializer):
     job_id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=JobStatus.choices)
     state = serializers.ChoiceField(
-        choices=["waiting", "on_queue", "running", "ended"],
+        choices=QueueState.choices,
         help_text="waiting: the organisation has its plan's active jobs published, so this one "
         "waits for one to end; on_queue: published on the shared transcription queue; running; "
         "ended (completed, failed or cancelled).",
@@ -379,16 +380,15 @@ class JobQueueOutput(serializers.Serializer):
     queued_ahead = serializers.IntegerField(
         allow_null=True,
         help_text="on_queue: jobs on the shared queue served first (a higher priority, or the "
-        "same and published earlier), every organisation's.",
-    )
-    running_now = serializers.IntegerField(
-        allow_null=True, help_text="on_queue: jobs being transcribed now, every organisation's."
+        "same and published earlier), every organisation's: exact up to 10, then rounded down "
+        "to a multiple of 10 (other organisations' volumes are not shown to the job).",
     )
     estimated_start_seconds = serializers.IntegerField(
         allow_null=True,
         help_text="on_queue: a rough estimate of the seconds until it starts: the jobs ahead "
-        "and this one shared among the jobs running now, each taking what the organisation's "
-        "last 50 completed jobs took on average. null: nothing running or nothing to measure.",
+        "shared among the jobs running now, plus half a job for a place to free, each job "
+        "taking what the organisation's last 50 completed jobs took on average. null: nothing "
+        "running or nothing to measure.",
     )
     organisation_active_jobs = serializers.IntegerField(
         help_text="The organisation's jobs published or running now."

@@ -120,9 +120,10 @@ class JobListCreateView(APIView):
             view=self,
             read_cache=READ_CACHE,
             scope=tenant.organisation.id,
-            # v3: redaction and legal hold fields, and the legal_hold filter (v2: quality
-            # fields, flagged and q): pages an older release cached are never served.
-            key_prefix="v3:",
+            # v4: hotwords and the queue link (v3: redaction and legal hold fields, and the
+            # legal_hold filter; v2: quality fields, flagged and q): pages an older release
+            # cached are never served. The namespace stays, so invalidation reaches both.
+            key_prefix="v4:",
         )
 
     @extend_schema(
@@ -205,7 +206,7 @@ def job_output(organisation, job_id: str) -> dict:
     def render() -> dict:
         return s.JobDetailOutput(selectors.job_get(organisation=organisation, job_id=job_id)).data
 
-    return READ_CACHE.get_or_load(organisation.id, f"job:v3:{job_id}", render)
+    return READ_CACHE.get_or_load(organisation.id, f"job:v4:{job_id}", render)
 
 
 class JobDetailView(APIView):
