@@ -148,6 +148,7 @@ def test_a_multipart_upload_creates_a_queued_job_with_the_measured_audio(
     assert body["links"] == {
         "self": f"/api/v1/jobs/{job.pk}",
         "cancel": f"/api/v1/jobs/{job.pk}/cancel",
+        "queue": f"/api/v1/jobs/{job.pk}/queue",
     }
     assert body["created_by"] == str(owner.user.public_id)
     assert job.organisation == org
