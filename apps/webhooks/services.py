@@ -15,6 +15,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from http.client import HTTPException
@@ -221,9 +222,6 @@ def endpoint_delete(
     endpoint.delete()
 
 
-REDELIVERIES_WINDOW = timedelta(hours=1)
-
-
 @transaction.atomic
 def delivery_redeliver(
     *,
@@ -248,8 +246,6 @@ def delivery_redeliver(
     `endpoint_disabled`, enable it first), and past `WEBHOOK_REDELIVERIES_PER_HOUR` for the
     organisation (429 `webhook_redelivery_limit`; `limited=False` for operators in the admin).
     """
-    from apps.accounts.ratelimit import _retry_after, _usage
-
     # The delivery first, then its endpoint: the order `_record` and a cascading delete lock
     # them in (the other order could deadlock with a try being recorded).
     delivery = (
@@ -278,19 +274,24 @@ def delivery_redeliver(
             "The endpoint is disabled: enable it, then send the delivery again.",
             code="endpoint_disabled",
         )
-    limit = settings.WEBHOOK_REDELIVERIES_PER_HOUR if limited else 0
-    if limit:
-        usage = _usage(
-            None,
+    if limited:
+        _hourly_limit(
+            locked.organisation_id,
+            limit=settings.WEBHOOK_REDELIVERIES_PER_HOUR,
             group="guard:webhook_redelivery:organisation",
-            key=f"org:{locked.organisation_id}",
-            rate=f"{limit}/h",
-            increment=True,
+            code="webhook_redelivery_limit",
+            message="This organisation's deliveries were sent again {limit} times this hour, "
+            "the most they may be. Try again in {wait} seconds.",
+            # Without the cache: its deliveries redelivered within the hour (one sent again
+            # twice counts once).
+            recent=lambda since: (
+                WebhookDelivery.objects.filter(
+                    organisation_id=locked.organisation_id, redelivered_at__gt=since
+                )
+                .order_by("-redelivered_at")
+                .values_list("redelivered_at", flat=True)
+            ),
         )
-        if usage is None:
-            _redeliveries_check(locked.organisation_id, limit)
-        elif usage["should_limit"]:
-            _redelivery_limit_refusal(limit, _retry_after(usage))
     now = timezone.now()
     previous = {"status": delivery.status, "attempts": delivery.attempts}
     delivery.status = DeliveryStatus.PENDING
@@ -327,36 +328,7 @@ def delivery_redeliver(
     return delivery
 
 
-def _redelivery_limit_refusal(limit: int, wait: int) -> None:
-    raise ApplicationError(
-        f"This organisation's deliveries were sent again {limit} times this hour, the most they "
-        f"may be. Try again in {wait} seconds.",
-        code="webhook_redelivery_limit",
-        status_code=429,
-        details={"limit": limit, "retry_after_seconds": wait},
-        headers={"Retry-After": str(wait)},
-    )
-
-
-def _redeliveries_check(organisation_id: Any, limit: int) -> None:
-    """The fallback without the cache: the organisation's deliveries redelivered in the last
-    hour (one that was sent again twice counts once)."""
-    now = timezone.now()
-    recent: list[datetime] = [
-        at
-        for at in WebhookDelivery.objects.filter(
-            organisation_id=organisation_id, redelivered_at__gt=now - REDELIVERIES_WINDOW
-        )
-        .order_by("-redelivered_at")
-        .values_list("redelivered_at", flat=True)[:limit]
-        if at is not None
-    ]
-    if len(recent) >= limit:
-        wait = max(math.ceil((recent[-1] + REDELIVERIES_WINDOW - now).total_seconds()), 1)
-        _redelivery_limit_refusal(limit, wait)
-
-
-TEST_SENDS_WINDOW = timedelta(hours=1)
+LIMIT_WINDOW = timedelta(hours=1)
 
 
 @transaction.atomic
@@ -370,57 +342,69 @@ def endpoint_send_test(*, endpoint: WebhookEndpoint) -> WebhookDelivery:
     endpoints again does not reset it. Without the cache, the endpoint's own test deliveries of
     the last hour are counted instead (under its row lock).
     """
-    from apps.accounts.ratelimit import _retry_after, _usage
-
     locked = WebhookEndpoint.objects.select_for_update(no_key=True).filter(pk=endpoint.pk).first()
     if locked is None:
         raise NotFoundError("This webhook endpoint no longer exists.")
     if not locked.is_active:
         raise ApplicationError("The endpoint is disabled.", code="endpoint_disabled")
-    limit = settings.WEBHOOK_TEST_SENDS_PER_HOUR
-    if limit:
-        usage = _usage(
-            None,
-            group="guard:webhook_test:organisation",
-            key=f"org:{locked.organisation_id}",
-            rate=f"{limit}/h",
-            increment=True,
-        )
-        if usage is None:
-            _endpoint_test_sends_check(locked, limit)
-        elif usage["should_limit"]:
-            _test_limit_refusal(limit, _retry_after(usage))
+    _hourly_limit(
+        locked.organisation_id,
+        limit=settings.WEBHOOK_TEST_SENDS_PER_HOUR,
+        group="guard:webhook_test:organisation",
+        code="webhook_test_limit",
+        message="This organisation's endpoints were sent {limit} test events this hour, the "
+        "most they may be. Try again in {wait} seconds.",
+        # Without the cache: the endpoint's own test deliveries of the hour.
+        recent=lambda since: (
+            WebhookDelivery.objects.filter(
+                endpoint_id=locked.pk, event_type=EventType.TEST, created_at__gt=since
+            )
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)
+        ),
+    )
     data = {"message": "This is a test event from LexisCore."}
     return _deliveries_create([locked], EventType.TEST, data)[0]
 
 
-def _test_limit_refusal(limit: int, wait: int) -> None:
+def _hourly_limit(
+    organisation_id: Any,
+    *,
+    limit: int,
+    group: str,
+    code: str,
+    message: str,
+    recent: Callable[[datetime], Any],
+) -> None:
+    """At most `limit` of an action per organisation per hour (0: no limit), counted in the
+    shared cache (one atomic increment per action; a fixed hourly window); without the cache,
+    `recent(since)` gives the times of the organisation's actions since an hour ago, newest
+    first. Past it: 429 `code` with `message` (`{limit}`, `{wait}`) and Retry-After."""
+    from apps.accounts.ratelimit import _retry_after, _usage
+
+    if not limit:
+        return
+    usage = _usage(
+        None, group=group, key=f"org:{organisation_id}", rate=f"{limit}/h", increment=True
+    )
+    if usage is None:
+        now = timezone.now()
+        times = [at for at in recent(now - LIMIT_WINDOW)[:limit] if at is not None]
+        if len(times) < limit:
+            return
+        # Room for one more once the limit-th most recent leaves the hour.
+        wait = max(math.ceil((times[-1] + LIMIT_WINDOW - now).total_seconds()), 1)
+    elif usage["should_limit"]:
+        wait = _retry_after(usage)
+    else:
+        return
     raise ApplicationError(
-        f"This organisation's endpoints were sent {limit} test events this hour, the most they "
-        f"may be. Try again in {wait} seconds.",
-        code="webhook_test_limit",
+        message.format(limit=limit, wait=wait),
+        code=code,
         status_code=429,
         details={"limit": limit, "retry_after_seconds": wait},
         headers={"Retry-After": str(wait)},
     )
-
-
-def _endpoint_test_sends_check(endpoint: WebhookEndpoint, limit: int) -> None:
-    """The fallback without the cache: the endpoint's test deliveries of the last hour."""
-    now = timezone.now()
-    recent = list(
-        WebhookDelivery.objects.filter(
-            endpoint_id=endpoint.pk,
-            event_type=EventType.TEST,
-            created_at__gt=now - TEST_SENDS_WINDOW,
-        )
-        .order_by("-created_at")
-        .values_list("created_at", flat=True)[:limit]
-    )
-    if len(recent) >= limit:
-        # Room for one more once the limit-th most recent test leaves the hour.
-        wait = max(math.ceil((recent[-1] + TEST_SENDS_WINDOW - now).total_seconds()), 1)
-        _test_limit_refusal(limit, wait)
 
 
 # ---- Events -------------------------------------------------------------------------------------

@@ -438,7 +438,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
     def _warm_up_batch(
         self, max_new_tokens: int | None, submitted: float
     ) -> tuple[tuple[Any, Any], list[_Item]]:
-        """``warm_model``'s decoding setup (an English key's own, with the end of text
+        """``warm_model``'s decoding setup (a copy of an English job's, with the end of text
         suppressed and ``max_new_tokens``) and ``batch_size`` windows of noise."""
         key = BatchKey(
             language="en",
@@ -447,14 +447,7 @@ class BatchScheduler(LoadedFasterWhisperModel):
             word_timestamps=True,
             initial_prompt=None,
         )
-        tokenizer, options = batched_decode_setup(
-            self._model,
-            language=key.language,
-            task=key.task,
-            beam_size=key.beam_size,
-            word_timestamps=key.word_timestamps,
-            initial_prompt=key.initial_prompt,
-        )
+        tokenizer, options = self._setup(key)  # cached for the jobs that use it; forced below
         forced = dataclasses.replace(
             options,
             suppress_tokens=[*options.suppress_tokens, tokenizer.eot],
