@@ -82,10 +82,13 @@ class ListEndpoint:
 
 OBJECT_ENDPOINTS: list[ObjectEndpoint] = []
 LIST_ENDPOINTS: list[ListEndpoint] = []
-# Operations whose path holds a capability token, not an object of a tenant: whoever has the
-# token may use it, whichever organisation they belong to (tested on their own).
+# Operations whose path holds something other than an object of a tenant: a capability token
+# (whoever has it may use it, whichever organisation they belong to), or a name every tenant
+# shares. Each is tested on its own.
 CAPABILITY_ENDPOINTS: set[tuple[str, str]] = {
     ("GET", "/api/v1/shared/{token}"),  # tests/audio_jobs/test_shares.py
+    # A model's name, the same for everyone (tests/openai_compat/test_api.py).
+    ("GET", "/api/openai/v1/models/{model}"),
 }
 
 

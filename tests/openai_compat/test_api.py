@@ -540,7 +540,7 @@ def test_an_error_before_any_job_may_be_retried(client, auth, clip, settings):
     assert not TranscriptionJob.objects.exists()
 
 
-@pytest.mark.parametrize("path", ["models", "audio/speech", "audio/transcriptions/x", ""])
+@pytest.mark.parametrize("path", ["embeddings", "audio/speech", "audio/transcriptions/x", ""])
 def test_other_addresses_under_the_prefix_are_404_in_openai_shape(client, auth, path):
     response = client.get(f"/api/openai/v1/{path}", **auth)
 
@@ -548,3 +548,32 @@ def test_other_addresses_under_the_prefix_are_404_in_openai_shape(client, auth, 
     body = response.json()
     assert body["error"]["code"] == "not_found"
     assert {"message", "type", "param", "code"} <= set(body["error"])
+
+
+def test_models_lists_whisper_1_and_every_profile_in_openais_shape(client, auth):
+    from workers.engines.models import PROFILES
+
+    response = client.get("/api/openai/v1/models", **auth)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["whisper-1", *PROFILES]
+    assert all(m["object"] == "model" and m["owned_by"] == "lexiscore" for m in body["data"])
+
+
+def test_a_model_is_retrieved_by_id_and_an_unknown_one_is_openais_404(client, auth):
+    found = client.get("/api/openai/v1/models/tiny.en", **auth)
+    missing = client.get("/api/openai/v1/models/gpt-4o-transcribe", **auth)
+
+    assert found.status_code == 200 and found.json()["id"] == "tiny.en"
+    assert missing.status_code == 404
+    assert error_of(missing)["code"] == "model_not_found"
+    assert error_of(missing)["type"] == "invalid_request_error"
+
+
+def test_models_need_a_key(client):
+    response = client.get("/api/openai/v1/models")
+
+    assert response.status_code == 401
+    assert error_of(response)["type"] == "authentication_error"

@@ -94,3 +94,15 @@ def test_the_openai_sdk_reads_the_errors(live_server, owner, clip):
     assert refused.value.code == "validation_error"
     assert refused.value.body["request_id"] == refused.value.response.headers["X-Request-ID"]
     assert TranscriptionJob.objects.count() == 0
+
+
+def test_the_openai_sdk_lists_and_retrieves_models(live_server, owner):
+    client = sdk(live_server, ApiKeyFactory(organisation=owner.organisation).raw_key)
+
+    listed = [model.id for model in client.models.list()]
+    retrieved = client.models.retrieve("tiny.en")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o-transcribe")
+
+    assert listed[0] == "whisper-1" and "tiny.en" in listed and "base" in listed
+    assert retrieved.id == "tiny.en" and retrieved.owned_by == "lexiscore"

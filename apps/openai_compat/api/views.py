@@ -31,7 +31,7 @@ from apps.audio_jobs.uploads import (
     safe_filename,
     upload_was_too_large,
 )
-from apps.core.exceptions import ApplicationError
+from apps.core.exceptions import ApplicationError, NotFoundError
 
 from .. import services, waiting
 from ..authentication import BearerApiKeyAuthentication
@@ -249,3 +249,64 @@ class TranslationView(_AudioView):
     )
     def post(self, request: Request) -> HttpResponse:
         return super().post(request)
+
+
+def _model_object(model_id: str) -> dict[str, Any]:
+    # No creation time is kept for a model (its files ship in a package): 0, which the SDKs take.
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "lexiscore"}
+
+
+MODEL_OBJECT = inline_serializer(
+    "OpenAIModel",
+    {
+        "id": serializers.CharField(),
+        "object": serializers.CharField(default="model"),
+        "created": serializers.IntegerField(),
+        "owned_by": serializers.CharField(),
+    },
+)
+MODEL_LIST = inline_serializer(
+    "OpenAIModelList",
+    {
+        "object": serializers.CharField(default="list"),
+        "data": serializers.ListField(child=MODEL_OBJECT.__class__()),
+    },
+)
+
+
+class _ModelsView(APIView):
+    """OpenAI's `GET /v1/models`: what `model` may name here (SDKs and tools list them)."""
+
+    authentication_classes = [BearerApiKeyAuthentication, JWTAuthentication]
+    permission_classes = [IsAuthenticated, TenantPermission]
+    renderer_classes = [JSONRenderer]
+    versioning_class = None
+
+    def get_exception_handler(self):
+        return exception_handler
+
+
+class ModelListView(_ModelsView):
+    @extend_schema(
+        operation_id="openai_models_list",
+        responses={200: MODEL_LIST},
+        description=f"OpenAI's `GET /v1/models`: `{s.OPENAI_MODEL}` (the model chosen from "
+        "the language) and each LexisCore model profile, all usable as `model`.",
+        tags=[TAG],
+    )
+    def get(self, request: Request) -> Response:
+        ids = [s.OPENAI_MODEL, *s.PROFILES]
+        return Response({"object": "list", "data": [_model_object(i) for i in ids]})
+
+
+class ModelDetailView(_ModelsView):
+    @extend_schema(
+        operation_id="openai_models_retrieve",
+        responses={200: MODEL_OBJECT},
+        description="OpenAI's `GET /v1/models/{model}`; 404 `model_not_found` for another.",
+        tags=[TAG],
+    )
+    def get(self, request: Request, model: str) -> Response:
+        if model not in (s.OPENAI_MODEL, *s.PROFILES):
+            raise NotFoundError(f"The model {model!r} does not exist.", code="model_not_found")
+        return Response(_model_object(model))
