@@ -136,18 +136,12 @@ CSV_ENCODING = "utf-8-sig"
 TRANSCRIPT_CSV_COLUMNS = ["start_seconds", "end_seconds", "start", "end", "speaker", "text"]
 
 
-def _clock(seconds: float) -> str:
-    """hh:mm:ss.mmm, the precision subtitles and editors work in."""
-    millis = max(0, round(seconds * 1000))
-    return f"{millis // 3_600_000:02d}:{millis % 3_600_000 // 60_000:02d}:" + (
-        f"{millis % 60_000 // 1000:02d}.{millis % 1000:03d}"
-    )
-
-
 def transcript_csv(data: dict[str, Any]) -> bytes:
     """The timed transcript as a table, one row a segment, for spreadsheets and review tools:
     times in seconds and as hh:mm:ss.mmm, the speaker's name (empty without diarization) and the
     text, both neutralised against formula injection. The analytics are in the PDF and JSON."""
+    from apps.audio_jobs.formats import format_timestamp  # WebVTT's hh:mm:ss.mmm
+
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(TRANSCRIPT_CSV_COLUMNS)
@@ -156,8 +150,8 @@ def transcript_csv(data: dict[str, Any]) -> bytes:
             [
                 f"{row['start']:.2f}",
                 f"{row['end']:.2f}",
-                _clock(row["start"]),
-                _clock(row["end"]),
+                format_timestamp(row["start"], decimal_marker="."),
+                format_timestamp(row["end"], decimal_marker="."),
                 _cell(row.get("speaker_name", "")),
                 _cell(row["text"]),
             ]

@@ -293,7 +293,7 @@ def delivery_redeliver(
             ),
         )
     now = timezone.now()
-    previous = {"status": delivery.status, "attempts": delivery.attempts}
+    previous_status, previous_attempts = delivery.status, delivery.attempts
     delivery.status = DeliveryStatus.PENDING
     delivery.attempts = 0
     delivery.next_attempt_at = now
@@ -320,8 +320,8 @@ def delivery_redeliver(
         delivery_id=str(delivery.pk),
         event_id=delivery.event_id,
         event_type=delivery.event_type,
-        previous_status=previous["status"],
-        previous_attempts=previous["attempts"],
+        previous_status=previous_status,
+        previous_attempts=previous_attempts,
     )
     delivery_ids = [str(delivery.pk)]
     transaction.on_commit(lambda: deliveries_publish(delivery_ids), robust=True)

@@ -15,7 +15,7 @@ from apps.audit.models import AuditAction, AuditEvent
 from apps.webhooks import services
 from apps.webhooks.models import DeliveryStatus, WebhookDelivery
 from tests.factories import bearer, member
-from tests.webhooks.test_delivery import endpoint_for, make_due
+from tests.webhooks.test_delivery import endpoint_for, make_due, try_repeatedly
 
 BASE = "/api/v1/webhooks/endpoints/"
 
@@ -89,14 +89,7 @@ def test_a_delivery_sent_again_gets_a_whole_new_schedule(
     receiver.answers = [(503, {}), (500, {}), (500, {})]
     client.post(redeliver_url(delivery), **admin_auth)
 
-    delays = []
-    for _ in range(3):
-        before = timezone.now()
-        services.delivery_attempt(delivery_id=str(delivery.pk))
-        delivery.refresh_from_db()
-        if delivery.next_attempt_at:
-            delays.append((delivery.next_attempt_at - before).total_seconds())
-            make_due(delivery)
+    delays = try_repeatedly(delivery, 3)
 
     assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 3
     assert 8 <= delays[0] <= 12.5 and 80 <= delays[1] <= 120.5

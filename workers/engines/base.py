@@ -46,8 +46,7 @@ AudioPath = str | PathLike[str]
 
 MAX_BEAM_SIZE = 10
 MAX_PROMPT_CHARS = 1000
-# Hotwords ride in the decoder's prompt with the previous text; 500 characters (~120 tokens)
-# leave room there (faster-whisper keeps at most 223 tokens of it).
+# What a job or an organisation may list; the engines use at most HOTWORDS_MAX_TOKENS of it.
 MAX_HOTWORDS_CHARS = 500
 # The decoder has 448 positions for its prompt and the text it writes. Whisper keeps at most 223
 # tokens of previous text (an initial prompt, or the last window's words) so that the text has
